@@ -80,9 +80,10 @@ class ModelConfig:
         if self.vocab_size is not None:
             _positive_int("vocab_size", self.vocab_size)
         if self.n_embed % self.n_head != 0:
+            nearest = self.n_head * max(1, round(self.n_embed / self.n_head))
             raise ConfigError(
                 f"n_embed={self.n_embed} is not divisible by n_head={self.n_head}: "
-                f"choose n_embed as a multiple of n_head (e.g. {self.n_head * max(1, self.n_embed // self.n_head)})."
+                f"choose n_embed as a multiple of n_head (e.g. {nearest})."
             )
         if (
             isinstance(self.dropout, bool)

@@ -1,0 +1,352 @@
+"""Attention and representation probes: small pure functions on captured tensors.
+
+Inputs are what ``GPT.capture`` returns for one probe batch:
+
+- attention maps ``att`` of shape (B, nh, T, T), causal and row-stochastic: row t (query t)
+  is a distribution over keys 0..t and is zero to the right of the diagonal;
+- hidden states (block outputs) of shape (B, T, C).
+
+Every function runs under ``torch.no_grad`` on the tensors' own device and accumulates the
+means in float64. ``probe_metrics`` computes all of them for every layer and head at once,
+sharing work between metrics: it runs at every eval step of every trial, so it is built to be
+fast (roughly 20-30 ms for 6 layers x 6 heads, B=4, T=256 on two CPU cores).
+
+How the fast path works: only the T(T+1)/2 causal entries of each map are kept, so the
+upper triangle costs nothing; every per-row mean is a weighted sum over those entries; and
+the Jensen-Shannon divergences use JS(p, q) = H((p + q) / 2) - (H(p) + H(q)) / 2, so each
+head's entropy is computed once and only the mixtures need new logarithms.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "PROBE_KEYS",
+    "attention_entropy",
+    "effective_span",
+    "head_diversity",
+    "hidden_cosine",
+    "js_divergence",
+    "layer_attention_js",
+    "normalized_entropy",
+    "probe_metrics",
+]
+
+PROBE_KEYS = (
+    "layer",
+    "head",
+    "entropy",
+    "entropy_normalized",
+    "effective_span",
+    "head_diversity",
+    "attention_js_next",
+    "hidden_cosine_next",
+)
+
+# Probabilities are clamped to this before taking logs: p log p is then 0 (to ~1e-28) for p = 0.
+_TINY = 1e-30
+
+
+# --- shared machinery ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _CausalLayout:
+    """Where the causal entries of a (T, T) map are, and per-entry weights for row means."""
+
+    index: Tensor  # (L,) flat positions t * T + j of the entries j <= t, row by row
+    weights: Tensor  # (L, 3) float64: 1, 1 / log(t + 1) (0 for t = 0), t - j
+
+
+@functools.lru_cache(maxsize=32)
+def _causal_layout(T: int, device: torch.device) -> _CausalLayout:
+    rows, cols = torch.tril_indices(T, T, device=device)  # (L,), (L,)
+    rows64 = rows.to(torch.float64)
+    log_context = torch.log1p(rows64)  # log(t + 1): entropy of uniform attention over 0..t
+    inverse_max = torch.where(rows > 0, 1.0 / log_context.clamp_min(_TINY), 0.0)
+    weights = torch.stack([torch.ones_like(rows64), inverse_max, rows64 - cols], dim=1)
+    return _CausalLayout(index=rows * T + cols, weights=weights)
+
+
+def _check_attention(att: Tensor, name: str = "att") -> None:
+    if att.dim() != 4 or att.shape[-1] != att.shape[-2]:
+        raise ValueError(
+            f"{name} has shape {tuple(att.shape)}: attention maps must be (B, nh, T, T)."
+        )
+
+
+def _causal_entries(att: Tensor) -> tuple[Tensor, _CausalLayout]:
+    """The causal entries of each map as float32 (..., L), and their layout."""
+    T = att.shape[-1]
+    layout = _causal_layout(T, att.device)
+    entries = att.float().flatten(-2).index_select(-1, layout.index)  # (..., L)
+    return entries, layout
+
+
+def _neg_plogp(p: Tensor) -> Tensor:
+    """-p log p elementwise, 0 for p = 0 (p is left unchanged)."""
+    return p.clamp_min(_TINY).log().mul_(p).neg_()
+
+
+@dataclass(frozen=True)
+class _HeadSums:
+    """Per-head sums over batch and causal entries of one layer, float64, shape (nh,)."""
+
+    entropy: Tensor  # sum of row entropies
+    entropy_normalized: Tensor  # sum over rows t >= 1 of entropy / log(t + 1)
+    span: Tensor  # sum over rows of sum_j att[t, j] * (t - j)
+    mass: Tensor  # sum of all probabilities (B * T for exact row-stochastic maps)
+
+
+def _head_sums(entries: Tensor, layout: _CausalLayout) -> _HeadSums:
+    """Weighted sums of one layer's causal entries (B, nh, L): one matmul per quantity."""
+    weighted_entropy = _neg_plogp(entries).sum(0).double() @ layout.weights[:, :2]  # (nh, 2)
+    weighted_mass = entries.sum(0).double() @ layout.weights[:, [0, 2]]  # (nh, 2)
+    return _HeadSums(
+        entropy=weighted_entropy[:, 0],
+        entropy_normalized=weighted_entropy[:, 1],
+        span=weighted_mass[:, 1],
+        mass=weighted_mass[:, 0],
+    )
+
+
+def _mixture_entropy_sum(p: Tensor, q: Tensor, p_mass: Tensor, q_mass: Tensor) -> Tensor:
+    """Sum over all entries of -m log m with m = (p + q) / 2, in float64, over the last dim
+    and the leading batch dim (shape of the middle dims).
+
+    With s = p + q: -m log m = -(s log s) / 2 + (s log 2) / 2, and the sum of s is the known
+    mass of p plus that of q, so only s log s needs new logarithms.
+    """
+    s = p + q
+    neg_slogs = _neg_plogp(s).sum(-1).double().sum(0)
+    return 0.5 * neg_slogs + 0.5 * math.log(2.0) * (p_mass + q_mass)
+
+
+def _pairwise_js_mean(entries: Tensor, sums: _HeadSums, rows: int) -> Tensor:
+    """Mean over head pairs, batch and queries of JS between heads: float64 scalar tensor."""
+    nh = entries.shape[1]
+    if nh < 2:
+        return torch.zeros((), dtype=torch.float64, device=entries.device)
+    total = torch.zeros((), dtype=torch.float64, device=entries.device)
+    for i in range(nh - 1):
+        # head i against every later head j at once: (B, nh - 1 - i, L)
+        mixture = _mixture_entropy_sum(
+            entries[:, i : i + 1], entries[:, i + 1 :], sums.mass[i], sums.mass[i + 1 :]
+        )  # (nh - 1 - i,)
+        total = total + (mixture - 0.5 * (sums.entropy[i] + sums.entropy[i + 1 :])).sum()
+    pairs = nh * (nh - 1) // 2
+    return (total / (pairs * rows)).clamp_min(0.0)
+
+
+# --- public metrics --------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def attention_entropy(att: Tensor) -> Tensor:
+    """Entropy of each head's attention rows, in nats: shape (nh,), float64.
+
+    Mean over batch and query positions of -sum_j p_tj log p_tj. Range [0, log T]: 0 for
+    attention on a single key, log(t + 1) for row t when uniform over its causal context.
+    """
+    _check_attention(att)
+    entries, layout = _causal_entries(att)
+    B, _, T, _ = att.shape
+    return _head_sums(entries, layout).entropy / (B * T)
+
+
+@torch.no_grad()
+def normalized_entropy(att: Tensor) -> Tensor:
+    """Attention entropy relative to its causal maximum: shape (nh,), float64, range [0, 1].
+
+    Each query row's entropy is divided by log(t + 1), the entropy of uniform attention over
+    keys 0..t; query 0 (a single key, maximum 0) is left out of the mean over batch and
+    queries. 1 means uniform attention, 0 attention on one key. NaN when T == 1.
+    """
+    _check_attention(att)
+    entries, layout = _causal_entries(att)
+    B, _, T, _ = att.shape
+    if T < 2:
+        return torch.full((att.shape[1],), math.nan, dtype=torch.float64, device=att.device)
+    normalized = _head_sums(entries, layout).entropy_normalized / (B * (T - 1))
+    return normalized.clamp(0.0, 1.0)
+
+
+@torch.no_grad()
+def effective_span(att: Tensor) -> Tensor:
+    """How far back each head looks, in characters: shape (nh,), float64, range [0, T - 1].
+
+    Mean over batch and queries of sum_j att[t, j] * (t - j): 0 for attention on the token
+    itself, 1 for the previous token, t / 2 for uniform attention over row t's context.
+    """
+    _check_attention(att)
+    entries, layout = _causal_entries(att)
+    B, _, T, _ = att.shape
+    return _head_sums(entries, layout).span / (B * T)
+
+
+@torch.no_grad()
+def js_divergence(p: Tensor, q: Tensor, dim: int = -1) -> Tensor:
+    """Jensen-Shannon divergence between distributions along ``dim``, in nats, float64.
+
+    JS(p, q) = KL(p || m) / 2 + KL(q || m) / 2 with m = (p + q) / 2; symmetric, range
+    [0, log 2] (0 for equal distributions, log 2 for disjoint supports). Zeros are safe:
+    0 log 0 = 0. ``p`` and ``q`` broadcast; ``dim`` is reduced.
+    """
+    p, q = p.double(), q.double()
+    m = 0.5 * (p + q)
+    kl_pm = (torch.special.xlogy(p, p) - torch.special.xlogy(p, m)).sum(dim)
+    kl_qm = (torch.special.xlogy(q, q) - torch.special.xlogy(q, m)).sum(dim)
+    return (0.5 * (kl_pm + kl_qm)).clamp_min(0.0)
+
+
+@torch.no_grad()
+def head_diversity(att: Tensor) -> float:
+    """How differently the heads of one layer attend: JS divergence in nats, range [0, log 2].
+
+    Mean over all pairs of heads (i < j) of the JS divergence between their attention rows,
+    averaged over batch and queries. 0 when all heads attend alike, and 0 by definition when
+    the layer has a single head (no pairs).
+    """
+    _check_attention(att)
+    entries, layout = _causal_entries(att)
+    B, _, T, _ = att.shape
+    return _pairwise_js_mean(entries, _head_sums(entries, layout), B * T).item()
+
+
+@torch.no_grad()
+def layer_attention_js(att_a: Tensor, att_b: Tensor) -> float:
+    """How differently two layers attend: JS divergence in nats, range [0, log 2].
+
+    Each layer's maps are averaged over heads (the result is still row-stochastic), then the
+    JS divergence between the two layers' rows is averaged over batch and queries.
+    """
+    _check_attention(att_a, "att_a")
+    _check_attention(att_b, "att_b")
+    if att_a.shape[0] != att_b.shape[0] or att_a.shape[-1] != att_b.shape[-1]:
+        raise ValueError(
+            f"att_a {tuple(att_a.shape)} and att_b {tuple(att_b.shape)} differ in batch or "
+            "length: compare maps captured from the same batch."
+        )
+    entries_a, layout = _causal_entries(att_a.float().mean(1, keepdim=True))
+    entries_b, _ = _causal_entries(att_b.float().mean(1, keepdim=True))
+    B, _, T, _ = att_a.shape
+    return _layer_js(entries_a, _head_sums(entries_a, layout), entries_b,
+                     _head_sums(entries_b, layout), B * T).item()  # fmt: skip
+
+
+def _layer_js(
+    entries_a: Tensor, sums_a: _HeadSums, entries_b: Tensor, sums_b: _HeadSums, rows: int
+) -> Tensor:
+    """JS between two head-averaged maps (B, 1, L), mean over rows: float64 scalar tensor."""
+    mixture = _mixture_entropy_sum(entries_a, entries_b, sums_a.mass, sums_b.mass)  # (1,)
+    js = mixture - 0.5 * (sums_a.entropy + sums_b.entropy)
+    return (js[0] / rows).clamp_min(0.0)
+
+
+@torch.no_grad()
+def hidden_cosine(h_a: Tensor, h_b: Tensor) -> float:
+    """How much a block changes the residual stream: cosine similarity, range [-1, 1].
+
+    Mean over batch and tokens of the cosine similarity between the two layers' hidden
+    vectors (B, T, C) at the same token: 1 for parallel, 0 for orthogonal, -1 for opposite
+    vectors (a zero vector counts as 0).
+    """
+    if h_a.shape != h_b.shape or h_a.dim() != 3:
+        raise ValueError(
+            f"hidden states {tuple(h_a.shape)} and {tuple(h_b.shape)}: both must be (B, T, C) "
+            "of the same shape."
+        )
+    return F.cosine_similarity(h_a.double(), h_b.double(), dim=-1).mean().item()
+
+
+# --- all probes of one capture ---------------------------------------------------------------
+
+
+@torch.no_grad()
+def probe_metrics(attentions: list[Tensor], hidden_states: list[Tensor]) -> list[dict]:
+    """All probes of one captured batch: one row per (layer, head), layers in order.
+
+    ``attentions[l]`` is layer l's (B, nh, T, T) attention, ``hidden_states[l]`` its block
+    output (B, T, C). Each row has exactly the keys of ``PROBE_KEYS``: ``layer`` and
+    ``head`` (ints, from 0); per head ``entropy`` (nats), ``entropy_normalized`` ([0, 1]),
+    ``effective_span`` (characters back); per layer, repeated on each of its head rows,
+    ``head_diversity`` (nats), ``attention_js_next`` (nats, layer vs layer + 1) and
+    ``hidden_cosine_next`` ([-1, 1], layer vs layer + 1). The two ``*_next`` values are None
+    for the last layer. Values are python floats (entropy_normalized NaN when T == 1).
+    """
+    if not attentions or len(attentions) != len(hidden_states):
+        raise ValueError(
+            f"got {len(attentions)} attention maps and {len(hidden_states)} hidden states: "
+            "pass one of each per layer (at least one layer)."
+        )
+    for layer, att in enumerate(attentions):
+        _check_attention(att, f"attentions[{layer}]")
+        if att.shape != attentions[0].shape:
+            raise ValueError(
+                f"attentions[{layer}] has shape {tuple(att.shape)}, layer 0 has "
+                f"{tuple(attentions[0].shape)}: capture all layers from the same batch."
+            )
+    B, nh, T, _ = attentions[0].shape
+    rows = B * T
+
+    per_head, per_layer, averaged = [], [], []
+    for att in attentions:
+        entries, layout = _causal_entries(att)  # (B, nh, L)
+        sums = _head_sums(entries, layout)
+        normalized = (
+            (sums.entropy_normalized / (B * (T - 1))).clamp(0.0, 1.0)
+            if T > 1
+            else torch.full_like(sums.entropy, math.nan)
+        )
+        per_head.append(torch.stack([sums.entropy / rows, normalized, sums.span / rows]))
+        head_mean = entries.mean(1, keepdim=True)  # (B, 1, L): the layer's average map
+        averaged.append((head_mean, _head_sums(head_mean, layout)))
+        per_layer.append(_pairwise_js_mean(entries, sums, rows))
+
+    next_js = [_layer_js(*averaged[i], *averaged[i + 1], rows) for i in range(len(averaged) - 1)]
+    next_cosine = [
+        F.cosine_similarity(hidden_states[i].double(), hidden_states[i + 1].double(), dim=-1)
+        .mean()
+        for i in range(len(hidden_states) - 1)
+    ]
+    # one device-to-host transfer for everything
+    head_values = torch.stack(per_head).tolist()  # (n_layer, 3, nh)
+    layer_values = torch.stack(
+        [torch.stack(per_layer), _padded(next_js, len(attentions)),
+         _padded(next_cosine, len(attentions))]
+    ).tolist()  # (3, n_layer); fmt: skip
+
+    results = []
+    last = len(attentions) - 1
+    for layer in range(len(attentions)):
+        entropy, normalized, span = head_values[layer]
+        diversity, js_next, cosine_next = (values[layer] for values in layer_values)
+        for head in range(nh):
+            results.append(
+                {
+                    "layer": layer,
+                    "head": head,
+                    "entropy": entropy[head],
+                    "entropy_normalized": normalized[head],
+                    "effective_span": span[head],
+                    "head_diversity": diversity,
+                    "attention_js_next": None if layer == last else js_next,
+                    "hidden_cosine_next": None if layer == last else cosine_next,
+                }
+            )
+    return results
+
+
+def _padded(values: list[Tensor], length: int) -> Tensor:
+    """Stack scalar tensors and pad with NaN to ``length`` (the last layer has no next)."""
+    pad = torch.full((length - len(values),), math.nan, dtype=torch.float64)
+    if values:
+        return torch.cat([torch.stack(values), pad.to(values[0].device)])
+    return pad

@@ -1,0 +1,570 @@
+"""The training loop: ``train(model_cfg, train_cfg, report) -> TrialResult``, and its CLI.
+
+A plain function (no Ray): AdamW, linear warm-up then cosine decay, gradient clipping.
+Every ``eval_interval`` steps (and at step 0 and the last step) it measures train and val
+loss, runs the attention probes, saves a checkpoint when asked to, and calls
+``report(metrics)``. The last report also carries the final metrics and the sample.
+
+Evaluation: a split small enough to be covered once by non-overlapping windows at no more
+cost than ``eval_iters`` random batches is evaluated exactly (no sampling noise); a larger
+one on a fixed sample of ``eval_iters`` batches, the same at every evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from charlm.cli import OneLineParser, check_writable_dir
+from charlm.config import ConfigError, ModelConfig, TrainConfig, to_dict
+from charlm.data import (
+    Dataset,
+    check_block_size,
+    get_batch,
+    iter_windows,
+    load_dataset,
+    n_windows,
+)
+from charlm.model import GPT
+from charlm.probes import probe_metrics
+from charlm.sample import generate_text, quality_metrics, word_set
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "MODEL_FILE",
+    "TrialResult",
+    "load_model",
+    "lr_at",
+    "main",
+    "resolve_device",
+    "train",
+]
+
+CHECKPOINT_FILE = "ckpt.pt"
+MODEL_FILE = "model.pt"
+CHECKPOINT_FORMAT = 1
+# Fixed seeds: every trial evaluates and probes the same text, whatever its own seed.
+EVAL_SEED = 1337
+PROBE_SEED = 7
+SAMPLE_PROMPT = "\n"
+
+Report = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TrialResult:
+    """Everything one run produced. ``status`` is 'ok' or 'failed' (then ``error`` says why)."""
+
+    model_config: ModelConfig
+    train_config: TrainConfig
+    status: str = "ok"
+    error: str | None = None
+    device: str = "cpu"
+    eval_mode: str = "sampled"
+    train_eval_mode: str = "sampled"
+    n_params: int = 0
+    last_step: int = 0
+    tokens_seen: int = 0
+    best_val_loss: float | None = None
+    final_train_loss: float | None = None
+    final_val_loss: float | None = None
+    train_time_s: float = 0.0
+    train_tokens_per_s: float | None = None
+    inference_tokens_per_s: float | None = None
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    attention: list[dict[str, Any]] = field(default_factory=list)
+    sample: dict[str, Any] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The scalar outcome of the run (no curve, attention rows or configs)."""
+        return {
+            key: getattr(self, key)
+            for key in (
+                "status", "error", "device", "eval_mode", "train_eval_mode", "n_params",
+                "last_step", "tokens_seen", "best_val_loss", "final_train_loss",
+                "final_val_loss", "train_time_s", "train_tokens_per_s",
+                "inference_tokens_per_s",
+            )
+        }  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: summary, both configs, curve, attention rows and sample."""
+        return {
+            **self.summary(),
+            "model_config": to_dict(self.model_config),
+            "train_config": to_dict(self.train_config),
+            "curve": self.curve,
+            "attention": self.attention,
+            "sample": self.sample,
+        }
+
+
+def resolve_device(requested: str) -> str:
+    """'auto' -> 'cuda' when CUDA is really usable, else 'cpu'; explicit CUDA without CUDA fails."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device={requested!r} but CUDA is not available here: use device 'auto' or 'cpu'."
+        )
+    return requested
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over ``warmup_iters``, cosine decay to ``min_lr`` at ``lr_decay_iters``."""
+    if step < cfg.warmup_iters:
+        return cfg.learning_rate * (step + 1) / (cfg.warmup_iters + 1)
+    decay_iters = cfg.resolved_lr_decay_iters
+    if step >= decay_iters:
+        return cfg.resolved_min_lr
+    progress = (step - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.resolved_min_lr + coeff * (cfg.learning_rate - cfg.resolved_min_lr)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_model(path: str | Path, device: str = "cpu") -> tuple[GPT, list[str]]:
+    """Load a model file (``model.pt``) or a full checkpoint: the GPT in eval mode and its vocab."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    model = GPT(ModelConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return model, list(state["vocab"])
+
+
+class _Evaluator:
+    """Loss on each split, exact or on a fixed sample, chosen once per run."""
+
+    def __init__(self, data: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, device: str):
+        self.data, self.block_size, self.cfg, self.device = data, model_cfg.block_size, cfg, device
+        self.modes = {
+            split: "exact"
+            if n_windows(data.split_length(split), self.block_size)
+            <= cfg.eval_iters * cfg.batch_size
+            else "sampled"
+            for split in ("train", "val")
+        }
+
+    def _batches(self, split: str):
+        array = self.data.splits[split]
+        if self.modes[split] == "exact":
+            yield from iter_windows(array, self.block_size, self.cfg.batch_size, self.device)
+            return
+        generator = torch.Generator().manual_seed(EVAL_SEED)
+        for _ in range(self.cfg.eval_iters):
+            yield get_batch(array, self.cfg.batch_size, self.block_size, generator, self.device)
+
+    @torch.no_grad()
+    def __call__(self, model: GPT, autocast) -> dict[str, float]:
+        model.eval()
+        losses = {}
+        for split in ("train", "val"):
+            total, count = torch.zeros((), dtype=torch.float64), 0
+            for x, y in self._batches(split):
+                with autocast:
+                    _, loss = model(x, y)
+                total += loss.double().cpu() * y.numel()
+                count += y.numel()
+            losses[split] = (total / count).item()
+        model.train()
+        return losses
+
+
+def _log(report: Report | None, metrics: dict[str, Any]) -> None:
+    if report is not None:
+        report(metrics)
+
+
+def train(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    report: Report | None = None,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    resume_from: str | Path | None = None,
+) -> TrialResult:
+    """Train one model and return its TrialResult.
+
+    ``report(metrics)`` gets one flat dict per evaluation: step, tokens_seen, elapsed_s, lr,
+    train_loss, val_loss, best_val_loss, tokens_per_s, attention (per layer/head rows, when
+    probed), done; the last one also carries the final metrics and the sample.
+    With ``checkpoint_dir``, a checkpoint (``ckpt.pt``: model, optimizer, step, RNG states,
+    history) is written at every evaluation before reporting, and ``model.pt`` (weights,
+    config and vocab) at the end. ``resume_from`` (a checkpoint file or directory) continues
+    a stopped run exactly: same losses as a run that never stopped.
+
+    Config problems (unknown dataset, block_size longer than a split, ...) raise
+    ConfigError before any training; a non-finite loss ends the run with status 'failed'.
+    """
+    wall_start = time.perf_counter()
+    device = resolve_device(train_cfg.device)
+    if train_cfg.num_threads is not None:
+        torch.set_num_threads(train_cfg.num_threads)
+    data = load_dataset(train_cfg.dataset, train_cfg.data_dir)
+    if model_cfg.vocab_size is None:
+        model_cfg = dataclasses.replace(model_cfg, vocab_size=data.vocab_size)
+    elif model_cfg.vocab_size != data.vocab_size:
+        raise ConfigError(
+            f"vocab_size={model_cfg.vocab_size} does not match {data.name}'s vocabulary "
+            f"of {data.vocab_size}: leave vocab_size unset to take it from the dataset."
+        )
+    check_block_size(data, model_cfg.block_size)
+
+    torch.manual_seed(train_cfg.seed)
+    model = GPT(model_cfg).to(device)
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    optimizer = model.configure_optimizer(
+        train_cfg.weight_decay, train_cfg.learning_rate, (train_cfg.beta1, train_cfg.beta2),
+        device_type,
+    )  # fmt: skip
+    autocast = (
+        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        if device_type == "cuda"
+        else nullcontext()
+    )
+    batch_generator = torch.Generator().manual_seed(train_cfg.seed)
+    evaluate = _Evaluator(data, model_cfg, train_cfg, device)
+    probe_x, _ = get_batch(
+        data.splits["val"], train_cfg.probe_batch_size, model_cfg.block_size,
+        torch.Generator().manual_seed(PROBE_SEED), device,
+    )  # fmt: skip
+
+    result = TrialResult(
+        model_config=model_cfg,
+        train_config=train_cfg,
+        device=device,
+        eval_mode=evaluate.modes["val"],
+        train_eval_mode=evaluate.modes["train"],
+        n_params=model.num_params(),
+    )
+    step, train_seconds, prior_elapsed = 0, 0.0, 0.0
+    best_val = math.inf
+    if resume_from is not None:
+        state = _load_checkpoint(resume_from, device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device_type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"])
+        batch_generator.set_state(state["rng_batches"])
+        step = state["step"]
+        train_seconds, prior_elapsed = state["train_seconds"], state["elapsed_s"]
+        best_val = state["best_val_loss"]
+        result.curve, result.attention = list(state["curve"]), list(state["attention"])
+    checkpoint_path = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if checkpoint_path is not None:
+        checkpoint_path.mkdir(parents=True, exist_ok=True)
+
+    tokens_per_step = train_cfg.batch_size * model_cfg.block_size
+    run_start = time.perf_counter()
+    window_seconds, window_tokens = 0.0, 0
+    skip_eval_at = step if resume_from is not None else None
+    model.train()
+    while True:
+        if (step % train_cfg.eval_interval == 0 or step == train_cfg.max_iters) and (
+            step != skip_eval_at
+        ):
+            losses = evaluate(model, autocast)
+            if not all(math.isfinite(v) for v in losses.values()):
+                return _fail(result, step, report, wall_start)
+            best_val = min(best_val, losses["val"])
+            point = {
+                "step": step,
+                "tokens_seen": step * tokens_per_step,
+                "elapsed_s": prior_elapsed + time.perf_counter() - run_start,
+                "lr": lr_at(min(step, train_cfg.max_iters - 1), train_cfg),
+                "train_loss": losses["train"],
+                "val_loss": losses["val"],
+                "best_val_loss": best_val,
+                "tokens_per_s": window_tokens / window_seconds if window_seconds > 0 else None,
+            }
+            result.curve.append(point)
+            metrics: dict[str, Any] = dict(point)
+            last = step == train_cfg.max_iters
+            probe_due = train_cfg.probe_interval is None or step % train_cfg.probe_interval == 0
+            if probe_due or last:
+                rows = _probe(model, probe_x, autocast, step)
+                result.attention.extend(rows)
+                metrics["attention"] = rows
+            window_seconds, window_tokens = 0.0, 0
+            if checkpoint_path is not None:
+                _save_checkpoint(
+                    checkpoint_path / CHECKPOINT_FILE, model, optimizer, step, batch_generator,
+                    train_seconds, point["elapsed_s"], best_val, result, data, device_type,
+                )  # fmt: skip
+            if last:
+                _finish(result, model, data, train_cfg, best_val, train_seconds, device)
+                result.train_time_s = prior_elapsed + time.perf_counter() - run_start
+                if checkpoint_path is not None:
+                    _save_model(checkpoint_path / MODEL_FILE, model, data)
+                metrics.update(result.summary(), sample=result.sample, done=True)
+                _log(report, metrics)
+                return result
+            metrics["done"] = False
+            _log(report, metrics)
+        if step == train_cfg.max_iters:  # resumed from the final checkpoint
+            break
+
+        t0 = time.perf_counter()
+        lr = lr_at(step, train_cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = get_batch(
+            data.splits["train"], train_cfg.batch_size, model_cfg.block_size, batch_generator,
+            device,
+        )  # fmt: skip
+        with autocast:
+            _, loss = model(x, y)
+        if not torch.isfinite(loss):
+            return _fail(result, step + 1, report, wall_start)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
+        train_seconds += elapsed
+        window_seconds += elapsed
+        window_tokens += tokens_per_step
+        step += 1
+    _finish(result, model, data, train_cfg, best_val, train_seconds, device)
+    result.train_time_s = prior_elapsed
+    return result
+
+
+def _probe(model: GPT, probe_x: torch.Tensor, autocast, step: int) -> list[dict[str, Any]]:
+    model.eval()
+    with torch.no_grad(), autocast:
+        capture = model.capture(probe_x)
+    model.train()
+    attentions = [a.float() for a in capture.attentions]
+    hidden = [h.float() for h in capture.hidden_states]
+    return [{"step": step, **row} for row in probe_metrics(attentions, hidden)]
+
+
+def _finish(
+    result: TrialResult,
+    model: GPT,
+    data: Dataset,
+    cfg: TrainConfig,
+    best_val: float,
+    train_seconds: float,
+    device: str,
+) -> None:
+    """Fill the final metrics and the generated sample into ``result``."""
+    last = result.curve[-1]
+    result.last_step = last["step"]
+    result.tokens_seen = last["tokens_seen"]
+    result.best_val_loss = best_val
+    result.final_train_loss = last["train_loss"]
+    result.final_val_loss = last["val_loss"]
+    result.train_tokens_per_s = last["tokens_seen"] / train_seconds if train_seconds > 0 else None
+    if cfg.sample_tokens > 0:
+        text, tokens_per_s = generate_text(
+            model, data, SAMPLE_PROMPT, cfg.sample_tokens, cfg.temperature, cfg.top_k,
+            cfg.seed, device,
+        )  # fmt: skip
+        result.inference_tokens_per_s = tokens_per_s
+        result.sample = {
+            "prompt": SAMPLE_PROMPT,
+            "text": text,
+            "n_chars": len(text),
+            **quality_metrics(text, word_set(data.decode(data.splits["train"][:2_000_000]))),
+        }
+
+
+def _fail(result: TrialResult, step: int, report: Report | None, wall_start: float) -> TrialResult:
+    result.status = "failed"
+    result.error = f"non-finite loss at step {step}"
+    result.last_step = step
+    result.train_time_s = time.perf_counter() - wall_start
+    if result.curve:
+        result.best_val_loss = min(p["val_loss"] for p in result.curve)
+    _log(report, {"step": step, **result.summary(), "done": True})
+    return result
+
+
+def _save_checkpoint(
+    path: Path,
+    model: GPT,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    batch_generator: torch.Generator,
+    train_seconds: float,
+    elapsed_s: float,
+    best_val: float,
+    result: TrialResult,
+    data: Dataset,
+    device_type: str,
+) -> None:
+    _atomic_torch_save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None,
+            "rng_batches": batch_generator.get_state(),
+            "train_seconds": train_seconds,
+            "elapsed_s": elapsed_s,
+            "best_val_loss": best_val,
+            "curve": result.curve,
+            "attention": result.attention,
+            "model_config": to_dict(result.model_config),
+            "train_config": to_dict(result.train_config),
+            "vocab": data.vocab,
+            "dataset": data.name,
+        },
+        path,
+    )
+
+
+def _save_model(path: Path, model: GPT, data: Dataset) -> None:
+    _atomic_torch_save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model": model.state_dict(),
+            "model_config": dataclasses.asdict(model.config),
+            "vocab": data.vocab,
+            "dataset": data.name,
+        },
+        path,
+    )
+
+
+def _load_checkpoint(path: str | Path, device: str) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    if not path.is_file():
+        raise ConfigError(f"resume_from={str(path)!r}: no checkpoint there; train without it.")
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _parser() -> OneLineParser:
+    model_defaults, train_defaults = ModelConfig(), TrainConfig()
+    parser = OneLineParser(
+        prog="python -m charlm.train",
+        description="Train one character-level GPT, print progress, write DIR/result.json "
+        "and a checkpoint. Runs on CUDA when present (bf16 autocast), else CPU.",
+    )
+    add = parser.add_argument
+    add(
+        "--dataset",
+        default=train_defaults.dataset,
+        help="shakespeare_char, enwik8, text8, or the path of a UTF-8 text file",
+    )
+    add(
+        "--data-dir",
+        default=None,
+        help="where datasets are cached (default: $CHARLM_DATA_DIR, else the user cache dir)",
+    )
+    for name in ("n_layer", "n_head", "n_embed", "block_size"):
+        add(f"--{name.replace('_', '-')}", type=int, default=getattr(model_defaults, name))
+    add("--dropout", type=float, default=model_defaults.dropout)
+    add("--bias", action="store_true", help="biases in Linear and LayerNorm layers")
+    for name in (
+        "batch_size",
+        "max_iters",
+        "eval_interval",
+        "eval_iters",
+        "warmup_iters",
+        "seed",
+        "sample_tokens",
+        "probe_batch_size",
+    ):
+        add(f"--{name.replace('_', '-')}", type=int, default=getattr(train_defaults, name))
+    add("--lr-decay-iters", type=int, default=None, help="default: max-iters")
+    add("--probe-interval", type=int, default=None, help="default: at every evaluation")
+    add("--learning-rate", "--lr", type=float, default=train_defaults.learning_rate)
+    add("--min-lr", type=float, default=None, help="default: learning-rate / 10")
+    for name in ("weight_decay", "beta1", "beta2", "grad_clip", "temperature"):
+        add(f"--{name.replace('_', '-')}", type=float, default=getattr(train_defaults, name))
+    add("--top-k", type=int, default=train_defaults.top_k)
+    add("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
+    add(
+        "--threads",
+        dest="num_threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's own choice)",
+    )
+    add("--out", required=True, help="output directory for result.json and the checkpoint")
+    add("--resume", action="store_true", help="continue from OUT/ckpt.pt if it exists")
+    add("--quiet", action="store_true", help="no progress lines")
+    return parser  # fmt: skip
+
+
+def _progress_line(metrics: dict[str, Any], max_iters: int) -> str:
+    if "val_loss" not in metrics:
+        return f"step {metrics['step']}: {metrics.get('status')}: {metrics.get('error')}"
+    speed = metrics.get("tokens_per_s")
+    speed_text = f"{speed:,.0f} tok/s" if speed else "-"
+    return (
+        f"step {metrics['step']:>6}/{max_iters}  train {metrics['train_loss']:.4f}  "
+        f"val {metrics['val_loss']:.4f}  best {metrics['best_val_loss']:.4f}  "
+        f"lr {metrics['lr']:.2e}  {speed_text}  {metrics['elapsed_s']:.1f}s"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; exit 0 on success, 1 if training failed, 2 on bad input."""
+    args = _parser().parse_args(argv)
+    values = vars(args)
+    out, resume, quiet = Path(values.pop("out")), values.pop("resume"), values.pop("quiet")
+    model_names = {f.name for f in dataclasses.fields(ModelConfig)}
+    try:
+        model_cfg = ModelConfig(**{k: v for k, v in values.items() if k in model_names})
+        train_cfg = TrainConfig(**{k: v for k, v in values.items() if k not in model_names})
+        check_writable_dir(out, "--out")
+        checkpoint = out / CHECKPOINT_FILE
+        resume_from = checkpoint if resume and checkpoint.is_file() else None
+
+        def report(metrics: dict[str, Any]) -> None:
+            if not quiet:
+                print(_progress_line(metrics, train_cfg.max_iters), flush=True)
+
+        result = train(model_cfg, train_cfg, report, checkpoint_dir=out, resume_from=resume_from)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    summary = result.summary()
+    if result.status == "ok":
+        print(
+            f"done: best val {summary['best_val_loss']:.4f}, final train "
+            f"{summary['final_train_loss']:.4f}, {summary['n_params']:,} params, "
+            f"{summary['train_tokens_per_s']:,.0f} train tok/s, "
+            f"{summary['inference_tokens_per_s'] or 0:,.0f} generated tok/s on {result.device}; "
+            f"wrote {out / 'result.json'}"
+        )
+        if result.sample:
+            print("sample:\n" + result.sample["text"][:200])
+        return 0
+    print(f"failed: {result.error}; wrote {out / 'result.json'}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
