@@ -2,8 +2,8 @@
 
 A dataset is one of ``DATASETS`` (downloaded into the data directory on first use and
 checked against its published size and sha256) or the path of a local UTF-8 text file.
-Its text is encoded once into ``<name>.tokens.npy`` (the smallest unsigned integer type
-that holds the vocabulary) with ``<name>.vocab.json`` (the symbol of each id) and
+Its text is encoded once into ``<name>.tokens.npy`` (uint8 for up to 256 symbols, else
+uint16 or int32) with ``<name>.vocab.json`` (the symbol of each id) and
 ``<name>.meta.json`` (the source sha256 and split boundaries) beside it; later loads just
 memory-map the array. Every file is written to a temporary name and moved into place, so
 concurrent trials preparing the same dataset never see a torn or half-downloaded file.
@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -150,7 +150,7 @@ class Dataset:
                 f"({self.vocab_size} characters): use only characters from its training text."
             ) from None
 
-    def decode(self, ids: Iterator[int] | list[int] | np.ndarray | torch.Tensor) -> str:
+    def decode(self, ids: Iterable[int] | np.ndarray | torch.Tensor) -> str:
         """The text of a sequence of token ids."""
         return "".join(self.vocab[int(index)] for index in ids)
 
@@ -158,7 +158,8 @@ class Dataset:
         """Number of tokens in split ``name``."""
         if name not in self.splits:
             raise DataError(
-                f"split={name!r} is not a split of {self.name}: use one of {', '.join(self.splits)}."
+                f"split={name!r} is not a split of {self.name}: "
+                f"use one of {', '.join(self.splits)}."
             )
         return len(self.splits[name])
 
@@ -269,10 +270,8 @@ def _windows(
     tokens = torch.from_numpy(rows.astype(np.int64))
     x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
     if torch.device(device).type == "cuda":
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(
-            device, non_blocking=True
-        )
-    return x.to(device), y.to(device)
+        x, y = x.pin_memory(), y.pin_memory()
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
 def _open_encoded(name: str, stem: Path, source_sha256: str) -> Dataset | None:
@@ -283,9 +282,9 @@ def _open_encoded(name: str, stem: Path, source_sha256: str) -> Dataset | None:
             return None
         vocab = json.loads(Path(f"{stem}.vocab.json").read_text())
         tokens = np.load(f"{stem}.tokens.npy", mmap_mode="r")
-    except (OSError, ValueError, KeyError):  # absent or unreadable: encode again
+        splits = {split: tokens[start:end] for split, (start, end) in meta["splits"].items()}
+    except (OSError, ValueError, KeyError, TypeError):  # absent or unreadable: encode again
         return None
-    splits = {split: tokens[start:end] for split, (start, end) in meta["splits"].items()}
     return Dataset(name=name, vocab=vocab, splits=splits)
 
 
@@ -321,9 +320,9 @@ def _encode(
     _atomic_write(Path(f"{stem}.vocab.json"), lambda file: file.write(json.dumps(vocab).encode()))
     meta = {"source_sha256": source_sha256, "splits": ranges}
     _atomic_write(Path(f"{stem}.meta.json"), lambda file: file.write(json.dumps(meta).encode()))
-    opened = _open_encoded(name, stem, source_sha256)
-    assert opened is not None, f"{stem}.meta.json was just written"
-    return opened
+    memmap = np.load(f"{stem}.tokens.npy", mmap_mode="r")
+    splits = {split: memmap[start:end] for split, (start, end) in ranges.items()}
+    return Dataset(name=name, vocab=vocab, splits=splits)
 
 
 def _tokenize(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -334,7 +333,9 @@ def _tokenize(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         start=np.zeros(bins, dtype=np.int64),
     )
     symbols = np.flatnonzero(counts)
-    dtype = np.uint8 if len(symbols) <= 1 << 8 else np.uint16 if len(symbols) <= 1 << 16 else np.int32
+    dtype = (
+        np.uint8 if len(symbols) <= 1 << 8 else np.uint16 if len(symbols) <= 1 << 16 else np.int32
+    )
     lookup = np.zeros(bins, dtype=dtype)
     lookup[symbols] = np.arange(len(symbols))
     return lookup[codes], symbols
@@ -345,10 +346,14 @@ def _split_ranges(
 ) -> dict[str, tuple[int, int]]:
     """[start, end) of each split: the given train/val/test sizes, or 90% train / 10% val."""
     if split_sizes is None:
-        boundary = int(length * 0.9)
+        boundary = length * 9 // 10
         return {"train": (0, boundary), "val": (boundary, length)}
     train, val, test = split_sizes
-    return {"train": (0, train), "val": (train, train + val), "test": (train + val, length)}
+    return {
+        "train": (0, train),
+        "val": (train, train + val),
+        "test": (train + val, train + val + test),
+    }
 
 
 def _fetch(spec: DatasetSpec, directory: Path) -> bytes:
@@ -363,7 +368,9 @@ def _fetch(spec: DatasetSpec, directory: Path) -> bytes:
     try:
         return _download(spec, raw)
     except DataError as error:
-        raise DataError(f"{raw} is corrupt ({problem}) and downloading it again failed: {error}")
+        raise DataError(
+            f"{raw} is corrupt ({problem}) and downloading it again failed: {error}"
+        ) from error
 
 
 def _download(spec: DatasetSpec, raw: Path) -> bytes:
@@ -378,24 +385,27 @@ def _download(spec: DatasetSpec, raw: Path) -> bytes:
         try:
             with urllib.request.urlopen(spec.url, timeout=DOWNLOAD_TIMEOUT_S) as response:
                 shutil.copyfileobj(response, file, 1 << 20)
+                if response.length:  # http.client returns a short body silently
+                    raise ConnectionError(f"closed with {response.length} bytes still to come")
         except (OSError, http.client.HTTPException) as error:  # HTTP status, refused, timeout
-            reason = (
-                f"HTTP {error.code} {error.reason}"
-                if isinstance(error, urllib.error.HTTPError)
-                else error.reason
-                if isinstance(error, urllib.error.URLError)
-                else error
-            )
             raise DataError(
-                f"download of {spec.url} failed ({reason}): check the network or {fix}."
+                f"download of {spec.url} failed ({_reason(error)}): check the network or {fix}."
             ) from error
         file.seek(0)
         content, problem = _read_content(spec, file)
         if problem is not None:
-            raise DataError(f"the file downloaded from {spec.url} is corrupt: {problem}; {fix}.")
+            raise DataError(
+                f"the file downloaded from {spec.url} is corrupt: {problem}; retry later, or {fix}."
+            )
         return content
 
     return _atomic_write(raw, fetch_and_verify)
+
+
+def _reason(error: Exception) -> object:
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code} {error.reason}"
+    return error.reason if isinstance(error, urllib.error.URLError) else error
 
 
 def _read_content(spec: DatasetSpec, file: BinaryIO) -> tuple[bytes, str | None]:
@@ -422,8 +432,17 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], Result]) -> Result:
 
     If ``write`` raises, the temporary file is removed and ``path`` is left untouched.
     """
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        descriptor, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        )
+    except OSError as error:
+        raise DataError(
+            f"cannot write {path.name} into {path.parent} ({error}): "
+            f"set {DATA_DIR_ENV} to a writable directory."
+        ) from error
+    try:
+        os.fchmod(descriptor, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
         with os.fdopen(descriptor, "w+b") as file:
             result = write(file)
         os.replace(temporary, path)

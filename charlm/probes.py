@@ -62,7 +62,8 @@ class _CausalLayout:
     """Where the causal entries of a (T, T) map are, and per-entry weights for row means."""
 
     index: Tensor  # (L,) flat positions t * T + j of the entries j <= t, row by row
-    weights: Tensor  # (L, 3) float64: 1, 1 / log(t + 1) (0 for t = 0), t - j
+    entropy_weights: Tensor  # (L, 2) float64: 1 and 1 / log(t + 1) (0 for t = 0)
+    mass_weights: Tensor  # (L, 2) float64: 1 and t - j (characters back)
 
 
 @functools.lru_cache(maxsize=32)
@@ -71,8 +72,12 @@ def _causal_layout(T: int, device: torch.device) -> _CausalLayout:
     rows64 = rows.to(torch.float64)
     log_context = torch.log1p(rows64)  # log(t + 1): entropy of uniform attention over 0..t
     inverse_max = torch.where(rows > 0, 1.0 / log_context.clamp_min(_TINY), 0.0)
-    weights = torch.stack([torch.ones_like(rows64), inverse_max, rows64 - cols], dim=1)
-    return _CausalLayout(index=rows * T + cols, weights=weights)
+    ones = torch.ones_like(rows64)
+    return _CausalLayout(
+        index=rows * T + cols,
+        entropy_weights=torch.stack([ones, inverse_max], dim=1),
+        mass_weights=torch.stack([ones, rows64 - cols], dim=1),
+    )
 
 
 def _check_attention(att: Tensor, name: str = "att") -> None:
@@ -83,16 +88,15 @@ def _check_attention(att: Tensor, name: str = "att") -> None:
 
 
 def _causal_entries(att: Tensor) -> tuple[Tensor, _CausalLayout]:
-    """The causal entries of each map as float32 (..., L), and their layout."""
+    """The causal entries of each map as float32 (..., L), and their layout.
+
+    Entries are clamped to at least 1e-30 so their logs are finite: p log p is then 0 to
+    within 1e-28 for p = 0, and every mixture of entries is positive too.
+    """
     T = att.shape[-1]
     layout = _causal_layout(T, att.device)
-    entries = att.float().flatten(-2).index_select(-1, layout.index)  # (..., L)
-    return entries, layout
-
-
-def _neg_plogp(p: Tensor) -> Tensor:
-    """-p log p elementwise, 0 for p = 0 (p is left unchanged)."""
-    return p.clamp_min(_TINY).log().mul_(p).neg_()
+    entries = att.float().flatten(-2).index_select(-1, layout.index)  # (..., L), a copy
+    return entries.clamp_min_(_TINY), layout
 
 
 @dataclass(frozen=True)
@@ -107,8 +111,9 @@ class _HeadSums:
 
 def _head_sums(entries: Tensor, layout: _CausalLayout) -> _HeadSums:
     """Weighted sums of one layer's causal entries (B, nh, L): one matmul per quantity."""
-    weighted_entropy = _neg_plogp(entries).sum(0).double() @ layout.weights[:, :2]  # (nh, 2)
-    weighted_mass = entries.sum(0).double() @ layout.weights[:, [0, 2]]  # (nh, 2)
+    plogp = entries.log().mul_(entries).sum(0)  # (nh, L): summed over the batch in float32
+    weighted_entropy = -(plogp.double() @ layout.entropy_weights)  # (nh, 2)
+    weighted_mass = entries.sum(0).double() @ layout.mass_weights  # (nh, 2)
     return _HeadSums(
         entropy=weighted_entropy[:, 0],
         entropy_normalized=weighted_entropy[:, 1],
@@ -118,15 +123,15 @@ def _head_sums(entries: Tensor, layout: _CausalLayout) -> _HeadSums:
 
 
 def _mixture_entropy_sum(p: Tensor, q: Tensor, p_mass: Tensor, q_mass: Tensor) -> Tensor:
-    """Sum over all entries of -m log m with m = (p + q) / 2, in float64, over the last dim
-    and the leading batch dim (shape of the middle dims).
+    """Sum of -m log m with m = (p + q) / 2 over the leading (batch) and last (entry) dims of
+    clamped entries p, q (B, k, L): float64, shape (k,).
 
     With s = p + q: -m log m = -(s log s) / 2 + (s log 2) / 2, and the sum of s is the known
     mass of p plus that of q, so only s log s needs new logarithms.
     """
-    s = p + q
-    neg_slogs = _neg_plogp(s).sum(-1).double().sum(0)
-    return 0.5 * neg_slogs + 0.5 * math.log(2.0) * (p_mass + q_mass)
+    s = p + q  # (B, k, L)
+    slogs = torch.linalg.vecdot(s, s.log()).double().sum(0)  # (k,)
+    return -0.5 * slogs + 0.5 * math.log(2.0) * (p_mass + q_mass)
 
 
 def _pairwise_js_mean(entries: Tensor, sums: _HeadSums, rows: int) -> Tensor:
@@ -172,10 +177,14 @@ def normalized_entropy(att: Tensor) -> Tensor:
     _check_attention(att)
     entries, layout = _causal_entries(att)
     B, _, T, _ = att.shape
+    return _normalized_mean(_head_sums(entries, layout), B, T)
+
+
+def _normalized_mean(sums: _HeadSums, B: int, T: int) -> Tensor:
+    """Per-head mean normalised entropy over the B * (T - 1) rows t >= 1; NaN when T == 1."""
     if T < 2:
-        return torch.full((att.shape[1],), math.nan, dtype=torch.float64, device=att.device)
-    normalized = _head_sums(entries, layout).entropy_normalized / (B * (T - 1))
-    return normalized.clamp(0.0, 1.0)
+        return torch.full_like(sums.entropy, math.nan)
+    return (sums.entropy_normalized / (B * (T - 1))).clamp(0.0, 1.0)
 
 
 @torch.no_grad()
@@ -237,8 +246,8 @@ def layer_attention_js(att_a: Tensor, att_b: Tensor) -> float:
     entries_a, layout = _causal_entries(att_a.float().mean(1, keepdim=True))
     entries_b, _ = _causal_entries(att_b.float().mean(1, keepdim=True))
     B, _, T, _ = att_a.shape
-    return _layer_js(entries_a, _head_sums(entries_a, layout), entries_b,
-                     _head_sums(entries_b, layout), B * T).item()  # fmt: skip
+    sums_a, sums_b = _head_sums(entries_a, layout), _head_sums(entries_b, layout)
+    return _layer_js(entries_a, sums_a, entries_b, sums_b, B * T).item()
 
 
 def _layer_js(
@@ -258,12 +267,26 @@ def hidden_cosine(h_a: Tensor, h_b: Tensor) -> float:
     vectors (B, T, C) at the same token: 1 for parallel, 0 for orthogonal, -1 for opposite
     vectors (a zero vector counts as 0).
     """
+    _check_hidden(h_a, h_b)
+    return _mean_cosine(_unit(h_a), _unit(h_b)).item()
+
+
+def _check_hidden(h_a: Tensor, h_b: Tensor, names: str = "h_a and h_b") -> None:
     if h_a.shape != h_b.shape or h_a.dim() != 3:
         raise ValueError(
-            f"hidden states {tuple(h_a.shape)} and {tuple(h_b.shape)}: both must be (B, T, C) "
-            "of the same shape."
+            f"{names} have shapes {tuple(h_a.shape)} and {tuple(h_b.shape)}: hidden states "
+            "must be (B, T, C), all of the same shape."
         )
-    return F.cosine_similarity(h_a.double(), h_b.double(), dim=-1).mean().item()
+
+
+def _unit(h: Tensor) -> Tensor:
+    """Hidden vectors scaled to length 1 (zero vectors stay zero), float32 (B, T, C)."""
+    return F.normalize(h.float(), dim=-1)
+
+
+def _mean_cosine(unit_a: Tensor, unit_b: Tensor) -> Tensor:
+    """Mean over tokens of the dot products of unit vectors: float64 scalar tensor."""
+    return torch.linalg.vecdot(unit_a, unit_b).double().mean()
 
 
 # --- all probes of one capture ---------------------------------------------------------------
@@ -293,35 +316,39 @@ def probe_metrics(attentions: list[Tensor], hidden_states: list[Tensor]) -> list
                 f"attentions[{layer}] has shape {tuple(att.shape)}, layer 0 has "
                 f"{tuple(attentions[0].shape)}: capture all layers from the same batch."
             )
+    for layer, hidden in enumerate(hidden_states):
+        _check_hidden(hidden_states[0], hidden, f"hidden_states[0] and hidden_states[{layer}]")
     B, nh, T, _ = attentions[0].shape
+    if hidden_states[0].shape[:2] != (B, T):
+        raise ValueError(
+            f"hidden states {tuple(hidden_states[0].shape)} do not match attention maps "
+            f"{tuple(attentions[0].shape)} in (B, T): capture both from the same batch."
+        )
     rows = B * T
 
     per_head, per_layer, averaged = [], [], []
     for att in attentions:
         entries, layout = _causal_entries(att)  # (B, nh, L)
         sums = _head_sums(entries, layout)
-        normalized = (
-            (sums.entropy_normalized / (B * (T - 1))).clamp(0.0, 1.0)
-            if T > 1
-            else torch.full_like(sums.entropy, math.nan)
-        )
+        normalized = _normalized_mean(sums, B, T)
         per_head.append(torch.stack([sums.entropy / rows, normalized, sums.span / rows]))
         head_mean = entries.mean(1, keepdim=True)  # (B, 1, L): the layer's average map
         averaged.append((head_mean, _head_sums(head_mean, layout)))
         per_layer.append(_pairwise_js_mean(entries, sums, rows))
 
     next_js = [_layer_js(*averaged[i], *averaged[i + 1], rows) for i in range(len(averaged) - 1)]
-    next_cosine = [
-        F.cosine_similarity(hidden_states[i].double(), hidden_states[i + 1].double(), dim=-1)
-        .mean()
-        for i in range(len(hidden_states) - 1)
-    ]
+    units = [_unit(hidden) for hidden in hidden_states]
+    next_cosine = [_mean_cosine(units[i], units[i + 1]) for i in range(len(units) - 1)]
     # one device-to-host transfer for everything
     head_values = torch.stack(per_head).tolist()  # (n_layer, 3, nh)
+    n_layer, device = len(attentions), attentions[0].device
     layer_values = torch.stack(
-        [torch.stack(per_layer), _padded(next_js, len(attentions)),
-         _padded(next_cosine, len(attentions))]
-    ).tolist()  # (3, n_layer); fmt: skip
+        [
+            torch.stack(per_layer),
+            _padded(next_js, n_layer, device),
+            _padded(next_cosine, n_layer, device),
+        ]
+    ).tolist()  # (3, n_layer)
 
     results = []
     last = len(attentions) - 1
@@ -344,9 +371,7 @@ def probe_metrics(attentions: list[Tensor], hidden_states: list[Tensor]) -> list
     return results
 
 
-def _padded(values: list[Tensor], length: int) -> Tensor:
-    """Stack scalar tensors and pad with NaN to ``length`` (the last layer has no next)."""
-    pad = torch.full((length - len(values),), math.nan, dtype=torch.float64)
-    if values:
-        return torch.cat([torch.stack(values), pad.to(values[0].device)])
-    return pad
+def _padded(values: list[Tensor], length: int, device: torch.device) -> Tensor:
+    """Stack float64 scalar tensors, padded with NaN to ``length`` (the last layer has no next)."""
+    pad = torch.full((length - len(values),), math.nan, dtype=torch.float64, device=device)
+    return torch.cat([*(value.reshape(1) for value in values), pad])

@@ -203,7 +203,7 @@ def train(
 
     ``report(metrics)`` gets one flat dict per evaluation: step, tokens_seen, elapsed_s, lr,
     train_loss, val_loss, best_val_loss, tokens_per_s, attention (per layer/head rows, when
-    probed), done; the last one also carries the final metrics and the sample.
+    probed), final; the last one also carries the final metrics and the sample.
     With ``checkpoint_dir``, a checkpoint (``ckpt.pt``: model, optimizer, step, RNG states,
     history) is written at every evaluation before reporting, and ``model.pt`` (weights,
     config and vocab) at the end. ``resume_from`` (a checkpoint file or directory) continues
@@ -313,10 +313,10 @@ def train(
                 result.train_time_s = prior_elapsed + time.perf_counter() - run_start
                 if checkpoint_path is not None:
                     _save_model(checkpoint_path / MODEL_FILE, model, data)
-                metrics.update(result.summary(), sample=result.sample, done=True)
+                metrics.update(result.summary(), sample=result.sample, final=True)
                 _log(report, metrics)
                 return result
-            metrics["done"] = False
+            metrics["final"] = False
             _log(report, metrics)
         if step == train_cfg.max_iters:  # resumed from the final checkpoint
             break
@@ -397,7 +397,7 @@ def _fail(result: TrialResult, step: int, report: Report | None, wall_start: flo
     result.train_time_s = time.perf_counter() - wall_start
     if result.curve:
         result.best_val_loss = min(p["val_loss"] for p in result.curve)
-    _log(report, {"step": step, **result.summary(), "done": True})
+    _log(report, {"step": step, **result.summary(), "final": True})
     return result
 
 

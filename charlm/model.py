@@ -1,0 +1,463 @@
+"""A nanoGPT-class character-level GPT with probe capture and KV-cache generation.
+
+Architecture (GPT-2 style): learned token and position embeddings, ``n_layer`` pre-LayerNorm
+blocks of causal self-attention (one fused QKV projection, ``n_head`` heads) and a 4x GELU MLP,
+a final LayerNorm and a language-model head tied to the token embedding. Initialisation follows
+GPT-2: every weight normal(0, 0.02), residual output projections normal(0, 0.02/sqrt(2*n_layer)),
+biases zero.
+
+Training attention uses ``torch.nn.functional.scaled_dot_product_attention`` (causal). Dropout
+(on the embeddings, the attention weights after the softmax, and each residual branch, scaled by
+1/(1-p) so that expectations are preserved) draws its masks from torch's default generator for the
+device only, so ``torch.get_rng_state()`` in a checkpoint makes a resume exact. On the CPU the
+masks come from 16-bit random integers compared with a threshold (Bernoulli with the drop
+probability rounded to a multiple of 1/65536; the scale uses that exact probability), which is
+several times cheaper than ``bernoulli_``; attention dropout there runs in a custom autograd
+function that stores the one-byte mask. On other devices, or with ``fast_dropout=False``, torch's
+own dropout is used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from charlm.config import ConfigError, ModelConfig
+
+__all__ = [
+    "GPT",
+    "Capture",
+    "attention_with_dropout",
+    "dropout_keep_mask",
+    "fast_dropout",
+]
+
+# A uniform int16 r is kept when r >= threshold: P(keep) = 1 - round(p * 2**16) / 2**16.
+_INT16_LEVELS = 1 << 16
+
+
+def _drop_count(p: float) -> int:
+    """Number of the 65536 int16 values that mean "drop" for drop probability ``p``."""
+    return min(_INT16_LEVELS - 1, round(p * _INT16_LEVELS))
+
+
+def dropout_keep_mask(shape: tuple[int, ...] | torch.Size, p: float, device: torch.device | str):
+    """A boolean keep-mask of ``shape`` and the exact keep probability it was drawn with.
+
+    Entries are independent Bernoulli(1 - p') with p' = round(p * 65536) / 65536 (|p' - p| <=
+    7.7e-6). The random bits come from torch's default generator for ``device`` (full-range
+    int64 draws, four 16-bit lanes each), so its state fully determines the mask.
+    Returns (mask: bool tensor of ``shape``, keep_probability: float in (0, 1]).
+    """
+    numel = math.prod(shape)
+    words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device)
+    words.random_(-(1 << 63), None)  # full 64-bit range: every int16 lane is uniform
+    lanes = words.view(torch.int16)[:numel].view(shape)  # shape, uniform in [-32768, 32767]
+    drops = _drop_count(p)
+    return lanes >= drops - (_INT16_LEVELS // 2), 1.0 - drops / _INT16_LEVELS
+
+
+def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Dropout with ``torch.nn.functional.dropout`` semantics and a cheap CPU mask.
+
+    In training, each entry of ``x`` is zeroed with probability ~p (see ``dropout_keep_mask``)
+    and survivors are scaled by 1/keep_probability; at eval time, or p == 0, ``x`` is returned.
+    Off the CPU it is ``torch.nn.functional.dropout``.
+    """
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, training=True)
+    keep, keep_probability = dropout_keep_mask(x.shape, p, x.device)
+    # the scaled mask is a constant for autograd: backward is grad * mask
+    return x * keep.to(x.dtype).mul_(1.0 / keep_probability)
+
+
+class _AttentionWithDropout(torch.autograd.Function):
+    """Causal softmax attention with dropout on the attention weights, for the CPU.
+
+    Forward: P = softmax(q k^T / sqrt(hs) + causal), keep ~ Bernoulli, y = (P * keep) v / keep_p.
+    Saved for backward: q, k, v, P, the bool keep mask and y; the softmax backward uses
+    rowsum(dP * P) = rowsum(dy * y), so it only needs one pass over the (T, T) tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, p):  # q, k, v: (B, nh, T, hs)
+        T, hs = q.size(-2), q.size(-1)
+        scale = 1.0 / math.sqrt(hs)
+        att = torch.matmul(q, k.transpose(-2, -1))  # (B, nh, T, T)
+        future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu_(1)  # (T, T)
+        att.mul_(scale).masked_fill_(future, float("-inf"))
+        att = torch.softmax(att, dim=-1)  # (B, nh, T, T) rows sum to 1
+        keep, keep_probability = dropout_keep_mask(att.shape, p, q.device)  # (B, nh, T, T)
+        y = torch.matmul(att * keep, v).mul_(1.0 / keep_probability)  # (B, nh, T, hs)
+        ctx.save_for_backward(q, k, v, att, keep, y)
+        ctx.scale, ctx.keep_probability = scale, keep_probability
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):  # grad_y: (B, nh, T, hs)
+        q, k, v, att, keep, y = ctx.saved_tensors
+        grad_y_scaled = grad_y * (1.0 / ctx.keep_probability)  # (B, nh, T, hs)
+        dropped = att * keep  # (B, nh, T, T)
+        grad_v = torch.matmul(dropped.transpose(-2, -1), grad_y_scaled)  # (B, nh, T, hs)
+        grad_att = torch.matmul(grad_y_scaled, v.transpose(-2, -1))  # (B, nh, T, T)
+        row_dot = (grad_y * y).sum(dim=-1, keepdim=True)  # (B, nh, T, 1) = rowsum(dP * P)
+        # softmax backward: dS = P * (keep * dA / keep_p - rowsum) = dropped * dA' - P * rowsum
+        grad_scores = grad_att.mul_(dropped).addcmul_(att, row_dot, value=-1.0)  # (B, nh, T, T)
+        grad_q = torch.matmul(grad_scores, k).mul_(ctx.scale)  # (B, nh, T, hs)
+        grad_k = torch.matmul(grad_scores.transpose(-2, -1), q).mul_(ctx.scale)  # (B, nh, T, hs)
+        return grad_q, grad_k, grad_v, None
+
+
+def attention_with_dropout(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float
+) -> torch.Tensor:
+    """Causal attention with training-mode dropout ``p`` on the softmax weights (CPU fast path).
+
+    Same semantics as ``scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)``
+    (masks from ``dropout_keep_mask``). q, k, v: (B, nh, T, hs); returns (B, nh, T, hs).
+    """
+    return _AttentionWithDropout.apply(q, k, v, p)
+
+
+def _explicit_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal softmax attention written out: returns (y (B, nh, T, hs), weights (B, nh, T, T))."""
+    T = q.size(-2)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, T, T)
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu_(1)  # (T, T)
+    att = att.masked_fill(future, float("-inf")).softmax(dim=-1)  # (B, nh, T, T)
+    return att @ v, att  # (B, nh, T, hs), (B, nh, T, T)
+
+
+@dataclass
+class Capture:
+    """What ``GPT.capture`` records for one batch, in eval mode.
+
+    logits: (B, T, vocab_size). attentions: one (B, nh, T, T) tensor per layer, the softmax
+    weights (causal: zero above the diagonal, rows sum to 1). hidden_states: one (B, T, C)
+    tensor per layer, each block's output (before the final LayerNorm).
+    """
+
+    logits: torch.Tensor
+    attentions: list[torch.Tensor]
+    hidden_states: list[torch.Tensor]
+
+
+class _LayerCache:
+    """Keys and values of one layer for KV-cache generation: (B, nh, block_size, hs) buffers."""
+
+    def __init__(self, batch: int, n_head: int, block_size: int, head_size: int, like: torch.Tensor):
+        shape = (batch, n_head, block_size, head_size)
+        self.keys = torch.empty(shape, dtype=like.dtype, device=like.device)
+        self.values = torch.empty(shape, dtype=like.dtype, device=like.device)
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nh, t, hs) after what is cached; return all cached (B, nh, L, hs)."""
+        end = self.length + k.size(2)
+        self.keys[:, :, self.length : end] = k
+        self.values[:, :, self.length : end] = v
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, fast_dropout: bool = True):
+        super().__init__()
+        self.n_head, self.n_embed, self.dropout = cfg.n_head, cfg.n_embed, cfg.dropout
+        self.fast_dropout = fast_dropout
+        self.c_attn = nn.Linear(cfg.n_embed, 3 * cfg.n_embed, bias=cfg.bias)  # fused q, k, v
+        self.c_proj = nn.Linear(cfg.n_embed, cfg.n_embed, bias=cfg.bias)
+
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, T, C = x.size()
+        qkv = self.c_attn(x)  # (B, T, 3C)
+        qkv = qkv.view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, nh, hs)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
+        return q, k, v
+
+    def _merge(self, y: torch.Tensor) -> torch.Tensor:
+        B, _, T, _ = y.size()
+        y = y.transpose(1, 2).reshape(B, T, self.n_embed)  # (B, T, C)
+        return self._residual_dropout(self.c_proj(y))  # (B, T, C)
+
+    def _residual_dropout(self, y: torch.Tensor) -> torch.Tensor:
+        if self.fast_dropout:
+            return fast_dropout(y, self.dropout, self.training)
+        return F.dropout(y, self.dropout, self.training)
+
+    def forward(self, x: torch.Tensor, cache: _LayerCache | None = None) -> torch.Tensor:
+        q, k, v = self._heads(x)  # (B, nh, T, hs)
+        T = q.size(2)
+        if cache is not None:
+            first = cache.length == 0
+            k, v = cache.append(k, v)  # (B, nh, L, hs)
+            # a prefill is causal within itself; a single new token attends to everything cached
+            if not first and T != 1:
+                raise ConfigError(f"KV-cache step got {T} tokens: feed one token per step.")
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=first)  # (B, nh, T, hs)
+            return self._merge(y)
+        p = self.dropout if self.training else 0.0
+        if p > 0.0 and self.fast_dropout and x.device.type == "cpu":
+            y = attention_with_dropout(q, k, v, p)  # (B, nh, T, hs)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        return self._merge(y)
+
+    def forward_capture(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eval-mode forward through the explicit math path: (y (B, T, C), att (B, nh, T, T))."""
+        q, k, v = self._heads(x)  # (B, nh, T, hs)
+        y, att = _explicit_attention(q, k, v)  # (B, nh, T, hs), (B, nh, T, T)
+        return self._merge(y), att
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, fast_dropout: bool = True):
+        super().__init__()
+        self.dropout, self.fast_dropout = cfg.dropout, fast_dropout
+        self.c_fc = nn.Linear(cfg.n_embed, 4 * cfg.n_embed, bias=cfg.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * cfg.n_embed, cfg.n_embed, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.c_proj(self.gelu(self.c_fc(x)))  # (B, T, C)
+        if self.fast_dropout:
+            return fast_dropout(x, self.dropout, self.training)
+        return F.dropout(x, self.dropout, self.training)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, fast_dropout: bool = True):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embed, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg, fast_dropout)
+        self.ln_2 = nn.LayerNorm(cfg.n_embed, bias=cfg.bias)
+        self.mlp = MLP(cfg, fast_dropout)
+
+    def forward(self, x: torch.Tensor, cache: _LayerCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache)  # (B, T, C)
+        return x + self.mlp(self.ln_2(x))  # (B, T, C)
+
+    def forward_capture(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y, att = self.attn.forward_capture(self.ln_1(x))  # (B, T, C), (B, nh, T, T)
+        x = x + y  # (B, T, C)
+        return x + self.mlp(self.ln_2(x)), att  # (B, T, C), (B, nh, T, T)
+
+
+class GPT(nn.Module):
+    """The language model. ``GPT(cfg)`` needs ``cfg.vocab_size`` set.
+
+    ``fast_dropout`` (default True) selects the cheap CPU dropout masks described in the module
+    docstring; False gives torch's own dropout everywhere (the nanoGPT reference, for
+    benchmarks). It changes only which random numbers are drawn, not the training semantics.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, fast_dropout: bool = True):
+        super().__init__()
+        if cfg.vocab_size is None:
+            raise ConfigError(
+                "vocab_size=None: set ModelConfig.vocab_size (e.g. dataset.vocab_size) "
+                "before building the GPT."
+            )
+        self.cfg = cfg
+        self.fast_dropout = fast_dropout
+        self.transformer = nn.ModuleDict(
+            {
+                "wte": nn.Embedding(cfg.vocab_size, cfg.n_embed),
+                "wpe": nn.Embedding(cfg.block_size, cfg.n_embed),
+                "h": nn.ModuleList([Block(cfg, fast_dropout) for _ in range(cfg.n_layer)]),
+                "ln_f": nn.LayerNorm(cfg.n_embed, bias=cfg.bias),
+            }
+        )
+        self.lm_head = nn.Linear(cfg.n_embed, cfg.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        self.apply(self._init_weights)
+        residual_std = 0.02 / math.sqrt(2 * cfg.n_layer)
+        for name, param in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # the projections that write into the residual
+                nn.init.normal_(param, mean=0.0, std=residual_std)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; ``non_embedding`` subtracts the position embeddings.
+
+        The token embedding is tied to the LM head, so it counts once and is not subtracted.
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (forward + backward), PaLM appendix B / nanoGPT estimate_mfu.
+
+        6 x non-embedding parameters + 12 x n_layer x n_embed x block_size (attention).
+        """
+        cfg = self.cfg
+        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embed * cfg.block_size
+
+    def _embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+        T = idx.size(1)
+        if start + T > self.cfg.block_size:
+            raise ConfigError(
+                f"sequence length {start + T} exceeds block_size={self.cfg.block_size}: "
+                f"crop idx to its last {self.cfg.block_size} tokens."
+            )
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        if self.fast_dropout:
+            return fast_dropout(x, self.cfg.dropout, self.training)
+        return F.dropout(x, self.cfg.dropout, self.training)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx, targets: (B, T) int64 token ids, T <= block_size; targets -1 are ignored.
+
+        Returns logits (B, T, vocab_size) for every position and the mean cross-entropy loss
+        (a scalar tensor) when ``targets`` is given, else None.
+        """
+        x = self._embed(idx)  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x)  # (B, T, C)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(
+            logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
+        )
+        return logits, loss
+
+    @torch.no_grad()
+    def capture(self, idx: torch.Tensor) -> Capture:
+        """Eval-mode forward of idx (B, T) recording attention maps and block outputs.
+
+        Uses the explicit softmax path (no SDPA) so the weights exist; dropout is off, and the
+        module's training flag is restored afterwards. Logits equal ``forward``'s in eval mode.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            x = self._embed(idx)  # (B, T, C)
+            attentions, hidden_states = [], []
+            for block in self.transformer.h:
+                x, att = block.forward_capture(x)  # (B, T, C), (B, nh, T, T)
+                attentions.append(att)
+                hidden_states.append(x)
+            logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        finally:
+            self.train(was_training)
+        return Capture(logits=logits, attentions=attentions, hidden_states=hidden_states)
+
+    def _new_cache(self, idx: torch.Tensor) -> list[_LayerCache]:
+        cfg = self.cfg
+        like = self.transformer.wpe.weight
+        return [
+            _LayerCache(idx.size(0), cfg.n_head, cfg.block_size, cfg.head_size, like)
+            for _ in range(cfg.n_layer)
+        ]
+
+    def _forward_cached(self, idx: torch.Tensor, cache: list[_LayerCache]) -> torch.Tensor:
+        """Feed idx (B, t) after what ``cache`` holds; return next-token logits (B, V)."""
+        x = self._embed(idx, start=cache[0].length)  # (B, t, C)
+        for block, layer_cache in zip(self.transformer.h, cache, strict=True):
+            x = block(x, layer_cache)  # (B, t, C)
+        return self.lm_head(self.transformer.ln_f(x[:, -1, :]))  # (B, V)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Sample ``max_new_tokens`` tokens after idx (B, T0); return (B, T0 + max_new_tokens).
+
+        Runs in eval mode (no dropout; the training flag is restored). Each step samples from
+        softmax(logits / temperature) restricted to the ``top_k`` most likely tokens, drawing
+        from ``generator`` (torch's default generator when None). The context is the last
+        block_size tokens. With ``use_cache`` the prompt is prefilled once and then one token
+        per step runs against cached keys and values; once the sequence is longer than
+        block_size every token's position changes at each step (absolute position
+        embeddings), so the cache cannot be reused and each step re-prefills the last
+        block_size tokens, which costs what use_cache=False costs. Both modes give the same
+        tokens for the same generator state.
+        """
+        if temperature <= 0 or not math.isfinite(temperature):
+            raise ConfigError(
+                f"temperature={temperature!r} is invalid: use a number > 0 (top_k=1 is greedy)."
+            )
+        if top_k is not None and top_k < 1:
+            raise ConfigError(f"top_k={top_k!r} is invalid: use an integer >= 1 or None.")
+        block_size = self.cfg.block_size
+        was_training = self.training
+        self.eval()
+        try:
+            cache: list[_LayerCache] | None = None
+            for _ in range(max_new_tokens):
+                if not use_cache:
+                    logits, _ = self(idx[:, -block_size:])  # (B, t, V)
+                    logits = logits[:, -1, :]  # (B, V)
+                elif cache is None or cache[0].length == block_size:
+                    cache = self._new_cache(idx)
+                    logits = self._forward_cached(idx[:, -block_size:], cache)  # (B, V)
+                else:
+                    logits = self._forward_cached(idx[:, -1:], cache)  # (B, V)
+                idx_next = _sample(logits, temperature, top_k, generator)  # (B, 1)
+                idx = torch.cat((idx, idx_next), dim=1)  # (B, t + 1)
+        finally:
+            self.train(was_training)
+        return idx
+
+    def configure_optimizer(
+        self,
+        weight_decay: float,
+        learning_rate: float,
+        betas: tuple[float, float],
+        device_type: str,
+    ) -> torch.optim.AdamW:
+        """AdamW with ``weight_decay`` on the 2-D weights (matmuls, embeddings) only.
+
+        Biases and LayerNorm gains are not decayed. ``fused=True`` when ``device_type`` is
+        "cuda".
+        """
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        extra = {"fused": True} if device_type == "cuda" else {}
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+
+
+def _sample(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """One token per row from logits (B, V): temperature, optional top-k, multinomial."""
+    logits = logits / temperature  # (B, V)
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))  # (B, V)
+    probs = F.softmax(logits, dim=-1)  # (B, V)
+    return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)

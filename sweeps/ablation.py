@@ -1,0 +1,301 @@
+"""CLI: run a one-factor-at-a-time ablation grid with seed replicates on Ray Tune.
+
+    python sweeps/ablation.py [--cluster cluster.yaml] [--preset notebook|nanogpt]
+        [--grid FILE] [--factors n_head,dropout] [--datasets shakespeare_char,...]
+        [--seeds 3] [--max-iters N] [--results DIR] [--name NAME] [--cpus-per-trial C]
+        [--gpus-per-trial G] [--max-concurrent K] [--dry-run]
+
+Exit status: 0 when every trial finished, 1 if any failed, 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from charlm.cli import OneLineParser, fail
+from charlm.config import ConfigError, to_dict
+from charlm.data import check_block_size, load_dataset
+from sweeps.grid import PRESETS, GridSpec, TrialSpec, expand, load_grid
+from sweeps.runner import Resources, load_cluster_config
+from sweeps.schema import read_table
+from sweeps.store import ResultStore, check_results_dir, trial_columns, trial_statuses
+
+__all__ = ["main", "param_space", "parse_args", "plan_trials", "prepare_datasets", "summary_table"]
+
+
+def _csv(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = OneLineParser(
+        prog="python sweeps/ablation.py",
+        description="Run a one-factor-at-a-time ablation grid (baseline + one factor changed "
+        "at a time) with seed replicates on Ray Tune; every trial lands in a Parquet result "
+        "store. Re-running the same command runs only what the store lacks.",
+    )
+    add = parser.add_argument
+    add(
+        "--cluster",
+        metavar="YAML",
+        help="Ray cluster-launcher file of the cluster to use (default: an embedded local Ray)",
+    )
+    add(
+        "--address",
+        help="Ray address to connect to instead of deriving it from --cluster "
+        "(e.g. ray://127.0.0.1:10001 through an SSH tunnel)",
+    )
+    add(
+        "--preset",
+        default="notebook",
+        choices=sorted(PRESETS),
+        help="built-in grid (default: notebook)",
+    )
+    add("--grid", metavar="FILE", help="YAML grid file (overrides --preset); see examples/")
+    add("--factors", type=_csv, help="run only these factors, comma-separated")
+    add(
+        "--datasets",
+        type=_csv,
+        help="comma-separated: shakespeare_char, enwik8, text8 or text file paths",
+    )
+    add("--seeds", type=int, help="number of seeds (0..N-1); default: the grid's (3)")
+    add(
+        "--max-iters",
+        type=int,
+        help="shorten every trial to N steps (each still evaluates at its end)",
+    )
+    add(
+        "--results", default="results", type=Path, help="result store directory (default: results/)"
+    )
+    add("--name", help="sweep name in the store (default: the grid's name)")
+    add(
+        "--cpus-per-trial",
+        type=float,
+        default=1.0,
+        help="CPUs per trial, also its torch threads (default 1: one trial per core)",
+    )
+    add(
+        "--gpus-per-trial",
+        type=float,
+        default=None,
+        help="GPUs per trial, fractions share a GPU (default: 1 when the cluster has GPUs)",
+    )
+    add("--max-concurrent", type=int, help="at most K trials at once")
+    add("--num-cpus", type=float, help="CPUs of the embedded local Ray (default: all)")
+    add("--num-gpus", type=float, help="GPUs of the embedded local Ray (default: all)")
+    add(
+        "--storage",
+        help="path or URI for checkpoints that every node can reach (multi-node: "
+        "shared storage such as s3://bucket/path or NFS; default: RESULTS/_ray)",
+    )
+    add("--data-dir", help="dataset cache (default: $CHARLM_DATA_DIR, else the user cache)")
+    add(
+        "--max-failures",
+        type=int,
+        default=3,
+        help="retries of a failed trial from its last checkpoint (default 3)",
+    )
+    add(
+        "--dry-run",
+        action="store_true",
+        help="print the trials and a compute estimate, then exit without running",
+    )
+    add("--verbose", action="store_true", help="show Ray's own logs")
+    return parser.parse_args(argv)  # fmt: skip
+
+
+def plan_trials(args) -> list[TrialSpec]:
+    """The grid's trials after the CLI's filters and overrides; raises GridError/ConfigError."""
+    spec: GridSpec = load_grid(args.grid) if args.grid else PRESETS[args.preset]
+    overrides: dict[str, Any] = {}
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    trials = expand(
+        spec,
+        factors=args.factors,
+        datasets=args.datasets,
+        seeds=args.seeds,
+        max_iters=args.max_iters,
+        overrides=overrides or None,
+    )
+    if args.name:
+        trials = [_renamed(trial, args.name) for trial in trials]
+    return trials
+
+
+def _renamed(trial: TrialSpec, name: str) -> TrialSpec:
+    return dataclasses.replace(trial, sweep=name)
+
+
+def prepare_datasets(trials: list[TrialSpec]) -> dict[str, int]:
+    """Fetch and encode each dataset once on the driver; check every block size against it.
+
+    Returns the vocabulary size per dataset. All block-size problems are reported together.
+    """
+    vocab_sizes: dict[str, int] = {}
+    problems: list[str] = []
+    checked: set[tuple[str, int]] = set()
+    for trial in trials:
+        data = load_dataset(trial.dataset, trial.train.data_dir)
+        vocab_sizes[trial.dataset] = data.vocab_size
+        key = (trial.dataset, trial.model.block_size)
+        if key in checked:
+            continue
+        checked.add(key)
+        try:
+            check_block_size(data, trial.model.block_size)
+        except ConfigError as exc:
+            problems.append(f"{trial.factor}={trial.level}: {exc}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return vocab_sizes
+
+
+def summary_table(store_rows: list[dict[str, Any]]) -> str:
+    """Per config (dataset, factor, level): trials ok/failed and best val loss over seeds."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in store_rows:
+        groups[(row["dataset"], row["factor"], row["level"])].append(row)
+    lines = [f"{'dataset':<18} {'factor':<12} {'level':<22} {'ok':>3} {'failed':>6} "
+             f"{'best val loss (mean over seeds)':>32}"]  # fmt: skip
+    for (dataset, factor, level), rows in sorted(groups.items()):
+        ok = [r["best_val_loss"] for r in rows if r["status"] == "ok" and r["best_val_loss"]]
+        mean = f"{statistics.fmean(ok):.4f}" if ok else "-"
+        lines.append(
+            f"{Path(dataset).name[:18]:<18} {factor[:12]:<12} {level[:22]:<22} {len(ok):>3} "
+            f"{len(rows) - len(ok):>6} {mean:>32}"
+        )
+    return "\n".join(lines)
+
+
+def param_space(trials: list[TrialSpec]) -> dict[str, Any]:
+    from ray import tune
+
+    return {
+        "trial": tune.grid_search(
+            [
+                {
+                    "trial_id": trial.trial_id,
+                    "params": {**to_dict(trial.model), **to_dict(trial.train)},
+                    "columns": {
+                        "dataset": trial.dataset,
+                        "seed": trial.seed,
+                        **trial_columns(
+                            sweep=trial.sweep,
+                            kind="ablation",
+                            factor=trial.factor,
+                            level=trial.level,
+                            model=trial.model,
+                            train=trial.train,
+                        ),
+                    },
+                }
+                for trial in trials
+            ]
+        )
+    }
+
+
+def _dry_run(trials: list[TrialSpec], vocab_sizes: dict[str, int], args) -> None:
+    from sweeps.estimate import estimate, format_table
+
+    cpus = args.num_cpus or os.cpu_count() or 1
+    concurrent = max(1, math.floor(cpus / args.cpus_per_trial))
+    if args.max_concurrent:
+        concurrent = min(concurrent, args.max_concurrent)
+    result = estimate(trials, args.cpus_per_trial, concurrent, vocab_sizes)
+    print(format_table(trials, result))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.seeds is not None and args.seeds < 1:
+            raise ConfigError(f"--seeds {args.seeds}: give a number of seeds >= 1.")
+        if args.max_iters is not None and args.max_iters < 1:
+            raise ConfigError(f"--max-iters {args.max_iters}: give a number of steps >= 1.")
+        trials = plan_trials(args)
+        check_results_dir(args.results)
+        resources = Resources(args.cpus_per_trial, args.gpus_per_trial or 0.0, args.max_concurrent)
+        if args.cluster:
+            load_cluster_config(args.cluster)
+        vocab_sizes = prepare_datasets(trials)
+    except ConfigError as exc:
+        fail(str(exc))
+    if args.dry_run:
+        _dry_run(trials, vocab_sizes, args)
+        return 0
+    return _run(trials, args, resources)
+
+
+def _run(trials: list[TrialSpec], args, resources: Resources) -> int:
+    import ray
+
+    from sweeps.runner import connect, run_trials
+
+    statuses, corrupt = trial_statuses(args.results)
+    for path, reason in corrupt:
+        print(
+            f"warning: store file {path} is unreadable ({reason}); its trial is skipped and the "
+            "file left as is: move it away to run that trial again",
+            file=sys.stderr,
+        )
+    blocked = {path.stem for path, _ in corrupt}
+    todo = [t for t in trials if statuses.get(t.trial_id) != "ok" and t.trial_id not in blocked]
+    already = sum(1 for t in trials if statuses.get(t.trial_id) == "ok")
+    print(f"{len(trials)} trials in the grid: {already} already in {args.results}, "
+          f"{len(todo)} to run")  # fmt: skip
+    if not todo:
+        return 0
+    try:
+        where = connect(
+            args.cluster, address=args.address, num_cpus=args.num_cpus,
+            num_gpus=args.num_gpus, verbose=args.verbose,
+        )  # fmt: skip
+    except ConfigError as exc:
+        fail(str(exc))
+    try:
+        if args.gpus_per_trial is None and ray.cluster_resources().get("GPU", 0) > 0:
+            resources = dataclasses.replace(resources, gpus_per_trial=1.0)
+        print(f"running on {where}; {resources.cpus_per_trial:g} CPU and "
+              f"{resources.gpus_per_trial:g} GPU per trial", flush=True)  # fmt: skip
+        store = ResultStore(args.results)
+        outcome = run_trials(
+            store,
+            param_space(todo),
+            name=todo[0].sweep,
+            total=len(todo),
+            resources=resources,
+            storage=args.storage,
+            max_iters={t.trial_id: t.train.max_iters for t in todo},
+            max_failures=args.max_failures,
+        )
+    finally:
+        ray.shutdown()
+    ids = {t.trial_id for t in trials}
+    rows = [r for r in _store_rows(args.results) if r["trial_id"] in ids]
+    print(summary_table(rows))
+    print(
+        f"{len(outcome.ok)} trials finished, {len(outcome.failed)} failed in "
+        f"{outcome.wall_time_s:.0f}s; results in {args.results} "
+        f"(report: python -m analysis {args.results} --out report)"
+    )
+    for trial_id, error in outcome.failed.items():
+        print(f"failed: {trial_id}: {error}", file=sys.stderr)
+    return 1 if outcome.failed else 0
+
+
+def _store_rows(root: Path) -> list[dict[str, Any]]:
+    columns = ["trial_id", "dataset", "factor", "level", "status", "best_val_loss"]
+    return read_table(root, "trials", columns=columns).table.to_pylist()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,466 @@
+"""What a sweep will cost before it runs (``--dry-run``): tokens, FLOPs and wall time.
+
+Per distinct configuration (one row per dataset/factor/level, shared by its seeds):
+
+- training tokens per trial = max_iters x batch_size x block_size;
+- FLOPs per token = the GPT's ``flops_per_token()`` (6 x non-embedding params +
+  12 x n_layer x n_embed x block_size, forward and backward);
+- evaluation: train.py evaluates at step 0, every ``eval_interval`` steps and at the end,
+  each time on train and val, a split exactly (non-overlapping windows) when that costs no
+  more than ``eval_iters`` batches, else on ``eval_iters`` batches; an evaluated token costs
+  a third of a trained one (forward only);
+- seconds per step, measured here: a few AdamW steps of the real GPT on random tokens with
+  torch threads = CPUs per trial. Large configurations are timed on a smaller batch and
+  scaled linearly (CPU time is close to linear in the batch), so each configuration costs
+  about a second at most.
+
+Wall time = (sum of trial times + a start-up overhead per trial) / concurrent trials, and
+never less than the longest trial. Probes and the final sample are not counted (small).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from charlm.config import ModelConfig, TrainConfig
+from sweeps.grid import TrialSpec, trial_id
+
+__all__ = [
+    "DEFAULT_OVERHEAD_S",
+    "ConfigEstimate",
+    "Estimate",
+    "StepTiming",
+    "estimate",
+    "eval_passes",
+    "eval_tokens_per_pass",
+    "format_duration",
+    "format_table",
+    "time_train_step",
+]
+
+DEFAULT_OVERHEAD_S = 1.3  # Ray actor start per trial, measured on 2 cores (RAY-NOTES.md)
+# Used when the caller gives no vocabulary size for a dataset (the cost barely depends on it).
+KNOWN_VOCAB_SIZES = {"shakespeare_char": 65, "text8": 27, "enwik8": 256}
+FALLBACK_VOCAB_SIZE = 256
+# A deliberately low guess of CPU speed, only to pick the first timed batch size.
+_GUESSED_FLOPS_PER_THREAD = 5e9
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """Measured seconds per training step at the full batch size.
+
+    ``timed_batch_size`` < the trial's batch size means the steps were timed on that batch
+    and scaled linearly.
+    """
+
+    seconds_per_step: float
+    timed_batch_size: int
+    timed_steps: int
+    threads: int
+    device: str
+
+
+@dataclass(frozen=True)
+class ConfigEstimate:
+    """The cost of one distinct configuration, per trial, and the trials that share it."""
+
+    config_id: str  # the trial id with seed 0: the same for every seed of a configuration
+    dataset: str
+    factor: str
+    level: str
+    trial_ids: tuple[str, ...]
+    n_params: int  # non-embedding parameters (GPT.num_params())
+    flops_per_token: int  # training (forward + backward)
+    train_steps: int  # max_iters
+    train_tokens: int  # per trial: max_iters x batch_size x block_size
+    eval_passes: int
+    eval_tokens: int  # per trial, all passes and splits
+    flops: float  # per trial: training + evaluation
+    timing: StepTiming | None  # None when not measured
+
+    @property
+    def n_trials(self) -> int:
+        return len(self.trial_ids)
+
+    @property
+    def seconds(self) -> float | None:
+        """Estimated seconds of one trial (training and evaluation, no start-up overhead)."""
+        if self.timing is None:
+            return None
+        seconds_per_token = self.timing.seconds_per_step * self.train_steps / self.train_tokens
+        return self.timing.seconds_per_step * self.train_steps + (
+            self.eval_tokens * seconds_per_token / 3
+        )
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Per-configuration rows and totals for a list of trials on the resources given."""
+
+    rows: tuple[ConfigEstimate, ...]
+    cpus_per_trial: float
+    concurrent: int
+    overhead_s: float
+    measured_on: str  # e.g. 'cpu, 1 thread' or 'not measured'
+    measuring_s: float  # time spent timing steps
+
+    @property
+    def n_trials(self) -> int:
+        return sum(row.n_trials for row in self.rows)
+
+    @property
+    def total_flops(self) -> float:
+        return sum(row.flops * row.n_trials for row in self.rows)
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(row.train_tokens * row.n_trials for row in self.rows)
+
+    @property
+    def trial_seconds(self) -> float | None:
+        """Sum over trials of their time, start-up overhead included."""
+        if any(row.seconds is None for row in self.rows):
+            return None
+        return sum((row.seconds + self.overhead_s) * row.n_trials for row in self.rows)
+
+    @property
+    def wall_seconds(self) -> float | None:
+        """Trial time spread over the concurrent slots, at least the longest trial."""
+        total = self.trial_seconds
+        if total is None or not self.rows:
+            return total
+        longest = max(row.seconds for row in self.rows) + self.overhead_s
+        return max(total / max(1, self.concurrent), longest)
+
+    def row_of(self, trial_id: str) -> ConfigEstimate:
+        """The row a trial belongs to."""
+        for row in self.rows:
+            if trial_id in row.trial_ids:
+                return row
+        raise KeyError(trial_id)
+
+
+def eval_passes(train: TrainConfig) -> int:
+    """Evaluations in one run: at step 0, every eval_interval steps, and at max_iters."""
+    passes = train.max_iters // train.eval_interval + 1
+    return passes + (1 if train.max_iters % train.eval_interval else 0)
+
+
+def _split_lengths(dataset: str) -> dict[str, int] | None:
+    """Train and val lengths in tokens, from the dataset's published size (no loading);
+    a local file's byte size stands in for its character count."""
+    from charlm.data import DATASETS
+
+    if dataset in DATASETS:
+        spec = DATASETS[dataset]
+        if spec.split_sizes is not None:
+            return {"train": spec.split_sizes[0], "val": spec.split_sizes[1]}
+        size = spec.size
+    elif os.path.isfile(dataset):
+        size = os.path.getsize(dataset)
+    else:
+        return None
+    return {"train": size * 9 // 10, "val": size - size * 9 // 10}
+
+
+def eval_tokens_per_pass(model: ModelConfig, train: TrainConfig) -> int:
+    """Tokens one evaluation reads over train and val (see the module docstring)."""
+    from charlm.data import n_windows
+
+    lengths = _split_lengths(train.dataset)
+    sampled = train.eval_iters * train.batch_size
+    if lengths is None:
+        return 2 * sampled * model.block_size
+    return sum(
+        min(n_windows(length, model.block_size), sampled) * model.block_size
+        for length in lengths.values()
+    )
+
+
+def _with_vocab(model: ModelConfig, dataset: str, vocab_sizes: Mapping[str, int]) -> ModelConfig:
+    if model.vocab_size is not None:
+        return model
+    size = vocab_sizes.get(dataset, KNOWN_VOCAB_SIZES.get(dataset, FALLBACK_VOCAB_SIZE))
+    return dataclasses.replace(model, vocab_size=size)
+
+
+def _count(model: ModelConfig) -> tuple[int, int]:
+    """(non-embedding params, FLOPs per token) of the real GPT, built without weights."""
+    from charlm.model import GPT
+
+    try:
+        with torch.device("meta"):
+            gpt = GPT(model)
+    except (RuntimeError, NotImplementedError):  # an init that needs real tensors
+        gpt = GPT(model)
+    return gpt.num_params(), gpt.flops_per_token()
+
+
+def time_train_step(
+    model: ModelConfig,
+    batch_size: int,
+    *,
+    threads: int = 1,
+    device: str = "cpu",
+    budget_s: float = 1.0,
+    warmup_steps: int = 2,
+    timed_steps: int = 3,
+) -> tuple[StepTiming, int, int]:
+    """Time AdamW steps of the real GPT on random tokens; also return its params and FLOPs.
+
+    ``model.vocab_size`` must be set. Returns (timing, non-embedding params, FLOPs per
+    token). On CPU the batch is shrunk until ``warmup_steps + timed_steps`` steps fit in
+    about ``budget_s`` seconds and the time is scaled back to ``batch_size``; torch's thread
+    count is ``threads`` while timing and restored afterwards.
+    """
+    from charlm.model import GPT
+
+    if model.vocab_size is None:
+        raise ValueError("time_train_step needs model.vocab_size: set it from the dataset.")
+    on_cuda = device.startswith("cuda")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        generator = torch.Generator().manual_seed(0)
+        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG alone
+            torch.manual_seed(0)
+            gpt = GPT(model).to(device)
+        gpt.train()
+        optimizer = gpt.configure_optimizer(0.1, 3e-4, (0.9, 0.99), "cuda" if on_cuda else "cpu")
+        flops_per_token = gpt.flops_per_token()
+
+        def step(rows: int) -> float:
+            x = torch.randint(model.vocab_size, (rows, model.block_size), generator=generator)
+            y = torch.randint(model.vocab_size, (rows, model.block_size), generator=generator)
+            x, y = x.to(device), y.to(device)
+            start = time.perf_counter()
+            with torch.random.fork_rng(devices=[]):  # dropout draws stay out of the caller's RNG
+                _, loss = gpt(x, y)
+                loss.backward()
+            torch.nn.utils.clip_grad_norm_(gpt.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if on_cuda:
+                torch.cuda.synchronize()
+            return time.perf_counter() - start
+
+        started = time.perf_counter()
+        # Aim every step at an equal share of the budget: pick the batch from a low guess of
+        # the speed, then correct it with the first (warm-up) step.
+        step_target = budget_s / (warmup_steps + timed_steps + 1)
+        batch = batch_size
+        if not on_cuda:
+            guess = _GUESSED_FLOPS_PER_THREAD * max(1, threads) * step_target
+            batch = min(batch_size, max(1, int(guess / (flops_per_token * model.block_size))))
+        for index in range(warmup_steps):
+            seconds = step(batch)
+            if index == 0 and not on_cuda:
+                batch = min(batch_size, max(1, int(batch * step_target / seconds)))
+        # Below the full batch, time two sizes and fit seconds = fixed + per_row * rows, so
+        # the per-step overhead is not scaled up with the batch.
+        small = max(1, batch // 2) if batch < batch_size else batch
+        times: dict[int, list[float]] = {batch: [], small: []}
+        for index in range(timed_steps):
+            rows = small if index % 2 == 1 else batch
+            times[rows].append(step(rows))
+            if time.perf_counter() - started > budget_s and all(times.values()):
+                break
+        large_s = min(times[batch])  # the least disturbed step (the machine may be busy)
+        per_step = large_s
+        if batch < batch_size:
+            per_row = (large_s - min(times[small])) / (batch - small) if batch > small else 0.0
+            fixed = large_s - per_row * batch
+            if per_row > 0 and fixed >= 0:
+                per_step = fixed + per_row * batch_size
+            else:  # timing noise: scale in proportion to the batch
+                per_step = large_s * batch_size / batch
+        timing = StepTiming(
+            seconds_per_step=per_step,
+            timed_batch_size=batch,
+            timed_steps=sum(len(values) for values in times.values()),
+            threads=max(1, threads),
+            device=device,
+        )
+        return timing, gpt.num_params(), flops_per_token
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def estimate(
+    trials: Sequence[TrialSpec],
+    cpus_per_trial: float = 1,
+    concurrent: int = 1,
+    vocab_size_by_dataset: Mapping[str, int] | None = None,
+    *,
+    measure: bool = True,
+    device: str = "cpu",
+    overhead_s: float = DEFAULT_OVERHEAD_S,
+    budget_s: float = 1.0,
+) -> Estimate:
+    """Tokens, FLOPs and (when ``measure``) time of ``trials`` on these resources.
+
+    ``cpus_per_trial`` sets the torch threads of the timing runs (at least 1);
+    ``concurrent`` is how many trials run at once (cluster CPUs // CPUs per trial, or the
+    GPU slots); ``vocab_size_by_dataset`` gives each dataset's vocabulary size (defaults:
+    KNOWN_VOCAB_SIZES, else 256). Each distinct model shape and batch size is timed once,
+    for about ``budget_s`` seconds at most, on ``device``.
+    """
+    vocab_sizes = dict(vocab_size_by_dataset or {})
+    threads = max(1, int(cpus_per_trial))
+    groups: dict[str, list[TrialSpec]] = {}
+    for trial in trials:
+        config_id = trial_id(trial.model, dataclasses.replace(trial.train, seed=0))
+        groups.setdefault(config_id, []).append(trial)
+
+    counted: dict[ModelConfig, tuple[int, int]] = {}
+    timed: dict[tuple[ModelConfig, int], StepTiming] = {}
+    started = time.perf_counter()
+    rows = []
+    for config_id, members in groups.items():
+        first = members[0]
+        model = _with_vocab(first.model, first.dataset, vocab_sizes)
+        train = first.train
+        timing = None
+        if measure:
+            key = (model, train.batch_size)
+            if key not in timed:
+                timed[key], *counts = time_train_step(
+                    model, train.batch_size, threads=threads, device=device, budget_s=budget_s
+                )
+                counted[model] = (counts[0], counts[1])
+            timing = timed[key]
+        if model not in counted:
+            counted[model] = _count(model)
+        n_params, flops_per_token = counted[model]
+        train_tokens = train.max_iters * train.batch_size * model.block_size
+        passes = eval_passes(train)
+        eval_tokens = passes * eval_tokens_per_pass(model, train)
+        rows.append(
+            ConfigEstimate(
+                config_id=config_id,
+                dataset=first.dataset,
+                factor=first.factor,
+                level=first.level,
+                trial_ids=tuple(trial.trial_id for trial in members),
+                n_params=n_params,
+                flops_per_token=flops_per_token,
+                train_steps=train.max_iters,
+                train_tokens=train_tokens,
+                eval_passes=passes,
+                eval_tokens=eval_tokens,
+                flops=float(flops_per_token) * (train_tokens + eval_tokens / 3),
+                timing=timing,
+            )
+        )
+    measured_on = (
+        f"{device}, {threads} thread{'s' if threads != 1 else ''} per trial"
+        if measure
+        else "not measured"
+    )
+    return Estimate(
+        rows=tuple(rows),
+        cpus_per_trial=cpus_per_trial,
+        concurrent=max(1, concurrent),
+        overhead_s=overhead_s,
+        measured_on=measured_on,
+        measuring_s=time.perf_counter() - started,
+    )
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def format_duration(seconds: float | None) -> str:
+    """'42 s', '12.5 min', '3.4 h', '2.1 d'; '-' for None."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    if seconds < 90:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def _si(value: float, unit: str = "") -> str:
+    """1.23e15 -> '1.23 P' + unit."""
+    for power, prefix in ((18, "E"), (15, "P"), (12, "T"), (9, "G"), (6, "M"), (3, "k")):
+        if abs(value) >= 10**power:
+            return f"{value / 10**power:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}".rstrip()
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = []
+    for row in (header, *rows):
+        cells = [
+            str(cell).rjust(width) if index in right else str(cell).ljust(width)
+            for index, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def format_table(trials: Sequence[TrialSpec], estimate: Estimate) -> str:
+    """The trials (id, dataset, factor, level, seed, params), their count, then the estimate."""
+    trial_rows = [
+        (
+            trial.trial_id,
+            trial.dataset,
+            trial.factor,
+            trial.level,
+            str(trial.seed),
+            f"{estimate.row_of(trial.trial_id).n_params:,}",
+        )
+        for trial in trials
+    ]
+    lines = _table(("trial_id", "dataset", "factor", "level", "seed", "params"), trial_rows, {4, 5})
+    n_configs = len({(t.dataset, t.factor, t.level) for t in trials})
+    n_seeds, n_datasets = len({t.seed for t in trials}), len({t.dataset for t in trials})
+    lines.append(
+        f"{len(trials)} trial{'s' if len(trials) != 1 else ''}: {n_configs} configs "
+        f"x {n_seeds} seed{'s' if n_seeds != 1 else ''} x {n_datasets} "
+        f"dataset{'s' if n_datasets != 1 else ''} (repeats of the baseline dropped)"
+    )
+    lines.append("")
+    lines.append(
+        f"compute estimate (timed on {estimate.measured_on}; "
+        f"{estimate.concurrent} concurrent trial{'s' if estimate.concurrent != 1 else ''}; "
+        f"{estimate.overhead_s:g} s start-up per trial):"
+    )
+    config_rows = [
+        (
+            row.dataset,
+            row.factor,
+            row.level,
+            str(row.n_trials),
+            f"{row.n_params:,}",
+            _si(row.train_tokens),
+            _si(row.flops, "FLOP"),
+            "-" if row.timing is None else f"{row.timing.seconds_per_step * 1000:.1f}",
+            format_duration(row.seconds),
+        )
+        for row in estimate.rows
+    ]
+    header = (
+        "dataset", "factor", "level", "trials", "params", "tokens/trial", "FLOPs/trial",
+        "ms/step", "time/trial",
+    )  # fmt: skip
+    lines.extend(_table(header, config_rows, {3, 4, 5, 6, 7, 8}))
+    lines.append(
+        f"total: {estimate.n_trials} trials, {_si(estimate.total_tokens)} training tokens, "
+        f"{_si(estimate.total_flops, 'FLOP')}; trial time "
+        f"{format_duration(estimate.trial_seconds)}, wall time "
+        f"{format_duration(estimate.wall_seconds)} with {estimate.concurrent} at once"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,724 @@
+"""One-factor-at-a-time (OFAT) ablation grids: a spec, built-in presets, YAML files, expansion.
+
+A ``GridSpec`` is a baseline configuration plus factors. Each factor lists levels; a level
+sets one or more config fields, so a *linked* factor can move several fields together
+(``width: [{n_embed: 32, n_head: 2}, {n_embed: 128, n_head: 8}]``), which a Cartesian
+grid cannot express. ``expand`` turns a spec into ``TrialSpec`` s: the baseline and every
+factor level, times seeds, times datasets, each validated before anything runs and named
+by a content hash that is the same in every run and on every machine.
+
+No Ray here: this module is plain data and is imported by the CLIs, the trainable and tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from charlm.config import (
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    config_fields,
+    split_config,
+    to_dict,
+)
+
+__all__ = [
+    "BASELINE",
+    "GRID_KEYS",
+    "MACHINE_FIELDS",
+    "PRESETS",
+    "GridError",
+    "GridSpec",
+    "TrialSpec",
+    "expand",
+    "load_grid",
+    "resolve_grid",
+    "trial_id",
+]
+
+GRID_KEYS = ("name", "extends", "baseline", "factors", "datasets", "seeds")
+# Fields that say where a trial runs, not what it computes: left out of the trial id, and a
+# factor may not vary them (use ``overrides`` to set them for every trial).
+MACHINE_FIELDS = ("data_dir", "device", "num_threads")
+# Set per trial by the grid's ``datasets`` and ``seeds``, never by the baseline or a level.
+AXIS_FIELDS = ("dataset", "seed")
+BASELINE = "baseline"  # factor and level label of the baseline trial
+ID_LENGTH = 16  # hex digits of sha256 kept in a trial id (64 bits)
+
+_FIELDS = config_fields(ModelConfig) + config_fields(TrainConfig)
+
+
+class GridError(ConfigError):
+    """A grid that cannot run; the one-line message names the problem and the fix."""
+
+
+def _field_kinds() -> dict[str, str]:
+    """'int', 'float', 'bool' or 'str' for every config field (from the annotations)."""
+    kinds = {}
+    for cls in (ModelConfig, TrainConfig):
+        for f in dataclasses.fields(cls):
+            annotation = f.type if isinstance(f.type, str) else f.type.__name__
+            kinds[f.name] = annotation.split("|")[0].strip()
+    return kinds
+
+
+_KINDS = _field_kinds()
+
+
+def _suggest(name: str, choices: Iterable[str], sep: str | None = None) -> str:
+    """' (did you mean x?)' for a near miss, or '; did you mean x?' with ``sep='; '``."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    if not close:
+        return ""
+    return f"{sep}did you mean {close[0]}?" if sep else f" (did you mean {close[0]}?)"
+
+
+def _normalize(name: str, value: Any) -> Any:
+    """Put a field's value in canonical form: ints in float fields become floats ('0' and
+    '0.0' are one dropout), integral floats in int fields become ints, and numeric strings
+    become numbers (YAML 1.1 reads ``3e-4`` as a string)."""
+    kind = _KINDS.get(name)
+    if value is None or isinstance(value, bool):
+        return value
+    if kind == "float":
+        if isinstance(value, int):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return value
+        if isinstance(value, float):
+            return value + 0.0  # -0.0 -> 0.0
+    if kind == "int":
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                return value
+        if isinstance(number, float) and math.isfinite(number) and number.is_integer():
+            return int(number)
+        return number
+    return value
+
+
+def _format_value(value: Any) -> str:
+    return str(value)
+
+
+def _level_label(factor: str, level: Mapping[str, Any]) -> str:
+    """'8' for a plain level ``{n_head: 8}`` of factor n_head, else 'n_embed=32,n_head=2'."""
+    if list(level) == [factor]:
+        return _format_value(level[factor])
+    return ",".join(f"{key}={_format_value(value)}" for key, value in level.items())
+
+
+def _describe(factor: str, level: Mapping[str, Any]) -> str:
+    """How errors name a level: 'n_head=3', or 'width=(n_embed=30,n_head=4)' when linked."""
+    label = _level_label(factor, level)
+    return f"{factor}={label}" if list(level) == [factor] else f"{factor}=({label})"
+
+
+def _seed_values(seeds: int | Sequence[int]) -> tuple[int, ...]:
+    """A seed count n means seeds 0..n-1; a sequence means exactly those seeds."""
+    if isinstance(seeds, bool):
+        raise GridError(f"seeds={seeds!r} is invalid: give a count (e.g. 3) or a list of seeds.")
+    if isinstance(seeds, int):
+        if seeds <= 0:
+            raise GridError(f"seeds={seeds} is invalid: give a count >= 1 (e.g. 3).")
+        return tuple(range(seeds))
+    if isinstance(seeds, str) or not isinstance(seeds, Sequence) or not seeds:
+        raise GridError(
+            f"seeds={seeds!r} is invalid: give a count (e.g. 3) or a non-empty list of seeds."
+        )
+    values = tuple(seeds)
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in values):
+        raise GridError(f"seeds={list(values)} is invalid: every seed must be an integer >= 0.")
+    if len(set(values)) != len(values):
+        raise GridError(f"seeds={list(values)} repeats a seed: list each seed once.")
+    return values
+
+
+def _dataset_values(datasets: str | Sequence[str]) -> tuple[str, ...]:
+    values = (datasets,) if isinstance(datasets, str) else datasets
+    if not isinstance(values, Sequence) or not values:
+        raise GridError(
+            f"datasets={datasets!r} is invalid: give a dataset name or a non-empty list, "
+            "e.g. [shakespeare_char]."
+        )
+    values = tuple(values)
+    if any(not isinstance(d, str) or not d for d in values):
+        raise GridError(f"datasets={list(values)} is invalid: every dataset must be a name.")
+    if len(set(values)) != len(values):
+        raise GridError(f"datasets={list(values)} repeats a dataset: list each dataset once.")
+    return values
+
+
+def _check_fields(names: Iterable[tuple[str, str]]) -> None:
+    """Raise one GridError for every (field, where) pair whose field is not a config field."""
+    unknown = [(name, where) for name, where in names if name not in _FIELDS]
+    if unknown:
+        listed = ", ".join(
+            f"{name} ({where}{_suggest(name, _FIELDS, '; ')})" for name, where in unknown
+        )
+        raise GridError(f"unknown config field(s) {listed}: valid fields are {', '.join(_FIELDS)}.")
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """An OFAT grid: the baseline, the factors and their levels, datasets and seeds.
+
+    ``baseline`` maps ModelConfig/TrainConfig field names to values (unset fields keep the
+    configs' defaults; ``dataset`` and ``seed`` come from ``datasets`` and ``seeds``).
+    ``factors`` maps a factor name to its levels, in order. A level is a mapping of fields
+    to values; a bare value ``v`` of a factor named after a field ``f`` means ``{f: v}``.
+    ``seeds`` is a count n (seeds 0..n-1) or a list of seeds. ``source`` (the YAML file, if
+    any) only improves error messages. Values are normalised on construction (see
+    ``_normalize``), so a spec compares equal however its numbers were written.
+    """
+
+    name: str
+    baseline: Mapping[str, Any]
+    factors: Mapping[str, Sequence[Any]]
+    datasets: tuple[str, ...] = ("shakespeare_char",)
+    seeds: int | tuple[int, ...] = 3
+    source: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise GridError(f"name={self.name!r} is invalid: give the grid a non-empty name.")
+        if not isinstance(self.baseline, Mapping):
+            raise GridError(
+                f"baseline={self.baseline!r} is invalid: give a mapping of config fields to "
+                "values, e.g. {n_layer: 4, n_embed: 64}."
+            )
+        if not isinstance(self.factors, Mapping):
+            raise GridError(
+                f"factors={self.factors!r} is invalid: give a mapping of factor names to "
+                "lists of levels, e.g. {n_head: [1, 8]}."
+            )
+        object.__setattr__(self, "datasets", _dataset_values(self.datasets))
+        seeds = self.seeds
+        seed_values = _seed_values(seeds)
+        object.__setattr__(self, "seeds", seeds if isinstance(seeds, int) else seed_values)
+
+        _check_fields((str(name), "baseline") for name in self.baseline)
+        for name in self.baseline:
+            if name in AXIS_FIELDS:
+                raise GridError(
+                    f"baseline sets {name}: set it with the grid's {name}s "
+                    f"(e.g. {name}s: {'[shakespeare_char]' if name == 'dataset' else '3'})."
+                )
+        baseline = {name: _normalize(name, value) for name, value in self.baseline.items()}
+        object.__setattr__(self, "baseline", baseline)
+
+        factors: dict[str, tuple[dict[str, Any], ...]] = {}
+        for factor, raw_levels in self.factors.items():
+            factors[factor] = self._levels(factor, raw_levels)
+        object.__setattr__(self, "factors", factors)
+
+    @staticmethod
+    def _levels(factor: Any, raw_levels: Any) -> tuple[dict[str, Any], ...]:
+        if not isinstance(factor, str) or not factor:
+            raise GridError(f"factor name {factor!r} is invalid: name factors with strings.")
+        if factor == BASELINE:
+            raise GridError("a factor is named 'baseline': that name is reserved; rename it.")
+        if isinstance(raw_levels, str | bytes | Mapping) or not isinstance(raw_levels, Sequence):
+            raise GridError(
+                f"factor {factor}: {raw_levels!r} is not a list of levels: write e.g. "
+                f"{factor}: [1, 8] or {factor}: [{{n_embed: 32, n_head: 2}}, ...]."
+            )
+        if not raw_levels:
+            raise GridError(f"factor {factor} has no levels: list at least one, or remove it.")
+        levels = []
+        for raw in raw_levels:
+            if isinstance(raw, Mapping):
+                if not raw:
+                    raise GridError(
+                        f"factor {factor} has an empty level {{}}: give each level at least "
+                        "one field."
+                    )
+                level = dict(raw)
+            elif isinstance(raw, list | tuple | set):
+                raise GridError(
+                    f"factor {factor} level {raw!r} is a list: a level is one value or a "
+                    "mapping of fields to values."
+                )
+            elif factor in _FIELDS:
+                level = {factor: raw}
+            else:
+                raise GridError(
+                    f"factor {factor} level {raw!r} is a bare value but {factor} is not a "
+                    f"config field{_suggest(factor, _FIELDS)}: give a mapping such as "
+                    "{n_embed: 32, n_head: 2}, or name the factor after the field it sets."
+                )
+            _check_fields((str(name), f"factor {factor}") for name in level)
+            for name in level:
+                if name in AXIS_FIELDS:
+                    raise GridError(
+                        f"factor {factor} sets {name}: vary it with the grid's {name}s, "
+                        "not with a factor."
+                    )
+                if name in MACHINE_FIELDS:
+                    raise GridError(
+                        f"factor {factor} sets {name}, which says where a trial runs and is "
+                        "not part of its identity: set it for every trial (e.g. --device)."
+                    )
+            levels.append({name: _normalize(name, value) for name, value in level.items()})
+        labels = [_level_label(factor, level) for level in levels]
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise GridError(
+                f"factor {factor} lists level {', '.join(repeated)} more than once: "
+                "list each level once."
+            )
+        return tuple(levels)
+
+    @property
+    def seed_values(self) -> tuple[int, ...]:
+        """The seeds every configuration runs with."""
+        return _seed_values(self.seeds)
+
+    def varied_fields(self, factor: str) -> tuple[str, ...]:
+        """The config fields that ``factor``'s levels set, in first-seen order."""
+        names: dict[str, None] = {}
+        for level in self.factors[factor]:
+            names.update(dict.fromkeys(level))
+        return tuple(names)
+
+    def describe(self) -> str:
+        """e.g. "notebook: 5 factors (n_head, ...), 11 configs x 3 seeds x 1 dataset"."""
+        n_configs = 1 + sum(len(levels) for levels in self.factors.values())
+        n_seeds, n_datasets = len(self.seed_values), len(self.datasets)
+        return (
+            f"{self.name}: {len(self.factors)} factors ({', '.join(self.factors) or 'none'}), "
+            f"up to {n_configs} configs x {n_seeds} seeds x {n_datasets} "
+            f"dataset{'s' if n_datasets != 1 else ''}"
+        )
+
+
+# ---------------------------------------------------------------- presets
+
+_NOTEBOOK_BASELINE: dict[str, Any] = {
+    "n_layer": 4,
+    "n_head": 4,
+    "n_embed": 64,
+    "block_size": 128,
+    "dropout": 0.1,
+    "batch_size": 32,
+    "learning_rate": 3e-4,
+    "max_iters": 3000,
+    "eval_interval": 500,
+}
+
+# nanoGPT's config/train_shakespeare_char.py (lr_decay_iters there equals max_iters, which
+# is our default when unset, so it follows --max-iters).
+_NANOGPT_BASELINE: dict[str, Any] = {
+    "n_layer": 6,
+    "n_head": 6,
+    "n_embed": 384,
+    "block_size": 256,
+    "dropout": 0.2,
+    "bias": False,
+    "batch_size": 64,
+    "learning_rate": 1e-3,
+    "min_lr": 1e-4,
+    "warmup_iters": 100,
+    "beta2": 0.99,
+    "weight_decay": 0.1,
+    "grad_clip": 1.0,
+    "max_iters": 5000,
+    "eval_interval": 250,
+    "eval_iters": 200,
+}
+
+PRESETS: dict[str, GridSpec] = {
+    # The notebook's grid: a 4x4x64 model and one step down and up on each factor.
+    "notebook": GridSpec(
+        name="notebook",
+        baseline=_NOTEBOOK_BASELINE,
+        factors={
+            "n_head": [1, 8],
+            "n_layer": [1, 8],
+            "n_embed": [32, 128],
+            "dropout": [0.0, 0.3],
+            "block_size": [32, 256],
+        },
+        datasets=("shakespeare_char",),
+        seeds=3,
+    ),
+    # nanoGPT's shakespeare-char model, each factor halved and doubled (n_embed stays a
+    # multiple of 6 heads; every n_head divides 384). Sized for GPUs.
+    "nanogpt": GridSpec(
+        name="nanogpt",
+        baseline=_NANOGPT_BASELINE,
+        factors={
+            "n_head": [3, 12],
+            "n_layer": [3, 12],
+            "n_embed": [192, 768],
+            "dropout": [0.0, 0.4],
+            "block_size": [128, 512],
+        },
+        datasets=("shakespeare_char",),
+        seeds=3,
+    ),
+}
+DEFAULT_PRESET = "notebook"
+
+
+# ---------------------------------------------------------------- YAML
+
+
+def load_grid(path: str | Path) -> GridSpec:
+    """Read a grid from a YAML file (``yaml.safe_load``: no Python tags).
+
+    Keys (only ``factors`` is required)::
+
+        name: my_grid            # default: the file name without .yaml
+        extends: notebook        # preset whose baseline, datasets and seeds are the defaults
+        baseline: {max_iters: 2000}  # fields changed from the preset's baseline
+        factors:                 # ordered; {} runs the baseline alone
+          n_head: [1, 8]         # plain: each value sets the field named like the factor
+          width:                 # linked: each level sets several fields together
+            - {n_embed: 32, n_head: 2}
+            - {n_embed: 128, n_head: 8}
+        datasets: [shakespeare_char]   # or one name, or paths of UTF-8 text files
+        seeds: 3                 # a count (seeds 0..2) or a list such as [0, 1, 2]
+
+    Every problem is a GridError naming the file, the problem and the fix. Config values
+    themselves (e.g. n_embed not divisible by n_head) are checked by ``expand``.
+    """
+    path = Path(path)
+    where = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GridError(
+            f"grid file {where}: no such file; give the path of a grid YAML file or a preset "
+            f"name ({', '.join(PRESETS)})."
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise GridError(
+            f"grid file {where}: cannot be read ({error}); give a readable UTF-8 YAML file."
+        ) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise GridError(f"grid file {where}: not valid YAML ({_yaml_problem(error)}).") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise GridError(
+            f"grid file {where}: the top level is a {type(raw).__name__}, not a mapping; "
+            f"write keys such as factors: and baseline: (keys: {', '.join(GRID_KEYS)})."
+        )
+    unknown = [key for key in raw if key not in GRID_KEYS]
+    if unknown:
+        listed = ", ".join(f"{key!r}{_suggest(str(key), GRID_KEYS)}" for key in unknown)
+        raise GridError(
+            f"grid file {where}: unknown key(s) {listed}; valid keys are {', '.join(GRID_KEYS)}."
+        )
+    if "factors" not in raw:
+        raise GridError(
+            f"grid file {where}: no factors; add e.g. 'factors: {{n_head: [1, 8]}}' "
+            "(or 'factors: {}' to run the baseline alone)."
+        )
+    extends = raw.get("extends", DEFAULT_PRESET)
+    if not isinstance(extends, str) or extends not in PRESETS:
+        raise GridError(
+            f"grid file {where}: extends={extends!r} is not a preset; use one of "
+            f"{', '.join(PRESETS)}."
+        )
+    parent = PRESETS[extends]
+    baseline = raw.get("baseline") or {}
+    if not isinstance(baseline, dict):
+        raise GridError(
+            f"grid file {where}: baseline is a {type(baseline).__name__}, not a mapping; "
+            "write e.g. 'baseline: {n_layer: 2, max_iters: 1000}'."
+        )
+    factors = raw["factors"] if raw["factors"] is not None else {}
+    if not isinstance(factors, dict):
+        raise GridError(
+            f"grid file {where}: factors is a {type(factors).__name__}, not a mapping; "
+            "write e.g. 'factors: {n_head: [1, 8]}'."
+        )
+    try:
+        return GridSpec(
+            name=raw.get("name", path.stem),
+            baseline={**parent.baseline, **baseline},
+            factors=factors,
+            datasets=raw.get("datasets", parent.datasets),
+            seeds=raw.get("seeds", parent.seeds),
+            source=where,
+        )
+    except ConfigError as error:
+        raise GridError(f"grid file {where}: {error}") from None
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """One line: what the parser disliked and where."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    if mark is not None:
+        problem = f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    if "constructor" in problem or "tag" in problem:
+        problem += "; only plain YAML (no !!python tags) is read"
+    return " ".join(problem.split())
+
+
+def resolve_grid(grid: str | Path) -> GridSpec:
+    """A preset by name (``notebook``, ``nanogpt``) or a grid YAML file by path."""
+    if isinstance(grid, str) and grid in PRESETS:
+        return PRESETS[grid]
+    path = Path(grid)
+    if not path.suffix and not path.exists():
+        raise GridError(
+            f"grid {str(grid)!r} is neither a preset nor a file: use one of "
+            f"{', '.join(PRESETS)} or the path of a grid YAML file."
+        )
+    return load_grid(path)
+
+
+# ---------------------------------------------------------------- trials
+
+
+def _canonical(config: ModelConfig | TrainConfig) -> dict[str, Any]:
+    values = {}
+    for name, value in to_dict(config).items():
+        if name in MACHINE_FIELDS:
+            continue
+        value = _normalize(name, value)
+        if isinstance(value, float) and not math.isfinite(value):
+            value = repr(value)  # keep the JSON strict
+        values[name] = value
+    return values
+
+
+def trial_id(model: ModelConfig, train: TrainConfig) -> str:
+    """A stable id for the trial these configs describe: 16 hex digits of a sha256.
+
+    It hashes canonical JSON (sorted keys, numbers normalised: 0.1 == 0.10 == 1e-1, and an
+    int in a float field equals the float) of every config field except where the trial runs
+    (``MACHINE_FIELDS``), so it depends on the dataset, the seed and the full configuration,
+    never on the sweep's name or the factor that produced it. A dataset given as a file path
+    is hashed as written.
+    """
+    payload = {"model": _canonical(model), "train": _canonical(train)}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:ID_LENGTH]
+
+
+IDENTITY_KEYS = ("trial_id", "sweep", "factor", "level")
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial of a grid: its id, where it comes from (sweep, factor, level), and configs.
+
+    ``factor`` and ``level`` are 'baseline' for the baseline; ``level`` is the value as a
+    string for a plain factor ('8', '0.3') and 'n_embed=32,n_head=2' for a linked one.
+    ``dataset`` and ``seed`` repeat ``train.dataset`` and ``train.seed``.
+    """
+
+    trial_id: str
+    sweep: str
+    dataset: str
+    factor: str
+    level: str
+    seed: int
+    model: ModelConfig
+    train: TrainConfig
+
+    def params(self) -> dict[str, Any]:
+        """A flat dict: trial_id, sweep, factor, level and every config field (dataset and
+        seed included), for Ray Tune's param_space and the store's columns."""
+        return {
+            "trial_id": self.trial_id,
+            "sweep": self.sweep,
+            "factor": self.factor,
+            "level": self.level,
+            **to_dict(self.model),
+            **to_dict(self.train),
+        }
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> TrialSpec:
+        """The inverse of ``params`` (e.g. in the trainable, from Ray's config dict)."""
+        missing = [key for key in IDENTITY_KEYS if key not in params]
+        if missing:
+            raise GridError(
+                f"trial params lack {', '.join(missing)}: build them with TrialSpec.params()."
+            )
+        model, train = split_config({k: v for k, v in params.items() if k not in IDENTITY_KEYS})
+        return cls(
+            trial_id=str(params["trial_id"]),
+            sweep=str(params["sweep"]),
+            dataset=train.dataset,
+            factor=str(params["factor"]),
+            level=str(params["level"]),
+            seed=train.seed,
+            model=model,
+            train=train,
+        )
+
+
+def _shorten(values: dict[str, Any], max_iters: int) -> dict[str, Any]:
+    """Set max_iters; scale warm-up and an explicit lr_decay_iters with it (the learning-rate
+    schedule keeps its shape), and cap eval_interval so the run still evaluates on the way."""
+    defaults = TrainConfig()
+    old = values.get("max_iters", defaults.max_iters)
+    scale = max_iters / old if isinstance(old, int) and old > 0 else 1.0
+    warmup = values.get("warmup_iters", defaults.warmup_iters)
+    if isinstance(warmup, int) and not isinstance(warmup, bool):
+        values["warmup_iters"] = min(round(warmup * scale), max(0, max_iters - 1))
+    decay = values.get("lr_decay_iters", defaults.lr_decay_iters)
+    if isinstance(decay, int) and not isinstance(decay, bool):
+        values["lr_decay_iters"] = max(1, round(decay * scale))
+    interval = values.get("eval_interval", defaults.eval_interval)
+    if isinstance(interval, int) and not isinstance(interval, bool):
+        values["eval_interval"] = min(interval, max_iters)
+    values["max_iters"] = max_iters
+    return values
+
+
+def expand(
+    spec: GridSpec,
+    *,
+    factors: Iterable[str] | None = None,
+    datasets: str | Sequence[str] | None = None,
+    seeds: int | Sequence[int] | None = None,
+    max_iters: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> list[TrialSpec]:
+    """The grid's trials: for each dataset, each seed: the baseline, then each factor level.
+
+    ``factors`` keeps only these factors (the baseline always runs); ``datasets`` and
+    ``seeds`` replace the spec's; ``max_iters`` sets every trial's length (see ``_shorten``);
+    ``overrides`` sets fields for every trial (e.g. device, data_dir, num_threads,
+    batch_size) and may not touch a field a selected factor varies.
+
+    Every configuration is built, and validated, before this returns: all invalid levels
+    are reported together in one GridError. A level whose configuration equals the
+    baseline's (or an earlier level's) is no separate trial: ids are unique, the first
+    (factor, level) keeps the label, so the baseline wins.
+    """
+    where = f" in grid {spec.name!r}" + (f" ({spec.source})" if spec.source else "")
+    selected = _select_factors(spec, factors, where)
+    dataset_values = spec.datasets if datasets is None else _dataset_values(datasets)
+    seed_values = spec.seed_values if seeds is None else _seed_values(seeds)
+    if max_iters is not None and (
+        isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters <= 0
+    ):
+        raise GridError(f"max_iters={max_iters!r} is invalid: it must be a positive integer.")
+    fixed = _check_overrides(spec, selected, overrides)
+
+    dataset_errors: list[str] = []
+    valid_datasets = []
+    for dataset in dataset_values:
+        try:
+            TrainConfig(dataset=dataset)
+        except ConfigError as error:
+            dataset_errors.append(str(error).rstrip("."))
+        else:
+            valid_datasets.append(dataset)
+    placeholder = valid_datasets[0] if valid_datasets else TrainConfig().dataset
+
+    entries: list[tuple[str, str, str, dict[str, Any]]] = [(BASELINE, BASELINE, BASELINE, {})]
+    for factor in selected:
+        for level in spec.factors[factor]:
+            entries.append((factor, _level_label(factor, level), _describe(factor, level), level))
+
+    errors: list[str] = []
+    built: list[tuple[str, str, ModelConfig, TrainConfig]] = []
+    baseline_error = None
+    for factor, label, description, level in entries:
+        values = {**spec.baseline, **level, **fixed}
+        if max_iters is not None:
+            values = _shorten(values, max_iters)
+        try:
+            model, train = split_config({**values, "dataset": placeholder, "seed": 0})
+        except ConfigError as error:
+            message = str(error).rstrip(".")
+            if factor == BASELINE:
+                baseline_error = message
+            elif message == baseline_error:
+                continue  # the baseline's own problem, reported once
+            errors.append(f"{description}: {message}")
+            continue
+        built.append((factor, label, model, train))
+    if errors or dataset_errors:
+        counts = [
+            f"{n} invalid {what}{'s' if n != 1 else ''}"
+            for n, what in ((len(dataset_errors), "dataset"), (len(errors), "grid level"))
+            if n
+        ]
+        raise GridError(f"{' and '.join(counts)}{where}: {'; '.join(dataset_errors + errors)}.")
+
+    trials: list[TrialSpec] = []
+    seen: set[str] = set()
+    for dataset in dataset_values:
+        for seed in seed_values:
+            for factor, label, model, train in built:
+                train_cfg = dataclasses.replace(train, dataset=dataset, seed=seed)
+                identity = trial_id(model, train_cfg)
+                if identity in seen:
+                    continue
+                seen.add(identity)
+                trials.append(
+                    TrialSpec(
+                        trial_id=identity,
+                        sweep=spec.name,
+                        dataset=dataset,
+                        factor=factor,
+                        level=label,
+                        seed=seed,
+                        model=model,
+                        train=train_cfg,
+                    )
+                )
+    return trials
+
+
+def _select_factors(spec: GridSpec, factors: Iterable[str] | None, where: str) -> list[str]:
+    if factors is None:
+        return list(spec.factors)
+    if isinstance(factors, str):
+        factors = [factors]
+    chosen = [name for name in factors if name != BASELINE]
+    unknown = [name for name in chosen if name not in spec.factors]
+    if unknown:
+        listed = ", ".join(f"{name}{_suggest(name, spec.factors)}" for name in unknown)
+        valid = ", ".join(spec.factors) or "none (it runs the baseline alone)"
+        raise GridError(f"unknown factor(s) {listed}{where}: its factors are {valid}.")
+    return [name for name in spec.factors if name in chosen]  # the grid's order
+
+
+def _check_overrides(
+    spec: GridSpec, selected: list[str], overrides: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    if not overrides:
+        return {}
+    _check_fields((str(name), "overrides") for name in overrides)
+    for name in overrides:
+        if name in AXIS_FIELDS:
+            raise GridError(f"overrides set {name}: choose it with {name}s= instead.")
+    for factor in selected:
+        clash = [name for name in spec.varied_fields(factor) if name in overrides]
+        if clash:
+            raise GridError(
+                f"overrides set {', '.join(clash)}, which factor {factor} varies: drop the "
+                f"override or leave factor {factor} out."
+            )
+    return {name: _normalize(name, value) for name, value in overrides.items()}

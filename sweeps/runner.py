@@ -1,0 +1,411 @@
+"""Ray connection and Tuner construction: resources, failure and resume policy, callbacks.
+
+``connect`` starts an embedded local Ray or joins the cluster that a cluster-launcher YAML
+describes; ``run_trials`` runs trials with Ray Tune and streams every report into the
+result store through a driver-side callback, with a concise live progress view.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import os
+import shutil
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import ray
+import yaml
+from ray import tune
+
+from charlm.config import ConfigError
+from charlm.data import resolve_data_dir
+from charlm.train import MODEL_FILE
+from sweeps.store import ResultStore, TrialRecord
+from sweeps.trainable import run_trial
+
+__all__ = [
+    "ClusterError",
+    "Resources",
+    "SweepOutcome",
+    "connect",
+    "head_address",
+    "load_cluster_config",
+    "run_trials",
+]
+
+DEFAULT_MAX_FAILURES = 3
+GCS_PORT = 6379
+
+
+class ClusterError(ConfigError):
+    """A cluster.yaml that is malformed or names a head we cannot reach."""
+
+
+# ------------------------------------------------------------------ cluster
+
+
+def load_cluster_config(path: str | Path) -> dict[str, Any]:
+    """Read a Ray cluster-launcher YAML and check it against Ray's own launcher schema."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClusterError(f"--cluster {path}: no such file; give the path of a cluster.yaml.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ClusterError(f"--cluster {path}: not valid YAML{at}; fix the file.") from None
+    if not isinstance(raw, dict):
+        raise ClusterError(f"--cluster {path}: not a cluster-launcher config (a YAML mapping).")
+    # Private API, pinned by tests/test_cluster.py: the launcher's own offline validation.
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    try:
+        validate_config(prepare_config(dict(raw)))
+    except Exception as exc:  # jsonschema.ValidationError, ValueError, KeyError...
+        message = getattr(exc, "message", None) or str(exc)
+        first = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+        raise ClusterError(
+            f"--cluster {path}: rejected by Ray's cluster-launcher schema: {first}; "
+            "see https://docs.ray.io/en/latest/cluster/vms/references/ray-cluster-configuration.html"
+        ) from None
+    return raw
+
+
+def head_address(config: dict[str, Any], path: str | Path) -> str:
+    """The GCS address of the head that ``config`` describes.
+
+    RAY_ADDRESS (set by Ray Jobs and `ray submit`) wins; a `provider: local` config names
+    its head_ip; a cloud config does not know its head's IP until `ray up` ran, so the
+    driver must run on the head (`ray submit` / Ray Jobs), where Ray is found locally.
+    """
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    provider = config.get("provider", {})
+    if provider.get("type") == "local" and provider.get("head_ip"):
+        return f"{provider['head_ip']}:{GCS_PORT}"
+    return f"127.0.0.1:{GCS_PORT}"
+
+
+def _check_reachable(address: str, path: str | Path) -> None:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=3):
+            pass
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ClusterError(
+            f"cannot reach the Ray head at {address} ({reason}): start the cluster with "
+            f"`ray up {path}` and run this on the head (`ray submit {path} sweeps/ablation.py "
+            "-- ...`), or open a tunnel to it first."
+        ) from None
+
+
+def _auth_for_existing_cluster() -> None:
+    """Ray 2.59+: a head started by `ray start --head` wants its token; use it when we have it."""
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if "RAY_AUTH_MODE" not in os.environ and (
+        os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file()
+    ):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def connect(
+    cluster: str | Path | None = None,
+    *,
+    address: str | None = None,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    verbose: bool = False,
+) -> str:
+    """Connect this driver to Ray and return a one-line description of what it joined.
+
+    No cluster: an embedded local Ray with this machine's CPUs and GPUs (or the counts
+    given). With a cluster file (or address): that cluster's head; unreachable -> ClusterError.
+    """
+    env_vars = {"CHARLM_DATA_DIR": str(resolve_data_dir()), "PYTHONWARNINGS": "ignore"}
+    common = {
+        "logging_level": logging.INFO if verbose else logging.ERROR,
+        "log_to_driver": verbose,
+        "runtime_env": {"env_vars": env_vars},
+    }
+    if cluster is None and address is None:
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            include_dashboard=False,
+            object_store_memory=512 * 1024**2,
+            **common,
+        )
+        resources = ray.cluster_resources()
+        return (
+            f"embedded local Ray: {resources.get('CPU', 0):g} CPUs, "
+            f"{resources.get('GPU', 0):g} GPUs"
+        )
+    if address is None:
+        address = head_address(load_cluster_config(cluster), cluster)
+    _check_reachable(address, cluster or "cluster.yaml")
+    _auth_for_existing_cluster()
+    env_vars.pop("CHARLM_DATA_DIR")  # each node uses its own data cache
+    ray.init(address=address, **common)
+    resources = ray.cluster_resources()
+    return (
+        f"Ray cluster at {address}: {resources.get('CPU', 0):g} CPUs, "
+        f"{resources.get('GPU', 0):g} GPUs"
+    )
+
+
+# ------------------------------------------------------------------ running
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What each trial asks Ray for; fractional GPUs share one device between trials."""
+
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.cpus_per_trial > 0:
+            raise ConfigError(
+                f"cpus_per_trial={self.cpus_per_trial} is invalid: give a number > 0, e.g. 1."
+            )
+        if self.gpus_per_trial < 0 or (
+            self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial)
+        ):
+            raise ConfigError(
+                f"gpus_per_trial={self.gpus_per_trial} is invalid: give a fraction in [0, 1] "
+                "(e.g. 0.25 packs four trials on a GPU) or a whole number."
+            )
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise ConfigError(
+                f"max_concurrent={self.max_concurrent} is invalid: give an integer >= 1."
+            )
+
+    def as_ray(self) -> dict[str, float]:
+        return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
+
+
+@dataclass
+class SweepOutcome:
+    """What happened to the trials this run launched."""
+
+    ok: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    early_stopped: list[str] = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+
+Describe = Callable[[dict[str, Any], dict[str, Any] | None], tuple[str, dict[str, Any]]]
+
+
+def describe_grid_trial(config: dict[str, Any], result: dict[str, Any] | None):
+    """(trial_id, store columns) of a grid trial: both travel in its config."""
+    return config["trial"]["trial_id"], config["trial"]["columns"]
+
+
+def _error_line(trial) -> str:
+    text = trial.get_error() or ""
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "trial failed (no error text)"
+
+
+class _StoreCallback(tune.Callback):
+    """Driver side: every report and completion of every trial goes into the store."""
+
+    def __init__(self, store: ResultStore, describe: Describe, outcome: SweepOutcome):
+        self.store, self.describe, self.outcome = store, describe, outcome
+        self.records: dict[str, TrialRecord] = {}
+
+    def _record(self, trial, result: dict[str, Any] | None = None) -> TrialRecord:
+        if trial.trial_id not in self.records:
+            trial_id, columns = self.describe(trial.config, result)
+            record = TrialRecord(trial_id, columns)
+            if result is not None and "time_total_s" in result:
+                start = result["timestamp"] - result["time_total_s"]
+                record.started_at = dt.datetime.fromtimestamp(start, dt.timezone.utc)
+            self.records[trial.trial_id] = record
+        return self.records[trial.trial_id]
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        record = self._record(trial, result)
+        record.last = result
+        if "val_loss" in result:
+            record.curve[result["step"]] = {
+                key: result.get(key)
+                for key in ("step", "tokens_seen", "elapsed_s", "lr", "train_loss",
+                            "val_loss", "best_val_loss", "tokens_per_s")
+            }  # fmt: skip
+        for row in result.get("attention") or []:
+            record.attention[(row["step"], row["layer"], row["head"])] = row
+        if result.get("final"):
+            record.final = result
+        self.store.write_progress(record)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._record(trial).attempts += 1
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        record = self._record(trial)
+        final = record.final or {}
+        status, error = final.get("status", "ok"), final.get("error")
+        checkpoint = trial.checkpoint
+        copy_model = None
+        if checkpoint is not None and status == "ok" and final:
+
+            def copy_model(destination: Path) -> None:
+                with checkpoint.as_directory() as directory:
+                    source = Path(directory) / MODEL_FILE
+                    if source.is_file():
+                        tmp = destination.with_name(f".{destination.name}.tmp")
+                        shutil.copyfile(source, tmp)
+                        os.replace(tmp, destination)
+
+        self.store.write_trial(record, status, error, copy_model)
+        self._count(record, status, error)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        record = self._record(trial)
+        error = _error_line(trial)
+        self.store.write_trial(record, "failed", error)
+        self._count(record, "failed", error)
+
+    def _count(self, record: TrialRecord, status: str, error: str | None) -> None:
+        if status == "ok":
+            self.outcome.ok.append(record.trial_id)
+            if not record.final:
+                self.outcome.early_stopped.append(record.trial_id)
+        else:
+            self.outcome.failed[record.trial_id] = error or "failed"
+
+
+class _ProgressCallback(tune.Callback):
+    """A concise live view: pending/running/done/failed, best val loss so far, ETA."""
+
+    def __init__(self, total: int, max_iters: dict[str, int], stream: TextIO, period_s: float):
+        self.total, self.max_iters, self.stream, self.period_s = total, max_iters, stream, period_s
+        self.start = time.monotonic()
+        self.last_print = 0.0
+        self.progress: dict[str, float] = {}
+        self.best: tuple[float, str] | None = None
+        self.done = self.failed = 0
+
+    def _line(self, trials) -> str:
+        running = sum(1 for t in trials if t.status == "RUNNING")
+        pending = self.total - self.done - self.failed - running
+        fraction = sum(self.progress.values()) / max(1, self.total)
+        elapsed = time.monotonic() - self.start
+        eta = elapsed * (1 - fraction) / fraction if fraction > 0 else math.nan
+        best = f"best val {self.best[0]:.4f} ({self.best[1]})" if self.best else "best val -"
+        eta_text = _duration(eta) if math.isfinite(eta) else "?"
+        return (
+            f"[{_duration(elapsed)}] {self.done} done, {self.failed} failed, {running} running, "
+            f"{pending} pending of {self.total} | {best} | ETA {eta_text}"
+        )
+
+    def _maybe_print(self, trials, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last_print >= self.period_s:
+            self.last_print = now
+            print(self._line(trials), file=self.stream, flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        trial_id = result.get("trial_id", trial.trial_id)
+        if "step" in result:
+            limit = self.max_iters.get(trial_id) or result["step"] or 1
+            self.progress[trial_id] = min(1.0, result["step"] / limit)
+        val = result.get("val_loss")
+        if val is not None and (self.best is None or val < self.best[0]):
+            columns = trial.config.get("trial", {}).get("columns", {})
+            label = f"{columns.get('factor', '?')}={columns.get('level', '?')}"
+            self.best = (val, label if columns else trial_id)
+        self._maybe_print(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done += 1
+        self.progress[trial.config.get("trial", {}).get("trial_id", trial.trial_id)] = 1.0
+        self._maybe_print(trials, force=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.failed += 1
+        self.progress[trial.config.get("trial", {}).get("trial_id", trial.trial_id)] = 1.0
+        self._maybe_print(trials, force=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def run_trials(
+    store: ResultStore,
+    param_space: dict[str, Any],
+    *,
+    name: str,
+    total: int,
+    resources: Resources,
+    storage: str | None = None,
+    describe: Describe = describe_grid_trial,
+    trainable: Callable[[dict[str, Any]], None] = run_trial,
+    tune_config: tune.TuneConfig | None = None,
+    max_iters: dict[str, int] | None = None,
+    max_failures: int = DEFAULT_MAX_FAILURES,
+    progress: TextIO | None = sys.stdout,
+    progress_period_s: float = 10.0,
+) -> SweepOutcome:
+    """Run the trials of ``param_space`` on the connected Ray and store every result.
+
+    ``total`` is the number of trials (for the progress view); ``max_iters`` maps trial
+    ids to their length (for the ETA). Checkpoints go to ``storage`` (a path or URI every
+    node can reach; default ``<store>/_ray``), one fresh experiment per run so a zombie
+    trial of a killed driver never writes where this run reads.
+    """
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    outcome = SweepOutcome()
+    callbacks: list[tune.Callback] = [_StoreCallback(store, describe, outcome)]
+    if progress is not None:
+        callbacks.append(_ProgressCallback(total, max_iters or {}, progress, progress_period_s))
+    config = tune_config or tune.TuneConfig()
+    if resources.max_concurrent is not None:
+        config.max_concurrent_trials = resources.max_concurrent
+    storage_path = storage or str((store.root / "_ray").resolve())
+    run_name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, resources.as_ray()),
+        param_space=param_space,
+        tune_config=config,
+        run_config=tune.RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=callbacks,
+            verbose=0,
+        ),
+    )
+    start = time.monotonic()
+    try:
+        tuner.fit()
+    except Exception:  # Tune raises after trials errored; they are recorded already
+        if not outcome.failed:
+            traceback.print_exc()
+            raise
+    outcome.wall_time_s = time.monotonic() - start
+    if not outcome.failed and storage is None:
+        shutil.rmtree(Path(storage_path) / run_name, ignore_errors=True)
+    return outcome

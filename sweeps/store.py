@@ -1,0 +1,198 @@
+"""The write side of the result store, and the driver-side Tune callback that feeds it.
+
+Every file is written atomically (a temp name starting with '.', then ``os.replace``), so a
+crash never leaves a torn file and readers can open the store while a sweep runs. A trial's
+``trials`` row is written last: a trial counts as finished only once that row exists.
+Files the store cannot read are never overwritten; the trials they describe are skipped
+with a message naming the file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from charlm.cli import check_writable_dir
+from charlm.config import ConfigError, ModelConfig, TrainConfig, to_dict
+from sweeps.schema import (
+    MARKER,
+    SCHEMA_VERSION,
+    SCHEMAS,
+    TABLES,
+    StoreError,
+    is_store,
+    read_table,
+    table_dir,
+)
+
+__all__ = ["ResultStore", "TrialRecord", "check_results_dir", "trial_columns", "trial_statuses"]
+
+MODELS_DIR = "models"
+
+
+def check_results_dir(root: Path) -> None:
+    """Raise StoreError unless ``root`` is a store, an empty or absent directory we may write.
+
+    Nothing is written: this runs before a sweep starts.
+    """
+    if root.exists() and root.is_dir() and not is_store(root) and any(root.iterdir()):
+        raise StoreError(
+            f"results directory {root} is not a result store (no {MARKER}) and is not empty: "
+            "pick a new or empty directory with --results."
+        )
+    try:
+        check_writable_dir(root, "--results")
+    except ConfigError as exc:
+        raise StoreError(str(exc)) from None
+    if root.is_dir() and not os.access(root, os.W_OK | os.X_OK):
+        raise StoreError(f"--results {root}: not writable; name a directory you can write to.")
+
+
+def trial_statuses(root: str | Path) -> tuple[dict[str, str], list[tuple[Path, str]]]:
+    """(trial_id -> status of every trial with a row, unreadable trials files); no writes.
+
+    A trial whose trials file is unreadable is neither finished nor to be run again over
+    that file: callers skip it (its id is the file's stem).
+    """
+    read = read_table(root, "trials", columns=["trial_id", "status"])
+    ids = read.table.column("trial_id").to_pylist()
+    statuses = read.table.column("status").to_pylist()
+    return dict(zip(ids, statuses, strict=True)), read.corrupt
+
+
+def trial_columns(
+    *, sweep: str, kind: str, factor: str, level: str, model: ModelConfig, train: TrainConfig
+) -> dict[str, Any]:
+    """The identity and configuration columns of a trial's ``trials`` row."""
+    columns = {"sweep": sweep, "kind": kind, "factor": factor, "level": level}
+    for name, value in {**to_dict(model), **to_dict(train)}.items():
+        columns["requested_device" if name == "device" else name] = value
+    return columns
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass
+class TrialRecord:
+    """What the driver has seen of one trial so far: its spec columns and reported results."""
+
+    trial_id: str
+    columns: dict[str, Any]
+    started_at: dt.datetime = field(default_factory=_now)
+    curve: dict[int, dict[str, Any]] = field(default_factory=dict)
+    attention: dict[tuple[int, int, int], dict[str, Any]] = field(default_factory=dict)
+    final: dict[str, Any] | None = None
+    last: dict[str, Any] | None = None
+    attempts: int = 1
+
+
+class ResultStore:
+    """A result store directory (created with its marker on first use)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        check_results_dir(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not is_store(self.root):
+            self._write_bytes(
+                self.root / MARKER,
+                json.dumps(
+                    {"schema_version": SCHEMA_VERSION, "created_at": _now().isoformat()}, indent=2
+                ).encode(),
+            )
+        for table in TABLES:
+            table_dir(self.root, table).mkdir(exist_ok=True)
+        (self.root / MODELS_DIR).mkdir(exist_ok=True)
+
+    # ----------------------------------------------------------------- writing
+
+    def _write_bytes(self, path: Path, data: bytes) -> None:
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def write_rows(self, table: str, trial_id: str, rows: list[dict[str, Any]]) -> None:
+        """Write one trial's rows of ``table`` as ``<table>/<trial_id>.parquet``, atomically."""
+        schema = SCHEMAS[table]
+        arrow = pa.Table.from_pylist(
+            [{name: row.get(name) for name in schema.names} for row in rows], schema=schema
+        )
+        arrow = arrow.replace_schema_metadata({"schema_version": str(SCHEMA_VERSION)})
+        path = table_dir(self.root, table) / f"{trial_id}.parquet"
+        if path.exists() and not _readable(path):
+            return  # never overwrite a file we cannot read: the user decides what to do
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        pq.write_table(arrow, tmp)
+        os.replace(tmp, path)
+
+    def write_progress(self, record: TrialRecord) -> None:
+        """The curve (and attention rows) reported so far, so readers see running trials."""
+        self.write_rows("curves", record.trial_id, _curve_rows(record))
+        if record.attention:
+            self.write_rows("attention", record.trial_id, _attention_rows(record))
+
+    def write_trial(
+        self, record: TrialRecord, status: str, error: str | None, model_source=None
+    ) -> None:
+        """Write every table of a trial that ended, ``trials`` last (it marks completion).
+
+        ``model_source`` is a callable copying the final weights to a given path, or None.
+        """
+        self.write_progress(record)
+        final = record.final or {}
+        last = record.last or {}
+        if final.get("sample"):
+            self.write_rows("samples", record.trial_id, [{"trial_id": record.trial_id,
+                                                          **final["sample"]}])  # fmt: skip
+        if model_source is not None and status == "ok":
+            model_source(self.root / MODELS_DIR / f"{record.trial_id}.pt")
+        curve = list(record.curve.values())
+        best = min((p["val_loss"] for p in curve), default=None)
+        row = {
+            **record.columns,
+            "trial_id": record.trial_id,
+            "status": status,
+            "error": error,
+            "early_stopped": status == "ok" and not final,
+            "best_val_loss": final.get("best_val_loss", best),
+            "final_train_loss": final.get("final_train_loss", last.get("train_loss")),
+            "final_val_loss": final.get("final_val_loss", last.get("val_loss")),
+            "last_step": final.get("last_step", last.get("step")),
+            "n_params": final.get("n_params", last.get("n_params")),
+            "train_time_s": final.get("train_time_s", last.get("elapsed_s")),
+            "train_tokens_per_s": final.get("train_tokens_per_s"),
+            "inference_tokens_per_s": final.get("inference_tokens_per_s"),
+            "eval_mode": final.get("eval_mode", last.get("eval_mode")),
+            "device": final.get("device", last.get("device")),
+            "attempts": record.attempts,
+            "started_at": record.started_at,
+            "finished_at": _now(),
+        }
+        self.write_rows("trials", record.trial_id, [row])
+
+
+def _readable(path: Path) -> bool:
+    try:
+        pq.read_metadata(path)
+    except (OSError, pa.ArrowException):
+        return False
+    return True
+
+
+def _curve_rows(record: TrialRecord) -> list[dict[str, Any]]:
+    return [{"trial_id": record.trial_id, **record.curve[step]} for step in sorted(record.curve)]
+
+
+def _attention_rows(record: TrialRecord) -> list[dict[str, Any]]:
+    return [{"trial_id": record.trial_id, **record.attention[key]}
+            for key in sorted(record.attention)]  # fmt: skip

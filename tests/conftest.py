@@ -1,0 +1,53 @@
+"""Shared fixtures. Tests never write into ../shared: they copy the data they need.
+
+The shared tiny-shakespeare comes from $CHARLM_DATA_DIR as CI sets it (../shared/data),
+else from ../shared/data beside the repo. Every test runs with CHARLM_DATA_DIR pointing at
+a writable temporary copy, so nothing can write into the shared directory by accident.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+SHAKESPEARE = "tiny_shakespeare.txt"
+
+
+def _shared_data_dir() -> Path:
+    from_env = os.environ.get("CHARLM_DATA_DIR")
+    if from_env and (Path(from_env) / SHAKESPEARE).is_file():
+        return Path(from_env)
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+SHARED_DATA = _shared_data_dir()
+SHARED_SHAKESPEARE = SHARED_DATA / SHAKESPEARE
+
+
+@pytest.fixture(scope="session")
+def prepared_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A session-wide data directory with tiny-shakespeare copied in and encoded once."""
+    from charlm.data import load_dataset
+
+    data_dir = tmp_path_factory.mktemp("data")
+    shutil.copyfile(SHARED_SHAKESPEARE, data_dir / SHAKESPEARE)
+    load_dataset("shakespeare_char", data_dir)
+    return data_dir
+
+
+@pytest.fixture(autouse=True)
+def _data_dir_env(prepared_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHARLM_DATA_DIR", str(prepared_data_dir))
+
+
+@pytest.fixture
+def shakespeare_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh data directory holding only the raw tiny_shakespeare.txt, as $CHARLM_DATA_DIR."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    shutil.copyfile(SHARED_SHAKESPEARE, data_dir / SHAKESPEARE)
+    monkeypatch.setenv("CHARLM_DATA_DIR", str(data_dir))
+    return data_dir
