@@ -17,7 +17,7 @@ from torch import nn
 
 from charlm.config import ConfigError
 
-__all__ = ["QUALITY_KEYS", "WORD_PATTERN", "generate_text", "quality_metrics", "words", "word_set"]
+__all__ = ["QUALITY_KEYS", "WORD_PATTERN", "generate_text", "quality_metrics", "word_set", "words"]
 
 WORD_PATTERN = re.compile(r"[a-z]+(?:'[a-z]+)*|[0-9]+")
 QUALITY_KEYS = (
@@ -103,7 +103,11 @@ def generate_text(
     max_new_tokens is 0). Characters of the prompt outside the dataset's vocabulary raise
     ConfigError naming them.
     """
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, int)
+        or max_new_tokens < 0
+    ):
         raise ConfigError(
             f"max_new_tokens={max_new_tokens!r} is invalid: it must be an integer >= 0."
         )
@@ -128,9 +132,13 @@ def generate_text(
             _synchronize(device)
             start = time.perf_counter()
             out = model.generate(
-                idx, max_new_tokens, temperature=temperature, top_k=top_k, use_cache=True,
+                idx,
+                max_new_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                use_cache=True,
                 generator=generator,
-            )  # fmt: skip
+            )  # (1, T0 + max_new_tokens)
             _synchronize(device)
             seconds = time.perf_counter() - start
     finally:

@@ -442,7 +442,7 @@ def _save_model(path: Path, model: GPT, data: Dataset) -> None:
         {
             "format": CHECKPOINT_FORMAT,
             "model": model.state_dict(),
-            "model_config": dataclasses.asdict(model.config),
+            "model_config": dataclasses.asdict(model.cfg),
             "vocab": data.vocab,
             "dataset": data.name,
         },

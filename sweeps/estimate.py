@@ -260,32 +260,41 @@ def time_train_step(
         if not on_cuda:
             guess = _GUESSED_FLOPS_PER_THREAD * max(1, threads) * step_target
             batch = min(batch_size, max(1, int(guess / (flops_per_token * model.block_size))))
-        for index in range(warmup_steps):
-            seconds = step(batch)
-            if index == 0 and not on_cuda:
-                batch = min(batch_size, max(1, int(batch * step_target / seconds)))
+        first_batch, first_s = batch, step(batch)
+        if not on_cuda:
+            batch = min(batch_size, max(1, int(batch * step_target / first_s)))
         # Below the full batch, time two sizes and fit seconds = fixed + per_row * rows, so
         # the per-step overhead is not scaled up with the batch.
         small = max(1, batch // 2) if batch < batch_size else batch
+        warm: list[float] = []
         times: dict[int, list[float]] = {batch: [], small: []}
-        for index in range(timed_steps):
-            rows = small if index % 2 == 1 else batch
+        for index in range(1, warmup_steps + timed_steps):
+            if time.perf_counter() - started > budget_s:
+                break  # a big configuration: fewer steps
+            if index < warmup_steps:
+                warm.append(step(batch))
+                continue
+            rows = small if (index - warmup_steps) % 2 == 1 else batch
             times[rows].append(step(rows))
-            if time.perf_counter() - started > budget_s and all(times.values()):
-                break
-        large_s = min(times[batch])  # the least disturbed step (the machine may be busy)
+        if times[batch]:
+            # The least disturbed step: other processes may share the cores.
+            large_s = min(times[batch])
+        elif warm:
+            large_s = min(warm)
+        else:  # only the first step fitted in the budget
+            batch, large_s = first_batch, first_s
         per_step = large_s
         if batch < batch_size:
-            per_row = (large_s - min(times[small])) / (batch - small) if batch > small else 0.0
-            fixed = large_s - per_row * batch
-            if per_row > 0 and fixed >= 0:
-                per_step = fixed + per_row * batch_size
-            else:  # timing noise: scale in proportion to the batch
-                per_step = large_s * batch_size / batch
+            per_step = large_s * batch_size / batch
+            if times[small] and batch > small:
+                per_row = (large_s - min(times[small])) / (batch - small)
+                fixed = large_s - per_row * batch
+                if per_row > 0 and fixed >= 0:
+                    per_step = fixed + per_row * batch_size
         timing = StepTiming(
             seconds_per_step=per_step,
             timed_batch_size=batch,
-            timed_steps=sum(len(values) for values in times.values()),
+            timed_steps=max(1, sum(len(values) for values in times.values())),
             threads=max(1, threads),
             device=device,
         )

@@ -11,6 +11,11 @@ This module imports pyarrow and charlm's config only: analysis imports it withou
 from __future__ import annotations
 
 import json
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,12 +25,16 @@ import pyarrow.parquet as pq
 from charlm.config import ModelConfig, TrainConfig, config_fields
 
 __all__ = [
+    "COMPACTED_PREFIX",
     "MARKER",
     "SCHEMAS",
     "SCHEMA_VERSION",
     "TABLES",
+    "Compaction",
     "StoreError",
     "TableRead",
+    "compact_store",
+    "compact_table",
     "is_store",
     "read_table",
     "table_dir",
@@ -34,6 +43,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 MARKER = "charlm-store.json"
 TABLES = ("trials", "curves", "attention", "samples")
+COMPACTED_PREFIX = "compacted-"  # part files written by compact_table; read before per-trial files
 
 
 class StoreError(ValueError):
@@ -173,27 +183,158 @@ class TableRead:
     corrupt: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def read_table(root: str | Path, table: str, columns: list[str] | None = None) -> TableRead:
+def _table_paths(directory: Path) -> list[Path]:
+    """The table's readable Parquet files in write order: compacted parts (oldest first),
+    then per-trial files. Temp files of writes in progress (names starting with '.') are
+    never listed."""
+    if not directory.is_dir():
+        return []
+    paths = [p for p in directory.glob("*.parquet") if not p.name.startswith(".")]
+    return sorted(paths, key=lambda p: (not p.name.startswith(COMPACTED_PREFIX), p.name))
+
+
+def _read_file(
+    path: Path, schema: pa.Schema, read_dictionary: Sequence[str], full: bool
+) -> pa.Table | tuple[Path, str]:
+    """One file conformed to ``schema`` (missing columns as nulls), or (path, reason).
+
+    ``schema`` has the dictionary type for the ``read_dictionary`` columns; ``full`` says
+    it holds every column of the table (then the file is read whole, the fast case).
+    """
+    try:
+        parquet_file = pq.ParquetFile(path, read_dictionary=list(read_dictionary) or None)
+        part = parquet_file.read(columns=None if full else _present(parquet_file, schema))
+        if part.schema.equals(schema, check_metadata=False):
+            return part
+        columns = []
+        for schema_field in schema:
+            if schema_field.name in part.column_names:
+                columns.append(part.column(schema_field.name).cast(schema_field.type))
+            else:
+                columns.append(pa.nulls(part.num_rows, schema_field.type))
+        return pa.Table.from_arrays(columns, schema=schema)
+    except (OSError, pa.ArrowException) as exc:
+        return path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _present(parquet_file: pq.ParquetFile, schema: pa.Schema) -> list[str]:
+    present = set(parquet_file.schema_arrow.names)
+    return [name for name in schema.names if name in present]
+
+
+def read_table(
+    root: str | Path,
+    table: str,
+    columns: list[str] | None = None,
+    *,
+    read_dictionary: Sequence[str] = (),
+) -> TableRead:
     """Read every Parquet file of ``table``, skipping (and naming) those that are corrupt.
 
-    Files are read one by one so a truncated file costs only its own rows. Temp files of
-    writes in progress (names starting with '.') are never read. The result has the
-    table's full schema even when there are no files.
+    Files are read separately (in a small thread pool) so a truncated file costs only its
+    own rows. Temp files of writes in progress (names starting with '.') are never read.
+    Rows come in write order (compacted parts first, then per-trial files), so a reader
+    that deduplicates keeping the last row keeps the newest. The result has the table's
+    schema (or ``columns`` of it) even when there are no files; a column missing from an
+    older file comes back as nulls. Columns named in ``read_dictionary`` come back
+    dictionary-encoded (much faster for a repeated ``trial_id``; pandas turns them into
+    categoricals).
     """
     schema = SCHEMAS[table]
+    full = columns is None or list(columns) == schema.names
     if columns is not None:
         schema = pa.schema([schema.field(name) for name in columns])
-    directory = table_dir(root, table)
-    parts: list[pa.Table] = []
-    corrupt: list[tuple[Path, str]] = []
-    paths = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
-    for path in paths:
-        try:
-            part = pq.read_table(path, columns=columns)
-        except (OSError, pa.ArrowException) as exc:
-            corrupt.append((path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
-            continue
-        parts.append(part.select(schema.names).cast(schema))
+    dictionary_columns = [name for name in read_dictionary if name in schema.names]
+    for name in dictionary_columns:
+        index = schema.get_field_index(name)
+        dictionary_type = pa.dictionary(pa.int32(), schema.field(name).type)
+        schema = schema.set(index, schema.field(name).with_type(dictionary_type))
+    paths = _table_paths(table_dir(root, table))
+    results = _read_files(paths, schema, dictionary_columns, full)
+    parts = [result for result in results if _is_part(result)]
+    corrupt = [result for result in results if not _is_part(result)]
     if not parts:
         return TableRead(schema.empty_table(), corrupt)
     return TableRead(pa.concat_tables(parts), corrupt)
+
+
+def _read_files(
+    paths: list[Path], schema: pa.Schema, read_dictionary: Sequence[str], full: bool
+) -> list[pa.Table | tuple[Path, str]]:
+    """``_read_file`` over ``paths`` in a small thread pool (Parquet decoding releases the
+    GIL), results in the order of ``paths``."""
+    if len(paths) <= 1:
+        return [_read_file(path, schema, read_dictionary, full) for path in paths]
+    with ThreadPoolExecutor(max_workers=min(4, len(paths))) as pool:
+        return list(pool.map(lambda p: _read_file(p, schema, read_dictionary, full), paths))
+
+
+def _is_part(result: pa.Table | tuple[Path, str]) -> bool:
+    return isinstance(result, pa.Table)
+
+
+@dataclass
+class Compaction:
+    """What ``compact_table`` did: the part it wrote, how many files it merged and removed,
+    and the files it left alone because they are corrupt or changed while it ran."""
+
+    table: str
+    written: Path | None
+    merged: int
+    removed: int
+    kept: list[Path] = field(default_factory=list)
+
+
+def compact_table(root: str | Path, table: str) -> Compaction:
+    """Merge the table's Parquet files into one compacted part, then remove the merged files.
+
+    Readers of a store with thousands of trials spend most of their time opening
+    per-trial files; one part file reads in a fraction of a second. The part is written
+    atomically (temp name, then rename) before any file is removed, so a reader sees every
+    row at all times, some twice for a moment (readers deduplicate). Corrupt files are left
+    in place (readers keep naming them), and so is a file replaced while compaction ran.
+    Meant for when no sweep writes to the store, e.g. at the end of a sweep.
+    """
+    directory = table_dir(root, table)
+    paths = _table_paths(directory)
+    if len(paths) <= 1:
+        return Compaction(table, None, 0, 0)
+    before = {path: _identity(path) for path in paths}
+    schema = SCHEMAS[table]
+    results = _read_files(paths, schema, (), full=True)
+    merged = [path for path, result in zip(paths, results, strict=True) if _is_part(result)]
+    parts = [result for result in results if _is_part(result)]
+    kept = [result[0] for result in results if not _is_part(result)]
+    if len(parts) <= 1:
+        return Compaction(table, None, 0, 0, kept)
+    compacted = pa.concat_tables(parts).replace_schema_metadata(
+        {"schema_version": str(SCHEMA_VERSION)}
+    )
+    name = f"{COMPACTED_PREFIX}{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+    temp = directory / f".{name}.tmp"
+    pq.write_table(compacted, temp)
+    os.replace(temp, directory / name)
+    removed = 0
+    for path in merged:
+        if _identity(path) == before[path]:
+            path.unlink(missing_ok=True)
+            removed += 1
+        else:
+            kept.append(path)
+    return Compaction(table, directory / name, len(merged), removed, kept)
+
+
+def compact_store(root: str | Path) -> list[Compaction]:
+    """``compact_table`` for every table of the store at ``root``."""
+    if not is_store(root):
+        raise StoreError(f"{root} is not a result store (no {MARKER}): give a store's directory.")
+    return [compact_table(root, table) for table in TABLES]
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """(inode, mtime, size) of ``path``: a writer's rename-into-place changes it."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size

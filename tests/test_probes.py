@@ -279,3 +279,27 @@ def test_probe_metrics_leaves_inputs_unchanged_and_needs_no_grad() -> None:
     rows = probe_metrics([att, att], [h, h])
     assert torch.equal(att.detach(), before)
     assert rows[0]["attention_js_next"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_probe_metrics_on_a_real_capture() -> None:
+    from charlm.config import ModelConfig
+    from charlm.model import GPT
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=2, n_head=2, n_embed=16, block_size=16, vocab_size=11)
+    model = GPT(cfg)
+    idx = torch.randint(0, 11, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        capture = model.capture(idx)
+    rows = probe_metrics(capture.attentions, capture.hidden_states)
+    assert [(row["layer"], row["head"]) for row in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for row in rows:
+        assert 0.0 <= row["entropy"] <= math.log(16)
+        assert 0.0 <= row["entropy_normalized"] <= 1.0
+        assert 0.0 <= row["effective_span"] <= 15
+        assert 0.0 <= row["head_diversity"] <= math.log(2)
+    assert 0.0 <= rows[0]["attention_js_next"] <= math.log(2)
+    assert -1.0 <= rows[0]["hidden_cosine_next"] <= 1.0
+    assert rows[0]["entropy"] == pytest.approx(
+        attention_entropy(capture.attentions[0])[0].item(), abs=1e-9
+    )

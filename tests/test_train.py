@@ -99,7 +99,7 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path: Path):
 def test_model_file_loads_with_weights_only_and_reproduces_logits(tmp_path: Path):
     result = train(TINY_MODEL, tiny_train(sample_tokens=0), checkpoint_dir=tmp_path)
     model, vocab = load_model(tmp_path / MODEL_FILE)
-    assert len(vocab) == 65 and model.config.vocab_size == 65
+    assert len(vocab) == 65 and model.cfg.vocab_size == 65
     assert result.sample is None and result.inference_tokens_per_s is None
     idx = torch.zeros((1, 8), dtype=torch.long)
     full_model, _ = load_model(tmp_path / CHECKPOINT_FILE)

@@ -1,0 +1,180 @@
+"""Quality metrics against hand-counted values; generation with a stand-in and the real GPT."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from charlm.config import ConfigError, ModelConfig
+from charlm.data import Dataset
+from charlm.sample import QUALITY_KEYS, generate_text, quality_metrics, word_set, words
+
+# --- quality metrics --------------------------------------------------------------------------
+
+
+def test_the_cat_by_hand() -> None:
+    metrics = quality_metrics("the cat the cat the cat", {"the", "cat"})
+    assert tuple(metrics) == QUALITY_KEYS
+    assert set(metrics) == {
+        "distinct_1",
+        "distinct_2",
+        "distinct_3",
+        "repetition_rate",
+        "known_word_share",
+    }
+    # 6 words, 2 distinct; 5 bigrams: (the cat) x3, (cat the) x2
+    assert metrics["distinct_1"] == pytest.approx(2 / 6)
+    assert metrics["distinct_2"] == pytest.approx(2 / 5)
+    # 4 trigrams: (the cat the) x2, (cat the cat) x2
+    assert metrics["distinct_3"] == pytest.approx(2 / 4)
+    # 4-grams in order: (the cat the cat), (cat the cat the), (the cat the cat) <- repeat
+    assert metrics["repetition_rate"] == pytest.approx(1 / 3)
+    assert metrics["known_word_share"] == 1.0
+
+
+def test_known_word_share_against_a_training_text() -> None:
+    train_text = "To be, or not to be: that is the question.\nWhether 'tis nobler in the mind"
+    # generated words: to, be, or, nott, to, bee, mind -> 5 of 7 known
+    generated = "To be or NOTT, to bee...\n\nmind!"
+    metrics = quality_metrics(generated, train_text)
+    assert metrics["known_word_share"] == pytest.approx(5 / 7)
+    assert quality_metrics(generated, word_set(train_text)) == metrics
+    # 7 words, 6 distinct (to twice); no 4-gram repeats
+    assert metrics["distinct_1"] == pytest.approx(6 / 7)
+    assert metrics["distinct_2"] == 1.0
+    assert metrics["repetition_rate"] == 0.0
+
+
+def test_word_rule() -> None:
+    assert words("O'er the King's 'tis hill--42 times, x2 café_ok") == [
+        "o'er", "the", "king's", "tis", "hill", "42", "times", "x", "2", "caf", "ok"
+    ]  # fmt: skip
+    assert word_set("The the THE") == {"the"}
+
+
+def test_empty_and_short_texts_give_nan_not_errors() -> None:
+    empty = quality_metrics("", {"the"})
+    assert tuple(empty) == QUALITY_KEYS
+    assert all(math.isnan(value) for value in empty.values())
+    no_words = quality_metrics("  ,;! \n", "the cat")
+    assert all(math.isnan(value) for value in no_words.values())
+    two_words = quality_metrics("the dog", "the cat")
+    assert two_words["distinct_1"] == 1.0
+    assert two_words["distinct_2"] == 1.0
+    assert math.isnan(two_words["distinct_3"])
+    assert math.isnan(two_words["repetition_rate"])
+    assert two_words["known_word_share"] == 0.5
+
+
+def test_all_repeating_text() -> None:
+    metrics = quality_metrics("la la la la la la la", set())
+    # 7 words, 4 identical 4-grams: the first is new, 3 repeat
+    assert metrics["distinct_1"] == pytest.approx(1 / 7)
+    assert metrics["repetition_rate"] == pytest.approx(3 / 4)
+    assert metrics["known_word_share"] == 0.0
+
+
+# --- generation --------------------------------------------------------------------------------
+
+VOCAB = list("\n abcdefghijklmnopqrstuvwxyz.")
+
+
+@pytest.fixture
+def dataset() -> Dataset:
+    return Dataset(name="tiny", vocab=VOCAB, splits={})
+
+
+class StandIn(nn.Module):
+    """Appends random ids from the given generator, recording how it was called."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.calls: list[dict] = []
+
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        self.calls.append(
+            {
+                "prompt_ids": idx.tolist(),
+                "max_new_tokens": max_new_tokens,
+                "temperature": temperature,
+                "top_k": top_k,
+                "use_cache": use_cache,
+                "training": self.training,
+                "grad": torch.is_grad_enabled(),
+            }
+        )
+        new = torch.randint(0, self.vocab_size, (idx.shape[0], max_new_tokens), generator=generator)
+        return torch.cat([idx, new], dim=1)
+
+
+def test_generate_text_with_a_stand_in(dataset: Dataset) -> None:
+    model = StandIn(len(VOCAB))
+    model.train()
+    text, tokens_per_s = generate_text(
+        model, dataset, "ab", max_new_tokens=20, temperature=0.7, top_k=5, seed=3
+    )
+    assert len(text) == 20 and set(text) <= set(VOCAB)
+    assert tokens_per_s > 0
+    assert model.calls == [
+        {
+            "prompt_ids": [[VOCAB.index("a"), VOCAB.index("b")]],
+            "max_new_tokens": 20,
+            "temperature": 0.7,
+            "top_k": 5,
+            "use_cache": True,
+            "training": False,
+            "grad": False,
+        }
+    ]
+    assert model.training  # restored
+    again, _ = generate_text(model, dataset, "ab", 20, 0.7, 5, 3, "cpu")
+    other, _ = generate_text(model, dataset, "ab", 20, 0.7, 5, 4, "cpu")
+    assert again == text and other != text
+
+
+def test_prompt_characters_outside_the_vocabulary(dataset: Dataset) -> None:
+    with pytest.raises(ConfigError, match=r"'Q', 'Z', '!'|'!', 'Q', 'Z'") as error:
+        generate_text(StandIn(len(VOCAB)), dataset, "Zebra! Quick", max_new_tokens=5)
+    assert "vocabulary" in str(error.value)
+    with pytest.raises(ConfigError, match="prompt='' is empty"):
+        generate_text(StandIn(len(VOCAB)), dataset, "", max_new_tokens=5)
+    with pytest.raises(ConfigError, match="max_new_tokens=-1"):
+        generate_text(StandIn(len(VOCAB)), dataset, "a", max_new_tokens=-1)
+
+
+def test_zero_new_tokens(dataset: Dataset) -> None:
+    model = StandIn(len(VOCAB))
+    text, tokens_per_s = generate_text(model, dataset, "a", max_new_tokens=0)
+    assert text == "" and math.isnan(tokens_per_s) and model.calls == []
+
+
+def test_generate_text_with_the_real_gpt(dataset: Dataset) -> None:
+    from charlm.model import GPT
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=2, n_head=2, n_embed=16, block_size=16, dropout=0.0,
+                      vocab_size=len(VOCAB))  # fmt: skip
+    model = GPT(cfg)
+    # longer than block_size: the context slides
+    text, tokens_per_s = generate_text(model, dataset, "to be", max_new_tokens=24, seed=7)
+    assert len(text) == 24 and set(text) <= set(VOCAB)
+    assert tokens_per_s > 0
+    assert model.training
+    assert generate_text(model, dataset, "to be", max_new_tokens=24, seed=7)[0] == text
+    # the same draw as calling the model directly with the same seed
+    idx = torch.tensor([dataset.encode("to be")])
+    out = model.generate(idx, 24, temperature=0.8, top_k=40,
+                         generator=torch.Generator().manual_seed(7))  # fmt: skip
+    assert dataset.decode(out[0, 5:].tolist()) == text
