@@ -1,0 +1,68 @@
+"""Offline analysis of a result store: load -> tidy DataFrames -> aggregate -> figures -> report.
+
+Never imports Ray. As a library (an offline script)::
+
+    from analysis import analyze, paper_table, to_markdown, write_tables
+
+    result = analyze("results/")  # load the store, aggregate over seeds
+    print(result.summary[["sweep", "dataset", "config", "best_val_loss_mean",
+                          "best_val_loss_stderr", "best_val_loss_n"]])
+    print(result.effects[["config", "test", "delta", "ci_low", "ci_high", "p_holm"]])
+    print(result.ranking[["sweep", "dataset", "rank", "factor", "effect"]])
+    print(to_markdown(paper_table(result.summary, result.effects)))
+    write_tables(result.summary, result.effects, result.ranking, "tables/")
+
+As a command: ``python -m analysis RESULTS_DIR --out REPORT_DIR`` (see analysis.report).
+"""
+
+from __future__ import annotations
+
+from analysis.aggregate import (
+    CONFIG_KEYS,
+    METRICS,
+    attention_summary,
+    baseline_configs,
+    compare_to_baseline,
+    config_summary,
+    curve_summary,
+    failed_trials,
+    final_info,
+    holm,
+    paper_table,
+    rank_factors,
+    search_leaderboard,
+    to_latex,
+    to_markdown,
+    write_final_info,
+    write_tables,
+)
+from analysis.load import CorruptStoreError, Store, StoreError, load_store
+from analysis.report import Analysis, Report, analyze, build_report
+
+__all__ = [
+    "CONFIG_KEYS",
+    "METRICS",
+    "Analysis",
+    "CorruptStoreError",
+    "Report",
+    "Store",
+    "StoreError",
+    "analyze",
+    "attention_summary",
+    "baseline_configs",
+    "build_report",
+    "compare_to_baseline",
+    "config_summary",
+    "curve_summary",
+    "failed_trials",
+    "final_info",
+    "holm",
+    "load_store",
+    "paper_table",
+    "rank_factors",
+    "search_leaderboard",
+    "to_latex",
+    "to_markdown",
+    "write_final_info",
+    "write_tables",
+]

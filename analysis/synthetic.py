@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timezone
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -242,7 +242,9 @@ def build_store(root: str | Path, spec: SyntheticSpec | None = None, *, threads:
     seeds = rng.integers(0, 2**31, len(trials))
     work: Iterable[None]
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        work = pool.map(lambda i: _write_trial(root, spec, trials[i], int(seeds[i])), range(len(trials)))
+        work = pool.map(
+            lambda i: _write_trial(root, spec, trials[i], int(seeds[i])), range(len(trials))
+        )
         for _ in work:
             pass
     return root

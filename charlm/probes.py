@@ -95,7 +95,9 @@ def _causal_entries(att: Tensor) -> tuple[Tensor, _CausalLayout]:
     """
     T = att.shape[-1]
     layout = _causal_layout(T, att.device)
-    entries = att.float().flatten(-2).index_select(-1, layout.index)  # (..., L), a copy
+    flat = att.float().flatten(-2)  # (..., T * T)
+    # gather with an expanded (view) index is several times faster than index_select here
+    entries = torch.gather(flat, -1, layout.index.expand(*flat.shape[:-1], -1))  # (..., L)
     return entries.clamp_min_(_TINY), layout
 
 
@@ -130,7 +132,7 @@ def _mixture_entropy_sum(p: Tensor, q: Tensor, p_mass: Tensor, q_mass: Tensor) -
     mass of p plus that of q, so only s log s needs new logarithms.
     """
     s = p + q  # (B, k, L)
-    slogs = torch.linalg.vecdot(s, s.log()).double().sum(0)  # (k,)
+    slogs = s.log().mul_(s).sum(-1).double().sum(0)  # (k,)
     return -0.5 * slogs + 0.5 * math.log(2.0) * (p_mass + q_mass)
 
 

@@ -51,14 +51,17 @@ KNOWN_VOCAB_SIZES = {"shakespeare_char": 65, "text8": 27, "enwik8": 256}
 FALLBACK_VOCAB_SIZE = 256
 # A deliberately low guess of CPU speed, only to pick the first timed batch size.
 _GUESSED_FLOPS_PER_THREAD = 5e9
+_CPU_BUILD_PARAMS = 5_000_000  # larger models are counted on the meta device
+_MIN_TIMED_ROWS = 4  # smallest timed batch below the full one: two sizes are fitted
 
 
 @dataclass(frozen=True)
 class StepTiming:
-    """Measured seconds per training step at the full batch size.
+    """Seconds per training step at the full batch size.
 
-    ``timed_batch_size`` < the trial's batch size means the steps were timed on that batch
-    and scaled linearly.
+    ``method`` 'timed': measured on ``timed_steps`` steps of ``timed_batch_size`` rows
+    (below the trial's batch size, scaled up by a linear fit). 'flops': the overall time
+    budget was spent, so the step's FLOPs were priced at the speed measured on the others.
     """
 
     seconds_per_step: float
@@ -66,6 +69,7 @@ class StepTiming:
     timed_steps: int
     threads: int
     device: str
+    method: str = "timed"
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,7 @@ class Estimate:
     cpus_per_trial: float
     concurrent: int
     overhead_s: float
-    measured_on: str  # e.g. 'cpu, 1 thread' or 'not measured'
+    measured_on: str  # e.g. 'cpu, 1 thread per trial'; '' when not measured
     measuring_s: float  # time spent timing steps
 
     @property
@@ -193,14 +197,20 @@ def _with_vocab(model: ModelConfig, dataset: str, vocab_sizes: Mapping[str, int]
 
 
 def _count(model: ModelConfig) -> tuple[int, int]:
-    """(non-embedding params, FLOPs per token) of the real GPT, built without weights."""
+    """(non-embedding params, FLOPs per token) of the real GPT.
+
+    Small models are built on the CPU (milliseconds); large ones on the meta device, which
+    allocates nothing but costs a one-time import of about a second.
+    """
     from charlm.model import GPT
 
-    try:
-        with torch.device("meta"):
+    rough_params = 12 * model.n_layer * model.n_embed**2 + (model.vocab_size or 0) * model.n_embed
+    with torch.random.fork_rng(devices=[]):  # initialisation draws stay out of the caller's RNG
+        if rough_params < _CPU_BUILD_PARAMS:
             gpt = GPT(model)
-    except (RuntimeError, NotImplementedError):  # an init that needs real tensors
-        gpt = GPT(model)
+        else:
+            with torch.device("meta"):
+                gpt = GPT(model)
     return gpt.num_params(), gpt.flops_per_token()
 
 
@@ -253,36 +263,28 @@ def time_train_step(
             return time.perf_counter() - start
 
         started = time.perf_counter()
-        # Aim every step at an equal share of the budget: pick the batch from a low guess of
-        # the speed, then correct it with the first (warm-up) step.
+        # Aim every step at an equal share of the budget: start from a low guess of the
+        # speed, correct the batch after the warm-up steps (the first one is slow anyway).
         step_target = budget_s / (warmup_steps + timed_steps + 1)
+        min_rows = min(batch_size, _MIN_TIMED_ROWS)
         batch = batch_size
         if not on_cuda:
             guess = _GUESSED_FLOPS_PER_THREAD * max(1, threads) * step_target
-            batch = min(batch_size, max(1, int(guess / (flops_per_token * model.block_size))))
-        first_batch, first_s = batch, step(batch)
-        if not on_cuda:
-            batch = min(batch_size, max(1, int(batch * step_target / first_s)))
+            fitting = int(guess / (flops_per_token * model.block_size))
+            batch = min(batch_size, max(min_rows, fitting))
+        warm = [step(batch) for _ in range(max(1, warmup_steps))]
+        if not on_cuda and len(warm) > 1:
+            batch = min(batch_size, max(min_rows, int(batch * step_target / warm[-1])))
         # Below the full batch, time two sizes and fit seconds = fixed + per_row * rows, so
-        # the per-step overhead is not scaled up with the batch.
+        # the fixed per-step cost (optimizer, Python) is not scaled up with the batch.
         small = max(1, batch // 2) if batch < batch_size else batch
-        warm: list[float] = []
         times: dict[int, list[float]] = {batch: [], small: []}
-        for index in range(1, warmup_steps + timed_steps):
-            if time.perf_counter() - started > budget_s:
+        for index in range(timed_steps):
+            if time.perf_counter() - started > budget_s and times[batch]:
                 break  # a big configuration: fewer steps
-            if index < warmup_steps:
-                warm.append(step(batch))
-                continue
-            rows = small if (index - warmup_steps) % 2 == 1 else batch
+            rows = small if index % 2 == 1 else batch
             times[rows].append(step(rows))
-        if times[batch]:
-            # The least disturbed step: other processes may share the cores.
-            large_s = min(times[batch])
-        elif warm:
-            large_s = min(warm)
-        else:  # only the first step fitted in the budget
-            batch, large_s = first_batch, first_s
+        large_s = min(times[batch])  # the least disturbed step: others may share the cores
         per_step = large_s
         if batch < batch_size:
             per_step = large_s * batch_size / batch
@@ -294,7 +296,7 @@ def time_train_step(
         timing = StepTiming(
             seconds_per_step=per_step,
             timed_batch_size=batch,
-            timed_steps=max(1, sum(len(values) for values in times.values())),
+            timed_steps=sum(len(values) for values in times.values()),
             threads=max(1, threads),
             device=device,
         )
@@ -312,7 +314,8 @@ def estimate(
     measure: bool = True,
     device: str = "cpu",
     overhead_s: float = DEFAULT_OVERHEAD_S,
-    budget_s: float = 1.0,
+    budget_s: float = 0.5,
+    total_budget_s: float = 5.0,
 ) -> Estimate:
     """Tokens, FLOPs and (when ``measure``) time of ``trials`` on these resources.
 
@@ -320,7 +323,9 @@ def estimate(
     ``concurrent`` is how many trials run at once (cluster CPUs // CPUs per trial, or the
     GPU slots); ``vocab_size_by_dataset`` gives each dataset's vocabulary size (defaults:
     KNOWN_VOCAB_SIZES, else 256). Each distinct model shape and batch size is timed once,
-    for about ``budget_s`` seconds at most, on ``device``.
+    for about ``budget_s`` seconds (one step at least), on ``device``; once timing has taken
+    ``total_budget_s``, the remaining configurations are priced by their FLOPs at the speed
+    measured so far.
     """
     vocab_sizes = dict(vocab_size_by_dataset or {})
     threads = max(1, int(cpus_per_trial))
@@ -331,6 +336,9 @@ def estimate(
 
     counted: dict[ModelConfig, tuple[int, int]] = {}
     timed: dict[tuple[ModelConfig, int], StepTiming] = {}
+    measuring_started = time.perf_counter()
+    if measure:
+        _warm_up_torch()
     started = time.perf_counter()
     rows = []
     for config_id, members in groups.items():
@@ -338,17 +346,31 @@ def estimate(
         model = _with_vocab(first.model, first.dataset, vocab_sizes)
         train = first.train
         timing = None
-        if measure:
-            key = (model, train.batch_size)
-            if key not in timed:
-                timed[key], *counts = time_train_step(
-                    model, train.batch_size, threads=threads, device=device, budget_s=budget_s
-                )
-                counted[model] = (counts[0], counts[1])
-            timing = timed[key]
+        key = (model, train.batch_size)
+        in_budget = not timed or time.perf_counter() - started < total_budget_s
+        if measure and key not in timed and in_budget:
+            timed[key], *counts = time_train_step(
+                model, train.batch_size, threads=threads, device=device, budget_s=budget_s
+            )
+            counted[model] = (counts[0], counts[1])
         if model not in counted:
             counted[model] = _count(model)
         n_params, flops_per_token = counted[model]
+        if measure:
+            timing = timed.get(key)
+            if timing is None:  # out of time: price the FLOPs at the speed measured so far
+                seconds_per_flop = _seconds_per_flop(timed, counted)
+                timing = StepTiming(
+                    seconds_per_step=seconds_per_flop
+                    * flops_per_token
+                    * train.batch_size
+                    * model.block_size,
+                    timed_batch_size=0,
+                    timed_steps=0,
+                    threads=threads,
+                    device=device,
+                    method="flops",
+                )
         train_tokens = train.max_iters * train.batch_size * model.block_size
         passes = eval_passes(train)
         eval_tokens = passes * eval_tokens_per_pass(model, train)
@@ -370,9 +392,7 @@ def estimate(
             )
         )
     measured_on = (
-        f"{device}, {threads} thread{'s' if threads != 1 else ''} per trial"
-        if measure
-        else "not measured"
+        f"{device}, {threads} thread{'s' if threads != 1 else ''} per trial" if measure else ""
     )
     return Estimate(
         rows=tuple(rows),
@@ -380,8 +400,32 @@ def estimate(
         concurrent=max(1, concurrent),
         overhead_s=overhead_s,
         measured_on=measured_on,
-        measuring_s=time.perf_counter() - started,
+        measuring_s=time.perf_counter() - measuring_started,
     )
+
+
+def _warm_up_torch() -> None:
+    """Pay torch's one-time costs (the optimizer's lazy imports, first kernels of attention
+    and dropout) on a tiny GPT, so they are not charged to the first configuration."""
+    time_train_step(
+        ModelConfig(n_layer=1, n_head=2, n_embed=16, block_size=16, dropout=0.1, vocab_size=8),
+        2,
+        budget_s=0.0,
+        warmup_steps=1,
+        timed_steps=1,
+    )
+
+
+def _seconds_per_flop(
+    timed: Mapping[tuple[ModelConfig, int], StepTiming],
+    counted: Mapping[ModelConfig, tuple[int, int]],
+) -> float:
+    """Training seconds per FLOP over the configurations timed so far (a pooled rate)."""
+    seconds = flops = 0.0
+    for (model, batch_size), timing in timed.items():
+        seconds += timing.seconds_per_step
+        flops += counted[model][1] * batch_size * model.block_size
+    return seconds / flops if flops else 1.0 / _GUESSED_FLOPS_PER_THREAD
 
 
 # ---------------------------------------------------------------- formatting
@@ -420,6 +464,12 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]
     return lines
 
 
+def _milliseconds(timing: StepTiming | None) -> str:
+    if timing is None:
+        return "-"
+    return f"{'~' if timing.method == 'flops' else ''}{timing.seconds_per_step * 1000:.1f}"
+
+
 def format_table(trials: Sequence[TrialSpec], estimate: Estimate) -> str:
     """The trials (id, dataset, factor, level, seed, params), their count, then the estimate."""
     trial_rows = [
@@ -442,8 +492,9 @@ def format_table(trials: Sequence[TrialSpec], estimate: Estimate) -> str:
         f"dataset{'s' if n_datasets != 1 else ''} (repeats of the baseline dropped)"
     )
     lines.append("")
+    timed_on = f"timed on {estimate.measured_on}" if estimate.measured_on else "not timed"
     lines.append(
-        f"compute estimate (timed on {estimate.measured_on}; "
+        f"compute estimate ({timed_on}; "
         f"{estimate.concurrent} concurrent trial{'s' if estimate.concurrent != 1 else ''}; "
         f"{estimate.overhead_s:g} s start-up per trial):"
     )
@@ -456,7 +507,7 @@ def format_table(trials: Sequence[TrialSpec], estimate: Estimate) -> str:
             f"{row.n_params:,}",
             _si(row.train_tokens),
             _si(row.flops, "FLOP"),
-            "-" if row.timing is None else f"{row.timing.seconds_per_step * 1000:.1f}",
+            _milliseconds(row.timing),
             format_duration(row.seconds),
         )
         for row in estimate.rows
@@ -466,6 +517,8 @@ def format_table(trials: Sequence[TrialSpec], estimate: Estimate) -> str:
         "ms/step", "time/trial",
     )  # fmt: skip
     lines.extend(_table(header, config_rows, {3, 4, 5, 6, 7, 8}))
+    if any(row.timing is not None and row.timing.method == "flops" for row in estimate.rows):
+        lines.append("~ priced by FLOPs at the speed measured on the others (time budget spent)")
     lines.append(
         f"total: {estimate.n_trials} trials, {_si(estimate.total_tokens)} training tokens, "
         f"{_si(estimate.total_flops, 'FLOP')}; trial time "

@@ -198,7 +198,10 @@ class GridSpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
-            raise GridError(f"name={self.name!r} is invalid: give the grid a non-empty name.")
+            raise GridError(
+                f"name={self.name!r} is invalid: give the grid a non-empty text name, "
+                "e.g. name: width_sweep."
+            )
         if not isinstance(self.baseline, Mapping):
             raise GridError(
                 f"baseline={self.baseline!r} is invalid: give a mapping of config fields to "
@@ -416,7 +419,7 @@ def load_grid(path: str | Path) -> GridSpec:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise GridError(f"grid file {where}: not valid YAML ({_yaml_problem(error)}).") from None
+        raise GridError(f"grid file {where}: not valid YAML: {_yaml_problem(error)}.") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -474,8 +477,8 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     if mark is not None:
         problem = f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
     if "constructor" in problem or "tag" in problem:
-        problem += "; only plain YAML (no !!python tags) is read"
-    return " ".join(problem.split())
+        return " ".join(problem.split()) + "; grids are plain YAML: remove the !! tag"
+    return " ".join(problem.split()) + "; fix the syntax there"
 
 
 def resolve_grid(grid: str | Path) -> GridSpec:

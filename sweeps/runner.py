@@ -13,13 +13,12 @@ import math
 import os
 import shutil
 import socket
-import sys
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import ray
 import yaml
@@ -292,8 +291,8 @@ class _StoreCallback(tune.Callback):
 class _ProgressCallback(tune.Callback):
     """A concise live view: pending/running/done/failed, best val loss so far, ETA."""
 
-    def __init__(self, total: int, max_iters: dict[str, int], stream: TextIO, period_s: float):
-        self.total, self.max_iters, self.stream, self.period_s = total, max_iters, stream, period_s
+    def __init__(self, total: int, max_iters: dict[str, int], period_s: float):
+        self.total, self.max_iters, self.period_s = total, max_iters, period_s
         self.start = time.monotonic()
         self.last_print = 0.0
         self.progress: dict[str, float] = {}
@@ -317,7 +316,7 @@ class _ProgressCallback(tune.Callback):
         now = time.monotonic()
         if force or now - self.last_print >= self.period_s:
             self.last_print = now
-            print(self._line(trials), file=self.stream, flush=True)
+            print(self._line(trials), flush=True)  # stdout at call time: Tune pickles callbacks
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         trial_id = result.get("trial_id", trial.trial_id)
@@ -364,7 +363,7 @@ def run_trials(
     tune_config: tune.TuneConfig | None = None,
     max_iters: dict[str, int] | None = None,
     max_failures: int = DEFAULT_MAX_FAILURES,
-    progress: TextIO | None = sys.stdout,
+    progress: bool = True,
     progress_period_s: float = 10.0,
 ) -> SweepOutcome:
     """Run the trials of ``param_space`` on the connected Ray and store every result.
@@ -378,9 +377,10 @@ def run_trials(
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     outcome = SweepOutcome()
     callbacks: list[tune.Callback] = [_StoreCallback(store, describe, outcome)]
-    if progress is not None:
-        callbacks.append(_ProgressCallback(total, max_iters or {}, progress, progress_period_s))
-    config = tune_config or tune.TuneConfig()
+    if progress:
+        callbacks.append(_ProgressCallback(total, max_iters or {}, progress_period_s))
+    # Reusing trial actors saves ~1 s of actor start per trial (RAY-NOTES: 18 s -> 8 s).
+    config = tune_config or tune.TuneConfig(reuse_actors=True)
     if resources.max_concurrent is not None:
         config.max_concurrent_trials = resources.max_concurrent
     storage_path = storage or str((store.root / "_ray").resolve())

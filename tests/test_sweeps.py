@@ -102,7 +102,7 @@ def test_a_raising_trial_is_recorded_failed_and_the_others_finish(tmp_path: Path
     try:
         outcome = run_trials(
             store, ablation.param_space(trials), name="tiny", total=len(trials),
-            resources=Resources(), trainable=flaky, max_failures=1, progress=None,
+            resources=Resources(), trainable=flaky, max_failures=1, progress=False,
         )  # fmt: skip
     finally:
         import ray

@@ -1,0 +1,617 @@
+"""Statistics over the store's tidy tables: no drawing here (plots.py draws what this returns).
+
+A *config* is the set of trials sharing (sweep, dataset, factor, level): all seeds of one
+point of the grid. The baseline of a sweep has factor 'baseline'. Only trials with status
+'ok' enter the statistics; failed ones (e.g. diverged: 'non-finite loss at step k') are
+counted per config and listed by ``failed_trials``. All tests come from scipy.stats.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+__all__ = [
+    "CONFIG_KEYS",
+    "METRICS",
+    "attention_summary",
+    "baseline_configs",
+    "compare_to_baseline",
+    "config_label",
+    "config_summary",
+    "curve_summary",
+    "failed_trials",
+    "final_info",
+    "holm",
+    "level_order",
+    "paper_table",
+    "rank_factors",
+    "search_leaderboard",
+    "to_latex",
+    "to_markdown",
+    "write_final_info",
+    "write_tables",
+]
+
+CONFIG_KEYS = ["sweep", "dataset", "factor", "level"]
+METRICS = (
+    "best_val_loss", "final_train_loss", "final_val_loss", "train_time_s",
+    "train_tokens_per_s", "inference_tokens_per_s", "n_params",
+)  # fmt: skip
+ATTENTION_METRICS = ("entropy", "effective_span", "attention_js_next", "hidden_cosine_next")
+
+
+def config_label(factor: str, level: str) -> str:
+    """A config's name for tables and legends: 'baseline' or 'factor=level'."""
+    if factor == "baseline":
+        return "baseline"
+    return f"{factor}: {level}" if "=" in str(level) else f"{factor}={level}"
+
+
+def _level_key(level: Any) -> tuple[int, float, str]:
+    try:
+        return (0, float(level), str(level))
+    except (TypeError, ValueError):
+        return (1, math.nan, str(level))
+
+
+def level_order(levels: Sequence[str]) -> list[str]:
+    """Levels sorted numerically when they are numbers ('2' < '16'), else alphabetically."""
+    return sorted(dict.fromkeys(levels), key=_level_key)
+
+
+def _sort_configs(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows in reading order: sweep, dataset, baseline first, factor, level (numeric)."""
+    if frame.empty:
+        return frame.reset_index(drop=True)
+    order = sorted(
+        range(len(frame)),
+        key=lambda i: (
+            str(frame["sweep"].iat[i]),
+            str(frame["dataset"].iat[i]),
+            frame["factor"].iat[i] != "baseline",
+            str(frame["factor"].iat[i]),
+            _level_key(frame["level"].iat[i]),
+        ),
+    )
+    return frame.iloc[order].reset_index(drop=True)
+
+
+def _ok(trials: pd.DataFrame, columns: Sequence[str] = ()) -> pd.DataFrame:
+    """Finished trials, non-finite metric values as NaN."""
+    ok = trials[trials["status"].eq("ok")].copy()
+    for column in columns:
+        values = pd.to_numeric(ok[column], errors="coerce").astype(float)
+        ok[column] = values.where(np.isfinite(values))
+    return ok
+
+
+def config_summary(trials: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
+    """Mean, standard error and n over seeds per config.
+
+    ``trials``: one row per trial (``Store.trials``). Returns one row per (sweep, dataset,
+    factor, level) with ``kind``, ``config`` (label), ``n_ok``, ``n_failed``,
+    ``n_unfinished`` (status neither 'ok' nor 'failed'), ``seeds`` (of the ok trials) and,
+    per metric, ``<metric>_mean``, ``<metric>_stderr`` (sample sd / sqrt(n); NaN for n < 2)
+    and ``<metric>_n`` (ok trials with a finite value).
+    """
+    status = trials["status"]
+    counts = (
+        trials.assign(
+            n_ok=status.eq("ok"),
+            n_failed=status.eq("failed"),
+            n_unfinished=~status.isin(["ok", "failed"]),
+        )
+        .groupby(CONFIG_KEYS, sort=False)
+        .agg(
+            kind=("kind", "first"),
+            n_ok=("n_ok", "sum"),
+            n_failed=("n_failed", "sum"),
+            n_unfinished=("n_unfinished", "sum"),
+        )
+    )
+    ok = _ok(trials, metrics)
+    grouped = ok.groupby(CONFIG_KEYS, sort=False)
+    values = grouped[list(metrics)].agg(["mean", "sem", "count"])
+    values.columns = [
+        f"{metric}_{'stderr' if stat == 'sem' else 'n' if stat == 'count' else stat}"
+        for metric, stat in values.columns
+    ]
+    seeds = grouped["seed"].agg(lambda s: sorted(int(v) for v in s.dropna())).rename("seeds")
+    summary = counts.join(seeds).join(values).reset_index()
+    for metric in metrics:
+        summary[f"{metric}_n"] = summary[f"{metric}_n"].fillna(0).astype(int)
+    summary["seeds"] = summary["seeds"].apply(lambda s: s if isinstance(s, list) else [])
+    summary.insert(
+        4, "config", [config_label(f, lv) for f, lv in zip(summary.factor, summary.level)]
+    )
+    return _sort_configs(summary)
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (NaN entries stay NaN and are not counted).
+
+    scipy.stats has no Holm correction (``false_discovery_control`` is BH/BY): for the
+    sorted p_(1) <= ... <= p_(m), adjusted p_(i) = max_{j<=i} min(1, (m - j + 1) p_(j)).
+    """
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full_like(p, np.nan)
+    valid = ~np.isnan(p)
+    m = int(valid.sum())
+    if m == 0:
+        return adjusted
+    order = np.argsort(p[valid], kind="stable")
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[valid][order])
+    result = np.empty(m)
+    result[order] = np.maximum.accumulate(scaled)
+    adjusted[valid] = result
+    return adjusted
+
+
+def _per_seed(frame: pd.DataFrame, metric: str) -> pd.Series:
+    """Metric per seed (averaged if a seed repeats), NaNs dropped, indexed by seed."""
+    return frame.groupby("seed")[metric].mean().dropna()
+
+
+def compare_to_baseline(
+    trials: pd.DataFrame,
+    metric: str = "best_val_loss",
+    confidence: float = 0.95,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """Each OFAT level against its sweep's baseline (same sweep and dataset).
+
+    Paired t-test (``scipy.stats.ttest_rel``) over the seeds both share when they share at
+    least two (the seed fixes data order and initialisation), else Welch's t-test
+    (``ttest_ind(equal_var=False)``) over all seeds; 'none' when either side has fewer than
+    two values. ``delta`` = level - baseline (negative: the level lowers the metric), with
+    its ``confidence`` interval. ``p_holm``: Holm's correction across all levels of one
+    (sweep, dataset). ``effect_size``: Cohen's d_z (mean difference / sd of differences)
+    when paired, Cohen's d (pooled sd) for Welch. Search sweeps are not compared.
+    """
+    ok = _ok(trials, [metric])
+    ok = ok[ok["kind"].ne("search")]
+    rows = []
+    for (sweep, dataset), group in ok.groupby(["sweep", "dataset"], sort=True):
+        base_rows = group[group["factor"].eq("baseline")]
+        if base_rows.empty:
+            continue
+        base = _per_seed(base_rows, metric)
+        for (factor, level), level_rows in group[group["factor"].ne("baseline")].groupby(
+            ["factor", "level"], sort=False
+        ):
+            values = _per_seed(level_rows, metric)
+            row = {"sweep": sweep, "dataset": dataset, "factor": factor, "level": level}
+            row.update(config=config_label(factor, level), metric=metric)
+            row.update(_compare(values, base, confidence))
+            rows.append(row)
+    columns = [
+        "sweep", "dataset", "factor", "level", "config", "metric", "test", "n", "n_baseline",
+        "n_pairs", "mean", "baseline_mean", "delta", "ci_low", "ci_high", "statistic", "df",
+        "p_value", "p_holm", "significant", "effect_size", "effect_size_kind",
+    ]  # fmt: skip
+    effects = pd.DataFrame(rows, columns=columns)
+    if effects.empty:
+        return effects
+    effects["p_holm"] = np.nan
+    for _, index in effects.groupby(["sweep", "dataset"]).groups.items():
+        effects.loc[index, "p_holm"] = holm(effects.loc[index, "p_value"].to_numpy(float))
+    effects["significant"] = effects["p_holm"] < alpha
+    return _sort_configs(effects)
+
+
+def _compare(values: pd.Series, base: pd.Series, confidence: float) -> dict[str, Any]:
+    """One level vs the baseline; values and base are indexed by seed."""
+    shared = values.index.intersection(base.index)
+    out: dict[str, Any] = {
+        "n": len(values), "n_baseline": len(base), "n_pairs": len(shared),
+        "mean": values.mean(), "baseline_mean": base.mean(),
+    }  # fmt: skip
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if len(shared) >= 2:
+            level, baseline = values[shared].to_numpy(), base[shared].to_numpy()
+            result = stats.ttest_rel(level, baseline)
+            differences = level - baseline
+            delta = differences.mean()
+            effect, kind, test = delta / differences.std(ddof=1), "cohen_dz", "paired"
+        elif len(values) >= 2 and len(base) >= 2:
+            level, baseline = values.to_numpy(), base.to_numpy()
+            result = stats.ttest_ind(level, baseline, equal_var=False)
+            delta = level.mean() - baseline.mean()
+            n1, n2 = len(level), len(baseline)
+            pooled = math.sqrt(
+                ((n1 - 1) * level.var(ddof=1) + (n2 - 1) * baseline.var(ddof=1)) / (n1 + n2 - 2)
+            )
+            effect, kind, test = delta / pooled if pooled else math.nan, "cohen_d", "welch"
+        else:
+            delta = values.mean() - base.mean() if len(values) and len(base) else math.nan
+            out.update(test="none", delta=delta, ci_low=math.nan, ci_high=math.nan)
+            out.update(statistic=math.nan, df=math.nan, p_value=math.nan)
+            out.update(effect_size=math.nan, effect_size_kind=None)
+            return out
+        interval = result.confidence_interval(confidence)
+    out.update(test=test, delta=float(delta), ci_low=float(interval.low))
+    out.update(ci_high=float(interval.high), statistic=float(result.statistic))
+    out.update(df=float(result.df), p_value=float(result.pvalue))
+    out.update(effect_size=float(effect), effect_size_kind=kind)
+    return out
+
+
+def rank_factors(
+    trials: pd.DataFrame,
+    metric: str = "best_val_loss",
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Factors ranked by how much they move ``metric``, per (sweep, dataset) of ablations.
+
+    A factor's ``effect`` is the largest |mean(level) - mean(baseline)| over its levels,
+    computed on seed-averaged results; ``best_level`` and ``best_delta`` name the level that
+    lowers the metric most. Its spread comes from ``scipy.stats.bootstrap`` (seeds resampled
+    within each config, percentile method): ``effect_stderr``, ``effect_ci_low``,
+    ``effect_ci_high`` (NaN when a config has fewer than two seeds). ``rank`` 1 moves it most.
+    """
+    ok = _ok(trials, [metric])
+    ok = ok[ok["kind"].ne("search")]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (sweep, dataset), group in ok.groupby(["sweep", "dataset"], sort=True):
+        base = _per_seed(group[group["factor"].eq("baseline")], metric).to_numpy()
+        if len(base) == 0:
+            continue
+        for factor, factor_rows in group[group["factor"].ne("baseline")].groupby("factor"):
+            levels = {
+                level: _per_seed(rows_, metric).to_numpy()
+                for level, rows_ in factor_rows.groupby("level", sort=False)
+            }
+            levels = {level: v for level, v in levels.items() if len(v)}
+            if not levels:
+                continue
+            deltas = {level: v.mean() - base.mean() for level, v in levels.items()}
+            best_level = min(deltas, key=deltas.get)
+            samples = (base, *levels.values())
+            row = {
+                "sweep": sweep, "dataset": dataset, "factor": factor, "metric": metric,
+                "effect": _max_shift(*samples, axis=-1), "best_level": best_level,
+                "best_delta": deltas[best_level], "n_levels": len(levels),
+                "effect_stderr": math.nan, "effect_ci_low": math.nan, "effect_ci_high": math.nan,
+            }  # fmt: skip
+            if min(len(s) for s in samples) >= 2 and n_resamples > 0:
+                with warnings.catch_warnings(), np.errstate(all="ignore"):
+                    warnings.simplefilter("ignore")
+                    boot = stats.bootstrap(
+                        samples, _max_shift, n_resamples=n_resamples, vectorized=True,
+                        confidence_level=confidence, method="percentile", rng=rng,
+                    )  # fmt: skip
+                row["effect_stderr"] = float(boot.standard_error)
+                row["effect_ci_low"] = float(boot.confidence_interval.low)
+                row["effect_ci_high"] = float(boot.confidence_interval.high)
+            rows.append(row)
+    columns = [
+        "sweep", "dataset", "rank", "factor", "metric", "effect", "effect_stderr",
+        "effect_ci_low", "effect_ci_high", "best_level", "best_delta", "n_levels",
+    ]  # fmt: skip
+    ranking = pd.DataFrame(rows, columns=[c for c in columns if c != "rank"])
+    ranking = ranking.sort_values(["sweep", "dataset", "effect"], ascending=[True, True, False])
+    ranking.insert(2, "rank", ranking.groupby(["sweep", "dataset"]).cumcount() + 1)
+    return ranking.reset_index(drop=True)[columns]
+
+
+def _max_shift(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Largest |mean(level) - mean(baseline)|; samples[0] is the baseline."""
+    base = np.mean(samples[0], axis=axis)
+    shifts = [np.abs(np.mean(level, axis=axis) - base) for level in samples[1:]]
+    return np.max(np.stack(shifts), axis=0)
+
+
+def baseline_configs(trials: pd.DataFrame) -> pd.DataFrame:
+    """The (sweep, dataset, factor, level) of every sweep's baseline, one row each."""
+    base = trials.loc[trials["factor"].eq("baseline"), CONFIG_KEYS].drop_duplicates()
+    return _sort_configs(base)
+
+
+def _config_codes(
+    trials: pd.DataFrame, trial_ids: pd.Series, configs: pd.DataFrame | None
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Per row of a per-trial table: the index of its config in the returned frame of
+    configs (ok trials only, limited to ``configs``), or -1."""
+    ok = trials[trials["status"].eq("ok")]
+    if configs is not None:
+        ok = ok.merge(configs[CONFIG_KEYS].drop_duplicates(), on=CONFIG_KEYS)
+    keys = ok[CONFIG_KEYS].drop_duplicates().reset_index(drop=True)
+    keys["config_index"] = np.arange(len(keys))
+    per_trial = ok[["trial_id", *CONFIG_KEYS]].merge(keys, on=CONFIG_KEYS)
+    categorical = trial_ids.astype("category")
+    lookup = (
+        per_trial.set_index("trial_id")["config_index"]
+        .reindex(categorical.cat.categories.astype(str))
+        .fillna(-1)
+        .to_numpy(np.int64)
+    )
+    codes = categorical.cat.codes.to_numpy()
+    index = np.where(codes >= 0, lookup[codes] if len(lookup) else -1, -1)
+    return index, keys
+
+
+def _finish(aggregated: pd.DataFrame, keys: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    aggregated.columns = [
+        f"{column}_{'stderr' if stat == 'sem' else 'n' if stat == 'count' else stat}"
+        for column, stat in aggregated.columns
+    ]
+    aggregated = aggregated.reset_index()
+    out = keys.merge(aggregated, on="config_index").drop(columns="config_index")
+    out.insert(4, "config", [config_label(f, lv) for f, lv in zip(out.factor, out.level)])
+    return out.sort_values([*CONFIG_KEYS, *by[1:]], kind="stable").reset_index(drop=True)
+
+
+def curve_summary(
+    curves: pd.DataFrame,
+    trials: pd.DataFrame,
+    columns: Sequence[str] = ("train_loss", "val_loss"),
+    configs: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Mean, stderr and n over seeds per (config, eval step) of the curve ``columns``.
+
+    ``curves``: one row per (trial, eval step); only ok trials count (a diverged trial's
+    curve would end in NaN). ``configs`` (rows with CONFIG_KEYS) limits the configs.
+    Returns CONFIG_KEYS, ``config``, ``step`` and ``<column>_mean|_stderr|_n``.
+    """
+    index, keys = _config_codes(trials, curves["trial_id"], configs)
+    frame = curves[list(columns)].astype(float)
+    frame = frame.where(np.isfinite(frame))
+    frame["config_index"] = index
+    frame["step"] = curves["step"].to_numpy()
+    frame = frame[index >= 0]
+    by = ["config_index", "step"]
+    aggregated = frame.groupby(by, sort=True)[list(columns)].agg(["mean", "sem", "count"])
+    return _finish(aggregated, keys, by)
+
+
+def attention_summary(
+    attention: pd.DataFrame,
+    trials: pd.DataFrame,
+    configs: pd.DataFrame | None = None,
+    metrics: Sequence[str] = ATTENTION_METRICS,
+) -> pd.DataFrame:
+    """Attention metrics per (config, eval step, layer): mean, stderr and n over seeds of
+    each trial's head-averaged value.
+
+    ``attention``: one row per (trial, step, layer, head). ``attention_js_next`` and
+    ``hidden_cosine_next`` compare a layer with the next one (NaN for the last layer).
+    """
+    index, keys = _config_codes(trials, attention["trial_id"], configs)
+    keep = index >= 0
+    frame = attention.loc[keep, list(metrics)].astype(float)
+    frame["config_index"] = index[keep]
+    frame["trial"] = attention["trial_id"].cat.codes.to_numpy()[keep]
+    frame["step"] = attention["step"].to_numpy()[keep]
+    frame["layer"] = attention["layer"].to_numpy()[keep]
+    per_trial = frame.groupby(["config_index", "trial", "step", "layer"], sort=False).mean()
+    by = ["config_index", "step", "layer"]
+    aggregated = per_trial.groupby(by, sort=True)[list(metrics)].agg(["mean", "sem", "count"])
+    return _finish(aggregated, keys, by)
+
+
+def failed_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials with status 'failed', one row each: identity, config, seed, error, and
+    ``diverged`` (error 'non-finite loss at step k') with ``diverged_at_step`` k."""
+    failed = trials[trials["status"].eq("failed")].copy()
+    errors = failed["error"].fillna("").astype(str)
+    step = errors.str.extract(r"non-finite loss at step (\d+)", expand=False)
+    failed["diverged"] = step.notna()
+    failed["diverged_at_step"] = pd.to_numeric(step).astype("Int64")
+    failed["config"] = [config_label(f, lv) for f, lv in zip(failed.factor, failed.level)]
+    columns = [
+        "trial_id", "sweep", "dataset", "factor", "level", "config", "seed", "error",
+        "diverged", "diverged_at_step", "last_step",
+    ]  # fmt: skip
+    return _sort_configs(failed[columns])
+
+
+def search_leaderboard(trials: pd.DataFrame, metric: str = "best_val_loss") -> pd.DataFrame:
+    """Ok trials of search sweeps (no seeds to average), best first, with the config
+    columns that vary within their sweep."""
+    search = _ok(trials, [metric])
+    search = search[search["kind"].eq("search")]
+    identity = ["sweep", "dataset", "trial_id", "seed", metric, "n_params", "last_step"]
+    skip = {*identity, "level", "factor", "kind", "status", "error", "started_at", "finished_at"}
+    varying = [
+        column
+        for column in search.columns
+        if column not in skip
+        and not column.startswith(("final_", "train_", "inference_"))
+        and search.groupby("sweep")[column].nunique(dropna=False).gt(1).any()
+    ]
+    return search.sort_values(["sweep", "dataset", metric])[identity + varying].reset_index(
+        drop=True
+    )
+
+
+def _json_number(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def final_info(trials: pd.DataFrame, metrics: Sequence[str] = METRICS) -> dict[tuple, dict]:
+    """Per (sweep, factor, level): the research templates' ``final_info.json`` content,
+    ``{dataset: {"means": {"<m>_mean": x}, "stderrs": {"<m>_stderr": x},
+    "final_info_dict": {"<m>": [value per seed, by seed]}}}`` over ok trials (NaN -> null).
+    Search sweeps are left out (see search_leaderboard)."""
+    ok = _ok(trials, metrics)
+    ok = ok[ok["kind"].ne("search")].sort_values("seed")
+    result: dict[tuple, dict] = {}
+    for (sweep, factor, level, dataset), rows in ok.groupby(
+        ["sweep", "factor", "level", "dataset"], sort=True
+    ):
+        entry: dict[str, dict] = {"means": {}, "stderrs": {}, "final_info_dict": {}}
+        for metric in metrics:
+            values = rows[metric]
+            finite = values.dropna()
+            entry["means"][f"{metric}_mean"] = _json_number(float(finite.mean()))
+            entry["stderrs"][f"{metric}_stderr"] = _json_number(float(finite.sem()))
+            entry["final_info_dict"][metric] = [_json_number(v) for v in values.tolist()]
+        entry["final_info_dict"]["seed"] = [int(s) for s in rows["seed"]]
+        result.setdefault((sweep, factor, level), {})[dataset] = entry
+    return result
+
+
+def slug(name: str) -> str:
+    """A file-name-safe version of a sweep/config/dataset name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("_") or "_"
+
+
+def write_final_info(trials: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Write ``<out_dir>/<sweep>/<config>/final_info.json`` for every config; the paths."""
+    paths = []
+    for (sweep, factor, level), content in final_info(trials).items():
+        path = Path(out_dir) / slug(sweep) / slug(config_label(factor, level)) / "final_info.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(content, indent=2) + "\n")
+        paths.append(path)
+    return paths
+
+
+def _format_number(value: float, digits: int) -> str:
+    return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _format_params(value: float) -> str:
+    if value is None or not np.isfinite(value):
+        return "–"
+    for threshold, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if value >= threshold:
+            return f"{value / threshold:.2f}{suffix}"
+    return f"{value:.0f}"
+
+
+def _format_p(p: float) -> str:
+    if p is None or not np.isfinite(p):
+        return "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def paper_table(
+    summary: pd.DataFrame, effects: pd.DataFrame, metric: str = "best_val_loss", digits: int = 4
+) -> pd.DataFrame:
+    """The table of a paper, as strings: per config mean ± stderr of the losses, n, the
+    difference in ``metric`` from the baseline with its 95% CI, the Holm-adjusted p-value
+    (* when significant) and the parameter count. One row per config of ``summary``."""
+    merged = summary.merge(
+        effects[[*CONFIG_KEYS, "delta", "ci_low", "ci_high", "p_holm", "significant", "test"]],
+        on=CONFIG_KEYS,
+        how="left",
+    )
+    names = {
+        "best_val_loss": "Best val loss",
+        "final_train_loss": "Final train loss",
+        "final_val_loss": "Final val loss",
+    }
+
+    def mean_stderr(row: pd.Series, column: str) -> str:
+        mean, stderr = row[f"{column}_mean"], row[f"{column}_stderr"]
+        if not np.isfinite(mean):
+            return "–"
+        if not np.isfinite(stderr):
+            return _format_number(mean, digits)
+        return f"{mean:.{digits}f} ± {stderr:.{digits}f}"
+
+    rows = []
+    for _, row in merged.iterrows():
+        delta = row.get("delta")
+        if row["factor"] == "baseline":
+            change, p = "(baseline)", ""
+        elif delta is None or not np.isfinite(delta):
+            change, p = "–", "–"
+        elif not np.isfinite(row["ci_low"]):
+            change, p = f"{delta:+.{digits}f}", "–"
+        else:
+            change = (
+                f"{delta:+.{digits}f} [{row['ci_low']:+.{digits}f}, {row['ci_high']:+.{digits}f}]"
+            )
+            p = _format_p(row["p_holm"]) + ("*" if row["significant"] else "")
+        out = {"Dataset": row["dataset"], "Config": row["config"], "n": int(row["n_ok"])}
+        if row["n_failed"]:
+            out["n"] = f"{int(row['n_ok'])} (+{int(row['n_failed'])} failed)"
+        for column, name in names.items():
+            out[name] = mean_stderr(row, column)
+        out[f"Δ {names.get(metric, metric)} vs baseline [95% CI]"] = change
+        out["p (Holm)"] = p
+        out["Params"] = _format_params(row["n_params_mean"])
+        rows.append(out)
+    return pd.DataFrame(rows)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table of string cells."""
+
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(c) for c in table.columns) + " |"]
+    lines.append("|" + "|".join(" --- " for _ in table.columns) + "|")
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(False)]
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "±": r"$\pm$", "Δ": r"$\Delta$", "–": "--", "<": r"$<$",
+}  # fmt: skip
+
+
+def _latex(value: Any) -> str:
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(value))
+
+
+def to_latex(table: pd.DataFrame, caption: str | None = None) -> str:
+    """A booktabs ``tabular`` (inside a ``table`` with ``caption``) of string cells."""
+    align = "".join("l" if column in ("Dataset", "Config") else "r" for column in table.columns)
+    lines = [rf"\begin{{tabular}}{{{align}}}", r"\toprule"]
+    lines.append(" & ".join(_latex(c) for c in table.columns) + r" \\")
+    lines.append(r"\midrule")
+    lines += [" & ".join(_latex(v) for v in row) + r" \\" for row in table.itertuples(False)]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if caption is not None:
+        lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex(caption)}}}", *lines]
+        lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(
+    summary: pd.DataFrame,
+    effects: pd.DataFrame,
+    ranking: pd.DataFrame,
+    out_dir: str | Path,
+    metric: str = "best_val_loss",
+) -> list[Path]:
+    """Write the raw numbers (summary.csv, effects.csv, ranking.csv) and, per sweep, the
+    paper table as table_<sweep>.csv, .md and .tex into ``out_dir``; return the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, frame in (("summary", summary), ("effects", effects), ("ranking", ranking)):
+        path = out / f"{name}.csv"
+        frame.to_csv(path, index=False)
+        paths.append(path)
+    for sweep, rows in summary.groupby("sweep", sort=True):
+        table = paper_table(rows, effects, metric)
+        stem = out / f"table_{slug(sweep)}"
+        table.to_csv(stem.with_suffix(".csv"), index=False)
+        stem.with_suffix(".md").write_text(to_markdown(table))
+        caption = f"Sweep {sweep}: mean ± standard error over seeds; Δ vs the baseline."
+        stem.with_suffix(".tex").write_text(to_latex(table, caption))
+        paths += [stem.with_suffix(suffix) for suffix in (".csv", ".md", ".tex")]
+    return paths

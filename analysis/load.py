@@ -1,0 +1,238 @@
+"""The result store's tables as tidy pandas DataFrames (one row per trial, per eval step, ...).
+
+Reads through ``sweeps.schema.read_table`` (never Ray): corrupt files are skipped and named,
+duplicate rows (a trial written twice, e.g. by a crash during compaction or a retried
+trial) are dropped keeping the newest, and the store may still be being written.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sweeps.schema import MARKER, SCHEMAS, TABLES, StoreError, is_store, read_table
+
+__all__ = ["CorruptStoreError", "Store", "StoreError", "check_store", "load_store"]
+
+# Attention columns the analysis uses (the rest are not read: the table is the largest).
+ATTENTION_COLUMNS = (
+    "trial_id", "step", "layer", "head", "entropy", "effective_span", "attention_js_next",
+    "hidden_cosine_next",
+)  # fmt: skip
+
+_KEYS = {
+    "trials": ["trial_id"],
+    "curves": ["trial_id", "step"],
+    "attention": ["trial_id", "step", "layer", "head"],
+    "samples": ["trial_id", "prompt"],
+}
+
+
+class CorruptStoreError(StoreError):
+    """A store file could not be read and the caller asked for strictness."""
+
+
+@dataclass
+class Store:
+    """A result store read into memory.
+
+    ``trials``: one row per trial (deduplicated by trial_id, the latest ``finished_at``
+    kept), every column of the trials table. ``curves``: one row per (trial, eval step).
+    ``attention``: one row per (trial, eval step, layer, head), the columns in
+    ATTENTION_COLUMNS. ``samples``: one row per (trial, prompt). ``trial_id`` is a
+    categorical in the three per-trial tables. ``corrupt`` names the files that could not
+    be read (path, reason); ``duplicates`` counts the rows dropped per table;
+    ``in_progress`` lists trial ids that have curves but no trials row yet.
+    """
+
+    root: Path
+    trials: pd.DataFrame
+    curves: pd.DataFrame
+    attention: pd.DataFrame
+    samples: pd.DataFrame
+    corrupt: list[tuple[Path, str]] = field(default_factory=list)
+    duplicates: dict[str, int] = field(default_factory=dict)
+    in_progress: list[str] = field(default_factory=list)
+    file_counts: dict[str, int] = field(default_factory=dict)
+
+
+def check_store(root: str | Path) -> Path:
+    """``root`` as a Path if it is a store's directory, else StoreError with a one-line fix."""
+    path = Path(root)
+    if not path.exists():
+        raise StoreError(
+            f"results directory {path} does not exist: give the directory a sweep wrote "
+            "(the --results directory of sweeps/ablation.py)."
+        )
+    if not path.is_dir():
+        raise StoreError(f"{path} is a file, not a results directory: give the store's directory.")
+    if not is_store(path):
+        raise StoreError(
+            f"{path} is not a result store (no {MARKER} in it): give the directory a sweep "
+            "wrote, the one holding trials/ and curves/."
+        )
+    return path
+
+
+def load_store(
+    root: str | Path,
+    *,
+    sweeps: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    tables: Sequence[str] = TABLES,
+    strict: bool = False,
+) -> Store:
+    """Read the store at ``root`` into a Store; optionally only some sweeps/datasets.
+
+    ``tables`` limits which of the per-trial tables are read (trials is always read); the
+    others come back empty. A corrupt file is named in ``Store.corrupt`` and with a
+    warning, or raises CorruptStoreError when ``strict``. A missing or non-store
+    directory raises StoreError. Unknown sweep or dataset names raise StoreError listing
+    the ones the store has.
+    """
+    path = check_store(root)
+    unknown = sorted(set(tables) - set(TABLES))
+    if unknown:
+        raise StoreError(f"unknown table(s) {', '.join(unknown)}: tables are {', '.join(TABLES)}")
+    corrupt: list[tuple[Path, str]] = []
+    duplicates: dict[str, int] = {}
+    frames: dict[str, pd.DataFrame] = {}
+    file_counts: dict[str, int] = {}
+    for table in TABLES:
+        wanted = table == "trials" or table in tables
+        columns = list(ATTENTION_COLUMNS) if table == "attention" else None
+        if not wanted:
+            frames[table] = _empty(table, columns)
+            continue
+        read = read_table(path, table, columns, read_dictionary=["trial_id"])
+        file_counts[table] = sum(1 for _ in (path / table).glob("*.parquet"))
+        for bad_path, reason in read.corrupt:
+            if strict:
+                raise CorruptStoreError(
+                    f"corrupt store file {bad_path}: {reason} (remove it, or run without "
+                    "--strict to skip it)"
+                )
+            warnings.warn(f"skipped corrupt store file {bad_path}: {reason}", stacklevel=2)
+        corrupt.extend(read.corrupt)
+        frame = read.table.to_pandas(split_blocks=True)  # no block consolidation: 10x faster
+        frame, dropped = _deduplicate(table, frame)
+        duplicates[table] = dropped
+        frames[table] = frame
+
+    trials = frames["trials"]
+    trial_ids = set(trials["trial_id"].astype(str))
+    curve_ids = set(frames["curves"]["trial_id"].astype(str).unique())
+    in_progress = sorted(curve_ids - trial_ids)
+    trials["trial_id"] = trials["trial_id"].astype(str)
+    trials["kind"] = trials["kind"].fillna("ablation")
+    trials["factor"] = trials["factor"].fillna("baseline")
+    trials["level"] = trials["level"].fillna("")
+    if sweeps is not None or datasets is not None:
+        trials = _select(trials, "sweep", sweeps)
+        trials = _select(trials, "dataset", datasets)
+        keep = set(trials["trial_id"])
+        for table in ("curves", "attention", "samples"):
+            frame = frames[table]
+            frame = frame[frame["trial_id"].isin(keep)].reset_index(drop=True)
+            frame["trial_id"] = frame["trial_id"].cat.remove_unused_categories()
+            frames[table] = frame
+        in_progress = []  # their sweep is unknown until they have a trials row
+    return Store(
+        root=path,
+        trials=trials.reset_index(drop=True),
+        curves=frames["curves"],
+        attention=frames["attention"],
+        samples=frames["samples"],
+        corrupt=corrupt,
+        duplicates=duplicates,
+        in_progress=in_progress,
+        file_counts=file_counts,
+    )
+
+
+def _empty(table: str, columns: list[str] | None) -> pd.DataFrame:
+    schema = SCHEMAS[table]
+    names = columns or schema.names
+    frame = schema.empty_table().select(names).to_pandas()
+    frame["trial_id"] = frame["trial_id"].astype("category")
+    return frame
+
+
+def _select(trials: pd.DataFrame, column: str, names: Sequence[str] | None) -> pd.DataFrame:
+    if names is None:
+        return trials
+    present = sorted(trials[column].dropna().unique())
+    missing = [name for name in names if name not in present]
+    if missing:
+        raise StoreError(
+            f"--{column} {', '.join(missing)}: not in the store; it has "
+            f"{', '.join(present) or 'no ' + column + 's'}."
+        )
+    return trials[trials[column].isin(names)]
+
+
+def _deduplicate(table: str, frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Drop repeated rows of one key, keeping the newest (rows come in write order)."""
+    if frame.empty:
+        return frame, 0
+    keys = _KEYS[table]
+    if table == "trials":
+        # Latest finished_at wins; unfinished rows (null) count as oldest; ties: write order.
+        order = frame["finished_at"].rank(method="first", na_option="top").to_numpy()
+        frame = frame.iloc[np.argsort(order, kind="stable")]
+        duplicated = frame.duplicated("trial_id", keep="last").to_numpy()
+    else:
+        duplicated = _duplicated_keys(frame, keys)
+    dropped = int(duplicated.sum())
+    if dropped:
+        frame = frame[~duplicated]
+    if table == "trials":
+        frame = frame.sort_index(kind="stable")
+    return frame.reset_index(drop=True), dropped
+
+
+def _duplicated_keys(frame: pd.DataFrame, keys: list[str]) -> np.ndarray:
+    """Boolean mask of rows whose key repeats later.
+
+    Fast path for millions of attention rows: a writer writes a trial's rows in key order
+    into one file, so a trial can hold duplicates only when its rows form more than one
+    contiguous run (it is in several files) or its key fails to increase inside a run;
+    only those trials' rows go through the hash-based check.
+    """
+    codes = frame["trial_id"].cat.codes.to_numpy(np.int64)
+    packed = _packed_keys(frame, keys)
+    if packed is None:
+        return frame.duplicated(keys, keep="last").to_numpy()
+    same_trial = codes[1:] == codes[:-1]
+    not_increasing = same_trial & (packed[1:] <= packed[:-1])
+    run_starts = np.concatenate([[True], ~same_trial])
+    n_trials = len(frame["trial_id"].cat.categories)
+    suspect = np.bincount(codes[run_starts], minlength=n_trials) > 1
+    suspect[codes[1:][not_increasing]] = True
+    duplicated = np.zeros(len(frame), dtype=bool)
+    if suspect.any():
+        rows = suspect[codes]
+        duplicated[rows] = pd.Series(packed[rows]).duplicated(keep="last").to_numpy()
+    return duplicated
+
+
+def _packed_keys(frame: pd.DataFrame, keys: list[str]) -> np.ndarray | None:
+    """The integer key columns (trial code first) packed into one int64, or None when a
+    key is not a non-null integer or the packing would overflow."""
+    packed = frame["trial_id"].cat.codes.to_numpy(np.int64)
+    for key in keys[1:]:
+        values = frame[key]
+        if values.dtype.kind not in "iu" or values.isna().any():
+            return None
+        values = values.to_numpy(np.int64)
+        low = int(values.min())
+        span = int(values.max()) - low + 1
+        if packed.max() >= (2**62) // span:
+            return None
+        packed = packed * span + (values - low)
+    return packed

@@ -1,0 +1,718 @@
+"""``python -m analysis RESULTS_DIR --out REPORT_DIR``: a store's tables, figures, factor
+ranking and samples as one self-contained HTML report (and Markdown).
+
+The report directory holds report.html, report.md, figures/, tables/ and final_info/;
+every link in the report is relative and points inside it, so it can be copied or zipped.
+It is built in a temporary sibling directory and moved into place at the end, so an error
+leaves nothing behind and a reader never sees half a report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis import aggregate, plots
+from analysis.aggregate import CONFIG_KEYS, slug
+from analysis.load import CorruptStoreError, Store, StoreError, check_store, load_store
+
+__all__ = ["Analysis", "Report", "analyze", "build_report", "main"]
+
+REPORT_MARKER = ".charlm-report"
+FORMATS = ("png", "svg", "pdf")
+
+
+@dataclass
+class Analysis:
+    """Everything the report shows, as DataFrames (see aggregate.py for each contract)."""
+
+    store: Store
+    summary: pd.DataFrame
+    effects: pd.DataFrame
+    ranking: pd.DataFrame
+    failed: pd.DataFrame
+    leaderboard: pd.DataFrame
+    curves: pd.DataFrame
+    attention: pd.DataFrame
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def analyze(
+    root: str | Path,
+    *,
+    sweeps: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    strict: bool = False,
+    metric: str = "best_val_loss",
+    n_resamples: int = 1000,
+) -> Analysis:
+    """Load the store at ``root`` and compute every aggregate: the library call behind the
+    report. Attention is summarised for each sweep's baseline config (figures 4 and 5)."""
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    store = load_store(root, sweeps=sweeps, datasets=datasets, strict=strict)
+    timings["load"] = time.perf_counter() - start
+    start = time.perf_counter()
+    trials = store.trials
+    summary = aggregate.config_summary(trials)
+    effects = aggregate.compare_to_baseline(trials, metric)
+    ranking = aggregate.rank_factors(trials, metric, n_resamples=n_resamples)
+    failed = aggregate.failed_trials(trials)
+    leaderboard = aggregate.search_leaderboard(trials, metric)
+    ablation = trials[trials["kind"].ne("search")]
+    curves = aggregate.curve_summary(store.curves, ablation)
+    baselines = aggregate.baseline_configs(ablation)
+    attention = aggregate.attention_summary(store.attention, ablation, baselines)
+    timings["aggregate"] = time.perf_counter() - start
+    return Analysis(
+        store, summary, effects, ranking, failed, leaderboard, curves, attention, timings
+    )
+
+
+@dataclass
+class Report:
+    """What build_report wrote (paths inside ``out_dir``) and what it could not show."""
+
+    out_dir: Path
+    html: Path
+    markdown: Path
+    figures: list[Path]
+    tables: list[Path]
+    missing: list[str]
+    analysis: Analysis
+    timings: dict[str, float]
+
+
+@dataclass
+class _FigureJob:
+    stem: str  # path inside figures/, without suffix
+    caption: str
+    draw: Callable[[], Any]
+
+
+@dataclass
+class _Heatmaps:
+    dataset: str
+    trial_id: str
+    config: str
+    layer: int
+    maps: list
+    chars: list[str]
+
+
+def build_report(
+    root: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    formats: Sequence[str] = ("png", "svg"),
+    strict: bool = False,
+    sweeps: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    heatmap_text: str | None = None,
+    heatmap_layer: int | None = None,
+    metric: str = "best_val_loss",
+) -> Report:
+    """Write the report of the store at ``root`` into ``out_dir`` (default
+    ``<root>/report``, replaced if it holds an earlier report). Raises StoreError (a
+    ValueError) for bad input before anything is written."""
+    root = check_store(root)
+    out = Path(out_dir) if out_dir is not None else root / "report"
+    _check_out_dir(out)
+    bad = [fmt for fmt in formats if fmt not in FORMATS]
+    if bad or not formats:
+        raise StoreError(
+            f"--format {','.join(formats)}: use a comma-separated subset of {','.join(FORMATS)}."
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # corrupt files are listed from store.corrupt
+        analysis = analyze(root, sweeps=sweeps, datasets=datasets, strict=strict, metric=metric)
+    timings = dict(analysis.timings)
+    missing = _missing(analysis)
+    start = time.perf_counter()
+    heatmaps = _heatmaps(analysis, heatmap_text, heatmap_layer, missing)
+    timings["heatmap capture"] = time.perf_counter() - start
+
+    temp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(temp, ignore_errors=True)
+    try:
+        temp.mkdir(parents=True)
+        (temp / REPORT_MARKER).write_text("written by python -m analysis\n")
+        start = time.perf_counter()
+        tables = aggregate.write_tables(
+            analysis.summary, analysis.effects, analysis.ranking, temp / "tables", metric
+        )
+        analysis.failed.to_csv(temp / "tables" / "failed_trials.csv", index=False)
+        tables.append(temp / "tables" / "failed_trials.csv")
+        if len(analysis.leaderboard):
+            analysis.leaderboard.to_csv(temp / "tables" / "search_leaderboard.csv", index=False)
+            tables.append(temp / "tables" / "search_leaderboard.csv")
+        tables += aggregate.write_final_info(analysis.store.trials, temp / "final_info")
+        timings["tables"] = time.perf_counter() - start
+        start = time.perf_counter()
+        jobs = _figure_jobs(analysis, heatmaps)
+        figures = _render(jobs, temp / "figures", formats)
+        timings["figures"] = time.perf_counter() - start
+        start = time.perf_counter()
+        sections = _sections(analysis, jobs, formats, missing, heatmaps, tables, temp, metric)
+        (temp / "report.html").write_text(_html(sections, analysis))
+        (temp / "report.md").write_text(_markdown(sections, analysis))
+        timings["report"] = time.perf_counter() - start
+        _move_into_place(temp, out)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    moved = [out / path.relative_to(temp) for path in figures]
+    moved_tables = [out / path.relative_to(temp) for path in tables]
+    return Report(out, out / "report.html", out / "report.md", moved, moved_tables, missing,
+                  analysis, timings)  # fmt: skip
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"--out {out} is a file: give a directory for the report.")
+    if out.is_dir() and any(out.iterdir()) and not (out / REPORT_MARKER).exists():
+        raise StoreError(
+            f"--out {out} exists and holds other files: give a new or empty directory "
+            "(an earlier report there is replaced)."
+        )
+
+
+def _move_into_place(temp: Path, out: Path) -> None:
+    """Swap the finished report in; an earlier report (or empty dir) goes away after."""
+    trash = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.replace(out, trash)
+    os.replace(temp, out)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _missing(analysis: Analysis) -> list[str]:
+    """What the report cannot show, each as a sentence."""
+    store, notes = analysis.store, []
+    if store.trials.empty:
+        notes.append("The store has no trials rows yet: no tables or figures of results.")
+    if store.in_progress:
+        notes.append(
+            f"{len(store.in_progress)} trial(s) in progress (curves written, no trials row "
+            "yet) are not in the statistics."
+        )
+    unfinished = int(analysis.summary["n_unfinished"].sum()) if len(analysis.summary) else 0
+    if unfinished:
+        notes.append(f"{unfinished} trial(s) with a status other than ok/failed are left out.")
+    if store.corrupt:
+        notes.append(f"{len(store.corrupt)} corrupt store file(s) were skipped (listed below).")
+    if len(analysis.failed):
+        diverged = int(analysis.failed["diverged"].sum())
+        notes.append(
+            f"{len(analysis.failed)} failed trial(s) ({diverged} diverged) are left out of "
+            "the statistics (listed below)."
+        )
+    ablation = store.trials[store.trials["kind"].ne("search")]
+    for sweep, rows in ablation.groupby("sweep"):
+        for dataset, dataset_rows in rows.groupby("dataset"):
+            if not dataset_rows["factor"].eq("baseline").any():
+                notes.append(f"Sweep {sweep} ({dataset}) has no baseline trials: no comparisons.")
+            elif not (
+                dataset_rows["factor"].eq("baseline") & dataset_rows["status"].eq("ok")
+            ).any():
+                notes.append(
+                    f"Sweep {sweep} ({dataset}): no baseline trial finished: no comparisons."
+                )
+    single = analysis.summary[analysis.summary["best_val_loss_n"].eq(1)]
+    if len(single):
+        notes.append(
+            f"{len(single)} config(s) have a single finished seed: no standard error or test."
+        )
+    if store.attention.empty and not store.trials.empty:
+        notes.append("No attention rows in the store: attention figures (4, 5) are skipped.")
+    if store.samples.empty and not store.trials.empty:
+        notes.append("No samples in the store: the samples section is empty.")
+    dropped = {table: n for table, n in store.duplicates.items() if n}
+    if dropped:
+        notes.append(
+            "Duplicate rows dropped (newest kept): "
+            + ", ".join(f"{n} in {table}" for table, n in dropped.items())
+            + "."
+        )
+    return notes
+
+
+def _heatmaps(
+    analysis: Analysis, text: str | None, layer: int | None, missing: list[str]
+) -> list[_Heatmaps]:
+    """Capture attention of the best trial's model per dataset (before anything is
+    written, so a bad --heatmap-layer fails cleanly)."""
+    trials = analysis.store.trials
+    ok = trials[trials["status"].eq("ok") & trials["best_val_loss"].notna()]
+    models = analysis.store.root / "models"
+    found = []
+    for dataset, rows in ok.groupby("dataset", sort=True):
+        with_model = [t for t in rows.sort_values("best_val_loss")["trial_id"]
+                      if (models / f"{t}.pt").is_file()]  # fmt: skip
+        if with_model:
+            found.append((dataset, with_model[0]))
+    if not found:
+        if not trials.empty:
+            missing.append(
+                f"No trained model under {models.name}/ (models/<trial_id>.pt): attention "
+                "heatmaps (figure 6) are skipped."
+            )
+        return []
+    result = []
+    for dataset, trial_id in found:
+        row = trials[trials["trial_id"].eq(trial_id)].iloc[0]
+        sample = analysis.store.samples[analysis.store.samples["trial_id"].astype(str) == trial_id]
+        chosen = (
+            text if text is not None else (sample["text"].iloc[0][:48] if len(sample) else None)
+        )
+        if not chosen:
+            missing.append(f"No heatmap text for {dataset} (no sample): pass --heatmap-text.")
+            continue
+        try:
+            maps, chars = plots.capture_attention(models / f"{trial_id}.pt", chosen)
+        except ImportError as exc:
+            missing.append(f"Attention heatmaps skipped: the model code is not importable ({exc}).")
+            return []
+        except ValueError as exc:
+            missing.append(f"Heatmap for {dataset} skipped: {exc}")
+            continue
+        chosen_layer = len(maps) - 1 if layer is None else layer
+        if not 0 <= chosen_layer < len(maps):
+            raise StoreError(
+                f"--heatmap-layer {layer}: the model of trial {trial_id} has {len(maps)} "
+                f"layers; give a layer from 0 to {len(maps) - 1}."
+            )
+        label = aggregate.config_label(row["factor"], row["level"])
+        result.append(
+            _Heatmaps(dataset, trial_id, f"{row['sweep']} / {label}", chosen_layer, maps, chars)
+        )
+    return result
+
+
+def _figure_jobs(analysis: Analysis, heatmaps: list[_Heatmaps]) -> list[_FigureJob]:
+    """Every figure of the report: per sweep the main version and, when the sweep covers
+    several datasets, one per dataset."""
+    jobs: list[_FigureJob] = []
+    summary = analysis.summary[analysis.summary["kind"].ne("search")]
+    summary = summary[summary["best_val_loss_n"].gt(0)]
+    factor_colors = plots.color_mapping(summary["factor"])
+    sweep_colors = plots.color_mapping(analysis.summary["sweep"], reserved={})
+
+    def versions(frame: pd.DataFrame, stem: str, caption: str, draw: Callable) -> None:
+        datasets = sorted(frame["dataset"].unique())
+        jobs.append(_FigureJob(stem, caption, lambda f=frame: draw(f)))
+        if len(datasets) > 1:
+            for dataset in datasets:
+                part = frame[frame["dataset"] == dataset]
+                jobs.append(_FigureJob(f"{stem}_{slug(dataset)}", f"{caption} ({dataset})",
+                                       lambda f=part: draw(f)))  # fmt: skip
+
+    for sweep, rows in summary.groupby("sweep", sort=True):
+        s = slug(sweep)
+        curves = analysis.curves[analysis.curves["sweep"] == sweep]
+        attention = analysis.attention[analysis.attention["sweep"] == sweep]
+        versions(rows, f"{s}/1_params_vs_loss", f"{sweep}: parameters vs best val loss",
+                 lambda f: plots.params_vs_loss(f, colors=factor_colors))  # fmt: skip
+        if len(curves) and curves["factor"].ne("baseline").any():
+            versions(curves, f"{s}/2_factor_curves", f"{sweep}: loss curves per factor",
+                     plots.factor_curves)  # fmt: skip
+        versions(rows, f"{s}/3_loss_bars", f"{sweep}: final train and val loss per config",
+                 plots.loss_bars)  # fmt: skip
+        if len(attention):
+            versions(attention, f"{s}/4_attention", f"{sweep}: attention entropy and span per "
+                     "layer (baseline)", plots.attention_over_training)  # fmt: skip
+            if attention["attention_js_next_n"].gt(0).any():
+                versions(attention, f"{s}/5_layer_similarity", f"{sweep}: adjacent-layer "
+                         "similarity (baseline)", plots.layer_similarity)  # fmt: skip
+    baseline_curves = analysis.curves[analysis.curves["factor"] == "baseline"]
+    if baseline_curves["sweep"].nunique() > 1:
+        versions(baseline_curves, "7_sweeps_compared", "sweeps compared: baseline configs",
+                 lambda f: plots.sweeps_compared(f, colors=sweep_colors))  # fmt: skip
+    for heat in heatmaps:
+        d = slug(heat.dataset)
+        jobs.append(_FigureJob(f"6_heatmaps/{d}_heads_layer{heat.layer}",
+                               f"{heat.dataset}: attention per head, layer {heat.layer} "
+                               f"({heat.config}, trial {heat.trial_id})",
+                               lambda h=heat: plots.head_heatmaps(h.maps[h.layer], h.chars, h.layer)))  # fmt: skip
+        jobs.append(_FigureJob(f"6_heatmaps/{d}_layers", f"{heat.dataset}: head-averaged "
+                               f"attention per layer ({heat.config}, trial {heat.trial_id})",
+                               lambda h=heat: plots.layer_heatmaps(h.maps, h.chars)))  # fmt: skip
+    return jobs
+
+
+def _render(jobs: list[_FigureJob], directory: Path, formats: Sequence[str]) -> list[Path]:
+    paths = []
+    for job in jobs:
+        figure = job.draw()
+        paths += plots.save_figure(figure, directory / job.stem, formats)
+    return paths
+
+
+# ---------------------------------------------------------------- report documents
+
+
+@dataclass
+class _Section:
+    title: str
+    level: int = 2
+    paragraphs: list[str] = field(default_factory=list)
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
+    figures: list[tuple[str, str, list[str]]] = field(default_factory=list)  # caption, img, links
+    samples: list[tuple[str, str, str]] = field(default_factory=list)  # title, text, note
+    links: list[tuple[str, str]] = field(default_factory=list)  # label, relative path
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _ranking_table(ranking: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "Rank": ranking["rank"],
+            "Factor": ranking["factor"],
+            "Effect on val loss (max |Δ|)": [_fmt(v) for v in ranking["effect"]],
+            "Bootstrap 95% CI": [
+                "–" if pd.isna(lo) else f"[{lo:.4f}, {hi:.4f}]"
+                for lo, hi in zip(ranking["effect_ci_low"], ranking["effect_ci_high"])
+            ],
+            "Bootstrap stderr": [_fmt(v) for v in ranking["effect_stderr"]],
+            "Best level": ranking["best_level"],
+            "Δ of best level": [_fmt(v) for v in ranking["best_delta"]],
+        }
+    )
+
+
+def _sections(
+    analysis: Analysis,
+    jobs: list[_FigureJob],
+    formats: Sequence[str],
+    missing: list[str],
+    heatmaps: list[_Heatmaps],
+    tables: list[Path],
+    temp: Path,
+    metric: str,
+) -> list[_Section]:
+    store = analysis.store
+    trials = store.trials
+    sections = []
+    overview = _Section("Overview")
+    counts = pd.DataFrame(
+        {
+            "Trials": [len(trials)],
+            "Finished (ok)": [int(trials["status"].eq("ok").sum())],
+            "Failed": [int(trials["status"].eq("failed").sum())],
+            "Diverged": [int(analysis.failed["diverged"].sum()) if len(analysis.failed) else 0],
+            "In progress": [len(store.in_progress)],
+            "Corrupt files": [len(store.corrupt)],
+            "Sweeps": [", ".join(sorted(trials["sweep"].dropna().unique())) or "–"],
+            "Datasets": [", ".join(sorted(trials["dataset"].dropna().unique())) or "–"],
+        }
+    )
+    overview.tables.append(("", counts))
+    if missing:
+        overview.paragraphs.append("What is missing or left out:")
+        overview.paragraphs += [f"• {note}" for note in missing]
+    sections.append(overview)
+
+    figure_index: dict[str, list[_FigureJob]] = {}
+    for job in jobs:
+        figure_index.setdefault(job.stem.split("/")[0], []).append(job)
+    image = "png" if "png" in formats else formats[0]
+
+    def figure_entry(job: _FigureJob) -> tuple[str, str, list[str]]:
+        return (
+            job.caption,
+            f"figures/{job.stem}.{image}",
+            [f"figures/{job.stem}.{fmt}" for fmt in formats],
+        )
+
+    summary = analysis.summary
+    for sweep, rows in summary[summary["kind"].ne("search")].groupby("sweep", sort=True):
+        section = _Section(f"Sweep {sweep}")
+        section.paragraphs.append(
+            f"Mean ± standard error over seeds; Δ = config − baseline in {metric} with its 95% "
+            "confidence interval (paired t-test over shared seeds, else Welch); p-values "
+            "Holm-corrected across the levels of the sweep (* below 0.05)."
+        )
+        section.tables.append(("", aggregate.paper_table(rows, analysis.effects, metric)))
+        ranking = analysis.ranking[analysis.ranking["sweep"] == sweep]
+        for dataset, dataset_ranking in ranking.groupby("dataset", sort=True):
+            section.tables.append(
+                (
+                    f"Factor ranking ({dataset}): how much each factor moves {metric}, "
+                    "seed-averaged",
+                    _ranking_table(dataset_ranking),
+                )  # fmt: skip
+            )
+        section.figures += [figure_entry(job) for job in figure_index.get(slug(sweep), [])]
+        sections.append(section)
+
+    if "7_sweeps_compared" in figure_index:
+        compared = _Section("Sweeps compared")
+        compared.figures += [figure_entry(job) for job in figure_index["7_sweeps_compared"]]
+        sections.append(compared)
+
+    if len(analysis.leaderboard):
+        search = _Section("Search sweeps")
+        search.paragraphs.append("Each trial is its own config (no seeds to average); best first.")
+        board = analysis.leaderboard.head(50).copy()
+        for column in board.columns:
+            if board[column].dtype.kind == "f":
+                board[column] = [_fmt(v) for v in board[column]]
+        search.tables.append(("Top 50 trials", board))
+        sections.append(search)
+
+    heat = _Section("Attention heatmaps")
+    if heatmaps:
+        heat.figures += [figure_entry(job) for job in figure_index.get("6_heatmaps", [])]
+    else:
+        heat.paragraphs.append("No heatmaps: see 'What is missing' in the overview.")
+    sections.append(heat)
+
+    sections.append(_samples_section(analysis))
+
+    failed = _Section("Failed trials")
+    if len(analysis.failed):
+        shown = analysis.failed[["trial_id", "sweep", "dataset", "config", "seed", "error"]]
+        failed.tables.append(("Left out of the statistics", shown.fillna("–")))
+    else:
+        failed.paragraphs.append("None.")
+    sections.append(failed)
+
+    corrupt = _Section("Corrupt store files")
+    if store.corrupt:
+        frame = pd.DataFrame(
+            {"File": [str(p) for p, _ in store.corrupt], "Reason": [r for _, r in store.corrupt]}
+        )
+        corrupt.paragraphs.append("These files could not be read and were skipped:")
+        corrupt.tables.append(("", frame))
+    else:
+        corrupt.paragraphs.append("None.")
+    sections.append(corrupt)
+
+    files = _Section("Exported files")
+    files.paragraphs.append(
+        "Tables as CSV, Markdown and LaTeX (paste into a paper), and final_info.json per "
+        "config in the research templates' format."
+    )
+    files.links += [(str(p.relative_to(temp)), str(p.relative_to(temp))) for p in tables]
+    sections.append(files)
+    return sections
+
+
+def _samples_section(analysis: Analysis) -> _Section:
+    """One generated sample per config (its lowest seed), side by side."""
+    section = _Section("Generated samples")
+    samples = analysis.store.samples
+    if samples.empty:
+        section.paragraphs.append("No samples in the store.")
+        return section
+    trials = analysis.store.trials
+    ok = trials[trials["status"].eq("ok")].sort_values("seed")
+    first = ok.drop_duplicates(CONFIG_KEYS)[[*CONFIG_KEYS, "trial_id", "seed"]]
+    texts = samples.assign(trial_id=samples["trial_id"].astype(str)).drop_duplicates("trial_id")
+    merged = aggregate._sort_configs(first.merge(texts, on="trial_id"))
+    for _, row in merged.head(200).iterrows():
+        title = f"{row['sweep']} / {row['dataset']} / {aggregate.config_label(row['factor'], row['level'])}"
+        note = (f"seed {row['seed']}; distinct-2 {_fmt(row['distinct_2'], 2)}, repetition "
+                f"{_fmt(row['repetition_rate'], 2)}, known words {_fmt(row['known_word_share'], 2)}")  # fmt: skip
+        section.samples.append((title, str(row["text"]), note))
+    if len(merged) > 200:
+        section.paragraphs.append(f"First 200 of {len(merged)} configs shown.")
+    return section
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.85em}
+th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}
+th{background:#f3f3f3} td:first-child,td:nth-child(2){text-align:left}
+figure{margin:1em 0} figure img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:.85em;color:#555}
+.samples{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:.8em}
+.sample{border:1px solid #ddd;padding:.5em;font-size:.8em}
+.sample pre{white-space:pre-wrap;background:#fafafa;margin:.4em 0}
+"""
+
+
+def _html_table(frame: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+        for row in frame.itertuples(False)
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html(sections: list[_Section], analysis: Analysis) -> str:
+    e = html.escape
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>charlm sweeps report: {e(analysis.store.root.name)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>Sweep report: {e(analysis.store.root.name)}</h1>",
+        f"<p>Store {e(str(analysis.store.root))}, read {time.strftime('%Y-%m-%d %H:%M')}.</p>",
+    ]
+    for section in sections:
+        parts.append(f"<h{section.level}>{e(section.title)}</h{section.level}>")
+        parts += [f"<p>{e(p)}</p>" for p in section.paragraphs]
+        for caption, frame in section.tables:
+            if caption:
+                parts.append(f"<h4>{e(caption)}</h4>")
+            parts.append(_html_table(frame))
+        for caption, image, links in section.figures:
+            others = " ".join(
+                f"<a href='{e(link)}'>{e(link.rsplit('.', 1)[1])}</a>" for link in links
+            )
+            parts.append(
+                f"<figure><a href='{e(image)}'><img src='{e(image)}' alt='{e(caption)}'></a>"
+                f"<figcaption>{e(caption)} ({others})</figcaption></figure>"
+            )
+        if section.samples:
+            parts.append("<div class='samples'>")
+            for title, text, note in section.samples:
+                parts.append(
+                    f"<div class='sample'><b>{e(title)}</b><pre>{e(text)}</pre>{e(note)}</div>"
+                )
+            parts.append("</div>")
+        if section.links:
+            parts.append(
+                "<ul>"
+                + "".join(f"<li><a href='{e(p)}'>{e(label)}</a></li>" for label, p in section.links)
+                + "</ul>"
+            )
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _markdown(sections: list[_Section], analysis: Analysis) -> str:
+    parts = [f"# Sweep report: {analysis.store.root.name}", ""]
+    for section in sections:
+        parts += ["#" * section.level + f" {section.title}", ""]
+        parts += [p + "\n" for p in section.paragraphs]
+        for caption, frame in section.tables:
+            if caption:
+                parts += [f"**{caption}**", ""]
+            parts.append(aggregate.to_markdown(frame.astype(str)))
+        for caption, image, links in section.figures:
+            others = ", ".join(f"[{link.rsplit('.', 1)[1]}]({link})" for link in links)
+            parts += [f"![{caption}]({image})", f"*{caption}* ({others})", ""]
+        if section.samples:
+            rows = pd.DataFrame(
+                [(title, text.replace("\n", " ⏎ "), note) for title, text, note in section.samples],
+                columns=["Config", "Sample", "Metrics"],
+            )
+            parts.append(aggregate.to_markdown(rows))
+        parts += [f"- [{label}]({p})" for label, p in section.links]
+        parts.append("")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m analysis",
+        description=(
+            "Turn a result store into a report: tables (mean ± stderr over seeds, Δ vs the "
+            "baseline with 95%% CI and Holm-corrected p-values), figures (PNG/SVG), the "
+            "factor ranking and generated samples, as REPORT_DIR/report.html and report.md. "
+            "Works on a store that is still being written; failed and corrupt parts are "
+            "named in the report."
+        ),
+    )
+    parser.add_argument("results_dir", metavar="RESULTS_DIR", help="the store a sweep wrote")
+    parser.add_argument(
+        "--out", metavar="REPORT_DIR", default=None,
+        help="where to write the report (default: RESULTS_DIR/report; an earlier report "
+        "there is replaced, a directory holding other files is refused)",
+    )  # fmt: skip
+    parser.add_argument("--strict", action="store_true",
+                        help="fail (exit 2) on a corrupt store file instead of skipping it")  # fmt: skip
+    parser.add_argument("--format", default="png,svg",
+                        help=f"figure formats, comma-separated, from {','.join(FORMATS)} (default png,svg)")  # fmt: skip
+    parser.add_argument("--sweep", action="append", metavar="NAME",
+                        help="only this sweep (repeat for several)")  # fmt: skip
+    parser.add_argument("--dataset", action="append", metavar="NAME",
+                        help="only this dataset (repeat for several)")  # fmt: skip
+    parser.add_argument("--heatmap-text", metavar="TEXT",
+                        help="text for the attention heatmaps (default: the start of the best "
+                        "trial's generated sample)")  # fmt: skip
+    parser.add_argument("--heatmap-layer", type=int, metavar="N",
+                        help="layer whose heads get heatmaps (default: the last)")  # fmt: skip
+    parser.add_argument("--metric", default="best_val_loss",
+                        choices=["best_val_loss", "final_val_loss", "final_train_loss"],
+                        help="metric compared against the baseline and ranked (default best_val_loss)")  # fmt: skip
+    parser.add_argument("--quiet", action="store_true", help="print only the report's path")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI; returns the exit status (0 ok, 2 bad input, a missing store or --strict)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    formats = [fmt.strip() for fmt in args.format.split(",") if fmt.strip()]
+    if args.heatmap_layer is not None and args.heatmap_layer < 0:
+        parser.error(f"--heatmap-layer {args.heatmap_layer}: give a layer index >= 0")
+    try:
+        report = build_report(
+            args.results_dir, args.out, formats=formats, strict=args.strict,
+            sweeps=args.sweep, datasets=args.dataset, heatmap_text=args.heatmap_text,
+            heatmap_layer=args.heatmap_layer, metric=args.metric,
+        )  # fmt: skip
+    except CorruptStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path, reason in report.analysis.store.corrupt:
+        print(f"warning: skipped corrupt store file {path}: {reason}", file=sys.stderr)
+    if not args.quiet:
+        _print_summary(report, args.metric)
+    print(f"report: {report.html}")
+    return 0
+
+
+def _print_summary(report: Report, metric: str) -> None:
+    analysis = report.analysis
+    trials = analysis.store.trials
+    print(
+        f"{len(trials)} trials: {int(trials['status'].eq('ok').sum())} ok, "
+        f"{int(trials['status'].eq('failed').sum())} failed, "
+        f"{len(analysis.store.in_progress)} in progress, {len(analysis.store.corrupt)} corrupt files"
+    )
+    summary = analysis.summary[analysis.summary["kind"].ne("search")]
+    for sweep, rows in summary.groupby("sweep", sort=True):
+        table = aggregate.paper_table(rows, analysis.effects, metric)
+        keep = [c for c in table.columns if c not in ("Final train loss", "Final val loss")]
+        print(f"\nsweep {sweep}")
+        print(aggregate.to_markdown(table[keep]), end="")
+    for note in report.missing:
+        print(f"note: {note}")
+    figures = len(report.figures)
+    print(f"\n{figures} figure files, {len(report.tables)} table files in {report.out_dir}")
