@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib import rc_context
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from analysis.aggregate import config_label, level_order
 
@@ -73,13 +75,39 @@ def _datasets(frame: pd.DataFrame) -> list[str]:
     return sorted(frame["dataset"].dropna().unique()) if len(frame) else []
 
 
-def _grid(n_rows: int, n_cols: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
-    figure = Figure(figsize=(width * n_cols, height * n_rows), layout="constrained")
-    axes = figure.subplots(max(n_rows, 1), max(n_cols, 1), squeeze=False)
+def _grid(
+    n_rows: int,
+    n_cols: int,
+    width: float,
+    height: float,
+    bottom: float = 0.55,
+    gap: float = 0.95,
+    right: float = 0.0,
+) -> tuple[Figure, np.ndarray]:
+    """A figure of n_rows x n_cols panels, each ``width`` x ``height`` inches.
+
+    Margins are fixed in inches instead of a layout engine: constrained layout redraws
+    every text several times and doubled the cost of the report's figures.
+    """
+    n_rows, n_cols = max(n_rows, 1), max(n_cols, 1)
+    fig_width, fig_height = width * n_cols + right, height * n_rows + 0.8 + bottom
+    figure = Figure(figsize=(fig_width, fig_height))
+    axes = figure.subplots(n_rows, n_cols, squeeze=False)
+    figure.subplots_adjust(
+        left=0.75 / fig_width, right=1 - (0.2 + right) / fig_width, bottom=bottom / fig_height,
+        top=1 - 0.8 / fig_height, wspace=0.85 / width, hspace=gap / height,
+    )  # fmt: skip
     return figure, axes
 
 
-def _one_dataset_axes(frame: pd.DataFrame, ax: Axes | None, width: float, height: float):
+def _one_dataset_axes(
+    frame: pd.DataFrame,
+    ax: Axes | None,
+    width: float,
+    height: float,
+    bottom: float = 0.55,
+    right: float = 0.0,
+):
     """The axes to draw each dataset on: ``ax`` (one dataset only) or a new column of panels."""
     datasets = _datasets(frame)
     if ax is not None:
@@ -89,7 +117,9 @@ def _one_dataset_axes(frame: pd.DataFrame, ax: Axes | None, width: float, height
                 "pass one dataset's rows, or ax=None for one panel per dataset."
             )
         return ax.figure, [(datasets[0] if datasets else "", ax)]
-    figure, axes = _grid(max(len(datasets), 1), 1, width, height)
+    figure, axes = _grid(
+        max(len(datasets), 1), 1, width, height, bottom, gap=bottom + 0.4, right=right
+    )
     return figure, list(zip(datasets, axes[:, 0], strict=False))
 
 
@@ -110,7 +140,7 @@ def params_vs_loss(
     """Figure 1: parameters (log x) vs ``metric``, mean with stderr bars, each point
     labelled with its config, one colour per factor. ``summary``: config_summary rows."""
     colors = colors or color_mapping(summary["factor"])
-    figure, panels = _one_dataset_axes(summary, ax, 6.5, 4.5)
+    figure, panels = _one_dataset_axes(summary, ax, 6.0, 4.0, right=1.6)
     for dataset, axes in panels:
         rows = summary[summary["dataset"] == dataset]
         for factor, factor_rows in rows.groupby("factor", sort=True):
@@ -126,12 +156,24 @@ def params_vs_loss(
                     xytext=(4, 4), textcoords="offset points", fontsize=7,
                 )  # fmt: skip
         axes.set_xscale("log")
+        axes.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axes.xaxis.set_major_formatter(FuncFormatter(lambda x, _: _count_label(x)))
+        axes.xaxis.set_minor_formatter(NullFormatter())
+        axes.margins(x=0.12)
         axes.set_xlabel("parameters")
         axes.set_ylabel(_LABELS.get(metric, metric.replace("_", " ")))
         axes.set_title(f"{_sweep_name(rows)}{dataset}: parameters vs {metric.replace('_', ' ')}")
-        axes.legend(title="factor", fontsize=7, title_fontsize=8)
+        axes.legend(title="factor", fontsize=7, title_fontsize=8, loc="upper left",
+                    bbox_to_anchor=(1.02, 1.0))  # fmt: skip
         axes.grid(True, alpha=0.3)
     return figure
+
+
+def _count_label(value: float) -> str:
+    for threshold, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if value >= threshold:
+            return f"{value / threshold:g}{suffix}"
+    return f"{value:g}"
 
 
 def _sweep_name(rows: pd.DataFrame) -> str:
@@ -169,7 +211,7 @@ def factor_curves(
             ax.set_ylabel(_LABELS.get(column, column))
             ax.grid(True, alpha=0.3)
             if col == len(panels) - 1:
-                ax.legend(fontsize=7)
+                ax.legend(fontsize=7, loc="upper right")
     figure.suptitle(f"{_sweep_name(curves)}loss curves per factor (mean ± stderr over seeds)")
     return figure
 
@@ -177,7 +219,8 @@ def factor_curves(
 def loss_bars(summary: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
     """Figure 3: final train and val loss of every config, mean with stderr error bars.
     ``summary``: config_summary rows (in the order given)."""
-    figure, panels = _one_dataset_axes(summary, ax, max(6.0, 0.45 * len(summary)), 4.0)
+    n_configs = summary.groupby("dataset").size().max() if len(summary) else 1
+    figure, panels = _one_dataset_axes(summary, ax, max(6.0, 0.3 * n_configs), 3.2, bottom=1.5)
     for dataset, axes in panels:
         rows = summary[summary["dataset"] == dataset]
         x = np.arange(len(rows))
@@ -191,12 +234,13 @@ def loss_bars(summary: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
             )  # fmt: skip
         axes.set_xticks(x, [config_label(f, lv) for f, lv in zip(rows.factor, rows.level)],
                         rotation=60, ha="right", fontsize=7)  # fmt: skip
-        low = np.nanmin(rows[["final_train_loss_mean", "final_val_loss_mean"]].to_numpy(float))
-        if np.isfinite(low):
-            axes.set_ylim(bottom=0.9 * low)
+        means = rows[["final_train_loss_mean", "final_val_loss_mean"]].to_numpy(float)
+        if np.isfinite(means).any():
+            low, high = np.nanmin(means), np.nanmax(means)
+            axes.set_ylim(low - 0.5 * (high - low) - 0.01, high + 0.35 * (high - low) + 0.01)
         axes.set_ylabel("loss")
         axes.set_title(f"{_sweep_name(rows)}{dataset}: final train and val loss per config")
-        axes.legend()
+        axes.legend(loc="upper left", ncols=2)
         axes.grid(True, axis="y", alpha=0.3)
     return figure
 
@@ -222,7 +266,7 @@ def _per_layer(attention: pd.DataFrame, metrics: Sequence[str], title: str, pair
             ax.set_xlabel("step")
             ax.set_ylabel(_LABELS.get(metric, metric))
             ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="upper right")
     figure.suptitle(f"{_sweep_name(attention)}{title}")
     return figure
 
@@ -325,7 +369,9 @@ def sweeps_compared(
             ax.set_xlabel("step")
             ax.set_ylabel(_LABELS.get(column, column))
             ax.grid(True, alpha=0.3)
-            ax.legend(title="sweep (baseline config)", fontsize=7, title_fontsize=7)
+            ax.legend(
+                title="sweep (baseline config)", fontsize=7, title_fontsize=7, loc="upper right"
+            )
     figure.suptitle("sweeps compared: baseline configs (mean ± stderr over seeds)")
     return figure
 
@@ -338,7 +384,8 @@ def save_figure(
     for fmt in formats:
         path = Path(f"{stem}.{fmt}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, format=fmt, dpi=dpi)
+        with rc_context({"svg.fonttype": "none"}):  # text as text: smaller, 2x faster SVG
+            figure.savefig(path, format=fmt, dpi=dpi)
         paths.append(path)
     return paths
 

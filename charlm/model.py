@@ -77,33 +77,58 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * keep.to(x.dtype).mul_(1.0 / keep_probability)
 
 
+def _float_keep_mask(like: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
+    """``dropout_keep_mask`` as like's dtype: 1.0 where kept, 0.0 where dropped; and keep_p.
+
+    Built with float arithmetic (int16 -> float, shift, clamp), which on the CPU is several
+    times faster than producing and converting a bool tensor.
+    """
+    numel = like.numel()
+    words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=like.device)
+    words.random_(-(1 << 63), None)  # the same draws as dropout_keep_mask
+    lanes = words.view(torch.int16)[:numel].view(like.shape)  # like's shape, in [-32768, 32767]
+    drops = _drop_count(p)
+    threshold = drops - (_INT16_LEVELS // 2)
+    # integers >= threshold map to >= 1 and the rest to <= 0, so the clamp gives exactly 1 / 0
+    mask = lanes.to(like.dtype).sub_(threshold - 1).clamp_(0.0, 1.0)
+    return mask, 1.0 - drops / _INT16_LEVELS
+
+
+def _causal_bias(T: int, device: torch.device) -> torch.Tensor:
+    """(T, T) float: 0 on and below the diagonal, -inf above (added to attention scores)."""
+    return torch.full((T, T), float("-inf"), device=device).triu_(1)
+
+
 class _AttentionWithDropout(torch.autograd.Function):
     """Causal softmax attention with dropout on the attention weights, for the CPU.
 
-    Forward: P = softmax(q k^T / sqrt(hs) + causal), keep ~ Bernoulli, y = (P * keep) v / keep_p.
-    Saved for backward: q, k, v, P, the bool keep mask and y; the softmax backward uses
-    rowsum(dP * P) = rowsum(dy * y), so it only needs one pass over the (T, T) tensors.
+    Forward: P = softmax(q k^T / sqrt(hs) + causal), y = (P * keep) v / keep_p.
+    Saved for backward: q, k, v, P, P * keep and y (no bool tensors: on the CPU elementwise ops
+    on bool are several times slower than on float). The softmax backward uses
+    rowsum(dP * P) = rowsum(dy * y), which needs no pass over the (T, T) tensors.
     """
 
     @staticmethod
     def forward(ctx, q, k, v, p):  # q, k, v: (B, nh, T, hs)
         T, hs = q.size(-2), q.size(-1)
         scale = 1.0 / math.sqrt(hs)
+        q = q.contiguous()  # (B, nh, T, hs)
+        k = k.contiguous()  # (B, nh, T, hs)
+        v = v.contiguous()  # (B, nh, T, hs)
         att = torch.matmul(q, k.transpose(-2, -1))  # (B, nh, T, T)
-        future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu_(1)  # (T, T)
-        att.mul_(scale).masked_fill_(future, float("-inf"))
+        att.mul_(scale).add_(_causal_bias(T, q.device))  # (B, nh, T, T)
         att = torch.softmax(att, dim=-1)  # (B, nh, T, T) rows sum to 1
-        keep, keep_probability = dropout_keep_mask(att.shape, p, q.device)  # (B, nh, T, T)
-        y = torch.matmul(att * keep, v).mul_(1.0 / keep_probability)  # (B, nh, T, hs)
-        ctx.save_for_backward(q, k, v, att, keep, y)
+        keep, keep_probability = _float_keep_mask(att, p)  # (B, nh, T, T)
+        dropped = keep.mul_(att)  # (B, nh, T, T) the kept weights, unscaled
+        y = torch.matmul(dropped, v).mul_(1.0 / keep_probability)  # (B, nh, T, hs)
+        ctx.save_for_backward(q, k, v, att, dropped, y)
         ctx.scale, ctx.keep_probability = scale, keep_probability
         return y
 
     @staticmethod
     def backward(ctx, grad_y):  # grad_y: (B, nh, T, hs)
-        q, k, v, att, keep, y = ctx.saved_tensors
+        q, k, v, att, dropped, y = ctx.saved_tensors
         grad_y_scaled = grad_y * (1.0 / ctx.keep_probability)  # (B, nh, T, hs)
-        dropped = att * keep  # (B, nh, T, T)
         grad_v = torch.matmul(dropped.transpose(-2, -1), grad_y_scaled)  # (B, nh, T, hs)
         grad_att = torch.matmul(grad_y_scaled, v.transpose(-2, -1))  # (B, nh, T, T)
         row_dot = (grad_y * y).sum(dim=-1, keepdim=True)  # (B, nh, T, 1) = rowsum(dP * P)

@@ -22,7 +22,7 @@ from typing import Any
 from charlm.cli import OneLineParser, fail
 from charlm.config import ConfigError, to_dict
 from charlm.data import check_block_size, load_dataset
-from sweeps.grid import PRESETS, GridSpec, TrialSpec, expand, load_grid
+from sweeps.grid import PRESETS, GridSpec, TrialSpec, expand, load_grid, parse_overrides
 from sweeps.runner import Resources, load_cluster_config
 from sweeps.schema import read_table
 from sweeps.store import ResultStore, check_results_dir, trial_columns, trial_statuses
@@ -95,6 +95,13 @@ def parse_args(argv: list[str] | None = None):
         help="path or URI for checkpoints that every node can reach (multi-node: "
         "shared storage such as s3://bucket/path or NFS; default: RESULTS/_ray)",
     )
+    add(
+        "--set",
+        dest="overrides",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="set a config field for every trial, e.g. --set eval_iters=20 (repeatable)",
+    )
     add("--data-dir", help="dataset cache (default: $CHARLM_DATA_DIR, else the user cache)")
     add(
         "--max-failures",
@@ -114,7 +121,7 @@ def parse_args(argv: list[str] | None = None):
 def plan_trials(args) -> list[TrialSpec]:
     """The grid's trials after the CLI's filters and overrides; raises GridError/ConfigError."""
     spec: GridSpec = load_grid(args.grid) if args.grid else PRESETS[args.preset]
-    overrides: dict[str, Any] = {}
+    overrides = parse_overrides(args.overrides)
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
     trials = expand(

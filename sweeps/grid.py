@@ -36,6 +36,7 @@ from charlm.config import (
 __all__ = [
     "BASELINE",
     "GRID_KEYS",
+    "IDENTITY_KEYS",
     "MACHINE_FIELDS",
     "PRESETS",
     "GridError",
@@ -114,15 +115,11 @@ def _normalize(name: str, value: Any) -> Any:
     return value
 
 
-def _format_value(value: Any) -> str:
-    return str(value)
-
-
 def _level_label(factor: str, level: Mapping[str, Any]) -> str:
     """'8' for a plain level ``{n_head: 8}`` of factor n_head, else 'n_embed=32,n_head=2'."""
     if list(level) == [factor]:
-        return _format_value(level[factor])
-    return ",".join(f"{key}={_format_value(value)}" for key, value in level.items())
+        return str(level[factor])
+    return ",".join(f"{key}={value}" for key, value in level.items())
 
 
 def _describe(factor: str, level: Mapping[str, Any]) -> str:
@@ -725,3 +722,22 @@ def _check_overrides(
                 f"override or leave factor {factor} out."
             )
     return {name: _normalize(name, value) for name, value in overrides.items()}
+
+
+def parse_overrides(items: Iterable[str] | None) -> dict[str, Any]:
+    """``["eval_iters=20", "lr_decay_iters=null"]`` -> a dict of overrides for ``expand``.
+
+    Values are read as YAML scalars (``null``, ``true``, numbers, strings); field names are
+    checked by ``expand``.
+    """
+    overrides: dict[str, Any] = {}
+    for item in items or ():
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise GridError(f"--set {item!r}: write FIELD=VALUE, e.g. --set eval_iters=20.")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        overrides[name.strip()] = value
+    return overrides

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from charlm import probes
 from charlm.probes import (
     PROBE_KEYS,
     attention_entropy,
@@ -303,3 +304,10 @@ def test_probe_metrics_on_a_real_capture() -> None:
     assert rows[0]["entropy"] == pytest.approx(
         attention_entropy(capture.attentions[0])[0].item(), abs=1e-9
     )
+
+
+def test_head_diversity_in_memory_bounded_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    att = random_layer(torch.Generator().manual_seed(4), nh=5)
+    whole = head_diversity(att)
+    monkeypatch.setattr(probes, "_CHUNK_ELEMENTS", 1)  # one head pair at a time
+    assert head_diversity(att) == pytest.approx(whole, abs=1e-9)

@@ -1,0 +1,80 @@
+"""Time `analysis` on a large synthetic store: aggregation plus every figure.
+
+    python benchmarks/analysis_speed.py                 # build a 10,000-trial store in a temp dir
+    python benchmarks/analysis_speed.py --store DIR     # reuse (or build once into) DIR
+
+The store: 4 sweeps x 2 datasets x 25 configs (baseline + 8 factors x 3 levels) x 50 seeds =
+10,000 trials, 60 eval steps each (600,000 curve rows), probes at every eval step on 4 layers
+x 4 heads (9.6 million attention rows: the worst case, probe_interval = eval_interval), one
+sample per trial, 1% diverged trials. The store is compacted first (one Parquet part per
+table, what a sweep does at its end; sweeps.schema.compact_store), and that is timed apart.
+Prints the breakdown; the target is load + aggregate + figures + report under 15 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from analysis.report import build_report
+from analysis.synthetic import SyntheticSpec, build_store
+from sweeps.schema import MARKER, compact_store, read_table
+
+TARGET_S = 15.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", type=Path, help="store directory to reuse or build into")
+    parser.add_argument("--seeds", type=int, default=50, help="seeds per config (default 50)")
+    parser.add_argument("--formats", default="png,svg", help="figure formats (default png,svg)")
+    parser.add_argument("--per-trial-read", action="store_true",
+                        help="also time reading the uncompacted per-trial files (slow)")  # fmt: skip
+    args = parser.parse_args()
+    temp = None
+    root = args.store
+    if root is None:
+        temp = Path(tempfile.mkdtemp(prefix="analysis-speed-"))
+        root = temp / "store"
+    spec = SyntheticSpec(
+        sweeps=("base", "change", "wide", "long"), datasets=("shakespeare_char", "enwik8"),
+        n_factors=8, n_levels=3, seeds=args.seeds, eval_steps=60, n_layer=4, n_head=4,
+        failed_share=0.01,
+    )  # fmt: skip
+    try:
+        if not (root / MARKER).exists():
+            start = time.perf_counter()
+            build_store(root, spec)
+            print(f"built the store in {time.perf_counter() - start:.1f} s (not timed below)")
+        if args.per_trial_read and len(list((root / "trials").glob("*.parquet"))) > 1:
+            start = time.perf_counter()
+            rows = sum(read_table(root, t).table.num_rows for t in ("trials", "curves", "attention"))
+            print(f"per-trial files, read_table of 3 tables: {time.perf_counter() - start:.1f} s "
+                  f"({rows:,} rows)")  # fmt: skip
+        start = time.perf_counter()
+        compact_store(root)
+        print(f"compact_store: {time.perf_counter() - start:.1f} s (once, at the end of a sweep)")
+        out = root.parent / "report"
+        shutil.rmtree(out, ignore_errors=True)
+        cpu, start = time.process_time(), time.perf_counter()
+        report = build_report(root, out, formats=args.formats.split(","))
+        total, cpu = time.perf_counter() - start, time.process_time() - cpu
+        store = report.analysis.store
+        print(f"store: {len(store.trials):,} trials, {len(store.curves):,} curve rows, "
+              f"{len(store.attention):,} attention rows; {len(report.figures)} figure files")  # fmt: skip
+        for name, seconds in report.timings.items():
+            print(f"  {name:16s} {seconds:6.2f} s")
+        verdict = "OK" if total < TARGET_S else "OVER"
+        print(f"total {total:.2f} s wall ({cpu:.2f} s CPU in this process), target < {TARGET_S:.0f} s: "
+              f"{verdict}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")  # fmt: skip
+    finally:
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""The figures' axes, series and labels (Figure objects, not pixels)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+from matplotlib.container import BarContainer, ErrorbarContainer
+from matplotlib.figure import Figure
+
+from analysis import aggregate, load_store, plots
+from analysis.synthetic import SyntheticSpec, build_store
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    spec = SyntheticSpec(
+        sweeps=("base", "change"), datasets=("shakespeare_char", "enwik8"), n_factors=2,
+        n_levels=2, seeds=3, eval_steps=5, n_layer=3, n_head=2,
+    )  # fmt: skip
+    store = load_store(build_store(tmp_path_factory.mktemp("plots") / "store", spec, threads=2))
+    trials = store.trials
+    baselines = aggregate.baseline_configs(trials)
+    return {
+        "summary": aggregate.config_summary(trials),
+        "curves": aggregate.curve_summary(store.curves, trials),
+        "attention": aggregate.attention_summary(store.attention, trials, baselines),
+    }
+
+
+def _one(frame, sweep="base", dataset=None):
+    rows = frame[frame["sweep"] == sweep]
+    return rows if dataset is None else rows[rows["dataset"] == dataset]
+
+
+def _legend(ax):
+    return [text.get_text() for text in ax.get_legend().get_texts()]
+
+
+def test_params_vs_loss(tables):
+    summary = _one(tables["summary"], dataset="enwik8")
+    figure = plots.params_vs_loss(summary)
+    (ax,) = figure.axes
+    assert ax.get_xscale() == "log"
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("parameters", "best val loss")
+    assert _legend(ax) == ["baseline", "n_embed", "n_layer"]
+    assert len(ax.containers) == 3  # one errorbar series per factor
+    assert sorted(t.get_text() for t in ax.texts) == sorted(summary["config"])
+    colors = plots.color_mapping(summary["factor"])
+    assert colors["baseline"] == "black"
+    assert matplotlib.colors.to_hex(ax.containers[1].lines[0].get_color()) == colors["n_embed"]
+
+
+def test_params_vs_loss_facets_per_dataset_and_ax(tables):
+    figure = plots.params_vs_loss(_one(tables["summary"]))
+    assert len(figure.axes) == 2
+    assert "enwik8" in figure.axes[0].get_title()
+    assert "shakespeare_char" in figure.axes[1].get_title()
+    own = Figure()
+    ax = own.subplots()
+    assert plots.params_vs_loss(_one(tables["summary"], dataset="enwik8"), ax=ax) is own
+    with pytest.raises(ValueError, match="2 datasets"):
+        plots.params_vs_loss(_one(tables["summary"]), ax=ax)
+
+
+def test_factor_curves(tables):
+    curves = _one(tables["curves"], dataset="shakespeare_char")
+    figure = plots.factor_curves(curves)
+    assert len(figure.axes) == 4  # 2 factors x (train, val)
+    ax = figure.axes[1]  # n_embed, val
+    assert "n_embed" in ax.get_title() and ax.get_ylabel() == "val loss"
+    assert ax.get_xlabel() == "step"
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels == ["baseline", "n_embed=2", "n_embed=4"]
+    assert len(ax.collections) == 3  # one stderr band per line
+    baseline = curves[curves["factor"] == "baseline"]
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), baseline["val_loss_mean"])
+    assert _legend(ax) == labels
+    assert len(plots.factor_curves(_one(tables["curves"])).axes) == 8  # both datasets
+
+
+def test_loss_bars(tables):
+    summary = _one(tables["summary"], dataset="enwik8")
+    (ax,) = plots.loss_bars(summary).axes
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert [c.get_label() for c in bars] == ["train", "val"]
+    assert all(len(c.patches) == len(summary) for c in bars)
+    assert sum(isinstance(c, ErrorbarContainer) for c in ax.containers) == 2
+    heights = [p.get_height() for p in bars[1].patches]
+    np.testing.assert_allclose(heights, summary["final_val_loss_mean"])
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(summary["config"])
+
+
+def test_attention_and_layer_similarity(tables):
+    attention = _one(tables["attention"], dataset="enwik8")
+    figure = plots.attention_over_training(attention)
+    entropy, span = figure.axes
+    assert entropy.get_ylabel().startswith("attention entropy")
+    assert span.get_ylabel().startswith("effective span")
+    assert [line.get_label() for line in entropy.get_lines()] == ["layer 0", "layer 1", "layer 2"]
+    figure = plots.layer_similarity(attention)
+    assert [line.get_label() for line in figure.axes[0].get_lines()] == [
+        "layers 0–1", "layers 1–2",
+    ]  # fmt: skip
+    assert len(plots.attention_over_training(_one(tables["attention"])).axes) == 4
+
+
+def test_sweeps_compared(tables):
+    curves = tables["curves"][tables["curves"]["factor"] == "baseline"]
+    figure = plots.sweeps_compared(curves)
+    assert len(figure.axes) == 4  # 2 datasets x (train, val)
+    ax = figure.axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == ["base", "change"]
+    colors = plots.color_mapping(["base", "change"], reserved={})
+    assert [matplotlib.colors.to_hex(line.get_color()) for line in ax.get_lines()] == [
+        colors["base"], colors["change"],
+    ]  # fmt: skip
+
+
+def test_heatmaps_from_constructed_maps():
+    chars = list("to be\n")
+    t = len(chars)
+    causal = np.tril(np.ones((t, t)))
+    maps = [np.stack([causal / causal.sum(1, keepdims=True)] * 2) for _ in range(3)]
+    figure = plots.head_heatmaps(maps[1], chars, layer=1)
+    assert len(figure.axes) == 2
+    ax = figure.axes[0]
+    assert ax.get_title() == "layer 1, head 0"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["t", "o", "␣", "b", "e", "⏎"]
+    np.testing.assert_allclose(ax.get_images()[0].get_array(), maps[1][0])
+    figure = plots.layer_heatmaps(maps, chars)
+    assert [ax.get_title() for ax in figure.axes[:3]] == [
+        f"layer {i} (mean over heads)" for i in range(3)
+    ]
+    with pytest.raises(ValueError, match="expected"):
+        plots.head_heatmaps(maps[0][:, :3], chars, 0)
+
+
+def test_save_figure_writes_each_format(tmp_path, tables):
+    figure = plots.loss_bars(_one(tables["summary"], dataset="enwik8"))
+    paths = plots.save_figure(figure, tmp_path / "bars", ("png", "svg"))
+    assert [p.name for p in paths] == ["bars.png", "bars.svg"]
+    assert paths[0].read_bytes()[:4] == b"\x89PNG"
+    assert "<svg" in paths[1].read_text()[:400]

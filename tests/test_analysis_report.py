@@ -1,0 +1,180 @@
+"""The report CLI: self-contained output, what-is-missing notes, and clean failures."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis import plots
+from analysis.report import main
+from analysis.synthetic import SyntheticSpec, build_store, trial_row, write_rows
+
+SPEC = SyntheticSpec(
+    sweeps=("base", "change"), n_factors=1, n_levels=2, seeds=2, eval_steps=4, n_layer=2,
+    n_head=2, failed_share=0.0,
+)  # fmt: skip
+
+
+@pytest.fixture
+def store(tmp_path):
+    root = build_store(tmp_path / "results", SPEC, threads=2)
+    write_rows(root, "trials", [trial_row("boom", sweep="base", factor="n_layer", level="2",
+               seed=7, status="failed", error="non-finite loss at step 150")], "boom")  # fmt: skip
+    return root
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.links += [value for name, value in attrs if name in ("href", "src") and value]
+
+
+def _files(path: Path) -> set[Path]:
+    return {p for p in path.rglob("*")} if path.exists() else set()
+
+
+def test_report_is_self_contained(store, tmp_path, capsys, monkeypatch):
+    maps = [np.full((2, 6, 6), 1 / 6) for _ in range(2)]
+    monkeypatch.setattr(plots, "capture_attention", lambda path, text: (maps, list(text[:6])))
+    (store / "models").mkdir()
+    (store / "models" / "base-shakespeare_char-baseline-baseline-s0.pt").write_bytes(b"")
+    out = tmp_path / "report"
+    assert main([str(store), "--out", str(out), "--format", "png,svg"]) == 0
+    printed = capsys.readouterr().out
+    assert "sweep base" in printed and f"report: {out / 'report.html'}" in printed
+    page = (out / "report.html").read_text()
+    parser = _Links()
+    parser.feed(page)
+    assert parser.links, "the report links its figures and tables"
+    for link in parser.links:
+        assert not re.match(r"^[a-z]+:|^/", link), link  # relative only: no URL, no absolute
+        target = (out / link).resolve()
+        assert target.is_relative_to(out.resolve()) and target.is_file(), link
+    markdown = (out / "report.md").read_text()
+    for link in re.findall(r"\]\(([^)]+)\)", markdown):
+        assert (out / link).is_file() and not link.startswith("/"), link
+    figures = {p.relative_to(out / "figures").as_posix() for p in (out / "figures").rglob("*.png")}
+    for sweep in ("base", "change"):
+        for stem in ("1_params_vs_loss", "2_factor_curves", "3_loss_bars", "4_attention",
+                     "5_layer_similarity"):  # fmt: skip
+            assert f"{sweep}/{stem}.png" in figures
+    assert "7_sweeps_compared.png" in figures
+    assert "6_heatmaps/shakespeare_char_heads_layer1.png" in figures  # default: last layer
+    assert (out / "figures" / "base" / "3_loss_bars.svg").is_file()
+    assert "<style>" in page and "<script" not in page and "http" not in page
+    assert "boom" in page and "non-finite loss at step 150" in page  # diverged trial listed
+    assert "Factor ranking" in page and "Generated samples" in page
+    for name in ("summary.csv", "effects.csv", "ranking.csv", "table_base.tex", "table_base.md"):
+        assert (out / "tables" / name).is_file()
+    assert (out / "final_info" / "base" / "baseline" / "final_info.json").is_file()
+    # A second run replaces the earlier report.
+    assert main([str(store), "--out", str(out), "--format", "svg", "--quiet"]) == 0
+    assert not list((out / "figures").rglob("*.png"))
+
+
+def test_corrupt_file_named_and_skipped_or_strict(store, tmp_path, capsys):
+    bad = store / "curves" / "base-shakespeare_char-baseline-baseline-s1.parquet"
+    bad.write_bytes(bad.read_bytes()[:40])
+    out = tmp_path / "report"
+    assert main([str(store), "--out", str(out), "--format", "png", "--quiet"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"warning: skipped corrupt store file {bad}")
+    assert str(bad) in (out / "report.html").read_text()
+
+    strict_out = tmp_path / "strict"
+    assert main([str(store), "--out", str(strict_out), "--strict"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and "--strict" in lines[0]
+    assert not strict_out.exists() and captured.out == ""
+
+
+@pytest.mark.parametrize("kind", ["missing", "not_a_store"])
+def test_not_a_store_exits_2_and_writes_nothing(tmp_path, capsys, kind):
+    results = tmp_path / "results"
+    if kind == "not_a_store":
+        results.mkdir()
+        (results / "notes.txt").write_text("x")
+    before = _files(tmp_path)
+    assert main([str(results)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and str(results) in lines[0]
+    assert ("does not exist" if kind == "missing" else "charlm-store.json") in lines[0]
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--format", "gif"], "--format gif"),
+        (["--sweep", "nope"], "--sweep nope"),
+        (["--heatmap-layer", "-1"], "--heatmap-layer -1"),
+        (["--bogus"], "unrecognized arguments"),
+    ],
+)
+def test_bad_cli_input_one_line_exit_2(store, tmp_path, capsys, argv, message):
+    before = _files(tmp_path)
+    assert _exit_code([str(store), "--out", str(tmp_path / "r"), *argv]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+    assert _files(tmp_path) == before
+
+
+def test_heatmap_layer_out_of_range_writes_nothing(store, tmp_path, capsys, monkeypatch):
+    maps = [np.full((2, 4, 4), 0.25) for _ in range(2)]
+    monkeypatch.setattr(plots, "capture_attention", lambda path, text: (maps, list("abcd")))
+    (store / "models").mkdir()
+    (store / "models" / "base-shakespeare_char-baseline-baseline-s0.pt").write_bytes(b"")
+    assert main([str(store), "--out", str(tmp_path / "r"), "--heatmap-layer", "5"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "has 2 layers" in lines[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_store_still_being_written(tmp_path, capsys):
+    root = build_store(tmp_path / "results", SPEC, threads=2)
+    write_rows(root, "curves", {"trial_id": ["running"], "step": [50], "val_loss": [3.0]}, "running")
+    (root / "trials" / ".tmp-write.parquet").write_bytes(b"half a file")  # a write in progress
+    out = tmp_path / "report"
+    assert main([str(root), "--out", str(out), "--format", "png"]) == 0
+    assert "1 trial(s) in progress" in (out / "report.html").read_text()
+    assert capsys.readouterr().err == ""
+
+
+def test_refuses_out_dir_holding_other_files(store, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("keep me")
+    assert main([str(store), "--out", str(out)]) == 2
+    assert "holds other files" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+
+
+def test_module_entry_point_and_no_ray(tmp_path):
+    code = (
+        "import sys, analysis, analysis.report, analysis.plots, analysis.load;"
+        "assert 'ray' not in sys.modules, 'analysis imported ray'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "analysis", str(tmp_path / "nowhere")], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def _exit_code(argv: list[str]) -> int:
+    """main's status, whether returned or raised by argparse as SystemExit."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code)
