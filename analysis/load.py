@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from sweeps.schema import MARKER, SCHEMAS, TABLES, StoreError, is_store, read_table
 
@@ -86,6 +88,7 @@ def load_store(
     datasets: Sequence[str] | None = None,
     tables: Sequence[str] = TABLES,
     strict: bool = False,
+    attention: str = "all",
 ) -> Store:
     """Read the store at ``root`` into a Store; optionally only some sweeps/datasets.
 
@@ -93,8 +96,11 @@ def load_store(
     others come back empty. A corrupt file is named in ``Store.corrupt`` and with a
     warning, or raises CorruptStoreError when ``strict``. A missing or non-store
     directory raises StoreError. Unknown sweep or dataset names raise StoreError listing
-    the ones the store has.
+    the ones the store has. ``attention='baselines'`` keeps only the attention rows of
+    baseline-config trials (all the report draws; a tenth of the memory on a big store).
     """
+    if attention not in ("all", "baselines"):
+        raise StoreError(f"attention={attention!r}: use 'all' or 'baselines'.")
     path = check_store(root)
     unknown = sorted(set(tables) - set(TABLES))
     if unknown:
@@ -110,6 +116,13 @@ def load_store(
             frames[table] = _empty(table, columns)
             continue
         read = read_table(path, table, columns, read_dictionary=["trial_id"])
+        arrow_table = read.table
+        if table == "attention" and attention == "baselines":
+            trials_frame = frames["trials"]
+            baseline = trials_frame["factor"].fillna("baseline").eq("baseline")
+            wanted_ids = trials_frame.loc[baseline, "trial_id"]
+            value_set = pa.array(wanted_ids.astype(str).unique(), pa.string())
+            arrow_table = arrow_table.filter(pc.is_in(arrow_table["trial_id"], value_set))
         file_counts[table] = sum(1 for _ in (path / table).glob("*.parquet"))
         for bad_path, reason in read.corrupt:
             if strict:
@@ -119,7 +132,7 @@ def load_store(
                 )
             warnings.warn(f"skipped corrupt store file {bad_path}: {reason}", stacklevel=2)
         corrupt.extend(read.corrupt)
-        frame = read.table.to_pandas(split_blocks=True)  # no block consolidation: 10x faster
+        frame = arrow_table.to_pandas(split_blocks=True)  # no block consolidation: 10x faster
         frame, dropped = _deduplicate(table, frame)
         duplicates[table] = dropped
         frames[table] = frame

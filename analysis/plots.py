@@ -83,6 +83,8 @@ def _grid(
     bottom: float = 0.55,
     gap: float = 0.95,
     right: float = 0.0,
+    sharex: bool | str = False,
+    sharey: bool | str = False,
 ) -> tuple[Figure, np.ndarray]:
     """A figure of n_rows x n_cols panels, each ``width`` x ``height`` inches.
 
@@ -92,7 +94,7 @@ def _grid(
     n_rows, n_cols = max(n_rows, 1), max(n_cols, 1)
     fig_width, fig_height = width * n_cols + right, height * n_rows + 0.8 + bottom
     figure = Figure(figsize=(fig_width, fig_height))
-    axes = figure.subplots(n_rows, n_cols, squeeze=False)
+    axes = figure.subplots(n_rows, n_cols, squeeze=False, sharex=sharex, sharey=sharey)
     figure.subplots_adjust(
         left=0.75 / fig_width, right=1 - (0.2 + right) / fig_width, bottom=bottom / fig_height,
         top=1 - 0.8 / fig_height, wspace=0.85 / width, hspace=gap / height,
@@ -184,34 +186,41 @@ def _sweep_name(rows: pd.DataFrame) -> str:
 def factor_curves(
     curves: pd.DataFrame, columns: Sequence[str] = ("train_loss", "val_loss")
 ) -> Figure:
-    """Figure 2: one row of panels per factor, one panel per (dataset, train/val column):
-    mean line and stderr band per level over eval steps, the baseline (black, dashed) in
-    every panel. ``curves``: curve_summary rows of one sweep."""
+    """Figure 2: one panel per factor (rows) and dataset (columns): for the baseline (black)
+    and each level, the mean curve and stderr band of val loss (solid) and train loss
+    (dashed) over eval steps. ``curves``: curve_summary rows of one sweep."""
     datasets = _datasets(curves)
     factors = sorted(f for f in curves["factor"].unique() if f != "baseline")
-    panels = [(dataset, column) for dataset in datasets for column in columns]
-    figure, axes = _grid(max(len(factors), 1), len(panels), 3.6, 2.6)
+    figure, axes = _grid(len(factors), len(datasets), 4.2, 2.8, sharex=True, sharey="col")
+    styles = [(column, "-" if column == "val_loss" else "--") for column in reversed(columns)]
     for row, factor in enumerate(factors):
         factor_rows = curves[curves["factor"] == factor]
-        level_colors = _level_colors(list(factor_rows["level"].unique()))
-        for col, (dataset, column) in enumerate(panels):
+        colors = {"baseline": "black", **_level_colors(list(factor_rows["level"].unique()))}
+        for col, dataset in enumerate(datasets):
             ax = axes[row, col]
-            base = curves[(curves["factor"] == "baseline") & (curves["dataset"] == dataset)]
-            if len(base):
-                _band(ax, base["step"], base[f"{column}_mean"], base[f"{column}_stderr"],
-                      "black", "baseline", linestyle="--")  # fmt: skip
             rows = factor_rows[factor_rows["dataset"] == dataset]
-            for level in level_order(list(rows["level"].unique())):
-                level_rows = rows[rows["level"] == level]
-                _band(ax, level_rows["step"], level_rows[f"{column}_mean"],
-                      level_rows[f"{column}_stderr"], level_colors[level],
-                      config_label(factor, level))  # fmt: skip
-            ax.set_title(f"{factor} — {_LABELS.get(column, column)} ({dataset})", fontsize=9)
-            ax.set_xlabel("step")
-            ax.set_ylabel(_LABELS.get(column, column))
+            base = curves[(curves["factor"] == "baseline") & (curves["dataset"] == dataset)]
+            series = [("baseline", "baseline", base)] + [
+                (level, config_label(factor, level), rows[rows["level"] == level])
+                for level in level_order(list(rows["level"].unique()))
+            ]
+            for level, label, frame in series:
+                if frame.empty:
+                    continue
+                for column, linestyle in styles:
+                    _band(ax, frame["step"], frame[f"{column}_mean"], frame[f"{column}_stderr"],
+                          colors[level], label if linestyle == "-" else f"_{label} ({column})",
+                          linestyle=linestyle)  # fmt: skip
+            ax.set_title(f"{factor} ({dataset})", fontsize=9)
+            ax.set_ylabel("loss")
             ax.grid(True, alpha=0.3)
-            if col == len(panels) - 1:
+            if col == len(datasets) - 1:
+                ax.plot([], [], color="gray", linestyle="-", label="val (solid)")
+                ax.plot([], [], color="gray", linestyle="--", label="train (dashed)")
                 ax.legend(fontsize=7, loc="upper right")
+        axes[row, 0].set_ylabel("loss")
+    for ax in axes[-1]:
+        ax.set_xlabel("step")
     figure.suptitle(f"{_sweep_name(curves)}loss curves per factor (mean ± stderr over seeds)")
     return figure
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import html
+import multiprocessing
 import os
 import shutil
 import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +63,9 @@ def analyze(
     report. Attention is summarised for each sweep's baseline config (figures 4 and 5)."""
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    store = load_store(root, sweeps=sweeps, datasets=datasets, strict=strict)
+    store = load_store(
+        root, sweeps=sweeps, datasets=datasets, strict=strict, attention="baselines"
+    )
     timings["load"] = time.perf_counter() - start
     start = time.perf_counter()
     trials = store.trials
@@ -99,6 +103,7 @@ class _FigureJob:
     stem: str  # path inside figures/, without suffix
     caption: str
     draw: Callable[[], Any]
+    cost: int = 1  # rough number of panels, to schedule big figures first
 
 
 @dataclass
@@ -122,11 +127,14 @@ def build_report(
     heatmap_text: str | None = None,
     heatmap_layer: int | None = None,
     metric: str = "best_val_loss",
+    jobs: int | None = None,
 ) -> Report:
     """Write the report of the store at ``root`` into ``out_dir`` (default
     ``<root>/report``, replaced if it holds an earlier report). Raises StoreError (a
-    ValueError) for bad input before anything is written."""
+    ValueError) for bad input before anything is written. ``jobs``: processes drawing
+    figures (default: the CPU count, at most 4)."""
     root = check_store(root)
+    jobs_n = jobs if jobs is not None else min(4, os.cpu_count() or 1)
     out = Path(out_dir) if out_dir is not None else root / "report"
     _check_out_dir(out)
     bad = [fmt for fmt in formats if fmt not in FORMATS]
@@ -160,11 +168,13 @@ def build_report(
         tables += aggregate.write_final_info(analysis.store.trials, temp / "final_info")
         timings["tables"] = time.perf_counter() - start
         start = time.perf_counter()
-        jobs = _figure_jobs(analysis, heatmaps)
-        figures = _render(jobs, temp / "figures", formats)
+        figure_jobs = _figure_jobs(analysis, heatmaps)
+        figures = _render(figure_jobs, temp / "figures", formats, jobs_n)
         timings["figures"] = time.perf_counter() - start
         start = time.perf_counter()
-        sections = _sections(analysis, jobs, formats, missing, heatmaps, tables, temp, metric)
+        sections = _sections(
+            analysis, figure_jobs, formats, missing, heatmaps, tables, temp, metric
+        )
         (temp / "report.html").write_text(_html(sections, analysis))
         (temp / "report.md").write_text(_markdown(sections, analysis))
         timings["report"] = time.perf_counter() - start
@@ -309,14 +319,16 @@ def _figure_jobs(analysis: Analysis, heatmaps: list[_Heatmaps]) -> list[_FigureJ
     factor_colors = plots.color_mapping(summary["factor"])
     sweep_colors = plots.color_mapping(analysis.summary["sweep"], reserved={})
 
-    def versions(frame: pd.DataFrame, stem: str, caption: str, draw: Callable) -> None:
+    def versions(
+        frame: pd.DataFrame, stem: str, caption: str, draw: Callable, panels: int = 1
+    ) -> None:
         datasets = sorted(frame["dataset"].unique())
-        jobs.append(_FigureJob(stem, caption, lambda f=frame: draw(f)))
+        jobs.append(_FigureJob(stem, caption, lambda f=frame: draw(f), panels * len(datasets)))
         if len(datasets) > 1:
             for dataset in datasets:
                 part = frame[frame["dataset"] == dataset]
                 jobs.append(_FigureJob(f"{stem}_{slug(dataset)}", f"{caption} ({dataset})",
-                                       lambda f=part: draw(f)))  # fmt: skip
+                                       lambda f=part: draw(f), panels))  # fmt: skip
 
     for sweep, rows in summary.groupby("sweep", sort=True):
         s = slug(sweep)
@@ -326,7 +338,7 @@ def _figure_jobs(analysis: Analysis, heatmaps: list[_Heatmaps]) -> list[_FigureJ
                  lambda f: plots.params_vs_loss(f, colors=factor_colors))  # fmt: skip
         if len(curves) and curves["factor"].ne("baseline").any():
             versions(curves, f"{s}/2_factor_curves", f"{sweep}: loss curves per factor",
-                     plots.factor_curves)  # fmt: skip
+                     plots.factor_curves, curves["factor"].nunique())  # fmt: skip
         versions(rows, f"{s}/3_loss_bars", f"{sweep}: final train and val loss per config",
                  plots.loss_bars)  # fmt: skip
         if len(attention):
@@ -351,12 +363,33 @@ def _figure_jobs(analysis: Analysis, heatmaps: list[_Heatmaps]) -> list[_FigureJ
     return jobs
 
 
-def _render(jobs: list[_FigureJob], directory: Path, formats: Sequence[str]) -> list[Path]:
-    paths = []
-    for job in jobs:
-        figure = job.draw()
-        paths += plots.save_figure(figure, directory / job.stem, formats)
-    return paths
+_PENDING: list[_FigureJob] = []  # the jobs forked workers render (inherited, not pickled)
+
+
+def _render_one(index: int, directory: Path, formats: Sequence[str]) -> list[Path]:
+    job = _PENDING[index]
+    return plots.save_figure(job.draw(), directory / job.stem, formats)
+
+
+def _render(
+    jobs: list[_FigureJob], directory: Path, formats: Sequence[str], workers: int
+) -> list[Path]:
+    """Draw and save every job's figure; in ``workers`` forked processes when the platform
+    can fork (matplotlib draws in one thread, so processes are what scales)."""
+    global _PENDING
+    workers = min(workers, len(jobs))
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return [path for job in jobs for path in plots.save_figure(job.draw(), directory / job.stem, formats)]
+    _PENDING = jobs
+    try:
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            # The most expensive figures first, so no worker is left with a big one at the end.
+            order = sorted(range(len(jobs)), key=lambda i: -jobs[i].cost)
+            futures = {i: pool.submit(_render_one, i, directory, formats) for i in order}
+            return [path for i in range(len(jobs)) for path in futures[i].result()]
+    finally:
+        _PENDING = []
 
 
 # ---------------------------------------------------------------- report documents
@@ -667,6 +700,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--metric", default="best_val_loss",
                         choices=["best_val_loss", "final_val_loss", "final_train_loss"],
                         help="metric compared against the baseline and ranked (default best_val_loss)")  # fmt: skip
+    parser.add_argument("--jobs", type=int, metavar="N",
+                        help="processes drawing figures (default: CPU count, at most 4)")  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="print only the report's path")
     return parser
 
@@ -678,11 +713,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     formats = [fmt.strip() for fmt in args.format.split(",") if fmt.strip()]
     if args.heatmap_layer is not None and args.heatmap_layer < 0:
         parser.error(f"--heatmap-layer {args.heatmap_layer}: give a layer index >= 0")
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: give a number of processes >= 1")
     try:
         report = build_report(
             args.results_dir, args.out, formats=formats, strict=args.strict,
             sweeps=args.sweep, datasets=args.dataset, heatmap_text=args.heatmap_text,
-            heatmap_layer=args.heatmap_layer, metric=args.metric,
+            heatmap_layer=args.heatmap_layer, metric=args.metric, jobs=args.jobs,
         )  # fmt: skip
     except CorruptStoreError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -3,8 +3,8 @@
     python benchmarks/analysis_speed.py                 # build a 10,000-trial store in a temp dir
     python benchmarks/analysis_speed.py --store DIR     # reuse (or build once into) DIR
 
-The store: 4 sweeps x 2 datasets x 25 configs (baseline + 8 factors x 3 levels) x 50 seeds =
-10,000 trials, 60 eval steps each (600,000 curve rows), probes at every eval step on 4 layers
+The store: 2 sweeps (a baseline sweep and one with a code change) x 2 datasets x 50 configs
+(baseline + 7 factors x 7 levels) x 25 seeds = 10,000 trials, 60 eval steps each (600,000 curve rows), probes at every eval step on 4 layers
 x 4 heads (9.6 million attention rows: the worst case, probe_interval = eval_interval), one
 sample per trial, 1% diverged trials. The store is compacted first (one Parquet part per
 table, what a sweep does at its end; sweeps.schema.compact_store), and that is timed apart.
@@ -30,7 +30,8 @@ TARGET_S = 15.0
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, help="store directory to reuse or build into")
-    parser.add_argument("--seeds", type=int, default=50, help="seeds per config (default 50)")
+    parser.add_argument("--seeds", type=int, default=25, help="seeds per config (default 25)")
+    parser.add_argument("--jobs", type=int, default=None, help="figure processes (default: CPUs)")
     parser.add_argument("--formats", default="png,svg", help="figure formats (default png,svg)")
     parser.add_argument("--per-trial-read", action="store_true",
                         help="also time reading the uncompacted per-trial files (slow)")  # fmt: skip
@@ -41,8 +42,8 @@ def main() -> None:
         temp = Path(tempfile.mkdtemp(prefix="analysis-speed-"))
         root = temp / "store"
     spec = SyntheticSpec(
-        sweeps=("base", "change", "wide", "long"), datasets=("shakespeare_char", "enwik8"),
-        n_factors=8, n_levels=3, seeds=args.seeds, eval_steps=60, n_layer=4, n_head=4,
+        sweeps=("base", "change"), datasets=("shakespeare_char", "enwik8"),
+        n_factors=7, n_levels=7, seeds=args.seeds, eval_steps=60, n_layer=4, n_head=4,
         failed_share=0.01,
     )  # fmt: skip
     try:
@@ -61,7 +62,7 @@ def main() -> None:
         out = root.parent / "report"
         shutil.rmtree(out, ignore_errors=True)
         cpu, start = time.process_time(), time.perf_counter()
-        report = build_report(root, out, formats=args.formats.split(","))
+        report = build_report(root, out, formats=args.formats.split(","), jobs=args.jobs)
         total, cpu = time.perf_counter() - start, time.process_time() - cpu
         store = report.analysis.store
         print(f"store: {len(store.trials):,} trials, {len(store.curves):,} curve rows, "

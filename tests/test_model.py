@@ -11,7 +11,14 @@ import torch
 from torch.nn import functional as F
 
 from charlm.config import ConfigError, ModelConfig
-from charlm.model import GPT, Capture, attention_with_dropout, dropout_keep_mask, fast_dropout
+from charlm.model import (
+    GPT,
+    Capture,
+    _query_blocks,
+    attention_with_dropout,
+    dropout_mask,
+    fast_dropout,
+)
 
 VOCAB = 11
 
@@ -214,16 +221,25 @@ def test_configure_optimizer_decays_only_matrices(cfg):
 # --- the CPU dropout -------------------------------------------------------------------------
 
 
-def test_keep_mask_rate_and_quantisation():
+def test_dropout_mask_rate_and_quantisation():
     torch.manual_seed(0)
-    keep, keep_probability = dropout_keep_mask((400, 1000), 0.1, "cpu")
-    assert keep.dtype == torch.bool and keep.shape == (400, 1000)
+    mask, keep_probability = dropout_mask(torch.empty(400, 1000), 0.1)
+    assert mask.dtype == torch.float32 and mask.shape == (400, 1000)
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
     assert keep_probability == 1 - round(0.1 * 65536) / 65536
-    drop_rate = 1 - keep.float().mean().item()
-    assert abs(drop_rate - 0.1) < 5 * math.sqrt(0.1 * 0.9 / keep.numel())
-    # rows and columns are not correlated with position (each int64 gives four lanes)
-    lanes = (~keep).view(-1, 4).float().mean(0)
+    assert abs(keep_probability - 0.9) < 1e-5
+    drop_rate = 1 - mask.mean().item()
+    assert abs(drop_rate - 0.1) < 5 * math.sqrt(0.1 * 0.9 / mask.numel())
+    # each int64 draw feeds four neighbouring entries: every lane must drop at the same rate
+    lanes = (1 - mask).view(-1, 4).mean(0)
     assert torch.all((lanes - 0.1).abs() < 0.005)
+    # neighbours are independent: P(both dropped) = p^2
+    both = ((1 - mask[:, :-1]) * (1 - mask[:, 1:])).mean().item()
+    assert abs(both - 0.01) < 0.001
+    # the mask is a function of the default generator's state
+    torch.manual_seed(0)
+    assert torch.equal(dropout_mask(torch.empty(400, 1000), 0.1)[0], mask)
+    assert dropout_mask(torch.empty(10, dtype=torch.float64), 0.5)[0].dtype == torch.float64
 
 
 def test_fast_dropout_keeps_expectation_and_drop_rate():
@@ -245,25 +261,38 @@ def test_fast_dropout_backward_is_multiply_by_mask():
     state = torch.get_rng_state()
     fast_dropout(x, 0.3, training=True).backward(grad)
     torch.set_rng_state(state)
-    keep, keep_probability = dropout_keep_mask(x.shape, 0.3, "cpu")
-    torch.testing.assert_close(x.grad, grad * keep / keep_probability)
+    mask, keep_probability = dropout_mask(x, 0.3)
+    torch.testing.assert_close(x.grad, grad * mask / keep_probability)
 
 
-def test_attention_dropout_matches_reference_forward_and_backward():
+def _block_masks(shape: tuple[int, int, int, int], p: float) -> tuple[torch.Tensor, float]:
+    """The masks attention_with_dropout draws, one query block after another, as (B, nh, T, T)."""
+    B, nh, T, _ = shape
+    full = torch.ones(B * nh, T, T, dtype=torch.float64)
+    for lo, hi in _query_blocks(T):
+        mask, keep_probability = dropout_mask(torch.empty(B * nh, hi - lo, hi, dtype=full.dtype), p)
+        full[:, lo:hi, :hi] = mask
+    return full.view(B, nh, T, T), keep_probability
+
+
+@pytest.mark.parametrize("T", [12, 80])  # one query block, several query blocks
+def test_attention_dropout_matches_reference_forward_and_backward(T):
+    assert len(_query_blocks(T)) == (1 if T == 12 else 2)
     gen = torch.Generator().manual_seed(5)
-    q, k, v = (torch.randn(2, 3, 12, 4, generator=gen, dtype=torch.float64) for _ in range(3))
-    grad = torch.randn(2, 3, 12, 4, generator=gen, dtype=torch.float64)
+    q, k, v = (torch.randn(2, 3, T, 4, generator=gen, dtype=torch.float64) for _ in range(3))
+    grad = torch.randn(2, 3, T, 4, generator=gen, dtype=torch.float64)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     torch.manual_seed(9)
     y = attention_with_dropout(*leaves, 0.25)
     y.backward(grad)
-    # reference: autograd through explicit softmax times the same mask (same RNG draw)
+    # reference: autograd through explicit softmax times the same masks (same RNG draws)
     torch.manual_seed(9)
-    keep, keep_probability = dropout_keep_mask((2, 3, 12, 12), 0.25, "cpu")
+    keep, keep_probability = _block_masks(q.shape, 0.25)
+    assert abs(1 - keep[..., torch.ones(T, T, dtype=torch.bool).tril()].mean().item() - 0.25) < 0.05
     ref_leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     rq, rk, rv = ref_leaves
     scores = rq @ rk.transpose(-2, -1) / 2.0
-    scores = scores.masked_fill(torch.ones(12, 12, dtype=torch.bool).triu(1), float("-inf"))
+    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
     expected = (scores.softmax(-1) * keep / keep_probability) @ rv
     expected.backward(grad)
     torch.testing.assert_close(y, expected)
@@ -271,14 +300,29 @@ def test_attention_dropout_matches_reference_forward_and_backward():
         torch.testing.assert_close(leaf.grad, ref.grad)
 
 
+def test_query_blocks_cover_the_sequence():
+    for T in (1, 7, 31, 64, 100, 128, 256, 1000):
+        blocks = _query_blocks(T)
+        assert blocks[0][0] == 0 and blocks[-1][1] == T
+        assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(blocks, blocks[1:], strict=False))
+    assert len(_query_blocks(128)) == 4 and len(_query_blocks(256)) == 4
+
+
 def test_attention_dropout_keeps_expectation():
     # averaged over many masks (a batch of identical inputs), it equals attention without dropout
+    n, p = 3000, 0.3
     gen = torch.Generator().manual_seed(6)
-    q, k, v = (torch.randn(1, 1, 8, 4, generator=gen).expand(4000, 1, 8, 4) for _ in range(3))
+    q, k, v = (torch.randn(1, 1, 70, 4, generator=gen) for _ in range(3))
     torch.manual_seed(0)
-    draws = attention_with_dropout(q, k, v, 0.3)
-    expected = F.scaled_dot_product_attention(q[:1], k[:1], v[:1], is_causal=True)
-    torch.testing.assert_close(draws.mean(0, keepdim=True), expected, atol=0.03, rtol=0)
+    draws = attention_with_dropout(*(t.expand(n, 1, 70, 4) for t in (q, k, v)), p)
+    expected = _reference_attention(q, k, v)
+    # Var(y_i) = p / (1 - p) * sum_j P_ij^2 v_j^2 for independent masks: allow 5 standard errors
+    weights = torch.softmax(
+        (q @ k.transpose(-2, -1) / 2.0).masked_fill(torch.ones(70, 70).triu(1).bool(), -math.inf),
+        dim=-1,
+    )
+    std_error = (p / (1 - p) * (weights**2 @ v**2) / n).sqrt()
+    assert torch.all((draws.mean(0, keepdim=True) - expected).abs() < 5 * std_error + 1e-6)
     assert not torch.allclose(draws[0], draws[1])
 
 
