@@ -9,15 +9,21 @@ per dataset; pass one dataset's rows to draw that dataset's version.
 
 from __future__ import annotations
 
+import io
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib import rc_context
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.axes import Axes
+from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.transforms import Bbox
+from PIL import Image
 
 from analysis.aggregate import config_label, level_order
 
@@ -83,21 +89,25 @@ def _grid(
     bottom: float = 0.55,
     gap: float = 0.95,
     right: float = 0.0,
-    sharex: bool | str = False,
-    sharey: bool | str = False,
 ) -> tuple[Figure, np.ndarray]:
-    """A figure of n_rows x n_cols panels, each ``width`` x ``height`` inches.
+    """A figure of n_rows x n_cols panels of about ``width`` x ``height`` inches, with
+    ``gap`` inches between rows, 1 inch between columns and ``right`` inches at the right.
 
     Margins are fixed in inches instead of a layout engine: constrained layout redraws
-    every text several times and doubled the cost of the report's figures.
+    every text several times and doubled the cost of the report's figures; fixed gaps also
+    let a row or column of panels be cut out cleanly (save_figure's views).
     """
     n_rows, n_cols = max(n_rows, 1), max(n_cols, 1)
-    fig_width, fig_height = width * n_cols + right, height * n_rows + 0.8 + bottom
+    left, top, column_gap = 0.75, 0.8, 1.0
+    fig_width, fig_height = width * n_cols + right, height * n_rows + top + bottom
+    axes_width = (fig_width - left - 0.2 - right - (n_cols - 1) * column_gap) / n_cols
+    axes_height = (fig_height - top - bottom - (n_rows - 1) * gap) / n_rows
     figure = Figure(figsize=(fig_width, fig_height))
-    axes = figure.subplots(n_rows, n_cols, squeeze=False, sharex=sharex, sharey=sharey)
+    axes = figure.subplots(n_rows, n_cols, squeeze=False)
     figure.subplots_adjust(
-        left=0.75 / fig_width, right=1 - (0.2 + right) / fig_width, bottom=bottom / fig_height,
-        top=1 - 0.8 / fig_height, wspace=0.85 / width, hspace=gap / height,
+        left=left / fig_width, right=1 - (0.2 + right) / fig_width,
+        bottom=bottom / fig_height, top=1 - top / fig_height,
+        wspace=column_gap / axes_width, hspace=gap / axes_height,
     )  # fmt: skip
     return figure, axes
 
@@ -125,11 +135,26 @@ def _one_dataset_axes(
     return figure, list(zip(datasets, axes[:, 0], strict=False))
 
 
-def _band(ax: Axes, x, mean, stderr, color, label: str | None, **line) -> None:
-    x, mean, stderr = np.asarray(x), np.asarray(mean, float), np.asarray(stderr, float)
+def _band(ax: Axes, bands: list, x, mean, stderr, color, label: str | None, **line) -> None:
+    """A mean line now, and its mean ± stderr band queued in ``bands`` for _add_bands."""
+    x, mean, stderr = np.asarray(x, float), np.asarray(mean, float), np.asarray(stderr, float)
     ax.plot(x, mean, color=color, label=label, **line)
-    if np.isfinite(stderr).any():
-        ax.fill_between(x, mean - stderr, mean + stderr, color=color, alpha=0.2, linewidth=0)
+    finite = np.isfinite(mean) & np.isfinite(stderr)
+    if finite.any():
+        xs, low, high = x[finite], (mean - stderr)[finite], (mean + stderr)[finite]
+        bands.append((np.column_stack([np.r_[xs, xs[::-1]], np.r_[high, low[::-1]]]), color))
+
+
+def _add_bands(ax: Axes, bands: list) -> None:
+    """All stderr bands of a panel as one PolyCollection (a fill_between per band cost 6 ms
+    each, most of figure 2's drawing time)."""
+    if bands:
+        polygons = PolyCollection(
+            [vertices for vertices, _ in bands], facecolors=[color for _, color in bands],
+            alpha=0.2, linewidths=0,
+        )  # fmt: skip
+        ax.add_collection(polygons, autolim=True)
+        ax.autoscale_view()
 
 
 def params_vs_loss(
@@ -191,7 +216,7 @@ def factor_curves(
     (dashed) over eval steps. ``curves``: curve_summary rows of one sweep."""
     datasets = _datasets(curves)
     factors = sorted(f for f in curves["factor"].unique() if f != "baseline")
-    figure, axes = _grid(len(factors), len(datasets), 4.2, 2.8, sharex=True, sharey="col")
+    figure, axes = _grid(len(factors), len(datasets), 4.2, 2.8, gap=0.55)
     styles = [(column, "-" if column == "val_loss" else "--") for column in reversed(columns)]
     for row, factor in enumerate(factors):
         factor_rows = curves[curves["factor"] == factor]
@@ -204,25 +229,42 @@ def factor_curves(
                 (level, config_label(factor, level), rows[rows["level"] == level])
                 for level in level_order(list(rows["level"].unique()))
             ]
+            bands: list = []
             for level, label, frame in series:
                 if frame.empty:
                     continue
                 for column, linestyle in styles:
-                    _band(ax, frame["step"], frame[f"{column}_mean"], frame[f"{column}_stderr"],
+                    _band(ax, bands, frame["step"], frame[f"{column}_mean"], frame[f"{column}_stderr"],
                           colors[level], label if linestyle == "-" else f"_{label} ({column})",
                           linestyle=linestyle)  # fmt: skip
+            _add_bands(ax, bands)
             ax.set_title(f"{factor} ({dataset})", fontsize=9)
             ax.set_ylabel("loss")
             ax.grid(True, alpha=0.3)
-            if col == len(datasets) - 1:
-                ax.plot([], [], color="gray", linestyle="-", label="val (solid)")
-                ax.plot([], [], color="gray", linestyle="--", label="train (dashed)")
-                ax.legend(fontsize=7, loc="upper right")
-        axes[row, 0].set_ylabel("loss")
-    for ax in axes[-1]:
-        ax.set_xlabel("step")
+            ax.plot([], [], color="gray", linestyle="-", label="val (solid)")
+            ax.plot([], [], color="gray", linestyle="--", label="train (dashed)")
+            ax.legend(fontsize=6, loc="upper right")
+    _same_limits(axes)
     figure.suptitle(f"{_sweep_name(curves)}loss curves per factor (mean ± stderr over seeds)")
     return figure
+
+
+def _same_limits(axes: np.ndarray) -> None:
+    """One x range for all panels and one y range per column, x tick labels on the bottom
+    row only. (Cheaper than sharex/sharey, whose autoscaling of every sibling on every
+    added band made figure 2 five times slower.)"""
+    x_low = min(ax.get_xlim()[0] for ax in axes.flat)
+    x_high = max(ax.get_xlim()[1] for ax in axes.flat)
+    for column in axes.T:
+        y_low = min(ax.get_ylim()[0] for ax in column)
+        y_high = max(ax.get_ylim()[1] for ax in column)
+        for ax in column:
+            ax.set_xlim(x_low, x_high)
+            ax.set_ylim(y_low, y_high)
+    for ax in axes[:-1].flat:
+        ax.tick_params(labelbottom=False)
+    for ax in axes[-1]:
+        ax.set_xlabel("step")
 
 
 def loss_bars(summary: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
@@ -265,11 +307,13 @@ def _per_layer(attention: pd.DataFrame, metrics: Sequence[str], title: str, pair
         colors = _level_colors([str(layer) for layer in layers])
         for col, metric in enumerate(metrics):
             ax = axes[row, col]
+            bands: list = []
             for layer in layers:
                 layer_rows = rows[rows["layer"] == layer]
                 label = f"layers {layer}–{layer + 1}" if pairs else f"layer {layer}"
-                _band(ax, layer_rows["step"], layer_rows[f"{metric}_mean"],
+                _band(ax, bands, layer_rows["step"], layer_rows[f"{metric}_mean"],
                       layer_rows[f"{metric}_stderr"], colors[str(layer)], label)  # fmt: skip
+            _add_bands(ax, bands)
             configs = ", ".join(sorted(rows["config"].unique()))
             ax.set_title(f"{dataset} ({configs})", fontsize=9)
             ax.set_xlabel("step")
@@ -371,9 +415,11 @@ def sweeps_compared(
         rows = curves[curves["dataset"] == dataset]
         for col, column in enumerate(columns):
             ax = axes[row, col]
+            bands: list = []
             for sweep, sweep_rows in rows.groupby("sweep", sort=True):
-                _band(ax, sweep_rows["step"], sweep_rows[f"{column}_mean"],
+                _band(ax, bands, sweep_rows["step"], sweep_rows[f"{column}_mean"],
                       sweep_rows[f"{column}_stderr"], colors[sweep], sweep)  # fmt: skip
+            _add_bands(ax, bands)
             ax.set_title(f"{dataset}: {_LABELS.get(column, column)}", fontsize=9)
             ax.set_xlabel("step")
             ax.set_ylabel(_LABELS.get(column, column))
@@ -386,17 +432,74 @@ def sweeps_compared(
 
 
 def save_figure(
-    figure: Figure, stem: str | Path, formats: Sequence[str] = ("png", "svg"), dpi: int = 100
+    figure: Figure,
+    stem: str | Path,
+    formats: Sequence[str] = ("png", "svg"),
+    dpi: int = 100,
+    views: Mapping[str, Sequence[Axes]] | None = None,
 ) -> list[Path]:
-    """Write ``figure`` as ``<stem>.<format>`` for each format; return the paths."""
-    paths = []
-    for fmt in formats:
-        path = Path(f"{stem}.{fmt}")
-        path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``figure`` as ``<stem>.<format>`` for each format; return the paths.
+
+    ``views`` (name -> axes of the figure) also writes ``<stem>_<name>.<format>``: the
+    part of the figure holding those axes, e.g. one dataset's row of panels. A PNG view is
+    cut from the same drawing and an SVG view is the same drawing with a narrower viewBox
+    (what ``savefig(bbox_inches=...)`` writes too), so views cost no second drawing.
+    """
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    views = dict(views or {})
+    paths: list[Path] = []
+    boxes: dict[str, Bbox] = {}
+    height_px = figure.get_figheight() * dpi
+    if "png" in formats or views:
+        figure.set_dpi(dpi)
+        canvas = FigureCanvasAgg(figure)
+        canvas.draw()
+        pixels = np.asarray(canvas.buffer_rgba())
+        renderer = canvas.get_renderer()
+        for name, axes in views.items():
+            box = Bbox.union([ax.get_tightbbox(renderer) for ax in axes]).padded(4)
+            boxes[name] = Bbox.intersection(box, figure.bbox) or figure.bbox
+        if "png" in formats:
+            Image.fromarray(pixels).save(stem.with_suffix(".png"))
+            paths.append(stem.with_suffix(".png"))
+            for name, box in boxes.items():
+                top, bottom = int(height_px - box.y1), int(np.ceil(height_px - box.y0))
+                crop = pixels[max(top, 0) : bottom, int(box.x0) : int(np.ceil(box.x1))]
+                path = stem.with_name(f"{stem.name}_{name}.png")
+                Image.fromarray(np.ascontiguousarray(crop)).save(path)
+                paths.append(path)
+    for fmt in (fmt for fmt in formats if fmt != "png"):
+        path = stem.with_suffix(f".{fmt}")
         with rc_context({"svg.fonttype": "none"}):  # text as text: smaller, 2x faster SVG
-            figure.savefig(path, format=fmt, dpi=dpi)
-        paths.append(path)
+            if fmt == "svg":
+                buffer = io.StringIO()
+                figure.savefig(buffer, format="svg", dpi=dpi)
+                svg = buffer.getvalue()
+                path.write_text(svg)
+            else:
+                figure.savefig(path, format=fmt, dpi=dpi)
+            paths.append(path)
+            for name, box in boxes.items():
+                view = stem.with_name(f"{stem.name}_{name}.{fmt}")
+                if fmt == "svg":
+                    view.write_text(_svg_view(svg, _inches(box, dpi), figure.get_figheight()))
+                else:
+                    figure.savefig(view, format=fmt, dpi=dpi, bbox_inches=_inches(box, dpi))
+                paths.append(view)
     return paths
+
+
+def _inches(box: Bbox, dpi: float) -> Bbox:
+    return Bbox.from_extents(box.x0 / dpi, box.y0 / dpi, box.x1 / dpi, box.y1 / dpi)
+
+
+def _svg_view(svg: str, box: Bbox, figure_height: float) -> str:
+    """The SVG with its page narrowed to ``box`` (inches, origin bottom left)."""
+    x, y = box.x0 * 72, (figure_height - box.y1) * 72  # SVG: points, origin top left
+    width, height = box.width * 72, box.height * 72
+    root = f'width="{width:.2f}pt" height="{height:.2f}pt" viewBox="{x:.2f} {y:.2f} {width:.2f} {height:.2f}"'
+    return re.sub(r'width="[^"]*" height="[^"]*" viewBox="[^"]*"', root, svg, count=1)
 
 
 def capture_attention(

@@ -63,9 +63,7 @@ def analyze(
     report. Attention is summarised for each sweep's baseline config (figures 4 and 5)."""
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    store = load_store(
-        root, sweeps=sweeps, datasets=datasets, strict=strict, attention="baselines"
-    )
+    store = load_store(root, sweeps=sweeps, datasets=datasets, strict=strict, attention="baselines")
     timings["load"] = time.perf_counter() - start
     start = time.perf_counter()
     trials = store.trials
@@ -104,6 +102,8 @@ class _FigureJob:
     caption: str
     draw: Callable[[], Any]
     cost: int = 1  # rough number of panels, to schedule big figures first
+    # Per-dataset versions cut from the drawing: (stem suffix, caption, "row"|"col", index).
+    views: list[tuple[str, str, str, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -320,15 +320,21 @@ def _figure_jobs(analysis: Analysis, heatmaps: list[_Heatmaps]) -> list[_FigureJ
     sweep_colors = plots.color_mapping(analysis.summary["sweep"], reserved={})
 
     def versions(
-        frame: pd.DataFrame, stem: str, caption: str, draw: Callable, panels: int = 1
+        frame: pd.DataFrame,
+        stem: str,
+        caption: str,
+        draw: Callable,
+        panels: int = 1,
+        axis: str = "row",
     ) -> None:
+        """The figure of all datasets (one row, or column, of panels each) and, with several
+        datasets, each dataset's panels as its own version."""
         datasets = sorted(frame["dataset"].unique())
-        jobs.append(_FigureJob(stem, caption, lambda f=frame: draw(f), panels * len(datasets)))
+        views = []
         if len(datasets) > 1:
-            for dataset in datasets:
-                part = frame[frame["dataset"] == dataset]
-                jobs.append(_FigureJob(f"{stem}_{slug(dataset)}", f"{caption} ({dataset})",
-                                       lambda f=part: draw(f), panels))  # fmt: skip
+            views = [(slug(d), f"{caption} ({d})", axis, i) for i, d in enumerate(datasets)]
+        jobs.append(_FigureJob(stem, caption, lambda f=frame: draw(f), panels * len(datasets),
+                               views))  # fmt: skip
 
     for sweep, rows in summary.groupby("sweep", sort=True):
         s = slug(sweep)
@@ -338,7 +344,7 @@ def _figure_jobs(analysis: Analysis, heatmaps: list[_Heatmaps]) -> list[_FigureJ
                  lambda f: plots.params_vs_loss(f, colors=factor_colors))  # fmt: skip
         if len(curves) and curves["factor"].ne("baseline").any():
             versions(curves, f"{s}/2_factor_curves", f"{sweep}: loss curves per factor",
-                     plots.factor_curves, curves["factor"].nunique())  # fmt: skip
+                     plots.factor_curves, curves["factor"].nunique(), axis="col")  # fmt: skip
         versions(rows, f"{s}/3_loss_bars", f"{sweep}: final train and val loss per config",
                  plots.loss_bars)  # fmt: skip
         if len(attention):
@@ -367,8 +373,20 @@ _PENDING: list[_FigureJob] = []  # the jobs forked workers render (inherited, no
 
 
 def _render_one(index: int, directory: Path, formats: Sequence[str]) -> list[Path]:
-    job = _PENDING[index]
-    return plots.save_figure(job.draw(), directory / job.stem, formats)
+    return _draw_and_save(_PENDING[index], directory, formats)
+
+
+def _draw_and_save(job: _FigureJob, directory: Path, formats: Sequence[str]) -> list[Path]:
+    figure = job.draw()
+    views = {}
+    for suffix, _, axis, index in job.views:
+        span = "rowspan" if axis == "row" else "colspan"
+        views[suffix] = [
+            ax for ax in figure.axes
+            if ax.get_subplotspec() is not None
+            and getattr(ax.get_subplotspec(), span).start == index
+        ]  # fmt: skip
+    return plots.save_figure(figure, directory / job.stem, formats, views=views)
 
 
 def _render(
@@ -379,7 +397,11 @@ def _render(
     global _PENDING
     workers = min(workers, len(jobs))
     if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        return [path for job in jobs for path in plots.save_figure(job.draw(), directory / job.stem, formats)]
+        return [
+            path
+            for job in jobs
+            for path in plots.save_figure(job.draw(), directory / job.stem, formats)
+        ]
     _PENDING = jobs
     try:
         context = multiprocessing.get_context("fork")
@@ -468,12 +490,12 @@ def _sections(
         figure_index.setdefault(job.stem.split("/")[0], []).append(job)
     image = "png" if "png" in formats else formats[0]
 
-    def figure_entry(job: _FigureJob) -> tuple[str, str, list[str]]:
-        return (
-            job.caption,
-            f"figures/{job.stem}.{image}",
-            [f"figures/{job.stem}.{fmt}" for fmt in formats],
-        )
+    def entry(stem: str, caption: str) -> tuple[str, str, list[str]]:
+        return (caption, f"figures/{stem}.{image}", [f"figures/{stem}.{f}" for f in formats])
+
+    def figure_entry(job: _FigureJob) -> list[tuple[str, str, list[str]]]:
+        views = [entry(f"{job.stem}_{suffix}", caption) for suffix, caption, _, _ in job.views]
+        return [entry(job.stem, job.caption), *views]
 
     summary = analysis.summary
     for sweep, rows in summary[summary["kind"].ne("search")].groupby("sweep", sort=True):
@@ -493,12 +515,16 @@ def _sections(
                     _ranking_table(dataset_ranking),
                 )  # fmt: skip
             )
-        section.figures += [figure_entry(job) for job in figure_index.get(slug(sweep), [])]
+        section.figures += [
+            e for job in figure_index.get(slug(sweep), []) for e in figure_entry(job)
+        ]
         sections.append(section)
 
     if "7_sweeps_compared" in figure_index:
         compared = _Section("Sweeps compared")
-        compared.figures += [figure_entry(job) for job in figure_index["7_sweeps_compared"]]
+        compared.figures += [
+            e for job in figure_index["7_sweeps_compared"] for e in figure_entry(job)
+        ]
         sections.append(compared)
 
     if len(analysis.leaderboard):
@@ -513,7 +539,7 @@ def _sections(
 
     heat = _Section("Attention heatmaps")
     if heatmaps:
-        heat.figures += [figure_entry(job) for job in figure_index.get("6_heatmaps", [])]
+        heat.figures += [e for job in figure_index.get("6_heatmaps", []) for e in figure_entry(job)]
     else:
         heat.paragraphs.append("No heatmaps: see 'What is missing' in the overview.")
     sections.append(heat)

@@ -4,7 +4,7 @@
     python benchmarks/analysis_speed.py --store DIR     # reuse (or build once into) DIR
 
 The store: 2 sweeps (a baseline sweep and one with a code change) x 2 datasets x 50 configs
-(baseline + 7 factors x 7 levels) x 25 seeds = 10,000 trials, 60 eval steps each (600,000 curve rows), probes at every eval step on 4 layers
+(baseline + 7 factors x 7 levels) x 50 seeds = 10,000 trials, 60 eval steps each (600,000 curve rows), probes at every eval step on 4 layers
 x 4 heads (9.6 million attention rows: the worst case, probe_interval = eval_interval), one
 sample per trial, 1% diverged trials. The store is compacted first (one Parquet part per
 table, what a sweep does at its end; sweeps.schema.compact_store), and that is timed apart.
@@ -30,7 +30,7 @@ TARGET_S = 15.0
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, help="store directory to reuse or build into")
-    parser.add_argument("--seeds", type=int, default=25, help="seeds per config (default 25)")
+    parser.add_argument("--seeds", type=int, default=50, help="seeds per config (default 50)")
     parser.add_argument("--jobs", type=int, default=None, help="figure processes (default: CPUs)")
     parser.add_argument("--formats", default="png,svg", help="figure formats (default png,svg)")
     parser.add_argument("--per-trial-read", action="store_true",

@@ -19,6 +19,7 @@ own dropout is used.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -86,7 +87,7 @@ def _query_blocks(T: int) -> list[tuple[int, int]]:
     rows = min(64, max(32, T // 4))
     n_blocks = max(1, round(T / rows))
     edges = [round(T * i / n_blocks) for i in range(n_blocks + 1)]
-    return list(zip(edges[:-1], edges[1:], strict=True))
+    return list(itertools.pairwise(edges))
 
 
 class _AttentionWithDropout(torch.autograd.Function):
@@ -105,7 +106,7 @@ class _AttentionWithDropout(torch.autograd.Function):
         B, nh, T, hs = q.shape
         scale = 1.0 / math.sqrt(hs)
         q_scaled = torch.empty(B * nh, T, hs, dtype=q.dtype, device=q.device)  # (B*nh, T, hs)
-        torch.mul(q.reshape(B * nh, T, hs), scale, out=q_scaled)
+        torch.mul(q, scale, out=q_scaled.view(B, nh, T, hs))  # one pass: gather and scale
         k = k.reshape(B * nh, T, hs)  # (B*nh, T, hs), copies the strided view
         v = v.reshape(B * nh, T, hs)  # (B*nh, T, hs)
         blocks = _query_blocks(T)
@@ -141,12 +142,13 @@ class _AttentionWithDropout(torch.autograd.Function):
         grad_v = torch.zeros_like(v)  # (B*nh, T, hs)
         for (lo, hi), att, dropped in zip(ctx.blocks, probs, kept, strict=True):
             grad_block = grad_y[:, lo:hi]  # (B*nh, t, hs)
-            grad_v[:, :hi].baddbmm_(dropped.transpose(1, 2), grad_block)  # (B*nh, hi, hs)
+            # bmm into fresh memory: baddbmm_ into a strided slice loops over the batch
+            grad_v[:, :hi] += torch.bmm(dropped.transpose(1, 2), grad_block)  # (B*nh, hi, hs)
             grad_att = torch.bmm(grad_block, v[:, :hi].transpose(1, 2))  # (B*nh, t, hi)
             # softmax backward: dS = P * (keep * dA / keep_p - rowsum) = dropped * dA' - P * rowsum
             grad_scores = grad_att.mul_(dropped).addcmul_(att, row_dot[:, lo:hi], value=-1.0)
             grad_q[:, lo:hi] = torch.bmm(grad_scores, k[:, :hi])  # (B*nh, t, hs)
-            grad_k[:, :hi].baddbmm_(grad_scores.transpose(1, 2), q_scaled[:, lo:hi])  # (B*nh, hi, hs)
+            grad_k[:, :hi] += torch.bmm(grad_scores.transpose(1, 2), q_scaled[:, lo:hi])
         grad_q.mul_(ctx.scale)  # q_scaled already carries the scale into grad_k
         shape = (B, nh, T, hs)
         return grad_q.view(shape), grad_k.view(shape), grad_v.view(shape), None
@@ -158,7 +160,8 @@ def attention_with_dropout(
     """Causal attention with training-mode dropout ``p`` on the softmax weights (CPU fast path).
 
     Same semantics as ``scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)``
-    (masks from ``dropout_mask``, one per block of query rows). q, k, v: (B, nh, T, hs); returns (B, nh, T, hs).
+    (masks from ``dropout_mask``, one per block of query rows).
+    q, k, v: (B, nh, T, hs); returns (B, nh, T, hs).
     """
     return _AttentionWithDropout.apply(q, k, v, p)
 
@@ -191,7 +194,9 @@ class Capture:
 class _LayerCache:
     """Keys and values of one layer for KV-cache generation: (B, nh, block_size, hs) buffers."""
 
-    def __init__(self, batch: int, n_head: int, block_size: int, head_size: int, like: torch.Tensor):
+    def __init__(
+        self, batch: int, n_head: int, block_size: int, head_size: int, like: torch.Tensor
+    ):
         shape = (batch, n_head, block_size, head_size)
         self.keys = torch.empty(shape, dtype=like.dtype, device=like.device)
         self.values = torch.empty(shape, dtype=like.dtype, device=like.device)
@@ -235,11 +240,12 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self._heads(x)  # (B, nh, T, hs)
         T = q.size(2)
         if cache is not None:
+            # a prefill (empty cache) is causal within itself; after it, one token per step
+            # attends to everything cached, so no mask is needed
             first = cache.length == 0
-            k, v = cache.append(k, v)  # (B, nh, L, hs)
-            # a prefill is causal within itself; a single new token attends to everything cached
             if not first and T != 1:
                 raise ConfigError(f"KV-cache step got {T} tokens: feed one token per step.")
+            k, v = cache.append(k, v)  # (B, nh, L, hs)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=first)  # (B, nh, T, hs)
             return self._merge(y)
         p = self.dropout if self.training else 0.0

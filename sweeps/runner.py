@@ -109,12 +109,22 @@ def _check_reachable(address: str, path: str | Path) -> None:
 
 
 def _auth_for_existing_cluster() -> None:
-    """Ray 2.59+: a head started by `ray start --head` wants its token; use it when we have it."""
+    """Ray 2.59+: a head started by `ray start --head` wants its token; use it when we have it.
+
+    An explicit RAY_AUTH_MODE wins. Token mode also works against a head without auth
+    (measured), so sending the token we have is safe either way.
+    """
     token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
     if "RAY_AUTH_MODE" not in os.environ and (
         os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file()
     ):
         os.environ["RAY_AUTH_MODE"] = "token"
+        # Ray caches its config (auth mode included) at import: without a reload the
+        # variable is ignored and ray.init fails after ~20 s with InvalidAuthToken. This is
+        # what Ray's own _enable_token_auth does (private API, pinned by test_reliability).
+        from ray._raylet import Config
+
+        Config.initialize("")
 
 
 def connect(

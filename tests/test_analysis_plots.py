@@ -69,17 +69,23 @@ def test_params_vs_loss_facets_per_dataset_and_ax(tables):
 def test_factor_curves(tables):
     curves = _one(tables["curves"], dataset="shakespeare_char")
     figure = plots.factor_curves(curves)
-    assert len(figure.axes) == 4  # 2 factors x (train, val)
-    ax = figure.axes[1]  # n_embed, val
-    assert "n_embed" in ax.get_title() and ax.get_ylabel() == "val loss"
-    assert ax.get_xlabel() == "step"
-    labels = [line.get_label() for line in ax.get_lines()]
-    assert labels == ["baseline", "n_embed=2", "n_embed=4"]
-    assert len(ax.collections) == 3  # one stderr band per line
+    assert len(figure.axes) == 2  # one panel per factor
+    ax = figure.axes[0]
+    assert ax.get_title() == "n_embed (shakespeare_char)" and ax.get_ylabel() == "loss"
+    assert figure.axes[-1].get_xlabel() == "step"
+    lines = ax.get_lines()
+    # val (solid, labelled) then train (dashed) per series: baseline and each level
+    assert [line.get_label() for line in lines if line.get_linestyle() == "-"][:3] == [
+        "baseline", "n_embed=2", "n_embed=4",
+    ]  # fmt: skip
+    assert sum(line.get_linestyle() == "--" for line in lines) == 3 + 1  # + legend proxy
+    (bands,) = ax.collections
+    assert len(bands.get_paths()) == 6  # a stderr band per line
     baseline = curves[curves["factor"] == "baseline"]
-    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), baseline["val_loss_mean"])
-    assert _legend(ax) == labels
-    assert len(plots.factor_curves(_one(tables["curves"])).axes) == 8  # both datasets
+    np.testing.assert_allclose(lines[0].get_ydata(), baseline["val_loss_mean"])
+    np.testing.assert_allclose(lines[1].get_ydata(), baseline["train_loss_mean"])
+    assert _legend(ax) == ["baseline", "n_embed=2", "n_embed=4", "val (solid)", "train (dashed)"]
+    assert len(plots.factor_curves(_one(tables["curves"])).axes) == 4  # x 2 datasets
 
 
 def test_loss_bars(tables):

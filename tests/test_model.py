@@ -4,6 +4,7 @@ parameter count, initial loss, and the CPU dropout (expectation, drop rate, back
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import pytest
@@ -139,7 +140,11 @@ def test_generation_with_cache_equals_without(cfg, top_k):
         gen = torch.Generator().manual_seed(7)
         outputs.append(
             model.generate(
-                prompt, new_tokens, temperature=0.9, top_k=top_k, use_cache=use_cache,
+                prompt,
+                new_tokens,
+                temperature=0.9,
+                top_k=top_k,
+                use_cache=use_cache,
                 generator=gen,
             )
         )
@@ -174,10 +179,14 @@ def test_num_params_matches_hand_count(cfg, bias):
     C, L, V, T = cfg.n_embed, cfg.n_layer, VOCAB, cfg.block_size
     per_layer = (
         2 * C * (1 + bias)  # two LayerNorms: weight (+ bias)
-        + C * 3 * C + 3 * C * bias  # fused qkv
-        + C * C + C * bias  # attention output projection
-        + C * 4 * C + 4 * C * bias  # MLP up
-        + 4 * C * C + C * bias  # MLP down
+        + C * 3 * C
+        + 3 * C * bias  # fused qkv
+        + C * C
+        + C * bias  # attention output projection
+        + C * 4 * C
+        + 4 * C * bias  # MLP up
+        + 4 * C * C
+        + C * bias  # MLP down
     )
     total = V * C + T * C + L * per_layer + C * (1 + bias)  # wte (tied head), wpe, ln_f
     model = _model(cfg)
@@ -304,7 +313,7 @@ def test_query_blocks_cover_the_sequence():
     for T in (1, 7, 31, 64, 100, 128, 256, 1000):
         blocks = _query_blocks(T)
         assert blocks[0][0] == 0 and blocks[-1][1] == T
-        assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(blocks, blocks[1:], strict=False))
+        assert all(a[1] == b[0] and a[0] < a[1] for a, b in itertools.pairwise(blocks))
     assert len(_query_blocks(128)) == 4 and len(_query_blocks(256)) == 4
 
 

@@ -1,0 +1,277 @@
+"""Training and generation throughput of charlm's GPT on this machine.
+
+For two model shapes, the small default (4 layers, 4 heads, 64 wide, block 128, batch 32,
+dropout 0.1) and nanoGPT's shakespeare-char (6 layers, 6 heads, 384 wide, block 256, batch 64,
+dropout 0.2), it times full training steps (forward, backward, AdamW step) on random tokens with:
+
+- torch:  torch's own dropout (``nn.functional.dropout`` and SDPA's dropout_p): the nanoGPT baseline
+- fast:   charlm's CPU dropout (cheap 16-bit masks, causal-blocked attention with dropout)
+- p=0:    dropout off, SDPA's fused kernel (an upper bound; different training semantics)
+
+and reports tokens/s (median step; best step in brackets) and model-FLOPs utilisation:
+flops_per_token x tokens/s / the float32 matmul peak measured in the same run. Then it times
+generation at the 384-wide shape with and without the KV cache.
+
+The numbers move with the machine's load (the load average is printed): on a shared box run it
+a few times and read ranges. Example:
+
+    python benchmarks/throughput.py --threads 2
+    python benchmarks/throughput.py --configs small --steps 40
+
+Extra lines (e.g. the share of a step spent in probes) can be added by calling ``main`` with
+``extra=[fn]``, where ``fn(args, peak_flops)`` returns lines to print after the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from charlm.config import ModelConfig
+from charlm.model import GPT
+
+VOCAB_SIZE = 65  # shakespeare_char
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One model shape and batch to time."""
+
+    name: str
+    model: ModelConfig
+    batch_size: int
+
+
+WORKLOADS = {
+    "small": Workload(
+        "small",
+        ModelConfig(
+            n_layer=4,
+            n_head=4,
+            n_embed=64,
+            block_size=128,
+            dropout=0.1,
+            bias=False,
+            vocab_size=VOCAB_SIZE,
+        ),
+        batch_size=32,
+    ),
+    "shakespeare": Workload(
+        "shakespeare",
+        ModelConfig(
+            n_layer=6,
+            n_head=6,
+            n_embed=384,
+            block_size=256,
+            dropout=0.2,
+            bias=False,
+            vocab_size=VOCAB_SIZE,
+        ),
+        batch_size=64,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class TrainingRow:
+    """Throughput of one (workload, dropout implementation)."""
+
+    workload: str
+    implementation: str  # "torch", "fast" or "p=0"
+    dropout: float
+    tokens_per_s: float  # median step
+    best_tokens_per_s: float
+    mfu: float  # fraction of the measured matmul peak, from the median step
+
+
+# An extra measurement: (parsed args, matmul peak FLOP/s) -> lines printed after the table.
+ExtraMeasurement = Callable[[argparse.Namespace, float], list[str]]
+
+
+def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
+    """Float32 FLOP/s of a (size x size) @ (size x size) torch.mm, best of ``repeats``."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def step_times(
+    model_cfg: ModelConfig, batch_size: int, steps: int, warmup: int, fast_dropout: bool
+) -> list[float]:
+    """Seconds per training step (forward, backward, AdamW) on random tokens, after warm-up."""
+    torch.manual_seed(0)
+    model = GPT(model_cfg, fast_dropout=fast_dropout).train()
+    optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.99), "cpu")
+    shape = (batch_size, model_cfg.block_size)
+    idx = torch.randint(0, VOCAB_SIZE, shape)
+    targets = torch.randint(0, VOCAB_SIZE, shape)
+    times = []
+    for step in range(warmup + steps):
+        start = time.perf_counter()
+        _, loss = model(idx, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def training_rows(
+    workload: Workload, steps: int, warmup: int, peak_flops: float, reference: bool = True
+) -> list[TrainingRow]:
+    """Time the workload with torch's dropout (if ``reference``), charlm's, and dropout 0."""
+    variants = [("fast", workload.model, True)]
+    if reference:
+        variants.insert(0, ("torch", workload.model, False))
+    variants.append(("p=0", dataclasses.replace(workload.model, dropout=0.0), True))
+    tokens_per_step = workload.batch_size * workload.model.block_size
+    flops_per_token = GPT(workload.model).flops_per_token()
+    rows = []
+    for implementation, model_cfg, fast in variants:
+        times = step_times(model_cfg, workload.batch_size, steps, warmup, fast)
+        tokens_per_s = tokens_per_step / statistics.median(times)
+        rows.append(
+            TrainingRow(
+                workload=workload.name,
+                implementation=implementation,
+                dropout=model_cfg.dropout,
+                tokens_per_s=tokens_per_s,
+                best_tokens_per_s=tokens_per_step / min(times),
+                mfu=flops_per_token * tokens_per_s / peak_flops,
+            )
+        )
+    return rows
+
+
+def generation_tokens_per_s(
+    model_cfg: ModelConfig, new_tokens: int, use_cache: bool, seed: int = 0
+) -> tuple[float, torch.Tensor]:
+    """Tokens/s generating ``new_tokens`` after a one-token prompt (batch 1); and the tokens."""
+    torch.manual_seed(seed)
+    model = GPT(model_cfg).eval()
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    model.generate(prompt, 4, use_cache=use_cache)  # warm-up
+    start = time.perf_counter()
+    out = model.generate(
+        prompt,
+        new_tokens,
+        top_k=40,
+        use_cache=use_cache,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return new_tokens / (time.perf_counter() - start), out
+
+
+def format_training_table(rows: Sequence[TrainingRow]) -> str:
+    """The training rows as a text table with ratios to torch's dropout and to dropout 0."""
+    lines = [
+        f"{'workload':<12} {'impl':<6} {'dropout':>7} {'tokens/s (best)':>20} {'MFU':>6} "
+        f"{'vs torch':>9} {'vs p=0':>7}"
+    ]
+    by_key = {(r.workload, r.implementation): r for r in rows}
+    for row in rows:
+        torch_row = by_key.get((row.workload, "torch"))
+        zero_row = by_key.get((row.workload, "p=0"))
+        vs_torch = f"{row.tokens_per_s / torch_row.tokens_per_s:.2f}x" if torch_row else "-"
+        vs_zero = f"{row.tokens_per_s / zero_row.tokens_per_s:.2f}x" if zero_row else "-"
+        throughput = f"{row.tokens_per_s:,.0f} ({row.best_tokens_per_s:,.0f})"
+        lines.append(
+            f"{row.workload:<12} {row.implementation:<6} {row.dropout:>7.2f} {throughput:>20} "
+            f"{row.mfu:>6.1%} {vs_torch:>9} {vs_zero:>7}"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Training tokens/s, MFU and KV-cache generation speed of charlm's GPT.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads"
+    )
+    parser.add_argument(
+        "--configs",
+        default="small,shakespeare",
+        help=f"comma-separated workloads among {', '.join(WORKLOADS)}",
+    )
+    parser.add_argument("--steps", type=int, default=20, help="timed steps, small workload")
+    parser.add_argument(
+        "--big-steps", type=int, default=3, help="timed steps, shakespeare workload"
+    )
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
+    parser.add_argument(
+        "--no-reference", action="store_true", help="skip the torch-dropout baseline rows"
+    )
+    parser.add_argument(
+        "--gen-tokens",
+        type=int,
+        default=200,
+        help="tokens to generate at the 384-wide shape (0 skips)",
+    )
+    parser.add_argument(
+        "--peak-size",
+        type=int,
+        default=2048,
+        help="matrix size of the matmul that measures the FLOP/s peak",
+    )
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, extra: Sequence[ExtraMeasurement] = ()) -> None:
+    """Measure and print everything ``args`` asks for, then each extra measurement's lines."""
+    torch.set_num_threads(args.threads)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+    peak = matmul_peak_flops(args.peak_size)
+    print(f"float32 matmul peak ({args.peak_size}^2 torch.mm): {peak / 1e9:.1f} GFLOP/s\n")
+
+    rows: list[TrainingRow] = []
+    for name in [n.strip() for n in args.configs.split(",") if n.strip()]:
+        if name not in WORKLOADS:
+            raise SystemExit(f"--configs: unknown workload {name!r}; use {', '.join(WORKLOADS)}")
+        steps = args.big_steps if name == "shakespeare" else args.steps
+        warmup = min(args.warmup, 1) if name == "shakespeare" else args.warmup
+        rows += training_rows(WORKLOADS[name], steps, warmup, peak, not args.no_reference)
+    if rows:
+        print("training (forward + backward + AdamW, random tokens), tokens/s of the median step")
+        print(format_training_table(rows))
+
+    if args.gen_tokens > 0:
+        model_cfg = WORKLOADS["shakespeare"].model
+        cached, cached_out = generation_tokens_per_s(model_cfg, args.gen_tokens, True)
+        uncached, uncached_out = generation_tokens_per_s(model_cfg, args.gen_tokens, False)
+        same = "same tokens" if torch.equal(cached_out, uncached_out) else "TOKENS DIFFER"
+        print(
+            f"\ngeneration, {model_cfg.n_embed}-wide, batch 1, {args.gen_tokens} tokens: "
+            f"no cache {uncached:,.0f} tokens/s, KV cache {cached:,.0f} tokens/s, "
+            f"speedup {cached / uncached:.1f}x ({same})"
+        )
+
+    for measurement in extra:
+        for line in measurement(args, peak):
+            print(line)
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
+
+
+def main(argv: Sequence[str] | None = None, extra: Sequence[ExtraMeasurement] = ()) -> None:
+    run(parse_args(argv), extra)
+
+
+if __name__ == "__main__":
+    main()
