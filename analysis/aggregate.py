@@ -44,9 +44,14 @@ __all__ = [
 
 CONFIG_KEYS = ["sweep", "dataset", "factor", "level"]
 METRICS = (
-    "best_val_loss", "final_train_loss", "final_val_loss", "train_time_s",
-    "train_tokens_per_s", "inference_tokens_per_s", "n_params",
-)  # fmt: skip
+    "best_val_loss",
+    "final_train_loss",
+    "final_val_loss",
+    "train_time_s",
+    "train_tokens_per_s",
+    "inference_tokens_per_s",
+    "n_params",
+)
 ATTENTION_METRICS = ("entropy", "effective_span", "attention_js_next", "hidden_cosine_next")
 
 
@@ -132,7 +137,9 @@ def config_summary(trials: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd
         summary[f"{metric}_n"] = summary[f"{metric}_n"].fillna(0).astype(int)
     summary["seeds"] = summary["seeds"].apply(lambda s: s if isinstance(s, list) else [])
     summary.insert(
-        4, "config", [config_label(f, lv) for f, lv in zip(summary.factor, summary.level)]
+        4,
+        "config",
+        [config_label(f, lv) for f, lv in zip(summary.factor, summary.level, strict=True)],
     )
     return _sort_configs(summary)
 
@@ -195,10 +202,29 @@ def compare_to_baseline(
             row.update(_compare(values, base, confidence))
             rows.append(row)
     columns = [
-        "sweep", "dataset", "factor", "level", "config", "metric", "test", "n", "n_baseline",
-        "n_pairs", "mean", "baseline_mean", "delta", "ci_low", "ci_high", "statistic", "df",
-        "p_value", "p_holm", "significant", "effect_size", "effect_size_kind",
-    ]  # fmt: skip
+        "sweep",
+        "dataset",
+        "factor",
+        "level",
+        "config",
+        "metric",
+        "test",
+        "n",
+        "n_baseline",
+        "n_pairs",
+        "mean",
+        "baseline_mean",
+        "delta",
+        "ci_low",
+        "ci_high",
+        "statistic",
+        "df",
+        "p_value",
+        "p_holm",
+        "significant",
+        "effect_size",
+        "effect_size_kind",
+    ]
     effects = pd.DataFrame(rows, columns=columns)
     if effects.empty:
         return effects
@@ -213,9 +239,12 @@ def _compare(values: pd.Series, base: pd.Series, confidence: float) -> dict[str,
     """One level vs the baseline; values and base are indexed by seed."""
     shared = values.index.intersection(base.index)
     out: dict[str, Any] = {
-        "n": len(values), "n_baseline": len(base), "n_pairs": len(shared),
-        "mean": values.mean(), "baseline_mean": base.mean(),
-    }  # fmt: skip
+        "n": len(values),
+        "n_baseline": len(base),
+        "n_pairs": len(shared),
+        "mean": values.mean(),
+        "baseline_mean": base.mean(),
+    }
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
         if len(shared) >= 2:
@@ -282,26 +311,48 @@ def rank_factors(
             best_level = min(deltas, key=deltas.get)
             samples = (base, *levels.values())
             row = {
-                "sweep": sweep, "dataset": dataset, "factor": factor, "metric": metric,
-                "effect": _max_shift(*samples, axis=-1), "best_level": best_level,
-                "best_delta": deltas[best_level], "n_levels": len(levels),
-                "effect_stderr": math.nan, "effect_ci_low": math.nan, "effect_ci_high": math.nan,
-            }  # fmt: skip
+                "sweep": sweep,
+                "dataset": dataset,
+                "factor": factor,
+                "metric": metric,
+                "effect": _max_shift(*samples, axis=-1),
+                "best_level": best_level,
+                "best_delta": deltas[best_level],
+                "n_levels": len(levels),
+                "effect_stderr": math.nan,
+                "effect_ci_low": math.nan,
+                "effect_ci_high": math.nan,
+            }
             if min(len(s) for s in samples) >= 2 and n_resamples > 0:
                 with warnings.catch_warnings(), np.errstate(all="ignore"):
                     warnings.simplefilter("ignore")
                     boot = stats.bootstrap(
-                        samples, _max_shift, n_resamples=n_resamples, vectorized=True,
-                        confidence_level=confidence, method="percentile", rng=rng,
-                    )  # fmt: skip
+                        samples,
+                        _max_shift,
+                        n_resamples=n_resamples,
+                        vectorized=True,
+                        confidence_level=confidence,
+                        method="percentile",
+                        rng=rng,
+                    )
                 row["effect_stderr"] = float(boot.standard_error)
                 row["effect_ci_low"] = float(boot.confidence_interval.low)
                 row["effect_ci_high"] = float(boot.confidence_interval.high)
             rows.append(row)
     columns = [
-        "sweep", "dataset", "rank", "factor", "metric", "effect", "effect_stderr",
-        "effect_ci_low", "effect_ci_high", "best_level", "best_delta", "n_levels",
-    ]  # fmt: skip
+        "sweep",
+        "dataset",
+        "rank",
+        "factor",
+        "metric",
+        "effect",
+        "effect_stderr",
+        "effect_ci_low",
+        "effect_ci_high",
+        "best_level",
+        "best_delta",
+        "n_levels",
+    ]
     ranking = pd.DataFrame(rows, columns=[c for c in columns if c != "rank"])
     ranking = ranking.sort_values(["sweep", "dataset", "effect"], ascending=[True, True, False])
     ranking.insert(2, "rank", ranking.groupby(["sweep", "dataset"]).cumcount() + 1)
@@ -351,7 +402,9 @@ def _finish(aggregated: pd.DataFrame, keys: pd.DataFrame, by: list[str]) -> pd.D
     ]
     aggregated = aggregated.reset_index()
     out = keys.merge(aggregated, on="config_index").drop(columns="config_index")
-    out.insert(4, "config", [config_label(f, lv) for f, lv in zip(out.factor, out.level)])
+    out.insert(
+        4, "config", [config_label(f, lv) for f, lv in zip(out.factor, out.level, strict=True)]
+    )
     return out.sort_values([*CONFIG_KEYS, *by[1:]], kind="stable").reset_index(drop=True)
 
 
@@ -411,11 +464,22 @@ def failed_trials(trials: pd.DataFrame) -> pd.DataFrame:
     step = errors.str.extract(r"non-finite loss at step (\d+)", expand=False)
     failed["diverged"] = step.notna()
     failed["diverged_at_step"] = pd.to_numeric(step).astype("Int64")
-    failed["config"] = [config_label(f, lv) for f, lv in zip(failed.factor, failed.level)]
+    failed["config"] = [
+        config_label(f, lv) for f, lv in zip(failed.factor, failed.level, strict=True)
+    ]
     columns = [
-        "trial_id", "sweep", "dataset", "factor", "level", "config", "seed", "error",
-        "diverged", "diverged_at_step", "last_step",
-    ]  # fmt: skip
+        "trial_id",
+        "sweep",
+        "dataset",
+        "factor",
+        "level",
+        "config",
+        "seed",
+        "error",
+        "diverged",
+        "diverged_at_step",
+        "last_step",
+    ]
     return _sort_configs(failed[columns])
 
 
@@ -457,10 +521,12 @@ def final_info(trials: pd.DataFrame, metrics: Sequence[str] = METRICS) -> dict[t
     ):
         entry: dict[str, dict] = {"means": {}, "stderrs": {}, "final_info_dict": {}}
         for metric in metrics:
-            values = rows[metric]
-            finite = values.dropna()
-            entry["means"][f"{metric}_mean"] = _json_number(float(finite.mean()))
-            entry["stderrs"][f"{metric}_stderr"] = _json_number(float(finite.sem()))
+            values = rows[metric].to_numpy(float)
+            finite = values[np.isfinite(values)]
+            mean = float(finite.mean()) if len(finite) else math.nan
+            stderr = float(stats.sem(finite)) if len(finite) > 1 else math.nan
+            entry["means"][f"{metric}_mean"] = _json_number(mean)
+            entry["stderrs"][f"{metric}_stderr"] = _json_number(stderr)
             entry["final_info_dict"][metric] = [_json_number(v) for v in values.tolist()]
         entry["final_info_dict"]["seed"] = [int(s) for s in rows["seed"]]
         result.setdefault((sweep, factor, level), {})[dataset] = entry
@@ -566,10 +632,21 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 _LATEX_ESCAPES = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "±": r"$\pm$", "Δ": r"$\Delta$", "–": "--", "<": r"$<$",
-}  # fmt: skip
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "Δ": r"$\Delta$",
+    "–": "--",
+    "<": r"$<$",
+}
 
 
 def _latex(value: Any) -> str:

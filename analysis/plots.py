@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib import rc_context
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -43,10 +43,27 @@ __all__ = [
 ]
 
 _PALETTE = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-    "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
-    "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
-)  # fmt: skip
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+    "#c49c94",
+    "#f7b6d2",
+    "#c7c7c7",
+    "#dbdb8d",
+    "#9edae5",
+)
 _LABELS = {
     "train_loss": "train loss",
     "val_loss": "val loss",
@@ -74,7 +91,7 @@ def _level_colors(levels: Sequence[str]) -> dict[str, tuple]:
     ordered = level_order(levels)
     cmap = colormaps["viridis"]
     positions = np.linspace(0.0, 0.85, max(len(ordered), 1))
-    return {level: cmap(p) for level, p in zip(ordered, positions)}
+    return {level: cmap(p) for level, p in zip(ordered, positions, strict=True)}
 
 
 def _datasets(frame: pd.DataFrame) -> list[str]:
@@ -105,10 +122,13 @@ def _grid(
     figure = Figure(figsize=(fig_width, fig_height))
     axes = figure.subplots(n_rows, n_cols, squeeze=False)
     figure.subplots_adjust(
-        left=left / fig_width, right=1 - (0.2 + right) / fig_width,
-        bottom=bottom / fig_height, top=1 - top / fig_height,
-        wspace=column_gap / axes_width, hspace=gap / axes_height,
-    )  # fmt: skip
+        left=left / fig_width,
+        right=1 - (0.2 + right) / fig_width,
+        bottom=bottom / fig_height,
+        top=1 - top / fig_height,
+        wspace=column_gap / axes_width,
+        hspace=gap / axes_height,
+    )
     return figure, axes
 
 
@@ -150,9 +170,11 @@ def _add_bands(ax: Axes, bands: list) -> None:
     each, most of figure 2's drawing time)."""
     if bands:
         polygons = PolyCollection(
-            [vertices for vertices, _ in bands], facecolors=[color for _, color in bands],
-            alpha=0.2, linewidths=0,
-        )  # fmt: skip
+            [vertices for vertices, _ in bands],
+            facecolors=[color for _, color in bands],
+            alpha=0.2,
+            linewidths=0,
+        )
         ax.add_collection(polygons, autolim=True)
         ax.autoscale_view()
 
@@ -172,16 +194,22 @@ def params_vs_loss(
         rows = summary[summary["dataset"] == dataset]
         for factor, factor_rows in rows.groupby("factor", sort=True):
             axes.errorbar(
-                factor_rows["n_params_mean"], factor_rows[f"{metric}_mean"],
-                yerr=factor_rows[f"{metric}_stderr"].fillna(0), fmt="o", capsize=3,
-                color=colors[factor], label=factor,
-            )  # fmt: skip
+                factor_rows["n_params_mean"],
+                factor_rows[f"{metric}_mean"],
+                yerr=factor_rows[f"{metric}_stderr"].fillna(0),
+                fmt="o",
+                capsize=3,
+                color=colors[factor],
+                label=factor,
+            )
             for _, row in factor_rows.iterrows():
                 axes.annotate(
                     config_label(row["factor"], row["level"]),
                     (row["n_params_mean"], row[f"{metric}_mean"]),
-                    xytext=(4, 4), textcoords="offset points", fontsize=7,
-                )  # fmt: skip
+                    xytext=(4, 4),
+                    textcoords="offset points",
+                    fontsize=7,
+                )
         axes.set_xscale("log")
         axes.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         axes.xaxis.set_major_formatter(FuncFormatter(lambda x, _: _count_label(x)))
@@ -190,8 +218,13 @@ def params_vs_loss(
         axes.set_xlabel("parameters")
         axes.set_ylabel(_LABELS.get(metric, metric.replace("_", " ")))
         axes.set_title(f"{_sweep_name(rows)}{dataset}: parameters vs {metric.replace('_', ' ')}")
-        axes.legend(title="factor", fontsize=7, title_fontsize=8, loc="upper left",
-                    bbox_to_anchor=(1.02, 1.0))  # fmt: skip
+        axes.legend(
+            title="factor",
+            fontsize=7,
+            title_fontsize=8,
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+        )
         axes.grid(True, alpha=0.3)
     return figure
 
@@ -234,9 +267,16 @@ def factor_curves(
                 if frame.empty:
                     continue
                 for column, linestyle in styles:
-                    _band(ax, bands, frame["step"], frame[f"{column}_mean"], frame[f"{column}_stderr"],
-                          colors[level], label if linestyle == "-" else f"_{label} ({column})",
-                          linestyle=linestyle)  # fmt: skip
+                    _band(
+                        ax,
+                        bands,
+                        frame["step"],
+                        frame[f"{column}_mean"],
+                        frame[f"{column}_stderr"],
+                        colors[level],
+                        label if linestyle == "-" else f"_{label} ({column})",
+                        linestyle=linestyle,
+                    )
             _add_bands(ax, bands)
             ax.set_title(f"{factor} ({dataset})", fontsize=9)
             ax.set_ylabel("loss")
@@ -280,11 +320,21 @@ def loss_bars(summary: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
             (0.2, "final_val_loss", "#3182bd", "val"),
         ):
             axes.bar(
-                x + offset, rows[f"{column}_mean"], width=0.4, color=color, label=name,
-                yerr=rows[f"{column}_stderr"].fillna(0), capsize=2,
-            )  # fmt: skip
-        axes.set_xticks(x, [config_label(f, lv) for f, lv in zip(rows.factor, rows.level)],
-                        rotation=60, ha="right", fontsize=7)  # fmt: skip
+                x + offset,
+                rows[f"{column}_mean"],
+                width=0.4,
+                color=color,
+                label=name,
+                yerr=rows[f"{column}_stderr"].fillna(0),
+                capsize=2,
+            )
+        axes.set_xticks(
+            x,
+            [config_label(f, lv) for f, lv in zip(rows.factor, rows.level, strict=True)],
+            rotation=60,
+            ha="right",
+            fontsize=7,
+        )
         means = rows[["final_train_loss_mean", "final_val_loss_mean"]].to_numpy(float)
         if np.isfinite(means).any():
             low, high = np.nanmin(means), np.nanmax(means)
@@ -311,8 +361,15 @@ def _per_layer(attention: pd.DataFrame, metrics: Sequence[str], title: str, pair
             for layer in layers:
                 layer_rows = rows[rows["layer"] == layer]
                 label = f"layers {layer}–{layer + 1}" if pairs else f"layer {layer}"
-                _band(ax, bands, layer_rows["step"], layer_rows[f"{metric}_mean"],
-                      layer_rows[f"{metric}_stderr"], colors[str(layer)], label)  # fmt: skip
+                _band(
+                    ax,
+                    bands,
+                    layer_rows["step"],
+                    layer_rows[f"{metric}_mean"],
+                    layer_rows[f"{metric}_stderr"],
+                    colors[str(layer)],
+                    label,
+                )
             _add_bands(ax, bands)
             configs = ", ".join(sorted(rows["config"].unique()))
             ax.set_title(f"{dataset} ({configs})", fontsize=9)
@@ -392,8 +449,12 @@ def layer_heatmaps(attention_maps: Sequence[np.ndarray], chars: Sequence[str]) -
     labels = display_chars(chars)
     for layer, ax in enumerate(axes.flat):
         if layer < n_layers:
-            _heatmap(ax, np.asarray(attention_maps[layer]).mean(axis=0), labels,
-                     f"layer {layer} (mean over heads)")  # fmt: skip
+            _heatmap(
+                ax,
+                np.asarray(attention_maps[layer]).mean(axis=0),
+                labels,
+                f"layer {layer} (mean over heads)",
+            )
         else:
             ax.set_axis_off()
     figure.suptitle("head-averaged attention per layer")
@@ -417,8 +478,15 @@ def sweeps_compared(
             ax = axes[row, col]
             bands: list = []
             for sweep, sweep_rows in rows.groupby("sweep", sort=True):
-                _band(ax, bands, sweep_rows["step"], sweep_rows[f"{column}_mean"],
-                      sweep_rows[f"{column}_stderr"], colors[sweep], sweep)  # fmt: skip
+                _band(
+                    ax,
+                    bands,
+                    sweep_rows["step"],
+                    sweep_rows[f"{column}_mean"],
+                    sweep_rows[f"{column}_stderr"],
+                    colors[sweep],
+                    sweep,
+                )
             _add_bands(ax, bands)
             ax.set_title(f"{dataset}: {_LABELS.get(column, column)}", fontsize=9)
             ax.set_xlabel("step")
@@ -498,7 +566,8 @@ def _svg_view(svg: str, box: Bbox, figure_height: float) -> str:
     """The SVG with its page narrowed to ``box`` (inches, origin bottom left)."""
     x, y = box.x0 * 72, (figure_height - box.y1) * 72  # SVG: points, origin top left
     width, height = box.width * 72, box.height * 72
-    root = f'width="{width:.2f}pt" height="{height:.2f}pt" viewBox="{x:.2f} {y:.2f} {width:.2f} {height:.2f}"'
+    size = f'width="{width:.2f}pt" height="{height:.2f}pt"'
+    root = f'{size} viewBox="{x:.2f} {y:.2f} {width:.2f} {height:.2f}"'
     return re.sub(r'width="[^"]*" height="[^"]*" viewBox="[^"]*"', root, svg, count=1)
 
 

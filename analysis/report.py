@@ -184,8 +184,9 @@ def build_report(
         raise
     moved = [out / path.relative_to(temp) for path in figures]
     moved_tables = [out / path.relative_to(temp) for path in tables]
-    return Report(out, out / "report.html", out / "report.md", moved, moved_tables, missing,
-                  analysis, timings)  # fmt: skip
+    return Report(
+        out, out / "report.html", out / "report.md", moved, moved_tables, missing, analysis, timings
+    )
 
 
 def _check_out_dir(out: Path) -> None:
@@ -268,8 +269,11 @@ def _heatmaps(
     models = analysis.store.root / "models"
     found = []
     for dataset, rows in ok.groupby("dataset", sort=True):
-        with_model = [t for t in rows.sort_values("best_val_loss")["trial_id"]
-                      if (models / f"{t}.pt").is_file()]  # fmt: skip
+        with_model = [
+            t
+            for t in rows.sort_values("best_val_loss")["trial_id"]
+            if (models / f"{t}.pt").is_file()
+        ]
         if with_model:
             found.append((dataset, with_model[0]))
     if not found:
@@ -333,39 +337,75 @@ def _figure_jobs(analysis: Analysis, heatmaps: list[_Heatmaps]) -> list[_FigureJ
         views = []
         if len(datasets) > 1:
             views = [(slug(d), f"{caption} ({d})", axis, i) for i, d in enumerate(datasets)]
-        jobs.append(_FigureJob(stem, caption, lambda f=frame: draw(f), panels * len(datasets),
-                               views))  # fmt: skip
+        jobs.append(
+            _FigureJob(stem, caption, lambda f=frame: draw(f), panels * len(datasets), views)
+        )
 
     for sweep, rows in summary.groupby("sweep", sort=True):
         s = slug(sweep)
         curves = analysis.curves[analysis.curves["sweep"] == sweep]
         attention = analysis.attention[analysis.attention["sweep"] == sweep]
-        versions(rows, f"{s}/1_params_vs_loss", f"{sweep}: parameters vs best val loss",
-                 lambda f: plots.params_vs_loss(f, colors=factor_colors))  # fmt: skip
+        versions(
+            rows,
+            f"{s}/1_params_vs_loss",
+            f"{sweep}: parameters vs best val loss",
+            lambda f: plots.params_vs_loss(f, colors=factor_colors),
+        )
         if len(curves) and curves["factor"].ne("baseline").any():
-            versions(curves, f"{s}/2_factor_curves", f"{sweep}: loss curves per factor",
-                     plots.factor_curves, curves["factor"].nunique(), axis="col")  # fmt: skip
-        versions(rows, f"{s}/3_loss_bars", f"{sweep}: final train and val loss per config",
-                 plots.loss_bars)  # fmt: skip
+            versions(
+                curves,
+                f"{s}/2_factor_curves",
+                f"{sweep}: loss curves per factor",
+                plots.factor_curves,
+                curves["factor"].nunique(),
+                axis="col",
+            )
+        versions(
+            rows,
+            f"{s}/3_loss_bars",
+            f"{sweep}: final train and val loss per config",
+            plots.loss_bars,
+        )
         if len(attention):
-            versions(attention, f"{s}/4_attention", f"{sweep}: attention entropy and span per "
-                     "layer (baseline)", plots.attention_over_training)  # fmt: skip
+            versions(
+                attention,
+                f"{s}/4_attention",
+                f"{sweep}: attention entropy and span per layer (baseline)",
+                plots.attention_over_training,
+            )
             if attention["attention_js_next_n"].gt(0).any():
-                versions(attention, f"{s}/5_layer_similarity", f"{sweep}: adjacent-layer "
-                         "similarity (baseline)", plots.layer_similarity)  # fmt: skip
+                versions(
+                    attention,
+                    f"{s}/5_layer_similarity",
+                    f"{sweep}: adjacent-layer similarity (baseline)",
+                    plots.layer_similarity,
+                )
     baseline_curves = analysis.curves[analysis.curves["factor"] == "baseline"]
     if baseline_curves["sweep"].nunique() > 1:
-        versions(baseline_curves, "7_sweeps_compared", "sweeps compared: baseline configs",
-                 lambda f: plots.sweeps_compared(f, colors=sweep_colors))  # fmt: skip
+        versions(
+            baseline_curves,
+            "7_sweeps_compared",
+            "sweeps compared: baseline configs",
+            lambda f: plots.sweeps_compared(f, colors=sweep_colors),
+        )
     for heat in heatmaps:
         d = slug(heat.dataset)
-        jobs.append(_FigureJob(f"6_heatmaps/{d}_heads_layer{heat.layer}",
-                               f"{heat.dataset}: attention per head, layer {heat.layer} "
-                               f"({heat.config}, trial {heat.trial_id})",
-                               lambda h=heat: plots.head_heatmaps(h.maps[h.layer], h.chars, h.layer)))  # fmt: skip
-        jobs.append(_FigureJob(f"6_heatmaps/{d}_layers", f"{heat.dataset}: head-averaged "
-                               f"attention per layer ({heat.config}, trial {heat.trial_id})",
-                               lambda h=heat: plots.layer_heatmaps(h.maps, h.chars)))  # fmt: skip
+        jobs.append(
+            _FigureJob(
+                f"6_heatmaps/{d}_heads_layer{heat.layer}",
+                f"{heat.dataset}: attention per head, layer {heat.layer} "
+                f"({heat.config}, trial {heat.trial_id})",
+                lambda h=heat: plots.head_heatmaps(h.maps[h.layer], h.chars, h.layer),
+            )
+        )
+        jobs.append(
+            _FigureJob(
+                f"6_heatmaps/{d}_layers",
+                f"{heat.dataset}: head-averaged "
+                f"attention per layer ({heat.config}, trial {heat.trial_id})",
+                lambda h=heat: plots.layer_heatmaps(h.maps, h.chars),
+            )
+        )
     return jobs
 
 
@@ -382,10 +422,11 @@ def _draw_and_save(job: _FigureJob, directory: Path, formats: Sequence[str]) -> 
     for suffix, _, axis, index in job.views:
         span = "rowspan" if axis == "row" else "colspan"
         views[suffix] = [
-            ax for ax in figure.axes
+            ax
+            for ax in figure.axes
             if ax.get_subplotspec() is not None
             and getattr(ax.get_subplotspec(), span).start == index
-        ]  # fmt: skip
+        ]
     return plots.save_figure(figure, directory / job.stem, formats, views=views)
 
 
@@ -444,7 +485,7 @@ def _ranking_table(ranking: pd.DataFrame) -> pd.DataFrame:
             "Effect on val loss (max |Δ|)": [_fmt(v) for v in ranking["effect"]],
             "Bootstrap 95% CI": [
                 "–" if pd.isna(lo) else f"[{lo:.4f}, {hi:.4f}]"
-                for lo, hi in zip(ranking["effect_ci_low"], ranking["effect_ci_high"])
+                for lo, hi in zip(ranking["effect_ci_low"], ranking["effect_ci_high"], strict=True)
             ],
             "Bootstrap stderr": [_fmt(v) for v in ranking["effect_stderr"]],
             "Best level": ranking["best_level"],
@@ -513,7 +554,7 @@ def _sections(
                     f"Factor ranking ({dataset}): how much each factor moves {metric}, "
                     "seed-averaged",
                     _ranking_table(dataset_ranking),
-                )  # fmt: skip
+                )
             )
         section.figures += [
             e for job in figure_index.get(slug(sweep), []) for e in figure_entry(job)
@@ -588,9 +629,12 @@ def _samples_section(analysis: Analysis) -> _Section:
     texts = samples.assign(trial_id=samples["trial_id"].astype(str)).drop_duplicates("trial_id")
     merged = aggregate._sort_configs(first.merge(texts, on="trial_id"))
     for _, row in merged.head(200).iterrows():
-        title = f"{row['sweep']} / {row['dataset']} / {aggregate.config_label(row['factor'], row['level'])}"
-        note = (f"seed {row['seed']}; distinct-2 {_fmt(row['distinct_2'], 2)}, repetition "
-                f"{_fmt(row['repetition_rate'], 2)}, known words {_fmt(row['known_word_share'], 2)}")  # fmt: skip
+        label = aggregate.config_label(row["factor"], row["level"])
+        title = f"{row['sweep']} / {row['dataset']} / {label}"
+        note = (
+            f"seed {row['seed']}; distinct-2 {_fmt(row['distinct_2'], 2)}, repetition "
+            f"{_fmt(row['repetition_rate'], 2)}, known words {_fmt(row['known_word_share'], 2)}"
+        )
         section.samples.append((title, str(row["text"]), note))
     if len(merged) > 200:
         section.paragraphs.append(f"First 200 of {len(merged)} configs shown.")
@@ -706,28 +750,52 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("results_dir", metavar="RESULTS_DIR", help="the store a sweep wrote")
     parser.add_argument(
-        "--out", metavar="REPORT_DIR", default=None,
+        "--out",
+        metavar="REPORT_DIR",
+        default=None,
         help="where to write the report (default: RESULTS_DIR/report; an earlier report "
         "there is replaced, a directory holding other files is refused)",
-    )  # fmt: skip
-    parser.add_argument("--strict", action="store_true",
-                        help="fail (exit 2) on a corrupt store file instead of skipping it")  # fmt: skip
-    parser.add_argument("--format", default="png,svg",
-                        help=f"figure formats, comma-separated, from {','.join(FORMATS)} (default png,svg)")  # fmt: skip
-    parser.add_argument("--sweep", action="append", metavar="NAME",
-                        help="only this sweep (repeat for several)")  # fmt: skip
-    parser.add_argument("--dataset", action="append", metavar="NAME",
-                        help="only this dataset (repeat for several)")  # fmt: skip
-    parser.add_argument("--heatmap-text", metavar="TEXT",
-                        help="text for the attention heatmaps (default: the start of the best "
-                        "trial's generated sample)")  # fmt: skip
-    parser.add_argument("--heatmap-layer", type=int, metavar="N",
-                        help="layer whose heads get heatmaps (default: the last)")  # fmt: skip
-    parser.add_argument("--metric", default="best_val_loss",
-                        choices=["best_val_loss", "final_val_loss", "final_train_loss"],
-                        help="metric compared against the baseline and ranked (default best_val_loss)")  # fmt: skip
-    parser.add_argument("--jobs", type=int, metavar="N",
-                        help="processes drawing figures (default: CPU count, at most 4)")  # fmt: skip
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail (exit 2) on a corrupt store file instead of skipping it",
+    )
+    parser.add_argument(
+        "--format",
+        default="png,svg",
+        help=f"figure formats, comma-separated, from {','.join(FORMATS)} (default png,svg)",
+    )
+    parser.add_argument(
+        "--sweep", action="append", metavar="NAME", help="only this sweep (repeat for several)"
+    )
+    parser.add_argument(
+        "--dataset", action="append", metavar="NAME", help="only this dataset (repeat for several)"
+    )
+    parser.add_argument(
+        "--heatmap-text",
+        metavar="TEXT",
+        help="text for the attention heatmaps (default: the start of the best "
+        "trial's generated sample)",
+    )
+    parser.add_argument(
+        "--heatmap-layer",
+        type=int,
+        metavar="N",
+        help="layer whose heads get heatmaps (default: the last)",
+    )
+    parser.add_argument(
+        "--metric",
+        default="best_val_loss",
+        choices=["best_val_loss", "final_val_loss", "final_train_loss"],
+        help="metric compared against the baseline and ranked (default best_val_loss)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="processes drawing figures (default: CPU count, at most 4)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the report's path")
     return parser
 
@@ -743,10 +811,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--jobs {args.jobs}: give a number of processes >= 1")
     try:
         report = build_report(
-            args.results_dir, args.out, formats=formats, strict=args.strict,
-            sweeps=args.sweep, datasets=args.dataset, heatmap_text=args.heatmap_text,
-            heatmap_layer=args.heatmap_layer, metric=args.metric, jobs=args.jobs,
-        )  # fmt: skip
+            args.results_dir,
+            args.out,
+            formats=formats,
+            strict=args.strict,
+            sweeps=args.sweep,
+            datasets=args.dataset,
+            heatmap_text=args.heatmap_text,
+            heatmap_layer=args.heatmap_layer,
+            metric=args.metric,
+            jobs=args.jobs,
+        )
     except CorruptStoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -767,7 +842,8 @@ def _print_summary(report: Report, metric: str) -> None:
     print(
         f"{len(trials)} trials: {int(trials['status'].eq('ok').sum())} ok, "
         f"{int(trials['status'].eq('failed').sum())} failed, "
-        f"{len(analysis.store.in_progress)} in progress, {len(analysis.store.corrupt)} corrupt files"
+        f"{len(analysis.store.in_progress)} in progress, "
+        f"{len(analysis.store.corrupt)} corrupt files"
     )
     summary = analysis.summary[analysis.summary["kind"].ne("search")]
     for sweep, rows in summary.groupby("sweep", sort=True):

@@ -4,10 +4,11 @@
     python benchmarks/analysis_speed.py --store DIR     # reuse (or build once into) DIR
 
 The store: 2 sweeps (a baseline sweep and one with a code change) x 2 datasets x 50 configs
-(baseline + 7 factors x 7 levels) x 50 seeds = 10,000 trials, 60 eval steps each (600,000 curve rows), probes at every eval step on 4 layers
-x 4 heads (9.6 million attention rows: the worst case, probe_interval = eval_interval), one
-sample per trial, 1% diverged trials. The store is compacted first (one Parquet part per
-table, what a sweep does at its end; sweeps.schema.compact_store), and that is timed apart.
+(baseline + 7 factors x 7 levels) x 50 seeds = 10,000 trials, 60 eval steps each (600,000
+curve rows), probes at every eval step on 4 layers x 4 heads (9.6 million attention rows:
+the worst case, probe_interval = eval_interval), one sample per trial, 1% diverged trials.
+The store is compacted first (one Parquet part per table, what a sweep does at its end;
+sweeps.schema.compact_store), and that is timed apart.
 Prints the breakdown; the target is load + aggregate + figures + report under 15 s.
 """
 
@@ -33,8 +34,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=50, help="seeds per config (default 50)")
     parser.add_argument("--jobs", type=int, default=None, help="figure processes (default: CPUs)")
     parser.add_argument("--formats", default="png,svg", help="figure formats (default png,svg)")
-    parser.add_argument("--per-trial-read", action="store_true",
-                        help="also time reading the uncompacted per-trial files (slow)")  # fmt: skip
+    parser.add_argument(
+        "--per-trial-read",
+        action="store_true",
+        help="also time reading the uncompacted per-trial files (slow)",
+    )
     args = parser.parse_args()
     temp = None
     root = args.store
@@ -42,10 +46,16 @@ def main() -> None:
         temp = Path(tempfile.mkdtemp(prefix="analysis-speed-"))
         root = temp / "store"
     spec = SyntheticSpec(
-        sweeps=("base", "change"), datasets=("shakespeare_char", "enwik8"),
-        n_factors=7, n_levels=7, seeds=args.seeds, eval_steps=60, n_layer=4, n_head=4,
+        sweeps=("base", "change"),
+        datasets=("shakespeare_char", "enwik8"),
+        n_factors=7,
+        n_levels=7,
+        seeds=args.seeds,
+        eval_steps=60,
+        n_layer=4,
+        n_head=4,
         failed_share=0.01,
-    )  # fmt: skip
+    )
     try:
         if not (root / MARKER).exists():
             start = time.perf_counter()
@@ -53,9 +63,13 @@ def main() -> None:
             print(f"built the store in {time.perf_counter() - start:.1f} s (not timed below)")
         if args.per_trial_read and len(list((root / "trials").glob("*.parquet"))) > 1:
             start = time.perf_counter()
-            rows = sum(read_table(root, t).table.num_rows for t in ("trials", "curves", "attention"))
-            print(f"per-trial files, read_table of 3 tables: {time.perf_counter() - start:.1f} s "
-                  f"({rows:,} rows)")  # fmt: skip
+            rows = sum(
+                read_table(root, t).table.num_rows for t in ("trials", "curves", "attention")
+            )
+            print(
+                f"per-trial files, read_table of 3 tables: {time.perf_counter() - start:.1f} s "
+                f"({rows:,} rows)"
+            )
         start = time.perf_counter()
         compact_store(root)
         print(f"compact_store: {time.perf_counter() - start:.1f} s (once, at the end of a sweep)")
@@ -65,13 +79,18 @@ def main() -> None:
         report = build_report(root, out, formats=args.formats.split(","), jobs=args.jobs)
         total, cpu = time.perf_counter() - start, time.process_time() - cpu
         store = report.analysis.store
-        print(f"store: {len(store.trials):,} trials, {len(store.curves):,} curve rows, "
-              f"{len(store.attention):,} attention rows; {len(report.figures)} figure files")  # fmt: skip
+        print(
+            f"store: {len(store.trials):,} trials, {len(store.curves):,} curve rows, "
+            f"{len(store.attention):,} attention rows; {len(report.figures)} figure files"
+        )
         for name, seconds in report.timings.items():
             print(f"  {name:16s} {seconds:6.2f} s")
         verdict = "OK" if total < TARGET_S else "OVER"
-        print(f"total {total:.2f} s wall ({cpu:.2f} s CPU in this process), target < {TARGET_S:.0f} s: "
-              f"{verdict}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")  # fmt: skip
+        print(
+            f"total {total:.2f} s wall ({cpu:.2f} s CPU in this process), "
+            f"target < {TARGET_S:.0f} s: "
+            f"{verdict}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+        )
     finally:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)

@@ -301,8 +301,11 @@ class _StoreCallback(tune.Callback):
 class _ProgressCallback(tune.Callback):
     """A concise live view: pending/running/done/failed, best val loss so far, ETA."""
 
-    def __init__(self, total: int, max_iters: dict[str, int], period_s: float):
+    def __init__(
+        self, total: int, max_iters: dict[str, int], default_max_iters: int | None, period_s: float
+    ):
         self.total, self.max_iters, self.period_s = total, max_iters, period_s
+        self.default_max_iters = default_max_iters
         self.start = time.monotonic()
         self.last_print = 0.0
         self.progress: dict[str, float] = {}
@@ -313,9 +316,9 @@ class _ProgressCallback(tune.Callback):
         finished = self.done + self.failed
         running = min(sum(1 for t in trials if t.status == "RUNNING"), self.total - finished)
         pending = self.total - finished - running
-        fraction = sum(self.progress.values()) / max(1, self.total)
+        fraction = min(1.0, sum(self.progress.values()) / max(1, self.total))
         elapsed = time.monotonic() - self.start
-        eta = elapsed * (1 - fraction) / fraction if fraction > 0 else math.nan
+        eta = max(0.0, elapsed * (1 - fraction) / fraction) if fraction > 0 else math.nan
         best = f"best val {self.best[0]:.4f} ({self.best[1]})" if self.best else "best val -"
         eta_text = _duration(eta) if math.isfinite(eta) else "?"
         return (
@@ -330,25 +333,25 @@ class _ProgressCallback(tune.Callback):
             print(self._line(trials), flush=True)  # stdout at call time: Tune pickles callbacks
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        trial_id = result.get("trial_id", trial.trial_id)
         if "step" in result:
-            limit = self.max_iters.get(trial_id) or result["step"] or 1
-            self.progress[trial_id] = min(1.0, result["step"] / limit)
+            own_id = trial.config.get("trial", {}).get("trial_id")
+            limit = self.max_iters.get(own_id) or self.default_max_iters or result["step"] or 1
+            self.progress[trial.trial_id] = min(1.0, result["step"] / limit)
         val = result.get("val_loss")
         if val is not None and (self.best is None or val < self.best[0]):
             columns = trial.config.get("trial", {}).get("columns", {})
             label = f"{columns.get('factor', '?')}={columns.get('level', '?')}"
-            self.best = (val, label if columns else trial_id)
+            self.best = (val, label if columns else f"trial {trial.trial_id}")
         self._maybe_print(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
-        self.progress[trial.config.get("trial", {}).get("trial_id", trial.trial_id)] = 1.0
+        self.progress[trial.trial_id] = 1.0
         self._maybe_print(trials, force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.failed += 1
-        self.progress[trial.config.get("trial", {}).get("trial_id", trial.trial_id)] = 1.0
+        self.progress[trial.trial_id] = 1.0
         self._maybe_print(trials, force=True)
 
 
@@ -373,6 +376,7 @@ def run_trials(
     trainable: Callable[[dict[str, Any]], None] = run_trial,
     tune_config: tune.TuneConfig | None = None,
     max_iters: dict[str, int] | None = None,
+    default_max_iters: int | None = None,
     max_failures: int = DEFAULT_MAX_FAILURES,
     progress: bool = True,
     progress_period_s: float = 10.0,
@@ -380,9 +384,10 @@ def run_trials(
     """Run the trials of ``param_space`` on the connected Ray and store every result.
 
     ``total`` is the number of trials (for the progress view); ``max_iters`` maps trial
-    ids to their length (for the ETA). Checkpoints go to ``storage`` (a path or URI every
-    node can reach; default ``<store>/_ray``), one fresh experiment per run so a zombie
-    trial of a killed driver never writes where this run reads.
+    ids to their length, ``default_max_iters`` is the length of the others (for the ETA).
+    Checkpoints go to ``storage`` (a path or URI every node can reach; default
+    ``<store>/_ray``), one fresh experiment per run so a zombie trial of a killed driver
+    never writes where this run reads.
     """
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -391,7 +396,9 @@ def run_trials(
     outcome = SweepOutcome()
     callbacks: list[tune.Callback] = [_StoreCallback(store, describe, outcome)]
     if progress:
-        callbacks.append(_ProgressCallback(total, max_iters or {}, progress_period_s))
+        callbacks.append(
+            _ProgressCallback(total, max_iters or {}, default_max_iters, progress_period_s)
+        )
     # Reusing trial actors saves ~1 s of actor start per trial (RAY-NOTES: 18 s -> 8 s).
     config = tune_config or tune.TuneConfig(reuse_actors=True)
     if resources.max_concurrent is not None:

@@ -195,8 +195,9 @@ def _table_paths(directory: Path) -> list[Path]:
 
 def _read_file(
     path: Path, schema: pa.Schema, read_dictionary: Sequence[str], full: bool
-) -> pa.Table | tuple[Path, str]:
-    """One file conformed to ``schema`` (missing columns as nulls), or (path, reason).
+) -> pa.Table | tuple[Path, str] | None:
+    """One file conformed to ``schema`` (missing columns as nulls), (path, reason) when it
+    cannot be read, or None when it vanished since it was listed (compacted meanwhile).
 
     ``schema`` has the dictionary type for the ``read_dictionary`` columns; ``full`` says
     it holds every column of the table (then the file is read whole, the fast case).
@@ -213,6 +214,8 @@ def _read_file(
             else:
                 columns.append(pa.nulls(part.num_rows, schema_field.type))
         return pa.Table.from_arrays(columns, schema=schema)
+    except FileNotFoundError:
+        return None
     except (OSError, pa.ArrowException) as exc:
         return path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
@@ -249,10 +252,13 @@ def read_table(
         index = schema.get_field_index(name)
         dictionary_type = pa.dictionary(pa.int32(), schema.field(name).type)
         schema = schema.set(index, schema.field(name).with_type(dictionary_type))
-    paths = _table_paths(table_dir(root, table))
-    results = _read_files(paths, schema, dictionary_columns, full)
+    for _attempt in range(3):
+        paths = _table_paths(table_dir(root, table))
+        results = _read_files(paths, schema, dictionary_columns, full)
+        if None not in results:
+            break  # else a file vanished (compacted while we read): list and read again
     parts = [result for result in results if _is_part(result)]
-    corrupt = [result for result in results if not _is_part(result)]
+    corrupt = [result for result in results if result is not None and not _is_part(result)]
     if not parts:
         return TableRead(schema.empty_table(), corrupt)
     return TableRead(pa.concat_tables(parts), corrupt)
@@ -260,7 +266,7 @@ def read_table(
 
 def _read_files(
     paths: list[Path], schema: pa.Schema, read_dictionary: Sequence[str], full: bool
-) -> list[pa.Table | tuple[Path, str]]:
+) -> list[pa.Table | tuple[Path, str] | None]:
     """``_read_file`` over ``paths`` in a small thread pool (Parquet decoding releases the
     GIL), results in the order of ``paths``."""
     if len(paths) <= 1:
@@ -269,7 +275,7 @@ def _read_files(
         return list(pool.map(lambda p: _read_file(p, schema, read_dictionary, full), paths))
 
 
-def _is_part(result: pa.Table | tuple[Path, str]) -> bool:
+def _is_part(result: pa.Table | tuple[Path, str] | None) -> bool:
     return isinstance(result, pa.Table)
 
 
@@ -304,7 +310,7 @@ def compact_table(root: str | Path, table: str) -> Compaction:
     results = _read_files(paths, schema, (), full=True)
     merged = [path for path, result in zip(paths, results, strict=True) if _is_part(result)]
     parts = [result for result in results if _is_part(result)]
-    kept = [result[0] for result in results if not _is_part(result)]
+    kept = [result[0] for result in results if isinstance(result, tuple)]
     if len(parts) <= 1:
         return Compaction(table, None, 0, 0, kept)
     compacted = pa.concat_tables(parts).replace_schema_metadata(

@@ -208,6 +208,7 @@ def _run(args, base: TrialSpec, resources: Resources) -> int:
             resources=resources,
             storage=args.storage,
             describe=describe_search_trial,
+            default_max_iters=base.train.max_iters,
             trainable=run_search_trial,
             tune_config=tune.TuneConfig(
                 search_alg=searcher,

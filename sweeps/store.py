@@ -33,27 +33,38 @@ from sweeps.schema import (
     table_dir,
 )
 
-__all__ = ["ResultStore", "TrialRecord", "check_results_dir", "trial_columns", "trial_statuses"]
+__all__ = [
+    "ResultStore",
+    "ResultsDirError",
+    "TrialRecord",
+    "check_results_dir",
+    "trial_columns",
+    "trial_statuses",
+]
 
 MODELS_DIR = "models"
 
 
+class ResultsDirError(StoreError, ConfigError):
+    """A --results directory a sweep cannot use: bad input (the CLIs exit 2 on ConfigError)."""
+
+
 def check_results_dir(root: Path) -> None:
-    """Raise StoreError unless ``root`` is a store, an empty or absent directory we may write.
+    """Raise ResultsDirError unless ``root`` is a store, an empty or absent directory we may write.
 
     Nothing is written: this runs before a sweep starts.
     """
     if root.exists() and root.is_dir() and not is_store(root) and any(root.iterdir()):
-        raise StoreError(
+        raise ResultsDirError(
             f"results directory {root} is not a result store (no {MARKER}) and is not empty: "
             "pick a new or empty directory with --results."
         )
     try:
         check_writable_dir(root, "--results")
     except ConfigError as exc:
-        raise StoreError(str(exc)) from None
+        raise ResultsDirError(str(exc)) from None
     if root.is_dir() and not os.access(root, os.W_OK | os.X_OK):
-        raise StoreError(f"--results {root}: not writable; name a directory you can write to.")
+        raise ResultsDirError(f"--results {root}: not writable; name a directory you can write to.")
 
 
 def trial_statuses(root: str | Path) -> tuple[dict[str, str], list[tuple[Path, str]]]:

@@ -60,7 +60,6 @@ def run_trial(config: dict[str, Any]) -> None:
         resume_from = Path(resume_dir) / CHECKPOINT_FILE if resume_dir is not None else None
 
         def report(metrics: dict[str, Any]) -> None:
-            metrics = _sanitize({**metrics, "trial_id": spec["trial_id"]})
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(work))
+            tune.report(_sanitize(metrics), checkpoint=tune.Checkpoint.from_directory(work))
 
         train(model_cfg, train_cfg, report, checkpoint_dir=work, resume_from=resume_from)

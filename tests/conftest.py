@@ -27,6 +27,14 @@ SHARED_DATA = _shared_data_dir()
 SHARED_SHAKESPEARE = SHARED_DATA / SHAKESPEARE
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> None:
+    """Tiny models run fastest, and most steadily, on one thread (Ray trials set their own)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def prepared_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A session-wide data directory with tiny-shakespeare copied in and encoded once."""

@@ -24,16 +24,49 @@ def store(tmp_path):
     root = init_store(tmp_path / "store")
     rows = []
     for seed, value in enumerate(BASE):
-        rows.append(trial_row(f"b{seed}", seed=seed, best_val_loss=value, n_params=1000,
-                              final_train_loss=value - 0.1, final_val_loss=value + 0.01))  # fmt: skip
+        rows.append(
+            trial_row(
+                f"b{seed}",
+                seed=seed,
+                best_val_loss=value,
+                n_params=1000,
+                final_train_loss=value - 0.1,
+                final_val_loss=value + 0.01,
+            )
+        )
     for seed, value in enumerate(WIDE):
-        rows.append(trial_row(f"w{seed}", factor="n_embed", level="128", seed=seed,
-                              best_val_loss=value, n_params=4000))  # fmt: skip
+        rows.append(
+            trial_row(
+                f"w{seed}",
+                factor="n_embed",
+                level="128",
+                seed=seed,
+                best_val_loss=value,
+                n_params=4000,
+            )
+        )
     for seed, value in zip(range(10, 14), DEEP, strict=True):
-        rows.append(trial_row(f"d{seed}", factor="n_layer", level="8", seed=seed,
-                              best_val_loss=value, n_params=2000))  # fmt: skip
-    rows.append(trial_row("w9", factor="n_embed", level="128", seed=9, status="failed",
-                          error="non-finite loss at step 300", last_step=300))  # fmt: skip
+        rows.append(
+            trial_row(
+                f"d{seed}",
+                factor="n_layer",
+                level="8",
+                seed=seed,
+                best_val_loss=value,
+                n_params=2000,
+            )
+        )
+    rows.append(
+        trial_row(
+            "w9",
+            factor="n_embed",
+            level="128",
+            seed=9,
+            status="failed",
+            error="non-finite loss at step 300",
+            last_step=300,
+        )
+    )
     for row in rows:
         write_rows(root, "trials", [row], row["trial_id"])
     return root
@@ -115,7 +148,9 @@ def test_final_info_format(store, tmp_path):
     assert base["final_info_dict"]["best_val_loss"] == pytest.approx(BASE)
     assert set(base["means"]) == {f"{m}_mean" for m in aggregate.METRICS}
     paths = aggregate.write_final_info(load_store(store).trials, tmp_path / "fi")
-    written = json.loads((tmp_path / "fi" / "sweep" / "n_embed_128" / "final_info.json").read_text())
+    written = json.loads(
+        (tmp_path / "fi" / "sweep" / "n_embed_128" / "final_info.json").read_text()
+    )
     assert len(paths) == 3
     assert written["shakespeare_char"]["final_info_dict"]["best_val_loss"] == pytest.approx(WIDE)
 
@@ -138,12 +173,23 @@ def test_curve_and_attention_summaries_by_hand(tmp_path):
     root = init_store(tmp_path / "store")
     finals = {0: 1.0, 1: 1.2, 2: 1.7}
     for seed, final in finals.items():
-        write_rows(root, "trials", [trial_row(f"s{seed}", seed=seed, best_val_loss=final)], f"s{seed}")
-        curve = {"trial_id": [f"s{seed}"] * 2, "step": [5, 10], "train_loss": [3.0, final],
-                 "val_loss": [3.1, final + 0.1]}  # fmt: skip
+        write_rows(
+            root, "trials", [trial_row(f"s{seed}", seed=seed, best_val_loss=final)], f"s{seed}"
+        )
+        curve = {
+            "trial_id": [f"s{seed}"] * 2,
+            "step": [5, 10],
+            "train_loss": [3.0, final],
+            "val_loss": [3.1, final + 0.1],
+        }
         write_rows(root, "curves", curve, f"s{seed}")
-        attention = {"trial_id": [f"s{seed}"] * 4, "step": [5] * 4, "layer": [0, 0, 1, 1],
-                     "head": [0, 1, 0, 1], "entropy": [seed, seed + 2.0, 1.0, 1.0]}  # fmt: skip
+        attention = {
+            "trial_id": [f"s{seed}"] * 4,
+            "step": [5] * 4,
+            "layer": [0, 0, 1, 1],
+            "head": [0, 1, 0, 1],
+            "entropy": [seed, seed + 2.0, 1.0, 1.0],
+        }
         write_rows(root, "attention", attention, f"s{seed}")
     store = load_store(root)
     curves = aggregate.curve_summary(store.curves, store.trials)

@@ -12,9 +12,15 @@ from analysis.synthetic import SyntheticSpec, build_store, init_store, trial_row
 from sweeps.schema import SCHEMAS, compact_store, compact_table, read_table
 
 SPEC = SyntheticSpec(
-    sweeps=("a", "b"), datasets=("shakespeare_char", "enwik8"), n_factors=1, n_levels=1,
-    seeds=2, eval_steps=3, n_layer=2, n_head=2,
-)  # fmt: skip
+    sweeps=("a", "b"),
+    datasets=("shakespeare_char", "enwik8"),
+    n_factors=1,
+    n_levels=1,
+    seeds=2,
+    eval_steps=3,
+    n_layer=2,
+    n_head=2,
+)
 
 
 @pytest.fixture
@@ -32,7 +38,7 @@ def test_read_table_skips_and_names_corrupt_files(store):
     assert read.table.schema.equals(SCHEMAS["curves"])
     with pytest.warns(UserWarning, match="skipped corrupt store file"):
         assert load_store(store).corrupt[0][0] == bad
-    with pytest.raises(CorruptStoreError, match="corrupt store file .*--strict"):
+    with pytest.raises(CorruptStoreError, match=r"corrupt store file .*--strict"):
         load_store(store, strict=True)
 
 
@@ -43,7 +49,10 @@ def test_read_table_columns_dictionary_and_missing_columns(tmp_path):
     read = read_table(root, "curves", read_dictionary=["trial_id"])
     assert read.table.column("train_loss").to_pylist() == [None]
     assert pa.types.is_dictionary(read.table.schema.field("trial_id").type)
-    assert read_table(root, "curves", ["step", "val_loss"]).table.column_names == ["step", "val_loss"]
+    assert read_table(root, "curves", ["step", "val_loss"]).table.column_names == [
+        "step",
+        "val_loss",
+    ]
     empty = read_table(root, "attention", read_dictionary=["trial_id"]).table
     assert empty.num_rows == 0 and pa.types.is_dictionary(empty.schema.field("trial_id").type)
 
@@ -57,15 +66,26 @@ def test_compaction_keeps_every_row_and_readers_dedupe(store):
     assert results["samples"].kept == [bad]  # a corrupt file stays for readers to name
     assert sorted(p.name for p in (store / "curves").iterdir())[0].startswith("compacted-")
     assert len(list((store / "curves").glob("*.parquet"))) == 1
-    keys = {"trials": ["trial_id"], "curves": ["trial_id", "step"],
-            "attention": ["trial_id", "step", "layer", "head"]}  # fmt: skip
+    keys = {
+        "trials": ["trial_id"],
+        "curves": ["trial_id", "step"],
+        "attention": ["trial_id", "step", "layer", "head"],
+    }
     for table, by in keys.items():
         after = read_table(store, table).table.to_pandas().sort_values(by, ignore_index=True)
         expected = before[table].to_pandas().sort_values(by, ignore_index=True)
         pd.testing.assert_frame_equal(after, expected)
     # A crash between writing the part and removing a file leaves rows twice: readers dedupe.
-    write_rows(store, "trials", [trial_row("a-enwik8-baseline-baseline-s0", sweep="a",
-               dataset="enwik8", best_val_loss=9.0)], "late")  # fmt: skip
+    write_rows(
+        store,
+        "trials",
+        [
+            trial_row(
+                "a-enwik8-baseline-baseline-s0", sweep="a", dataset="enwik8", best_val_loss=9.0
+            )
+        ],
+        "late",
+    )
     with pytest.warns(UserWarning, match="skipped corrupt"):
         loaded = load_store(store)
     assert len(loaded.trials) == 16 and loaded.duplicates["trials"] == 1
@@ -82,3 +102,19 @@ def test_filters_and_errors(store):
         load_store(store / "nope")
     with pytest.raises(StoreError, match="not a result store"):
         load_store(store / "curves")
+
+
+def test_file_compacted_away_while_listing_is_read_again(store, monkeypatch):
+    from sweeps import schema
+
+    listed = schema._table_paths
+    calls = []
+
+    def stale_listing(directory):
+        calls.append(directory)
+        paths = listed(directory)
+        return paths + [directory / "gone.parquet"] if len(calls) == 1 else paths
+
+    monkeypatch.setattr(schema, "_table_paths", stale_listing)
+    read = read_table(store, "trials")
+    assert len(calls) == 2 and read.corrupt == [] and read.table.num_rows == 16

@@ -18,9 +18,15 @@ from analysis.synthetic import SyntheticSpec, build_store
 @pytest.fixture(scope="module")
 def tables(tmp_path_factory):
     spec = SyntheticSpec(
-        sweeps=("base", "change"), datasets=("shakespeare_char", "enwik8"), n_factors=2,
-        n_levels=2, seeds=3, eval_steps=5, n_layer=3, n_head=2,
-    )  # fmt: skip
+        sweeps=("base", "change"),
+        datasets=("shakespeare_char", "enwik8"),
+        n_factors=2,
+        n_levels=2,
+        seeds=3,
+        eval_steps=5,
+        n_layer=3,
+        n_head=2,
+    )
     store = load_store(build_store(tmp_path_factory.mktemp("plots") / "store", spec, threads=2))
     trials = store.trials
     baselines = aggregate.baseline_configs(trials)
@@ -76,8 +82,10 @@ def test_factor_curves(tables):
     lines = ax.get_lines()
     # val (solid, labelled) then train (dashed) per series: baseline and each level
     assert [line.get_label() for line in lines if line.get_linestyle() == "-"][:3] == [
-        "baseline", "n_embed=2", "n_embed=4",
-    ]  # fmt: skip
+        "baseline",
+        "n_embed=2",
+        "n_embed=4",
+    ]
     assert sum(line.get_linestyle() == "--" for line in lines) == 3 + 1  # + legend proxy
     (bands,) = ax.collections
     assert len(bands.get_paths()) == 6  # a stderr band per line
@@ -109,8 +117,9 @@ def test_attention_and_layer_similarity(tables):
     assert [line.get_label() for line in entropy.get_lines()] == ["layer 0", "layer 1", "layer 2"]
     figure = plots.layer_similarity(attention)
     assert [line.get_label() for line in figure.axes[0].get_lines()] == [
-        "layers 0–1", "layers 1–2",
-    ]  # fmt: skip
+        "layers 0–1",
+        "layers 1–2",
+    ]
     assert len(plots.attention_over_training(_one(tables["attention"])).axes) == 4
 
 
@@ -122,8 +131,9 @@ def test_sweeps_compared(tables):
     assert [line.get_label() for line in ax.get_lines()] == ["base", "change"]
     colors = plots.color_mapping(["base", "change"], reserved={})
     assert [matplotlib.colors.to_hex(line.get_color()) for line in ax.get_lines()] == [
-        colors["base"], colors["change"],
-    ]  # fmt: skip
+        colors["base"],
+        colors["change"],
+    ]
 
 
 def test_heatmaps_from_constructed_maps():

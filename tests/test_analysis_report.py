@@ -16,16 +16,36 @@ from analysis.report import main
 from analysis.synthetic import SyntheticSpec, build_store, trial_row, write_rows
 
 SPEC = SyntheticSpec(
-    sweeps=("base", "change"), n_factors=1, n_levels=2, seeds=2, eval_steps=4, n_layer=2,
-    n_head=2, failed_share=0.0,
-)  # fmt: skip
+    sweeps=("base", "change"),
+    n_factors=1,
+    n_levels=2,
+    seeds=2,
+    eval_steps=4,
+    n_layer=2,
+    n_head=2,
+    failed_share=0.0,
+)
 
 
 @pytest.fixture
 def store(tmp_path):
     root = build_store(tmp_path / "results", SPEC, threads=2)
-    write_rows(root, "trials", [trial_row("boom", sweep="base", factor="n_layer", level="2",
-               seed=7, status="failed", error="non-finite loss at step 150")], "boom")  # fmt: skip
+    write_rows(
+        root,
+        "trials",
+        [
+            trial_row(
+                "boom",
+                sweep="base",
+                factor="n_layer",
+                level="2",
+                seed=7,
+                status="failed",
+                error="non-finite loss at step 150",
+            )
+        ],
+        "boom",
+    )
     return root
 
 
@@ -64,8 +84,13 @@ def test_report_is_self_contained(store, tmp_path, capsys, monkeypatch):
         assert (out / link).is_file() and not link.startswith("/"), link
     figures = {p.relative_to(out / "figures").as_posix() for p in (out / "figures").rglob("*.png")}
     for sweep in ("base", "change"):
-        for stem in ("1_params_vs_loss", "2_factor_curves", "3_loss_bars", "4_attention",
-                     "5_layer_similarity"):  # fmt: skip
+        for stem in (
+            "1_params_vs_loss",
+            "2_factor_curves",
+            "3_loss_bars",
+            "4_attention",
+            "5_layer_similarity",
+        ):
             assert f"{sweep}/{stem}.png" in figures
     assert "7_sweeps_compared.png" in figures
     assert "6_heatmaps/shakespeare_char_heads_layer1.png" in figures  # default: last layer
@@ -142,7 +167,9 @@ def test_heatmap_layer_out_of_range_writes_nothing(store, tmp_path, capsys, monk
 
 def test_store_still_being_written(tmp_path, capsys):
     root = build_store(tmp_path / "results", SPEC, threads=2)
-    write_rows(root, "curves", {"trial_id": ["running"], "step": [50], "val_loss": [3.0]}, "running")
+    write_rows(
+        root, "curves", {"trial_id": ["running"], "step": [50], "val_loss": [3.0]}, "running"
+    )
     (root / "trials" / ".tmp-write.parquet").write_bytes(b"half a file")  # a write in progress
     out = tmp_path / "report"
     assert main([str(root), "--out", str(out), "--format", "png"]) == 0
@@ -166,7 +193,9 @@ def test_module_entry_point_and_no_ray(tmp_path):
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     done = subprocess.run(
-        [sys.executable, "-m", "analysis", str(tmp_path / "nowhere")], capture_output=True, text=True
+        [sys.executable, "-m", "analysis", str(tmp_path / "nowhere")],
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 2 and done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1

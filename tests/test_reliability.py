@@ -1,0 +1,727 @@
+"""Fault tolerance on real Ray processes: nothing a dead node, a killed driver, a diverging
+trial, a corrupt file or a typo does may cost results.
+
+Sweeps run as their own processes (``python sweeps/ablation.py ...``) exactly as a user runs
+them; the test changes nodes and kills processes from its main thread while a watcher
+thread reads the store over and over (it must be readable at every moment). Every Ray
+process a test starts is stopped by that test, whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import yaml
+
+from sweeps.grid import expand, load_grid
+from sweeps.schema import MARKER, TABLES, read_table
+
+REPO = Path(__file__).resolve().parents[1]
+ABLATION = REPO / "sweeps" / "ablation.py"
+
+# TINY_BASELINE of test_sweeps.py; each test sets its own length.
+TINY = {"n_layer": 1, "n_head": 2, "n_embed": 16, "block_size": 16, "dropout": 0.0,
+        "batch_size": 8, "eval_iters": 2, "warmup_iters": 2, "sample_tokens": 20}  # fmt: skip
+# Measured on the tiny model (seeds 0-2, 40 steps): lr 10 with weight_decay 0.1 does NOT
+# diverge (AdamW's decoupled decay p *= 1 - lr * wd zeroes the weights at lr 10); lr 30
+# diverges by step 9 and lr 100 by step 4-5, with or without weight decay.
+DIVERGING_LR = 100.0
+
+
+def write_grid(path: Path, *, name: str, factors: dict, seeds: int, **baseline: Any) -> Path:
+    grid = {"name": name, "datasets": ["shakespeare_char"], "seeds": seeds,
+            "baseline": {**TINY, **baseline}, "factors": factors}  # fmt: skip
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return path
+
+
+def expected_steps(max_iters: int, eval_interval: int) -> list[int]:
+    return list(range(0, max_iters + 1, eval_interval))
+
+
+def read(root: Path, table: str):
+    result = read_table(root, table)
+    assert result.corrupt == [], f"corrupt {table} files: {result.corrupt}"
+    return result.table.to_pandas()
+
+
+def curve_steps(root: Path) -> dict[str, list[int]]:
+    """trial_id -> the curve steps the store holds now (running trials included)."""
+    curves = read_table(root, "curves", columns=["trial_id", "step"]).table.to_pylist()
+    steps: dict[str, list[int]] = {}
+    for row in curves:
+        steps.setdefault(row["trial_id"], []).append(row["step"])
+    return {trial: sorted(values) for trial, values in steps.items()}
+
+
+def finished(root: Path) -> dict[str, str]:
+    rows = read_table(root, "trials", columns=["trial_id", "status"]).table.to_pylist()
+    return {row["trial_id"]: row["status"] for row in rows}
+
+
+class StoreWatcher(threading.Thread):
+    """Reads every table of the store in a loop while sweeps write it; records any moment
+    the store was not readable (a corrupt or torn file) or held a duplicate row."""
+
+    KEYS: ClassVar[dict[str, list[str]]] = {
+        "trials": ["trial_id"],
+        "curves": ["trial_id", "step"],
+        "attention": ["trial_id", "step", "layer", "head"],
+        "samples": ["trial_id"],
+    }
+
+    def __init__(self, root: Path):
+        super().__init__(daemon=True)
+        self.root, self.reads, self.problems = root, 0, []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            if (self.root / MARKER).is_file():
+                for table in TABLES:
+                    result = read_table(self.root, table, columns=self.KEYS[table])
+                    if result.corrupt:
+                        self.problems.append(f"{table}: unreadable {result.corrupt}")
+                    keys = list(zip(*(result.table.column(k).to_pylist()
+                                      for k in self.KEYS[table]), strict=True))  # fmt: skip
+                    if len(keys) != len(set(keys)):
+                        self.problems.append(f"{table}: duplicate rows")
+                self.reads += 1
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=30)
+
+
+@contextlib.contextmanager
+def watching(root: Path) -> Iterator[StoreWatcher]:
+    watcher = StoreWatcher(root)
+    watcher.start()
+    try:
+        yield watcher
+    finally:
+        watcher.stop()
+
+
+class Driver:
+    """``python sweeps/ablation.py ARGS`` as its own process, output in files.
+
+    Remembers every process it (or Ray on its behalf) started, so ``cleanup`` can end them
+    by pid, orphans of a SIGKILLed driver included (RAY-NOTES: some outlive it by 40 s).
+    """
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None):
+        self.log = log
+        self.started = time.monotonic()
+        with open(f"{log}.out", "w") as out, open(f"{log}.err", "w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(ABLATION), *args], stdout=out, stderr=err,
+                env=env, cwd=REPO, start_new_session=True,
+            )  # fmt: skip
+        self.family: dict[int, float] = {}
+
+    @property
+    def out(self) -> str:
+        return Path(f"{self.log}.out").read_text()
+
+    @property
+    def err(self) -> str:
+        return Path(f"{self.log}.err").read_text()
+
+    def watch(self) -> None:
+        """Note the driver's descendants (Ray's processes and trial workers) seen now."""
+        table = _process_table()
+        family, grew = {self.proc.pid}, True
+        while grew:
+            new = {pid for pid, (ppid, _) in table.items() if ppid in family} - family
+            family |= new
+            grew = bool(new)
+        for pid in family - {self.proc.pid}:
+            self.family[pid] = table[pid][1]
+
+    def wait_until(self, what: str, predicate: Callable[[], Any], timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.watch()
+            value = predicate()
+            if value:
+                return value
+            if self.proc.poll() is not None:
+                pytest.fail(f"driver exited ({self.proc.returncode}) before {what}:\n"
+                            f"{self.out}\n{self.err[-3000:]}")  # fmt: skip
+            time.sleep(0.1)
+        pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}:\n{self.out}")
+
+    def finish(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self.watch()
+            time.sleep(0.2)
+        if self.proc.poll() is None:
+            pytest.fail(f"driver still running after {timeout:.0f}s:\n{self.out}")
+        return self.proc.returncode
+
+    def sigkill(self) -> None:
+        self.watch()
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def cleanup(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        table = _process_table()
+        for pid, started in self.family.items():
+            if table.get(pid, (None, None))[1] == started:  # the same process, not a new pid
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def _process_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, start time in clock ticks) of every process, from /proc."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # ended meanwhile
+            table[int(entry.name)] = (int(fields[1]), int(fields[19]))
+    return table
+
+
+@pytest.fixture
+def drivers() -> Iterator[list[Driver]]:
+    started: list[Driver] = []
+    try:
+        yield started
+    finally:
+        for driver in started:
+            driver.cleanup()
+
+
+def driver_env() -> dict[str, str]:
+    """The user's environment: no RAY_AUTH_MODE (the runner finds the token itself)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    env["PYTHONWARNINGS"] = "ignore"
+    return env
+
+
+# ------------------------------------------------------------------ 1. worker node lost
+
+
+@pytest.fixture
+def two_node_cluster(monkeypatch: pytest.MonkeyPatch):
+    """A real local Ray cluster: a head with no CPUs for trials and one 2-CPU worker node.
+
+    Token authentication on, as `ray start --head` does (ray.cluster_utils.Cluster leaves
+    it off unless RAY_AUTH_MODE says so): the driver must find the token by itself.
+    Ray caches its config at import, so the mode is reloaded after setting and after the
+    test.
+    """
+    from ray._private.authentication.authentication_token_setup import (
+        ensure_token_if_auth_enabled,
+    )
+    from ray._raylet import Config
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    Config.initialize("")
+    ensure_token_if_auth_enabled(None, create_token_if_missing=True)
+    cluster = Cluster(shutdown_at_exit=True)
+    try:
+        cluster.add_node(num_cpus=0, include_dashboard=False)
+        cluster.add_node(num_cpus=2)
+        yield cluster
+    finally:
+        cluster.shutdown()
+        monkeypatch.undo()
+        Config.initialize("")
+
+
+@pytest.mark.ray
+def test_worker_node_killed_mid_trial_sweep_completes_and_resumes(
+    tmp_path: Path, two_node_cluster, drivers: list[Driver]
+):
+    cluster = two_node_cluster
+    max_iters, interval = 600, 50
+    grid = write_grid(tmp_path / "grid.yaml", name="nodeloss", factors={"n_head": [1]},
+                      seeds=2, max_iters=max_iters, eval_interval=interval)  # fmt: skip
+    results = tmp_path / "results"
+    steps = expected_steps(max_iters, interval)
+    driver = Driver(
+        ["--address", cluster.address, "--grid", str(grid), "--results", str(results),
+         "--max-failures", "3"],
+        tmp_path / "driver", env=driver_env(),
+    )  # fmt: skip
+    drivers.append(driver)
+
+    def midway() -> dict[str, list[int]] | None:
+        if not (results / MARKER).is_file():
+            return None
+        now = curve_steps(results)
+        done = finished(results)
+        running = {t: s for t, s in now.items() if t not in done and 2 <= len(s) < len(steps)}
+        return now if running else None
+
+    with watching(results) as watcher:
+        driver.wait_until("a trial midway", midway, timeout=240)
+        before = read(results, "curves")
+        (worker,) = cluster.worker_nodes
+        cluster.remove_node(worker, allow_graceful=False)  # hard: every process SIGKILLed
+        killed_at = time.monotonic()
+        cluster.add_node(num_cpus=2)
+        code = driver.finish(timeout=300)
+    print(f"node replaced {killed_at - driver.started:.0f}s in; sweep done "
+          f"{time.monotonic() - driver.started:.0f}s in; {watcher.reads} store reads")  # fmt: skip
+    assert code == 0, driver.out + driver.err[-3000:]
+    assert "4 trials finished, 0 failed" in driver.out
+    assert watcher.problems == []
+
+    trials = read(results, "trials")
+    expected = {t.trial_id for t in expand(load_grid(grid))}
+    assert sorted(trials.trial_id) == sorted(expected)  # every (config, seed) exactly once
+    assert set(trials.status) == {"ok"}
+    curves = read(results, "curves")
+    assert curves.groupby("trial_id").step.apply(list).to_dict() == {t: steps for t in expected}
+    assert not curves.duplicated(["trial_id", "step"]).any()
+
+    retried = trials[trials.attempts >= 2].trial_id.tolist()
+    reached_end = set(before.trial_id[before.step == max_iters])
+    interrupted = [t for t in before.trial_id.unique() if t not in reached_end]
+    assert retried, "the lost node's trials were not retried"
+    assert set(interrupted) <= set(retried)
+    for trial_id in retried:
+        old = before[before.trial_id == trial_id].set_index("step")
+        new = curves[curves.trial_id == trial_id].set_index("step")
+        # Resumed from its checkpoint, not restarted: the points reported before the node
+        # died are the very same measurements (a rerun from step 0 would re-measure
+        # elapsed_s and overwrite them), and time keeps counting across the retry.
+        assert len(old) >= 2
+        assert new.loc[old.index, "elapsed_s"].tolist() == old.elapsed_s.tolist()
+        assert new.elapsed_s.is_monotonic_increasing
+        assert (new.tokens_seen == new.index * 8 * 16).all()
+
+
+# ------------------------------------------------------------------ 2. driver SIGKILLed
+
+
+@pytest.mark.ray
+def test_driver_sigkilled_then_rerun_finishes_the_rest_without_rerunning(
+    tmp_path: Path, drivers: list[Driver]
+):
+    max_iters, interval = 300, 50
+    factors = {"n_head": [1], "n_layer": [2]}
+    grid = write_grid(tmp_path / "grid.yaml", name="crash", factors=factors, seeds=2,
+                      max_iters=max_iters, eval_interval=interval)  # fmt: skip
+    results = tmp_path / "results"
+    args = ["--grid", str(grid), "--results", str(results), "--num-cpus", "2"]
+    steps = expected_steps(max_iters, interval)
+    n_trials = len(expand(load_grid(grid)))
+    assert n_trials == 6
+
+    def one_done_one_midway() -> bool:
+        if not (results / MARKER).is_file():
+            return False
+        done, now = finished(results), curve_steps(results)
+        return bool(done) and any(t not in done and len(s) < len(steps) for t, s in now.items())
+
+    with watching(results) as watcher:
+        first = Driver(args, tmp_path / "first", env=driver_env())
+        drivers.append(first)
+        first.wait_until("a finished and a running trial", one_done_one_midway, timeout=240)
+        first.sigkill()
+        done = finished(results)
+        files = {t: _identity(results / "trials" / f"{t}.parquet") for t in done}
+        partial = {t for t, s in curve_steps(results).items() if t not in done}
+        assert done and partial and set(done.values()) == {"ok"}
+
+        second = Driver(args, tmp_path / "second", env=driver_env())
+        drivers.append(second)
+        code = second.finish(timeout=300)
+    assert code == 0, second.out + second.err[-3000:]
+    assert watcher.problems == [] and watcher.reads > 10
+    rerun = n_trials - len(done)
+    assert f"{n_trials} trials in the grid: {len(done)} already in {results}, {rerun} to run" in (
+        second.out
+    )
+    assert f"{rerun} trials finished, 0 failed" in second.out
+
+    trials = read(results, "trials")
+    assert len(trials) == n_trials and trials.trial_id.is_unique and set(trials.status) == {"ok"}
+    # No finished trial ran again: its row is the very file written before the kill.
+    assert {t: _identity(results / "trials" / f"{t}.parquet") for t in done} == files
+    curves = read(results, "curves")
+    assert not curves.duplicated(["trial_id", "step"]).any()
+    assert curves.groupby("trial_id").step.apply(list).tolist() == [steps] * n_trials
+    assert len(read(results, "samples")) == n_trials
+    assert len(list((results / "models").glob("*.pt"))) == n_trials
+
+
+def _identity(path: Path) -> tuple[int, int, bytes]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns, path.read_bytes()
+
+
+# ------------------------------------------------------------------ 3./4. divergence, corrupt
+
+
+@pytest.fixture(scope="module")
+def diverged_store(tmp_path_factory: pytest.TempPathFactory, prepared_data_dir: Path):
+    """A real sweep: the baseline and a learning rate that diverges, two seeds each."""
+    from sweeps import ablation
+
+    root = tmp_path_factory.mktemp("diverged")
+    grid = write_grid(root / "grid.yaml", name="lr", factors={"learning_rate": [DIVERGING_LR]},
+                      seeds=2, max_iters=40, eval_interval=10)  # fmt: skip
+    results = root / "results"
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CHARLM_DATA_DIR", str(prepared_data_dir))
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = ablation.main(["--grid", str(grid), "--results", str(results),
+                                  "--num-cpus", "2"])  # fmt: skip
+    return {"grid": grid, "results": results, "code": code, "out": out.getvalue(),
+            "err": err.getvalue()}  # fmt: skip
+
+
+@pytest.mark.ray
+def test_diverging_trial_is_recorded_failed_and_left_out_of_aggregates(diverged_store):
+    from analysis import analyze
+
+    results = diverged_store["results"]
+    assert diverged_store["code"] == 1  # some trials failed; the sweep went on
+    assert "2 trials finished, 2 failed" in diverged_store["out"]
+    trials = read(results, "trials").set_index("trial_id")
+    diverged = trials[trials.learning_rate == DIVERGING_LR]
+    assert len(diverged) == 2 and set(diverged.status) == {"failed"}
+    for error, last_step in zip(diverged.error, diverged.last_step, strict=True):
+        assert re.fullmatch(r"non-finite loss at step (\d+)", error)
+        assert int(error.rsplit(" ", 1)[1]) == last_step and 0 < last_step <= 40
+    assert f"failed: {diverged.index[0]}: non-finite loss at step" in diverged_store["err"]
+    baseline = trials[trials.factor == "baseline"]
+    assert len(baseline) == 2 and set(baseline.status) == {"ok"}
+    assert set(trials.attempts) == {1}  # a diverged trial is an outcome, never retried
+
+    analysis = analyze(results)
+    summary = analysis.summary.set_index("factor")
+    assert summary.loc["learning_rate", "n_ok"] == 0
+    assert summary.loc["learning_rate", "n_failed"] == 2
+    assert summary.loc["baseline", "n_ok"] == 2 and summary.loc["baseline", "n_failed"] == 0
+    assert summary.loc["baseline", "best_val_loss_n"] == 2
+    assert summary.loc["learning_rate", "best_val_loss_n"] == 0  # left out of the means
+    failed = analysis.failed.set_index("trial_id")
+    assert sorted(failed.index) == sorted(diverged.index)
+    assert failed.diverged.all()
+    assert failed.diverged_at_step.tolist() == diverged.loc[failed.index, "last_step"].tolist()
+
+
+@pytest.mark.ray
+def test_corrupt_store_file_is_named_skipped_and_never_overwritten(
+    diverged_store, tmp_path: Path, capsys
+):
+    from analysis.report import main as analysis_main
+    from sweeps import ablation
+
+    results = tmp_path / "results"
+    shutil.copytree(diverged_store["results"], results)
+    trials = read(results, "trials")
+    victim = trials[(trials.factor == "baseline") & (trials.seed == 0)].trial_id.item()
+    other = trials[(trials.factor == "baseline") & (trials.seed == 1)].trial_id.item()
+    bad_trial = results / "trials" / f"{victim}.parquet"
+    bad_curve = results / "curves" / f"{other}.parquet"
+    for path in (bad_trial, bad_curve):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated
+    torn = {path: _identity(path) for path in (bad_trial, bad_curve)}
+
+    # analysis: names each file, goes on with the rest.
+    code = analysis_main([str(results), "--out", str(tmp_path / "report"), "--format", "png",
+                          "--jobs", "1", "--quiet"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"warning: skipped corrupt store file {bad_trial}" in captured.err
+    assert f"warning: skipped corrupt store file {bad_curve}" in captured.err
+    assert (tmp_path / "report" / "report.html").is_file()
+    # --strict: fails clearly, naming the file.
+    code = analysis_main([str(results), "--out", str(tmp_path / "strict"), "--strict"])
+    captured = capsys.readouterr()
+    assert code == 2
+    (line,) = captured.err.strip().splitlines()
+    assert re.fullmatch(f"error: corrupt store file ({bad_trial}|{bad_curve}): .*", line), line
+
+    # The sweep again (baseline only: its other trial is finished): the corrupt trial is
+    # skipped with a warning naming its file, nothing runs, and no file is overwritten.
+    code = ablation.main(["--grid", str(diverged_store["grid"]), "--results", str(results),
+                          "--factors", "baseline", "--num-cpus", "2"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0
+    assert f"warning: store file {bad_trial} is unreadable" in captured.err
+    assert "2 trials in the grid: 1 already in" in captured.out and "0 to run" in captured.out
+    assert {path: _identity(path) for path in torn} == torn
+
+
+# ------------------------------------------------------------------ 5. bad input
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tree(root: Path) -> dict[str, tuple[int, bytes]] | None:
+    if not root.exists():
+        return None
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes() if p.is_file()
+            else b"") for p in sorted(root.rglob("*"))}  # fmt: skip
+
+
+# (id, CLI, arguments, expected message: a regex matched against the whole line). In the
+# arguments, {tmp} is the test's directory; every case gets --results {tmp}/results unless
+# it names its own. These are the rows of the README's bad-input table.
+BAD_INPUT = [
+    ("n_embed-not-divisible", "ablation", ["--set", "n_embed=10", "--factors", "dropout"],
+     r"error: 1 invalid grid level in grid 'notebook': baseline: n_embed=10 is not divisible "
+     r"by n_head=4: choose n_embed as a multiple of n_head \(e\.g\. 8\)\."),
+    ("n_embed-level-not-divisible", "ablation", ["--grid", "{tmp}/embed.yaml"],
+     r"error: 1 invalid grid level in grid 'e' \(.*embed\.yaml\): n_embed=10: n_embed=10 is "
+     r"not divisible by n_head=4: choose n_embed as a multiple of n_head \(e\.g\. 8\)\."),
+    ("dropout-1.5", "ablation", ["--set", "dropout=1.5", "--factors", "n_head"],
+     r"error: 1 invalid grid level in grid 'notebook': baseline: dropout=1\.5 is invalid: it "
+     r"must be a number in \[0, 1\), e\.g\. 0\.1\."),
+    ("block_size-0", "ablation", ["--set", "block_size=0", "--factors", "n_head"],
+     r"error: 1 invalid grid level in grid 'notebook': baseline: block_size=0 is invalid: it "
+     r"must be a positive integer\."),
+    ("block_size-too-long", "ablation", ["--set", "block_size=200000", "--factors", "n_head"],
+     r"error: baseline=baseline: block_size=200000 is longer than the val split of "
+     r"shakespeare_char \(111540 characters\): use a block_size below 111540\."),
+    ("unknown-factor", "ablation", ["--factors", "n_heads"],
+     r"error: unknown factor\(s\) n_heads \(did you mean n_head\?\) in grid 'notebook': its "
+     r"factors are n_head, n_layer, n_embed, dropout, block_size\."),
+    ("unknown-dataset", "ablation", ["--datasets", "shakespeare"],
+     r"error: 1 invalid dataset in grid 'notebook': dataset='shakespeare' is unknown: use one "
+     r"of shakespeare_char, enwik8, text8 or the path of a UTF-8 text file\."),
+    ("unknown-field", "ablation", ["--set", "n_embd=64"],
+     r"error: unknown config field\(s\) n_embd \(overrides\): valid fields are .*"),
+    ("malformed-grid-yaml", "ablation", ["--grid", "{tmp}/broken.yaml"],
+     r"error: grid file .*broken\.yaml: not valid YAML: expected ',' or '\]', but got "
+     r"'<stream end>' at line 2, column 1; fix the syntax there\."),
+    ("missing-grid-file", "ablation", ["--grid", "{tmp}/nope.yaml"],
+     r"error: grid file .*nope\.yaml: no such file; give the path of a grid YAML file or a "
+     r"preset name \(notebook, nanogpt\)\."),
+    ("python-tag-in-grid", "ablation", ["--grid", "{tmp}/evil.yaml"],
+     r"error: grid file .*evil\.yaml: not valid YAML: could not determine a constructor for "
+     r"the tag 'tag:yaml\.org,2002:python/object/apply:os\.system'.*"),
+    ("malformed-cluster-yaml", "ablation", ["--cluster", "{tmp}/broken.yaml"],
+     r"error: --cluster .*broken\.yaml: not valid YAML at line 2; fix the file\."),
+    ("cluster-yaml-bad-schema", "ablation", ["--cluster", "{tmp}/badcluster.yaml"],
+     r"error: --cluster .*badcluster\.yaml: rejected by Ray's cluster-launcher schema: "
+     r"Unsupported node provider: nonsense; see https://docs\.ray\.io/.*"),
+    ("missing-cluster-yaml", "ablation", ["--cluster", "{tmp}/nope.yaml"],
+     r"error: --cluster .*nope\.yaml: no such file; give the path of a cluster\.yaml\."),
+    ("unreachable-cluster", "ablation",
+     ["--cluster", "{tmp}/unreachable.yaml", "--factors", "n_head", "--seeds", "1"],
+     r"error: cannot reach the Ray head at 127\.0\.0\.1:\d+ \(Connection refused\): start the "
+     r"cluster with `ray up .*unreachable\.yaml` and run this on the head \(`ray submit "
+     r".*unreachable\.yaml sweeps/ablation\.py -- \.\.\.`\), or open a tunnel to it first\."),
+    ("unreachable-address", "ablation",
+     ["--address", "127.0.0.1:{port}", "--factors", "n_head", "--seeds", "1"],
+     r"error: cannot reach the Ray head at 127\.0\.0\.1:\d+ \(Connection refused\): .*"),
+    ("results-not-a-store", "ablation", ["--results", "{tmp}/photos"],
+     r"error: results directory .*photos is not a result store \(no charlm-store\.json\) and "
+     r"is not empty: pick a new or empty directory with --results\."),
+    ("results-unwritable", "ablation", ["--results", "{tmp}/afile/results"],
+     r"error: --results .*afile/results: .*afile is not writable; name a directory you can "
+     r"write to\."),
+    ("results-is-a-file", "ablation", ["--results", "{tmp}/afile"],
+     r"error: --results .*afile: exists and is not a directory; name a directory\."),
+    ("seeds-0", "ablation", ["--seeds", "0"], r"error: --seeds 0: give a number of seeds >= 1\."),
+    ("unknown-option", "ablation", ["--seed", "3"],
+     r"error: unrecognized arguments: --seed 3 \(see python sweeps/ablation\.py --help\)"),
+    ("search-n_embed-not-divisible", "search", ["--set", "n_embed=10"],
+     r"error: 1 invalid grid level in grid 'notebook': baseline: n_embed=10 is not divisible "
+     r"by n_head=4: .*"),
+    ("search-dropout-1.5", "search", ["--set", "dropout=1.5"],
+     r"error: .*dropout=1\.5 is invalid: it must be a number in \[0, 1\), e\.g\. 0\.1\."),
+    ("search-block_size-0", "search", ["--set", "block_size=0"],
+     r"error: .*block_size=0 is invalid: it must be a positive integer\."),
+    ("search-unknown-dataset", "search", ["--dataset", "shakespeare"],
+     r"error: 1 invalid dataset in grid 'notebook': dataset='shakespeare' is unknown: .*"),
+    ("search-malformed-cluster-yaml", "search", ["--cluster", "{tmp}/broken.yaml"],
+     r"error: --cluster .*broken\.yaml: not valid YAML at line 2; fix the file\."),
+    ("search-unreachable-cluster", "search", ["--cluster", "{tmp}/unreachable.yaml"],
+     r"error: cannot reach the Ray head at 127\.0\.0\.1:\d+ \(Connection refused\): .*"),
+    ("search-results-not-a-store", "search", ["--results", "{tmp}/photos"],
+     r"error: results directory .*photos is not a result store .*"),
+    ("search-results-unwritable", "search", ["--results", "{tmp}/afile/results"],
+     r"error: --results .*afile is not writable; name a directory you can write to\."),
+    ("search-n-trials-0", "search", ["--n-trials", "0"],
+     r"error: --n-trials 0: give a number of trials >= 1\."),
+]  # fmt: skip
+
+
+@pytest.fixture
+def bad_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The files the bad-input cases name, and a closed port as the 'cluster head'."""
+    (tmp_path / "embed.yaml").write_text(
+        "name: e\nbaseline: {n_layer: 1, n_head: 4, n_embed: 16}\nfactors:\n  n_embed: [10]\n"
+    )
+    (tmp_path / "broken.yaml").write_text("name: [unclosed\n")
+    (tmp_path / "evil.yaml").write_text(
+        f"name: !!python/object/apply:os.system ['touch {tmp_path}/pwned']\n"
+    )
+    (tmp_path / "badcluster.yaml").write_text("cluster_name: x\nprovider: {type: nonsense}\n")
+    (tmp_path / "unreachable.yaml").write_text(
+        "cluster_name: local\nprovider: {type: local, head_ip: 127.0.0.1, worker_ips: []}\n"
+        "auth: {ssh_user: me}\n"
+    )
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8 not a store")
+    (tmp_path / "afile").write_text("a file, not a directory\n")
+    port = _free_port()
+    monkeypatch.setattr("sweeps.runner.GCS_PORT", port)  # a head that is surely not there
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return {"tmp": str(tmp_path), "port": str(port)}
+
+
+@pytest.mark.parametrize(("cli", "argv", "message"), [case[1:] for case in BAD_INPUT],
+                         ids=[case[0] for case in BAD_INPUT])  # fmt: skip
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    cli: str, argv: list[str], message: str, bad_inputs: dict[str, str], tmp_path: Path, capsys
+):
+    from sweeps import ablation, search
+
+    argv = [arg.format(**bad_inputs) for arg in argv]
+    if "--results" not in argv:
+        argv += ["--results", str(tmp_path / "results")]
+    results = Path(argv[argv.index("--results") + 1])
+    before = {path: _tree(path) for path in (tmp_path, results)}
+    with pytest.raises(SystemExit) as exit_info:
+        (ablation if cli == "ablation" else search).main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert re.fullmatch(message, lines[0]), lines[0]
+    assert {path: _tree(path) for path in (tmp_path, results)} == before  # nothing written
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_bad_input_from_a_real_process_prints_only_the_error_line(tmp_path: Path):
+    """What the user sees: no traceback, no warnings, one line and status 2."""
+    (tmp_path / "broken.yaml").write_text("name: [unclosed\n")
+    process = subprocess.run(
+        [sys.executable, str(ABLATION), "--grid", str(tmp_path / "broken.yaml"), "--results",
+         str(tmp_path / "results")], capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert process.returncode == 2
+    assert process.stderr.count("\n") == 1 and process.stderr.startswith("error: grid file ")
+    assert process.stdout == "" and not (tmp_path / "results").exists()
+
+
+# ------------------------------------------------------------------ 6. security basics
+
+
+def _tracked_files() -> list[Path]:
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
+                            check=True).stdout.decode().split("\0")  # fmt: skip
+    return [REPO / name for name in listed if name and (REPO / name).is_file()]
+
+
+def test_yaml_is_only_read_with_safe_load():
+    for path in _tracked_files():
+        if path.suffix == ".py" and path.name != Path(__file__).name:
+            text = path.read_text()
+            assert not re.search(r"yaml\.(load|unsafe_load|full_load)\(|Loader=", text), path
+
+
+def test_checkpoints_load_with_weights_only(tmp_path: Path):
+    import torch
+
+    from charlm.train import load_model
+
+    for path in _tracked_files():
+        if path.suffix == ".py" and path.name != Path(__file__).name:
+            for call in re.findall(r"torch\.load\([^)]*\)", path.read_text()):
+                assert "weights_only=True" in call, f"{path}: {call}"
+    # A checkpoint that would run code when unpickled is refused, and the code never runs.
+    marker = tmp_path / "pwned"
+    torch.save({"model": _Evil(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(Exception, match=r"[Ww]eights only load failed"):
+        load_model(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+class _Evil:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_cluster_yaml_keeps_ray_ports_private_and_says_how_to_reach_them():
+    text = (REPO / "cluster.yaml").read_text()
+    config = yaml.safe_load(text)
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head
+    assert "0.0.0.0" not in text  # no port opened to every address
+    assert "ray dashboard cluster.yaml" in text and "ray attach cluster.yaml -p 10001" in text
+    for port in ("6379", "8265", "10001"):
+        assert port in text
+    readme = (REPO / "README.md").read_text()
+    assert "ray dashboard" in readme and re.search(r"SSH|ssh", readme), (
+        "README must say how to reach the dashboard/client ports (SSH tunnel, `ray dashboard`)"
+    )
+
+
+def test_no_credentials_in_the_repository():
+    patterns = [
+        r"AKIA[0-9A-Z]{16}",  # AWS access key id
+        r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
+        r"(?i)aws_secret_access_key\s*[:=]\s*\S+",
+        r"ghp_[0-9A-Za-z]{36}",  # GitHub token
+    ]
+    token_file = Path.home() / ".ray" / "auth_token"
+    token = token_file.read_text().strip() if token_file.is_file() else None
+    for path in _tracked_files():
+        text = path.read_text(errors="ignore")
+        for pattern in patterns:
+            assert not re.search(pattern, text), f"{path} matches {pattern}"
+        assert not token or token not in text, f"{path} holds this machine's Ray auth token"
+
+
+def test_runner_reloads_rays_config_when_it_turns_token_auth_on(monkeypatch):
+    """Pins the private API the runner uses: Ray reads RAY_AUTH_MODE once at import, so the
+    runner reloads its config after setting it (else ray.init fails after ~20 s)."""
+    from ray._raylet import AuthenticationMode, Config, get_authentication_mode
+
+    from sweeps.runner import _auth_for_existing_cluster
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "0" * 32)
+    Config.initialize("")
+    try:
+        assert get_authentication_mode() == AuthenticationMode.DISABLED
+        _auth_for_existing_cluster()
+        assert os.environ["RAY_AUTH_MODE"] == "token"
+        assert get_authentication_mode() == AuthenticationMode.TOKEN
+    finally:
+        monkeypatch.undo()
+        Config.initialize("")
