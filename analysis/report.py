@@ -25,6 +25,11 @@ from typing import Any
 
 import pandas as pd
 
+try:
+    import resource
+except ImportError:  # Windows: CPU time of this process only
+    resource = None  # type: ignore[assignment]
+
 from analysis import aggregate, plots
 from analysis.aggregate import CONFIG_KEYS, slug
 from analysis.load import CorruptStoreError, Store, StoreError, check_store, load_store
@@ -47,7 +52,31 @@ class Analysis:
     leaderboard: pd.DataFrame
     curves: pd.DataFrame
     attention: pd.DataFrame
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
+    cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds per phase
+
+
+class _Stopwatch:
+    """Wall and CPU seconds per phase; CPU counts finished child processes (figure workers)."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._last = self._now()
+
+    @staticmethod
+    def _now() -> tuple[float, float]:
+        cpu = time.process_time()
+        if resource is not None:
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu += children.ru_utime + children.ru_stime
+        return time.perf_counter(), cpu
+
+    def lap(self, name: str) -> None:
+        now = self._now()
+        self.wall[name] = now[0] - self._last[0]
+        self.cpu[name] = now[1] - self._last[1]
+        self._last = now
 
 
 def analyze(
@@ -61,11 +90,9 @@ def analyze(
 ) -> Analysis:
     """Load the store at ``root`` and compute every aggregate: the library call behind the
     report. Attention is summarised for each sweep's baseline config (figures 4 and 5)."""
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
+    watch = _Stopwatch()
     store = load_store(root, sweeps=sweeps, datasets=datasets, strict=strict, attention="baselines")
-    timings["load"] = time.perf_counter() - start
-    start = time.perf_counter()
+    watch.lap("load")
     trials = store.trials
     summary = aggregate.config_summary(trials)
     effects = aggregate.compare_to_baseline(trials, metric)
@@ -76,9 +103,18 @@ def analyze(
     curves = aggregate.curve_summary(store.curves, ablation)
     baselines = aggregate.baseline_configs(ablation)
     attention = aggregate.attention_summary(store.attention, ablation, baselines)
-    timings["aggregate"] = time.perf_counter() - start
+    watch.lap("aggregate")
     return Analysis(
-        store, summary, effects, ranking, failed, leaderboard, curves, attention, timings
+        store,
+        summary,
+        effects,
+        ranking,
+        failed,
+        leaderboard,
+        curves,
+        attention,
+        watch.wall,
+        watch.cpu,
     )
 
 
@@ -93,7 +129,8 @@ class Report:
     tables: list[Path]
     missing: list[str]
     analysis: Analysis
-    timings: dict[str, float]
+    timings: dict[str, float]  # wall seconds per phase
+    cpu_timings: dict[str, float]  # CPU seconds per phase, figure workers included
 
 
 @dataclass
@@ -145,18 +182,16 @@ def build_report(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # corrupt files are listed from store.corrupt
         analysis = analyze(root, sweeps=sweeps, datasets=datasets, strict=strict, metric=metric)
-    timings = dict(analysis.timings)
     missing = _missing(analysis)
-    start = time.perf_counter()
+    watch = _Stopwatch()
     heatmaps = _heatmaps(analysis, heatmap_text, heatmap_layer, missing)
-    timings["heatmap capture"] = time.perf_counter() - start
+    watch.lap("heatmap capture")
 
     temp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(temp, ignore_errors=True)
     try:
         temp.mkdir(parents=True)
         (temp / REPORT_MARKER).write_text("written by python -m analysis\n")
-        start = time.perf_counter()
         tables = aggregate.write_tables(
             analysis.summary, analysis.effects, analysis.ranking, temp / "tables", metric
         )
@@ -166,18 +201,16 @@ def build_report(
             analysis.leaderboard.to_csv(temp / "tables" / "search_leaderboard.csv", index=False)
             tables.append(temp / "tables" / "search_leaderboard.csv")
         tables += aggregate.write_final_info(analysis.store.trials, temp / "final_info")
-        timings["tables"] = time.perf_counter() - start
-        start = time.perf_counter()
+        watch.lap("tables")
         figure_jobs = _figure_jobs(analysis, heatmaps)
         figures = _render(figure_jobs, temp / "figures", formats, jobs_n)
-        timings["figures"] = time.perf_counter() - start
-        start = time.perf_counter()
+        watch.lap("figures")
         sections = _sections(
             analysis, figure_jobs, formats, missing, heatmaps, tables, temp, metric
         )
         (temp / "report.html").write_text(_html(sections, analysis))
         (temp / "report.md").write_text(_markdown(sections, analysis))
-        timings["report"] = time.perf_counter() - start
+        watch.lap("report")
         _move_into_place(temp, out)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
@@ -185,7 +218,15 @@ def build_report(
     moved = [out / path.relative_to(temp) for path in figures]
     moved_tables = [out / path.relative_to(temp) for path in tables]
     return Report(
-        out, out / "report.html", out / "report.md", moved, moved_tables, missing, analysis, timings
+        out,
+        out / "report.html",
+        out / "report.md",
+        moved,
+        moved_tables,
+        missing,
+        analysis,
+        {**analysis.timings, **watch.wall},
+        {**analysis.cpu_timings, **watch.cpu},
     )
 
 
