@@ -78,16 +78,20 @@ def _sort_configs(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows in reading order: sweep, dataset, baseline first, factor, level (numeric)."""
     if frame.empty:
         return frame.reset_index(drop=True)
-    order = sorted(
-        range(len(frame)),
-        key=lambda i: (
-            str(frame["sweep"].iat[i]),
-            str(frame["dataset"].iat[i]),
-            frame["factor"].iat[i] != "baseline",
-            str(frame["factor"].iat[i]),
-            _level_key(frame["level"].iat[i]),
-        ),
+    levels = frame["level"].astype(str)
+    number = pd.to_numeric(levels, errors="coerce")
+    keys = pd.DataFrame(
+        {
+            "sweep": frame["sweep"].astype(str).to_numpy(),
+            "dataset": frame["dataset"].astype(str).to_numpy(),
+            "not_baseline": frame["factor"].ne("baseline").to_numpy(),
+            "factor": frame["factor"].astype(str).to_numpy(),
+            "not_number": number.isna().to_numpy(),
+            "number": number.fillna(0.0).to_numpy(),
+            "level": levels.to_numpy(),
+        }
     )
+    order = keys.sort_values(list(keys.columns), kind="stable").index.to_numpy()
     return frame.iloc[order].reset_index(drop=True)
 
 
@@ -164,9 +168,24 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     return adjusted
 
 
-def _per_seed(frame: pd.DataFrame, metric: str) -> pd.Series:
-    """Metric per seed (averaged if a seed repeats), NaNs dropped, indexed by seed."""
-    return frame.groupby("seed")[metric].mean().dropna()
+def _seed_values(trials: pd.DataFrame, metric: str) -> dict[tuple, pd.Series]:
+    """Per (sweep, dataset, factor, level) of ok, non-search trials: ``metric`` indexed by
+    seed (averaged if a seed repeats, NaN dropped). One groupby for all configs."""
+    ok = _ok(trials, [metric])
+    ok = ok[ok["kind"].ne("search")]
+    means = ok.groupby([*CONFIG_KEYS, "seed"], sort=True)[metric].mean().dropna()
+    return {
+        key: values.droplevel([0, 1, 2, 3])
+        for key, values in means.groupby(level=[0, 1, 2, 3], sort=False)
+    }
+
+
+def _by_experiment(values: dict[tuple, pd.Series]) -> dict[tuple, dict[tuple, pd.Series]]:
+    """The configs of _seed_values grouped by (sweep, dataset), keyed by (factor, level)."""
+    grouped: dict[tuple, dict[tuple, pd.Series]] = {}
+    for (sweep, dataset, factor, level), seeds in sorted(values.items(), key=lambda kv: kv[0][:2]):
+        grouped.setdefault((sweep, dataset), {})[(factor, level)] = seeds
+    return grouped
 
 
 def compare_to_baseline(
@@ -185,18 +204,15 @@ def compare_to_baseline(
     (sweep, dataset). ``effect_size``: Cohen's d_z (mean difference / sd of differences)
     when paired, Cohen's d (pooled sd) for Welch. Search sweeps are not compared.
     """
-    ok = _ok(trials, [metric])
-    ok = ok[ok["kind"].ne("search")]
     rows = []
-    for (sweep, dataset), group in ok.groupby(["sweep", "dataset"], sort=True):
-        base_rows = group[group["factor"].eq("baseline")]
-        if base_rows.empty:
+    for (sweep, dataset), configs in _by_experiment(_seed_values(trials, metric)).items():
+        baselines = [seeds for (factor, _), seeds in configs.items() if factor == "baseline"]
+        if not baselines:
             continue
-        base = _per_seed(base_rows, metric)
-        for (factor, level), level_rows in group[group["factor"].ne("baseline")].groupby(
-            ["factor", "level"], sort=False
-        ):
-            values = _per_seed(level_rows, metric)
+        base = baselines[0]
+        for (factor, level), values in configs.items():
+            if factor == "baseline":
+                continue
             row = {"sweep": sweep, "dataset": dataset, "factor": factor, "level": level}
             row.update(config=config_label(factor, level), metric=metric)
             row.update(_compare(values, base, confidence))
@@ -291,22 +307,18 @@ def rank_factors(
     within each config, percentile method): ``effect_stderr``, ``effect_ci_low``,
     ``effect_ci_high`` (NaN when a config has fewer than two seeds). ``rank`` 1 moves it most.
     """
-    ok = _ok(trials, [metric])
-    ok = ok[ok["kind"].ne("search")]
     rng = np.random.default_rng(seed)
     rows = []
-    for (sweep, dataset), group in ok.groupby(["sweep", "dataset"], sort=True):
-        base = _per_seed(group[group["factor"].eq("baseline")], metric).to_numpy()
-        if len(base) == 0:
+    for (sweep, dataset), configs in _by_experiment(_seed_values(trials, metric)).items():
+        baselines = [seeds for (factor, _), seeds in configs.items() if factor == "baseline"]
+        if not baselines:
             continue
-        for factor, factor_rows in group[group["factor"].ne("baseline")].groupby("factor"):
-            levels = {
-                level: _per_seed(rows_, metric).to_numpy()
-                for level, rows_ in factor_rows.groupby("level", sort=False)
-            }
-            levels = {level: v for level, v in levels.items() if len(v)}
-            if not levels:
-                continue
+        base = baselines[0].to_numpy()
+        factors: dict[str, dict[str, np.ndarray]] = {}
+        for (factor, level), seeds in configs.items():
+            if factor != "baseline":
+                factors.setdefault(factor, {})[level] = seeds.to_numpy()
+        for factor, levels in sorted(factors.items()):
             deltas = {level: v.mean() - base.mean() for level, v in levels.items()}
             best_level = min(deltas, key=deltas.get)
             samples = (base, *levels.values())
@@ -503,33 +515,37 @@ def search_leaderboard(trials: pd.DataFrame, metric: str = "best_val_loss") -> p
 
 
 def _json_number(value: Any) -> Any:
+    value = value.item() if hasattr(value, "item") else value
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return None
-    return value.item() if hasattr(value, "item") else value
+    return value
 
 
-def final_info(trials: pd.DataFrame, metrics: Sequence[str] = METRICS) -> dict[tuple, dict]:
+def final_info(
+    trials: pd.DataFrame, metrics: Sequence[str] = METRICS, summary: pd.DataFrame | None = None
+) -> dict[tuple, dict]:
     """Per (sweep, factor, level): the research templates' ``final_info.json`` content,
     ``{dataset: {"means": {"<m>_mean": x}, "stderrs": {"<m>_stderr": x},
-    "final_info_dict": {"<m>": [value per seed, by seed]}}}`` over ok trials (NaN -> null).
+    "final_info_dict": {"<m>": [value per seed, by seed], "seed": [...]}}}`` over ok trials
+    (NaN -> null). Means and stderrs are config_summary's (pass ``summary`` to reuse one).
     Search sweeps are left out (see search_leaderboard)."""
+    summary = config_summary(trials, metrics) if summary is None else summary
     ok = _ok(trials, metrics)
     ok = ok[ok["kind"].ne("search")].sort_values("seed")
+    per_seed = ok.groupby(CONFIG_KEYS, sort=False)[[*metrics, "seed"]].agg(list)
     result: dict[tuple, dict] = {}
-    for (sweep, factor, level, dataset), rows in ok.groupby(
-        ["sweep", "factor", "level", "dataset"], sort=True
-    ):
-        entry: dict[str, dict] = {"means": {}, "stderrs": {}, "final_info_dict": {}}
-        for metric in metrics:
-            values = rows[metric].to_numpy(float)
-            finite = values[np.isfinite(values)]
-            mean = float(finite.mean()) if len(finite) else math.nan
-            stderr = float(stats.sem(finite)) if len(finite) > 1 else math.nan
-            entry["means"][f"{metric}_mean"] = _json_number(mean)
-            entry["stderrs"][f"{metric}_stderr"] = _json_number(stderr)
-            entry["final_info_dict"][metric] = [_json_number(v) for v in values.tolist()]
-        entry["final_info_dict"]["seed"] = [int(s) for s in rows["seed"]]
-        result.setdefault((sweep, factor, level), {})[dataset] = entry
+    for row in summary[summary["kind"].ne("search")].itertuples(index=False):
+        key = (row.sweep, row.dataset, row.factor, row.level)
+        if key not in per_seed.index:
+            continue
+        values = per_seed.loc[key]
+        entry = {
+            "means": {f"{m}_mean": _json_number(getattr(row, f"{m}_mean")) for m in metrics},
+            "stderrs": {f"{m}_stderr": _json_number(getattr(row, f"{m}_stderr")) for m in metrics},
+            "final_info_dict": {m: [_json_number(v) for v in values[m]] for m in metrics},
+        }
+        entry["final_info_dict"]["seed"] = [int(v) for v in values["seed"]]
+        result.setdefault((row.sweep, row.factor, row.level), {})[row.dataset] = entry
     return result
 
 
@@ -538,10 +554,12 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("_") or "_"
 
 
-def write_final_info(trials: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+def write_final_info(
+    trials: pd.DataFrame, out_dir: str | Path, summary: pd.DataFrame | None = None
+) -> list[Path]:
     """Write ``<out_dir>/<sweep>/<config>/final_info.json`` for every config; the paths."""
     paths = []
-    for (sweep, factor, level), content in final_info(trials).items():
+    for (sweep, factor, level), content in final_info(trials, summary=summary).items():
         path = Path(out_dir) / slug(sweep) / slug(config_label(factor, level)) / "final_info.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(content, indent=2) + "\n")

@@ -224,7 +224,9 @@ def params_vs_loss(
         axes.margins(x=0.12)
         axes.set_xlabel("parameters")
         axes.set_ylabel(_LABELS.get(metric, metric.replace("_", " ")))
-        axes.set_title(f"{_sweep_name(rows)}{dataset}: parameters vs {metric.replace('_', ' ')}")
+        axes.set_title(
+            f"{_sweep_name(rows)}{dataset}: parameters vs {metric.replace('_', ' ')}", y=1.0
+        )
         axes.legend(
             title="factor",
             fontsize=7,
@@ -285,13 +287,13 @@ def factor_curves(
                         linestyle=linestyle,
                     )
             _add_bands(ax, bands)
-            ax.set_title(f"{factor} ({dataset})", fontsize=9)
+            ax.set_title(f"{factor} ({dataset}): val solid, train dashed", fontsize=9, y=1.0)
             ax.set_ylabel("loss")
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=6, loc="upper right")
     _same_limits(axes)
     figure.suptitle(
-        f"{_sweep_name(curves)}loss per factor: val solid, train dashed (mean ± stderr over seeds)"
+        f"{_sweep_name(curves)}loss curves per factor\n(mean ± stderr over seeds)", fontsize=10
     )
     return figure
 
@@ -347,7 +349,7 @@ def loss_bars(summary: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
             low, high = np.nanmin(means), np.nanmax(means)
             axes.set_ylim(low - 0.5 * (high - low) - 0.01, high + 0.35 * (high - low) + 0.01)
         axes.set_ylabel("loss")
-        axes.set_title(f"{_sweep_name(rows)}{dataset}: final train and val loss per config")
+        axes.set_title(f"{_sweep_name(rows)}{dataset}: final train and val loss per config", y=1.0)
         axes.legend(loc="upper left", ncols=2)
         axes.grid(True, axis="y", alpha=0.3)
     return figure
@@ -379,7 +381,7 @@ def _per_layer(attention: pd.DataFrame, metrics: Sequence[str], title: str, pair
                 )
             _add_bands(ax, bands)
             configs = ", ".join(sorted(rows["config"].unique()))
-            ax.set_title(f"{dataset} ({configs})", fontsize=9)
+            ax.set_title(f"{dataset} ({configs})", fontsize=9, y=1.0)
             ax.set_xlabel("step")
             ax.set_ylabel(_LABELS.get(metric, metric))
             ax.grid(True, alpha=0.3)
@@ -420,7 +422,7 @@ def _heatmap(ax: Axes, matrix: np.ndarray, labels: list[str], title: str) -> Non
     ax.set_yticks(ticks, labels, fontsize=size)
     ax.set_xlabel("key (attended to)")
     ax.set_ylabel("query")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=9, y=1.0)
 
 
 def head_heatmaps(layer_maps: np.ndarray, chars: Sequence[str], layer: int) -> Figure:
@@ -495,14 +497,14 @@ def sweeps_compared(
                     sweep,
                 )
             _add_bands(ax, bands)
-            ax.set_title(f"{dataset}: {_LABELS.get(column, column)}", fontsize=9)
+            ax.set_title(f"{dataset}: {_LABELS.get(column, column)}", fontsize=9, y=1.0)
             ax.set_xlabel("step")
             ax.set_ylabel(_LABELS.get(column, column))
             ax.grid(True, alpha=0.3)
             ax.legend(
                 title="sweep (baseline config)", fontsize=7, title_fontsize=7, loc="upper right"
             )
-    figure.suptitle("sweeps compared: baseline configs (mean ± stderr over seeds)")
+    figure.suptitle("sweeps compared: baseline configs\n(mean ± stderr over seeds)", fontsize=10)
     return figure
 
 
@@ -531,10 +533,7 @@ def save_figure(
         canvas = FigureCanvasAgg(figure)
         canvas.draw()
         pixels = np.asarray(canvas.buffer_rgba())
-        renderer = canvas.get_renderer()
-        for name, axes in views.items():
-            box = Bbox.union([ax.get_tightbbox(renderer) for ax in axes]).padded(4)
-            boxes[name] = Bbox.intersection(box, figure.bbox) or figure.bbox
+        boxes = {name: _view_box(figure, axes) for name, axes in views.items()}
         if "png" in formats:
             Image.fromarray(pixels).save(stem.with_suffix(".png"), compress_level=1)
             paths.append(stem.with_suffix(".png"))
@@ -563,6 +562,27 @@ def save_figure(
                     figure.savefig(view, format=fmt, dpi=dpi, bbox_inches=_inches(box, dpi))
                 paths.append(view)
     return paths
+
+
+def _view_box(figure: Figure, axes: Sequence[Axes]) -> Bbox:
+    """The part of the figure (display pixels) that holds ``axes``: out to halfway to the
+    neighbouring panels, or to the figure's edge where there is none (above: room for the
+    panel titles, not the figure's title). Geometry only: measuring every text's extent
+    would cost as much as drawing the figure again."""
+    box = Bbox.union([ax.get_position() for ax in axes])  # figure fractions
+    others = [ax.get_position() for ax in figure.axes if ax not in axes]
+    left = max((o.x1 for o in others if o.x1 <= box.x0), default=None)
+    right = min((o.x0 for o in others if o.x0 >= box.x1), default=None)
+    below = max((o.y1 for o in others if o.y1 <= box.y0), default=None)
+    above = min((o.y0 for o in others if o.y0 >= box.y1), default=None)
+    title_room = 0.4 / figure.get_figheight()
+    extents = (
+        0.0 if left is None else (left + box.x0) / 2,
+        0.0 if below is None else (below + box.y0) / 2,
+        1.0 if right is None else (right + box.x1) / 2,
+        min(1.0, box.y1 + title_room) if above is None else (above + box.y1) / 2,
+    )
+    return Bbox.from_extents(*extents).transformed(figure.transFigure)
 
 
 def _inches(box: Bbox, dpi: float) -> Bbox:

@@ -18,8 +18,9 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -87,35 +88,61 @@ def analyze(
     strict: bool = False,
     metric: str = "best_val_loss",
     n_resamples: int = 1000,
+    attention: bool = True,
 ) -> Analysis:
     """Load the store at ``root`` and compute every aggregate: the library call behind the
-    report. Attention is summarised for each sweep's baseline config (figures 4 and 5)."""
+    report. Attention is summarised for each sweep's baseline config (figures 4 and 5);
+    ``attention=False`` leaves it out (add it later with ``add_attention``)."""
     watch = _Stopwatch()
-    store = load_store(root, sweeps=sweeps, datasets=datasets, strict=strict, attention="baselines")
+    store = load_store(
+        root, sweeps=sweeps, datasets=datasets, strict=strict, tables=("curves", "samples")
+    )
     watch.lap("load")
     trials = store.trials
-    summary = aggregate.config_summary(trials)
-    effects = aggregate.compare_to_baseline(trials, metric)
-    ranking = aggregate.rank_factors(trials, metric, n_resamples=n_resamples)
-    failed = aggregate.failed_trials(trials)
-    leaderboard = aggregate.search_leaderboard(trials, metric)
     ablation = trials[trials["kind"].ne("search")]
-    curves = aggregate.curve_summary(store.curves, ablation)
-    baselines = aggregate.baseline_configs(ablation)
-    attention = aggregate.attention_summary(store.attention, ablation, baselines)
-    watch.lap("aggregate")
-    return Analysis(
-        store,
-        summary,
-        effects,
-        ranking,
-        failed,
-        leaderboard,
-        curves,
-        attention,
-        watch.wall,
-        watch.cpu,
+    result = Analysis(
+        store=store,
+        summary=aggregate.config_summary(trials),
+        effects=aggregate.compare_to_baseline(trials, metric),
+        ranking=aggregate.rank_factors(trials, metric, n_resamples=n_resamples),
+        failed=aggregate.failed_trials(trials),
+        leaderboard=aggregate.search_leaderboard(trials, metric),
+        curves=aggregate.curve_summary(store.curves, ablation),
+        attention=aggregate.attention_summary(store.attention, ablation),  # empty for now
+        timings=watch.wall,
+        cpu_timings=watch.cpu,
     )
+    watch.lap("aggregate")
+    if attention:
+        add_attention(result, sweeps=sweeps, datasets=datasets, strict=strict)
+    return result
+
+
+def add_attention(
+    analysis: Analysis,
+    *,
+    sweeps: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    strict: bool = False,
+) -> None:
+    """Read the attention rows of baseline trials and summarise them into
+    ``analysis.attention`` (and ``analysis.store.attention``)."""
+    watch = _Stopwatch()
+    store = analysis.store
+    read = load_store(
+        store.root, sweeps=sweeps, datasets=datasets, strict=strict, tables=("attention",),
+        attention="baselines",
+    )  # fmt: skip
+    store.attention = read.attention
+    store.corrupt += [item for item in read.corrupt if item not in store.corrupt]
+    store.duplicates["attention"] = read.duplicates.get("attention", 0)
+    store.file_counts["attention"] = read.file_counts.get("attention", 0)
+    ablation = store.trials[store.trials["kind"].ne("search")]
+    baselines = aggregate.baseline_configs(ablation)
+    analysis.attention = aggregate.attention_summary(store.attention, ablation, baselines)
+    watch.lap("attention")
+    analysis.timings.update(watch.wall)
+    analysis.cpu_timings.update(watch.cpu)
 
 
 @dataclass
@@ -181,38 +208,47 @@ def build_report(
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # corrupt files are listed from store.corrupt
-        analysis = analyze(root, sweeps=sweeps, datasets=datasets, strict=strict, metric=metric)
-    missing = _missing(analysis)
+        analysis = analyze(
+            root,
+            sweeps=sweeps,
+            datasets=datasets,
+            strict=strict,
+            metric=metric,
+            attention=False,
+        )
     watch = _Stopwatch()
-    heatmaps = _heatmaps(analysis, heatmap_text, heatmap_layer, missing)
+    heatmap_notes: list[str] = []
+    heatmaps = _heatmaps(analysis, heatmap_text, heatmap_layer, heatmap_notes)
     watch.lap("heatmap capture")
 
     temp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(temp, ignore_errors=True)
+    rendering = _Rendering(temp / "figures", formats, jobs_n)
     try:
         temp.mkdir(parents=True)
         (temp / REPORT_MARKER).write_text("written by python -m analysis\n")
-        tables = aggregate.write_tables(
-            analysis.summary, analysis.effects, analysis.ranking, temp / "tables", metric
-        )
-        analysis.failed.to_csv(temp / "tables" / "failed_trials.csv", index=False)
-        tables.append(temp / "tables" / "failed_trials.csv")
-        if len(analysis.leaderboard):
-            analysis.leaderboard.to_csv(temp / "tables" / "search_leaderboard.csv", index=False)
-            tables.append(temp / "tables" / "search_leaderboard.csv")
-        tables += aggregate.write_final_info(analysis.store.trials, temp / "final_info")
+        # Workers draw the first figures while this process reads the attention table
+        # (the largest) and writes the tables and pages.
+        rendering.submit(_figure_jobs(analysis, heatmaps))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            add_attention(analysis, sweeps=sweeps, datasets=datasets, strict=strict)
+        rendering.submit(_attention_jobs(analysis))
+        watch.lap("figures started, attention read")
+        missing = _missing(analysis) + heatmap_notes
+        tables = _write_tables(analysis, temp, metric)
         watch.lap("tables")
-        figure_jobs = _figure_jobs(analysis, heatmaps)
-        figures = _render(figure_jobs, temp / "figures", formats, jobs_n)
-        watch.lap("figures")
         sections = _sections(
-            analysis, figure_jobs, formats, missing, heatmaps, tables, temp, metric
+            analysis, rendering.jobs, formats, missing, heatmaps, tables, temp, metric
         )
         (temp / "report.html").write_text(_html(sections, analysis))
         (temp / "report.md").write_text(_markdown(sections, analysis))
         watch.lap("report")
+        figures = rendering.results()
+        watch.lap("figures (wait)")
         _move_into_place(temp, out)
     except BaseException:
+        rendering.close()
         shutil.rmtree(temp, ignore_errors=True)
         raise
     moved = [out / path.relative_to(temp) for path in figures]
@@ -225,9 +261,25 @@ def build_report(
         moved_tables,
         missing,
         analysis,
-        {**analysis.timings, **watch.wall},
-        {**analysis.cpu_timings, **watch.cpu},
+        # "attention" is inside "figures started, attention read": not counted twice
+        {**{k: v for k, v in analysis.timings.items() if k != "attention"}, **watch.wall},
+        {**{k: v for k, v in analysis.cpu_timings.items() if k != "attention"}, **watch.cpu},
     )
+
+
+def _write_tables(analysis: Analysis, temp: Path, metric: str) -> list[Path]:
+    tables = aggregate.write_tables(
+        analysis.summary, analysis.effects, analysis.ranking, temp / "tables", metric
+    )
+    analysis.failed.to_csv(temp / "tables" / "failed_trials.csv", index=False)
+    tables.append(temp / "tables" / "failed_trials.csv")
+    if len(analysis.leaderboard):
+        analysis.leaderboard.to_csv(temp / "tables" / "search_leaderboard.csv", index=False)
+        tables.append(temp / "tables" / "search_leaderboard.csv")
+    tables += aggregate.write_final_info(
+        analysis.store.trials, temp / "final_info", analysis.summary
+    )
+    return tables
 
 
 def _check_out_dir(out: Path) -> None:
@@ -308,15 +360,10 @@ def _heatmaps(
     trials = analysis.store.trials
     ok = trials[trials["status"].eq("ok") & trials["best_val_loss"].notna()]
     models = analysis.store.root / "models"
+    saved = {p.stem for p in models.glob("*.pt")} if models.is_dir() else set()
     found = []
-    for dataset, rows in ok.groupby("dataset", sort=True):
-        with_model = [
-            t
-            for t in rows.sort_values("best_val_loss")["trial_id"]
-            if (models / f"{t}.pt").is_file()
-        ]
-        if with_model:
-            found.append((dataset, with_model[0]))
+    for dataset, rows in ok[ok["trial_id"].isin(saved)].groupby("dataset", sort=True):
+        found.append((dataset, rows.sort_values("best_val_loss")["trial_id"].iloc[0]))
     if not found:
         if not trials.empty:
             missing.append(
@@ -356,105 +403,84 @@ def _heatmaps(
 
 
 def _figure_jobs(analysis: Analysis, heatmaps: list[_Heatmaps]) -> list[_FigureJob]:
-    """Every figure of the report: per sweep the main version and, when the sweep covers
-    several datasets, one per dataset."""
+    """The figures that need no attention table: per sweep 1-3, then 7 and the heatmaps.
+    Each job is picklable (a plots function and its frame), so any worker can draw it."""
     jobs: list[_FigureJob] = []
     summary = analysis.summary[analysis.summary["kind"].ne("search")]
     summary = summary[summary["best_val_loss_n"].gt(0)]
     factor_colors = plots.color_mapping(summary["factor"])
     sweep_colors = plots.color_mapping(analysis.summary["sweep"], reserved={})
-
-    def versions(
-        frame: pd.DataFrame,
-        stem: str,
-        caption: str,
-        draw: Callable,
-        panels: int = 1,
-        axis: str = "row",
-    ) -> None:
-        """The figure of all datasets (one row, or column, of panels each) and, with several
-        datasets, each dataset's panels as its own version."""
-        datasets = sorted(frame["dataset"].unique())
-        views = []
-        if len(datasets) > 1:
-            views = [(slug(d), f"{caption} ({d})", axis, i) for i, d in enumerate(datasets)]
-        jobs.append(
-            _FigureJob(stem, caption, lambda f=frame: draw(f), panels * len(datasets), views)
-        )
-
     for sweep, rows in summary.groupby("sweep", sort=True):
         s = slug(sweep)
         curves = analysis.curves[analysis.curves["sweep"] == sweep]
-        attention = analysis.attention[analysis.attention["sweep"] == sweep]
-        versions(
-            rows,
-            f"{s}/1_params_vs_loss",
-            f"{sweep}: parameters vs best val loss",
-            lambda f: plots.params_vs_loss(f, colors=factor_colors),
-        )
+        draw_params = partial(plots.params_vs_loss, colors=factor_colors)
+        caption = f"{sweep}: parameters vs best val loss"
+        jobs.append(_versions(rows, f"{s}/1_params_vs_loss", caption, draw_params))
         if len(curves) and curves["factor"].ne("baseline").any():
-            versions(
-                curves,
-                f"{s}/2_factor_curves",
-                f"{sweep}: loss curves per factor",
-                plots.factor_curves,
-                curves["factor"].nunique(),
-                axis="col",
-            )
-        versions(
-            rows,
-            f"{s}/3_loss_bars",
-            f"{sweep}: final train and val loss per config",
-            plots.loss_bars,
-        )
-        if len(attention):
-            versions(
-                attention,
-                f"{s}/4_attention",
-                f"{sweep}: attention entropy and span per layer (baseline)",
-                plots.attention_over_training,
-            )
-            if attention["attention_js_next_n"].gt(0).any():
-                versions(
-                    attention,
-                    f"{s}/5_layer_similarity",
-                    f"{sweep}: adjacent-layer similarity (baseline)",
-                    plots.layer_similarity,
+            caption, panels = f"{sweep}: loss curves per factor", curves["factor"].nunique()
+            jobs.append(
+                _versions(
+                    curves, f"{s}/2_factor_curves", caption, plots.factor_curves, panels, "col"
                 )
+            )
+        caption = f"{sweep}: final train and val loss per config"
+        jobs.append(_versions(rows, f"{s}/3_loss_bars", caption, plots.loss_bars))
     baseline_curves = analysis.curves[analysis.curves["factor"] == "baseline"]
     if baseline_curves["sweep"].nunique() > 1:
-        versions(
-            baseline_curves,
-            "7_sweeps_compared",
-            "sweeps compared: baseline configs",
-            lambda f: plots.sweeps_compared(f, colors=sweep_colors),
-        )
+        draw_compared = partial(plots.sweeps_compared, colors=sweep_colors)
+        caption = "sweeps compared: baseline configs"
+        jobs.append(_versions(baseline_curves, "7_sweeps_compared", caption, draw_compared))
     for heat in heatmaps:
-        d = slug(heat.dataset)
+        d, source = slug(heat.dataset), f"({heat.config}, trial {heat.trial_id})"
         jobs.append(
             _FigureJob(
                 f"6_heatmaps/{d}_heads_layer{heat.layer}",
-                f"{heat.dataset}: attention per head, layer {heat.layer} "
-                f"({heat.config}, trial {heat.trial_id})",
-                lambda h=heat: plots.head_heatmaps(h.maps[h.layer], h.chars, h.layer),
+                f"{heat.dataset}: attention per head, layer {heat.layer} {source}",
+                partial(plots.head_heatmaps, heat.maps[heat.layer], heat.chars, heat.layer),
             )
         )
         jobs.append(
             _FigureJob(
                 f"6_heatmaps/{d}_layers",
-                f"{heat.dataset}: head-averaged "
-                f"attention per layer ({heat.config}, trial {heat.trial_id})",
-                lambda h=heat: plots.layer_heatmaps(h.maps, h.chars),
+                f"{heat.dataset}: head-averaged attention per layer {source}",
+                partial(plots.layer_heatmaps, heat.maps, heat.chars),
             )
         )
     return jobs
 
 
-_PENDING: list[_FigureJob] = []  # the jobs forked workers render (inherited, not pickled)
+def _attention_jobs(analysis: Analysis) -> list[_FigureJob]:
+    """Figures 4 and 5 per sweep, from the baseline's attention summary."""
+    jobs = []
+    for sweep, attention in analysis.attention.groupby("sweep", sort=True):
+        s = slug(sweep)
+        caption = f"{sweep}: attention entropy and span per layer (baseline)"
+        jobs.append(
+            _versions(attention, f"{s}/4_attention", caption, plots.attention_over_training)
+        )
+        if attention["attention_js_next_n"].gt(0).any():
+            caption = f"{sweep}: adjacent-layer similarity (baseline)"
+            jobs.append(
+                _versions(attention, f"{s}/5_layer_similarity", caption, plots.layer_similarity)
+            )
+    return jobs
 
 
-def _render_one(index: int, directory: Path, formats: Sequence[str]) -> list[Path]:
-    return _draw_and_save(_PENDING[index], directory, formats)
+def _versions(
+    frame: pd.DataFrame,
+    stem: str,
+    caption: str,
+    draw: Callable,
+    panels: int = 1,
+    axis: str = "row",
+) -> _FigureJob:
+    """The figure of all datasets (one row, or column, of panels each) and, with several
+    datasets, each dataset's panels as its own version (cut from the same drawing)."""
+    datasets = sorted(frame["dataset"].unique())
+    views = []
+    if len(datasets) > 1:
+        views = [(slug(d), f"{caption} ({d})", axis, i) for i, d in enumerate(datasets)]
+    return _FigureJob(stem, caption, partial(draw, frame), panels * len(datasets), views)
 
 
 def _draw_and_save(job: _FigureJob, directory: Path, formats: Sequence[str]) -> list[Path]:
@@ -471,29 +497,45 @@ def _draw_and_save(job: _FigureJob, directory: Path, formats: Sequence[str]) -> 
     return plots.save_figure(figure, directory / job.stem, formats, views=views)
 
 
-def _render(
-    jobs: list[_FigureJob], directory: Path, formats: Sequence[str], workers: int
-) -> list[Path]:
-    """Draw and save every job's figure; in ``workers`` forked processes when the platform
-    can fork (matplotlib draws in one thread, so processes are what scales)."""
-    global _PENDING
-    workers = min(workers, len(jobs))
-    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        return [
-            path
-            for job in jobs
-            for path in plots.save_figure(job.draw(), directory / job.stem, formats)
-        ]
-    _PENDING = jobs
-    try:
-        context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            # The most expensive figures first, so no worker is left with a big one at the end.
-            order = sorted(range(len(jobs)), key=lambda i: -jobs[i].cost)
-            futures = {i: pool.submit(_render_one, i, directory, formats) for i in order}
-            return [path for i in range(len(jobs)) for path in futures[i].result()]
-    finally:
-        _PENDING = []
+class _Rendering:
+    """Draws and saves figures: in ``workers`` processes (forked where the platform can:
+    fast to start) as soon as jobs are submitted, so the caller can go on reading and
+    writing meanwhile; serially in this process when workers <= 1. ``results()`` waits."""
+
+    def __init__(self, directory: Path, formats: Sequence[str], workers: int) -> None:
+        self.directory, self.formats = directory, formats
+        self.jobs: list[_FigureJob] = []
+        self.futures: list[Future] = []
+        self.pool: ProcessPoolExecutor | None = None
+        if workers > 1:
+            methods = multiprocessing.get_all_start_methods()
+            context = multiprocessing.get_context("fork" if "fork" in methods else None)
+            self.pool = ProcessPoolExecutor(workers, mp_context=context)
+
+    def submit(self, jobs: list[_FigureJob]) -> None:
+        # The biggest figures first, so no worker is left with a big one at the end.
+        for job in sorted(jobs, key=lambda job: -job.cost):
+            self.jobs.append(job)
+            if self.pool is not None:
+                future = self.pool.submit(_draw_and_save, job, self.directory, self.formats)
+                self.futures.append(future)
+
+    def results(self) -> list[Path]:
+        try:
+            if self.pool is None:
+                return [
+                    path
+                    for job in self.jobs
+                    for path in _draw_and_save(job, self.directory, self.formats)
+                ]
+            return [path for future in self.futures for path in future.result()]
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
 
 
 # ---------------------------------------------------------------- report documents
@@ -568,7 +610,7 @@ def _sections(
     sections.append(overview)
 
     figure_index: dict[str, list[_FigureJob]] = {}
-    for job in jobs:
+    for job in sorted(jobs, key=lambda job: job.stem):
         figure_index.setdefault(job.stem.split("/")[0], []).append(job)
     image = "png" if "png" in formats else formats[0]
 

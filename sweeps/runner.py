@@ -426,6 +426,7 @@ def run_trials(
             traceback.print_exc()
             raise
     outcome.wall_time_s = time.monotonic() - start
+    store.compact()
     if not outcome.failed and storage is None:
         shutil.rmtree(Path(storage_path) / run_name, ignore_errors=True)
     return outcome

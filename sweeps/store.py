@@ -28,6 +28,7 @@ from sweeps.schema import (
     SCHEMAS,
     TABLES,
     StoreError,
+    compact_table,
     is_store,
     read_table,
     table_dir,
@@ -124,6 +125,13 @@ class ResultStore:
         for table in TABLES:
             table_dir(self.root, table).mkdir(exist_ok=True)
         (self.root / MODELS_DIR).mkdir(exist_ok=True)
+
+    def compact(self, min_files: int = 64) -> None:
+        """Merge a table's per-trial files into one part once it has ``min_files`` or more,
+        so readers open one file instead of thousands. Only while no trial is writing."""
+        for table in TABLES:
+            if len(list(table_dir(self.root, table).glob("*.parquet"))) >= min_files:
+                compact_table(self.root, table)
 
     # ----------------------------------------------------------------- writing
 

@@ -113,7 +113,7 @@ def test_file_compacted_away_while_listing_is_read_again(store, monkeypatch):
     def stale_listing(directory):
         calls.append(directory)
         paths = listed(directory)
-        return paths + [directory / "gone.parquet"] if len(calls) == 1 else paths
+        return [*paths, directory / "gone.parquet"] if len(calls) == 1 else paths
 
     monkeypatch.setattr(schema, "_table_paths", stale_listing)
     read = read_table(store, "trials")

@@ -260,7 +260,7 @@ def test_worker_node_killed_mid_trial_sweep_completes_and_resumes(
     tmp_path: Path, two_node_cluster, drivers: list[Driver]
 ):
     cluster = two_node_cluster
-    max_iters, interval = 600, 50
+    max_iters, interval = 400, 50
     grid = write_grid(tmp_path / "grid.yaml", name="nodeloss", factors={"n_head": [1]},
                       seeds=2, max_iters=max_iters, eval_interval=interval)  # fmt: skip
     results = tmp_path / "results"
@@ -302,18 +302,17 @@ def test_worker_node_killed_mid_trial_sweep_completes_and_resumes(
     assert curves.groupby("trial_id").step.apply(list).to_dict() == {t: steps for t in expected}
     assert not curves.duplicated(["trial_id", "step"]).any()
 
-    retried = trials[trials.attempts >= 2].trial_id.tolist()
-    reached_end = set(before.trial_id[before.step == max_iters])
-    interrupted = [t for t in before.trial_id.unique() if t not in reached_end]
-    assert retried, "the lost node's trials were not retried"
-    assert set(interrupted) <= set(retried)
-    for trial_id in retried:
+    retried = set(trials[trials.attempts >= 2].trial_id)
+    points = before.groupby("trial_id").size()
+    # At least one trial was midway (two or more points) on the lost node and retried; a
+    # retried trial may also have had no report yet when the node died.
+    assert retried & set(points[points >= 2].index), (retried, points.to_dict())
+    for trial_id in points.index:
         old = before[before.trial_id == trial_id].set_index("step")
         new = curves[curves.trial_id == trial_id].set_index("step")
         # Resumed from its checkpoint, not restarted: the points reported before the node
         # died are the very same measurements (a rerun from step 0 would re-measure
         # elapsed_s and overwrite them), and time keeps counting across the retry.
-        assert len(old) >= 2
         assert new.loc[old.index, "elapsed_s"].tolist() == old.elapsed_s.tolist()
         assert new.elapsed_s.is_monotonic_increasing
         assert (new.tokens_seen == new.index * 8 * 16).all()
@@ -326,15 +325,14 @@ def test_worker_node_killed_mid_trial_sweep_completes_and_resumes(
 def test_driver_sigkilled_then_rerun_finishes_the_rest_without_rerunning(
     tmp_path: Path, drivers: list[Driver]
 ):
-    max_iters, interval = 300, 50
-    factors = {"n_head": [1], "n_layer": [2]}
-    grid = write_grid(tmp_path / "grid.yaml", name="crash", factors=factors, seeds=2,
+    max_iters, interval = 200, 50
+    grid = write_grid(tmp_path / "grid.yaml", name="crash", factors={"n_head": [1]}, seeds=2,
                       max_iters=max_iters, eval_interval=interval)  # fmt: skip
     results = tmp_path / "results"
     args = ["--grid", str(grid), "--results", str(results), "--num-cpus", "2"]
     steps = expected_steps(max_iters, interval)
     n_trials = len(expand(load_grid(grid)))
-    assert n_trials == 6
+    assert n_trials == 4
 
     def one_done_one_midway() -> bool:
         if not (results / MARKER).is_file():
@@ -518,7 +516,8 @@ BAD_INPUT = [
      r"error: 1 invalid dataset in grid 'notebook': dataset='shakespeare' is unknown: use one "
      r"of shakespeare_char, enwik8, text8 or the path of a UTF-8 text file\."),
     ("unknown-field", "ablation", ["--set", "n_embd=64"],
-     r"error: unknown config field\(s\) n_embd \(overrides\): valid fields are .*"),
+     r"error: unknown config field\(s\) n_embd \(overrides; did you mean n_embed\?\): valid "
+     r"fields are n_layer, n_head, n_embed, .*, num_threads\."),
     ("malformed-grid-yaml", "ablation", ["--grid", "{tmp}/broken.yaml"],
      r"error: grid file .*broken\.yaml: not valid YAML: expected ',' or '\]', but got "
      r"'<stream end>' at line 2, column 1; fix the syntax there\."),
@@ -600,6 +599,7 @@ def bad_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str
     return {"tmp": str(tmp_path), "port": str(port)}
 
 
+@pytest.mark.timeout(120)  # a case that slipped through would start a whole sweep
 @pytest.mark.parametrize(("cli", "argv", "message"), [case[1:] for case in BAD_INPUT],
                          ids=[case[0] for case in BAD_INPUT])  # fmt: skip
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
@@ -725,3 +725,31 @@ def test_runner_reloads_rays_config_when_it_turns_token_auth_on(monkeypatch):
     finally:
         monkeypatch.undo()
         Config.initialize("")
+
+
+# ------------------------------------------------------------------ soak (slow)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_soak_200_trials_with_a_worker_node_killed_every_30s_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """benchmarks/soak.py as a test (~15-25 min on 2 cores): run with `pytest -m slow`."""
+    import importlib.util
+
+    from ray._raylet import Config
+
+    spec = importlib.util.spec_from_file_location("soak", REPO / "benchmarks" / "soak.py")
+    soak = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(soak)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the soak sets it; restored after
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    try:
+        result = soak.run_soak(tmp_path / "soak", trials=200, kill_every_s=30.0)
+    finally:
+        monkeypatch.undo()
+        Config.initialize("")
+    print("\n".join(result.lines()))
+    assert result.rows_lost == 0 and result.unreadable == [] and result.exit_code == 0
+    assert result.ok == 200 and result.kills >= 1 and result.retries >= 1

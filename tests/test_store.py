@@ -121,3 +121,21 @@ def test_head_address_from_a_local_provider(tmp_path: Path, monkeypatch):
     assert head_address(config, "c.yaml") == "10.0.0.5:6379"
     monkeypatch.setenv("RAY_ADDRESS", "ray://127.0.0.1:10001")
     assert head_address(config, "c.yaml") == "ray://127.0.0.1:10001"
+
+
+def test_compaction_keeps_every_trial_once_and_newer_rows_win(tmp_path: Path):
+    store = ResultStore(tmp_path / "results")
+    for index in range(70):
+        record = TrialRecord(f"t{index:02d}", {"sweep": "s"})
+        record.curve = {0: curve_point(0), 10: curve_point(10)}
+        store.write_trial(record, "failed" if index == 0 else "ok", "boom" if index == 0 else None)
+    store.compact()
+    assert len(list((store.root / "trials").glob("*.parquet"))) == 1
+    assert len(list((store.root / "curves").glob("*.parquet"))) == 1
+    statuses, corrupt = trial_statuses(store.root)
+    assert len(statuses) == 70 and statuses["t00"] == "failed" and corrupt == []
+    # The failed trial runs again after compaction: its new row is the one that counts.
+    rerun = TrialRecord("t00", {"sweep": "s"})
+    rerun.curve = {0: curve_point(0)}
+    store.write_trial(rerun, "ok", None)
+    assert trial_statuses(store.root)[0]["t00"] == "ok"

@@ -1,0 +1,241 @@
+"""Soak: a 200-trial grid on a local two-node Ray cluster whose worker node is killed hard
+every 30 s (and replaced at once). Nothing may be lost.
+
+    python benchmarks/soak.py                        # 200 trials, a kill every 30 s
+    python benchmarks/soak.py --trials 40 --kill-every 20 --data-dir DIR --keep
+
+The cluster is ``ray.cluster_utils.Cluster``: a head with no CPUs for trials and one worker
+node (2 CPUs by default), token authentication on as ``ray start --head`` does. The sweep
+driver is ``python sweeps/ablation.py --address HEAD ...`` in its own process; this process
+kills the worker with ``remove_node(node, allow_graceful=False)`` (every process of the
+node SIGKILLed) and adds a fresh one, while a thread reads the whole store in a loop.
+
+Prints trials finished, retries and rows lost. A row is lost when a (config, seed) of the
+grid has no ``trials`` row, has more than one, or its curve misses or repeats an eval
+step; a failed trial (retries exhausted) is counted apart, not as lost: running the same
+command again runs it. Exit status 0 when nothing was lost and the store was readable at
+every moment, else 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+ABLATION = REPO / "sweeps" / "ablation.py"
+
+TINY = {"n_layer": 1, "n_head": 2, "n_embed": 16, "block_size": 16, "dropout": 0.0,
+        "batch_size": 8, "eval_iters": 2, "warmup_iters": 2, "sample_tokens": 20}  # fmt: skip
+# Five configs (the baseline and one level of four factors); seeds make up the count.
+FACTORS = {"n_head": [1], "dropout": [0.1], "learning_rate": [3e-3], "weight_decay": [0.0]}
+
+
+@dataclass
+class SoakResult:
+    """What the soak saw; ``rows_lost`` must be 0."""
+
+    trials: int
+    ok: int = 0
+    failed: int = 0
+    retries: int = 0
+    trials_retried: int = 0
+    kills: int = 0
+    rows_lost: int = 0
+    store_reads: int = 0
+    unreadable: list[str] = field(default_factory=list)
+    exit_code: int | None = None
+    wall_time_s: float = 0.0
+
+    def lines(self) -> list[str]:
+        return [
+            f"trials finished: {self.ok} ok, {self.failed} failed (of {self.trials})",
+            f"retries: {self.retries} ({self.trials_retried} trials retried)",
+            f"worker nodes killed: {self.kills}",
+            f"rows lost: {self.rows_lost}",
+            f"store reads while running: {self.store_reads}, unreadable moments: "
+            f"{len(self.unreadable)}",
+            f"driver exit status: {self.exit_code}; wall time {self.wall_time_s:.0f}s",
+        ]
+
+
+def write_grid(path: Path, trials: int, max_iters: int, eval_interval: int) -> Path:
+    configs = 1 + sum(len(levels) for levels in FACTORS.values())
+    if trials % configs:
+        raise SystemExit(f"--trials {trials}: give a multiple of {configs} (configs x seeds)")
+    grid = {"name": "soak", "datasets": ["shakespeare_char"], "seeds": trials // configs,
+            "baseline": {**TINY, "max_iters": max_iters, "eval_interval": eval_interval},
+            "factors": FACTORS}  # fmt: skip
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return path
+
+
+class _Watcher(threading.Thread):
+    """Reads every table in a loop; notes any moment the store was not readable."""
+
+    def __init__(self, root: Path):
+        super().__init__(daemon=True)
+        self.root, self.reads, self.unreadable = root, 0, []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        from sweeps.schema import MARKER, TABLES, read_table
+
+        while not self.done.is_set():
+            if (self.root / MARKER).is_file():
+                for table in TABLES:
+                    corrupt = read_table(self.root, table, columns=["trial_id"]).corrupt
+                    self.unreadable.extend(f"{table}: {path}" for path, _ in corrupt)
+                self.reads += 1
+            time.sleep(0.2)
+
+
+def _start_cluster(worker_cpus: int):
+    from ray._private.authentication.authentication_token_setup import (
+        ensure_token_if_auth_enabled,
+    )
+    from ray._raylet import Config
+    from ray.cluster_utils import Cluster
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")  # Ray read its config at import
+    ensure_token_if_auth_enabled(None, create_token_if_missing=True)
+    cluster = Cluster(shutdown_at_exit=True)
+    cluster.add_node(num_cpus=0, include_dashboard=False)
+    cluster.add_node(num_cpus=worker_cpus)
+    return cluster
+
+
+def run_soak(
+    work: Path,
+    *,
+    trials: int = 200,
+    kill_every_s: float = 30.0,
+    max_iters: int = 60,
+    eval_interval: int = 20,
+    worker_cpus: int = 2,
+    max_failures: int = 10,
+    timeout_s: float = 3600.0,
+    log=print,
+) -> SoakResult:
+    """Run the soak in ``work`` (grid, store, driver logs) and return what it saw."""
+    from sweeps.grid import expand, load_grid
+    from sweeps.schema import read_table
+
+    work.mkdir(parents=True, exist_ok=True)
+    grid = write_grid(work / "grid.yaml", trials, max_iters, eval_interval)
+    results = work / "results"
+    expected = {t.trial_id for t in expand(load_grid(grid))}
+    steps = list(range(0, max_iters + 1, eval_interval))
+    result = SoakResult(trials=len(expected))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    start = time.monotonic()
+    cluster = _start_cluster(worker_cpus)
+    watcher = _Watcher(results)
+    driver = None
+    try:
+        log(f"cluster up in {time.monotonic() - start:.0f}s at {cluster.address}")
+        command = [
+            sys.executable, str(ABLATION), "--address", cluster.address, "--grid", str(grid),
+            "--results", str(results), "--max-failures", str(max_failures),
+        ]  # fmt: skip
+        with open(work / "driver.out", "w") as out, open(work / "driver.err", "w") as err:
+            driver = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=REPO)
+        watcher.start()
+        next_kill = time.monotonic() + kill_every_s
+        while driver.poll() is None:
+            if time.monotonic() - start > timeout_s:
+                log(f"timeout after {timeout_s:.0f}s: stopping the driver")
+                driver.send_signal(signal.SIGINT)
+                driver.wait(60)
+                break
+            if time.monotonic() >= next_kill:
+                (worker,) = cluster.worker_nodes
+                cluster.remove_node(worker, allow_graceful=False)
+                cluster.add_node(num_cpus=worker_cpus)
+                result.kills += 1
+                done = len(read_table(results, "trials", columns=["trial_id"]).table)
+                elapsed = time.monotonic() - start
+                log(f"[{elapsed:5.0f}s] killed and replaced the worker node (kill "
+                    f"{result.kills}); {done}/{len(expected)} trials in the store")  # fmt: skip
+                next_kill = time.monotonic() + kill_every_s
+            time.sleep(0.5)
+        result.exit_code = driver.returncode
+    finally:
+        watcher.done.set()
+        watcher.join(timeout=30)
+        if driver is not None and driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        cluster.shutdown()
+    result.wall_time_s = time.monotonic() - start
+    result.store_reads, result.unreadable = watcher.reads, watcher.unreadable
+
+    rows = read_table(results, "trials", columns=["trial_id", "status", "attempts"])
+    curves = read_table(results, "curves", columns=["trial_id", "step"])
+    result.unreadable += [f"final read: {path}" for path, _ in rows.corrupt + curves.corrupt]
+    trial_rows = rows.table.to_pylist()
+    counts = Counter(row["trial_id"] for row in trial_rows)
+    by_trial: dict[str, list[int]] = {}
+    for row in curves.table.to_pylist():
+        by_trial.setdefault(row["trial_id"], []).append(row["step"])
+    for row in trial_rows:
+        result.ok += row["status"] == "ok"
+        result.failed += row["status"] == "failed"
+        result.retries += (row["attempts"] or 1) - 1
+        result.trials_retried += (row["attempts"] or 1) > 1
+    for trial_id in expected:
+        complete = sorted(by_trial.get(trial_id, [])) == steps
+        status = next((r["status"] for r in trial_rows if r["trial_id"] == trial_id), None)
+        if counts[trial_id] != 1 or (status == "ok" and not complete):
+            result.rows_lost += 1
+    result.rows_lost += sum(1 for trial_id in counts if trial_id not in expected)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=200, help="trials (default 200)")
+    parser.add_argument("--kill-every", type=float, default=30.0,
+                        help="seconds between worker-node kills (default 30)")  # fmt: skip
+    parser.add_argument("--max-iters", type=int, default=60, help="steps per trial (default 60)")
+    parser.add_argument("--eval-interval", type=int, default=20, help="default 20")
+    parser.add_argument("--worker-cpus", type=int, default=2, help="CPUs of the worker node")
+    parser.add_argument("--max-failures", type=int, default=10, help="retries per trial")
+    parser.add_argument("--data-dir", help="dataset cache (default: $CHARLM_DATA_DIR)")
+    parser.add_argument("--work", type=Path, help="directory for the store and logs "
+                        "(default: a temp dir, removed unless --keep)")  # fmt: skip
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args(argv)
+    if args.data_dir:
+        os.environ["CHARLM_DATA_DIR"] = str(Path(args.data_dir).resolve())
+    work = args.work or Path(tempfile.mkdtemp(prefix="charlm-soak-"))
+    print(f"soak: {args.trials} tiny trials, worker node killed every {args.kill_every:g}s; "
+          f"work dir {work}", flush=True)  # fmt: skip
+    try:
+        result = run_soak(
+            work, trials=args.trials, kill_every_s=args.kill_every, max_iters=args.max_iters,
+            eval_interval=args.eval_interval, worker_cpus=args.worker_cpus,
+            max_failures=args.max_failures, log=lambda line: print(line, flush=True),
+        )  # fmt: skip
+    finally:
+        if args.work is None and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print("\n".join(result.lines()))
+    return 0 if result.rows_lost == 0 and not result.unreadable else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
