@@ -240,9 +240,8 @@ class _StoreCallback(tune.Callback):
         if trial.trial_id not in self.records:
             trial_id, columns = self.describe(trial.config, result)
             record = TrialRecord(trial_id, columns)
-            if result is not None and "time_total_s" in result:
-                start = result["timestamp"] - result["time_total_s"]
-                record.started_at = dt.datetime.fromtimestamp(start, dt.timezone.utc)
+            if result is not None and result.get("started_at"):
+                record.started_at = dt.datetime.fromtimestamp(result["started_at"], dt.timezone.utc)
             self.records[trial.trial_id] = record
         return self.records[trial.trial_id]
 

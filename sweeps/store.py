@@ -195,7 +195,11 @@ class ResultStore:
             "device": final.get("device", last.get("device")),
             "attempts": record.attempts,
             "started_at": record.started_at,
-            "finished_at": _now(),
+            "finished_at": (
+                dt.datetime.fromtimestamp(last["reported_at"], dt.timezone.utc)
+                if status == "ok" and last.get("reported_at")
+                else _now()
+            ),
         }
         self.write_rows("trials", record.trial_id, [row])
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ def _sanitize(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def run_trial(config: dict[str, Any]) -> None:
     """Train one trial; each evaluation is a ``tune.report`` with a checkpoint."""
+    started_at = time.time()
     spec = config["trial"]
     params = dict(spec["params"])
     params["num_threads"] = trial_threads()
@@ -60,6 +62,7 @@ def run_trial(config: dict[str, Any]) -> None:
         resume_from = Path(resume_dir) / CHECKPOINT_FILE if resume_dir is not None else None
 
         def report(metrics: dict[str, Any]) -> None:
+            metrics = {**metrics, "started_at": started_at, "reported_at": time.time()}
             tune.report(_sanitize(metrics), checkpoint=tune.Checkpoint.from_directory(work))
 
         train(model_cfg, train_cfg, report, checkpoint_dir=work, resume_from=resume_from)

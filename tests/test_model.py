@@ -356,3 +356,37 @@ def test_training_is_reproducible_from_rng_state(cfg):
     model = GPT(cfg).train()
     torch.manual_seed(2)
     assert losses(model, 4) != a
+
+
+def test_fast_dropout_has_torch_dropouts_expected_loss_and_gradient():
+    # the same training semantics: over many masks, the mean loss and mean gradient of the fast
+    # CPU dropout equal those of torch's dropout (SDPA dropout_p, F.dropout) within noise
+    cfg = ModelConfig(2, 2, 16, 32, dropout=0.3, bias=False, vocab_size=VOCAB)
+    torch.manual_seed(0)
+    reference = GPT(cfg, fast_dropout=False).train()
+    with torch.no_grad():  # larger weights than at init, so that dropout moves the loss
+        for param in reference.parameters():
+            if param.dim() == 2:
+                param.mul_(8)
+    fast = GPT(cfg).train()
+    fast.load_state_dict(reference.state_dict())
+    idx = _tokens(8, cfg.block_size)
+    targets = torch.roll(idx, -1, dims=1)
+    draws = 200
+    results = []
+    for model in (fast, reference):
+        torch.manual_seed(5)
+        losses, grads = [], []
+        for _ in range(draws):
+            model.zero_grad(set_to_none=True)
+            loss = model(idx, targets)[1]
+            loss.backward()
+            losses.append(loss.item())
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        results.append((torch.tensor(losses), torch.stack(grads)))
+    (fast_losses, fast_grads), (ref_losses, ref_grads) = results
+    loss_se = math.sqrt((fast_losses.var() + ref_losses.var()).item() / draws)
+    assert abs(fast_losses.mean().item() - ref_losses.mean().item()) < 4 * loss_se
+    grad_se = ((fast_grads.var(0) + ref_grads.var(0)) / draws).sqrt() + 1e-12
+    z = (fast_grads.mean(0) - ref_grads.mean(0)) / grad_se
+    assert z.abs().mean().item() < 0.9  # 0.80 for pure noise; a wrong scale or mask is far above
