@@ -735,7 +735,7 @@ def test_runner_reloads_rays_config_when_it_turns_token_auth_on(monkeypatch):
 def test_soak_200_trials_with_a_worker_node_killed_every_30s_loses_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    """benchmarks/soak.py as a test (~15-25 min on 2 cores): run with `pytest -m slow`."""
+    """benchmarks/soak.py as a test (~30 min on a busy 2-core machine): `pytest -m slow`."""
     import importlib.util
 
     from ray._raylet import Config
@@ -753,3 +753,33 @@ def test_soak_200_trials_with_a_worker_node_killed_every_30s_loses_nothing(
     print("\n".join(result.lines()))
     assert result.rows_lost == 0 and result.unreadable == [] and result.exit_code == 0
     assert result.ok == 200 and result.kills >= 1 and result.retries >= 1
+
+
+@pytest.mark.parametrize(("embedded", "reused"), [(True, True), (False, False)])
+def test_trial_actors_are_reused_only_on_the_embedded_local_ray(
+    embedded: bool, reused: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """On a cluster Tune may hand a cached actor on a dead node to a PENDING trial and then
+    fails that trial for good, retries or not (the soak lost 2 of 200 trials so)."""
+    from ray import tune
+
+    from sweeps import runner
+    from sweeps.store import ResultStore
+
+    seen = {}
+
+    class FakeTuner:
+        def __init__(self, trainable, *, param_space, tune_config, run_config):
+            seen["reuse_actors"] = tune_config.reuse_actors
+
+        def fit(self):
+            return None
+
+    monkeypatch.setattr(runner, "_reuse_actors", embedded)
+    monkeypatch.setattr(runner.tune, "Tuner", FakeTuner)
+    store = ResultStore(tmp_path / "results")
+    for config in (None, tune.TuneConfig(reuse_actors=True)):
+        seen.clear()
+        runner.run_trials(store, {}, name="x", total=0, resources=runner.Resources(),
+                          tune_config=config, progress=False)  # fmt: skip
+        assert seen == {"reuse_actors": reused}
