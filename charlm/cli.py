@@ -20,7 +20,12 @@ def fail(message: str) -> NoReturn:
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse with a one-line error (naming the problem and pointing at --help), exit 2."""
+    """argparse with a one-line error (naming the problem and pointing at --help), exit 2,
+    and no prefix matching: a typo such as --seed for --seeds must not launch a sweep."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         fail(f"{message} (see {self.prog} --help)")

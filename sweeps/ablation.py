@@ -40,7 +40,6 @@ def parse_args(argv: list[str] | None = None):
         description="Run a one-factor-at-a-time ablation grid (baseline + one factor changed "
         "at a time) with seed replicates on Ray Tune; every trial lands in a Parquet result "
         "store. Re-running the same command runs only what the store lacks.",
-        allow_abbrev=False,  # a typo such as --seed 3 must not launch a sweep as --seeds 3
     )
     add = parser.add_argument
     add(
