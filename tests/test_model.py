@@ -50,7 +50,7 @@ def _tokens(batch: int, length: int, seed: int = 1) -> torch.Tensor:
 
 
 def _reference_attention(q, k, v):
-    """Hand-written causal softmax attention with loops over nothing but plain tensor maths."""
+    """Hand-written causal softmax attention: explicit exp and normalisation, no softmax/SDPA."""
     T = q.size(-2)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
     allowed = torch.tril(torch.ones(T, T, dtype=torch.bool))
@@ -159,6 +159,23 @@ def test_generation_with_cache_from_a_long_prompt(cfg):
     a = model.generate(prompt, 6, top_k=1, generator=torch.Generator().manual_seed(0))
     b = model.generate(prompt, 6, top_k=1, use_cache=False, generator=torch.Generator())
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_kv_cache_decode_step_equals_forward(cfg, bias):
+    model = _model(dataclasses.replace(cfg, bias=bias)).eval()
+    idx = _tokens(2, 9)
+    with torch.no_grad():
+        full, _ = model(idx)  # (2, 9, V)
+        cache = model._new_cache(idx)
+        logits = [model._prefill(idx[:, :4], cache)]
+        weights = model._decode_weights()
+        for t in range(4, 9):
+            logits.append(model._decode_step(idx[:, t : t + 1], cache, weights))
+        assert cache[0].length == 9
+        torch.testing.assert_close(torch.stack(logits[:-1], 1), full[:, 3:8], atol=1e-5, rtol=0)
+        with pytest.raises(ConfigError, match="one token per step"):
+            model._decode_step(idx[:, :2], cache, weights)
 
 
 def test_generation_is_seeded_and_restores_training_flag(cfg):
