@@ -9,8 +9,9 @@ dropout 0.2), it times full training steps (forward, backward, AdamW step) on ra
 - p=0:    dropout off, SDPA's fused kernel (an upper bound; different training semantics)
 
 and reports tokens/s (median step; best step in brackets) and model-FLOPs utilisation:
-flops_per_token x tokens/s / the float32 matmul peak measured in the same run. Then it times
-generation at the 384-wide shape with and without the KV cache.
+flops_per_token x tokens/s / the float32 matmul peak measured in the same run; the share of
+training time the probes take when they run at every evaluation (the default) at the preset's
+eval_interval; then generation at the 384-wide shape with and without the KV cache.
 
 The numbers move with the machine's load (the load average is printed): on a shared box run it
 a few times and read ranges. Example:
@@ -18,8 +19,6 @@ a few times and read ranges. Example:
     python benchmarks/throughput.py --threads 2
     python benchmarks/throughput.py --configs small --steps 40
 
-Extra lines (e.g. the share of a step spent in probes) can be added by calling ``main`` with
-``extra=[fn]``, where ``fn(args, peak_flops)`` returns lines to print after the table.
 """
 
 from __future__ import annotations
@@ -29,24 +28,27 @@ import dataclasses
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from charlm.config import ModelConfig
+from charlm.config import ModelConfig, TrainConfig
 from charlm.model import GPT
+from charlm.train import probe_model
 
 VOCAB_SIZE = 65  # shakespeare_char
 
 
 @dataclass(frozen=True)
 class Workload:
-    """One model shape and batch to time."""
+    """One model shape and batch to time, and the preset's evaluation interval (probes run at
+    every evaluation by default)."""
 
     name: str
     model: ModelConfig
     batch_size: int
+    eval_interval: int
 
 
 WORKLOADS = {
@@ -62,6 +64,7 @@ WORKLOADS = {
             vocab_size=VOCAB_SIZE,
         ),
         batch_size=32,
+        eval_interval=500,  # the notebook preset
     ),
     "shakespeare": Workload(
         "shakespeare",
@@ -75,6 +78,7 @@ WORKLOADS = {
             vocab_size=VOCAB_SIZE,
         ),
         batch_size=64,
+        eval_interval=250,  # the nanogpt preset
     ),
 }
 
@@ -89,10 +93,22 @@ class TrainingRow:
     tokens_per_s: float  # median step
     best_tokens_per_s: float
     mfu: float  # fraction of the measured matmul peak, from the median step
+    step_s: float  # median step
 
 
-# An extra measurement: (parsed args, matmul peak FLOP/s) -> lines printed after the table.
-ExtraMeasurement = Callable[[argparse.Namespace, float], list[str]]
+@dataclass(frozen=True)
+class ProbeRow:
+    """Cost of the probes for one workload at its default probe interval."""
+
+    workload: str
+    probe_s: float  # median of one probe pass (capture + metrics)
+    interval: int  # training steps between probe passes
+    step_s: float  # median training step (charlm's dropout)
+
+    @property
+    def share(self) -> float:
+        """Share of training time spent in probes: one pass per ``interval`` steps."""
+        return self.probe_s / (self.interval * self.step_s + self.probe_s)
 
 
 def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
@@ -151,28 +167,49 @@ def training_rows(
                 tokens_per_s=tokens_per_s,
                 best_tokens_per_s=tokens_per_step / min(times),
                 mfu=flops_per_token * tokens_per_s / peak_flops,
+                step_s=statistics.median(times),
             )
         )
     return rows
 
 
+def probe_seconds(model_cfg: ModelConfig, repeats: int = 5) -> float:
+    """Median seconds of one probe pass as training runs it: capture and metrics on a
+    (probe_batch_size, block_size) batch."""
+    torch.manual_seed(0)
+    model = GPT(model_cfg).train()
+    batch = (TrainConfig().probe_batch_size, model_cfg.block_size)
+    idx = torch.randint(0, VOCAB_SIZE, batch)
+    probe_model(model, idx)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        probe_model(model, idx)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def generation_tokens_per_s(
-    model_cfg: ModelConfig, new_tokens: int, use_cache: bool, seed: int = 0
+    model_cfg: ModelConfig, new_tokens: int, use_cache: bool, repeats: int = 2, seed: int = 0
 ) -> tuple[float, torch.Tensor]:
-    """Tokens/s generating ``new_tokens`` after a one-token prompt (batch 1); and the tokens."""
+    """Tokens/s generating ``new_tokens`` after a one-token prompt (batch 1), best of
+    ``repeats`` runs; and the generated tokens (the same every run: fixed generator seed)."""
     torch.manual_seed(seed)
     model = GPT(model_cfg).eval()
     prompt = torch.zeros(1, 1, dtype=torch.long)
     model.generate(prompt, 4, use_cache=use_cache)  # warm-up
-    start = time.perf_counter()
-    out = model.generate(
-        prompt,
-        new_tokens,
-        top_k=40,
-        use_cache=use_cache,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    return new_tokens / (time.perf_counter() - start), out
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = model.generate(
+            prompt,
+            new_tokens,
+            top_k=40,
+            use_cache=use_cache,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        best = min(best, time.perf_counter() - start)
+    return new_tokens / best, out
 
 
 def format_training_table(rows: Sequence[TrainingRow]) -> str:
@@ -223,6 +260,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="tokens to generate at the 384-wide shape (0 skips)",
     )
     parser.add_argument(
+        "--gen-repeats", type=int, default=2, help="generation runs per mode (best counts)"
+    )
+    parser.add_argument(
         "--peak-size",
         type=int,
         default=2048,
@@ -231,8 +271,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(args: argparse.Namespace, extra: Sequence[ExtraMeasurement] = ()) -> None:
-    """Measure and print everything ``args`` asks for, then each extra measurement's lines."""
+def run(args: argparse.Namespace) -> None:
+    """Measure and print everything ``args`` asks for."""
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -242,35 +282,50 @@ def run(args: argparse.Namespace, extra: Sequence[ExtraMeasurement] = ()) -> Non
     print(f"float32 matmul peak ({args.peak_size}^2 torch.mm): {peak / 1e9:.1f} GFLOP/s\n")
 
     rows: list[TrainingRow] = []
+    probes: list[ProbeRow] = []
     for name in [n.strip() for n in args.configs.split(",") if n.strip()]:
         if name not in WORKLOADS:
             raise SystemExit(f"--configs: unknown workload {name!r}; use {', '.join(WORKLOADS)}")
         steps = args.big_steps if name == "shakespeare" else args.steps
         warmup = min(args.warmup, 1) if name == "shakespeare" else args.warmup
-        rows += training_rows(WORKLOADS[name], steps, warmup, peak, not args.no_reference)
+        workload = WORKLOADS[name]
+        workload_rows = training_rows(workload, steps, warmup, peak, not args.no_reference)
+        rows += workload_rows
+        fast = next(r for r in workload_rows if r.implementation == "fast")
+        probes.append(
+            ProbeRow(name, probe_seconds(workload.model), workload.eval_interval, fast.step_s)
+        )
     if rows:
         print("training (forward + backward + AdamW, random tokens), tokens/s of the median step")
         print(format_training_table(rows))
+        print("\nprobes (every evaluation, the default), share of training time")
+        for probe in probes:
+            print(
+                f"{probe.workload:<12} {probe.probe_s * 1e3:,.0f} ms per pass, every "
+                f"{probe.interval} steps of {probe.step_s * 1e3:,.0f} ms: {probe.share:.2%}"
+            )
 
     if args.gen_tokens > 0:
         model_cfg = WORKLOADS["shakespeare"].model
-        cached, cached_out = generation_tokens_per_s(model_cfg, args.gen_tokens, True)
-        uncached, uncached_out = generation_tokens_per_s(model_cfg, args.gen_tokens, False)
+        cached, cached_out = generation_tokens_per_s(
+            model_cfg, args.gen_tokens, True, args.gen_repeats
+        )
+        uncached, uncached_out = generation_tokens_per_s(
+            model_cfg, args.gen_tokens, False, args.gen_repeats
+        )
         same = "same tokens" if torch.equal(cached_out, uncached_out) else "TOKENS DIFFER"
         print(
-            f"\ngeneration, {model_cfg.n_embed}-wide, batch 1, {args.gen_tokens} tokens: "
+            f"\ngeneration, {model_cfg.n_embed}-wide, batch 1, {args.gen_tokens} tokens "
+            f"(best of {args.gen_repeats}): "
             f"no cache {uncached:,.0f} tokens/s, KV cache {cached:,.0f} tokens/s, "
             f"speedup {cached / uncached:.1f}x ({same})"
         )
 
-    for measurement in extra:
-        for line in measurement(args, peak):
-            print(line)
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
 
 
-def main(argv: Sequence[str] | None = None, extra: Sequence[ExtraMeasurement] = ()) -> None:
-    run(parse_args(argv), extra)
+def main(argv: Sequence[str] | None = None) -> None:
+    run(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -299,7 +299,7 @@ def train(
             last = step == train_cfg.max_iters
             probe_due = train_cfg.probe_interval is None or step % train_cfg.probe_interval == 0
             if probe_due or last:
-                rows = _probe(model, probe_x, autocast, step)
+                rows = probe_model(model, probe_x, autocast, step)
                 result.attention.extend(rows)
                 metrics["attention"] = rows
             window_seconds, window_tokens = 0.0, 0
@@ -349,7 +349,13 @@ def train(
     return result
 
 
-def _probe(model: GPT, probe_x: torch.Tensor, autocast, step: int) -> list[dict[str, Any]]:
+def probe_model(
+    model: GPT, probe_x: torch.Tensor, autocast: Any = None, step: int = 0
+) -> list[dict[str, Any]]:
+    """The probe rows (``probe_metrics`` plus ``step``) of ``model`` on the batch probe_x (B, T),
+    captured in eval mode under ``autocast`` (a context manager; None for none); the model is
+    left in training mode, as the training loop needs it."""
+    autocast = nullcontext() if autocast is None else autocast
     model.eval()
     with torch.no_grad(), autocast:
         capture = model.capture(probe_x)
