@@ -100,7 +100,7 @@ def head_address(config: dict[str, Any], path: str | Path) -> str:
     return f"127.0.0.1:{GCS_PORT}"
 
 
-def _check_reachable(address: str, path: str | Path) -> None:
+def _check_reachable(address: str, path: str | Path, script: str) -> None:
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
         with socket.create_connection((host or "127.0.0.1", int(port)), timeout=3):
@@ -109,7 +109,7 @@ def _check_reachable(address: str, path: str | Path) -> None:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ClusterError(
             f"cannot reach the Ray head at {address} ({reason}): start the cluster with "
-            f"`ray up {path}` and run this on the head (`ray submit {path} sweeps/ablation.py "
+            f"`ray up {path}` and run this on the head (`ray submit {path} {script} "
             "-- ...`), or open a tunnel to it first."
         ) from None
 
@@ -140,11 +140,13 @@ def connect(
     num_cpus: float | None = None,
     num_gpus: float | None = None,
     verbose: bool = False,
+    script: str = "sweeps/ablation.py",
 ) -> str:
     """Connect this driver to Ray and return a one-line description of what it joined.
 
     No cluster: an embedded local Ray with this machine's CPUs and GPUs (or the counts
-    given). With a cluster file (or address): that cluster's head; unreachable -> ClusterError.
+    given). With a cluster file (or address): that cluster's head; unreachable -> ClusterError,
+    whose advice names ``script`` (the command being run).
     """
     global _reuse_actors
     env_vars = {"CHARLM_DATA_DIR": str(resolve_data_dir()), "PYTHONWARNINGS": "ignore"}
@@ -170,7 +172,7 @@ def connect(
         )
     if address is None:
         address = head_address(load_cluster_config(cluster), cluster)
-    _check_reachable(address, cluster or "cluster.yaml")
+    _check_reachable(address, cluster or "cluster.yaml", script)
     _auth_for_existing_cluster()
     env_vars.pop("CHARLM_DATA_DIR")  # each node uses its own data cache
     ray.init(address=address, **common)

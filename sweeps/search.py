@@ -146,9 +146,16 @@ def _optuna_storage(url: str):
 
 def _base_trial(args) -> TrialSpec:
     """The preset's baseline on the chosen dataset, seed and length: what is not searched."""
+    overrides = parse_overrides(args.overrides)
+    searched = [name for name in overrides if name in SEARCH_SPACE]
+    if searched:
+        raise ConfigError(
+            f"--set {', '.join(searched)}: searched by the study, so the value would be "
+            f"ignored; drop it (the searched fields are {', '.join(SEARCH_SPACE)})."
+        )
     (trial,) = expand(PRESETS[args.preset], factors=[], datasets=[args.dataset],
                       seeds=[args.seed], max_iters=args.max_iters,
-                      overrides=parse_overrides(args.overrides) or None)  # fmt: skip
+                      overrides=overrides or None)  # fmt: skip
     return dataclasses.replace(trial, sweep=args.name)
 
 
@@ -180,7 +187,8 @@ def _run(args, base: TrialSpec, resources: Resources) -> int:
 
     try:
         where = connect(args.cluster, address=args.address, num_cpus=args.num_cpus,
-                        num_gpus=args.num_gpus, verbose=args.verbose)  # fmt: skip
+                        num_gpus=args.num_gpus, verbose=args.verbose,
+                        script="sweeps/search.py")  # fmt: skip
     except ConfigError as exc:
         fail(str(exc))
     try:
