@@ -8,24 +8,71 @@ The store: 2 sweeps (a baseline sweep and one with a code change) x 2 datasets x
 curve rows), probes at every eval step on 4 layers x 4 heads (9.6 million attention rows:
 the worst case, probe_interval = eval_interval), one sample per trial, 1% diverged trials.
 The store is compacted first (one Parquet part per table, what a sweep does at its end;
-sweeps.schema.compact_store), and that is timed apart.
+sweeps.schema.compact_store), and that is timed apart. Like a real sweep's store it has
+models/<trial_id>.pt for every finished trial (an untrained GPT of the baseline shape per
+dataset, hard-linked to each trial id), so the attention heatmaps (figure 6) are captured
+and drawn too: every figure `python -m analysis` draws on a real store.
 Prints the breakdown; the target is load + aggregate + figures + report under 15 s.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import multiprocessing
 import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from analysis.report import build_report
 from analysis.synthetic import SyntheticSpec, build_store
 from sweeps.schema import MARKER, compact_store, read_table
+from sweeps.store import MODELS_DIR
 
 TARGET_S = 15.0
+# tiny-shakespeare's 65 characters: covers the synthetic samples the heatmaps are drawn on
+VOCAB = list("\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def add_models(root: Path, spec: SyntheticSpec) -> int:
+    """Write models/<trial_id>.pt for every finished trial, as a sweep does: one untrained
+    GPT of the baseline shape per dataset (the model file format of charlm.train),
+    hard-linked to each of its trials' ids.
+
+    Run it in a child process: importing torch here would take torch's import time out of
+    the heatmap capture timed below (the report imports torch only to capture)."""
+    import torch
+
+    from charlm.config import ModelConfig
+    from charlm.model import GPT
+    from charlm.train import CHECKPOINT_FORMAT
+
+    trials = read_table(root, "trials", ["trial_id", "dataset", "status"]).table.to_pandas()
+    models = root / MODELS_DIR
+    models.mkdir(exist_ok=True)
+    config = ModelConfig(n_layer=spec.n_layer, n_head=spec.n_head, vocab_size=len(VOCAB))
+    torch.manual_seed(0)
+    written = 0
+    for dataset, rows in trials[trials["status"].eq("ok")].groupby("dataset"):
+        source = models / f".{dataset}.pt"
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "model": GPT(config).state_dict(),
+            "model_config": dataclasses.asdict(config),
+            "vocab": VOCAB,
+            "dataset": dataset,
+        }
+        torch.save(state, source)
+        for trial_id in rows["trial_id"]:
+            target = models / f"{trial_id}.pt"
+            if not target.exists():
+                os.link(source, target)  # 10,000 copies would take 11 GB
+            written += 1
+        source.unlink()
+    return written
 
 
 def main() -> None:
@@ -61,6 +108,12 @@ def main() -> None:
             start = time.perf_counter()
             build_store(root, spec)
             print(f"built the store in {time.perf_counter() - start:.1f} s (not timed below)")
+        if not (root / MODELS_DIR).is_dir():
+            start = time.perf_counter()
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(1, mp_context=context) as child:
+                count = child.submit(add_models, root, spec).result()
+            print(f"wrote {count:,} model files in {time.perf_counter() - start:.1f} s (not timed)")
         if args.per_trial_read and len(list((root / "trials").glob("*.parquet"))) > 1:
             start = time.perf_counter()
             rows = sum(
