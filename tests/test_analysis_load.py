@@ -118,3 +118,24 @@ def test_file_compacted_away_while_listing_is_read_again(store, monkeypatch):
     monkeypatch.setattr(schema, "_table_paths", stale_listing)
     read = read_table(store, "trials")
     assert len(calls) == 2 and read.corrupt == [] and read.table.num_rows == 16
+
+
+def test_attention_of_baselines_only(store):
+    full = load_store(store)
+    compact_store(store)
+    # A later file: its trial_id dictionary differs from the compacted part's.
+    late = ["a-enwik8-n_layer-2-s1", "b-shakespeare_char-baseline-baseline-s1"]
+    write_rows(store, "attention", {"trial_id": late, "step": [999, 999], "layer": [0, 0],
+                                    "head": [0, 0]}, "late")  # fmt: skip
+    baselines = load_store(store, attention="baselines").attention
+    base_ids = set(full.trials.loc[full.trials["factor"].eq("baseline"), "trial_id"])
+    expected = full.attention[full.attention["trial_id"].astype(str).isin(base_ids)]
+    assert set(baselines["trial_id"].astype(str)) == base_ids
+    added = baselines[baselines["step"].eq(999)]
+    assert list(added["trial_id"].astype(str)) == [late[1]]
+    keys = ["trial_id", "step", "layer", "head"]
+    got = baselines[baselines["step"].ne(999)].astype({"trial_id": str})
+    pd.testing.assert_frame_equal(
+        got.sort_values(keys, ignore_index=True),
+        expected.astype({"trial_id": str}).sort_values(keys, ignore_index=True),
+    )
