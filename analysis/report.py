@@ -217,24 +217,26 @@ def build_report(
             attention=False,
         )
     watch = _Stopwatch()
-    heatmap_notes: list[str] = []
-    heatmaps = _heatmaps(analysis, heatmap_text, heatmap_layer, heatmap_notes)
-    watch.lap("heatmap capture")
-
     temp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(temp, ignore_errors=True)
     rendering = _Rendering(temp / "figures", formats, jobs_n)
     try:
         temp.mkdir(parents=True)
         (temp / REPORT_MARKER).write_text("written by python -m analysis\n")
-        # Workers draw the first figures while this process reads the attention table
-        # (the largest) and writes the tables and pages.
-        rendering.submit(_figure_jobs(analysis, heatmaps))
+        # Workers (forked before torch is imported) draw the first figures while this
+        # process captures the heatmaps, reads the attention table (the largest) and
+        # writes the tables and pages. A bad --heatmap-layer still leaves nothing behind.
+        rendering.submit(_figure_jobs(analysis))
+        watch.lap("figures started")
+        heatmap_notes: list[str] = []
+        heatmaps = _heatmaps(analysis, heatmap_text, heatmap_layer, heatmap_notes)
+        rendering.submit(_heatmap_jobs(heatmaps))
+        watch.lap("heatmap capture")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             add_attention(analysis, sweeps=sweeps, datasets=datasets, strict=strict)
         rendering.submit(_attention_jobs(analysis))
-        watch.lap("figures started, attention read")
+        watch.lap("attention read")
         missing = _missing(analysis) + heatmap_notes
         tables = _write_tables(analysis, temp, metric)
         watch.lap("tables")
@@ -261,7 +263,7 @@ def build_report(
         moved_tables,
         missing,
         analysis,
-        # "attention" is inside "figures started, attention read": not counted twice
+        # "attention" is inside "attention read": not counted twice
         {**{k: v for k, v in analysis.timings.items() if k != "attention"}, **watch.wall},
         {**{k: v for k, v in analysis.cpu_timings.items() if k != "attention"}, **watch.cpu},
     )
@@ -355,8 +357,8 @@ def _missing(analysis: Analysis) -> list[str]:
 def _heatmaps(
     analysis: Analysis, text: str | None, layer: int | None, missing: list[str]
 ) -> list[_Heatmaps]:
-    """Capture attention of the best trial's model per dataset (before anything is
-    written, so a bad --heatmap-layer fails cleanly)."""
+    """Capture attention of the best trial's model per dataset. A bad --heatmap-layer
+    raises StoreError (build_report then removes its unfinished output)."""
     trials = analysis.store.trials
     ok = trials[trials["status"].eq("ok") & trials["best_val_loss"].notna()]
     models = analysis.store.root / "models"
@@ -402,9 +404,10 @@ def _heatmaps(
     return result
 
 
-def _figure_jobs(analysis: Analysis, heatmaps: list[_Heatmaps]) -> list[_FigureJob]:
-    """The figures that need no attention table: per sweep 1-3, then 7 and the heatmaps.
-    Each job is picklable (a plots function and its frame), so any worker can draw it."""
+def _figure_jobs(analysis: Analysis) -> list[_FigureJob]:
+    """The figures that need neither the attention table nor a model: per sweep 1-3,
+    then 7. Each job is picklable (a plots function and its frame), so any worker can
+    draw it."""
     jobs: list[_FigureJob] = []
     summary = analysis.summary[analysis.summary["kind"].ne("search")]
     summary = summary[summary["best_val_loss_n"].gt(0)]
@@ -430,6 +433,12 @@ def _figure_jobs(analysis: Analysis, heatmaps: list[_Heatmaps]) -> list[_FigureJ
         draw_compared = partial(plots.sweeps_compared, colors=sweep_colors)
         caption = "sweeps compared: baseline configs"
         jobs.append(_versions(baseline_curves, "7_sweeps_compared", caption, draw_compared))
+    return jobs
+
+
+def _heatmap_jobs(heatmaps: list[_Heatmaps]) -> list[_FigureJob]:
+    """Figure 6 per dataset: the chosen layer's heads, and every layer head-averaged."""
+    jobs = []
     for heat in heatmaps:
         d, source = slug(heat.dataset), f"({heat.config}, trial {heat.trial_id})"
         jobs.append(
