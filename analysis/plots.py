@@ -420,6 +420,8 @@ def _heatmap(ax: Axes, matrix: np.ndarray, labels: list[str], title: str) -> Non
     size = 7 if len(labels) <= 40 else 5
     ax.set_xticks(ticks, labels, fontsize=size)
     ax.set_yticks(ticks, labels, fontsize=size)
+    # Characters label the cells; no tick marks (a fifth of the figure's drawing time).
+    ax.tick_params(bottom=False, left=False)
     ax.set_xlabel("key (attended to)")
     ax.set_ylabel("query")
     ax.set_title(title, fontsize=9, y=1.0)
