@@ -1,12 +1,18 @@
 """What the sweep service costs over a plain Python loop, and what packing trials buys.
 
-    python benchmarks/sweep_overhead.py [--trials 4] [--max-iters 600]
+    python benchmarks/sweep_overhead.py [--trials 4] [--max-iters 240]
 
 1. The same trials through a plain loop (``charlm.train.train``, one at a time, all
    cores) and through the service (Ray Tune + store callback, one trial at a time with
-   all cores): the wall-time ratio service / loop (target: under 1.10 for 30 s trials).
+   all cores): the wall-time ratio service / loop (target: under 1.10 for 30 s trials),
+   and where the difference goes: starting and stopping Ray, the wait before the first
+   trial starts, the gaps between trials, and the trials' own training speed (steps only).
 2. Aggregate training tokens/s of the service packing one 1-CPU trial per core against one
    all-core trial at a time.
+
+The service's wall time counts everything a user waits for: Ray's start and shutdown
+included. Run it on an idle machine (the load average is printed): on 2 cores any other
+work shows up in the ratio.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -24,7 +32,22 @@ from charlm.train import train
 from sweeps.ablation import param_space
 from sweeps.grid import PRESETS, TrialSpec, expand
 from sweeps.runner import Resources, connect, run_trials
+from sweeps.schema import read_table
 from sweeps.store import ResultStore
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall time of one way of running the trials, and how it splits up."""
+
+    wall_s: float
+    tokens: int
+    trial_s: list[float]  # each trial's own wall time, start to finish, in order
+    train_tokens_per_s: float  # mean over trials of tokens per second of training steps
+    start_s: float = 0.0  # Ray start (service only)
+    first_wait_s: float = 0.0  # from the Tuner's start to the first trial's start
+    gaps_s: tuple[float, ...] = ()  # between one trial's end and the next one's start
+    stop_s: float = 0.0  # from the last trial's end to Ray being shut down
 
 
 def trials(count: int, max_iters: int) -> list[TrialSpec]:
@@ -35,19 +58,29 @@ def trials(count: int, max_iters: int) -> list[TrialSpec]:
     )  # fmt: skip
 
 
-def plain_loop(specs: list[TrialSpec], threads: int) -> tuple[float, int]:
-    start, tokens = time.perf_counter(), 0
+def _tokens(specs: list[TrialSpec]) -> int:
+    return sum(s.train.max_iters * s.train.batch_size * s.model.block_size for s in specs)
+
+
+def plain_loop(specs: list[TrialSpec], threads: int) -> Timing:
+    """The notebook way: train() in a for-loop, one trial after the other."""
+    start, trial_s, speeds = time.perf_counter(), [], []
     for spec in specs:
+        trial_start = time.perf_counter()
         result = train(spec.model, dataclasses.replace(spec.train, num_threads=threads))
-        tokens += result.tokens_seen
-    return time.perf_counter() - start, tokens
+        trial_s.append(time.perf_counter() - trial_start)
+        speeds.append(result.train_tokens_per_s)
+    wall = time.perf_counter() - start
+    return Timing(wall, _tokens(specs), trial_s, statistics.mean(speeds))
 
 
-def service(specs: list[TrialSpec], cpus_per_trial: float) -> tuple[float, int]:
+def service(specs: list[TrialSpec], cpus_per_trial: float) -> Timing:
+    """The same trials through the service on an embedded Ray, timed from Ray's start."""
     with tempfile.TemporaryDirectory() as tmp:
         store = ResultStore(Path(tmp) / "results")
-        start = time.perf_counter()
+        start = time.time()
         connect(num_cpus=os.cpu_count())
+        fit_start = time.time()
         try:
             run_trials(
                 store, param_space(specs), name="overhead", total=len(specs),
@@ -55,41 +88,63 @@ def service(specs: list[TrialSpec], cpus_per_trial: float) -> tuple[float, int]:
             )  # fmt: skip
         finally:
             ray.shutdown()
-        wall = time.perf_counter() - start
-    tokens = sum(spec.train.max_iters * spec.train.batch_size * spec.model.block_size
-                 for spec in specs)  # fmt: skip
-    return wall, tokens
+        end = time.time()
+        rows = read_table(store.root, "trials").table.to_pylist()
+    rows.sort(key=lambda row: row["started_at"])
+    started = [row["started_at"].timestamp() for row in rows]
+    finished = [row["finished_at"].timestamp() for row in rows]
+    return Timing(
+        wall_s=end - start,
+        tokens=_tokens(specs),
+        trial_s=[f - s for s, f in zip(started, finished, strict=True)],
+        train_tokens_per_s=statistics.mean(row["train_tokens_per_s"] for row in rows),
+        start_s=fit_start - start,
+        first_wait_s=started[0] - fit_start,
+        gaps_s=tuple(s - f for f, s in zip(finished, started[1:], strict=False)),
+        stop_s=end - max(finished),
+    )
+
+
+def report(specs: list[TrialSpec], cores: int, loop: Timing, one: Timing, packed: Timing) -> str:
+    """The printed comparison."""
+    per_trial = loop.wall_s / len(specs)
+    gaps = statistics.mean(one.gaps_s) if one.gaps_s else 0.0
+    lines = [
+        f"{len(specs)} trials of {specs[0].train.max_iters} steps (~{per_trial:.0f} s each in the "
+        f"loop), {cores} cores, load average {os.getloadavg()[0]:.2f}",
+        f"plain loop, {cores} threads, one at a time   : {loop.wall_s:7.1f} s  "
+        f"{loop.tokens / loop.wall_s:9,.0f} tok/s",
+        f"service, {cores} CPUs per trial, one at a time: {one.wall_s:7.1f} s  "
+        f"{one.tokens / one.wall_s:9,.0f} tok/s",
+        f"service, 1 CPU per trial, {cores} at a time    : {packed.wall_s:7.1f} s  "
+        f"{packed.tokens / packed.wall_s:9,.0f} tok/s",
+        f"overhead ratio service / loop (same resources): {one.wall_s / loop.wall_s:.3f}  "
+        "(target < 1.10)",
+        f"  where the {one.wall_s - loop.wall_s:+.1f} s go: Ray start {one.start_s:.1f} s, "
+        f"first trial starts after {one.first_wait_s:.1f} s, {gaps:.2f} s between trials, "
+        f"Ray stop {one.stop_s:.1f} s; trials {sum(one.trial_s):.1f} s in the service "
+        f"against {sum(loop.trial_s):.1f} s in the loop",
+        f"  training steps alone: {one.train_tokens_per_s:,.0f} tok/s in the service, "
+        f"{loop.train_tokens_per_s:,.0f} in the loop "
+        f"({one.train_tokens_per_s / loop.train_tokens_per_s:.3f}x)",
+        f"packing gain (1-CPU trials x {cores} vs one {cores}-thread trial): "
+        f"{(packed.tokens / packed.wall_s) / (one.tokens / one.wall_s):.2f}x",
+    ]
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=4)
-    parser.add_argument("--max-iters", type=int, default=600,
-                        help="steps per trial (600 is about 30 s at 2 threads here)")  # fmt: skip
+    parser.add_argument("--max-iters", type=int, default=240,
+                        help="steps per trial (240 is about 30 s at 2 threads here)")  # fmt: skip
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     specs = trials(args.trials, args.max_iters)
-
-    loop_s, loop_tokens = plain_loop(specs, cores)
-    one_s, one_tokens = service(specs, cpus_per_trial=cores)
-    packed_s, packed_tokens = service(specs, cpus_per_trial=1)
-    per_trial = loop_s / len(specs)
-    print(f"{len(specs)} trials of {args.max_iters} steps (~{per_trial:.0f} s each), {cores} cores")
-    print(
-        f"plain loop, {cores} threads, one at a time : {loop_s:7.1f} s  "
-        f"{loop_tokens / loop_s:9,.0f} tok/s"
-    )
-    print(
-        f"service, {cores} CPUs per trial, one at a time: {one_s:7.1f} s  "
-        f"{one_tokens / one_s:9,.0f} tok/s"
-    )
-    print(
-        f"service, 1 CPU per trial, {cores} at a time    : {packed_s:7.1f} s  "
-        f"{packed_tokens / packed_s:9,.0f} tok/s"
-    )
-    print(f"overhead ratio service / loop (same resources): {one_s / loop_s:.3f}  (target < 1.10)")
-    print(f"packing gain (1-CPU trials x {cores} vs one {cores}-thread trial): "
-          f"{(packed_tokens / packed_s) / (one_tokens / one_s):.2f}x")  # fmt: skip
+    loop = plain_loop(specs, cores)
+    one = service(specs, cpus_per_trial=cores)
+    packed = service(specs, cpus_per_trial=1)
+    print(report(specs, cores, loop, one, packed))
 
 
 if __name__ == "__main__":
