@@ -1,6 +1,6 @@
 """What the sweep service costs over a plain Python loop, and what packing trials buys.
 
-    python benchmarks/sweep_overhead.py [--trials 4] [--max-iters 240]
+    python benchmarks/sweep_overhead.py [--trials 4] [--max-iters 280] [--rounds 2]
 
 1. The same trials through a plain loop (``charlm.train.train``, one at a time, all
    cores) and through the service (Ray Tune + store callback, one trial at a time with
@@ -11,8 +11,10 @@
    all-core trial at a time.
 
 The service's wall time counts everything a user waits for: Ray's start and shutdown
-included. Run it on an idle machine (the load average is printed): on 2 cores any other
-work shows up in the ratio.
+included. The loop and the service run back to back in alternating order for ``--rounds``
+rounds and the ratio is of the summed wall times: this machine's speed drifts by ~10% over
+minutes even when idle, so one pair can read 0.98 or 1.10. Run it on an idle machine (the
+load average is printed).
 """
 
 from __future__ import annotations
@@ -105,30 +107,44 @@ def service(specs: list[TrialSpec], cpus_per_trial: float) -> Timing:
     )
 
 
-def report(specs: list[TrialSpec], cores: int, loop: Timing, one: Timing, packed: Timing) -> str:
-    """The printed comparison."""
-    per_trial = loop.wall_s / len(specs)
-    gaps = statistics.mean(one.gaps_s) if one.gaps_s else 0.0
+def report(
+    specs: list[TrialSpec], cores: int, loops: list[Timing], ones: list[Timing], packed: Timing
+) -> str:
+    """The printed comparison; ``loops[i]`` and ``ones[i]`` ran back to back (round i)."""
+    loop_s, one_s = sum(t.wall_s for t in loops), sum(t.wall_s for t in ones)
+    n = len(ones)
+    fixed = sum(t.start_s + t.first_wait_s + t.stop_s for t in ones) / n
+    gaps = [gap for t in ones for gap in t.gaps_s]
+    one_trials = sum(sum(t.trial_s) + sum(t.gaps_s) for t in ones)
+    loop_trials = sum(sum(t.trial_s) for t in loops)
+    one_speed = statistics.mean(t.train_tokens_per_s for t in ones)
+    loop_speed = statistics.mean(t.train_tokens_per_s for t in loops)
+    one_rate = sum(t.tokens for t in ones) / one_s
+    rounds = ", ".join(f"{o.wall_s / lp.wall_s:.3f}" for lp, o in zip(loops, ones, strict=True))
     lines = [
-        f"{len(specs)} trials of {specs[0].train.max_iters} steps (~{per_trial:.0f} s each in the "
-        f"loop), {cores} cores, load average {os.getloadavg()[0]:.2f}",
-        f"plain loop, {cores} threads, one at a time   : {loop.wall_s:7.1f} s  "
-        f"{loop.tokens / loop.wall_s:9,.0f} tok/s",
-        f"service, {cores} CPUs per trial, one at a time: {one.wall_s:7.1f} s  "
-        f"{one.tokens / one.wall_s:9,.0f} tok/s",
+        f"{len(specs)} trials of {specs[0].train.max_iters} steps "
+        f"(~{loop_s / n / len(specs):.0f} s each in the loop), {cores} cores, {n} round(s), "
+        f"load average {os.getloadavg()[0]:.2f}",
+        f"plain loop, {cores} threads, one at a time   : {loop_s / n:7.1f} s  "
+        f"{sum(t.tokens for t in loops) / loop_s:9,.0f} tok/s",
+        f"service, {cores} CPUs per trial, one at a time: {one_s / n:7.1f} s  "
+        f"{one_rate:9,.0f} tok/s",
         f"service, 1 CPU per trial, {cores} at a time    : {packed.wall_s:7.1f} s  "
         f"{packed.tokens / packed.wall_s:9,.0f} tok/s",
-        f"overhead ratio service / loop (same resources): {one.wall_s / loop.wall_s:.3f}  "
-        "(target < 1.10)",
-        f"  where the {one.wall_s - loop.wall_s:+.1f} s go: Ray start {one.start_s:.1f} s, "
-        f"first trial starts after {one.first_wait_s:.1f} s, {gaps:.2f} s between trials, "
-        f"Ray stop {one.stop_s:.1f} s; trials {sum(one.trial_s):.1f} s in the service "
-        f"against {sum(loop.trial_s):.1f} s in the loop",
-        f"  training steps alone: {one.train_tokens_per_s:,.0f} tok/s in the service, "
-        f"{loop.train_tokens_per_s:,.0f} in the loop "
-        f"({one.train_tokens_per_s / loop.train_tokens_per_s:.3f}x)",
+        f"overhead ratio service / loop (same resources): {one_s / loop_s:.3f}  (target < 1.10; "
+        f"rounds {rounds})",
+        f"  where the {(one_s - loop_s) / n:+.1f} s per round go: Ray start "
+        f"{statistics.mean(t.start_s for t in ones):.1f} s, first trial starts after "
+        f"{statistics.mean(t.first_wait_s for t in ones):.1f} s, "
+        f"{statistics.mean(gaps) if gaps else 0.0:.2f} s between trials, Ray stop "
+        f"{statistics.mean(t.stop_s for t in ones):.1f} s; trials {one_trials / n:.1f} s in the "
+        f"service against {loop_trials / n:.1f} s in the loop",
+        f"  per trial, without Ray's one-off start, first-trial wait and stop ({fixed:.1f} s per "
+        f"sweep): {one_trials / loop_trials:.3f}",
+        f"  training steps alone: {one_speed:,.0f} tok/s in the service, {loop_speed:,.0f} in the "
+        f"loop ({one_speed / loop_speed:.3f}x)",
         f"packing gain (1-CPU trials x {cores} vs one {cores}-thread trial): "
-        f"{(packed.tokens / packed.wall_s) / (one.tokens / one.wall_s):.2f}x",
+        f"{(packed.tokens / packed.wall_s) / one_rate:.2f}x",
     ]
     return "\n".join(lines)
 
@@ -136,15 +152,24 @@ def report(specs: list[TrialSpec], cores: int, loop: Timing, one: Timing, packed
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=4)
-    parser.add_argument("--max-iters", type=int, default=240,
-                        help="steps per trial (240 is about 30 s at 2 threads here)")  # fmt: skip
+    parser.add_argument("--max-iters", type=int, default=280,
+                        help="steps per trial (280 is about 30 s at 2 threads here)")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="loop/service pairs, run back to back in alternating order: "
+                        "a 2-core machine's speed drifts by 10%% over minutes")  # fmt: skip
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     specs = trials(args.trials, args.max_iters)
-    loop = plain_loop(specs, cores)
-    one = service(specs, cpus_per_trial=cores)
+    loops, ones = [], []
+    for round_ in range(args.rounds):
+        if round_ % 2 == 0:
+            loops.append(plain_loop(specs, cores))
+            ones.append(service(specs, cpus_per_trial=cores))
+        else:
+            ones.append(service(specs, cpus_per_trial=cores))
+            loops.append(plain_loop(specs, cores))
     packed = service(specs, cpus_per_trial=1)
-    print(report(specs, cores, loop, one, packed))
+    print(report(specs, cores, loops, ones, packed))
 
 
 if __name__ == "__main__":
