@@ -21,7 +21,6 @@ meanwhile: on a shared 2-core machine that, not the code, can make the numbers s
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import multiprocessing
 import os
 import resource
@@ -54,7 +53,7 @@ def add_models(root: Path, spec: SyntheticSpec) -> int:
 
     from charlm.config import ModelConfig
     from charlm.model import GPT
-    from charlm.train import CHECKPOINT_FORMAT
+    from charlm.train import save_model
 
     trials = read_table(root, "trials", ["trial_id", "dataset", "status"]).table.to_pandas()
     models = root / MODELS_DIR
@@ -64,14 +63,7 @@ def add_models(root: Path, spec: SyntheticSpec) -> int:
     written = 0
     for dataset, rows in trials[trials["status"].eq("ok")].groupby("dataset"):
         source = models / f".{dataset}.pt"
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "model": GPT(config).state_dict(),
-            "model_config": dataclasses.asdict(config),
-            "vocab": VOCAB,
-            "dataset": dataset,
-        }
-        torch.save(state, source)
+        save_model(source, GPT(config), VOCAB, dataset)
         for trial_id in rows["trial_id"]:
             target = models / f"{trial_id}.pt"
             if not target.exists():

@@ -47,7 +47,9 @@ __all__ = [
     "load_model",
     "lr_at",
     "main",
+    "probe_model",
     "resolve_device",
+    "save_model",
     "train",
 ]
 
@@ -312,7 +314,7 @@ def train(
                 _finish(result, model, data, train_cfg, best_val, train_seconds, device)
                 result.train_time_s = prior_elapsed + time.perf_counter() - run_start
                 if checkpoint_path is not None:
-                    _save_model(checkpoint_path / MODEL_FILE, model, data)
+                    save_model(checkpoint_path / MODEL_FILE, model, data.vocab, data.name)
                 metrics.update(result.summary(), sample=result.sample, final=True)
                 _log(report, metrics)
                 return result
@@ -443,14 +445,16 @@ def _save_checkpoint(
     )
 
 
-def _save_model(path: Path, model: GPT, data: Dataset) -> None:
+def save_model(path: Path, model: GPT, vocab: list[str], dataset: str) -> None:
+    """Write ``model`` as a model file (what ``load_model`` reads), atomically: its weights,
+    config, and the vocabulary and dataset name it was trained with."""
     _atomic_torch_save(
         {
             "format": CHECKPOINT_FORMAT,
             "model": model.state_dict(),
             "model_config": dataclasses.asdict(model.cfg),
-            "vocab": data.vocab,
-            "dataset": data.name,
+            "vocab": vocab,
+            "dataset": dataset,
         },
         path,
     )
