@@ -19,7 +19,6 @@ import http.client
 import json
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -35,6 +34,7 @@ import platformdirs
 import torch
 
 from charlm.config import ConfigError
+from charlm.fsio import atomic_write
 
 __all__ = [
     "DATASETS",
@@ -434,25 +434,14 @@ def _read_content(spec: DatasetSpec, file: BinaryIO) -> tuple[bytes, str | None]
 
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], Result]) -> Result:
-    """Run ``write`` on a temporary file beside ``path``, then move it into place.
+    """Run ``write`` on a durable temporary file beside ``path``, then move it into place.
 
     If ``write`` raises, the temporary file is removed and ``path`` is left untouched.
     """
-    try:
-        descriptor, temporary = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-        )
-    except OSError as error:
+    if not os.access(path.parent, os.W_OK | os.X_OK):
         raise DataError(
-            f"cannot write {path.name} into {path.parent} ({error}): "
+            f"cannot write {path.name} into {path.parent} (permission denied): "
             f"set {DATA_DIR_ENV} to a writable directory."
-        ) from error
-    try:
-        os.fchmod(descriptor, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
-        with os.fdopen(descriptor, "w+b") as file:
-            result = write(file)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return result
+        )
+    with atomic_write(path) as file:
+        return write(file)

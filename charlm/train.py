@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from charlm.data import (
     load_dataset,
     n_windows,
 )
+from charlm.fsio import atomic_write
 from charlm.model import GPT
 from charlm.probes import probe_metrics
 from charlm.sample import generate_text, quality_metrics, word_set
@@ -136,9 +136,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as file:
+        torch.save(obj, file)
 
 
 def load_model(path: str | Path, device: str = "cpu") -> tuple[GPT, list[str]]:

@@ -26,6 +26,7 @@ from ray import tune
 
 from charlm.config import ConfigError
 from charlm.data import resolve_data_dir
+from charlm.fsio import atomic_write
 from charlm.train import MODEL_FILE
 from sweeps.store import ResultStore, TrialRecord
 from sweeps.trainable import run_trial
@@ -286,9 +287,8 @@ class _StoreCallback(tune.Callback):
                 with checkpoint.as_directory() as directory:
                     source = Path(directory) / MODEL_FILE
                     if source.is_file():
-                        tmp = destination.with_name(f".{destination.name}.tmp")
-                        shutil.copyfile(source, tmp)
-                        os.replace(tmp, destination)
+                        with atomic_write(destination) as file, source.open("rb") as data:
+                            shutil.copyfileobj(data, file)
 
         self.store.write_trial(record, status, error, copy_model)
         self._count(record, status, error)

@@ -11,7 +11,6 @@ This module imports pyarrow and charlm's config only: analysis imports it withou
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from charlm.config import ModelConfig, TrainConfig, config_fields
+from charlm.fsio import atomic_write
 
 __all__ = [
     "COMPACTED_PREFIX",
@@ -317,9 +317,8 @@ def compact_table(root: str | Path, table: str) -> Compaction:
         {"schema_version": str(SCHEMA_VERSION)}
     )
     name = f"{COMPACTED_PREFIX}{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-    temp = directory / f".{name}.tmp"
-    pq.write_table(compacted, temp)
-    os.replace(temp, directory / name)
+    with atomic_write(directory / name) as file:
+        pq.write_table(compacted, file)
     removed = 0
     for path in merged:
         if _identity(path) == before[path]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import pyarrow.parquet as pq
 
 from charlm.cli import check_writable_dir
 from charlm.config import ConfigError, ModelConfig, TrainConfig, to_dict
+from charlm.fsio import atomic_write, atomic_write_bytes
 from sweeps.schema import (
     MARKER,
     SCHEMA_VERSION,
@@ -116,7 +116,7 @@ class ResultStore:
         check_results_dir(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         if not is_store(self.root):
-            self._write_bytes(
+            atomic_write_bytes(
                 self.root / MARKER,
                 json.dumps(
                     {"schema_version": SCHEMA_VERSION, "created_at": _now().isoformat()}, indent=2
@@ -135,11 +135,6 @@ class ResultStore:
 
     # ----------------------------------------------------------------- writing
 
-    def _write_bytes(self, path: Path, data: bytes) -> None:
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-
     def write_rows(self, table: str, trial_id: str, rows: list[dict[str, Any]]) -> None:
         """Write one trial's rows of ``table`` as ``<table>/<trial_id>.parquet``, atomically."""
         schema = SCHEMAS[table]
@@ -150,9 +145,8 @@ class ResultStore:
         path = table_dir(self.root, table) / f"{trial_id}.parquet"
         if path.exists() and not _readable(path):
             return  # never overwrite a file we cannot read: the user decides what to do
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        pq.write_table(arrow, tmp)
-        os.replace(tmp, path)
+        with atomic_write(path) as file:
+            pq.write_table(arrow, file)
 
     def write_progress(self, record: TrialRecord) -> None:
         """The curve (and attention rows) reported so far, so readers see running trials."""
