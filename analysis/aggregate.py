@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from sweeps.schema import config_label
+
 __all__ = [
     "CONFIG_KEYS",
     "METRICS",
@@ -53,13 +55,6 @@ METRICS = (
     "n_params",
 )
 ATTENTION_METRICS = ("entropy", "effective_span", "attention_js_next", "hidden_cosine_next")
-
-
-def config_label(factor: str, level: str) -> str:
-    """A config's name for tables and legends: 'baseline' or 'factor=level'."""
-    if factor == "baseline":
-        return "baseline"
-    return f"{factor}: {level}" if "=" in str(level) else f"{factor}={level}"
 
 
 def _level_key(level: Any) -> tuple[int, float, str]:

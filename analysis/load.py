@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sweeps.schema import MARKER, SCHEMAS, TABLES, StoreError, is_store, read_table
+from sweeps.schema import SCHEMAS, TABLES, StoreError, check_store, read_table
 
 __all__ = ["CorruptStoreError", "Store", "StoreError", "check_store", "load_store"]
 
@@ -61,24 +61,6 @@ class Store:
     duplicates: dict[str, int] = field(default_factory=dict)
     in_progress: list[str] = field(default_factory=list)
     file_counts: dict[str, int] = field(default_factory=dict)
-
-
-def check_store(root: str | Path) -> Path:
-    """``root`` as a Path if it is a store's directory, else StoreError with a one-line fix."""
-    path = Path(root)
-    if not path.exists():
-        raise StoreError(
-            f"results directory {path} does not exist: give the directory a sweep wrote "
-            "(the --results directory of sweeps/ablation.py)."
-        )
-    if not path.is_dir():
-        raise StoreError(f"{path} is a file, not a results directory: give the store's directory.")
-    if not is_store(path):
-        raise StoreError(
-            f"{path} is not a result store (no {MARKER} in it): give the directory a sweep "
-            "wrote, the one holding trials/ and curves/."
-        )
-    return path
 
 
 def load_store(

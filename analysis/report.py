@@ -9,13 +9,11 @@ leaves nothing behind and a reader never sees half a report.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import html
 import multiprocessing
 import os
 import shutil
-import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -34,12 +32,12 @@ except ImportError:  # Windows: CPU time of this process only
 
 from analysis import aggregate, plots
 from analysis.aggregate import CONFIG_KEYS, slug
-from analysis.load import CorruptStoreError, Store, StoreError, check_store, load_store
+from analysis.cli import FORMATS
+from analysis.load import Store, StoreError, check_store, load_store
 
-__all__ = ["Analysis", "Report", "analyze", "build_report", "main"]
+__all__ = ["Analysis", "Report", "analyze", "build_report", "main", "print_summary"]
 
 REPORT_MARKER = ".charlm-report"
-FORMATS = ("png", "svg", "pdf")
 
 
 @dataclass
@@ -833,116 +831,8 @@ def _markdown(sections: list[_Section], analysis: Analysis) -> str:
     return "\n".join(parts)
 
 
-# ---------------------------------------------------------------- CLI
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line on stderr and exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="python -m analysis",
-        description=(
-            "Turn a result store into a report: tables (mean ± stderr over seeds, Δ vs the "
-            "baseline with 95%% CI and Holm-corrected p-values), figures (PNG/SVG), the "
-            "factor ranking and generated samples, as REPORT_DIR/report.html and report.md. "
-            "Works on a store that is still being written; failed and corrupt parts are "
-            "named in the report."
-        ),
-    )
-    parser.add_argument("results_dir", metavar="RESULTS_DIR", help="the store a sweep wrote")
-    parser.add_argument(
-        "--out",
-        metavar="REPORT_DIR",
-        default=None,
-        help="where to write the report (default: RESULTS_DIR/report; an earlier report "
-        "there is replaced, a directory holding other files is refused)",
-    )
-    parser.add_argument(
-        "--strict",
-        action="store_true",
-        help="fail (exit 2) on a corrupt store file instead of skipping it",
-    )
-    parser.add_argument(
-        "--format",
-        default="png,svg",
-        help=f"figure formats, comma-separated, from {','.join(FORMATS)} (default png,svg)",
-    )
-    parser.add_argument(
-        "--sweep", action="append", metavar="NAME", help="only this sweep (repeat for several)"
-    )
-    parser.add_argument(
-        "--dataset", action="append", metavar="NAME", help="only this dataset (repeat for several)"
-    )
-    parser.add_argument(
-        "--heatmap-text",
-        metavar="TEXT",
-        help="text for the attention heatmaps (default: the start of the best "
-        "trial's generated sample)",
-    )
-    parser.add_argument(
-        "--heatmap-layer",
-        type=int,
-        metavar="N",
-        help="layer whose heads get heatmaps (default: the last)",
-    )
-    parser.add_argument(
-        "--metric",
-        default="best_val_loss",
-        choices=["best_val_loss", "final_val_loss", "final_train_loss"],
-        help="metric compared against the baseline and ranked (default best_val_loss)",
-    )
-    parser.add_argument(
-        "--jobs",
-        type=int,
-        metavar="N",
-        help="processes drawing figures (default: CPU count, at most 4)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="print only the report's path")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The CLI; returns the exit status (0 ok, 2 bad input, a missing store or --strict)."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    formats = [fmt.strip() for fmt in args.format.split(",") if fmt.strip()]
-    if args.heatmap_layer is not None and args.heatmap_layer < 0:
-        parser.error(f"--heatmap-layer {args.heatmap_layer}: give a layer index >= 0")
-    if args.jobs is not None and args.jobs < 1:
-        parser.error(f"--jobs {args.jobs}: give a number of processes >= 1")
-    try:
-        report = build_report(
-            args.results_dir,
-            args.out,
-            formats=formats,
-            strict=args.strict,
-            sweeps=args.sweep,
-            datasets=args.dataset,
-            heatmap_text=args.heatmap_text,
-            heatmap_layer=args.heatmap_layer,
-            metric=args.metric,
-            jobs=args.jobs,
-        )
-    except CorruptStoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for path, reason in report.analysis.store.corrupt:
-        print(f"warning: skipped corrupt store file {path}: {reason}", file=sys.stderr)
-    if not args.quiet:
-        _print_summary(report, args.metric)
-    print(f"report: {report.html}")
-    return 0
-
-
-def _print_summary(report: Report, metric: str) -> None:
+def print_summary(report: Report, metric: str) -> None:
+    """What ``python -m analysis`` prints: trial counts, each sweep's table, notes, files."""
     analysis = report.analysis
     trials = analysis.store.trials
     print(
@@ -961,3 +851,11 @@ def _print_summary(report: Report, metric: str) -> None:
         print(f"note: {note}")
     figures = len(report.figures)
     print(f"\n{figures} figure files, {len(report.tables)} table files in {report.out_dir}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m analysis``: see analysis.cli (arguments are checked before pandas,
+    scipy and matplotlib are imported)."""
+    from analysis.cli import main as cli_main
+
+    return cli_main(argv)

@@ -23,9 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+if __name__ == "__main__":
+    # As a script: check the arguments before torch is imported (seconds on a busy
+    # machine), so bad input answers at once.
+    from charlm.train_args import parse as _parse_first
+
+    _parse_first(sys.argv[1:])
+
 import torch
 
-from charlm.cli import OneLineParser, check_writable_dir
 from charlm.config import ConfigError, ModelConfig, TrainConfig, to_dict
 from charlm.data import (
     Dataset,
@@ -35,10 +41,11 @@ from charlm.data import (
     load_dataset,
     n_windows,
 )
-from charlm.fsio import atomic_write
+from charlm.fsio import atomic_write, atomic_write_bytes
 from charlm.model import GPT
 from charlm.probes import probe_metrics
 from charlm.sample import generate_text, quality_metrics, word_set
+from charlm.train_args import parse as parse_train_args
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -471,60 +478,6 @@ def _load_checkpoint(path: str | Path, device: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- CLI
 
 
-def _parser() -> OneLineParser:
-    model_defaults, train_defaults = ModelConfig(), TrainConfig()
-    parser = OneLineParser(
-        prog="python -m charlm.train",
-        description="Train one character-level GPT, print progress, write DIR/result.json "
-        "and a checkpoint. Runs on CUDA when present (bf16 autocast), else CPU.",
-    )
-    add = parser.add_argument
-    add(
-        "--dataset",
-        default=train_defaults.dataset,
-        help="shakespeare_char, enwik8, text8, or the path of a UTF-8 text file",
-    )
-    add(
-        "--data-dir",
-        default=None,
-        help="where datasets are cached (default: $CHARLM_DATA_DIR, else the user cache dir)",
-    )
-    for name in ("n_layer", "n_head", "n_embed", "block_size"):
-        add(f"--{name.replace('_', '-')}", type=int, default=getattr(model_defaults, name))
-    add("--dropout", type=float, default=model_defaults.dropout)
-    add("--bias", action="store_true", help="biases in Linear and LayerNorm layers")
-    for name in (
-        "batch_size",
-        "max_iters",
-        "eval_interval",
-        "eval_iters",
-        "warmup_iters",
-        "seed",
-        "sample_tokens",
-        "probe_batch_size",
-    ):
-        add(f"--{name.replace('_', '-')}", type=int, default=getattr(train_defaults, name))
-    add("--lr-decay-iters", type=int, default=None, help="default: max-iters")
-    add("--probe-interval", type=int, default=None, help="default: at every evaluation")
-    add("--learning-rate", "--lr", type=float, default=train_defaults.learning_rate)
-    add("--min-lr", type=float, default=None, help="default: learning-rate / 10")
-    for name in ("weight_decay", "beta1", "beta2", "grad_clip", "temperature"):
-        add(f"--{name.replace('_', '-')}", type=float, default=getattr(train_defaults, name))
-    add("--top-k", type=int, default=train_defaults.top_k)
-    add("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
-    add(
-        "--threads",
-        dest="num_threads",
-        type=int,
-        default=None,
-        help="torch threads (default: torch's own choice)",
-    )
-    add("--out", required=True, help="output directory for result.json and the checkpoint")
-    add("--resume", action="store_true", help="continue from OUT/ckpt.pt if it exists")
-    add("--quiet", action="store_true", help="no progress lines")
-    return parser  # fmt: skip
-
-
 def _progress_line(metrics: dict[str, Any], max_iters: int) -> str:
     if "val_loss" not in metrics:
         return f"step {metrics['step']}: {metrics.get('status')}: {metrics.get('error')}"
@@ -539,26 +492,30 @@ def _progress_line(metrics: dict[str, Any], max_iters: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; exit 0 on success, 1 if training failed, 2 on bad input."""
-    args = _parser().parse_args(argv)
-    values = vars(args)
-    out, resume, quiet = Path(values.pop("out")), values.pop("resume"), values.pop("quiet")
-    model_names = {f.name for f in dataclasses.fields(ModelConfig)}
+    args = parse_train_args(argv)
+    out, train_cfg = args.out, args.train
+    if args.scaled and not args.quiet:
+        print(
+            f"{train_cfg.max_iters} steps: "
+            + ", ".join(f"{name} {getattr(train_cfg, name)}" for name in args.scaled)
+            + f" (scaled from the defaults for {TrainConfig().max_iters} steps)",
+            flush=True,
+        )
     try:
-        model_cfg = ModelConfig(**{k: v for k, v in values.items() if k in model_names})
-        train_cfg = TrainConfig(**{k: v for k, v in values.items() if k not in model_names})
-        check_writable_dir(out, "--out")
         checkpoint = out / CHECKPOINT_FILE
-        resume_from = checkpoint if resume and checkpoint.is_file() else None
+        resume_from = checkpoint if args.resume and checkpoint.is_file() else None
 
         def report(metrics: dict[str, Any]) -> None:
-            if not quiet:
+            if not args.quiet:
                 print(_progress_line(metrics, train_cfg.max_iters), flush=True)
 
-        result = train(model_cfg, train_cfg, report, checkpoint_dir=out, resume_from=resume_from)
+        result = train(args.model, train_cfg, report, checkpoint_dir=out, resume_from=resume_from)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    atomic_write_bytes(
+        out / "result.json", (json.dumps(result.to_dict(), indent=2) + "\n").encode()
+    )
     summary = result.summary()
     if result.status == "ok":
         print(

@@ -23,8 +23,8 @@ from charlm.cli import OneLineParser, fail
 from charlm.config import ConfigError, to_dict
 from charlm.data import check_block_size, load_dataset
 from sweeps.grid import PRESETS, GridSpec, TrialSpec, expand, load_grid, parse_overrides
-from sweeps.runner import Resources, load_cluster_config
-from sweeps.schema import read_table
+from sweeps.options import Resources, load_cluster_config
+from sweeps.schema import config_label, read_table
 from sweeps.store import ResultStore, check_results_dir, trial_columns, trial_statuses
 
 __all__ = ["main", "param_space", "parse_args", "plan_trials", "prepare_datasets", "summary_table"]
@@ -159,7 +159,7 @@ def prepare_datasets(trials: list[TrialSpec]) -> dict[str, int]:
         try:
             check_block_size(data, trial.model.block_size)
         except ConfigError as exc:
-            problems.append(f"{trial.factor}={trial.level}: {exc}")
+            problems.append(f"{config_label(trial.factor, trial.level)}: {exc}")
     if problems:
         raise ConfigError("; ".join(problems))
     return vocab_sizes

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import yaml
 from ray import tune
 
-from charlm.config import ConfigError
 from charlm.data import resolve_data_dir
 from charlm.fsio import atomic_write
 from charlm.train import MODEL_FILE
+from sweeps.options import ClusterError, Resources, load_cluster_config
+from sweeps.schema import config_label
 from sweeps.store import ResultStore, TrialRecord
 from sweeps.trainable import run_trial
 
@@ -51,39 +51,7 @@ GCS_PORT = 6379
 _reuse_actors = False
 
 
-class ClusterError(ConfigError):
-    """A cluster.yaml that is malformed or names a head we cannot reach."""
-
-
 # ------------------------------------------------------------------ cluster
-
-
-def load_cluster_config(path: str | Path) -> dict[str, Any]:
-    """Read a Ray cluster-launcher YAML and check it against Ray's own launcher schema."""
-    path = Path(path)
-    if not path.is_file():
-        raise ClusterError(f"--cluster {path}: no such file; give the path of a cluster.yaml.")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}" if where is not None else ""
-        raise ClusterError(f"--cluster {path}: not valid YAML{at}; fix the file.") from None
-    if not isinstance(raw, dict):
-        raise ClusterError(f"--cluster {path}: not a cluster-launcher config (a YAML mapping).")
-    # Private API, pinned by tests/test_cluster.py: the launcher's own offline validation.
-    from ray.autoscaler._private.util import prepare_config, validate_config
-
-    try:
-        validate_config(prepare_config(dict(raw)))
-    except Exception as exc:  # jsonschema.ValidationError, ValueError, KeyError...
-        message = getattr(exc, "message", None) or str(exc)
-        first = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
-        raise ClusterError(
-            f"--cluster {path}: rejected by Ray's cluster-launcher schema: {first}; "
-            "see https://docs.ray.io/en/latest/cluster/vms/references/ray-cluster-configuration.html"
-        ) from None
-    return raw
 
 
 def head_address(config: dict[str, Any], path: str | Path) -> str:
@@ -188,35 +156,6 @@ def connect(
 # ------------------------------------------------------------------ running
 
 
-@dataclass(frozen=True)
-class Resources:
-    """What each trial asks Ray for; fractional GPUs share one device between trials."""
-
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    max_concurrent: int | None = None
-
-    def __post_init__(self) -> None:
-        if not self.cpus_per_trial > 0:
-            raise ConfigError(
-                f"cpus_per_trial={self.cpus_per_trial} is invalid: give a number > 0, e.g. 1."
-            )
-        if self.gpus_per_trial < 0 or (
-            self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial)
-        ):
-            raise ConfigError(
-                f"gpus_per_trial={self.gpus_per_trial} is invalid: give a fraction in [0, 1] "
-                "(e.g. 0.25 packs four trials on a GPU) or a whole number."
-            )
-        if self.max_concurrent is not None and self.max_concurrent < 1:
-            raise ConfigError(
-                f"max_concurrent={self.max_concurrent} is invalid: give an integer >= 1."
-            )
-
-    def as_ray(self) -> dict[str, float]:
-        return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
-
-
 @dataclass
 class SweepOutcome:
     """What happened to the trials this run launched."""
@@ -318,6 +257,8 @@ class _ProgressCallback(tune.Callback):
         self.default_max_iters = default_max_iters
         self.start = time.monotonic()
         self.last_print = 0.0
+        self.last_stamp: int | None = None
+        self.pending = False  # a line is due but waits for the next second
         self.progress: dict[str, float] = {}
         self.best: tuple[float, str] | None = None
         self.done = self.failed = 0
@@ -337,10 +278,26 @@ class _ProgressCallback(tune.Callback):
         )
 
     def _maybe_print(self, trials, force: bool = False) -> None:
+        """Print a line every ``period_s``, and at once when a trial ends; at most one line
+        per second of the elapsed-time stamp: a line due in the same second as the last
+        one waits for the next second (on_step_end), the newest state replacing it."""
         now = time.monotonic()
-        if force or now - self.last_print >= self.period_s:
-            self.last_print = now
-            print(self._line(trials), flush=True)  # stdout at call time: Tune pickles callbacks
+        if not force and now - self.last_print < self.period_s:
+            return
+        stamp = int(now - self.start)
+        if stamp == self.last_stamp:
+            self.pending = True
+            return
+        self.last_print, self.last_stamp, self.pending = now, stamp, False
+        print(self._line(trials), flush=True)  # stdout at call time: Tune pickles callbacks
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.pending:
+            self._maybe_print(trials, force=True)
+
+    def on_experiment_end(self, trials, **info):
+        if self.pending:  # printed unless its second is taken; the summary follows anyway
+            self._maybe_print(trials, force=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "step" in result:
@@ -350,7 +307,7 @@ class _ProgressCallback(tune.Callback):
         val = result.get("val_loss")
         if val is not None and (self.best is None or val < self.best[0]):
             columns = trial.config.get("trial", {}).get("columns", {})
-            label = f"{columns.get('factor', '?')}={columns.get('level', '?')}"
+            label = config_label(columns.get("factor", "?"), columns.get("level", "?"))
             self.best = (val, label if columns else f"trial {trial.trial_id}")
         self._maybe_print(trials)
 

@@ -33,8 +33,10 @@ __all__ = [
     "Compaction",
     "StoreError",
     "TableRead",
+    "check_store",
     "compact_store",
     "compact_table",
+    "config_label",
     "is_store",
     "read_table",
     "table_dir",
@@ -44,6 +46,14 @@ SCHEMA_VERSION = 1
 MARKER = "charlm-store.json"
 TABLES = ("trials", "curves", "attention", "samples")
 COMPACTED_PREFIX = "compacted-"  # part files written by compact_table; read before per-trial files
+
+
+def config_label(factor: str, level: str) -> str:
+    """A config's name in tables, legends, progress lines and messages: 'baseline' or
+    'factor=level' ('width: n_embed=32,n_head=2' for a linked level)."""
+    if factor == "baseline":
+        return "baseline"
+    return f"{factor}: {level}" if "=" in str(level) else f"{factor}={level}"
 
 
 class StoreError(ValueError):
@@ -163,6 +173,24 @@ def table_dir(root: str | Path, table: str) -> Path:
     if table not in SCHEMAS:
         raise KeyError(f"unknown table {table!r}; tables are {', '.join(TABLES)}")
     return Path(root) / table
+
+
+def check_store(root: str | Path) -> Path:
+    """``root`` as a Path if it is a store's directory, else StoreError with a one-line fix."""
+    path = Path(root)
+    if not path.exists():
+        raise StoreError(
+            f"results directory {path} does not exist: give the directory a sweep wrote "
+            "(the --results directory of sweeps/ablation.py)."
+        )
+    if not path.is_dir():
+        raise StoreError(f"{path} is a file, not a results directory: give the store's directory.")
+    if not is_store(path):
+        raise StoreError(
+            f"{path} is not a result store (no {MARKER} in it): give the directory a sweep "
+            "wrote, the one holding trials/ and curves/."
+        )
+    return path
 
 
 def is_store(root: str | Path) -> bool:

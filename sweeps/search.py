@@ -18,10 +18,17 @@ from charlm.cli import OneLineParser, fail
 from charlm.config import ConfigError, split_config, to_dict
 from sweeps.ablation import prepare_datasets
 from sweeps.grid import PRESETS, TrialSpec, expand, parse_overrides, trial_id
-from sweeps.runner import Resources, load_cluster_config
+from sweeps.options import Resources, load_cluster_config
 from sweeps.store import ResultStore, check_results_dir, trial_columns
 
-__all__ = ["SEARCH_SPACE", "describe_search_trial", "main", "run_search_trial", "search_params"]
+__all__ = [
+    "SEARCH_SPACE",
+    "describe_search_trial",
+    "main",
+    "quiet_optuna",
+    "run_search_trial",
+    "search_params",
+]
 
 # Ranges of the five OFAT factors and the learning rate. Every n_embed choice is a
 # multiple of every n_head choice, so each sampled config is valid.
@@ -135,6 +142,14 @@ def _parse(argv: list[str] | None):
     return parser.parse_args(argv)  # fmt: skip
 
 
+def quiet_optuna() -> None:
+    """Optuna's own INFO lines ("[I ...] A new study created ...") stay out of our output;
+    warnings still show (--verbose shows everything)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def _optuna_storage(url: str):
     import optuna
     from optuna.storages.journal import JournalFileBackend
@@ -185,6 +200,8 @@ def _run(args, base: TrialSpec, resources: Resources) -> int:
 
     from sweeps.runner import connect, run_trials
 
+    if not args.verbose:
+        quiet_optuna()
     try:
         where = connect(args.cluster, address=args.address, num_cpus=args.num_cpus,
                         num_gpus=args.num_gpus, verbose=args.verbose,

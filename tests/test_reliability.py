@@ -507,7 +507,7 @@ BAD_INPUT = [
      r"error: 1 invalid grid level in grid 'notebook': baseline: block_size=0 is invalid: it "
      r"must be a positive integer\."),
     ("block_size-too-long", "ablation", ["--set", "block_size=200000", "--factors", "n_head"],
-     r"error: baseline=baseline: block_size=200000 is longer than the val split of "
+     r"error: baseline: block_size=200000 is longer than the val split of "
      r"shakespeare_char \(111540 characters\): use a block_size below 111540\."),
     ("unknown-factor", "ablation", ["--factors", "n_heads"],
      r"error: unknown factor\(s\) n_heads \(did you mean n_head\?\) in grid 'notebook': its "
