@@ -9,6 +9,7 @@ leaves nothing behind and a reader never sees half a report.
 
 from __future__ import annotations
 
+import base64
 import gc
 import html
 import multiprocessing
@@ -30,10 +31,11 @@ try:
 except ImportError:  # Windows: CPU time of this process only
     resource = None  # type: ignore[assignment]
 
-from analysis import aggregate, plots
+from analysis import aggregate, plots, settings
 from analysis.aggregate import CONFIG_KEYS, slug
 from analysis.cli import FORMATS
 from analysis.load import Store, StoreError, check_store, load_store
+from sweeps.schema import read_runs
 
 __all__ = ["Analysis", "Report", "analyze", "build_report", "main", "print_summary"]
 
@@ -242,11 +244,12 @@ def build_report(
         sections = _sections(
             analysis, rendering.jobs, formats, missing, heatmaps, tables, temp, metric
         )
-        (temp / "report.html").write_text(_html(sections, analysis))
         (temp / "report.md").write_text(_markdown(sections, analysis))
         watch.lap("report")
         figures = rendering.results()
         watch.lap("figures (wait)")
+        # One file to mail: the figures are embedded (their files stay beside it).
+        (temp / "report.html").write_text(_html(sections, analysis, temp))
         _move_into_place(temp, out)
     except BaseException:
         rendering.close()
@@ -566,6 +569,7 @@ class _Rendering:
 class _Section:
     title: str
     level: int = 2
+    anchor: str = ""  # the HTML section's id
     paragraphs: list[str] = field(default_factory=list)
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
     figures: list[tuple[str, str, list[str]]] = field(default_factory=list)  # caption, img, links
@@ -610,8 +614,8 @@ def _sections(
 ) -> list[_Section]:
     store = analysis.store
     trials = store.trials
-    sections = []
-    overview = _Section("Overview")
+    sections = [_setup_section(analysis)]
+    overview = _Section("Overview", anchor="overview")
     counts = pd.DataFrame(
         {
             "Trials": [len(trials)],
@@ -646,9 +650,12 @@ def _sections(
     for sweep, rows in summary[summary["kind"].ne("search")].groupby("sweep", sort=True):
         section = _Section(f"Sweep {sweep}")
         section.paragraphs.append(
-            f"Mean ± standard error over seeds; Δ = config − baseline in {metric} with its 95% "
-            "confidence interval (paired t-test over shared seeds, else Welch); p-values "
-            "Holm-corrected across the levels of the sweep (* below 0.05)."
+            f"Mean ± standard error over seeds; Δ = config − baseline in {metric} (paired "
+            "t-test over shared seeds, else Welch). The 95% confidence interval is per "
+            "comparison, not adjusted for multiple comparisons; the p-value is "
+            "Holm-adjusted across the levels of the sweep (* below 0.05). So an interval "
+            "that excludes 0 can sit next to an adjusted p above 0.05: read the p-value "
+            "for significance, the interval for size."
         )
         section.tables.append(("", aggregate.paper_table(rows, analysis.effects, metric)))
         ranking = analysis.ranking[analysis.ranking["sweep"] == sweep]
@@ -720,6 +727,19 @@ def _sections(
     return sections
 
 
+def _setup_section(analysis: Analysis) -> _Section:
+    """How the runs were set up, per sweep (analysis.settings): the report's first section."""
+    section = _Section("How the runs were set up", anchor="setup")
+    trials = analysis.store.trials
+    if trials.empty:
+        section.paragraphs.append("No trials in the store yet.")
+        return section
+    runs = read_runs(analysis.store.root)
+    for sweep in sorted(trials["sweep"].dropna().unique()):
+        section.tables.append((f"Sweep {sweep}", settings.setup_table(trials, runs, sweep)))
+    return section
+
+
 def _samples_section(analysis: Analysis) -> _Section:
     """One generated sample per config (its lowest seed), side by side."""
     section = _Section("Generated samples")
@@ -746,15 +766,17 @@ def _samples_section(analysis: Analysis) -> _Section:
 
 
 _CSS = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1240px;padding:0 1em;color:#222}
+.scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.85em}
 th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}
 th{background:#f3f3f3} td:first-child,td:nth-child(2){text-align:left}
-figure{margin:1em 0} figure img{max-width:100%;border:1px solid #eee}
+#setup td:nth-child(2){max-width:60em}
+figure{margin:1em 0} figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.85em;color:#555}
 .samples{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:.8em}
 .sample{border:1px solid #ddd;padding:.5em;font-size:.8em}
-.sample pre{white-space:pre-wrap;background:#fafafa;margin:.4em 0}
+.sample pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#fafafa;margin:.4em 0}
 """
 
 
@@ -764,10 +786,22 @@ def _html_table(frame: pd.DataFrame) -> str:
         "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
         for row in frame.itertuples(False)
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return (
+        f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
+        "</table></div>"
+    )
 
 
-def _html(sections: list[_Section], analysis: Analysis) -> str:
+def _embedded(path: Path) -> str:
+    """A figure file as a data: URI, so the page shows it without the file beside it."""
+    kind = {"png": "image/png", "svg": "image/svg+xml"}.get(path.suffix[1:])
+    if kind is None or not path.is_file():
+        return path.name
+    return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+def _html(sections: list[_Section], analysis: Analysis, root: Path) -> str:
+    """The page; figures are read from ``root`` (the report directory) and embedded."""
     e = html.escape
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -777,6 +811,7 @@ def _html(sections: list[_Section], analysis: Analysis) -> str:
         f"<p>Store {e(str(analysis.store.root))}, read {time.strftime('%Y-%m-%d %H:%M')}.</p>",
     ]
     for section in sections:
+        parts.append(f"<section id='{e(section.anchor or slug(section.title))}'>")
         parts.append(f"<h{section.level}>{e(section.title)}</h{section.level}>")
         parts += [f"<p>{e(p)}</p>" for p in section.paragraphs]
         for caption, frame in section.tables:
@@ -788,8 +823,8 @@ def _html(sections: list[_Section], analysis: Analysis) -> str:
                 f"<a href='{e(link)}'>{e(link.rsplit('.', 1)[1])}</a>" for link in links
             )
             parts.append(
-                f"<figure><a href='{e(image)}'><img src='{e(image)}' alt='{e(caption)}'></a>"
-                f"<figcaption>{e(caption)} ({others})</figcaption></figure>"
+                f"<figure><img src='{e(_embedded(root / image))}' alt='{e(caption)}'>"
+                f"<figcaption>{e(caption)} (files: {others})</figcaption></figure>"
             )
         if section.samples:
             parts.append("<div class='samples'>")
@@ -804,6 +839,7 @@ def _html(sections: list[_Section], analysis: Analysis) -> str:
                 + "".join(f"<li><a href='{e(p)}'>{e(label)}</a></li>" for label, p in section.links)
                 + "</ul>"
             )
+        parts.append("</section>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
@@ -847,6 +883,10 @@ def print_summary(report: Report, metric: str) -> None:
         keep = [c for c in table.columns if c not in ("Final train loss", "Final val loss")]
         print(f"\nsweep {sweep}")
         print(aggregate.to_markdown(table[keep]), end="")
+        print(
+            "Δ: 95% CI per comparison (not adjusted); p: Holm-adjusted across the sweep's "
+            "levels (* below 0.05)."
+        )
     for note in report.missing:
         print(f"note: {note}")
     figures = len(report.figures)

@@ -27,7 +27,15 @@ from sweeps.options import Resources, load_cluster_config
 from sweeps.schema import config_label, read_table
 from sweeps.store import ResultStore, check_results_dir, trial_columns, trial_statuses
 
-__all__ = ["main", "param_space", "parse_args", "plan_trials", "prepare_datasets", "summary_table"]
+__all__ = [
+    "main",
+    "param_space",
+    "parse_args",
+    "plan_trials",
+    "prepare_datasets",
+    "run_info",
+    "summary_table",
+]
 
 
 def _csv(text: str) -> list[str]:
@@ -274,6 +282,7 @@ def _run(trials: list[TrialSpec], args, resources: Resources) -> int:
         print(f"running on {where}; {resources.cpus_per_trial:g} CPU and "
               f"{resources.gpus_per_trial:g} GPU per trial", flush=True)  # fmt: skip
         store = ResultStore(args.results)
+        store.write_run(run_info(todo[0].sweep, "ablation", where, resources, len(todo)))
         outcome = run_trials(
             store,
             param_space(todo),
@@ -297,6 +306,23 @@ def _run(trials: list[TrialSpec], args, resources: Resources) -> int:
     for trial_id, error in outcome.failed.items():
         print(f"failed: {trial_id}: {error}", file=sys.stderr)
     return 1 if outcome.failed else 0
+
+
+def run_info(
+    sweep: str, kind: str, where: str, resources: Resources, n_trials: int
+) -> dict[str, Any]:
+    """What the store records about this command run (the report's set-up section)."""
+    from charlm.provenance import provenance
+
+    return {
+        "sweep": sweep,
+        "kind": kind,
+        "trials_to_run": n_trials,
+        "ray_cluster": where,
+        "cpus_per_trial": resources.cpus_per_trial,
+        "gpus_per_trial": resources.gpus_per_trial,
+        **provenance(),
+    }
 
 
 def _store_rows(root: Path) -> list[dict[str, Any]]:

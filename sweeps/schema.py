@@ -27,6 +27,7 @@ from charlm.fsio import atomic_write
 __all__ = [
     "COMPACTED_PREFIX",
     "MARKER",
+    "RUNS_DIR",
     "SCHEMAS",
     "SCHEMA_VERSION",
     "TABLES",
@@ -38,6 +39,7 @@ __all__ = [
     "compact_table",
     "config_label",
     "is_store",
+    "read_runs",
     "read_table",
     "table_dir",
 ]
@@ -45,6 +47,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 MARKER = "charlm-store.json"
 TABLES = ("trials", "curves", "attention", "samples")
+RUNS_DIR = "sweep_runs"  # one JSON per sweep command run: settings, version, commit, host
 COMPACTED_PREFIX = "compacted-"  # part files written by compact_table; read before per-trial files
 
 
@@ -191,6 +194,20 @@ def check_store(root: str | Path) -> Path:
             "wrote, the one holding trials/ and curves/."
         )
     return path
+
+
+def read_runs(root: str | Path) -> list[dict]:
+    """The run records of a store (``RUNS_DIR/*.json``, oldest first); unreadable ones are
+    skipped (a record is documentation, never needed to read results)."""
+    runs = []
+    for path in sorted((Path(root) / RUNS_DIR).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict):
+            runs.append(record)
+    return sorted(runs, key=lambda record: str(record.get("started_at", "")))
 
 
 def is_store(root: str | Path) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 
 from charlm.cli import OneLineParser, fail
 from charlm.config import ConfigError, split_config, to_dict
-from sweeps.ablation import prepare_datasets
+from sweeps.ablation import prepare_datasets, run_info
 from sweeps.grid import PRESETS, TrialSpec, expand, parse_overrides, trial_id
 from sweeps.options import Resources, load_cluster_config
 from sweeps.store import ResultStore, check_results_dir, trial_columns
@@ -210,6 +210,7 @@ def _run(args, base: TrialSpec, resources: Resources) -> int:
         fail(str(exc))
     try:
         store = ResultStore(args.results)
+        store.write_run(run_info(args.name, "search", where, resources, args.n_trials))
         url = args.optuna_storage or f"sqlite:///{(args.results / 'optuna.db').resolve()}"
         evaluations = base.train.max_iters // base.train.eval_interval + 1
         searcher = OptunaSearch(

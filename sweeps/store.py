@@ -24,6 +24,7 @@ from charlm.config import ConfigError, ModelConfig, TrainConfig, to_dict
 from charlm.fsio import atomic_write, atomic_write_bytes
 from sweeps.schema import (
     MARKER,
+    RUNS_DIR,
     SCHEMA_VERSION,
     SCHEMAS,
     TABLES,
@@ -134,6 +135,16 @@ class ResultStore:
                 compact_table(self.root, table)
 
     # ----------------------------------------------------------------- writing
+
+    def write_run(self, info: dict[str, Any]) -> Path:
+        """Record one sweep command run (its settings, code version and commit, host) as
+        ``sweep_runs/<UTC time>-<pid>.json``; the report's set-up section reads these."""
+        started = _now()
+        record = {"started_at": started.isoformat(), **info}
+        path = self.root / RUNS_DIR / f"{started:%Y%m%dT%H%M%S}-{os.getpid()}.json"
+        path.parent.mkdir(exist_ok=True)
+        atomic_write_bytes(path, (json.dumps(record, indent=2, default=str) + "\n").encode())
+        return path
 
     def write_rows(self, table: str, trial_id: str, rows: list[dict[str, Any]]) -> None:
         """Write one trial's rows of ``table`` as ``<table>/<trial_id>.parquet``, atomically."""
