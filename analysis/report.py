@@ -40,6 +40,7 @@ from sweeps.schema import read_runs
 __all__ = ["Analysis", "Report", "analyze", "build_report", "main", "print_summary"]
 
 REPORT_MARKER = ".charlm-report"
+HEATMAP_CHARS = 32  # default heatmap text: 32 characters keep 8-pt labels on two panels a row
 
 
 @dataclass
@@ -379,9 +380,8 @@ def _heatmaps(
     for dataset, trial_id in found:
         row = trials[trials["trial_id"].eq(trial_id)].iloc[0]
         sample = analysis.store.samples[analysis.store.samples["trial_id"].astype(str) == trial_id]
-        chosen = (
-            text if text is not None else (sample["text"].iloc[0][:48] if len(sample) else None)
-        )
+        first = sample["text"].iloc[0][:HEATMAP_CHARS] if len(sample) else None
+        chosen = text if text is not None else first
         if not chosen:
             missing.append(f"No heatmap text for {dataset} (no sample): pass --heatmap-text.")
             continue
@@ -443,18 +443,20 @@ def _heatmap_jobs(heatmaps: list[_Heatmaps]) -> list[_FigureJob]:
     jobs = []
     for heat in heatmaps:
         d, source = slug(heat.dataset), f"({heat.config}, trial {heat.trial_id})"
+        shape = f"{len(heat.maps)} layers x {len(heat.maps[0])} heads"
+        model = f"{heat.dataset}: {heat.config}, trial {heat.trial_id} ({shape})"
         jobs.append(
             _FigureJob(
                 f"6_heatmaps/{d}_heads_layer{heat.layer}",
                 f"{heat.dataset}: attention per head, layer {heat.layer} {source}",
-                partial(plots.head_heatmaps, heat.maps[heat.layer], heat.chars, heat.layer),
+                partial(plots.head_heatmaps, heat.maps[heat.layer], heat.chars, heat.layer, model),
             )
         )
         jobs.append(
             _FigureJob(
                 f"6_heatmaps/{d}_layers",
                 f"{heat.dataset}: head-averaged attention per layer {source}",
-                partial(plots.layer_heatmaps, heat.maps, heat.chars),
+                partial(plots.layer_heatmaps, heat.maps, heat.chars, model),
             )
         )
     return jobs

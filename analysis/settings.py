@@ -82,11 +82,12 @@ def _model(frame: pd.DataFrame) -> str:
         return f"{_values(frame, column)} {unit}"
 
     bias = _one(frame, "bias")
+    vocab = _values(frame, "vocab_size")
     return (
         f"{field('n_layer', 'layers')}, {field('n_head', 'heads')}, "
         f"{field('n_embed', 'wide')}, block {_values(frame, 'block_size')}, dropout "
         f"{_values(frame, 'dropout')}, {'with' if bias else 'no'} bias, vocabulary "
-        f"{_values(frame, 'vocab_size')}"
+        + ("the dataset's characters" if vocab == "–" else vocab)
     )
 
 

@@ -198,17 +198,7 @@ class _StoreCallback(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         record = self._record(trial, result)
-        record.last = result
-        if "val_loss" in result:
-            record.curve[result["step"]] = {
-                key: result.get(key)
-                for key in ("step", "tokens_seen", "elapsed_s", "lr", "train_loss",
-                            "val_loss", "best_val_loss", "tokens_per_s")
-            }  # fmt: skip
-        for row in result.get("attention") or []:
-            record.attention[(row["step"], row["layer"], row["head"])] = row
-        if result.get("final"):
-            record.final = result
+        record.add_report(result)
         self.store.write_progress(record)
 
     def on_trial_recover(self, iteration, trials, trial, **info):

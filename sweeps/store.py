@@ -108,6 +108,21 @@ class TrialRecord:
     last: dict[str, Any] | None = None
     attempts: int = 1
 
+    def add_report(self, result: dict[str, Any]) -> None:
+        """Take in one report of the trial: charlm.train's metrics at an evaluation (the
+        curve point, the attention rows) or its last one (the final metrics)."""
+        self.last = result
+        if "val_loss" in result:
+            self.curve[result["step"]] = {
+                key: result.get(key)
+                for key in ("step", "tokens_seen", "elapsed_s", "lr", "train_loss",
+                            "val_loss", "best_val_loss", "tokens_per_s")
+            }  # fmt: skip
+        for row in result.get("attention") or []:
+            self.attention[(row["step"], row["layer"], row["head"])] = row
+        if result.get("final"):
+            self.final = result
+
 
 class ResultStore:
     """A result store directory (created with its marker on first use)."""
