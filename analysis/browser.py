@@ -35,7 +35,7 @@ _PROBE = """
 (() => {
   const images = [...document.images].map(img => ({
     alt: img.alt, complete: img.complete, natural: img.naturalWidth,
-    shown: img.getBoundingClientRect().width,
+    shown: img.clientWidth,
   }));
   const setup = document.querySelector('#setup table');
   const settings = setup ? [...setup.querySelectorAll('tbody tr')].map(
