@@ -146,7 +146,7 @@ def parse(argv: list[str] | None = None) -> TrainArgs:
             )
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
         unscaled = {name: defaults[name] for name in SCHEDULE_FIELDS if name not in schedule}
-        schedule = {**shorten_schedule(unscaled, max_iters), **schedule}
+        schedule = {**shorten_schedule(dict(unscaled), max_iters), **schedule}
         scaled = tuple(name for name in SCHEDULE_FIELDS if name in unscaled and (
             schedule[name] != defaults[name]))  # fmt: skip
     model_names = {f.name for f in dataclasses.fields(ModelConfig)}
