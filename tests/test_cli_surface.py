@@ -207,3 +207,22 @@ def test_the_sweep_records_its_code_and_settings(tmp_path):
     if commit:  # a git checkout (CI and development): the commit is HEAD's
         assert run["git_commit"].removesuffix("+dirty") == commit
     assert json.loads(next((store.root / "sweep_runs").glob("*.json")).read_text()) == run
+
+
+def test_the_readme_shows_the_example_grid_verbatim():
+    readme = (REPO / "README.md").read_text()
+    example = (REPO / "examples" / "linked_grid.yaml").read_text()
+    start = readme.index("`examples/linked_grid.yaml`, verbatim")
+    block = readme[readme.index("```yaml\n", start) + len("```yaml\n") :]
+    assert block[: block.index("```")] == example
+
+
+def test_the_readme_points_at_what_ships():
+    readme = (REPO / "README.md").read_text()
+    assert "index.html" not in readme and "report/report.html" in readme
+    for link in ("docs/ARCHITECTURE.md", "examples/linked_grid.yaml", "cluster.yaml"):
+        assert link in readme and (REPO / link).is_file(), link
+    assert "../shared" not in readme
+    assert '".[dev,dashboard]"' in readme and "dashboard" in (REPO / "pyproject.toml").read_text()
+    ignored = (REPO / ".gitignore").read_text().split()
+    assert "runs/" in ignored and "results/" in ignored
