@@ -122,6 +122,11 @@ def parser() -> OneLineParser:
         default=None,
         help="torch threads (default: torch's own choice)",
     )
+    add(
+        "--compile",
+        action="store_true",
+        help="run training steps through torch.compile (opt-in; pays off on CUDA)",
+    )
     add("--out", required=True, help="output directory for result.json and the checkpoint")
     add("--resume", action="store_true", help="continue from OUT/ckpt.pt if it exists")
     add("--quiet", action="store_true", help="no progress lines")
