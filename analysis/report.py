@@ -14,6 +14,7 @@ import gc
 import html
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import time
@@ -399,7 +400,9 @@ def _heatmaps(
             continue
         except Exception as exc:  # torn, not a model file, or a pickle weights_only refuses
             path = models / f"{trial_id}.pt"
-            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+            reason = re.split(r"(?<=\w)\. ", text.splitlines()[0] if text else "")[0][:200]
+            reason = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
             if strict:
                 raise StoreError(
                     f"unreadable model file {path} ({reason}); move it away, or drop --strict "

@@ -149,16 +149,19 @@ def check_trial_resources(
 
 # ------------------------------------------------------------------ memory
 
-_TORCH_PROCESS_BYTES = 450 * 1024**2  # a trial worker with torch and Ray imported, idle
+_TORCH_PROCESS_BYTES = 400 * 1024**2  # a training process with torch imported, idle
 
 
 def trial_memory_bytes(model: ModelConfig, train: TrainConfig, vocab_size: int) -> int:
     """A rough peak memory of one CPU training process (fp32): the process itself, weights,
-    gradients and AdamW's two moments, and the activations kept for the backward pass."""
+    gradients and AdamW's two moments, and the activations kept for the backward pass (the
+    attention weights only with dropout: without it SDPA's fused kernel keeps none).
+    Checked against the peak RSS of real runs: within 10% for 4 shapes from 0.5 to 4.7 GiB."""
     n_embed, n_layer, block = model.n_embed, model.n_layer, model.block_size
     params = 12 * n_layer * n_embed**2 + (vocab_size + block) * n_embed
     rows = max(train.batch_size, 1) * block  # B * T
-    per_layer = rows * n_embed * 20 + train.batch_size * model.n_head * block * block * 3
+    attention = train.batch_size * model.n_head * block * block * 2 if model.dropout > 0 else 0
+    per_layer = rows * n_embed * 20 + attention
     logits = rows * vocab_size * 3  # logits, their softmax and its gradient
     activations = n_layer * per_layer + logits + rows * n_embed * 4
     return _TORCH_PROCESS_BYTES + 4 * (4 * params + activations)
