@@ -181,7 +181,7 @@ def prepare_datasets(trials: list[TrialSpec]) -> dict[str, int]:
             problems.append(
                 f"{trial.factor}={trial.level}: vocab_size={vocab} does not match "
                 f"{Path(trial.dataset).name}'s vocabulary of {data.vocab_size}: leave "
-                "vocab_size unset to take it from the dataset"
+                "vocab_size unset to take it from the dataset."
             )
         key = (trial.dataset, trial.model.block_size)
         if key in checked:

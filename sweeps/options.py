@@ -38,7 +38,7 @@ def check_sweep_name(name: str, option: str) -> None:
     """Raise ConfigError unless ``name`` is a safe single directory name."""
     if isinstance(name, str) and SAFE_NAME.fullmatch(name):
         return
-    suggestion = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", str(name)).strip("._") or "sweep"
+    suggestion = re.sub(r"[^A-Za-z0-9_=+-]+", "_", str(name)).strip("_") or "sweep"
     raise ConfigError(
         f"{option} {name!r}: a sweep name becomes a directory name, so it must be letters, "
         f"digits, '_', '.', '=', '+' or '-' (not starting with '.'): use e.g. {suggestion[:100]!r}."

@@ -269,8 +269,9 @@ def test_unreadable_model_file_is_named_its_heatmaps_skipped_strict_fails(tmp_pa
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert re.search(r"warning: Heatmap for shakespeare_char skipped: unreadable model file "
-                     rf"{re.escape(str(root))}/models/[^ ]+\.pt \(UnpicklingError: Weights only load "
-                     r"failed\)\.$", captured.err, re.M)  # fmt: skip
+                     rf"{re.escape(str(root))}/models/[^ ]+\.pt "
+                     r"\(UnpicklingError: Weights only load failed\)\.$",
+                     captured.err, re.M)  # fmt: skip
     html = (tmp_path / "report" / "report.html").read_text()
     assert "unreadable model file" in html and not marker.exists()
 
@@ -336,9 +337,9 @@ def test_interrupted_sweep_says_so_keeps_what_finished_and_exits_128_plus_signal
     results = tmp_path / "results"
     args = [sys.executable, str(ABLATION), "--grid", str(grid), "--results", str(results),
             "--num-cpus", "1"]  # fmt: skip
-    out, err = open(tmp_path / "out", "w"), open(tmp_path / "err", "w")
-    driver = subprocess.Popen(args, stdout=out, stderr=err, cwd=REPO, env=_env(),
-                              start_new_session=True)  # fmt: skip
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        driver = subprocess.Popen(args, stdout=out, stderr=err, cwd=REPO, env=_env(),
+                                  start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:  # one trial finished, the next one running
