@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from charlm.cli import OneLineParser, check_writable_dir
-from charlm.config import ConfigError, ModelConfig, TrainConfig, to_dict
+from charlm.config import ConfigError, ModelConfig, TrainConfig, config_fields, to_dict
 from charlm.data import (
     BatchSampler,
     Dataset,
@@ -68,7 +68,7 @@ SAMPLE_PROMPT = "\n"  # or the text's first character when it has no newline
 # checkpoint's step.
 RESUMABLE_FIELDS = (
     "max_iters", "eval_interval", "probe_interval", "sample_tokens", "temperature", "top_k",
-    "device", "num_threads", "data_dir",
+    "device", "num_threads", "data_dir", "compile",
 )  # fmt: skip
 
 Report = Callable[[dict[str, Any]], None]
@@ -528,9 +528,12 @@ def check_resumable(
     below its step. The one-line message names each field, both values and the flag."""
     old_model, old_train = state["model_config"], state["train_config"]
     new_values = {**to_dict(model_cfg), **to_dict(train_cfg)}
-    old_values = {**old_model, **old_train}
+    # A field newer than the checkpoint had its default then.
+    old_values = {**to_dict(ModelConfig()), **to_dict(TrainConfig()), **old_model, **old_train}
     # The schedule as it runs: an unset lr_decay_iters follows max_iters (resumable).
-    old_cfg = TrainConfig(**{**old_train, "dataset": train_cfg.dataset, "data_dir": None})
+    known = set(config_fields(TrainConfig))
+    old_cfg = TrainConfig(**{**{k: v for k, v in old_train.items() if k in known},
+                             "dataset": train_cfg.dataset, "data_dir": None})  # fmt: skip
     new_values["lr_decay_iters"] = train_cfg.resolved_lr_decay_iters
     old_values["lr_decay_iters"] = old_cfg.resolved_lr_decay_iters
     same_data = (

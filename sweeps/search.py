@@ -25,7 +25,13 @@ from sweeps.options import (
     local_node,
 )
 from sweeps.runner import Resources, load_cluster_config
-from sweeps.store import ResultStore, check_results_dir, trial_columns
+from sweeps.store import (
+    ResultStore,
+    StoreBusyError,
+    check_results_dir,
+    locked,
+    trial_columns,
+)
 
 __all__ = ["SEARCH_SPACE", "describe_search_trial", "main", "run_search_trial", "search_params"]
 
@@ -190,7 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         prepare_datasets([largest])
     except ConfigError as exc:
         fail(str(exc))
-    return _run(args, base, resources)
+    try:
+        with locked(args.results):  # one driver per store (sweeps.store.locked)
+            return _run(args, base, resources)
+    except StoreBusyError as exc:
+        fail(str(exc))
 
 
 def _run(args, base: TrialSpec, resources: Resources) -> int:

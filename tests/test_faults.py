@@ -294,8 +294,11 @@ HOLDER = textwrap.dedent("""
 """)
 
 
-def test_second_driver_is_refused_while_the_first_holds_the_store(tmp_path: Path, capsys):
-    from sweeps import ablation
+@pytest.mark.parametrize("cli", ["ablation", "search"])
+def test_second_driver_is_refused_while_the_first_holds_the_store(
+    cli: str, tmp_path: Path, capsys
+):
+    from sweeps import ablation, search
 
     results = tmp_path / "results"
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(results)], cwd=REPO,
@@ -304,9 +307,12 @@ def test_second_driver_is_refused_while_the_first_holds_the_store(tmp_path: Path
     try:
         assert holder.stdout.readline().strip() == "locked"
         grid = _grid(tmp_path / "grid.yaml", "lock", seeds=1, max_iters=4, eval_interval=4)
-        argv = ["--grid", str(grid), "--results", str(results), "--num-cpus", "1"]
+        argv = ["--results", str(results), "--num-cpus", "1"]
         with pytest.raises(SystemExit) as exit_info:
-            ablation.main(argv)
+            if cli == "ablation":
+                ablation.main([*argv, "--grid", str(grid)])
+            else:
+                search.main([*argv, "--n-trials", "1", "--max-iters", "4"])
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert err == (
