@@ -311,7 +311,7 @@ def _disk_error(exc: OSError, results: Path) -> int:
     """A full or read-only results disk: one line, exit 1 (the store's files are whole)."""
     if exc.errno not in _DISK_ERRNOS:
         raise exc
-    reason = exc.strerror or str(exc)
+    reason = os.strerror(exc.errno)  # pyarrow's own text wraps it in a longer sentence
     print(
         f"error: cannot write under {results} ({reason}: {exc.filename or results}); trials "
         "already in the store are kept: free space (or make it writable) and run the same "

@@ -433,8 +433,10 @@ def test_full_disk_is_one_line_exit_1_store_intact_and_the_rerun_works(tmp_path:
     assert "full=1" in run.stdout, log
     (line,) = log["full.err"].splitlines()
     print(line)
-    assert re.fullmatch(r"error: .*(No space left on device).*: free space .*run the same "
-                        r"command again.*", line), line  # fmt: skip
+    assert re.fullmatch(rf"error: cannot write under {re.escape(env['RESULTS'])} \(No space "
+                        r"left on device: .*\); trials already in the store are kept: free "
+                        r"space \(or make it writable\) and run the same command again to run "
+                        r"the rest\.", line), line  # fmt: skip
     assert _finished(tmp_path / "after") == first  # the store as it was: whole, readable
     assert "free=0" in run.stdout, log
     assert "2 trials in the grid: 1 already in" in log["free.out"]
