@@ -175,7 +175,7 @@ def prepare_datasets(trials: list[TrialSpec]) -> dict[str, int]:
         if (
             vocab is not None
             and vocab != data.vocab_size
-            and (trial.dataset, vocab) not in (vocab_checked)
+            and ((trial.dataset, vocab) not in vocab_checked)
         ):
             vocab_checked.add((trial.dataset, vocab))
             problems.append(
@@ -304,12 +304,15 @@ def _per_node(node: dict[str, float], resources: Resources, n_trials: int) -> in
     return max(1, min(fit, resources.max_concurrent or fit, n_trials))
 
 
-_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def _disk_error(exc: OSError, results: Path) -> int:
     """A full or read-only results disk: one line, exit 1 (the store's files are whole)."""
-    if exc.errno not in _DISK_ERRNOS:
+    inside = exc.filename is not None and Path(str(exc.filename)).resolve().is_relative_to(
+        results.resolve()
+    )
+    if not (exc.errno in _DISK_FULL or (exc.errno in (errno.EACCES, errno.EPERM) and inside)):
         raise exc
     reason = os.strerror(exc.errno)  # pyarrow's own text wraps it in a longer sentence
     print(
@@ -321,7 +324,7 @@ def _disk_error(exc: OSError, results: Path) -> int:
     return 1
 
 
-def disk_full_errors(failed: dict[str, str]) -> str | None:
+def _disk_full_error(failed: dict[str, str]) -> str | None:
     """The error text when trials failed because the disk was full or read-only."""
     for error in failed.values():
         if any(text in error for text in ("No space left", "Read-only file system",
@@ -458,7 +461,7 @@ def _run_locked(
     )
     for trial_id, error in outcome.failed.items():
         print(f"failed: {trial_id}: {error}", file=sys.stderr)
-    full = disk_full_errors(outcome.failed)
+    full = _disk_full_error(outcome.failed)
     if full:
         print(
             f"error: trials failed because the disk is full or read-only ({full}); free space "
