@@ -25,6 +25,7 @@ from charlm.data import check_block_size, load_dataset
 from sweeps.grid import PRESETS, GridSpec, TrialSpec, expand, load_grid, parse_overrides
 from sweeps.runner import Resources, load_cluster_config
 from sweeps.schema import read_table
+from sweeps.storage import resolve_storage
 from sweeps.store import ResultStore, check_results_dir, trial_columns, trial_statuses
 
 __all__ = ["main", "param_space", "parse_args", "plan_trials", "prepare_datasets", "summary_table"]
@@ -230,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--max-iters {args.max_iters}: give a number of steps >= 1.")
         trials = plan_trials(args)
         check_results_dir(args.results)
+        resolve_storage(args.storage, args.results)
         resources = Resources(args.cpus_per_trial, args.gpus_per_trial or 0.0, args.max_concurrent)
         if args.cluster:
             load_cluster_config(args.cluster)
@@ -262,25 +264,26 @@ def _run(trials: list[TrialSpec], args, resources: Resources) -> int:
     if not todo:
         return 0
     try:
-        where = connect(
+        connection = connect(
             args.cluster, address=args.address, num_cpus=args.num_cpus,
-            num_gpus=args.num_gpus, verbose=args.verbose,
+            num_gpus=args.num_gpus, verbose=args.verbose, results=args.results,
+            storage=args.storage,
         )  # fmt: skip
     except ConfigError as exc:
         fail(str(exc))
     try:
         if args.gpus_per_trial is None and ray.cluster_resources().get("GPU", 0) > 0:
             resources = dataclasses.replace(resources, gpus_per_trial=1.0)
-        print(f"running on {where}; {resources.cpus_per_trial:g} CPU and "
+        print(f"running on {connection.description}; {resources.cpus_per_trial:g} CPU and "
               f"{resources.gpus_per_trial:g} GPU per trial", flush=True)  # fmt: skip
         store = ResultStore(args.results)
         outcome = run_trials(
+            connection,
             store,
             param_space(todo),
             name=todo[0].sweep,
             total=len(todo),
             resources=resources,
-            storage=args.storage,
             max_iters={t.trial_id: t.train.max_iters for t in todo},
             max_failures=args.max_failures,
         )
