@@ -473,6 +473,11 @@ BAD_INPUT = [
      ["--storage", "s3://?secret_key=hunter2hunter2&access_key=AKIAXX", "--factors", "n_head"],
      r"error: --storage s3://\?secret_key=\*\*\*&access_key=\*\*\*: not a URI pyarrow can "
      r"open \(scheme://bucket/path\); e\.g\. .*"),
+    ("storage-s3-uri-rejected", "ablation",
+     ["--storage", "s3://bucket/x?secret_key=hunter2", "--factors", "n_head", "--seeds", "1"],
+     r"error: checkpoint storage s3://bucket/x\?secret_key=\*\*\* cannot be written from this "
+     r"machine \(Unexpected query parameter in S3 URI: 'secret_key'\): pass --storage with a "
+     r"location every node can read and write, e\.g\. .*"),
     ("storage-unwritable", "ablation", ["--storage", "{tmp}/afile/checkpoints"],
      r"error: --storage .*afile/checkpoints: .*afile is not writable; name a directory you "
      r"can write to\."),
