@@ -60,6 +60,7 @@ class SoakResult:
     retries: int = 0
     trials_retried: int = 0
     kills: int = 0
+    node_start_failures: int = 0
     s3_objects_written: int = 0
     s3_objects_left: int = 0
     rows_lost: int = 0
@@ -72,7 +73,7 @@ class SoakResult:
         return [
             f"trials finished: {self.ok} ok, {self.failed} failed (of {self.trials})",
             f"retries: {self.retries} ({self.trials_retried} trials retried)",
-            f"worker nodes killed: {self.kills}",
+            f"worker nodes killed: {self.kills} (failed node starts: {self.node_start_failures})",
             f"S3 objects written: {self.s3_objects_written} ({self.s3_objects_left} left "
             "under the prefix: the last checkpoint of each trial and Tune's state)",
             f"rows lost: {self.rows_lost}",
@@ -179,15 +180,21 @@ def run_soak(
                 driver.send_signal(signal.SIGINT)
                 driver.wait(60)
                 break
-            if time.monotonic() >= next_kill:
+            if time.monotonic() >= next_kill and cluster.workers:
                 for worker in list(cluster.workers):
                     cluster.kill_worker(worker)
-                cluster.add_worker()
                 result.kills += 1
                 done = len(read_table(results, "trials", columns=["trial_id"]).table)
                 elapsed = time.monotonic() - start
-                log(f"[{elapsed:5.0f}s] killed the worker node and started a fresh one (kill "
-                    f"{result.kills}); {done}/{len(expected)} trials in the store")  # fmt: skip
+                log(f"[{elapsed:5.0f}s] killed the worker node (kill {result.kills}); "
+                    f"{done}/{len(expected)} trials in the store")  # fmt: skip
+            if not cluster.workers:
+                try:
+                    cluster.add_worker()
+                except RuntimeError:  # a loaded machine: Ray's 30 s registration window
+                    result.node_start_failures += 1
+                    log("a fresh worker node did not start (3 attempts); trying again")
+                    continue
                 next_kill = time.monotonic() + kill_every_s
             time.sleep(0.5)
         result.exit_code = driver.returncode

@@ -164,7 +164,7 @@ class ShareNothingCluster:
                 f"--metrics-export-port={free_port()}",
                 f"--runtime-env-agent-port={free_port()}"]  # fmt: skip
 
-    def start(self, workers: int = 1, timeout: float = 120) -> ShareNothingCluster:
+    def start(self, workers: int = 1) -> ShareNothingCluster:
         log = self.root / "head.log"
         with open(log, "w") as out:
             self.head = subprocess.Popen(
@@ -175,13 +175,25 @@ class ShareNothingCluster:
                 stdout=out, stderr=subprocess.STDOUT, env=self._env(), cwd=REPO,
                 start_new_session=True,
             )  # fmt: skip
+        if not _started(self.head, log, timeout=180):
+            raise RuntimeError(f"the Ray head did not start:\n{log.read_text()[-3000:]}")
         for _ in range(workers):
             self.add_worker()
-        self.wait_for_nodes(1 + workers, timeout)
         return self
 
-    def add_worker(self) -> WorkerNode:
-        """Start one more worker node in its own mount and PID namespace."""
+    def add_worker(self, attempts: int = 3) -> WorkerNode:
+        """Start one more worker node in its own mount and PID namespace; return once it
+        has joined. On a loaded machine a raylet can miss Ray's fixed 30 s registration
+        window, and its node then exits: it is started afresh, up to ``attempts`` times."""
+        for _ in range(attempts):
+            worker = self._start_worker()
+            if _started(worker.process, worker.log, timeout=180):
+                return worker
+            self.kill_worker(worker)
+        raise RuntimeError(f"no worker node started in {attempts} attempts:\n"
+                           f"{worker.log.read_text()[-3000:]}")  # fmt: skip
+
+    def _start_worker(self) -> WorkerNode:
         self._added += 1
         index = self._added
         data = self.temp_dir / f"node{index}-data"
@@ -229,22 +241,6 @@ class ShareNothingCluster:
             raise RuntimeError(f"driver code failed:\n{process.stdout}\n{process.stderr[-3000:]}")
         return process.stdout
 
-    def wait_for_nodes(self, count: int, timeout: float = 120) -> None:
-        """Until ``count`` nodes are alive (the head included)."""
-        self.run_python(
-            f"""
-            import time, ray
-            ray.init(address=ADDRESS, logging_level="ERROR", log_to_driver=False)
-            deadline = time.monotonic() + {timeout}
-            while sum(n["Alive"] for n in ray.nodes()) < {count}:
-                if time.monotonic() > deadline:
-                    raise SystemExit("only %d of {count} nodes alive" %
-                                     sum(n["Alive"] for n in ray.nodes()))
-                time.sleep(0.5)
-            """,
-            timeout=timeout + 60,
-        )
-
     def shutdown(self) -> None:
         for worker in list(self.workers):
             with contextlib.suppress(Exception):
@@ -253,6 +249,18 @@ class ShareNothingCluster:
             _kill_tree(self.head.pid)
             self.head.wait(timeout=30)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _started(process: subprocess.Popen, log: Path, timeout: float) -> bool:
+    """Until ``ray start --block`` says its node is up (True) or exits or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "Ray runtime started" in log.read_text(errors="replace"):
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.3)
+    return False
 
 
 def _shared_data() -> Path:

@@ -158,7 +158,7 @@ def test_s3_sweep_survives_its_worker_node_sigkilled_mid_trial(
         cluster.kill_worker(worker)  # SIGKILL: the whole node at once
         killed_at = time.monotonic()
         cluster.add_worker()
-        code = driver.finish(timeout=420)
+        code = driver.finish(timeout=600)
     print(f"node killed {killed_at - driver.started:.0f}s in; sweep done "
           f"{time.monotonic() - driver.started:.0f}s in; {watcher.reads} store reads")  # fmt: skip
     assert code == 0, driver.out + driver.err[-3000:]
