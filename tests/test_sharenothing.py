@@ -52,14 +52,14 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
 def cluster(
     tmp_path_factory: pytest.TempPathFactory, moto: MotoS3
 ) -> Iterator[ShareNothingCluster]:
-    """Head + one 2-CPU worker node; the worker cannot see pytest's temporary directories
-    (every store and data cache of these tests). Its S3 credentials come from its
+    """Head + two 1-CPU worker nodes; the workers cannot see pytest's temporary directories
+    (every store and data cache of these tests). Their S3 credentials come from their
     environment, as a node's instance role or environment gives them."""
     root = tmp_path_factory.mktemp("cluster")
     nodes = ShareNothingCluster(root=root, hidden=[tmp_path_factory.getbasetemp()],
-                                node_env=moto.env)  # fmt: skip
+                                node_env=moto.env, worker_cpus=1)  # fmt: skip
     try:
-        yield nodes.start(workers=1)
+        yield nodes.start(workers=2)
     finally:
         nodes.shutdown()
 
@@ -84,7 +84,9 @@ def test_a_worker_node_cannot_see_the_drivers_files(cluster: ShareNothingCluster
                 print("head" if head else "worker",
                       *ray.get(look.options(scheduling_strategy=strategy).remote()))
         """)
-    assert sorted(seen.split("\n")[:-1]) == ["head True True", "worker False False"], seen
+    assert sorted(seen.split("\n")[:-1]) == [
+        "head True True", "worker False False", "worker False False"
+    ], seen
 
 
 def _tiny_grid(tmp_path: Path, **length: int) -> Path:
@@ -117,7 +119,7 @@ def test_storage_only_the_driver_sees_is_one_line_exit_2_before_any_trial(
         else rf"--storage {local} is not reachable from every node"
     )
     assert re.fullmatch(
-        rf"error: {what}, but node [\d.]+ \([0-9a-f]{{8}}\) cannot read it \(.*\) \(of 2 "
+        rf"error: {what}, but node [\d.]+ \([0-9a-f]{{8}}\) cannot read it \(.*\) \(of 3 "
         r"nodes\): pass --storage with a location every node can read and write, e\.g\. "
         r"--storage s3://your-bucket/charlm \(S3 credentials on every node\) or --storage "
         r"/mnt/nfs/charlm \(the same NFS mount on every node\)\.",
@@ -143,21 +145,21 @@ def test_s3_sweep_survives_its_worker_node_sigkilled_mid_trial(
     )  # fmt: skip
     drivers.append(driver)
 
-    def midway() -> dict[str, list[int]] | None:
+    def both_midway() -> dict[str, list[int]] | None:
+        """Two trials running (one per worker node), each with two or more points."""
         if not (results / MARKER).is_file():
             return None
         now, done = curve_steps(results), finished(results)
-        running = {t: s for t, s in now.items() if t not in done and 2 <= len(s) < len(steps)}
-        return now if running else None
+        running = {t: s for t, s in now.items() if t not in done and len(s) < len(steps)}
+        return now if len(running) == 2 and all(len(s) >= 2 for s in running.values()) else None
 
     with watching(results) as watcher:
-        driver.wait_until("a trial midway", midway, timeout=300)
+        driver.wait_until("two trials midway", both_midway, timeout=300)
         before = read(results, "curves")
         checkpoints_before = moto.keys(prefix)
-        (worker,) = cluster.workers
-        cluster.kill_worker(worker)  # SIGKILL: the whole node at once
+        cluster.kill_worker(cluster.workers[0])  # SIGKILL: the whole node at once
         killed_at = time.monotonic()
-        cluster.add_worker()
+        cluster.add_worker()  # the replacement; the survivor may resume the trial first
         code = driver.finish(timeout=600)
     print(f"node killed {killed_at - driver.started:.0f}s in; sweep done "
           f"{time.monotonic() - driver.started:.0f}s in; {watcher.reads} store reads")  # fmt: skip
