@@ -200,7 +200,8 @@ def run_soak(
         result.exit_code = driver.returncode
     finally:
         watcher.done.set()
-        watcher.join(timeout=30)
+        if watcher.is_alive():
+            watcher.join(timeout=30)
         if driver is not None and driver.poll() is None:
             driver.kill()
             driver.wait()
