@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -173,8 +174,10 @@ def run_soak(
         with open(work / "driver.out", "w") as out, open(work / "driver.err", "w") as err:
             driver = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=REPO)
         watcher.start()
-        next_kill = time.monotonic() + kill_every_s
+        next_kill = math.inf  # the clock starts once the sweep runs (the probe is done)
         while driver.poll() is None:
+            if next_kill == math.inf and "running on" in (work / "driver.out").read_text():
+                next_kill = time.monotonic() + kill_every_s
             if time.monotonic() - start > timeout_s:
                 log(f"timeout after {timeout_s:.0f}s: stopping the driver")
                 driver.send_signal(signal.SIGINT)

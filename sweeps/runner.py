@@ -274,7 +274,10 @@ def _probe_storage(storage: Storage) -> int:
         }
         ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=PROBE_TIMEOUT_S)
         answered = []
+        alive = {node["NodeID"] for node in ray.nodes() if node.get("Alive")}
         for ref, node_id in pending.items():
+            if node_id not in alive:
+                continue  # died meanwhile: a lost node, not a storage problem
             if ref not in ready:
                 problems.append(f"{_node_label(nodes[node_id])}: no answer within "
                                 f"{PROBE_TIMEOUT_S:.0f} s")  # fmt: skip
