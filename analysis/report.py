@@ -36,6 +36,7 @@ except ImportError:  # Windows: CPU time of this process only
 from analysis import aggregate, plots
 from analysis.aggregate import CONFIG_KEYS, slug
 from analysis.load import CorruptStoreError, Store, StoreError, check_store, load_store
+from charlm.fsio import fsync_dir, fsync_tree
 
 __all__ = ["Analysis", "Report", "analyze", "build_report", "main"]
 
@@ -299,9 +300,11 @@ def _check_out_dir(out: Path) -> None:
 def _move_into_place(temp: Path, out: Path) -> None:
     """Swap the finished report in; an earlier report (or empty dir) goes away after."""
     trash = out.parent / f".{out.name}.old-{os.getpid()}"
+    fsync_tree(temp)  # durable before it becomes the report
     if out.exists():
         os.replace(out, trash)
     os.replace(temp, out)
+    fsync_dir(out.parent)
     shutil.rmtree(trash, ignore_errors=True)
 
 

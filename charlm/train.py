@@ -36,7 +36,7 @@ from charlm.data import (
     load_dataset,
     n_windows,
 )
-from charlm.fsio import atomic_write
+from charlm.fsio import atomic_write, atomic_write_bytes
 from charlm.model import GPT
 from charlm.probes import probe_metrics
 from charlm.sample import generate_text, quality_metrics, word_set
@@ -685,7 +685,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    text = json.dumps(result.to_dict(), indent=2) + "\n"
+    atomic_write_bytes(out / "result.json", text.encode())
     summary = result.summary()
     if result.status == "ok":
         print(

@@ -38,6 +38,7 @@ from sweeps.options import (
 )
 from sweeps.runner import Resources, load_cluster_config
 from sweeps.schema import read_table
+from sweeps.storage import resolve_storage
 from sweeps.store import ResultStore, check_results_dir, locked, trial_columns, trial_statuses
 
 __all__ = ["main", "param_space", "parse_args", "plan_trials", "prepare_datasets", "summary_table"]
@@ -262,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         check_max_failures(args.max_failures)
         trials = plan_trials(args)
         check_results_dir(args.results)
+        resolve_storage(args.storage, args.results)
         resources = Resources(args.cpus_per_trial, args.gpus_per_trial or 0.0, args.max_concurrent)
         cluster = load_cluster_config(args.cluster) if args.cluster else None
         embedded = args.cluster is None and args.address is None
@@ -399,9 +401,10 @@ def _run_locked(
     from sweeps.runner import connect, run_trials
 
     try:
-        where = connect(
+        connection = connect(
             args.cluster, address=args.address, num_cpus=args.num_cpus,
-            num_gpus=args.num_gpus, verbose=args.verbose,
+            num_gpus=args.num_gpus, verbose=args.verbose, results=args.results,
+            storage=args.storage,
         )  # fmt: skip
     except ConfigError as exc:
         fail(str(exc))
@@ -432,18 +435,18 @@ def _run_locked(
         todo = _todo(trials, args.results)
     elif args.gpus_per_trial is None and ray.cluster_resources().get("GPU", 0) > 0:
         resources = dataclasses.replace(resources, gpus_per_trial=1.0)
-    print(f"running on {where}; {resources.cpus_per_trial:g} CPU and "
+    print(f"running on {connection.description}; {resources.cpus_per_trial:g} CPU and "
           f"{resources.gpus_per_trial:g} GPU per trial", flush=True)  # fmt: skip
     if not todo:
         return 0
     store = ResultStore(args.results)
     outcome = run_trials(
+        connection,
         store,
         param_space(todo),
         name=todo[0].sweep,
         total=len(todo),
         resources=resources,
-        storage=args.storage,
         max_iters={t.trial_id: t.train.max_iters for t in todo},
         max_failures=args.max_failures,
         waiting=waiting,

@@ -25,6 +25,7 @@ from sweeps.options import (
     local_node,
 )
 from sweeps.runner import Resources, load_cluster_config
+from sweeps.storage import redact, resolve_storage
 from sweeps.store import (
     ResultStore,
     StoreBusyError,
@@ -183,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         base = _base_trial(args)
         check_results_dir(args.results)
+        resolve_storage(args.storage, args.results)
         resources = Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent)
         if args.cluster:
             load_cluster_config(args.cluster)
@@ -212,9 +214,10 @@ def _run(args, base: TrialSpec, resources: Resources) -> int:
     from sweeps.runner import connect, run_trials
 
     try:
-        where = connect(args.cluster, address=args.address, num_cpus=args.num_cpus,
-                        num_gpus=args.num_gpus, verbose=args.verbose,
-                        script="sweeps/search.py")  # fmt: skip
+        connection = connect(args.cluster, address=args.address, num_cpus=args.num_cpus,
+                             num_gpus=args.num_gpus, verbose=args.verbose,
+                             script="sweeps/search.py", results=args.results,
+                             storage=args.storage)  # fmt: skip
     except ConfigError as exc:
         fail(str(exc))
     try:
@@ -232,15 +235,16 @@ def _run(args, base: TrialSpec, resources: Resources) -> int:
         )  # fmt: skip
         base_values = {"params": {**to_dict(base.model), **to_dict(base.train)},
                        "sweep": args.name}  # fmt: skip
-        print(f"searching on {where}: {args.n_trials} trials, study {args.name!r} in {url}",
+        print(f"searching on {connection.description}: {args.n_trials} trials, study "
+              f"{args.name!r} in {redact(url)}",
               flush=True)  # fmt: skip
         outcome = run_trials(
+            connection,
             store,
             {**_tune_space(), BASE_KEY: base_values},
             name=args.name,
             total=args.n_trials,
             resources=resources,
-            storage=args.storage,
             describe=describe_search_trial,
             default_max_iters=base.train.max_iters,
             trainable=run_search_trial,
@@ -256,7 +260,7 @@ def _run(args, base: TrialSpec, resources: Resources) -> int:
     print(
         f"{len(outcome.ok)} trials finished ({len(outcome.early_stopped)} stopped early by "
         f"ASHA), {len(outcome.failed)} failed in {outcome.wall_time_s:.0f}s; results in "
-        f"{args.results}; study: optuna-dashboard {url}"
+        f"{args.results}; study: optuna-dashboard {redact(url)}"
     )
     return 1 if outcome.failed else 0
 
