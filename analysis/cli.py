@@ -119,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for path, reason in report.analysis.store.corrupt:
         print(f"warning: skipped corrupt store file {path}: {reason}", file=sys.stderr)
+    for note in report.missing:
+        if "unreadable model file" in note:
+            print(f"warning: {note}", file=sys.stderr)
     if not args.quiet:
         print_summary(report, args.metric)
     print(f"report: {report.html}")
