@@ -39,7 +39,7 @@ from sweeps.options import (
     node_types,
 )
 from sweeps.schema import config_label, read_table
-from sweeps.storage import resolve_storage
+from sweeps.storage import check_writable_here, resolve_storage
 from sweeps.store import ResultStore, check_results_dir, locked, trial_columns, trial_statuses
 
 __all__ = [
@@ -272,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         check_max_failures(args.max_failures)
         trials = plan_trials(args)
         check_results_dir(args.results)
-        resolve_storage(args.storage, args.results)
+        storage = resolve_storage(args.storage, args.results)
+        if args.cluster is None and args.address is None:  # one machine: a probe here is all
+            check_writable_here(storage)
         resources = Resources(args.cpus_per_trial, args.gpus_per_trial or 0.0, args.max_concurrent)
         cluster = load_cluster_config(args.cluster) if args.cluster else None
         embedded = args.cluster is None and args.address is None
@@ -377,12 +379,6 @@ def _run(
 
 def _todo(trials: list[TrialSpec], results: Path, announce: bool = False) -> list[TrialSpec]:
     statuses, corrupt = trial_statuses(results)
-    for path, reason in corrupt:
-        print(
-            f"warning: store file {path} is unreadable ({reason}); its trial is skipped and the "
-            "file left as is: move it away to run that trial again",
-            file=sys.stderr,
-        )
     blocked = {path.stem for path, _ in corrupt}
     todo = [t for t in trials if statuses.get(t.trial_id) != "ok" and t.trial_id not in blocked]
     if announce:

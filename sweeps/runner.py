@@ -173,9 +173,6 @@ def connect(
         "runtime_env": {"env_vars": env_vars},
     }
     if cluster is None and address is None:
-        if not where.default:  # one machine: writing and reading it back here is the probe
-            name, _, created = write_probe(where)
-            remove_probe(where, name, [], created)
         ray.init(
             address="local",
             num_cpus=num_cpus,

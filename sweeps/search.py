@@ -26,7 +26,7 @@ from sweeps.options import (
     load_cluster_config,
     local_node,
 )
-from sweeps.storage import redact, resolve_storage
+from sweeps.storage import check_writable_here, redact, resolve_storage
 from sweeps.store import (
     ResultStore,
     StoreBusyError,
@@ -200,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         base = _base_trial(args)
         check_results_dir(args.results)
-        resolve_storage(args.storage, args.results)
+        storage = resolve_storage(args.storage, args.results)
+        if args.cluster is None and args.address is None:  # one machine: a probe here is all
+            check_writable_here(storage)
         resources = Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent)
         if args.cluster:
             load_cluster_config(args.cluster)

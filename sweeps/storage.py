@@ -146,6 +146,14 @@ def write_probe(storage: Storage) -> tuple[str, str, list[str]]:
     return name, token, created
 
 
+def check_writable_here(storage: Storage) -> None:
+    """An explicit storage must at least take a file from this machine: write and remove a
+    probe (StorageError otherwise). Run before anything else is written (bad input)."""
+    if not storage.default:
+        name, _, created = write_probe(storage)
+        remove_probe(storage, name, [], created)
+
+
 def probe_from_node(location: str, name: str, token: str, node: str) -> str | None:
     """Run on a node: read the probe, write this node's answer. None, or what went wrong."""
     try:
