@@ -2,7 +2,8 @@
 
     python sweeps/ablation.py [--cluster cluster.yaml] [--preset notebook|nanogpt]
         [--grid FILE] [--factors n_head,dropout] [--datasets shakespeare_char,...]
-        [--seeds 3] [--max-iters N] [--results DIR] [--name NAME] [--cpus-per-trial C]
+        [--seeds 3|auto] [--min-effect D] [--max-seeds N] [--confidence 0.95]
+        [--max-iters N] [--results DIR] [--name NAME] [--cpus-per-trial C]
         [--gpus-per-trial G] [--max-concurrent K] [--dry-run]
 
 Exit status: 0 when every trial finished, 1 if any failed, 2 for bad input.
@@ -10,6 +11,7 @@ Exit status: 0 when every trial finished, 1 if any failed, 2 for bad input.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
@@ -23,8 +25,16 @@ from charlm.cli import OneLineParser, fail
 from charlm.config import ConfigError, to_dict
 from charlm.data import check_block_size, load_dataset
 from sweeps.grid import PRESETS, GridSpec, TrialSpec, expand, load_grid, parse_overrides
+from sweeps.rounds import SeedRounds, format_verdicts
 from sweeps.runner import Resources, load_cluster_config
 from sweeps.schema import read_table
+from sweeps.sequential import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_MAX_SEEDS,
+    DEFAULT_MIN_EFFECT,
+    Design,
+    record_design,
+)
 from sweeps.store import ResultStore, check_results_dir, trial_columns, trial_statuses
 
 __all__ = ["main", "param_space", "parse_args", "plan_trials", "prepare_datasets", "summary_table"]
@@ -32,6 +42,17 @@ __all__ = ["main", "param_space", "parse_args", "plan_trials", "prepare_datasets
 
 def _csv(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _seeds_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seeds: give e.g. 3, or auto"
+        ) from None
 
 
 def parse_args(argv: list[str] | None = None):
@@ -65,7 +86,33 @@ def parse_args(argv: list[str] | None = None):
         type=_csv,
         help="comma-separated: shakespeare_char, enwik8, text8 or text file paths",
     )
-    add("--seeds", type=int, help="number of seeds (0..N-1); default: the grid's (3)")
+    add(
+        "--seeds",
+        type=_seeds_arg,
+        help="number of seeds (0..N-1), default the grid's (3); or 'auto': 3 seeds first, "
+        "then more seeds only for the levels not yet resolved against the baseline "
+        "(see --min-effect, --max-seeds, --confidence)",
+    )
+    add(
+        "--min-effect",
+        type=float,
+        metavar="D",
+        help="smallest difference in best val loss that matters: a level whose interval lies "
+        f"inside (-D, +D) is 'equivalent' (default {DEFAULT_MIN_EFFECT:g}; also recorded for "
+        "the report of a fixed-seed sweep)",
+    )
+    add(
+        "--max-seeds",
+        type=int,
+        metavar="N",
+        help=f"--seeds auto: at most N seeds per config (default {DEFAULT_MAX_SEEDS})",
+    )
+    add(
+        "--confidence",
+        type=float,
+        help="familywise confidence of the verdicts, over all levels and looks "
+        f"(default {DEFAULT_CONFIDENCE:g})",
+    )
     add(
         "--max-iters",
         type=int,
@@ -128,7 +175,7 @@ def plan_trials(args) -> list[TrialSpec]:
         spec,
         factors=args.factors,
         datasets=args.datasets,
-        seeds=args.seeds,
+        seeds=args.max_seeds or DEFAULT_MAX_SEEDS if args.seeds == "auto" else args.seeds,
         max_iters=args.max_iters,
         overrides=overrides or None,
     )
@@ -210,7 +257,9 @@ def param_space(trials: list[TrialSpec]) -> dict[str, Any]:
     }
 
 
-def _dry_run(trials: list[TrialSpec], vocab_sizes: dict[str, int], args) -> None:
+def _dry_run(
+    trials: list[TrialSpec], vocab_sizes: dict[str, int], args, design: Design | None
+) -> None:
     from sweeps.estimate import estimate, format_table
 
     cpus = args.num_cpus or os.cpu_count() or 1
@@ -219,13 +268,40 @@ def _dry_run(trials: list[TrialSpec], vocab_sizes: dict[str, int], args) -> None
         concurrent = min(concurrent, args.max_concurrent)
     result = estimate(trials, args.cpus_per_trial, concurrent, vocab_sizes)
     print(format_table(trials, result))
+    if design is not None and design.adaptive:
+        from sweeps.rounds import auto_compute
+
+        print(auto_compute(trials, result, design, args.results))
+
+
+def design_of(args, trials: list[TrialSpec]) -> Design | None:
+    """The sweep's design: adaptive for --seeds auto, the one-look design of a fixed-seed
+    sweep given --min-effect or --confidence, else None (nothing to record)."""
+    auto = args.seeds == "auto"
+    if args.max_seeds is not None and not auto:
+        raise ConfigError(f"--max-seeds {args.max_seeds} needs --seeds auto: add it, or drop "
+                          "--max-seeds and give --seeds N.")  # fmt: skip
+    if not auto and args.min_effect is None and args.confidence is None:
+        return None
+    datasets = {t.dataset for t in trials}
+    levels = len({(t.dataset, t.factor, t.level) for t in trials if t.factor != "baseline"})
+    return Design(
+        levels=levels // max(1, len(datasets)),
+        min_effect=DEFAULT_MIN_EFFECT if args.min_effect is None else args.min_effect,
+        max_seeds=max(2, max(t.seed for t in trials) + 1),
+        confidence=DEFAULT_CONFIDENCE if args.confidence is None else args.confidence,
+        adaptive=auto,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.seeds is not None and args.seeds < 1:
+        if args.seeds is not None and args.seeds != "auto" and args.seeds < 1:
             raise ConfigError(f"--seeds {args.seeds}: give a number of seeds >= 1.")
+        if args.max_seeds is not None and args.max_seeds < 2:
+            raise ConfigError(f"--max-seeds {args.max_seeds}: a paired interval needs at least "
+                              "2 seeds; give --max-seeds 2 or more (e.g. 10).")  # fmt: skip
         if args.max_iters is not None and args.max_iters < 1:
             raise ConfigError(f"--max-iters {args.max_iters}: give a number of steps >= 1.")
         trials = plan_trials(args)
@@ -233,19 +309,23 @@ def main(argv: list[str] | None = None) -> int:
         resources = Resources(args.cpus_per_trial, args.gpus_per_trial or 0.0, args.max_concurrent)
         if args.cluster:
             load_cluster_config(args.cluster)
+        design = design_of(args, trials)
         vocab_sizes = prepare_datasets(trials)
+        if design is not None and not args.dry_run:
+            ResultStore(args.results)  # the design is recorded inside a store
+            record_design(args.results, trials[0].sweep, design)
     except ConfigError as exc:
         fail(str(exc))
     if args.dry_run:
-        _dry_run(trials, vocab_sizes, args)
+        _dry_run(trials, vocab_sizes, args, design)
         return 0
-    return _run(trials, args, resources)
+    return _run(trials, args, resources, design)
 
 
-def _run(trials: list[TrialSpec], args, resources: Resources) -> int:
+def _run(trials: list[TrialSpec], args, resources: Resources, design: Design | None) -> int:
     import ray
 
-    from sweeps.runner import connect, run_trials
+    from sweeps.runner import SweepOutcome, connect, run_trials
 
     statuses, corrupt = trial_statuses(args.results)
     for path, reason in corrupt:
@@ -254,12 +334,17 @@ def _run(trials: list[TrialSpec], args, resources: Resources) -> int:
             "file left as is: move it away to run that trial again",
             file=sys.stderr,
         )
-    blocked = {path.stem for path, _ in corrupt}
-    todo = [t for t in trials if statuses.get(t.trial_id) != "ok" and t.trial_id not in blocked]
+    rounds = SeedRounds(trials, args.results, design if design and design.adaptive else None)
+    todo = rounds.next_round()
     already = sum(1 for t in trials if statuses.get(t.trial_id) == "ok")
-    print(f"{len(trials)} trials in the grid: {already} already in {args.results}, "
-          f"{len(todo)} to run")  # fmt: skip
+    if rounds.design:
+        print(f"--seeds auto: {rounds.design.describe()}; up to {len(trials)} trials, "
+              f"{already} already in {args.results}, {len(todo)} to run now")  # fmt: skip
+    else:
+        print(f"{len(trials)} trials in the grid: {already} already in {args.results}, "
+              f"{len(todo)} to run")  # fmt: skip
     if not todo:
+        _print_verdicts(rounds, trials[0].sweep)
         return 0
     try:
         where = connect(
@@ -274,21 +359,31 @@ def _run(trials: list[TrialSpec], args, resources: Resources) -> int:
         print(f"running on {where}; {resources.cpus_per_trial:g} CPU and "
               f"{resources.gpus_per_trial:g} GPU per trial", flush=True)  # fmt: skip
         store = ResultStore(args.results)
-        outcome = run_trials(
-            store,
-            param_space(todo),
-            name=todo[0].sweep,
-            total=len(todo),
-            resources=resources,
-            storage=args.storage,
-            max_iters={t.trial_id: t.train.max_iters for t in todo},
-            max_failures=args.max_failures,
-        )
+        outcome = SweepOutcome()
+        while todo:  # one round for fixed seeds; --seeds auto adds rounds until resolved
+            result = run_trials(
+                store,
+                param_space(todo),
+                name=todo[0].sweep,
+                total=len(todo),
+                resources=resources,
+                storage=args.storage,
+                max_iters={t.trial_id: t.train.max_iters for t in todo},
+                max_failures=args.max_failures,
+            )
+            outcome.ok += result.ok
+            outcome.failed.update(result.failed)
+            outcome.wall_time_s += result.wall_time_s
+            todo = rounds.next_round()
+            if rounds.design:
+                print(rounds.look_line() + (f"; next round: {len(todo)} trials" if todo else ""),
+                      flush=True)  # fmt: skip
     finally:
         ray.shutdown()
     ids = {t.trial_id for t in trials}
     rows = [r for r in _store_rows(args.results) if r["trial_id"] in ids]
     print(summary_table(rows))
+    _print_verdicts(rounds, trials[0].sweep)
     print(
         f"{len(outcome.ok)} trials finished, {len(outcome.failed)} failed in "
         f"{outcome.wall_time_s:.0f}s; results in {args.results} "
@@ -297,6 +392,13 @@ def _run(trials: list[TrialSpec], args, resources: Resources) -> int:
     for trial_id, error in outcome.failed.items():
         print(f"failed: {trial_id}: {error}", file=sys.stderr)
     return 1 if outcome.failed else 0
+
+
+def _print_verdicts(rounds: SeedRounds, sweep: str) -> None:
+    if rounds.design is None:
+        return
+    for dataset, progress in rounds.progress().items():
+        print("\n".join(format_verdicts(progress.results, rounds.design, dataset, sweep)))
 
 
 def _store_rows(root: Path) -> list[dict[str, Any]]:
