@@ -19,7 +19,7 @@ import numpy as np
 
 from sweeps.grid import BASELINE, TrialSpec
 from sweeps.schema import read_table
-from sweeps.sequential import Design, LevelResult, Progress, advance
+from sweeps.sequential import Design, LevelResult, Progress, advance, noise_model
 
 if TYPE_CHECKING:
     from sweeps.estimate import Estimate
@@ -181,29 +181,15 @@ def one_line(sweep: str, dataset: str, counts: dict[str, int], design: Design) -
 
 
 def _observed(rounds: SeedRounds, dataset: str) -> tuple[list[float], list[float], float] | None:
-    """(delta, seed-noise sd) per level and the baseline's sd from the store, when every
-    config of ``dataset`` has at least two finished seeds; else None."""
+    """noise_model of ``dataset``'s configs from the store (None: not enough seeds yet)."""
     _, values, _ = rounds._read()
     experiment = rounds.experiments[dataset]
 
     def metric(by_seed: dict[int, TrialSpec]) -> dict[int, float]:
         return {s: values[t.trial_id] for s, t in by_seed.items() if t.trial_id in values}
 
-    base = metric(experiment.baseline)
-    if len(base) < 2:
-        return None
-    base_sd = float(np.std(list(base.values()), ddof=1))
-    deltas, noise = [], []
-    for by_seed in experiment.levels.values():
-        level = metric(by_seed)
-        shared = sorted(set(level) & set(base))
-        if len(shared) < 2:
-            return None
-        differences = np.array([level[s] - base[s] for s in shared])
-        deltas.append(float(differences.mean()))
-        variance = float(differences.var(ddof=1))
-        noise.append(math.sqrt(max(variance - base_sd**2, 0.01 * variance)))
-    return deltas, noise, base_sd
+    levels = {key: metric(by_seed) for key, by_seed in experiment.levels.items()}
+    return noise_model(levels, metric(experiment.baseline))
 
 
 def auto_compute(

@@ -51,6 +51,7 @@ __all__ = [
     "evaluate",
     "intervals",
     "load_designs",
+    "noise_model",
     "record_design",
     "seeds_needed",
     "simulate",
@@ -381,6 +382,28 @@ def simulate(
         baseline_seeds=used.max(axis=1),
         wrong=wrong_verdicts(verdicts, true_delta[None, :], design.min_effect),
     )
+
+
+def noise_model(
+    levels: Mapping[Hashable, Mapping[int, float]], baseline: Mapping[int, float]
+) -> tuple[list[float], list[float], float] | None:
+    """Effects and seed noise to simulate a sweep like an observed one: per level the mean
+    paired difference and the seed-noise sd that, with the baseline's sd, gives the
+    observed spread of the differences; and the baseline's sd. None unless the baseline
+    and every level share at least two seeds."""
+    if len(baseline) < 2:
+        return None
+    base_sd = float(np.std(list(baseline.values()), ddof=1))
+    deltas, noise = [], []
+    for level in levels.values():
+        shared = sorted(set(level) & set(baseline))
+        if len(shared) < 2:
+            return None
+        differences = np.array([level[s] - baseline[s] for s in shared])
+        deltas.append(float(differences.mean()))
+        variance = float(differences.var(ddof=1))
+        noise.append(math.sqrt(max(variance - base_sd**2, 0.01 * variance)))
+    return deltas, noise, base_sd
 
 
 # ---------------------------------------------------------------- designs.json
