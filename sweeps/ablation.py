@@ -399,6 +399,9 @@ def _print_verdicts(rounds: SeedRounds, sweep: str) -> None:
         return
     for dataset, progress in rounds.progress().items():
         print("\n".join(format_verdicts(progress.results, rounds.design, dataset, sweep)))
+        if not progress.finished:
+            print(f"{Path(dataset).name}: design not complete, {len(progress.targets)} level(s) "
+                  "still open (failed trials): run the same command again")  # fmt: skip
 
 
 def _store_rows(root: Path) -> list[dict[str, Any]]:
