@@ -1,10 +1,11 @@
 """--seeds auto against fixed seed counts: seeds used and wrong verdicts.
 
 Synthetic (default): thousands of sweeps simulated (no training) with the effects and
-seed noise of a real store's sweep, run with the ``--seeds auto`` design and with fixed
-3, 5 and 10 seeds (one look each, Bonferroni over the levels). Printed per design: trials
-per sweep, share of levels resolved, share of sweeps with any wrong verdict, wrong verdicts
-per level.
+the spread of the paired differences (seed noise, pairing included) of a real store's
+sweep, run with the ``--seeds auto`` design and with fixed 3, 5 and 10 seeds (one look
+each, Bonferroni over the levels). Printed per design: trials per sweep, share of levels
+resolved, share of sweeps with any wrong verdict, wrong verdicts per level; and the same
+with every effect set to 0 (the null: every better/worse verdict is wrong).
 
     python benchmarks/sequential.py --store results/ [--sweep notebook] [--sweeps 4000]
 
@@ -52,25 +53,32 @@ def synthetic(store: Path, sweep: str | None, sweeps: int, max_seeds: int, min_e
         if model is None:
             print(f"{name}/{dataset}: fewer than 2 shared seeds; skipped")
             continue
-        deltas, noise, base_sd = model
+        deltas, noise = model
+        base_sd = float(np.std(list(base.values()), ddof=1))
         print(f"\n{name}/{dataset}: {len(levels)} levels from {store}; baseline seed sd "
-              f"{base_sd:.4f}; level seed sd {min(noise):.4f}-{max(noise):.4f}; |effects| "
+              f"{base_sd:.4f}; sd of paired differences {min(noise):.4f}-{max(noise):.4f}; "
+              "|effects| "
               f"{min(map(abs, deltas)):.4f}-{max(map(abs, deltas)):.4f} "
               "(taken as the truth)")  # fmt: skip
         for (factor, level), delta, sd in zip(levels, deltas, noise, strict=True):
-            print(f"  {factor}={level}: effect {delta:+.4f}, seed sd {sd:.4f}")
+            print(f"  {factor}={level}: effect {delta:+.4f}, sd of paired differences {sd:.4f}")
         truth = np.array(deltas)
         designs = {"auto": Design(len(levels), min_effect, max_seeds, confidence)}
         for n in (3, 5, 10):
             designs[f"fixed {n}"] = Design(len(levels), min_effect, n, confidence, adaptive=False)
         print(f"{'design':<10} {'trials/sweep':>12} {'resolved':>9} {'any wrong':>10} "
-              f"{'wrong/level':>12}   ({sweeps} sweeps each, D={min_effect:g}, "
-              f"{confidence:.0%})")  # fmt: skip
+              f"{'wrong/level':>12} | null: {'trials':>6} {'resolved':>9} {'any wrong':>10}"
+              f"   ({sweeps} sweeps each, D={min_effect:g}, {confidence:.0%})")  # fmt: skip
         for label, design in designs.items():
-            sim = simulate(design, truth, np.array(noise), sweeps, np.random.default_rng(seed),
-                           baseline_sd=base_sd)  # fmt: skip
+            sim, null = (
+                simulate(design, effects, np.array(noise), sweeps, np.random.default_rng(seed),
+                         baseline_sd=0.0)
+                for effects in (truth, np.zeros_like(truth))
+            )  # fmt: skip
             print(f"{label:<10} {sim.trials_per_sweep:>12.1f} {sim.resolved:>9.1%} "
-                  f"{sim.familywise_wrong:>10.2%} {sim.wrong.mean():>12.3%}")  # fmt: skip
+                  f"{sim.familywise_wrong:>10.2%} {sim.wrong.mean():>12.3%} | null: "
+                  f"{null.trials_per_sweep:>6.1f} {null.resolved:>9.1%} "
+                  f"{null.familywise_wrong:>10.2%}")  # fmt: skip
 
 
 def real(directory: Path, max_iters: int, fixed: int, max_seeds: int, extra: list[str]) -> Path:

@@ -180,7 +180,7 @@ def one_line(sweep: str, dataset: str, counts: dict[str, int], design: Design) -
     )
 
 
-def _observed(rounds: SeedRounds, dataset: str) -> tuple[list[float], list[float], float] | None:
+def _observed(rounds: SeedRounds, dataset: str) -> tuple[list[float], list[float]] | None:
     """noise_model of ``dataset``'s configs from the store (None: not enough seeds yet)."""
     _, values, _ = rounds._read()
     experiment = rounds.experiments[dataset]
@@ -217,8 +217,8 @@ def auto_compute(
             sources.append(f"{Path(dataset).name}: no data yet, assumed no effects and seed "
                            f"noise sd {design.min_effect / 2:g}")  # fmt: skip
         else:
-            deltas, noise, base_sd = observed
-            sources.append(f"{Path(dataset).name}: effects and seed noise from {root}")
+            (deltas, noise), base_sd = observed, 0.0
+            sources.append(f"{Path(dataset).name}: effects and paired spread from {root}")
         simulation = simulate(design, np.array(deltas), np.array(noise), sweeps, rng,
                               baseline_sd=base_sd)  # fmt: skip
         seeds = simulation.seeds.mean(axis=0)

@@ -386,24 +386,21 @@ def simulate(
 
 def noise_model(
     levels: Mapping[Hashable, Mapping[int, float]], baseline: Mapping[int, float]
-) -> tuple[list[float], list[float], float] | None:
-    """Effects and seed noise to simulate a sweep like an observed one: per level the mean
-    paired difference and the seed-noise sd that, with the baseline's sd, gives the
-    observed spread of the differences; and the baseline's sd. None unless the baseline
-    and every level share at least two seeds."""
-    if len(baseline) < 2:
-        return None
-    base_sd = float(np.std(list(baseline.values()), ddof=1))
-    deltas, noise = [], []
+) -> tuple[list[float], list[float]] | None:
+    """Effects and noise to simulate a sweep like an observed one: per level the mean and
+    the sd of its paired differences from the baseline (pass them to ``simulate`` with
+    ``baseline_sd=0``: the pairing's correlation is in the observed spread, and each
+    level's verdict depends on its own differences only). None unless the baseline and
+    every level share at least two seeds."""
+    deltas, spreads = [], []
     for level in levels.values():
         shared = sorted(set(level) & set(baseline))
         if len(shared) < 2:
             return None
         differences = np.array([level[s] - baseline[s] for s in shared])
         deltas.append(float(differences.mean()))
-        variance = float(differences.var(ddof=1))
-        noise.append(math.sqrt(max(variance - base_sd**2, 0.01 * variance)))
-    return deltas, noise, base_sd
+        spreads.append(float(differences.std(ddof=1)))
+    return (deltas, spreads) if deltas else None
 
 
 # ---------------------------------------------------------------- designs.json

@@ -206,15 +206,13 @@ def test_designs_are_recorded_and_an_adaptive_one_cannot_change(tmp_path: Path):
         load_designs(tmp_path)
 
 
-def test_noise_model_takes_effects_and_seed_noise_from_observed_values():
+def test_noise_model_takes_effects_and_paired_spread_from_observed_values():
     baseline = {0: 1.0, 1: 1.1, 2: 0.9}
     shifted = {s: v + 0.2 for s, v in baseline.items()}  # same seed noise, +0.2
     noisy = {0: 1.3, 1: 1.0, 2: 1.2}
-    deltas, noise, base_sd = noise_model({"shifted": shifted, "noisy": noisy}, baseline)
+    deltas, spreads = noise_model({"shifted": shifted, "noisy": noisy}, baseline)
     differences = np.array([0.3, -0.1, 0.3])  # noisy - baseline, seed by seed
     assert deltas == pytest.approx([0.2, differences.mean()])
-    assert base_sd == pytest.approx(0.1)
-    assert noise[1] == pytest.approx(math.sqrt(differences.var(ddof=1) - 0.01))
-    assert noise[0] == pytest.approx(0.0, abs=1e-9)
+    assert spreads == pytest.approx([0.0, differences.std(ddof=1)], abs=1e-12)
     assert noise_model({"one": {0: 1.0}}, baseline) is None
     assert noise_model({}, {0: 1.0}) is None
