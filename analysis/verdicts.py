@@ -106,8 +106,13 @@ def report_tables(verdicts: pd.DataFrame, sweep: str) -> list[tuple[str, pd.Data
     return tables
 
 
+def _span(values: pd.Series) -> str:
+    low, high = int(values.min()), int(values.max())
+    return str(low) if low == high else f"{low}-{high}"
+
+
 def summary_lines(verdicts: pd.DataFrame) -> list[str]:
-    """One line per (sweep, dataset): counts of each verdict and the seeds used."""
+    """One line per (sweep, dataset): counts of each verdict and the seeds per level."""
     lines = []
     for (sweep, dataset), rows in verdicts.groupby(["sweep", "dataset"], sort=True):
         counts = rows["verdict"].value_counts()
@@ -122,7 +127,7 @@ def summary_lines(verdicts: pd.DataFrame) -> list[str]:
             f"{first.confidence:.0%} familywise): {counts.get('better', 0)} better, "
             f"{counts.get('worse', 0)} worse, {counts.get('equivalent', 0)} equivalent "
             f"(±{first.min_effect:g}), {counts.get('unresolved', 0)} unresolved{needs}; "
-            f"{int(rows['seeds'].sum())} level trials"
+            f"{_span(rows['seeds'])} seeds per level"
         )
     return lines
 
