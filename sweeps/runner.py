@@ -32,6 +32,7 @@ from charlm.config import ConfigError
 from charlm.data import resolve_data_dir
 from charlm.fsio import atomic_write
 from charlm.train import MODEL_FILE
+from sweeps import interrupt
 from sweeps.storage import (
     EXAMPLE,
     Storage,
@@ -354,6 +355,7 @@ class SweepOutcome:
     ok: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     early_stopped: list[str] = field(default_factory=list)
+    interrupted: list[str] = field(default_factory=list)
     wall_time_s: float = 0.0
 
 
@@ -407,6 +409,8 @@ class _StoreCallback(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         record = self._record(trial)
+        if self._interrupted(record):
+            return
         final = record.final or {}
         status, error = final.get("status", "ok"), final.get("error")
         error = redact(error) if error else error
@@ -426,9 +430,18 @@ class _StoreCallback(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         record = self._record(trial)
+        if self._interrupted(record):
+            return
         error = _error_line(trial)
         self.store.write_trial(record, "failed", error)
         self._count(record, "failed", error)
+
+    def _interrupted(self, record: TrialRecord) -> bool:
+        """A trial stopped by SIGINT/SIGTERM before its end gets no trials row: a rerun runs it."""
+        if interrupt.requested() and not record.final:
+            self.outcome.interrupted.append(record.trial_id)
+            return True
+        return False
 
     def _count(self, record: TrialRecord, status: str, error: str | None) -> None:
         if status == "ok":
@@ -443,9 +456,15 @@ class _ProgressCallback(tune.Callback):
     """A concise live view: pending/running/done/failed, best val loss so far, ETA."""
 
     def __init__(
-        self, total: int, max_iters: dict[str, int], default_max_iters: int | None, period_s: float
+        self,
+        total: int,
+        max_iters: dict[str, int],
+        default_max_iters: int | None,
+        period_s: float,
+        waiting: str | None = None,
     ):
         self.total, self.max_iters, self.period_s = total, max_iters, period_s
+        self.waiting = waiting
         self.default_max_iters = default_max_iters
         self.start = time.monotonic()
         self.last_print = 0.0
@@ -462,10 +481,13 @@ class _ProgressCallback(tune.Callback):
         eta = max(0.0, elapsed * (1 - fraction) / fraction) if fraction > 0 else math.nan
         best = f"best val {self.best[0]:.4f} ({self.best[1]})" if self.best else "best val -"
         eta_text = _duration(eta) if math.isfinite(eta) else "?"
-        return (
+        line = (
             f"[{_duration(elapsed)}] {self.done} done, {self.failed} failed, {running} running, "
             f"{pending} pending of {self.total} | {best} | ETA {eta_text}"
         )
+        if self.waiting and pending and not running:
+            line += f" | {self.waiting}"
+        return line
 
     def _maybe_print(self, trials, force: bool = False) -> None:
         now = time.monotonic()
@@ -484,6 +506,9 @@ class _ProgressCallback(tune.Callback):
             label = f"{columns.get('factor', '?')}={columns.get('level', '?')}"
             self.best = (val, label if columns else f"trial {trial.trial_id}")
         self._maybe_print(trials)
+
+    def on_step_end(self, iteration, trials, **info):
+        self._maybe_print(trials)  # also while nothing runs: the user sees it is waiting
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
@@ -521,24 +546,30 @@ def run_trials(
     max_failures: int = DEFAULT_MAX_FAILURES,
     progress: bool = True,
     progress_period_s: float = 10.0,
+    waiting: str | None = None,
 ) -> SweepOutcome:
     """Run the trials of ``param_space`` on ``connection``'s Ray and store every result.
 
     ``total`` is the number of trials (for the progress view); ``max_iters`` maps trial
-    ids to their length, ``default_max_iters`` is the length of the others (for the ETA).
+    ids to their length, ``default_max_iters`` is the length of the others (for the ETA);
+    ``waiting`` (what only an autoscaler can provide) is shown while no trial runs.
     Checkpoints go to ``connection.storage``, one fresh experiment per run so a zombie
     trial of a killed driver never writes where this run reads; in the default storage
-    (``RESULTS/_ray``) the runs of drivers that are gone are removed first.
+    (``RESULTS/_ray``) the runs of drivers that are gone are removed first, and this run's
+    own when it ends (the store holds the results). After SIGINT/SIGTERM (see
+    ``sweeps.interrupt``) every trial is stopped, finished ones are stored, and the others
+    are listed in ``outcome.interrupted``.
     """
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # A failed trial's last report has no val_loss; schedulers must not reject it.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # sweeps.interrupt handles it
     outcome = SweepOutcome()
     callbacks: list[tune.Callback] = [_StoreCallback(store, describe, outcome)]
     if progress:
         callbacks.append(
-            _ProgressCallback(total, max_iters or {}, default_max_iters, progress_period_s)
+            _ProgressCallback(total, max_iters or {}, default_max_iters, progress_period_s, waiting)
         )
     config = tune_config or tune.TuneConfig(reuse_actors=True)
     if config.reuse_actors and not connection.reuse_actors:
@@ -559,22 +590,36 @@ def run_trials(
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=callbacks,
+            stop=_InterruptStopper(),
             verbose=0,
         ),
     )
     start = time.monotonic()
     try:
-        with filtered_output():
+        with interrupt.graceful(), filtered_output():
             tuner.fit()
+    except OSError:
+        raise  # a full or read-only disk: the CLI says so in one line
     except Exception:  # Tune raises after trials errored; they are recorded already
         if not outcome.failed:
             print(redact(traceback.format_exc()), file=sys.stderr, end="")
             raise
+    finally:
+        if connection.storage.default:  # this run's checkpoints; the store has the results
+            shutil.rmtree(Path(storage_path) / run_name, ignore_errors=True)
     outcome.wall_time_s = time.monotonic() - start
     store.compact()
-    if connection.storage.default and not outcome.failed:  # else kept until the next run
-        shutil.rmtree(Path(storage_path) / run_name, ignore_errors=True)
     return outcome
+
+
+class _InterruptStopper(tune.Stopper):
+    """Stops every trial once SIGINT/SIGTERM arrived (see ``sweeps.interrupt``)."""
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return interrupt.requested()
 
 
 @contextlib.contextmanager

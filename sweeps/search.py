@@ -18,9 +18,21 @@ from charlm.cli import OneLineParser, fail
 from charlm.config import ConfigError, split_config, to_dict
 from sweeps.ablation import prepare_datasets
 from sweeps.grid import PRESETS, TrialSpec, expand, parse_overrides, trial_id
+from sweeps.options import (
+    check_search_options,
+    check_sweep_name,
+    check_trial_resources,
+    local_node,
+)
 from sweeps.runner import Resources, load_cluster_config
 from sweeps.storage import redact, resolve_storage
-from sweeps.store import ResultStore, check_results_dir, trial_columns
+from sweeps.store import (
+    ResultStore,
+    StoreBusyError,
+    check_results_dir,
+    locked,
+    trial_columns,
+)
 
 __all__ = ["SEARCH_SPACE", "describe_search_trial", "main", "run_search_trial", "search_params"]
 
@@ -165,18 +177,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.n_trials < 1:
             raise ConfigError(f"--n-trials {args.n_trials}: give a number of trials >= 1.")
+        check_sweep_name(args.name, "--name")
+        check_search_options(
+            grace_period=args.grace_period, reduction_factor=args.reduction_factor,
+            seed=args.seed, optuna_storage=args.optuna_storage,
+        )  # fmt: skip
         base = _base_trial(args)
         check_results_dir(args.results)
         resolve_storage(args.storage, args.results)
         resources = Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent)
         if args.cluster:
             load_cluster_config(args.cluster)
+        elif args.address is None:
+            check_trial_resources(
+                resources.cpus_per_trial, resources.gpus_per_trial,
+                [local_node(args.num_cpus, args.num_gpus)], "this machine",
+            )  # fmt: skip
         largest = dataclasses.replace(base, model=dataclasses.replace(
             base.model, block_size=max(SEARCH_SPACE["block_size"][1])))  # fmt: skip
         prepare_datasets([largest])
     except ConfigError as exc:
         fail(str(exc))
-    return _run(args, base, resources)
+    try:
+        with locked(args.results):  # one driver per store (sweeps.store.locked)
+            return _run(args, base, resources)
+    except StoreBusyError as exc:
+        fail(str(exc))
 
 
 def _run(args, base: TrialSpec, resources: Resources) -> int:

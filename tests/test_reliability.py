@@ -515,6 +515,49 @@ BAD_INPUT = [
      r"error: --results .*afile is not writable; name a directory you can write to\."),
     ("search-n-trials-0", "search", ["--n-trials", "0"],
      r"error: --n-trials 0: give a number of trials >= 1\."),
+    # Issue 10: what used to hang, loop or fail only inside trials.
+    ("cpus-per-trial-above-any-node", "ablation", ["--cpus-per-trial", "4096"],
+     r"error: --cpus-per-trial 4096: no node has that many CPUs \(this machine has \d+ CPUs\): "
+     r"give --cpus-per-trial \d+ or less\."),
+    ("gpu-without-gpus", "ablation", ["--gpus-per-trial", "1", "--num-gpus", "0"],
+     r"error: --gpus-per-trial 1: no node has a GPU \(this machine has \d+ CPUs and no GPU\): "
+     r"use --gpus-per-trial 0, or a machine or cluster with GPUs\."),
+    ("num-cpus-0", "ablation", ["--num-cpus", "0"],
+     r"error: no CPUs for trials \(this machine has 0 CPUs\): give --num-cpus 1 or more, or "
+     r"add nodes with CPUs\."),
+    ("num-cpus-negative", "ablation", ["--num-cpus", "-2"],
+     r"error: --num-cpus -2: give a number >= 0 \(default: all\)\."),
+    ("max-failures-negative", "ablation", ["--max-failures", "-1"],
+     r"error: --max-failures -1: give a number of retries >= 0 \(e\.g\. 3\); a negative number "
+     r"would retry a failing trial forever\."),
+    ("unsafe-name", "ablation", ["--name", "../../x"],
+     r"error: --name '\.\./\.\./x': a sweep name becomes a directory name, so it must be "
+     r"letters, digits, '_', '\.', '=', '\+' or '-' \(not starting with '\.'\): use e\.g\. 'x'\."),
+    ("unsafe-yaml-name", "ablation", ["--grid", "{tmp}/badname.yaml"],
+     r"error: grid file .*badname\.yaml: name 'a/\.\./\.\./b': a sweep name becomes a directory "
+     r"name, .*: use e\.g\. 'a_b'\."),
+    ("vocab_size-mismatch", "ablation", ["--set", "vocab_size=10", "--factors", "n_head"],
+     r"error: baseline=baseline: vocab_size=10 does not match shakespeare_char's vocabulary of "
+     r"65: leave vocab_size unset to take it from the dataset\."),
+    ("batch-cannot-fit-in-memory", "ablation",
+     ["--set", "batch_size=20000", "--set", "block_size=1024", "--factors", "n_head"],
+     r"error: n_head=8: one trial needs about [\d,]+ MiB \(estimate\) but this machine "
+     r"\(MemAvailable\) has [\d,]+ MiB: use a smaller batch_size, block_size or model\."),
+    ("search-unsafe-name", "search", ["--name", "../x"],
+     r"error: --name '\.\./x': a sweep name becomes a directory name, .*"),
+    ("search-grace-period-0", "search", ["--grace-period", "0"],
+     r"error: --grace-period 0: give a number of evaluations >= 1 \(default 2\)\."),
+    ("search-reduction-factor-1", "search", ["--reduction-factor", "1"],
+     r"error: --reduction-factor 1: ASHA needs a factor > 1 \(default 3\)\."),
+    ("search-bad-optuna-storage", "search", ["--optuna-storage", "redis://localhost/0"],
+     r"error: --optuna-storage redis://\.\.\.: not a database URL Optuna can open; use one of "
+     r"sqlite://, .* or a journal file path ending in \.log\."),
+    ("search-optuna-storage-missing-dir", "search",
+     ["--optuna-storage", "sqlite:///{tmp}/nodir/study.db"],
+     r"error: --optuna-storage sqlite:///.*/nodir/study\.db: the directory .*nodir does not "
+     r"exist; create it or name a database file in an existing directory\."),
+    ("search-cpus-per-trial-above-any-node", "search", ["--cpus-per-trial", "4096"],
+     r"error: --cpus-per-trial 4096: no node has that many CPUs .*"),
 ]  # fmt: skip
 
 
@@ -525,6 +568,7 @@ def bad_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str
         "name: e\nbaseline: {n_layer: 1, n_head: 4, n_embed: 16}\nfactors:\n  n_embed: [10]\n"
     )
     (tmp_path / "broken.yaml").write_text("name: [unclosed\n")
+    (tmp_path / "badname.yaml").write_text("name: a/../../b\nfactors: {}\n")
     (tmp_path / "evil.yaml").write_text(
         f"name: !!python/object/apply:os.system ['touch {tmp_path}/pwned']\n"
     )
