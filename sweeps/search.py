@@ -25,7 +25,7 @@ from sweeps.options import (
     local_node,
 )
 from sweeps.runner import Resources, load_cluster_config
-from sweeps.storage import redact, resolve_storage
+from sweeps.storage import check_storage, redact
 from sweeps.store import (
     ResultStore,
     StoreBusyError,
@@ -184,11 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         base = _base_trial(args)
         check_results_dir(args.results)
-        resolve_storage(args.storage, args.results)
         resources = Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent)
-        if args.cluster:
-            load_cluster_config(args.cluster)
-        elif args.address is None:
+        cluster = load_cluster_config(args.cluster) if args.cluster else None
+        check_storage(args.storage, args.results, cluster_config=cluster, cluster=args.cluster,
+                      embedded=args.cluster is None and args.address is None)  # fmt: skip
+        if args.cluster is None and args.address is None:
             check_trial_resources(
                 resources.cpus_per_trial, resources.gpus_per_trial,
                 [local_node(args.num_cpus, args.num_gpus)], "this machine",
