@@ -367,12 +367,6 @@ def _run(
 
 def _todo(trials: list[TrialSpec], results: Path, announce: bool = False) -> list[TrialSpec]:
     statuses, corrupt = trial_statuses(results)
-    for path, reason in corrupt:
-        print(
-            f"warning: store file {path} is unreadable ({reason}); its trial is skipped and the "
-            "file left as is: move it away to run that trial again",
-            file=sys.stderr,
-        )
     blocked = {path.stem for path, _ in corrupt}
     todo = [t for t in trials if statuses.get(t.trial_id) != "ok" and t.trial_id not in blocked]
     if announce:

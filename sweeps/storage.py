@@ -27,6 +27,7 @@ __all__ = [
     "Storage",
     "StorageError",
     "check_storage",
+    "check_writable_here",
     "declared_worker_types",
     "probe_from_node",
     "read_answers",
@@ -138,9 +139,8 @@ def check_storage(
             f"to {storage.shown} on this machine only (no --storage given): pass --storage "
             f"with a location every node can read and write, {EXAMPLE}."
         )
-    if embedded and not storage.default:  # one machine: writing it here is the probe
-        name, _, created = write_probe(storage)
-        remove_probe(storage, name, [], created)
+    if embedded:  # one machine: writing it here is the probe
+        check_writable_here(storage)
     return storage
 
 
@@ -186,6 +186,14 @@ def write_probe(storage: Storage) -> tuple[str, str, list[str]]:
             f"write, {EXAMPLE}."
         ) from None
     return name, token, created
+
+
+def check_writable_here(storage: Storage) -> None:
+    """An explicit storage must at least take a file from this machine: write and remove a
+    probe (StorageError otherwise). Run before anything else is written (bad input)."""
+    if not storage.default:
+        name, _, created = write_probe(storage)
+        remove_probe(storage, name, [], created)
 
 
 def probe_from_node(location: str, name: str, token: str, node: str) -> str | None:
