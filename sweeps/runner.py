@@ -52,6 +52,7 @@ __all__ = [
     "Connection",
     "Resources",
     "SweepOutcome",
+    "check_reachable",
     "connect",
     "head_address",
     "load_cluster_config",
@@ -133,7 +134,8 @@ def head_address(config: dict[str, Any], path: str | Path) -> str:
     return f"127.0.0.1:{GCS_PORT}"
 
 
-def _check_reachable(address: str, path: str | Path, script: str) -> None:
+def check_reachable(address: str, path: str | Path, script: str) -> None:
+    """ClusterError (what to run, naming ``script``) unless the head at ``address`` answers."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
         with socket.create_connection((host or "127.0.0.1", int(port)), timeout=3):
@@ -214,7 +216,7 @@ def connect(
         )
     if address is None:
         address = head_address(config, cluster)
-    _check_reachable(address, cluster or "cluster.yaml", script)
+    check_reachable(address, cluster or "cluster.yaml", script)
     _auth_for_existing_cluster()
     env_vars.pop("CHARLM_DATA_DIR")  # each node uses its own data cache
     ray.init(address=address, **common)

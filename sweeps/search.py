@@ -24,7 +24,7 @@ from sweeps.options import (
     check_trial_resources,
     local_node,
 )
-from sweeps.runner import Resources, load_cluster_config
+from sweeps.runner import Resources, check_reachable, head_address, load_cluster_config
 from sweeps.storage import check_storage, redact
 from sweeps.store import (
     ResultStore,
@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         largest = dataclasses.replace(base, model=dataclasses.replace(
             base.model, block_size=max(SEARCH_SPACE["block_size"][1])))  # fmt: skip
         prepare_datasets([largest])
+        if args.cluster is not None or args.address is not None:  # before the lock writes
+            address = args.address or head_address(cluster or {}, args.cluster)
+            check_reachable(address, args.cluster or "cluster.yaml", "sweeps/search.py")
     except ConfigError as exc:
         fail(str(exc))
     try:
