@@ -48,7 +48,7 @@ from sweeps.sequential import (
     Design,
     record_design,
 )
-from sweeps.storage import check_writable_here, resolve_storage
+from sweeps.storage import check_storage
 from sweeps.store import ResultStore, check_results_dir, locked, trial_columns, trial_statuses
 
 __all__ = ["main", "param_space", "parse_args", "plan_trials", "prepare_datasets", "summary_table"]
@@ -339,12 +339,11 @@ def main(argv: list[str] | None = None) -> int:
         check_max_failures(args.max_failures)
         trials = plan_trials(args)
         check_results_dir(args.results)
-        storage = resolve_storage(args.storage, args.results)
-        if args.cluster is None and args.address is None:  # one machine: a probe here is all
-            check_writable_here(storage)
         resources = Resources(args.cpus_per_trial, args.gpus_per_trial or 0.0, args.max_concurrent)
         cluster = load_cluster_config(args.cluster) if args.cluster else None
         embedded = args.cluster is None and args.address is None
+        check_storage(args.storage, args.results, cluster_config=cluster, cluster=args.cluster,
+                      embedded=embedded)  # fmt: skip
         if embedded:  # this machine is the whole cluster: check before Ray starts
             node = local_node(args.num_cpus, args.num_gpus)
             if args.gpus_per_trial is None and node["GPU"] > 0:
