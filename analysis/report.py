@@ -32,7 +32,7 @@ try:
 except ImportError:  # Windows: CPU time of this process only
     resource = None  # type: ignore[assignment]
 
-from analysis import aggregate, plots, settings
+from analysis import aggregate, plots, settings, verdicts
 from analysis.aggregate import CONFIG_KEYS, slug
 from analysis.cli import FORMATS
 from analysis.load import Store, StoreError, check_store, load_store
@@ -59,6 +59,7 @@ class Analysis:
     attention: pd.DataFrame
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds per phase
+    verdicts: pd.DataFrame = field(default_factory=pd.DataFrame)  # analysis.verdicts
 
 
 class _Stopwatch:
@@ -115,6 +116,7 @@ def analyze(
         attention=aggregate.attention_summary(store.attention, ablation),  # empty for now
         timings=watch.wall,
         cpu_timings=watch.cpu,
+        verdicts=verdicts.level_verdicts(trials, store.root),
     )
     watch.lap("aggregate")
     if attention:
@@ -280,6 +282,7 @@ def _write_tables(analysis: Analysis, temp: Path, metric: str) -> list[Path]:
     )
     analysis.failed.to_csv(temp / "tables" / "failed_trials.csv", index=False)
     tables.append(temp / "tables" / "failed_trials.csv")
+    tables.append(verdicts.write_csv(analysis.verdicts, temp / "tables"))
     if len(analysis.leaderboard):
         analysis.leaderboard.to_csv(temp / "tables" / "search_leaderboard.csv", index=False)
         tables.append(temp / "tables" / "search_leaderboard.csv")
@@ -358,7 +361,7 @@ def _missing(analysis: Analysis) -> list[str]:
             + ", ".join(f"{n} in {table}" for table, n in dropped.items())
             + "."
         )
-    return notes
+    return notes + analysis.verdicts.attrs.get("notes", [])
 
 
 def _heatmaps(
@@ -683,6 +686,7 @@ def _sections(
             "for significance, the interval for size."
         )
         section.tables.append(("", aggregate.paper_table(rows, analysis.effects, metric)))
+        section.tables += verdicts.report_tables(analysis.verdicts, sweep)
         ranking = analysis.ranking[analysis.ranking["sweep"] == sweep]
         for dataset, dataset_ranking in ranking.groupby("dataset", sort=True):
             section.tables.append(
@@ -912,6 +916,7 @@ def print_summary(report: Report, metric: str) -> None:
             "Δ: 95% CI per comparison (not adjusted); p: Holm-adjusted across the sweep's "
             "levels (* below 0.05)."
         )
+    print("", *verdicts.summary_lines(analysis.verdicts), sep="\n")
     for note in report.missing:
         print(f"note: {note}")
     figures = len(report.figures)
