@@ -26,7 +26,6 @@ from sweeps.options import (
     load_cluster_config,
     local_node,
 )
-from sweeps.runner import check_reachable, head_address
 from sweeps.storage import check_storage, redact
 from sweeps.store import (
     ResultStore,
@@ -214,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             base.model, block_size=max(SEARCH_SPACE["block_size"][1])))  # fmt: skip
         prepare_datasets([largest])
         if args.cluster is not None or args.address is not None:  # before the lock writes
+            from sweeps.runner import check_reachable, head_address  # Ray: only with a cluster
+
             address = args.address or head_address(cluster or {}, args.cluster)
             check_reachable(address, args.cluster or "cluster.yaml", "sweeps/search.py")
     except ConfigError as exc:
