@@ -44,6 +44,7 @@ __all__ = [
     "format_duration",
     "format_table",
     "time_train_step",
+    "with_vocab",
 ]
 
 DEFAULT_OVERHEAD_S = 1.3  # Ray actor start per trial, measured on 2 cores (RAY-NOTES.md)
@@ -187,7 +188,9 @@ def eval_tokens_per_pass(model: ModelConfig, train: TrainConfig) -> int:
     return plan_evaluation(lengths, model.block_size, train).max_windows() * model.block_size
 
 
-def _with_vocab(model: ModelConfig, dataset: str, vocab_sizes: Mapping[str, int]) -> ModelConfig:
+def with_vocab(model: ModelConfig, dataset: str, vocab_sizes: Mapping[str, int]) -> ModelConfig:
+    """``model`` with its vocabulary size set: its own, else the dataset's (``vocab_sizes``,
+    then KNOWN_VOCAB_SIZES, then 256)."""
     if model.vocab_size is not None:
         return model
     size = vocab_sizes.get(dataset, KNOWN_VOCAB_SIZES.get(dataset, FALLBACK_VOCAB_SIZE))
@@ -341,7 +344,7 @@ def estimate(
     rows = []
     for config_id, members in groups.items():
         first = members[0]
-        model = _with_vocab(first.model, first.dataset, vocab_sizes)
+        model = with_vocab(first.model, first.dataset, vocab_sizes)
         train = first.train
         timing = None
         key = (model, train.batch_size)
