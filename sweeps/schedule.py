@@ -10,8 +10,9 @@ What a user waits for is the whole grid. Two rules shorten it:
   trial would run while other cores idle. Walking back from the last trial, a trial gets
   more CPUs (a multiple of ``--cpus-per-trial``, at most one node's CPUs) whenever that
   brings the simulated end of the grid forward (or, where several tail trials end
-  together, the sum of the trials' end times), until one trial gains nothing. The simulation starts trials in order, each
-  as soon as its CPUs are free (Ray Tune's behaviour), runs a trial on ``c`` CPUs
+  together, the sum of the trials' end times), until one trial gains nothing. The
+  simulation starts trials in order, each as soon as its CPUs are free (Ray Tune's
+  behaviour), runs a trial on ``c`` CPUs
   ``(c / base) ** alpha`` times faster, with ``alpha`` measured here by timing the last
   trial's configuration on both thread counts, and charges a new Ray actor's start-up to
   the first trial of each new shape. A machine too busy to gain from more threads gets
