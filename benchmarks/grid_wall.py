@@ -76,7 +76,7 @@ def service(trials: list[TrialSpec], cores: int) -> Run:
     with tempfile.TemporaryDirectory() as tmp:
         store = ResultStore(Path(tmp) / "results")
         start = time.time()
-        connect(num_cpus=cores)
+        connection = connect(num_cpus=cores, results=store.root)
         connected = time.time()
         try:
             resources = Resources(cpus_per_trial=1.0)
@@ -84,8 +84,8 @@ def service(trials: list[TrialSpec], cores: int) -> Run:
             planned = time.time()
             print(f"  {line}", flush=True)
             run_trials(
-                store, param_space(ordered, widened), name="grid_wall", total=len(ordered),
-                resources=resources, progress=False,
+                connection, store, param_space(ordered, widened), name="grid_wall",
+                total=len(ordered), resources=resources, progress=False,
             )  # fmt: skip
         finally:
             ray.shutdown()

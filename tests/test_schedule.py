@@ -95,10 +95,10 @@ def test_real_ray_starts_trials_longest_first_and_gives_the_tail_both_cpus(tmp_p
     assert widened == {ids[0]: 2.0}
 
     store = ResultStore(tmp_path / "results")
-    connect(num_cpus=2)
+    connection = connect(num_cpus=2, results=tmp_path / "results")
     try:
         outcome = run_trials(
-            store, ablation.param_space([by_id[t] for t in schedule.order], widened),
+            connection, store, ablation.param_space([by_id[t] for t in schedule.order], widened),
             name="tiny", total=3, resources=Resources(), progress=False,
         )  # fmt: skip
     finally:
