@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import math
 import os
@@ -270,6 +271,16 @@ def _node_label(node: dict[str, Any]) -> str:
 # ------------------------------------------------------------------ running
 
 
+def trial_resources(config: dict[str, Any], default: dict[str, float]):
+    """Ray's resource request of one trial: ``default``, with the CPUs its config names
+    (``config["trial"]["cpus"]``, set by the schedule for the tail) when it names some."""
+    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+    spec = config.get("trial")
+    cpus = spec.get("cpus") if isinstance(spec, dict) else None
+    return resource_dict_to_pg_factory({**default, "cpu": cpus} if cpus else default)
+
+
 @dataclass
 class SweepOutcome:
     """What happened to the trials this run launched."""
@@ -507,7 +518,9 @@ def run_trials(
         remove_leftover_runs(Path(storage_path))
     run_name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     tuner = tune.Tuner(
-        tune.with_resources(trainable, resources.as_ray()),
+        tune.with_resources(
+            trainable, functools.partial(trial_resources, default=resources.as_ray())
+        ),
         param_space=param_space,
         tune_config=config,
         run_config=tune.RunConfig(
