@@ -38,7 +38,7 @@ from charlm.data import (
 from charlm.fsio import atomic_write
 from charlm.model import GPT
 from charlm.probes import probe_metrics
-from charlm.sample import generate_text, quality_metrics, word_set
+from charlm.sample import generate_text, quality_metrics, sample_attention, word_set
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -394,6 +394,9 @@ def _finish(
             "text": text,
             "n_chars": len(text),
             **quality_metrics(text, word_set(data.decode(data.splits["train"][:2_000_000]))),
+            **sample_attention(
+                model, data.encode(SAMPLE_PROMPT + text), len(SAMPLE_PROMPT), device
+            ),
         }
 
 
