@@ -32,7 +32,7 @@ try:
 except ImportError:  # Windows: CPU time of this process only
     resource = None  # type: ignore[assignment]
 
-from analysis import aggregate, plots
+from analysis import aggregate, plots, predictor_report
 from analysis.aggregate import CONFIG_KEYS, slug
 from analysis.load import CorruptStoreError, Store, StoreError, check_store, load_store
 
@@ -54,6 +54,7 @@ class Analysis:
     leaderboard: pd.DataFrame
     curves: pd.DataFrame
     attention: pd.DataFrame
+    predictors: predictor_report.Predictors | None = None  # set by add_attention
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds per phase
 
@@ -126,13 +127,15 @@ def add_attention(
     datasets: Sequence[str] | None = None,
     strict: bool = False,
 ) -> None:
-    """Read the attention rows of baseline trials and summarise them into
-    ``analysis.attention`` (and ``analysis.store.attention``)."""
+    """Read the attention rows of baseline trials (and each trial's final ones, and those
+    the cluster_quality figures show) and summarise them into ``analysis.attention`` (and
+    ``analysis.store.attention``) and ``analysis.predictors``."""
     watch = _Stopwatch()
     store = analysis.store
+    layer_trials = predictor_report.layer_trials(store.trials, analysis.ranking)
     read = load_store(
         store.root, sweeps=sweeps, datasets=datasets, strict=strict, tables=("attention",),
-        attention="baselines",
+        attention="report", layer_trials=layer_trials,
     )  # fmt: skip
     store.attention = read.attention
     store.corrupt += [item for item in read.corrupt if item not in store.corrupt]
@@ -141,6 +144,9 @@ def add_attention(
     ablation = store.trials[store.trials["kind"].ne("search")]
     baselines = aggregate.baseline_configs(ablation)
     analysis.attention = aggregate.attention_summary(store.attention, ablation, baselines)
+    analysis.predictors = predictor_report.compute(
+        store.trials, store.attention, store.samples, analysis.ranking
+    )
     watch.lap("attention")
     analysis.timings.update(watch.wall)
     analysis.cpu_timings.update(watch.cpu)
@@ -193,11 +199,13 @@ def build_report(
     heatmap_layer: int | None = None,
     metric: str = "best_val_loss",
     jobs: int | None = None,
+    template_names: bool = False,
 ) -> Report:
     """Write the report of the store at ``root`` into ``out_dir`` (default
     ``<root>/report``, replaced if it holds an earlier report). Raises StoreError (a
     ValueError) for bad input before anything is written. ``jobs``: processes drawing
-    figures (default: the CPU count, at most 4)."""
+    figures (default: the CPU count, at most 4). ``template_names``: also write the
+    research templates' figure files (PNG) at the top of ``out_dir``."""
     root = check_store(root)
     jobs_n = jobs if jobs is not None else min(4, os.cpu_count() or 1)
     out = Path(out_dir) if out_dir is not None else root / "report"
@@ -206,6 +214,11 @@ def build_report(
     if bad or not formats:
         raise StoreError(
             f"--format {','.join(formats)}: use a comma-separated subset of {','.join(FORMATS)}."
+        )
+    if template_names and "png" not in formats:
+        raise StoreError(
+            f"--template-names writes PNG files but --format is {','.join(formats)}: "
+            "add png to --format."
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # corrupt files are listed from store.corrupt
@@ -237,18 +250,33 @@ def build_report(
             warnings.simplefilter("ignore")
             add_attention(analysis, sweeps=sweeps, datasets=datasets, strict=strict)
         rendering.submit(_attention_jobs(analysis))
+        predictor_specs = predictor_report.figure_specs(
+            analysis.predictors, analysis.store.curves, analysis.store.trials
+        )
+        rendering.submit([_FigureJob(*spec) for spec in predictor_specs])
         watch.lap("attention read")
         missing = _missing(analysis) + heatmap_notes
         tables = _write_tables(analysis, temp, metric)
+        tables += predictor_report.write_tables(analysis.predictors, temp / "tables")
         watch.lap("tables")
         sections = _sections(
             analysis, rendering.jobs, formats, missing, heatmaps, tables, temp, metric
         )
+        at = next(i for i, s in enumerate(sections) if s.title == "Attention heatmaps")
+        predictors = predictor_report.section(analysis.predictors, predictor_specs, formats)
+        sections.insert(at, _Section(**predictors))
         (temp / "report.html").write_text(_html(sections, analysis))
         (temp / "report.md").write_text(_markdown(sections, analysis))
         watch.lap("report")
         figures = rendering.results()
         watch.lap("figures (wait)")
+        if template_names:
+            written, notes = predictor_report.write_template_figures(
+                temp, temp / "figures", analysis.curves, analysis.attention, analysis.predictors
+            )
+            figures += written
+            missing += notes
+            watch.lap("template figures")
         _move_into_place(temp, out)
     except BaseException:
         rendering.close()
@@ -902,6 +930,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="processes drawing figures (default: CPU count, at most 4)",
     )
+    parser.add_argument(
+        "--template-names",
+        action="store_true",
+        help="also write the figures under the research templates' file names at the top "
+        "of REPORT_DIR: train_loss_{dataset}.png, val_loss_{dataset}.png, "
+        "attention_metrics_{dataset}.png, layer_similarity_{dataset}.png, "
+        "cluster_quality.png, training_dynamics.png",
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the report's path")
     return parser
 
@@ -927,6 +963,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             heatmap_layer=args.heatmap_layer,
             metric=args.metric,
             jobs=args.jobs,
+            template_names=args.template_names,
         )
     except CorruptStoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
