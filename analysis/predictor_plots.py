@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -45,7 +45,7 @@ def _new_axes(width: float, height: float, left: float = 0.8, bottom: float = 0.
 
 def as_figure(plot: Callable[..., Axes], *args: Any, **kwargs: Any) -> Figure:
     """``plot(*args, **kwargs)`` (a single-panel function) and return its figure."""
-    return plot(*args, **kwargs).figure
+    return cast(Figure, plot(*args, **kwargs).figure)
 
 
 def cluster_quality_panel(rows: pd.DataFrame, ax: Axes | None = None) -> Axes:

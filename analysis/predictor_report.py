@@ -210,9 +210,8 @@ def write_template_figures(
     written, notes = [], []
     for dataset, rows in curves.groupby("dataset", sort=True):
         for column in ("train_loss", "val_loss"):
-            ax = predictor_plots.loss_by_config(rows, column)
-            stem = out / f"{column}_{dataset}"
-            written += save_figure(ax.figure, stem, ("png",))
+            figure = predictor_plots.as_figure(predictor_plots.loss_by_config, rows, column)
+            written += save_figure(figure, out / f"{column}_{dataset}", ("png",))
     for dataset in sorted(curves["dataset"].unique()):
         rows = attention[attention["dataset"] == dataset]
         if rows.empty:
