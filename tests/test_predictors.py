@@ -160,9 +160,6 @@ def test_report_section_tables_and_template_names(store: Path, tmp_path: Path, c
     table = pd.read_csv(out / "tables" / "predictor_correlations.csv")
     assert {"rho", "ci_low", "ci_high", "p_holm", "n"} <= set(table.columns)
     assert len(pd.read_csv(out / "tables" / "trial_metrics.csv")) == 30
-    plain = tmp_path / "plain"
-    assert _report(store, plain) == 0
-    assert not (plain / "cluster_quality.png").exists()
 
 
 def test_template_names_need_png(store: Path, tmp_path: Path, capsys):
