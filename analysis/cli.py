@@ -77,6 +77,14 @@ def parser() -> OneLineParser:
         metavar="N",
         help="processes drawing figures (default: CPU count, at most 4)",
     )
+    add(
+        "--template-names",
+        action="store_true",
+        help="also write the figures under the research templates' file names at the top "
+        "of REPORT_DIR: train_loss_{dataset}.png, val_loss_{dataset}.png, "
+        "attention_metrics_{dataset}.png, layer_similarity_{dataset}.png, "
+        "cluster_quality.png, training_dynamics.png",
+    )
     add("--quiet", action="store_true", help="print only the report's path")
     return parser
 
@@ -113,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             heatmap_layer=args.heatmap_layer,
             metric=args.metric,
             jobs=args.jobs,
+            template_names=args.template_names,
         )
     except (CorruptStoreError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -32,7 +32,7 @@ try:
 except ImportError:  # Windows: CPU time of this process only
     resource = None  # type: ignore[assignment]
 
-from analysis import aggregate, plots, settings, verdicts
+from analysis import aggregate, plots, predictor_report, settings, verdicts
 from analysis.aggregate import CONFIG_KEYS, slug
 from analysis.cli import FORMATS
 from analysis.load import Store, StoreError, check_store, load_store
@@ -57,6 +57,7 @@ class Analysis:
     leaderboard: pd.DataFrame
     curves: pd.DataFrame
     attention: pd.DataFrame
+    predictors: predictor_report.Predictors | None = None  # set by add_attention
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds per phase
     verdicts: pd.DataFrame = field(default_factory=pd.DataFrame)  # analysis.verdicts
@@ -131,13 +132,15 @@ def add_attention(
     datasets: Sequence[str] | None = None,
     strict: bool = False,
 ) -> None:
-    """Read the attention rows of baseline trials and summarise them into
-    ``analysis.attention`` (and ``analysis.store.attention``)."""
+    """Read the attention rows of baseline trials (and each trial's final ones, and those
+    the cluster_quality figures show) and summarise them into ``analysis.attention`` (and
+    ``analysis.store.attention``) and ``analysis.predictors``."""
     watch = _Stopwatch()
     store = analysis.store
+    layer_trials = predictor_report.layer_trials(store.trials, analysis.ranking)
     read = load_store(
         store.root, sweeps=sweeps, datasets=datasets, strict=strict, tables=("attention",),
-        attention="baselines",
+        attention="report", layer_trials=layer_trials,
     )  # fmt: skip
     store.attention = read.attention
     store.corrupt += [item for item in read.corrupt if item not in store.corrupt]
@@ -146,6 +149,9 @@ def add_attention(
     ablation = store.trials[store.trials["kind"].ne("search")]
     baselines = aggregate.baseline_configs(ablation)
     analysis.attention = aggregate.attention_summary(store.attention, ablation, baselines)
+    analysis.predictors = predictor_report.compute(
+        store.trials, store.attention, store.samples, analysis.ranking
+    )
     watch.lap("attention")
     analysis.timings.update(watch.wall)
     analysis.cpu_timings.update(watch.cpu)
@@ -198,11 +204,13 @@ def build_report(
     heatmap_layer: int | None = None,
     metric: str = "best_val_loss",
     jobs: int | None = None,
+    template_names: bool = False,
 ) -> Report:
     """Write the report of the store at ``root`` into ``out_dir`` (default
     ``<root>/report``, replaced if it holds an earlier report). Raises StoreError (a
     ValueError) for bad input before anything is written. ``jobs``: processes drawing
-    figures (default: the CPU count, at most 4)."""
+    figures (default: the CPU count, at most 4). ``template_names``: also write the
+    research templates' figure files (PNG) at the top of ``out_dir``."""
     root = check_store(root)
     jobs_n = jobs if jobs is not None else min(4, os.cpu_count() or 1)
     out = Path(out_dir) if out_dir is not None else root / "report"
@@ -211,6 +219,11 @@ def build_report(
     if bad or not formats:
         raise StoreError(
             f"--format {','.join(formats)}: use a comma-separated subset of {','.join(FORMATS)}."
+        )
+    if template_names and "png" not in formats:
+        raise StoreError(
+            f"--template-names writes PNG files but --format is {','.join(formats)}: "
+            "add png to --format."
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # corrupt files are listed from store.corrupt
@@ -242,17 +255,32 @@ def build_report(
             warnings.simplefilter("ignore")
             add_attention(analysis, sweeps=sweeps, datasets=datasets, strict=strict)
         rendering.submit(_attention_jobs(analysis))
+        predictor_specs = predictor_report.figure_specs(
+            analysis.predictors, analysis.store.curves, analysis.store.trials
+        )
+        rendering.submit([_FigureJob(*spec) for spec in predictor_specs])
         watch.lap("attention read")
         missing = _missing(analysis) + heatmap_notes
         tables = _write_tables(analysis, temp, metric)
+        tables += predictor_report.write_tables(analysis.predictors, temp / "tables")
         watch.lap("tables")
         sections = _sections(
             analysis, rendering.jobs, formats, missing, heatmaps, tables, temp, metric
         )
+        at = next(i for i, s in enumerate(sections) if s.title == "Attention heatmaps")
+        predictors = predictor_report.section(analysis.predictors, predictor_specs, formats)
+        sections.insert(at, _Section(**predictors))
         (temp / "report.md").write_text(_markdown(sections, analysis))
         watch.lap("report")
         figures = rendering.results()
         watch.lap("figures (wait)")
+        if template_names:
+            written, notes = predictor_report.write_template_figures(
+                temp, temp / "figures", analysis.curves, analysis.attention, analysis.predictors
+            )
+            figures += written
+            missing += notes
+            watch.lap("template figures")
         # One file to mail: the figures are embedded (their files stay beside it).
         (temp / "report.html").write_text(_html(sections, analysis, temp))
         _move_into_place(temp, out)

@@ -38,7 +38,7 @@ from charlm.evaluation import Evaluator
 from charlm.fsio import atomic_write, atomic_write_bytes
 from charlm.model import GPT
 from charlm.probes import probe_metrics
-from charlm.sample import generate_text, quality_metrics, word_set
+from charlm.sample import generate_text, quality_metrics, sample_attention, word_set
 from charlm.train_args import parse as parse_train_args
 
 __all__ = [
@@ -446,6 +446,7 @@ def _finish(
             "text": text,
             "n_chars": len(text),
             **quality_metrics(text, _known_words(data)),
+            **sample_attention(model, data.encode(prompt + text), len(prompt), device),
         }
     result.sample_s = time.perf_counter() - sample_start
 

@@ -25,6 +25,7 @@ from charlm.config import ModelConfig, TrainConfig, config_fields
 from charlm.fsio import atomic_write
 
 __all__ = [
+    "ADDED_COLUMNS",
     "COMPACTED_PREFIX",
     "MARKER",
     "RUNS_DIR",
@@ -44,7 +45,7 @@ __all__ = [
     "table_dir",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MARKER = "charlm-store.json"
 TABLES = ("trials", "curves", "attention", "samples")
 RUNS_DIR = "sweep_runs"  # one JSON per sweep command run: settings, version, commit, host
@@ -166,6 +167,7 @@ ATTENTION = pa.schema(
         pa.field("head_diversity", pa.float64()),  # mean pairwise JS divergence between heads
         pa.field("attention_js_next", pa.float64()),  # JS of mean attention maps, layer vs next
         pa.field("hidden_cosine_next", pa.float64()),  # cosine of hidden states, layer vs next
+        pa.field("silhouette", pa.float64()),  # k-means cluster quality of hidden states (v2)
     ]
 )
 
@@ -180,8 +182,21 @@ SAMPLES = pa.schema(
         pa.field("distinct_3", pa.float64()),
         pa.field("repetition_rate", pa.float64()),
         pa.field("known_word_share", pa.float64()),
+        pa.field("coherence", pa.float64()),  # char-trigram cosine of consecutive segments (v2)
+        # the model's attention while generating the sample, one value per layer (v2)
+        pa.field("attention_entropy", pa.list_(pa.float64())),  # nats
+        pa.field("effective_span", pa.list_(pa.float64())),  # characters back
     ]
 )
+
+# Columns each version added (version 1: the first layout). Only columns were added, so a
+# store of an older version reads as it is: the newer columns come back as nulls.
+ADDED_COLUMNS: dict[int, dict[str, tuple[str, ...]]] = {
+    2: {
+        "attention": ("silhouette",),
+        "samples": ("coherence", "attention_entropy", "effective_span"),
+    },
+}
 
 SCHEMAS: dict[str, pa.Schema] = {
     "trials": TRIALS,

@@ -73,6 +73,11 @@ def test_tiny_grid_end_to_end_then_resume_runs_only_new_seeds(tmp_path: Path, ca
     assert per_trial.to_dict() == heads
     samples = table(results, "samples")
     assert len(samples) == 10 and (samples.n_chars == 20).all()
+    # schema version 2: per-layer silhouette and the sample's own attention per layer
+    assert attention.silhouette.between(-1, 1).all()
+    layers = trials.set_index("trial_id").n_layer
+    for row in samples.itertuples():
+        assert len(row.attention_entropy) == len(row.effective_span) == layers[row.trial_id]
     assert len(list((results / "models").glob("*.pt"))) == 10
 
     # The same command again: nothing runs (Ray is not even started).
