@@ -39,6 +39,8 @@ class StoreIdSearch(OptunaSearch):
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
+        if result:  # an ASHA-stopped trial's last result reaches the searcher only here
+            self._tag(trial_id, result)
         failed = error or (result or {}).get("status") == "failed"
         if result and failed:
             result = {key: value for key, value in result.items() if key != self.metric}
