@@ -36,7 +36,7 @@ _CONFIG_DEFAULTS: dict[str, Any] = {
     "warmup_iters": 100, "lr_decay_iters": 3000, "weight_decay": 0.1, "beta1": 0.9,
     "beta2": 0.99, "grad_clip": 1.0, "probe_interval": 50, "probe_batch_size": 4,
     "sample_tokens": 300, "temperature": 0.8, "top_k": 40, "requested_device": "cpu",
-    "num_threads": None,
+    "num_threads": None, "compile": False,
 }  # fmt: skip
 
 

@@ -58,7 +58,7 @@ _CONFIG_TYPES = {
     "learning_rate": float, "min_lr": float, "warmup_iters": int, "lr_decay_iters": int,
     "weight_decay": float, "beta1": float, "beta2": float, "grad_clip": float,
     "probe_interval": int, "probe_batch_size": int, "sample_tokens": int,
-    "temperature": float, "top_k": int, "device": str, "num_threads": int,
+    "temperature": float, "top_k": int, "device": str, "num_threads": int, "compile": bool,
 }  # fmt: skip
 
 
