@@ -289,9 +289,9 @@ def _run(args, base: TrialSpec, resources: Resources) -> int:
         k = args.seeds_per_trial
         print(
             f"searching on {where}: {args.n_trials} trials x {k} seed{'s' * (k != 1)}, "
-            f"study {args.name!r} in {url}; ASHA: {max_t} evaluations per trial (every "
-            f"{base.train.eval_interval} steps), grace period {grace}, reduction factor "
-            f"{factor:g}",
+            f"study {args.name!r} in {url}; ASHA: {max_t} reports per trial (step 0, then "
+            f"every {base.train.eval_interval} steps), grace period {grace}, reduction "
+            f"factor {factor:g}",
             flush=True,
         )
         outcome = run_trials(

@@ -163,8 +163,9 @@ def test_search_with_two_seeds_per_trial_end_to_end(tmp_path: Path, capsys, monk
     assert code == 0
     out = capsys.readouterr().out
     assert "6 trials x 2 seeds" in out
-    assert "ASHA: 5 evaluations per trial (every 6 steps), grace period 2, reduction factor 2" in (
-        out
+    assert (
+        "ASHA: 5 reports per trial (step 0, then every 6 steps), grace period 2, reduction "
+        "factor 2" in out
     )
     # The progress line names store trial ids, not Tune's.
     best_ids = re.findall(r"best val \d\.\d{4} \(trial ([0-9a-f]{16})\+([0-9a-f]{16})\)", out)
