@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from charlm.fsio import atomic_write, atomic_write_bytes
 from sweeps.schema import MARKER, SCHEMA_VERSION, SCHEMAS, TABLES
 
 __all__ = ["SyntheticSpec", "build_store", "init_store", "trial_row", "write_rows"]
@@ -45,7 +46,7 @@ def init_store(root: str | Path) -> Path:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     marker = {"schema_version": SCHEMA_VERSION, "created_at": "2025-01-01T00:00:00+00:00"}
-    (root / MARKER).write_text(json.dumps(marker))
+    atomic_write_bytes(root / MARKER, json.dumps(marker).encode())
     for table in TABLES:
         (root / table).mkdir(exist_ok=True)
     return root
@@ -102,7 +103,8 @@ def write_rows(
     """Write ``rows`` (row dicts, a dict of columns, or an Arrow table) as one Parquet file
     ``<root>/<table>/<name>.parquet`` with the table's schema; missing columns are null."""
     path = Path(root) / table / f"{name}.parquet"
-    pq.write_table(_to_table(table, rows), path)
+    with atomic_write(path) as file:
+        pq.write_table(_to_table(table, rows), file)
     return path
 
 

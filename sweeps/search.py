@@ -19,8 +19,21 @@ from charlm.cli import OneLineParser, fail
 from charlm.config import ConfigError, split_config, to_dict
 from sweeps.ablation import prepare_datasets
 from sweeps.grid import PRESETS, TrialSpec, config_id, expand, parse_overrides, trial_id
+from sweeps.options import (
+    check_search_options,
+    check_sweep_name,
+    check_trial_resources,
+    local_node,
+)
 from sweeps.runner import Resources, load_cluster_config
-from sweeps.store import ResultStore, check_results_dir, trial_columns
+from sweeps.storage import redact, resolve_storage
+from sweeps.store import (
+    ResultStore,
+    StoreBusyError,
+    check_results_dir,
+    locked,
+    trial_columns,
+)
 
 __all__ = [
     "SEARCH_SPACE",
@@ -246,17 +259,32 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(
                 f"--seeds-per-trial {args.seeds_per_trial}: give a number of seeds >= 1."
             )
+        check_sweep_name(args.name, "--name")
+        check_search_options(
+            grace_period=args.grace_period, reduction_factor=args.reduction_factor,
+            seed=args.seed, optuna_storage=args.optuna_storage,
+        )  # fmt: skip
         base = _base_trial(args)
         check_results_dir(args.results)
+        resolve_storage(args.storage, args.results)
         resources = Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent)
         if args.cluster:
             load_cluster_config(args.cluster)
+        elif args.address is None:
+            check_trial_resources(
+                resources.cpus_per_trial, resources.gpus_per_trial,
+                [local_node(args.num_cpus, args.num_gpus)], "this machine",
+            )  # fmt: skip
         largest = dataclasses.replace(base, model=dataclasses.replace(
             base.model, block_size=max(SEARCH_SPACE["block_size"][1])))  # fmt: skip
         prepare_datasets([largest])
     except ConfigError as exc:
         fail(str(exc))
-    return _run(args, base, resources)
+    try:
+        with locked(args.results):  # one driver per store (sweeps.store.locked)
+            return _run(args, base, resources)
+    except StoreBusyError as exc:
+        fail(str(exc))
 
 
 def _run(args, base: TrialSpec, resources: Resources) -> int:
@@ -268,9 +296,10 @@ def _run(args, base: TrialSpec, resources: Resources) -> int:
     from sweeps.search_study import StoreIdSearch
 
     try:
-        where = connect(args.cluster, address=args.address, num_cpus=args.num_cpus,
-                        num_gpus=args.num_gpus, verbose=args.verbose,
-                        script="sweeps/search.py")  # fmt: skip
+        connection = connect(args.cluster, address=args.address, num_cpus=args.num_cpus,
+                             num_gpus=args.num_gpus, verbose=args.verbose,
+                             script="sweeps/search.py", results=args.results,
+                             storage=args.storage)  # fmt: skip
     except ConfigError as exc:
         fail(str(exc))
     try:
@@ -288,19 +317,20 @@ def _run(args, base: TrialSpec, resources: Resources) -> int:
                        "sweep": args.name, "seeds_per_trial": args.seeds_per_trial}  # fmt: skip
         k = args.seeds_per_trial
         print(
-            f"searching on {where}: {args.n_trials} trials x {k} seed{'s' * (k != 1)}, "
-            f"study {args.name!r} in {url}; ASHA: {max_t} reports per trial (step 0, then "
+            f"searching on {connection.description}: {args.n_trials} trials x {k} "
+            f"seed{'s' * (k != 1)}, study {args.name!r} in {redact(url)}; ASHA: {max_t} "
+            f"reports per trial (step 0, then "
             f"every {base.train.eval_interval} steps), grace period {grace}, reduction "
             f"factor {factor:g}",
             flush=True,
         )
         outcome = run_trials(
+            connection,
             store,
             {**_tune_space(), BASE_KEY: base_values},
             name=args.name,
             total=args.n_trials,
             resources=resources,
-            storage=args.storage,
             describe=describe_search_trial,
             default_max_iters=base.train.max_iters,
             trainable=run_search_trial,
@@ -317,7 +347,7 @@ def _run(args, base: TrialSpec, resources: Resources) -> int:
     print(
         f"{len(outcome.ok) // k} trials finished ({len(outcome.early_stopped) // k} stopped "
         f"early by ASHA), {len(outcome.failed) // k} failed in {outcome.wall_time_s:.0f}s; "
-        f"results in {args.results}; study: optuna-dashboard {url}"
+        f"results in {args.results}; study: optuna-dashboard {redact(url)}"
     )
     _announce_winner(args)
     return 1 if outcome.failed else 0

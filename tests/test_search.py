@@ -266,10 +266,11 @@ def test_a_killed_trial_resumes_all_its_seeds_from_the_checkpoint(tmp_path: Path
     params = {**dataclasses.asdict(model_cfg), **dataclasses.asdict(train_cfg)}
     base = {"params": {**params, "learning_rate": 3e-3}, "sweep": "kill", "seeds_per_trial": 2}
     store = ResultStore(tmp_path / "results")
-    connect(num_cpus=1)
+    connection = connect(num_cpus=1, results=store.root)
     try:
         outcome = run_trials(
-            store, {**sampled, BASE_KEY: base}, name="kill", total=1, resources=Resources(),
+            connection, store, {**sampled, BASE_KEY: base}, name="kill", total=1,
+            resources=Resources(),
             describe=describe_search_trial, trainable=dies_once, max_failures=2, progress=False,
         )  # fmt: skip
     finally:
