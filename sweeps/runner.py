@@ -37,11 +37,11 @@ from sweeps.storage import (
     EXAMPLE,
     Storage,
     StorageError,
+    check_storage,
     probe_from_node,
     read_answers,
     redact,
     remove_probe,
-    resolve_storage,
     write_probe,
 )
 from sweeps.store import ResultStore, TrialRecord
@@ -52,6 +52,7 @@ __all__ = [
     "Connection",
     "Resources",
     "SweepOutcome",
+    "check_reachable",
     "connect",
     "head_address",
     "load_cluster_config",
@@ -133,7 +134,8 @@ def head_address(config: dict[str, Any], path: str | Path) -> str:
     return f"127.0.0.1:{GCS_PORT}"
 
 
-def _check_reachable(address: str, path: str | Path, script: str) -> None:
+def check_reachable(address: str, path: str | Path, script: str) -> None:
+    """ClusterError (what to run, naming ``script``) unless the head at ``address`` answers."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
         with socket.create_connection((host or "127.0.0.1", int(port)), timeout=3):
@@ -166,17 +168,6 @@ def _auth_for_existing_cluster() -> None:
         Config.initialize("")
 
 
-def declared_worker_types(config: dict[str, Any]) -> list[str]:
-    """Node types of a cluster-launcher config that the autoscaler may start as workers."""
-    head = config.get("head_node_type")
-    cluster_max = config.get("max_workers", 2)
-    return sorted(
-        name
-        for name, node in (config.get("available_node_types") or {}).items()
-        if name != head and node.get("max_workers", cluster_max) > 0
-    )
-
-
 def connect(
     cluster: str | Path | None = None,
     *,
@@ -197,17 +188,17 @@ def connect(
     anything runs; storage some node cannot read and write -> StorageError (Ray is shut
     down again, nothing is left behind).
     """
-    where = resolve_storage(storage, Path(results))
+    config = load_cluster_config(cluster) if cluster is not None and address is None else {}
+    embedded = cluster is None and address is None
+    where = check_storage(storage, Path(results), cluster_config=config, cluster=cluster,
+                          embedded=embedded)  # fmt: skip
     env_vars = {"CHARLM_DATA_DIR": str(resolve_data_dir()), "PYTHONWARNINGS": "ignore"}
     common = {
         "logging_level": logging.INFO if verbose else logging.ERROR,
         "log_to_driver": verbose,
         "runtime_env": {"env_vars": env_vars},
     }
-    if cluster is None and address is None:
-        if not where.default:  # one machine: writing and reading it back here is the probe
-            name, _, created = write_probe(where)
-            remove_probe(where, name, [], created)
+    if embedded:
         ray.init(
             address="local",
             num_cpus=num_cpus,
@@ -223,17 +214,9 @@ def connect(
             reuse_actors=True,
             storage=where,
         )
-    config = load_cluster_config(cluster) if cluster is not None else {}
     if address is None:
         address = head_address(config, cluster)
-    workers = declared_worker_types(config)
-    if workers and where.default:
-        raise StorageError(
-            f"{cluster} declares worker nodes ({', '.join(workers)}) but checkpoints would go "
-            f"to {where.shown} on this machine only (no --storage given): pass --storage with "
-            f"a location every node can read and write, {EXAMPLE}."
-        )
-    _check_reachable(address, cluster or "cluster.yaml", script)
+    check_reachable(address, cluster or "cluster.yaml", script)
     _auth_for_existing_cluster()
     env_vars.pop("CHARLM_DATA_DIR")  # each node uses its own data cache
     ray.init(address=address, **common)

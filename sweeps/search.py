@@ -25,8 +25,8 @@ from sweeps.options import (
     check_trial_resources,
     local_node,
 )
-from sweeps.runner import Resources, load_cluster_config
-from sweeps.storage import redact, resolve_storage
+from sweeps.runner import Resources, check_reachable, head_address, load_cluster_config
+from sweeps.storage import check_storage, redact
 from sweeps.store import (
     ResultStore,
     StoreBusyError,
@@ -266,11 +266,11 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         base = _base_trial(args)
         check_results_dir(args.results)
-        resolve_storage(args.storage, args.results)
         resources = Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent)
-        if args.cluster:
-            load_cluster_config(args.cluster)
-        elif args.address is None:
+        cluster = load_cluster_config(args.cluster) if args.cluster else None
+        check_storage(args.storage, args.results, cluster_config=cluster, cluster=args.cluster,
+                      embedded=args.cluster is None and args.address is None)  # fmt: skip
+        if args.cluster is None and args.address is None:
             check_trial_resources(
                 resources.cpus_per_trial, resources.gpus_per_trial,
                 [local_node(args.num_cpus, args.num_gpus)], "this machine",
@@ -278,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         largest = dataclasses.replace(base, model=dataclasses.replace(
             base.model, block_size=max(SEARCH_SPACE["block_size"][1])))  # fmt: skip
         prepare_datasets([largest])
+        if args.cluster is not None or args.address is not None:  # before the lock writes
+            address = args.address or head_address(cluster or {}, args.cluster)
+            check_reachable(address, args.cluster or "cluster.yaml", "sweeps/search.py")
     except ConfigError as exc:
         fail(str(exc))
     try:
