@@ -5,9 +5,9 @@ Every ``eval_interval`` steps (and at step 0 and the last step) it measures trai
 loss, runs the attention probes, saves a checkpoint when asked to, and calls
 ``report(metrics)``. The last report also carries the final metrics and the sample.
 
-Evaluation: a split small enough to be covered once by non-overlapping windows at no more
-cost than ``eval_iters`` random batches is evaluated exactly (no sampling noise); a larger
-one on a fixed sample of ``eval_iters`` batches, the same at every evaluation.
+Evaluation (``charlm.evaluation``) takes at most ~10% of a run: val exactly where the
+split is small enough, else on a fixed sample; train on a fixed sample stopped at a 0.01-nat
+standard error. Every loss is reported with its standard error and window count.
 """
 
 from __future__ import annotations
@@ -27,15 +27,8 @@ import torch
 
 from charlm.cli import OneLineParser, check_writable_dir
 from charlm.config import ConfigError, ModelConfig, TrainConfig, config_fields, to_dict
-from charlm.data import (
-    BatchSampler,
-    Dataset,
-    check_block_size,
-    get_batch,
-    iter_windows,
-    load_dataset,
-    n_windows,
-)
+from charlm.data import BatchSampler, Dataset, check_block_size, get_batch, load_dataset
+from charlm.evaluation import Evaluator
 from charlm.fsio import atomic_write, atomic_write_bytes
 from charlm.model import GPT
 from charlm.probes import probe_metrics
@@ -59,8 +52,7 @@ __all__ = [
 CHECKPOINT_FILE = "ckpt.pt"
 MODEL_FILE = "model.pt"
 CHECKPOINT_FORMAT = 1
-# Fixed seeds: every trial evaluates and probes the same text, whatever its own seed.
-EVAL_SEED = 1337
+# Fixed seed: every trial probes the same text, whatever its own seed.
 PROBE_SEED = 7
 SAMPLE_PROMPT = "\n"  # or the text's first character when it has no newline
 # What may differ between a checkpoint and the run resuming it: when to evaluate, probe and
@@ -86,13 +78,27 @@ class TrialResult:
     device: str = "cpu"
     eval_mode: str = "sampled"
     train_eval_mode: str = "sampled"
+    val_eval_windows: int = 0  # windows per evaluation (exact: all of the split's)
+    train_eval_windows: int = 0  # at most, per evaluation (sampled: stopped at the target)
+    train_loss_target_stderr: float | None = None
+    num_threads: int | None = None
     n_params: int = 0
     last_step: int = 0
     tokens_seen: int = 0
     best_val_loss: float | None = None
     final_train_loss: float | None = None
     final_val_loss: float | None = None
+    final_train_loss_stderr: float | None = None
+    final_val_loss_stderr: float | None = None
     train_time_s: float = 0.0
+    # Where the run's time went: set-up (dataset, model, optimizer, resume), training steps,
+    # evaluation, probes, checkpoint writes and the final sample (generation and metrics).
+    setup_s: float = 0.0
+    steps_s: float = 0.0
+    eval_s: float = 0.0
+    probe_s: float = 0.0
+    checkpoint_s: float = 0.0
+    sample_s: float = 0.0
     train_tokens_per_s: float | None = None
     inference_tokens_per_s: float | None = None
     curve: list[dict[str, Any]] = field(default_factory=list)
@@ -104,10 +110,13 @@ class TrialResult:
         return {
             key: getattr(self, key)
             for key in (
-                "status", "error", "device", "eval_mode", "train_eval_mode", "n_params",
-                "last_step", "tokens_seen", "best_val_loss", "final_train_loss",
-                "final_val_loss", "train_time_s", "train_tokens_per_s",
-                "inference_tokens_per_s",
+                "status", "error", "device", "eval_mode", "train_eval_mode",
+                "val_eval_windows", "train_eval_windows", "train_loss_target_stderr",
+                "num_threads", "n_params", "last_step", "tokens_seen", "best_val_loss",
+                "final_train_loss", "final_val_loss", "final_train_loss_stderr",
+                "final_val_loss_stderr", "train_time_s", "train_tokens_per_s",
+                "inference_tokens_per_s", "setup_s", "steps_s", "eval_s", "probe_s",
+                "checkpoint_s", "sample_s",
             )
         }  # fmt: skip
 
@@ -158,44 +167,6 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[GPT, list[str]]:
     model.load_state_dict(state["model"])
     model.to(device).eval()
     return model, list(state["vocab"])
-
-
-class _Evaluator:
-    """Loss on each split, exact or on a fixed sample, chosen once per run."""
-
-    def __init__(self, data: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, device: str):
-        self.data, self.block_size, self.cfg, self.device = data, model_cfg.block_size, cfg, device
-        self.modes = {
-            split: "exact"
-            if n_windows(data.split_length(split), self.block_size)
-            <= cfg.eval_iters * cfg.batch_size
-            else "sampled"
-            for split in ("train", "val")
-        }
-
-    def _batches(self, split: str):
-        array = self.data.splits[split]
-        if self.modes[split] == "exact":
-            yield from iter_windows(array, self.block_size, self.cfg.batch_size, self.device)
-            return
-        generator = torch.Generator().manual_seed(EVAL_SEED)
-        for _ in range(self.cfg.eval_iters):
-            yield get_batch(array, self.cfg.batch_size, self.block_size, generator, self.device)
-
-    @torch.no_grad()
-    def __call__(self, model: GPT, autocast) -> dict[str, float]:
-        model.eval()
-        losses = {}
-        for split in ("train", "val"):
-            total, count = torch.zeros((), dtype=torch.float64), 0
-            for x, y in self._batches(split):
-                with autocast:
-                    _, loss = model(x, y)
-                total += loss.double().cpu() * y.numel()
-                count += y.numel()
-            losses[split] = (total / count).item()
-        model.train()
-        return losses
 
 
 class _NonFiniteWatch:
@@ -317,7 +288,7 @@ def train_steps(
         data.splits["train"], train_cfg.batch_size, model_cfg.block_size, device
     )
     nonfinite = _NonFiniteWatch(device_type, device)
-    evaluate = _Evaluator(data, model_cfg, train_cfg, device)
+    evaluate = Evaluator(data, model_cfg.block_size, train_cfg, device)
     probe_x, _ = get_batch(
         data.splits["val"], train_cfg.probe_batch_size, model_cfg.block_size,
         torch.Generator().manual_seed(PROBE_SEED), device,
@@ -329,6 +300,10 @@ def train_steps(
         device=device,
         eval_mode=evaluate.modes["val"],
         train_eval_mode=evaluate.modes["train"],
+        val_eval_windows=evaluate.plan.splits["val"].windows,
+        train_eval_windows=evaluate.plan.splits["train"].windows,
+        train_loss_target_stderr=evaluate.plan.splits["train"].target_stderr,
+        num_threads=torch.get_num_threads() if device_type == "cpu" else None,
         n_params=model.num_params(),
     )
     step, train_seconds, prior_elapsed = 0, 0.0, 0.0
@@ -350,6 +325,7 @@ def train_steps(
 
     tokens_per_step = train_cfg.batch_size * model_cfg.block_size
     run_start = time.perf_counter()
+    result.setup_s = run_start - wall_start
     # Training time is measured per window of steps between evaluations (a synced
     # boundary), so no step waits for the device.
     window_start, window_tokens = run_start, 0
@@ -367,7 +343,9 @@ def train_steps(
             if bad_step is not None:
                 yield _fail(result, bad_step, wall_start)
                 return result
-            losses = evaluate(model, autocast)
+            evaluation = evaluate(model, autocast)
+            result.eval_s = evaluate.seconds
+            losses = {split: value.loss for split, value in evaluation.items()}
             if not all(math.isfinite(v) for v in losses.values()):
                 yield _fail(result, step, wall_start)
                 return result
@@ -381,25 +359,35 @@ def train_steps(
                 "val_loss": losses["val"],
                 "best_val_loss": best_val,
                 "tokens_per_s": window_tokens / window_seconds if window_seconds > 0 else None,
+                "train_loss_stderr": evaluation["train"].stderr,
+                "val_loss_stderr": evaluation["val"].stderr,
+                "train_eval_windows": evaluation["train"].windows,
+                "val_eval_windows": evaluation["val"].windows,
             }
             result.curve.append(point)
             metrics: dict[str, Any] = dict(point)
             last = step == train_cfg.max_iters
             probe_due = train_cfg.probe_interval is None or step % train_cfg.probe_interval == 0
             if probe_due or last:
+                probe_start = time.perf_counter()
                 rows = probe_model(model, probe_x, autocast, step)
+                result.probe_s += time.perf_counter() - probe_start
                 result.attention.extend(rows)
                 metrics["attention"] = rows
             if checkpoint_path is not None:
+                checkpoint_start = time.perf_counter()
                 _save_checkpoint(
                     checkpoint_path / CHECKPOINT_FILE, model, optimizer, step, batch_generator,
                     train_seconds, point["elapsed_s"], best_val, result, data, device_type,
                 )  # fmt: skip
+                result.checkpoint_s += time.perf_counter() - checkpoint_start
             if last:
                 _finish(result, model, data, train_cfg, best_val, train_seconds, device, prompt)
-                result.train_time_s = prior_elapsed + time.perf_counter() - run_start
                 if checkpoint_path is not None:
+                    checkpoint_start = time.perf_counter()
                     save_model(checkpoint_path / MODEL_FILE, model, data.vocab, data.name)
+                    result.checkpoint_s += time.perf_counter() - checkpoint_start
+                result.train_time_s = prior_elapsed + time.perf_counter() - run_start
                 metrics.update(result.summary(), sample=result.sample, final=True)
                 yield metrics
                 return result
@@ -477,7 +465,11 @@ def _finish(
     result.best_val_loss = best_val
     result.final_train_loss = last["train_loss"]
     result.final_val_loss = last["val_loss"]
+    result.final_train_loss_stderr = last.get("train_loss_stderr")
+    result.final_val_loss_stderr = last.get("val_loss_stderr")
+    result.steps_s = train_seconds
     result.train_tokens_per_s = last["tokens_seen"] / train_seconds if train_seconds > 0 else None
+    sample_start = time.perf_counter()
     if cfg.sample_tokens > 0:
         text, tokens_per_s = generate_text(
             model, data, prompt, cfg.sample_tokens, cfg.temperature, cfg.top_k,
@@ -488,8 +480,22 @@ def _finish(
             "prompt": prompt,
             "text": text,
             "n_chars": len(text),
-            **quality_metrics(text, word_set(data.decode(data.splits["train"][:2_000_000]))),
+            **quality_metrics(text, _known_words(data)),
         }
+    result.sample_s = time.perf_counter() - sample_start
+
+
+def _known_words(data: Dataset) -> set[str]:
+    """The words of the training text (its first 2M characters), computed once per encoded
+    dataset file and process: the trials a reused Ray actor runs one after another share it."""
+    train = data.splits["train"]
+    key = (data.name, getattr(train, "filename", None), len(train))
+    if key[1] is None or key not in _KNOWN_WORDS:
+        _KNOWN_WORDS[key] = word_set(data.decode(train[:2_000_000]))
+    return _KNOWN_WORDS[key]
+
+
+_KNOWN_WORDS: dict[tuple[str, str | None, int], set[str]] = {}
 
 
 def _fail(result: TrialResult, step: int, wall_start: float) -> dict[str, Any]:

@@ -261,14 +261,18 @@ def summary_table(store_rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def param_space(trials: list[TrialSpec]) -> dict[str, Any]:
+def param_space(trials: list[TrialSpec], cpus: dict[str, float] | None = None) -> dict[str, Any]:
+    """Tune's param_space: one grid entry per trial, in the order given (Tune starts them in
+    that order); ``cpus`` gives a trial's CPUs where it differs from the run's default."""
     from ray import tune
 
+    cpus = cpus or {}
     return {
         "trial": tune.grid_search(
             [
                 {
                     "trial_id": trial.trial_id,
+                    "cpus": cpus.get(trial.trial_id),
                     "params": {**to_dict(trial.model), **to_dict(trial.train)},
                     "columns": {
                         "dataset": trial.dataset,
@@ -471,6 +475,32 @@ def _todo(
     return todo
 
 
+def schedule_trials(
+    todo: list[TrialSpec], resources: Resources, vocab_sizes: dict[str, int]
+) -> tuple[list[TrialSpec], dict[str, float], str]:
+    """The trials in start order (longest first), the CPUs of the widened tail, and a line
+    saying so (``sweeps.schedule``); on the connected Ray."""
+    import ray
+
+    from sweeps.schedule import plan_grid
+
+    cores = ray.cluster_resources().get("CPU", 1.0)
+    node_cpus = max(
+        (node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")),
+        default=cores,
+    )
+    schedule = plan_grid(
+        todo, cores, base_cpus=resources.cpus_per_trial, max_cpus=node_cpus,
+        max_concurrent=resources.max_concurrent, vocab_sizes=vocab_sizes,
+        widen=resources.gpus_per_trial == 0,
+    )  # fmt: skip
+    by_id = {trial.trial_id: trial for trial in todo}
+    widened = {
+        trial: cpus for trial, cpus in schedule.cpus.items() if cpus != resources.cpus_per_trial
+    }
+    return [by_id[trial] for trial in schedule.order], widened, schedule.describe()
+
+
 def _run_locked(
     trials: list[TrialSpec],
     rounds: SeedRounds,
@@ -526,10 +556,12 @@ def _run_locked(
     store = ResultStore(args.results)
     outcome = SweepOutcome()
     while todo:  # one round for fixed seeds; --seeds auto adds rounds until resolved
+        todo, widened, line = schedule_trials(todo, resources, vocab_sizes)
+        print(line, flush=True)
         result = run_trials(
             connection,
             store,
-            param_space(todo),
+            param_space(todo, widened),
             name=todo[0].sweep,
             total=len(todo),
             resources=resources,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import math
 import os
@@ -331,6 +332,16 @@ class Resources:
         return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
 
 
+def trial_resources(config: dict[str, Any], default: dict[str, float]):
+    """Ray's resource request of one trial: ``default``, with the CPUs its config names
+    (``config["trial"]["cpus"]``, set by the schedule for the tail) when it names some."""
+    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+    spec = config.get("trial")
+    cpus = spec.get("cpus") if isinstance(spec, dict) else None
+    return resource_dict_to_pg_factory({**default, "cpu": cpus} if cpus else default)
+
+
 @dataclass
 class SweepOutcome:
     """What happened to the trials this run launched."""
@@ -357,7 +368,8 @@ def _members(result: dict[str, Any]) -> list[dict[str, Any]]:
     with the report's timestamps) or the report itself."""
     if "members" not in result:
         return [result]
-    stamps = {key: result[key] for key in ("started_at", "reported_at") if key in result}
+    stamps = {key: result[key] for key in ("started_at", "reported_at", "import_s")
+              if key in result}  # fmt: skip
     return [{**stamps, **member} for member in result["members"]]
 
 
@@ -398,7 +410,8 @@ class _StoreCallback(tune.Callback):
             record.curve[result["step"]] = {
                 key: result.get(key)
                 for key in ("step", "tokens_seen", "elapsed_s", "lr", "train_loss",
-                            "val_loss", "best_val_loss", "tokens_per_s")
+                            "val_loss", "best_val_loss", "tokens_per_s", "train_loss_stderr",
+                            "val_loss_stderr", "train_eval_windows", "val_eval_windows")
             }  # fmt: skip
         for row in result.get("attention") or []:
             record.attention[(row["step"], row["layer"], row["head"])] = row
@@ -601,7 +614,9 @@ def run_trials(
         remove_leftover_runs(Path(storage_path))
     run_name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     tuner = tune.Tuner(
-        tune.with_resources(trainable, resources.as_ray()),
+        tune.with_resources(
+            trainable, functools.partial(trial_resources, default=resources.as_ray())
+        ),
         param_space=param_space,
         tune_config=config,
         run_config=tune.RunConfig(

@@ -99,6 +99,22 @@ TRIALS = pa.schema(
         pa.field("train_tokens_per_s", pa.float64()),
         pa.field("inference_tokens_per_s", pa.float64()),
         pa.field("eval_mode", pa.string()),  # how val loss was measured: 'exact' | 'sampled'
+        pa.field("train_eval_mode", pa.string()),  # the same for train loss
+        pa.field("val_eval_windows", pa.int64()),  # windows per evaluation of val
+        pa.field("train_eval_windows", pa.int64()),  # at most, per evaluation of train
+        pa.field("train_loss_target_stderr", pa.float64()),  # train sample stops there
+        pa.field("final_train_loss_stderr", pa.float64()),  # null: exact (no sampling error)
+        pa.field("final_val_loss_stderr", pa.float64()),
+        # Where the trial's time went (seconds): set-up in train() (dataset, model,
+        # optimizer), training steps, evaluation, probes, checkpoints, the final sample, and
+        # imports in the trial's process (0 when a reused Ray actor had them already).
+        pa.field("setup_s", pa.float64()),
+        pa.field("steps_s", pa.float64()),
+        pa.field("eval_s", pa.float64()),
+        pa.field("probe_s", pa.float64()),
+        pa.field("checkpoint_s", pa.float64()),
+        pa.field("sample_s", pa.float64()),
+        pa.field("import_s", pa.float64()),
         pa.field("device", pa.string()),
         pa.field("attempts", pa.int64()),  # 1 + retries after failures (e.g. a lost node)
         pa.field("started_at", _TS),
@@ -117,6 +133,10 @@ CURVES = pa.schema(
         pa.field("val_loss", pa.float64()),
         pa.field("best_val_loss", pa.float64()),
         pa.field("tokens_per_s", pa.float64()),
+        pa.field("train_loss_stderr", pa.float64()),  # null where the split is exact
+        pa.field("val_loss_stderr", pa.float64()),
+        pa.field("train_eval_windows", pa.int64()),  # windows read at this evaluation
+        pa.field("val_eval_windows", pa.int64()),
     ]
 )
 

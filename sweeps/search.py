@@ -9,6 +9,7 @@ result store with kind 'search', early-stopped ones marked ``early_stopped``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from dataclasses import dataclass
@@ -283,14 +284,18 @@ def main(argv: list[str] | None = None) -> int:
             check_reachable(address, args.cluster or "cluster.yaml", "sweeps/search.py")
     except ConfigError as exc:
         fail(str(exc))
-    try:
-        with locked(args.results):  # one driver per store (sweeps.store.locked)
-            return _run(args, base, resources)
-    except StoreBusyError as exc:
-        fail(str(exc))
+    # One driver per store (sweeps.store.locked): on this machine before Ray starts, on a
+    # cluster once connected (a cluster that refuses the run leaves no results directory).
+    with contextlib.ExitStack() as held:
+        if args.cluster is None and args.address is None:
+            try:
+                held.enter_context(locked(args.results))
+            except StoreBusyError as exc:
+                fail(str(exc))
+        return _run(args, base, resources, held)
 
 
-def _run(args, base: TrialSpec, resources: Resources) -> int:
+def _run(args, base: TrialSpec, resources: Resources, held: contextlib.ExitStack) -> int:
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -303,6 +308,8 @@ def _run(args, base: TrialSpec, resources: Resources) -> int:
                              num_gpus=args.num_gpus, verbose=args.verbose,
                              script="sweeps/search.py", results=args.results,
                              storage=args.storage)  # fmt: skip
+        if args.cluster is not None or args.address is not None:
+            held.enter_context(locked(args.results))
     except ConfigError as exc:
         fail(str(exc))
     try:

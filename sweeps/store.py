@@ -54,6 +54,12 @@ __all__ = [
 MODELS_DIR = "models"
 LOCK_FILE = ".lock"
 RAY_DIR = "_ray"  # default checkpoint storage of the runs of this store
+# Columns of the trials row that only a trial's final report carries (null when stopped early).
+FINAL_ONLY_COLUMNS = (
+    "train_eval_mode", "val_eval_windows", "train_eval_windows", "train_loss_target_stderr",
+    "final_train_loss_stderr", "final_val_loss_stderr", "setup_s", "steps_s", "eval_s",
+    "probe_s", "checkpoint_s", "sample_s", "import_s",
+)  # fmt: skip
 
 
 class ResultsDirError(StoreError, ConfigError):
@@ -243,6 +249,8 @@ class ResultStore:
             "train_tokens_per_s": final.get("train_tokens_per_s"),
             "inference_tokens_per_s": final.get("inference_tokens_per_s"),
             "eval_mode": final.get("eval_mode", last.get("eval_mode")),
+            **{key: final.get(key) for key in FINAL_ONLY_COLUMNS},
+            "num_threads": final.get("num_threads", record.columns.get("num_threads")),
             "device": final.get("device", last.get("device")),
             "attempts": record.attempts,
             "started_at": record.started_at,

@@ -9,19 +9,27 @@ retried trial resumes from Tune's checkpoint, and every evaluation is reported w
 
 from __future__ import annotations
 
-import math
-import tempfile
 import time
-from contextlib import nullcontext
-from pathlib import Path
-from typing import Any
 
-import ray
-import torch
-from ray import tune
+_IMPORTS_START = time.perf_counter()
 
-from charlm.config import split_config
-from charlm.train import CHECKPOINT_FILE, train_steps
+import math  # noqa: E402
+import tempfile  # noqa: E402
+from contextlib import nullcontext  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import ray  # noqa: E402
+import torch  # noqa: E402
+from ray import tune  # noqa: E402
+
+from charlm.config import split_config  # noqa: E402
+from charlm.train import CHECKPOINT_FILE, train_steps  # noqa: E402
+
+# What this process paid to import torch and charlm: charged to its first trial only (a
+# reused Ray actor runs later trials without importing anything again).
+_IMPORT_S = time.perf_counter() - _IMPORTS_START
+_trials_run = 0
 
 __all__ = ["member_dir", "run_members", "run_trial", "trial_device", "trial_threads"]
 
@@ -66,7 +74,10 @@ def run_members(members: list[dict[str, Any]], extra: dict[str, Any] | None = No
     (non-finite loss) ends the trial: the others stop there too, their rows marked so.
     ``extra`` is added to every report.
     """
+    global _trials_run
     started_at = time.time()
+    import_s = _IMPORT_S if _trials_run == 0 else 0.0
+    _trials_run += 1
     checkpoint = tune.get_checkpoint()
     with (
         tempfile.TemporaryDirectory(prefix="charlm-trial-") as work,
@@ -88,7 +99,7 @@ def run_members(members: list[dict[str, Any]], extra: dict[str, Any] | None = No
 
         def report(metrics: dict[str, Any]) -> None:
             metrics = {**metrics, **(extra or {}), "started_at": started_at,
-                       "reported_at": time.time()}  # fmt: skip
+                       "reported_at": time.time(), "import_s": import_s}  # fmt: skip
             tune.report(_sanitize(metrics), checkpoint=tune.Checkpoint.from_directory(work))
 
         while True:

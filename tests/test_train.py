@@ -115,7 +115,8 @@ def test_non_finite_loss_fails_with_the_step():
 
 
 def test_small_split_is_evaluated_exactly(small_text: Path, tmp_path: Path):
-    cfg = tiny_train(dataset=str(small_text), max_iters=2, eval_interval=2, sample_tokens=0)
+    # 20 steps of 8 windows, 2 evaluations: 26 windows per evaluation, room for val's 12
+    cfg = tiny_train(dataset=str(small_text), max_iters=20, eval_interval=20, sample_tokens=0)
     result = train(TINY_MODEL, cfg, checkpoint_dir=tmp_path / "run")
     assert result.eval_mode == "exact"
     # The reported val loss is the mean over every non-overlapping window of the split.
