@@ -34,6 +34,7 @@ __all__ = [
     "curve_summary",
     "failed_trials",
     "final_info",
+    "format_params",
     "holm",
     "level_order",
     "paper_table",
@@ -567,7 +568,8 @@ def _format_number(value: float, digits: int) -> str:
     return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
 
 
-def _format_params(value: float) -> str:
+def format_params(value: float) -> str:
+    """A parameter (or any) count as tables print it: 201.34k, 5.53M, 812."""
     if value is None or not np.isfinite(value):
         return "–"
     for threshold, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
@@ -628,7 +630,7 @@ def paper_table(
             out[name] = mean_stderr(row, column)
         out[f"Δ {names.get(metric, metric)} vs baseline [95% CI]"] = change
         out["p (Holm)"] = p
-        out["Params"] = _format_params(row["n_params_mean"])
+        out["Params"] = format_params(row["n_params_mean"])
         rows.append(out)
     return pd.DataFrame(rows)
 

@@ -36,6 +36,7 @@ from analysis import aggregate, plots, predictor_report, settings, verdicts
 from analysis.aggregate import CONFIG_KEYS, slug
 from analysis.cli import FORMATS
 from analysis.load import Store, StoreError, check_store, load_store
+from analysis.search_report import search_section
 from charlm.fsio import fsync_dir, fsync_tree
 from sweeps.schema import read_runs
 
@@ -378,8 +379,10 @@ def _missing(analysis: Analysis) -> list[str]:
         notes.append(
             f"{len(single)} config(s) have a single finished seed: no standard error or test."
         )
-    if store.attention.empty and not store.trials.empty:
-        notes.append("No attention rows in the store: attention figures (4, 5) are skipped.")
+    if store.attention.empty and not ablation.empty:  # attention is read for baselines only
+        notes.append(
+            "No attention rows for the sweeps' baselines: attention figures (4, 5) are skipped."
+        )
     if store.samples.empty and not store.trials.empty:
         notes.append("No samples in the store: the samples section is empty.")
     dropped = {table: n for table, n in store.duplicates.items() if n}
@@ -737,14 +740,7 @@ def _sections(
         sections.append(compared)
 
     if len(analysis.leaderboard):
-        search = _Section("Search sweeps")
-        search.paragraphs.append("Each trial is its own config (no seeds to average); best first.")
-        board = analysis.leaderboard.head(50).copy()
-        for column in board.columns:
-            if board[column].dtype.kind == "f":
-                board[column] = [_fmt(v) for v in board[column]]
-        search.tables.append(("Top 50 trials", board))
-        sections.append(search)
+        sections.append(_Section(**vars(search_section(trials, temp / "figures", formats))))
 
     heat = _Section("Attention heatmaps")
     if heatmaps:

@@ -17,7 +17,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +53,7 @@ __all__ = [
     "resolve_device",
     "save_model",
     "train",
+    "train_steps",
 ]
 
 CHECKPOINT_FILE = "ckpt.pt"
@@ -217,7 +218,8 @@ def train(
     checkpoint_dir: str | Path | None = None,
     resume_from: str | Path | None = None,
 ) -> TrialResult:
-    """Train one model and return its TrialResult.
+    """Train one model and return its TrialResult: ``train_steps`` run to the end, each
+    evaluation's metrics passed to ``report``.
 
     ``report(metrics)`` gets one flat dict per evaluation: step, tokens_seen, elapsed_s, lr,
     train_loss, val_loss, best_val_loss, tokens_per_s, attention (per layer/head rows, when
@@ -229,6 +231,29 @@ def train(
 
     Config problems (unknown dataset, block_size longer than a split, ...) raise
     ConfigError before any training; a non-finite loss ends the run with status 'failed'.
+    """
+    steps = train_steps(
+        model_cfg, train_cfg, checkpoint_dir=checkpoint_dir, resume_from=resume_from
+    )
+    while True:
+        try:
+            metrics = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        _log(report, metrics)
+
+
+def train_steps(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    resume_from: str | Path | None = None,
+) -> Generator[dict[str, Any], None, TrialResult]:
+    """The training loop as a generator: it yields each evaluation's metrics (what ``train``
+    reports, the checkpoint already written) and returns the TrialResult. Driving several
+    of these in turn trains them in lockstep: at every yield all have trained to the same
+    step (``sweeps.trainable`` trains a search trial's seeds so). Arguments as ``train``'s.
     """
     wall_start = time.perf_counter()
     device = resolve_device(train_cfg.device)
@@ -323,12 +348,14 @@ def train(
             train_seconds += window_seconds
             bad_step = nonfinite.pending()
             if bad_step is not None:
-                return _fail(result, bad_step, report, wall_start)
+                yield _fail(result, bad_step, wall_start)
+                return result
             evaluation = evaluate(model, autocast)
             result.eval_s = evaluate.seconds
             losses = {split: value.loss for split, value in evaluation.items()}
             if not all(math.isfinite(v) for v in losses.values()):
-                return _fail(result, step, report, wall_start)
+                yield _fail(result, step, wall_start)
+                return result
             best_val = min(best_val, losses["val"])
             point = {
                 "step": step,
@@ -369,10 +396,12 @@ def train(
                     result.checkpoint_s += time.perf_counter() - checkpoint_start
                 result.train_time_s = prior_elapsed + time.perf_counter() - run_start
                 metrics.update(result.summary(), sample=result.sample, final=True)
-                _log(report, metrics)
+                yield metrics
                 return result
             metrics["final"] = False
-            _log(report, metrics)
+            rng = _rng_states(device_type)
+            yield metrics
+            _restore_rng_states(rng, device_type)  # others may have drawn from it meanwhile
             window_start, window_tokens = time.perf_counter(), 0
         if step == train_cfg.max_iters:  # resumed from the final checkpoint
             break
@@ -385,7 +414,8 @@ def train(
             _, loss = step_model(x, y)
         bad_step = nonfinite.observe(loss, step + 1)
         if bad_step is not None:
-            return _fail(result, bad_step, report, wall_start)
+            yield _fail(result, bad_step, wall_start)
+            return result
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
         optimizer.step()
@@ -395,6 +425,18 @@ def train(
     _finish(result, model, data, train_cfg, best_val, train_seconds, device, prompt)
     result.train_time_s = prior_elapsed
     return result
+
+
+def _rng_states(device_type: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Torch's global RNG states (CPU, and CUDA when used): dropout draws from them."""
+    cuda = torch.cuda.get_rng_state() if device_type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _restore_rng_states(states: tuple[torch.Tensor, torch.Tensor | None], device_type: str):
+    torch.set_rng_state(states[0])
+    if device_type == "cuda" and states[1] is not None:
+        torch.cuda.set_rng_state(states[1])
 
 
 def probe_model(
@@ -464,15 +506,15 @@ def _known_words(data: Dataset) -> set[str]:
 _KNOWN_WORDS: dict[tuple[str, str | None, int], set[str]] = {}
 
 
-def _fail(result: TrialResult, step: int, report: Report | None, wall_start: float) -> TrialResult:
+def _fail(result: TrialResult, step: int, wall_start: float) -> dict[str, Any]:
+    """Mark ``result`` failed; its last report (the failure, final)."""
     result.status = "failed"
     result.error = f"non-finite loss at step {step}"
     result.last_step = step
     result.train_time_s = time.perf_counter() - wall_start
     if result.curve:
         result.best_val_loss = min(p["val_loss"] for p in result.curve)
-    _log(report, {"step": step, **result.summary(), "final": True})
-    return result
+    return {"step": step, **result.summary(), "final": True}
 
 
 def _save_checkpoint(

@@ -45,6 +45,7 @@ __all__ = [
     "GridError",
     "GridSpec",
     "TrialSpec",
+    "config_id",
     "expand",
     "load_grid",
     "resolve_grid",
@@ -543,6 +544,15 @@ def trial_id(model: ModelConfig, train: TrainConfig) -> str:
     counts by its content (``dataset_identity``), not by how the path is spelled.
     """
     payload = {"model": _canonical(model), "train": _canonical(train)}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:ID_LENGTH]
+
+
+def config_id(model: ModelConfig, train: TrainConfig) -> str:
+    """The id the seeds of one configuration share: ``trial_id``'s hash without the seed
+    (and marked, so it never equals a trial id)."""
+    train_values = {k: v for k, v in _canonical(train).items() if k != "seed"}
+    payload = {"config": True, "model": _canonical(model), "train": train_values}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:ID_LENGTH]
 

@@ -221,16 +221,24 @@ _OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
 
 
 def check_search_options(
-    *, grace_period: int, reduction_factor: float, seed: int, optuna_storage: str | None
+    *,
+    grace_period: int | None,
+    reduction_factor: float | None,
+    seed: int,
+    optuna_storage: str | None,
 ) -> None:
-    """What ASHA and Optuna would reject only after Ray started."""
-    if grace_period < 1:
+    """What ASHA and Optuna would reject only after Ray started (None: chosen by the
+    search's rule, ``sweeps.search.asha_settings``)."""
+    if grace_period is not None and grace_period < 1:
         raise ConfigError(
             f"--grace-period {grace_period}: give a number of evaluations >= 1 (default 2)."
         )
-    if not (math.isfinite(reduction_factor) and reduction_factor > 1):
+    if reduction_factor is not None and not (
+        math.isfinite(reduction_factor) and reduction_factor > 1
+    ):
         raise ConfigError(
-            f"--reduction-factor {reduction_factor:g}: ASHA needs a factor > 1 (default 3)."
+            f"--reduction-factor {reduction_factor:g}: ASHA needs a factor > 1 (default 2 or "
+            "3, see README)."
         )
     if seed < 0:
         raise ConfigError(f"--seed {seed}: give a seed >= 0.")

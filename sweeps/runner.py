@@ -46,7 +46,7 @@ from sweeps.storage import (
     write_probe,
 )
 from sweeps.store import ResultStore, TrialRecord
-from sweeps.trainable import run_trial
+from sweeps.trainable import member_dir, run_trial
 
 __all__ = [
     "ClusterError",
@@ -292,12 +292,24 @@ class SweepOutcome:
     wall_time_s: float = 0.0
 
 
-Describe = Callable[[dict[str, Any], dict[str, Any] | None], tuple[str, dict[str, Any]]]
+# (trial_id, store columns) of each store row a Tune trial writes: one for a grid trial,
+# one per seed for a multi-seed search trial (in the order of its reports' ``members``).
+Describe = Callable[[dict[str, Any], dict[str, Any] | None], list[tuple[str, dict[str, Any]]]]
 
 
 def describe_grid_trial(config: dict[str, Any], result: dict[str, Any] | None):
-    """(trial_id, store columns) of a grid trial: both travel in its config."""
-    return config["trial"]["trial_id"], config["trial"]["columns"]
+    """[(trial_id, store columns)] of a grid trial: both travel in its config."""
+    return [(config["trial"]["trial_id"], config["trial"]["columns"])]
+
+
+def _members(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each store row's metrics in one report: its ``members`` (a multi-seed trial, each
+    with the report's timestamps) or the report itself."""
+    if "members" not in result:
+        return [result]
+    stamps = {key: result[key] for key in ("started_at", "reported_at", "import_s")
+              if key in result}  # fmt: skip
+    return [{**stamps, **member} for member in result["members"]]
 
 
 def _error_line(trial) -> str:
@@ -311,53 +323,53 @@ class _StoreCallback(tune.Callback):
 
     def __init__(self, store: ResultStore, describe: Describe, outcome: SweepOutcome):
         self.store, self.describe, self.outcome = store, describe, outcome
-        self.records: dict[str, TrialRecord] = {}
+        self.records: dict[str, list[TrialRecord]] = {}
 
-    def _record(self, trial, result: dict[str, Any] | None = None) -> TrialRecord:
+    def _records(self, trial, result: dict[str, Any] | None = None) -> list[TrialRecord]:
         if trial.trial_id not in self.records:
-            trial_id, columns = self.describe(trial.config, result)
-            record = TrialRecord(trial_id, columns)
-            if result is not None and result.get("started_at"):
-                record.started_at = dt.datetime.fromtimestamp(result["started_at"], dt.timezone.utc)
-            self.records[trial.trial_id] = record
+            records = []
+            for trial_id, columns in self.describe(trial.config, result):
+                record = TrialRecord(trial_id, columns)
+                if result is not None and result.get("started_at"):
+                    record.started_at = dt.datetime.fromtimestamp(
+                        result["started_at"], dt.timezone.utc
+                    )
+                records.append(record)
+            self.records[trial.trial_id] = records
         return self.records[trial.trial_id]
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        record = self._record(trial, result)
-        record.add_report(result)
-        self.store.write_progress(record)
+        records = self._records(trial, result)
+        for record, metrics in zip(records, _members(result), strict=True):
+            record.add_report(metrics)
+            self.store.write_progress(record)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self._record(trial).attempts += 1
+        for record in self._records(trial):
+            record.attempts += 1
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        record = self._record(trial)
-        if self._interrupted(record):
-            return
-        final = record.final or {}
-        status, error = final.get("status", "ok"), final.get("error")
-        error = redact(error) if error else error
-        checkpoint = trial.checkpoint
-        copy_model = None
-        if checkpoint is not None and status == "ok" and final:
-
-            def copy_model(destination: Path) -> None:
-                with checkpoint.as_directory() as directory:
-                    source = Path(directory) / MODEL_FILE
-                    if source.is_file():
-                        with atomic_write(destination) as file, source.open("rb") as data:
-                            shutil.copyfileobj(data, file)
-
-        self.store.write_trial(record, status, error, copy_model)
-        self._count(record, status, error)
+        records = self._records(trial)
+        for index, record in enumerate(records):
+            if self._interrupted(record):
+                continue
+            final = record.final or {}
+            status, error = final.get("status", "ok"), final.get("error")
+            error = redact(error) if error else error
+            checkpoint = trial.checkpoint
+            copy_model = None
+            if checkpoint is not None and status == "ok" and final:
+                subdir = member_dir(index) if len(records) > 1 else ""
+                copy_model = _model_copier(checkpoint, subdir)
+            self.store.write_trial(record, status, error, copy_model)
+            self._count(record, status, error)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        record = self._record(trial)
-        if self._interrupted(record):
-            return
+        records = [r for r in self._records(trial) if not self._interrupted(r)]
         error = _error_line(trial)
-        self.store.write_trial(record, "failed", error)
-        self._count(record, "failed", error)
+        for record in records:
+            self.store.write_trial(record, "failed", error)
+            self._count(record, "failed", error)
 
     def _interrupted(self, record: TrialRecord) -> bool:
         """A trial stopped by SIGINT/SIGTERM before its end gets no trials row: a rerun runs it."""
@@ -375,6 +387,19 @@ class _StoreCallback(tune.Callback):
             self.outcome.failed[record.trial_id] = error or "failed"
 
 
+def _model_copier(checkpoint: tune.Checkpoint, subdir: str) -> Callable[[Path], None]:
+    """A function copying the model file in ``subdir`` of ``checkpoint`` to a destination."""
+
+    def copy_model(destination: Path) -> None:
+        with checkpoint.as_directory() as directory:
+            source = Path(directory) / subdir / MODEL_FILE
+            if source.is_file():
+                with atomic_write(destination) as file, source.open("rb") as data:
+                    shutil.copyfileobj(data, file)
+
+    return copy_model
+
+
 class _ProgressCallback(tune.Callback):
     """A concise live view: pending/running/done/failed, best val loss so far, ETA."""
 
@@ -385,9 +410,11 @@ class _ProgressCallback(tune.Callback):
         default_max_iters: int | None,
         period_s: float,
         waiting: str | None = None,
+        describe: Describe = describe_grid_trial,
     ):
         self.total, self.max_iters, self.period_s = total, max_iters, period_s
         self.waiting = waiting
+        self.describe = describe
         self.default_max_iters = default_max_iters
         self.start = time.monotonic()
         self.last_print = 0.0
@@ -435,10 +462,16 @@ class _ProgressCallback(tune.Callback):
             self.progress[trial.trial_id] = min(1.0, result["step"] / limit)
         val = result.get("val_loss")
         if val is not None and (self.best is None or val < self.best[0]):
-            columns = trial.config.get("trial", {}).get("columns", {})
-            label = config_label(columns.get("factor", "?"), columns.get("level", "?"))
-            self.best = (val, label if columns else f"trial {trial.trial_id}")
+            self.best = (val, self._label(trial.config, result))
         self._maybe_print(trials)
+
+    def _label(self, config: dict[str, Any], result: dict[str, Any]) -> str:
+        """A grid trial's factor=level; a search trial's store trial id(s)."""
+        rows = self.describe(config, result)
+        columns = rows[0][1]
+        if columns.get("kind") == "search":
+            return "trial " + "+".join(trial_id for trial_id, _ in rows)
+        return config_label(columns.get("factor", "?"), columns.get("level", "?"))
 
     def on_step_end(self, iteration, trials, **info):
         self._maybe_print(trials)  # also while nothing runs: the user sees it is waiting
@@ -506,7 +539,9 @@ def run_trials(
     callbacks: list[tune.Callback] = [_StoreCallback(store, describe, outcome)]
     if progress:
         callbacks.append(
-            _ProgressCallback(total, max_iters or {}, default_max_iters, progress_period_s, waiting)
+            _ProgressCallback(
+                total, max_iters or {}, default_max_iters, progress_period_s, waiting, describe
+            )
         )
     config = tune_config or tune.TuneConfig(reuse_actors=True)
     if config.reuse_actors and not connection.reuse_actors:

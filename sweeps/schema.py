@@ -99,6 +99,7 @@ TRIALS = pa.schema(
         pa.field("factor", pa.string()),  # 'baseline' for the baseline config
         pa.field("level", pa.string()),  # the level's label, e.g. '8' or 'n_embed=32,n_head=2'
         pa.field("seed", pa.int64()),
+        pa.field("config_id", pa.string()),  # shared by the seeds of one search config
         *_config_columns(),
         pa.field("n_params", pa.int64()),
         pa.field("status", pa.string()),  # 'ok' | 'failed'

@@ -548,7 +548,7 @@ BAD_INPUT = [
     ("search-grace-period-0", "search", ["--grace-period", "0"],
      r"error: --grace-period 0: give a number of evaluations >= 1 \(default 2\)\."),
     ("search-reduction-factor-1", "search", ["--reduction-factor", "1"],
-     r"error: --reduction-factor 1: ASHA needs a factor > 1 \(default 3\)\."),
+     r"error: --reduction-factor 1: ASHA needs a factor > 1 \(default 2 or 3, see README\)\."),
     ("search-bad-optuna-storage", "search", ["--optuna-storage", "redis://localhost/0"],
      r"error: --optuna-storage redis://\.\.\.: not a database URL Optuna can open; use one of "
      r"sqlite://, .* or a journal file path ending in \.log\."),
