@@ -263,7 +263,8 @@ def sample_attention(
         span[layer] += s
     rows += len(queries)
     # later tokens j > block: the last row of each window ids[j - block : j]
-    later = torch.arange(max(block + 1, n_prompt), length, device=device)  # (m,)
+    first_later = min(max(block + 1, n_prompt), length)  # none when the text fits a block
+    later = torch.arange(first_later, length, device=device)  # (m,)
     per_capture = max(1, _CAPTURE_ELEMENTS // (model.cfg.n_head * block * block))
     for chunk in later.split(per_capture):
         windows = torch.stack([sequence[j - block : j] for j in chunk.tolist()])  # (w, block)

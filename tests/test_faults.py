@@ -109,13 +109,17 @@ def test_progress_line_names_what_the_sweep_waits_for_while_nothing_runs():
     assert waiting not in progress._line([Trial()])
 
 
-def test_progress_line_prints_at_every_period_while_nothing_happens(capsys):
-    from sweeps.runner import _ProgressCallback
+def test_progress_line_prints_at_every_period_while_nothing_happens(capsys, monkeypatch):
+    from sweeps import runner
 
-    progress = _ProgressCallback(2, {}, None, period_s=0.05)
+    clock = {"now": 100.0}
+    monkeypatch.setattr(runner.time, "monotonic", lambda: clock["now"])
+    progress = runner._ProgressCallback(2, {}, None, period_s=10.0)
     for _ in range(3):
+        clock["now"] += 11.0
         progress.on_step_end(iteration=0, trials=[])
-        time.sleep(0.06)
+        clock["now"] += 1.0
+        progress.on_step_end(iteration=0, trials=[])  # within the period: nothing
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and all("0 running, 2 pending of 2" in line for line in lines)
 
