@@ -266,7 +266,7 @@ def sample_attention(
     first_later = min(max(block + 1, n_prompt), length)  # none when the text fits a block
     later = torch.arange(first_later, length, device=device)  # (m,)
     per_capture = max(1, _CAPTURE_ELEMENTS // (model.cfg.n_head * block * block))
-    for chunk in later.split(per_capture):
+    for chunk in later.split(per_capture) if len(later) else ():
         windows = torch.stack([sequence[j - block : j] for j in chunk.tolist()])  # (w, block)
         capture = model.capture(windows)
         last = torch.full((len(chunk),), block - 1, device=device)
