@@ -36,6 +36,7 @@ import torch
 from charlm.config import ModelConfig, TrainConfig
 from charlm.model import GPT
 from charlm.train import probe_model
+from sweeps.grid import PRESETS
 
 VOCAB_SIZE = 65  # shakespeare_char
 
@@ -51,35 +52,20 @@ class Workload:
     eval_interval: int
 
 
+def preset_workload(name: str, preset: str) -> Workload:
+    """The baseline of grid preset ``preset`` as a workload (shakespeare_char's vocabulary)."""
+    model, train = PRESETS[preset].baseline_configs()
+    return Workload(
+        name,
+        dataclasses.replace(model, vocab_size=VOCAB_SIZE),
+        batch_size=train.batch_size,
+        eval_interval=train.eval_interval,
+    )
+
+
 WORKLOADS = {
-    "small": Workload(
-        "small",
-        ModelConfig(
-            n_layer=4,
-            n_head=4,
-            n_embed=64,
-            block_size=128,
-            dropout=0.1,
-            bias=False,
-            vocab_size=VOCAB_SIZE,
-        ),
-        batch_size=32,
-        eval_interval=500,  # the notebook preset
-    ),
-    "shakespeare": Workload(
-        "shakespeare",
-        ModelConfig(
-            n_layer=6,
-            n_head=6,
-            n_embed=384,
-            block_size=256,
-            dropout=0.2,
-            bias=False,
-            vocab_size=VOCAB_SIZE,
-        ),
-        batch_size=64,
-        eval_interval=250,  # the nanogpt preset
-    ),
+    "small": preset_workload("small", "notebook"),
+    "shakespeare": preset_workload("shakespeare", "nanogpt"),
 }
 
 

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from charlm.cli import OneLineParser, fail
-from charlm.config import ConfigError, to_dict
+from charlm.config import ConfigError
 from charlm.data import check_block_size, load_dataset
 from sweeps.grid import PRESETS, GridSpec, TrialSpec, expand, load_grid, parse_overrides
 from sweeps.runner import Resources, load_cluster_config
 from sweeps.schema import read_table
-from sweeps.store import ResultStore, check_results_dir, trial_columns, trial_statuses
+from sweeps.store import ResultStore, check_results_dir, trial_statuses
 
 __all__ = ["main", "param_space", "parse_args", "plan_trials", "prepare_datasets", "summary_table"]
 
@@ -183,31 +183,10 @@ def summary_table(store_rows: list[dict[str, Any]]) -> str:
 
 
 def param_space(trials: list[TrialSpec]) -> dict[str, Any]:
+    """Ray Tune's param_space: a grid search over the trials' ``TrialSpec.params()``."""
     from ray import tune
 
-    return {
-        "trial": tune.grid_search(
-            [
-                {
-                    "trial_id": trial.trial_id,
-                    "params": {**to_dict(trial.model), **to_dict(trial.train)},
-                    "columns": {
-                        "dataset": trial.dataset,
-                        "seed": trial.seed,
-                        **trial_columns(
-                            sweep=trial.sweep,
-                            kind="ablation",
-                            factor=trial.factor,
-                            level=trial.level,
-                            model=trial.model,
-                            train=trial.train,
-                        ),
-                    },
-                }
-                for trial in trials
-            ]
-        )
-    }
+    return {"trial": tune.grid_search([trial.params() for trial in trials])}
 
 
 def _dry_run(trials: list[TrialSpec], vocab_sizes: dict[str, int], args) -> None:

@@ -17,11 +17,12 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from charlm.config import ModelConfig, TrainConfig, config_fields
+from charlm.config import ModelConfig, TrainConfig, field_types
 from charlm.fsio import atomic_write
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "TableRead",
     "compact_store",
     "compact_table",
+    "conform",
     "is_store",
     "read_table",
     "table_dir",
@@ -51,26 +53,17 @@ class StoreError(ValueError):
 
 
 _ARROW_TYPES = {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}
-_CONFIG_TYPES = {
-    "n_layer": int, "n_head": int, "n_embed": int, "block_size": int, "dropout": float,
-    "bias": bool, "vocab_size": int, "dataset": str, "data_dir": str, "seed": int,
-    "batch_size": int, "max_iters": int, "eval_interval": int, "eval_iters": int,
-    "learning_rate": float, "min_lr": float, "warmup_iters": int, "lr_decay_iters": int,
-    "weight_decay": float, "beta1": float, "beta2": float, "grad_clip": float,
-    "probe_interval": int, "probe_batch_size": int, "sample_tokens": int,
-    "temperature": float, "top_k": int, "device": str, "num_threads": int,
-}  # fmt: skip
 
 
 def _config_columns() -> list[pa.Field]:
     """Every ModelConfig and TrainConfig field as its own column (the requested device is
     ``requested_device``: ``device`` holds the one the trial really used)."""
     columns = []
-    for name in config_fields(ModelConfig) + config_fields(TrainConfig):
+    for name, kind in {**field_types(ModelConfig), **field_types(TrainConfig)}.items():
         if name in ("dataset", "seed"):
             continue  # identity columns, listed first
         column = "requested_device" if name == "device" else name
-        columns.append(pa.field(column, _ARROW_TYPES[_CONFIG_TYPES[name]]))
+        columns.append(pa.field(column, _ARROW_TYPES[kind]))
     return columns
 
 
@@ -156,6 +149,34 @@ SCHEMAS: dict[str, pa.Schema] = {
     "attention": ATTENTION,
     "samples": SAMPLES,
 }
+
+
+def conform(
+    table: str, rows: pa.Table | Sequence[dict[str, Any]] | dict[str, Sequence[Any]]
+) -> pa.Table:
+    """``rows`` (row dicts, a dict of columns, or an Arrow table) as an Arrow table with
+    ``table``'s schema and this version's metadata; columns it lacks are null, extra keys
+    are dropped."""
+    schema = SCHEMAS[table].with_metadata({"schema_version": str(SCHEMA_VERSION)})
+    if isinstance(rows, pa.Table):
+        length = rows.num_rows
+        columns = {
+            f.name: rows.column(f.name).cast(f.type)
+            if f.name in rows.column_names
+            else pa.nulls(length, f.type)
+            for f in schema
+        }
+    elif isinstance(rows, dict):
+        length = len(next(iter(rows.values()))) if rows else 0
+        columns = {
+            f.name: pa.array(rows[f.name], f.type) if f.name in rows else pa.nulls(length, f.type)
+            for f in schema
+        }
+    else:
+        return pa.Table.from_pylist(
+            [{name: row.get(name) for name in schema.names} for row in rows], schema=schema
+        )
+    return pa.table(columns, schema=schema)
 
 
 def table_dir(root: str | Path, table: str) -> Path:

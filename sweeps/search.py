@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from charlm.cli import OneLineParser, fail
-from charlm.config import ConfigError, split_config, to_dict
+from charlm.config import ConfigError, split_config
 from sweeps.ablation import prepare_datasets
-from sweeps.grid import PRESETS, TrialSpec, expand, parse_overrides, trial_id
+from sweeps.grid import PRESETS, TrialSpec, expand, parse_overrides, trial_columns, trial_id
 from sweeps.runner import Resources, load_cluster_config
-from sweeps.store import ResultStore, check_results_dir, trial_columns
+from sweeps.store import ResultStore, check_results_dir
 
 __all__ = ["SEARCH_SPACE", "describe_search_trial", "main", "run_search_trial", "search_params"]
 
@@ -56,7 +56,7 @@ def search_params(config: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str
         "dataset": train.dataset,
         "seed": train.seed,
         **trial_columns(
-            sweep=base["sweep"],
+            sweep=base["columns"]["sweep"],
             kind="search",
             factor="search",
             level=label,
@@ -204,8 +204,7 @@ def _run(args, base: TrialSpec, resources: Resources) -> int:
             grace_period=min(args.grace_period, evaluations),
             reduction_factor=args.reduction_factor,
         )  # fmt: skip
-        base_values = {"params": {**to_dict(base.model), **to_dict(base.train)},
-                       "sweep": args.name}  # fmt: skip
+        base_values = base.params(kind="search")
         print(f"searching on {where}: {args.n_trials} trials, study {args.name!r} in {url}",
               flush=True)  # fmt: skip
         outcome = run_trials(

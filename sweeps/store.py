@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,15 +21,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from charlm.cli import check_writable_dir
-from charlm.config import ConfigError, ModelConfig, TrainConfig, to_dict
+from charlm.config import ConfigError
 from charlm.fsio import atomic_write, atomic_write_bytes
 from sweeps.schema import (
     MARKER,
     SCHEMA_VERSION,
-    SCHEMAS,
     TABLES,
     StoreError,
     compact_table,
+    conform,
     is_store,
     read_table,
     table_dir,
@@ -39,7 +40,6 @@ __all__ = [
     "ResultsDirError",
     "TrialRecord",
     "check_results_dir",
-    "trial_columns",
     "trial_statuses",
 ]
 
@@ -78,16 +78,6 @@ def trial_statuses(root: str | Path) -> tuple[dict[str, str], list[tuple[Path, s
     ids = read.table.column("trial_id").to_pylist()
     statuses = read.table.column("status").to_pylist()
     return dict(zip(ids, statuses, strict=True)), read.corrupt
-
-
-def trial_columns(
-    *, sweep: str, kind: str, factor: str, level: str, model: ModelConfig, train: TrainConfig
-) -> dict[str, Any]:
-    """The identity and configuration columns of a trial's ``trials`` row."""
-    columns = {"sweep": sweep, "kind": kind, "factor": factor, "level": level}
-    for name, value in {**to_dict(model), **to_dict(train)}.items():
-        columns["requested_device" if name == "device" else name] = value
-    return columns
 
 
 def _now() -> dt.datetime:
@@ -135,18 +125,21 @@ class ResultStore:
 
     # ----------------------------------------------------------------- writing
 
-    def write_rows(self, table: str, trial_id: str, rows: list[dict[str, Any]]) -> None:
-        """Write one trial's rows of ``table`` as ``<table>/<trial_id>.parquet``, atomically."""
-        schema = SCHEMAS[table]
-        arrow = pa.Table.from_pylist(
-            [{name: row.get(name) for name in schema.names} for row in rows], schema=schema
-        )
-        arrow = arrow.replace_schema_metadata({"schema_version": str(SCHEMA_VERSION)})
+    def write_rows(
+        self,
+        table: str,
+        trial_id: str,
+        rows: pa.Table | Sequence[dict[str, Any]] | dict[str, Sequence[Any]],
+    ) -> Path:
+        """Write one trial's rows of ``table`` as ``<table>/<trial_id>.parquet``, atomically,
+        with the table's schema and version (rows as in ``conform``; missing columns null)."""
+        arrow = conform(table, rows)
         path = table_dir(self.root, table) / f"{trial_id}.parquet"
         if path.exists() and not _readable(path):
-            return  # never overwrite a file we cannot read: the user decides what to do
+            return path  # never overwrite a file we cannot read: the user decides what to do
         with atomic_write(path) as file:
             pq.write_table(arrow, file)
+        return path
 
     def write_progress(self, record: TrialRecord) -> None:
         """The curve (and attention rows) reported so far, so readers see running trials."""
