@@ -1,4 +1,4 @@
-"""The write side of the result store, and the driver-side Tune callback that feeds it.
+"""The write side of the result store (the driver's Tune callback in ``sweeps.runner`` calls it).
 
 Every file is written atomically (a temp name starting with '.', then ``os.replace``), so a
 crash never leaves a torn file and readers can open the store while a sweep runs. A trial's
@@ -10,7 +10,6 @@ with a message naming the file.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,16 +21,17 @@ import pyarrow.parquet as pq
 
 from charlm.cli import check_writable_dir
 from charlm.config import ConfigError
-from charlm.fsio import atomic_write, atomic_write_bytes
+from charlm.fsio import atomic_write
 from sweeps.schema import (
     MARKER,
-    SCHEMA_VERSION,
     TABLES,
     StoreError,
     compact_table,
     conform,
     is_store,
+    mark_store,
     read_table,
+    store_version,
     table_dir,
 )
 
@@ -60,6 +60,8 @@ def check_results_dir(root: Path) -> None:
             f"results directory {root} is not a result store (no {MARKER}) and is not empty: "
             "pick a new or empty directory with --results."
         )
+    if root.is_dir():
+        store_version(root)  # a store of a newer charlm-sweeps: StoreVersionError
     try:
         check_writable_dir(root, "--results")
     except ConfigError as exc:
@@ -105,13 +107,7 @@ class ResultStore:
         self.root = Path(root)
         check_results_dir(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
-        if not is_store(self.root):
-            atomic_write_bytes(
-                self.root / MARKER,
-                json.dumps(
-                    {"schema_version": SCHEMA_VERSION, "created_at": _now().isoformat()}, indent=2
-                ).encode(),
-            )
+        mark_store(self.root)
         for table in TABLES:
             table_dir(self.root, table).mkdir(exist_ok=True)
         (self.root / MODELS_DIR).mkdir(exist_ok=True)
