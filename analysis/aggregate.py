@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from charlm.text import scaled
+
 __all__ = [
     "CONFIG_KEYS",
     "METRICS",
@@ -574,10 +576,7 @@ def _format_number(value: float, digits: int) -> str:
 def _format_params(value: float) -> str:
     if value is None or not np.isfinite(value):
         return "–"
-    for threshold, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if value >= threshold:
-            return f"{value / threshold:.2f}{suffix}"
-    return f"{value:.0f}"
+    return scaled(value, sep="", counts=True)
 
 
 def _format_p(p: float) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 from charlm.cli import OneLineParser, fail
 from charlm.config import ConfigError
 from charlm.data import check_block_size, load_dataset
+from charlm.text import format_duration, text_table
 from sweeps.grid import PRESETS, GridSpec, TrialSpec, expand, load_grid, parse_overrides
 from sweeps.runner import Resources, load_cluster_config
 from sweeps.schema import read_table
@@ -170,16 +171,13 @@ def summary_table(store_rows: list[dict[str, Any]]) -> str:
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in store_rows:
         groups[(row["dataset"], row["factor"], row["level"])].append(row)
-    lines = [f"{'dataset':<18} {'factor':<12} {'level':<22} {'ok':>3} {'failed':>6} "
-             f"{'best val loss (mean over seeds)':>32}"]  # fmt: skip
-    for (dataset, factor, level), rows in sorted(groups.items()):
-        ok = [r["best_val_loss"] for r in rows if r["status"] == "ok" and r["best_val_loss"]]
+    header = ("dataset", "factor", "level", "ok", "failed", "best val loss (mean over seeds)")
+    rows = []
+    for (dataset, factor, level), group in sorted(groups.items()):
+        ok = [r["best_val_loss"] for r in group if r["status"] == "ok" and r["best_val_loss"]]
         mean = f"{statistics.fmean(ok):.4f}" if ok else "-"
-        lines.append(
-            f"{Path(dataset).name[:18]:<18} {factor[:12]:<12} {level[:22]:<22} {len(ok):>3} "
-            f"{len(rows) - len(ok):>6} {mean:>32}"
-        )
-    return "\n".join(lines)
+        rows.append((Path(dataset).name, factor, level, len(ok), len(group) - len(ok), mean))
+    return "\n".join(text_table(header, rows, right={3, 4, 5}))
 
 
 def param_space(trials: list[TrialSpec]) -> dict[str, Any]:
@@ -270,7 +268,7 @@ def _run(trials: list[TrialSpec], args, resources: Resources) -> int:
     print(summary_table(rows))
     print(
         f"{len(outcome.ok)} trials finished, {len(outcome.failed)} failed in "
-        f"{outcome.wall_time_s:.0f}s; results in {args.results} "
+        f"{format_duration(outcome.wall_time_s)}; results in {args.results} "
         f"(report: python -m analysis {args.results} --out report)"
     )
     for trial_id, error in outcome.failed.items():

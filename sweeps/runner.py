@@ -27,6 +27,7 @@ from ray import tune
 from charlm.config import ConfigError
 from charlm.data import resolve_data_dir
 from charlm.fsio import atomic_write
+from charlm.text import format_duration
 from charlm.train import MODEL_FILE
 from sweeps.store import ResultStore, TrialRecord
 from sweeps.trainable import run_trial
@@ -330,10 +331,10 @@ class _ProgressCallback(tune.Callback):
         elapsed = time.monotonic() - self.start
         eta = max(0.0, elapsed * (1 - fraction) / fraction) if fraction > 0 else math.nan
         best = f"best val {self.best[0]:.4f} ({self.best[1]})" if self.best else "best val -"
-        eta_text = _duration(eta) if math.isfinite(eta) else "?"
+        eta_text = format_duration(eta) if math.isfinite(eta) else "?"
         return (
-            f"[{_duration(elapsed)}] {self.done} done, {self.failed} failed, {running} running, "
-            f"{pending} pending of {self.total} | {best} | ETA {eta_text}"
+            f"[{format_duration(elapsed)}] {self.done} done, {self.failed} failed, "
+            f"{running} running, {pending} pending of {self.total} | {best} | ETA {eta_text}"
         )
 
     def _maybe_print(self, trials, force: bool = False) -> None:
@@ -363,15 +364,6 @@ class _ProgressCallback(tune.Callback):
         self.failed += 1
         self.progress[trial.trial_id] = 1.0
         self._maybe_print(trials, force=True)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def run_trials(

@@ -16,6 +16,7 @@ from typing import Any
 
 from charlm.cli import OneLineParser, fail
 from charlm.config import ConfigError, split_config
+from charlm.text import format_duration
 from sweeps.ablation import prepare_datasets
 from sweeps.grid import PRESETS, TrialSpec, expand, parse_overrides, trial_columns, trial_id
 from sweeps.runner import Resources, load_cluster_config
@@ -228,8 +229,8 @@ def _run(args, base: TrialSpec, resources: Resources) -> int:
         ray.shutdown()
     print(
         f"{len(outcome.ok)} trials finished ({len(outcome.early_stopped)} stopped early by "
-        f"ASHA), {len(outcome.failed)} failed in {outcome.wall_time_s:.0f}s; results in "
-        f"{args.results}; study: optuna-dashboard {url}"
+        f"ASHA), {len(outcome.failed)} failed in {format_duration(outcome.wall_time_s)}; "
+        f"results in {args.results}; study: optuna-dashboard {url}"
     )
     return 1 if outcome.failed else 0
 
