@@ -151,7 +151,7 @@ def connect(
     whose advice names ``script`` (the command being run).
     """
     global _reuse_actors
-    env_vars = {"CHARLM_DATA_DIR": str(resolve_data_dir()), "PYTHONWARNINGS": "ignore"}
+    env_vars = {"CHARLM_DATA_DIR": str(resolve_data_dir())}
     common = {
         "logging_level": logging.INFO if verbose else logging.ERROR,
         "log_to_driver": verbose,
