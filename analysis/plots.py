@@ -618,9 +618,7 @@ def capture_attention(
             f"heatmap text has characters {''.join(unknown)!r} that are not in the model's "
             "vocabulary: give text made of the dataset's characters."
         )
-    config = getattr(model, "config", None) or getattr(model, "cfg", None)
-    block_size = getattr(config, "block_size", len(text))
-    text = text[:block_size]
+    text = text[: model.cfg.block_size]
     idx = torch.tensor([[stoi[ch] for ch in text]], dtype=torch.long, device=device)
     model.to(device).eval()
     threads = torch.get_num_threads()

@@ -45,7 +45,7 @@ __all__ = [
     "time_train_step",
 ]
 
-DEFAULT_OVERHEAD_S = 1.3  # Ray actor start per trial, measured on 2 cores (RAY-NOTES.md)
+DEFAULT_OVERHEAD_S = 1.3  # Ray actor start per trial, measured on 2 cores
 # Used when the caller gives no vocabulary size for a dataset (the cost barely depends on it).
 KNOWN_VOCAB_SIZES = {"shakespeare_char": 65, "text8": 27, "enwik8": 256}
 FALLBACK_VOCAB_SIZE = 256
