@@ -40,6 +40,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -364,6 +365,17 @@ def _dropout(x: torch.Tensor, p: float, training: bool, fast: bool) -> torch.Ten
     return fast_dropout(x, p, training) if fast else F.dropout(x, p, training)
 
 
+class _Transformer(nn.Module):
+    """Embeddings, blocks and the final LayerNorm (nanoGPT's state-dict names)."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, fast_dropout: bool):
+        super().__init__()
+        self.wte = nn.Embedding(vocab_size, cfg.n_embed)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embed)
+        self.h = nn.ModuleList([Block(cfg, fast_dropout) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(cfg.n_embed, bias=cfg.bias)
+
+
 class GPT(nn.Module):
     """The language model. ``GPT(cfg)`` needs ``cfg.vocab_size`` set.
 
@@ -381,14 +393,7 @@ class GPT(nn.Module):
             )
         self.cfg = cfg
         self.fast_dropout = fast_dropout
-        self.transformer = nn.ModuleDict(
-            {
-                "wte": nn.Embedding(cfg.vocab_size, cfg.n_embed),
-                "wpe": nn.Embedding(cfg.block_size, cfg.n_embed),
-                "h": nn.ModuleList([Block(cfg, fast_dropout) for _ in range(cfg.n_layer)]),
-                "ln_f": nn.LayerNorm(cfg.n_embed, bias=cfg.bias),
-            }
-        )
+        self.transformer = _Transformer(cfg, cfg.vocab_size, fast_dropout)
         self.lm_head = nn.Linear(cfg.n_embed, cfg.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
         self.apply(self._init_weights)
@@ -494,7 +499,7 @@ class GPT(nn.Module):
         if cache[0].length and idx.size(1) != 1:
             raise ConfigError(f"KV-cache step got {idx.size(1)} tokens: feed one token per step.")
         x = self._embed(idx, start=cache[0].length)  # (B, t, C)
-        layers = decode or [None] * len(cache)
+        layers: list[_DecodeWeights | None] = list(decode) if decode else [None] * len(cache)
         for block, layer_cache, weights in zip(self.transformer.h, cache, layers, strict=True):
             x = block(x, layer_cache, weights)  # (B, t, C)
         return self.lm_head(self.transformer.ln_f(x[:, -1, :]))  # (B, V)
@@ -513,7 +518,7 @@ class GPT(nn.Module):
                     _TransposedLinear(block.mlp.c_proj, blocks),
                 ),
             )
-            for block in self.transformer.h
+            for block in cast("list[Block]", list(self.transformer.h))
         ]
 
     @torch.no_grad()
