@@ -177,13 +177,19 @@ def probe_seconds(model_cfg: ModelConfig, repeats: int = 5) -> float:
 
 
 def generation_tokens_per_s(
-    model_cfg: ModelConfig, new_tokens: int, use_cache: bool, repeats: int = 2, seed: int = 0
+    model_cfg: ModelConfig,
+    new_tokens: int,
+    use_cache: bool,
+    repeats: int = 2,
+    seed: int = 0,
+    device: str = "cpu",
 ) -> tuple[float, torch.Tensor]:
-    """Tokens/s generating ``new_tokens`` after a one-token prompt (batch 1), best of
-    ``repeats`` runs; and the generated tokens (the same every run: fixed generator seed)."""
+    """Tokens/s generating ``new_tokens`` after a one-token prompt (batch 1) on ``device``,
+    best of ``repeats`` runs; and the generated tokens (the same every run: fixed generator
+    seed)."""
     torch.manual_seed(seed)
-    model = GPT(model_cfg).eval()
-    prompt = torch.zeros(1, 1, dtype=torch.long)
+    model = GPT(model_cfg).to(device).eval()
+    prompt = torch.zeros(1, 1, dtype=torch.long, device=device)
     model.generate(prompt, 4, use_cache=use_cache)  # warm-up
     best = float("inf")
     for _ in range(repeats):
@@ -193,8 +199,10 @@ def generation_tokens_per_s(
             new_tokens,
             top_k=40,
             use_cache=use_cache,
-            generator=torch.Generator().manual_seed(seed),
+            generator=torch.Generator(device=device).manual_seed(seed),
         )
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
     return new_tokens / best, out
 

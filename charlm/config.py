@@ -114,6 +114,8 @@ class TrainConfig:
     ``probe_interval`` None means: run the probes at every evaluation.
     ``device`` is "auto" (CUDA if present, else CPU), "cpu" or "cuda[:N]".
     ``num_threads`` None leaves torch's thread count alone.
+    ``compile`` runs the training steps through ``torch.compile`` (opt-in: it pays a
+    compile time up front, worth it on CUDA for long runs).
     """
 
     dataset: str = "shakespeare_char"
@@ -138,6 +140,7 @@ class TrainConfig:
     top_k: int | None = 40
     device: str = "auto"
     num_threads: int | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset:
@@ -184,6 +187,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
                 raise ConfigError(f"{name}={value!r} is invalid: it must be in [0, 1), e.g. 0.9.")
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"compile={self.compile!r} is invalid: it must be true or false.")
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
             raise ConfigError(
                 f"device={self.device!r} is invalid: use 'auto', 'cpu' or 'cuda' (or 'cuda:N')."

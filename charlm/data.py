@@ -39,6 +39,7 @@ from charlm.fsio import atomic_write
 __all__ = [
     "DATASETS",
     "DOWNLOAD_TIMEOUT_S",
+    "BatchSampler",
     "DataError",
     "Dataset",
     "DatasetSpec",
@@ -246,6 +247,61 @@ def get_batch(
         )
     starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
     return _windows(data, starts.numpy(), block_size, device)
+
+
+class BatchSampler:
+    """Random training batches of one split, drawn where the model trains.
+
+    Window starts come from the CPU ``generator`` exactly as ``get_batch`` draws them, so a
+    seed gives the same batches on every device. On CUDA the split is copied to the device
+    once when it fits in a quarter of the free device memory (``resident``), and each batch
+    is gathered there: only the batch's B start offsets cross the bus per step. Otherwise
+    (and on the CPU) batches are gathered from the memory-mapped split (pinned,
+    non-blocking copies on CUDA). ``resident=True`` forces the device-side gather, which
+    also runs on the CPU (tests compare it with ``get_batch``).
+    """
+
+    def __init__(
+        self,
+        data: np.ndarray,
+        batch_size: int,
+        block_size: int,
+        device: str | torch.device = "cpu",
+        resident: bool | None = None,
+    ) -> None:
+        if block_size + 1 > len(data):
+            raise ConfigError(
+                f"block_size={block_size} needs {block_size + 1} tokens but the split has "
+                f"{len(data)}: use a smaller block_size."
+            )
+        self.data, self.batch_size, self.block_size = data, batch_size, block_size
+        self.device = torch.device(device)
+        if resident is None:
+            resident = self.device.type == "cuda" and _fits_on_device(data, self.device)
+        self.resident = resident
+        if resident:
+            # int32 holds every vocabulary we encode; torch gathers uint16 poorly.
+            host = np.asarray(data, dtype=np.uint8 if data.dtype == np.uint8 else np.int32)
+            self.tokens = torch.from_numpy(host).to(self.device)
+            self.offsets = torch.arange(block_size + 1, device=self.device)
+
+    def __call__(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch (x, y), int64 of shape (B, T), from ``generator``."""
+        if not self.resident:
+            return get_batch(self.data, self.batch_size, self.block_size, generator, self.device)
+        starts = torch.randint(
+            len(self.data) - self.block_size, (self.batch_size,), generator=generator
+        )
+        if self.device.type == "cuda":
+            starts = starts.pin_memory()
+        starts = starts.to(self.device, non_blocking=True)
+        rows = self.tokens[starts[:, None] + self.offsets].long()  # (B, T + 1)
+        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+
+
+def _fits_on_device(data: np.ndarray, device: torch.device) -> bool:
+    free, _ = torch.cuda.mem_get_info(device)
+    return len(data) * 4 <= free / 4
 
 
 def n_windows(split_len: int, block_size: int) -> int:

@@ -28,6 +28,7 @@ import torch
 from charlm.cli import OneLineParser, check_writable_dir
 from charlm.config import ConfigError, ModelConfig, TrainConfig, to_dict
 from charlm.data import (
+    BatchSampler,
     Dataset,
     check_block_size,
     get_batch,
@@ -204,6 +205,35 @@ class _Evaluator:
         return losses
 
 
+class _NonFiniteWatch:
+    """Catches the first training step whose loss is not finite, without a host sync on CUDA.
+
+    On the CPU the check is free, so a step is checked as it happens and the run stops
+    before its backward pass. On CUDA, ``observe`` only records the first bad step in a
+    device tensor and the run learns of it at the next evaluation (which syncs anyway):
+    the steps in between train on NaNs and are discarded with the failed run.
+    """
+
+    def __init__(self, device_type: str, device: str) -> None:
+        self.deferred = device_type == "cuda"
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def observe(self, loss: torch.Tensor, step: int) -> int | None:
+        """Record ``loss`` of ``step``; the failing step now if this device checks at once."""
+        if not self.deferred:
+            return None if torch.isfinite(loss) else step
+        bad = (~torch.isfinite(loss.detach())) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, step, self.first_bad)
+        return None
+
+    def pending(self) -> int | None:
+        """The first non-finite step not yet acted on (a host sync on CUDA)."""
+        if not self.deferred:
+            return None
+        first = int(self.first_bad.item())
+        return first if first >= 0 else None
+
+
 def _log(report: Report | None, metrics: dict[str, Any]) -> None:
     if report is not None:
         report(metrics)
@@ -247,6 +277,11 @@ def train(
     torch.manual_seed(train_cfg.seed)
     model = GPT(model_cfg).to(device)
     device_type = "cuda" if device.startswith("cuda") else "cpu"
+    if device_type == "cuda":  # TF32 matmuls: what users expect on Ampere and later
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    # Training steps may run compiled; evaluation, probes and sampling use the eager model.
+    step_model = torch.compile(model) if train_cfg.compile else model
     optimizer = model.configure_optimizer(
         train_cfg.weight_decay, train_cfg.learning_rate, (train_cfg.beta1, train_cfg.beta2),
         device_type,
@@ -257,6 +292,10 @@ def train(
         else nullcontext()
     )
     batch_generator = torch.Generator().manual_seed(train_cfg.seed)
+    next_batch = BatchSampler(
+        data.splits["train"], train_cfg.batch_size, model_cfg.block_size, device
+    )
+    nonfinite = _NonFiniteWatch(device_type, device)
     evaluate = _Evaluator(data, model_cfg, train_cfg, device)
     probe_x, _ = get_batch(
         data.splits["val"], train_cfg.probe_batch_size, model_cfg.block_size,
@@ -291,13 +330,22 @@ def train(
 
     tokens_per_step = train_cfg.batch_size * model_cfg.block_size
     run_start = time.perf_counter()
-    window_seconds, window_tokens = 0.0, 0
+    # Training time is measured per window of steps between evaluations (a synced
+    # boundary), so no step waits for the device.
+    window_start, window_tokens = run_start, 0
     skip_eval_at = step if resume_from is not None else None
     model.train()
     while True:
         if (step % train_cfg.eval_interval == 0 or step == train_cfg.max_iters) and (
             step != skip_eval_at
         ):
+            if device_type == "cuda":
+                torch.cuda.synchronize()
+            window_seconds = time.perf_counter() - window_start if window_tokens else 0.0
+            train_seconds += window_seconds
+            bad_step = nonfinite.pending()
+            if bad_step is not None:
+                return _fail(result, bad_step, report, wall_start)
             losses = evaluate(model, autocast)
             if not all(math.isfinite(v) for v in losses.values()):
                 return _fail(result, step, report, wall_start)
@@ -320,7 +368,6 @@ def train(
                 rows = probe_model(model, probe_x, autocast, step)
                 result.attention.extend(rows)
                 metrics["attention"] = rows
-            window_seconds, window_tokens = 0.0, 0
             if checkpoint_path is not None:
                 _save_checkpoint(
                     checkpoint_path / CHECKPOINT_FILE, model, optimizer, step, batch_generator,
@@ -336,30 +383,23 @@ def train(
                 return result
             metrics["final"] = False
             _log(report, metrics)
+            window_start, window_tokens = time.perf_counter(), 0
         if step == train_cfg.max_iters:  # resumed from the final checkpoint
             break
 
-        t0 = time.perf_counter()
         lr = lr_at(step, train_cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x, y = get_batch(
-            data.splits["train"], train_cfg.batch_size, model_cfg.block_size, batch_generator,
-            device,
-        )  # fmt: skip
+        x, y = next_batch(batch_generator)
         with autocast:
-            _, loss = model(x, y)
-        if not torch.isfinite(loss):
-            return _fail(result, step + 1, report, wall_start)
+            _, loss = step_model(x, y)
+        bad_step = nonfinite.observe(loss, step + 1)
+        if bad_step is not None:
+            return _fail(result, bad_step, report, wall_start)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if device_type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - t0
-        train_seconds += elapsed
-        window_seconds += elapsed
         window_tokens += tokens_per_step
         step += 1
     _finish(result, model, data, train_cfg, best_val, train_seconds, device)
@@ -535,6 +575,11 @@ def _parser() -> OneLineParser:
         type=int,
         default=None,
         help="torch threads (default: torch's own choice)",
+    )
+    add(
+        "--compile",
+        action="store_true",
+        help="run training steps through torch.compile (opt-in; pays off on CUDA)",
     )
     add("--out", required=True, help="output directory for result.json and the checkpoint")
     add("--resume", action="store_true", help="continue from OUT/ckpt.pt if it exists")

@@ -52,7 +52,7 @@ __all__ = [
 GRID_KEYS = ("name", "extends", "baseline", "factors", "datasets", "seeds")
 # Fields that say where a trial runs, not what it computes: left out of the trial id, and a
 # factor may not vary them (use ``overrides`` to set them for every trial).
-MACHINE_FIELDS = ("data_dir", "device", "num_threads")
+MACHINE_FIELDS = ("data_dir", "device", "num_threads", "compile")
 # Set per trial by the grid's ``datasets`` and ``seeds``, never by the baseline or a level.
 AXIS_FIELDS = ("dataset", "seed")
 BASELINE = "baseline"  # factor and level label of the baseline trial

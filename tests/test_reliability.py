@@ -517,7 +517,7 @@ BAD_INPUT = [
      r"of shakespeare_char, enwik8, text8 or the path of a UTF-8 text file\."),
     ("unknown-field", "ablation", ["--set", "n_embd=64"],
      r"error: unknown config field\(s\) n_embd \(overrides; did you mean n_embed\?\): valid "
-     r"fields are n_layer, n_head, n_embed, .*, num_threads\."),
+     r"fields are n_layer, n_head, n_embed, .*, num_threads, compile\."),
     ("malformed-grid-yaml", "ablation", ["--grid", "{tmp}/broken.yaml"],
      r"error: grid file .*broken\.yaml: not valid YAML: expected ',' or '\]', but got "
      r"'<stream end>' at line 2, column 1; fix the syntax there\."),
