@@ -322,7 +322,7 @@ def rank_factors(
                 factors.setdefault(factor, {})[level] = seeds.to_numpy()
         for factor, levels in sorted(factors.items()):
             deltas = {level: v.mean() - base.mean() for level, v in levels.items()}
-            best_level = min(deltas, key=deltas.get)
+            best_level = min(deltas, key=lambda level: deltas[level])
             samples = (base, *levels.values())
             row = {
                 "sweep": sweep,

@@ -13,9 +13,9 @@ import time
 from typing import Any, Protocol
 
 import torch
-from torch import nn
 
 from charlm.config import ConfigError
+from charlm.model import GPT
 
 __all__ = ["QUALITY_KEYS", "WORD_PATTERN", "generate_text", "quality_metrics", "word_set", "words"]
 
@@ -32,7 +32,8 @@ QUALITY_KEYS = (
 class _Vocabulary(Protocol):
     """What generate_text needs of a charlm.data.Dataset."""
 
-    vocab: list[str]
+    @property
+    def vocab(self) -> list[str]: ...
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -85,7 +86,7 @@ def quality_metrics(text: str, train_words: set[str] | str) -> dict[str, float]:
 
 
 def generate_text(
-    model: nn.Module,
+    model: GPT,
     dataset: _Vocabulary,
     prompt: str = "\n",
     max_new_tokens: int = 300,

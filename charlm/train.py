@@ -350,7 +350,7 @@ def train(
             if not all(math.isfinite(v) for v in losses.values()):
                 return _fail(result, step, report, wall_start)
             best_val = min(best_val, losses["val"])
-            point = {
+            point: dict[str, Any] = {
                 "step": step,
                 "tokens_seen": step * tokens_per_step,
                 "elapsed_s": prior_elapsed + time.perf_counter() - run_start,

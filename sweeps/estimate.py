@@ -133,7 +133,7 @@ class Estimate:
         """Sum over trials of their time, start-up overhead included."""
         if any(row.seconds is None for row in self.rows):
             return None
-        return sum((row.seconds + self.overhead_s) * row.n_trials for row in self.rows)
+        return sum(((row.seconds or 0.0) + self.overhead_s) * row.n_trials for row in self.rows)
 
     @property
     def wall_seconds(self) -> float | None:
@@ -141,7 +141,7 @@ class Estimate:
         total = self.trial_seconds
         if total is None or not self.rows:
             return total
-        longest = max(row.seconds for row in self.rows) + self.overhead_s
+        longest = max(row.seconds or 0.0 for row in self.rows) + self.overhead_s
         return max(total / max(1, self.concurrent), longest)
 
     def row_of(self, trial_id: str) -> ConfigEstimate:
@@ -247,9 +247,11 @@ def time_train_step(
         optimizer = gpt.configure_optimizer(0.1, 3e-4, (0.9, 0.99), "cuda" if on_cuda else "cpu")
         flops_per_token = gpt.flops_per_token()
 
+        vocab_size = model.vocab_size  # checked above
+
         def step(rows: int) -> float:
-            x = torch.randint(model.vocab_size, (rows, model.block_size), generator=generator)
-            y = torch.randint(model.vocab_size, (rows, model.block_size), generator=generator)
+            x = torch.randint(vocab_size, (rows, model.block_size), generator=generator)
+            y = torch.randint(vocab_size, (rows, model.block_size), generator=generator)
             x, y = x.to(device), y.to(device)
             start = time.perf_counter()
             with torch.random.fork_rng(devices=[]):  # dropout draws stay out of the caller's RNG
@@ -450,8 +452,8 @@ def format_table(trials: Sequence[TrialSpec], estimate: Estimate) -> str:
         )
         for trial in trials
     ]
-    header = ("trial_id", "dataset", "factor", "level", "seed", "params")
-    lines = text_table(header, trial_rows, {4, 5})
+    trial_header = ("trial_id", "dataset", "factor", "level", "seed", "params")
+    lines = text_table(trial_header, trial_rows, {4, 5})
     n_configs = len({(t.dataset, t.factor, t.level) for t in trials})
     n_seeds, n_datasets = len({t.seed for t in trials}), len({t.dataset for t in trials})
     lines.append(

@@ -131,7 +131,7 @@ def _auth_for_existing_cluster() -> None:
         # Ray caches its config (auth mode included) at import: without a reload the
         # variable is ignored and ray.init fails after ~20 s with InvalidAuthToken. This is
         # what Ray's own _enable_token_auth does (private API, pinned by test_reliability).
-        from ray._raylet import Config
+        from ray._raylet import Config  # type: ignore[attr-defined]
 
         Config.initialize("")
 
@@ -153,7 +153,7 @@ def connect(
     """
     global _reuse_actors
     env_vars = {"CHARLM_DATA_DIR": str(resolve_data_dir())}
-    common = {
+    common: dict[str, Any] = {
         "logging_level": logging.INFO if verbose else logging.ERROR,
         "log_to_driver": verbose,
         "runtime_env": {"env_vars": env_vars},
@@ -161,8 +161,8 @@ def connect(
     if cluster is None and address is None:
         ray.init(
             address="local",
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
+            num_cpus=num_cpus,  # type: ignore[arg-type]  # --num-cpus is a float; Ray's hint int
+            num_gpus=num_gpus,  # type: ignore[arg-type]
             include_dashboard=False,
             object_store_memory=512 * 1024**2,
             **common,
@@ -174,6 +174,7 @@ def connect(
             f"{resources.get('GPU', 0):g} GPUs"
         )
     if address is None:
+        assert cluster is not None  # the embedded case (neither given) returned above
         address = head_address(load_cluster_config(cluster), cluster)
     _check_reachable(address, cluster or "cluster.yaml", script)
     _auth_for_existing_cluster()

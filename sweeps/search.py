@@ -26,7 +26,7 @@ __all__ = ["SEARCH_SPACE", "describe_search_trial", "main", "run_search_trial", 
 
 # Ranges of the five OFAT factors and the learning rate. Every n_embed choice is a
 # multiple of every n_head choice, so each sampled config is valid.
-SEARCH_SPACE = {
+SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
     "n_head": ("choice", [1, 2, 4, 8]),
     "n_layer": ("randint", 1, 9),
     "n_embed": ("choice", [32, 64, 96, 128, 192, 256]),
