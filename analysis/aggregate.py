@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from charlm.fsio import atomic_write_bytes
 from charlm.text import scaled
 
 __all__ = [
@@ -564,7 +565,7 @@ def write_final_info(
     for (sweep, factor, level), content in final_info(trials, summary=summary).items():
         path = Path(out_dir) / slug(sweep) / slug(config_label(factor, level)) / "final_info.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(content, indent=2) + "\n")
+        atomic_write_bytes(path, (json.dumps(content, indent=2) + "\n").encode())
         paths.append(path)
     return paths
 
@@ -698,14 +699,14 @@ def write_tables(
     paths = []
     for name, frame in (("summary", summary), ("effects", effects), ("ranking", ranking)):
         path = out / f"{name}.csv"
-        frame.to_csv(path, index=False)
+        atomic_write_bytes(path, frame.to_csv(index=False).encode())
         paths.append(path)
     for sweep, rows in summary.groupby("sweep", sort=True):
         table = paper_table(rows, effects, metric)
         stem = out / f"table_{slug(sweep)}"
-        table.to_csv(stem.with_suffix(".csv"), index=False)
-        stem.with_suffix(".md").write_text(to_markdown(table))
+        atomic_write_bytes(stem.with_suffix(".csv"), table.to_csv(index=False).encode())
+        atomic_write_bytes(stem.with_suffix(".md"), to_markdown(table).encode())
         caption = f"Sweep {sweep}: mean ± standard error over seeds; Δ vs the baseline."
-        stem.with_suffix(".tex").write_text(to_latex(table, caption))
+        atomic_write_bytes(stem.with_suffix(".tex"), to_latex(table, caption).encode())
         paths += [stem.with_suffix(suffix) for suffix in (".csv", ".md", ".tex")]
     return paths

@@ -14,6 +14,7 @@ import gc
 import html
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import time
@@ -35,6 +36,7 @@ except ImportError:  # Windows: CPU time of this process only
 from analysis import aggregate, plots
 from analysis.aggregate import CONFIG_KEYS, slug
 from analysis.load import CorruptStoreError, Store, StoreError, check_store, load_store
+from charlm.fsio import fsync_dir, fsync_tree
 
 __all__ = ["Analysis", "Report", "analyze", "build_report", "main"]
 
@@ -230,7 +232,7 @@ def build_report(
         rendering.submit(_figure_jobs(analysis))
         watch.lap("figures started")
         heatmap_notes: list[str] = []
-        heatmaps = _heatmaps(analysis, heatmap_text, heatmap_layer, heatmap_notes)
+        heatmaps = _heatmaps(analysis, heatmap_text, heatmap_layer, heatmap_notes, strict)
         rendering.submit(_heatmap_jobs(heatmaps))
         watch.lap("heatmap capture")
         with warnings.catch_warnings():
@@ -298,9 +300,11 @@ def _check_out_dir(out: Path) -> None:
 def _move_into_place(temp: Path, out: Path) -> None:
     """Swap the finished report in; an earlier report (or empty dir) goes away after."""
     trash = out.parent / f".{out.name}.old-{os.getpid()}"
+    fsync_tree(temp)  # durable before it becomes the report
     if out.exists():
         os.replace(out, trash)
     os.replace(temp, out)
+    fsync_dir(out.parent)
     shutil.rmtree(trash, ignore_errors=True)
 
 
@@ -356,10 +360,15 @@ def _missing(analysis: Analysis) -> list[str]:
 
 
 def _heatmaps(
-    analysis: Analysis, text: str | None, layer: int | None, missing: list[str]
+    analysis: Analysis,
+    text: str | None,
+    layer: int | None,
+    missing: list[str],
+    strict: bool = False,
 ) -> list[_Heatmaps]:
-    """Capture attention of the best trial's model per dataset. A bad --heatmap-layer
-    raises StoreError (build_report then removes its unfinished output)."""
+    """Capture attention of the best trial's model per dataset. A model file that cannot be
+    loaded is named in ``missing`` and its heatmaps skipped (``strict``: StoreError). A bad
+    --heatmap-layer raises StoreError (build_report then removes its unfinished output)."""
     trials = analysis.store.trials
     ok = trials[trials["status"].eq("ok") & trials["best_val_loss"].notna()]
     models = analysis.store.root / "models"
@@ -391,6 +400,20 @@ def _heatmaps(
             return []
         except ValueError as exc:
             missing.append(f"Heatmap for {dataset} skipped: {exc}")
+            continue
+        except Exception as exc:  # torn, not a model file, or a pickle weights_only refuses
+            path = models / f"{trial_id}.pt"
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+            reason = re.split(r"(?<=\w)\. ", text.splitlines()[0] if text else "")[0][:200]
+            reason = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+            if strict:
+                raise StoreError(
+                    f"unreadable model file {path} ({reason}); move it away, or drop --strict "
+                    "to skip its heatmaps."
+                ) from None
+            missing.append(
+                f"Heatmap for {dataset} skipped: unreadable model file {path} ({reason})."
+            )
             continue
         chosen_layer = len(maps) - 1 if layer is None else layer
         if not 0 <= chosen_layer < len(maps):
@@ -936,6 +959,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for path, reason in report.analysis.store.corrupt:
         print(f"warning: skipped corrupt store file {path}: {reason}", file=sys.stderr)
+    for note in report.missing:
+        if "unreadable model file" in note:
+            print(f"warning: {note}", file=sys.stderr)
     if not args.quiet:
         _print_summary(report, args.metric)
     print(f"report: {report.html}")

@@ -1,26 +1,31 @@
-"""Soak: a 200-trial grid on a local two-node Ray cluster whose worker node is killed hard
-every 30 s (and replaced at once). Nothing may be lost.
+"""Soak: a 200-trial grid on a share-nothing Ray cluster with S3 checkpoints, its worker
+node SIGKILLed every 30 s (and replaced at once). Nothing may be lost.
 
     python benchmarks/soak.py                        # 200 trials, a kill every 30 s
-    python benchmarks/soak.py --trials 40 --kill-every 20 --data-dir DIR --keep
+    python benchmarks/soak.py --trials 10 --kill-every 30 --keep
 
-The cluster is ``ray.cluster_utils.Cluster``: a head with no CPUs for trials and one worker
-node (2 CPUs by default), token authentication on as ``ray start --head`` does. The sweep
-driver is ``python sweeps/ablation.py --address HEAD ...`` in its own process; this process
-kills the worker with ``remove_node(node, allow_graceful=False)`` (every process of the
-node SIGKILLed) and adds a fresh one, while a thread reads the whole store in a loop.
+The cluster is tests/sharenothing.py's: a ``ray start --head`` on this machine (no CPUs
+for trials) and one worker node (2 CPUs by default) in its own mount and PID namespace,
+which cannot read this machine's files; checkpoints go to moto's S3 server on 127.0.0.1
+(credentials in the nodes' environment only). Needs root (unshare, mount). The sweep
+driver is ``python sweeps/ablation.py --address HEAD --storage s3://...`` in its own
+process; this process SIGKILLs the worker node's namespace (every process of the node at
+once) and starts a fresh node, while a thread reads the whole store in a loop.
 
-Prints trials finished, retries and rows lost. A row is lost when a (config, seed) of the
-grid has no ``trials`` row, has more than one, or its curve misses or repeats an eval
-step; a failed trial (retries exhausted) is counted apart, not as lost: running the same
-command again runs it. Exit status 0 when nothing was lost and the store was readable at
-every moment, else 1.
+Prints trials finished, retries, nodes killed, S3 objects written and rows lost. A row is
+lost when a (config, seed) of the grid has no ``trials`` row, has more than one, or its
+curve misses or repeats an eval step; a failed trial (retries exhausted) is counted apart,
+not as lost: running the same command again runs it. Exit status 0 when nothing was lost
+and the store was readable at every moment, else 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -36,11 +41,14 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 ABLATION = REPO / "sweeps" / "ablation.py"
+sys.path.insert(0, str(REPO / "tests"))
+S3_PREFIX = "soak"
 
 TINY = {"n_layer": 1, "n_head": 2, "n_embed": 16, "block_size": 16, "dropout": 0.0,
         "batch_size": 8, "eval_iters": 2, "warmup_iters": 2, "sample_tokens": 20}  # fmt: skip
 # Five configs (the baseline and one level of four factors); seeds make up the count.
 FACTORS = {"n_head": [1], "dropout": [0.1], "learning_rate": [3e-3], "weight_decay": [0.0]}
+BUCKET = "charlm-soak"
 
 
 @dataclass
@@ -53,6 +61,9 @@ class SoakResult:
     retries: int = 0
     trials_retried: int = 0
     kills: int = 0
+    node_start_failures: int = 0
+    s3_objects_written: int = 0
+    s3_objects_left: int = 0
     rows_lost: int = 0
     store_reads: int = 0
     unreadable: list[str] = field(default_factory=list)
@@ -63,7 +74,9 @@ class SoakResult:
         return [
             f"trials finished: {self.ok} ok, {self.failed} failed (of {self.trials})",
             f"retries: {self.retries} ({self.trials_retried} trials retried)",
-            f"worker nodes killed: {self.kills}",
+            f"worker nodes killed: {self.kills} (failed node starts: {self.node_start_failures})",
+            f"S3 objects written: {self.s3_objects_written} ({self.s3_objects_left} left "
+            "under the prefix: the last checkpoint of each trial and Tune's state)",
             f"rows lost: {self.rows_lost}",
             f"store reads while running: {self.store_reads}, unreadable moments: "
             f"{len(self.unreadable)}",
@@ -102,20 +115,17 @@ class _Watcher(threading.Thread):
             time.sleep(0.2)
 
 
-def _start_cluster(worker_cpus: int):
-    from ray._private.authentication.authentication_token_setup import (
-        ensure_token_if_auth_enabled,
-    )
-    from ray._raylet import Config
-    from ray.cluster_utils import Cluster
-
-    os.environ["RAY_AUTH_MODE"] = "token"
-    Config.initialize("")  # Ray read its config at import
-    ensure_token_if_auth_enabled(None, create_token_if_missing=True)
-    cluster = Cluster(shutdown_at_exit=True)
-    cluster.add_node(num_cpus=0, include_dashboard=False)
-    cluster.add_node(num_cpus=worker_cpus)
-    return cluster
+def _objects_written(moto_log: Path) -> int:
+    """Objects the S3 server stored: single PUTs plus completed multipart uploads."""
+    written = 0
+    for line in moto_log.read_text(errors="replace").splitlines():
+        request = re.search(r'"(PUT|POST) (/\S+) HTTP/[\d.]+" 200', line)
+        if request and request.group(2).startswith(f"/{BUCKET}/"):
+            method, target = request.groups()
+            single = method == "PUT" and "partNumber=" not in target
+            completed = method == "POST" and "uploadId=" in target
+            written += single or completed
+    return written
 
 
 def run_soak(
@@ -127,59 +137,82 @@ def run_soak(
     eval_interval: int = 20,
     worker_cpus: int = 2,
     max_failures: int = 10,
-    timeout_s: float = 3600.0,
+    timeout_s: float = 4 * 3600.0,
     log=print,
 ) -> SoakResult:
     """Run the soak in ``work`` (grid, store, driver logs) and return what it saw."""
+    from sharenothing import MotoS3, ShareNothingCluster, namespaces_unavailable
+
     from sweeps.grid import expand, load_grid
     from sweeps.schema import read_table
 
     work.mkdir(parents=True, exist_ok=True)
+    unavailable = namespaces_unavailable()
+    if unavailable:
+        raise SystemExit(f"soak: {unavailable}")
     grid = write_grid(work / "grid.yaml", trials, max_iters, eval_interval)
     results = work / "results"
     expected = {t.trial_id for t in expand(load_grid(grid))}
     steps = list(range(0, max_iters + 1, eval_interval))
     result = SoakResult(trials=len(expected))
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
     start = time.monotonic()
-    cluster = _start_cluster(worker_cpus)
+    moto = MotoS3(log=work / "moto.log", bucket=BUCKET).start()
+    cluster = ShareNothingCluster(root=work, hidden=[work], node_env=moto.env,
+                                  worker_cpus=worker_cpus)  # fmt: skip
     watcher = _Watcher(results)
     driver = None
     try:
-        log(f"cluster up in {time.monotonic() - start:.0f}s at {cluster.address}")
+        cluster.start(workers=1)
+        log(f"share-nothing cluster up in {time.monotonic() - start:.0f}s at {cluster.address}; "
+            f"S3 at {moto.endpoint}")  # fmt: skip
         command = [
             sys.executable, str(ABLATION), "--address", cluster.address, "--grid", str(grid),
             "--results", str(results), "--max-failures", str(max_failures),
+            "--storage", moto.uri(S3_PREFIX),
         ]  # fmt: skip
+        env = cluster.driver_env(**moto.env)
         with open(work / "driver.out", "w") as out, open(work / "driver.err", "w") as err:
             driver = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=REPO)
         watcher.start()
-        next_kill = time.monotonic() + kill_every_s
+        next_kill = math.inf  # the clock starts once the sweep runs (the probe is done)
         while driver.poll() is None:
+            if next_kill == math.inf and "running on" in (work / "driver.out").read_text():
+                next_kill = time.monotonic() + kill_every_s
             if time.monotonic() - start > timeout_s:
                 log(f"timeout after {timeout_s:.0f}s: stopping the driver")
                 driver.send_signal(signal.SIGINT)
                 driver.wait(60)
                 break
-            if time.monotonic() >= next_kill:
-                (worker,) = cluster.worker_nodes
-                cluster.remove_node(worker, allow_graceful=False)
-                cluster.add_node(num_cpus=worker_cpus)
+            if time.monotonic() >= next_kill and cluster.workers:
+                for worker in list(cluster.workers):
+                    cluster.kill_worker(worker)
                 result.kills += 1
                 done = len(read_table(results, "trials", columns=["trial_id"]).table)
                 elapsed = time.monotonic() - start
-                log(f"[{elapsed:5.0f}s] killed and replaced the worker node (kill "
-                    f"{result.kills}); {done}/{len(expected)} trials in the store")  # fmt: skip
+                log(f"[{elapsed:5.0f}s] killed the worker node (kill {result.kills}); "
+                    f"{done}/{len(expected)} trials in the store")  # fmt: skip
+            if not cluster.workers:
+                try:
+                    cluster.add_worker()
+                except RuntimeError:  # a loaded machine: Ray's 30 s registration window
+                    result.node_start_failures += 1
+                    log("a fresh worker node did not start (3 attempts); trying again")
+                    continue
                 next_kill = time.monotonic() + kill_every_s
             time.sleep(0.5)
         result.exit_code = driver.returncode
     finally:
         watcher.done.set()
-        watcher.join(timeout=30)
+        if watcher.is_alive():
+            watcher.join(timeout=30)
         if driver is not None and driver.poll() is None:
             driver.kill()
             driver.wait()
         cluster.shutdown()
+        with contextlib.suppress(Exception):
+            result.s3_objects_left = len(moto.keys(S3_PREFIX))
+        moto.stop()
+        result.s3_objects_written = _objects_written(work / "moto.log")
     result.wall_time_s = time.monotonic() - start
     result.store_reads, result.unreadable = watcher.reads, watcher.unreadable
 

@@ -81,11 +81,11 @@ def service(specs: list[TrialSpec], cpus_per_trial: float) -> Timing:
     with tempfile.TemporaryDirectory() as tmp:
         store = ResultStore(Path(tmp) / "results")
         start = time.time()
-        connect(num_cpus=os.cpu_count())
+        connection = connect(num_cpus=os.cpu_count(), results=store.root)
         fit_start = time.time()
         try:
             run_trials(
-                store, param_space(specs), name="overhead", total=len(specs),
+                connection, store, param_space(specs), name="overhead", total=len(specs),
                 resources=Resources(cpus_per_trial=cpus_per_trial), progress=False,
             )  # fmt: skip
         finally:

@@ -132,6 +132,7 @@ class Dataset:
     name: str
     vocab: list[str]
     splits: dict[str, np.ndarray]
+    source_sha256: str = ""  # of the downloaded archive or the text file: its identity
 
     @property
     def vocab_size(self) -> int:
@@ -347,7 +348,7 @@ def _open_encoded(name: str, stem: Path, source_sha256: str) -> Dataset | None:
         splits = {split: tokens[start:end] for split, (start, end) in meta["splits"].items()}
     except (OSError, ValueError, KeyError, TypeError):  # absent or unreadable: encode again
         return None
-    return Dataset(name=name, vocab=vocab, splits=splits)
+    return Dataset(name=name, vocab=vocab, splits=splits, source_sha256=source_sha256)
 
 
 def _encode(
@@ -384,7 +385,7 @@ def _encode(
     _atomic_write(Path(f"{stem}.meta.json"), lambda file: file.write(json.dumps(meta).encode()))
     memmap = np.load(f"{stem}.tokens.npy", mmap_mode="r")
     splits = {split: memmap[start:end] for split, (start, end) in ranges.items()}
-    return Dataset(name=name, vocab=vocab, splits=splits)
+    return Dataset(name=name, vocab=vocab, splits=splits, source_sha256=source_sha256)
 
 
 def _tokenize(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

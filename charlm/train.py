@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from charlm.cli import OneLineParser, check_writable_dir
-from charlm.config import ConfigError, ModelConfig, TrainConfig, to_dict
+from charlm.config import ConfigError, ModelConfig, TrainConfig, config_fields, to_dict
 from charlm.data import (
     BatchSampler,
     Dataset,
@@ -36,7 +36,7 @@ from charlm.data import (
     load_dataset,
     n_windows,
 )
-from charlm.fsio import atomic_write
+from charlm.fsio import atomic_write, atomic_write_bytes
 from charlm.model import GPT
 from charlm.probes import probe_metrics
 from charlm.sample import generate_text, quality_metrics, word_set
@@ -45,6 +45,7 @@ from charlm.versions import upgrade
 __all__ = [
     "CHECKPOINT_FILE",
     "MODEL_FILE",
+    "RESUMABLE_FIELDS",
     "TrialResult",
     "load_model",
     "lr_at",
@@ -64,7 +65,15 @@ CHECKPOINT_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 # Fixed seeds: every trial evaluates and probes the same text, whatever its own seed.
 EVAL_SEED = 1337
 PROBE_SEED = 7
-SAMPLE_PROMPT = "\n"
+SAMPLE_PROMPT = "\n"  # or the text's first character when it has no newline
+# What may differ between a checkpoint and the run resuming it: when to evaluate, probe and
+# sample, and where it runs. Anything else would change what the run trains (and what the
+# store records for the whole run), so --resume refuses it; max_iters may not go below the
+# checkpoint's step.
+RESUMABLE_FIELDS = (
+    "max_iters", "eval_interval", "probe_interval", "sample_tokens", "temperature", "top_k",
+    "device", "num_threads", "data_dir", "compile",
+)  # fmt: skip
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -273,6 +282,10 @@ def train(
             f"of {data.vocab_size}: leave vocab_size unset to take it from the dataset."
         )
     check_block_size(data, model_cfg.block_size)
+    prompt = sample_prompt(data)
+    state = _load_checkpoint(resume_from, device) if resume_from is not None else None
+    if state is not None and resume_from is not None:
+        check_resumable(state, model_cfg, train_cfg, data, resume_from)
 
     torch.manual_seed(train_cfg.seed)
     model = GPT(model_cfg).to(device)
@@ -312,8 +325,7 @@ def train(
     )
     step, train_seconds, prior_elapsed = 0, 0.0, 0.0
     best_val = math.inf
-    if resume_from is not None:
-        state = _load_checkpoint(resume_from, device)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_cpu"])
@@ -374,7 +386,7 @@ def train(
                     train_seconds, point["elapsed_s"], best_val, result, data, device_type,
                 )  # fmt: skip
             if last:
-                _finish(result, model, data, train_cfg, best_val, train_seconds, device)
+                _finish(result, model, data, train_cfg, best_val, train_seconds, device, prompt)
                 result.train_time_s = prior_elapsed + time.perf_counter() - run_start
                 if checkpoint_path is not None:
                     save_model(checkpoint_path / MODEL_FILE, model, data.vocab, data.name)
@@ -402,7 +414,7 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         window_tokens += tokens_per_step
         step += 1
-    _finish(result, model, data, train_cfg, best_val, train_seconds, device)
+    _finish(result, model, data, train_cfg, best_val, train_seconds, device, prompt)
     result.train_time_s = prior_elapsed
     return result
 
@@ -431,6 +443,7 @@ def _finish(
     best_val: float,
     train_seconds: float,
     device: str,
+    prompt: str,
 ) -> None:
     """Fill the final metrics and the generated sample into ``result``."""
     last = result.curve[-1]
@@ -442,12 +455,12 @@ def _finish(
     result.train_tokens_per_s = last["tokens_seen"] / train_seconds if train_seconds > 0 else None
     if cfg.sample_tokens > 0:
         text, tokens_per_s = generate_text(
-            model, data, SAMPLE_PROMPT, cfg.sample_tokens, cfg.temperature, cfg.top_k,
+            model, data, prompt, cfg.sample_tokens, cfg.temperature, cfg.top_k,
             cfg.seed, device,
         )  # fmt: skip
         result.inference_tokens_per_s = tokens_per_s
         result.sample = {
-            "prompt": SAMPLE_PROMPT,
+            "prompt": prompt,
             "text": text,
             "n_chars": len(text),
             **quality_metrics(text, word_set(data.decode(data.splits["train"][:2_000_000]))),
@@ -496,9 +509,78 @@ def _save_checkpoint(
             "train_config": to_dict(result.train_config),
             "vocab": data.vocab,
             "dataset": data.name,
+            "dataset_sha256": data.source_sha256,
         },
         path,
     )
+
+
+def sample_prompt(data: Dataset) -> str:
+    """The prompt of the final sample: a newline, or the training text's first character
+    when the text has none (chosen before training: a prompt outside the vocabulary would
+    only fail after the whole run)."""
+    return SAMPLE_PROMPT if SAMPLE_PROMPT in data.vocab else data.decode(data.splits["train"][:1])
+
+
+def _text(value: Any) -> str:
+    return f"{value:.10g}" if isinstance(value, float) else str(value)
+
+
+def _flag(name: str, value: Any) -> str:
+    flag = f"--{name.replace('_', '-')}"
+    if name == "bias" or value is None:
+        return flag if value else f"no {flag}"
+    return f"{flag} {_text(value)}"
+
+
+def check_resumable(
+    state: dict[str, Any],
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    data: Dataset,
+    path: str | Path,
+) -> None:
+    """Raise ConfigError unless the run (model_cfg, train_cfg on data) continues the one that
+    wrote checkpoint ``state``: only RESUMABLE_FIELDS may differ, and max_iters may not be
+    below its step. The one-line message names each field, both values and the flag."""
+    old_model, old_train = state["model_config"], state["train_config"]
+    new_values = {**to_dict(model_cfg), **to_dict(train_cfg)}
+    # A field newer than the checkpoint had its default then.
+    old_values = {**to_dict(ModelConfig()), **to_dict(TrainConfig()), **old_model, **old_train}
+    # The schedule as it runs: an unset lr_decay_iters follows max_iters (resumable).
+    known = set(config_fields(TrainConfig))
+    old_cfg = TrainConfig(**{**{k: v for k, v in old_train.items() if k in known},
+                             "dataset": train_cfg.dataset, "data_dir": None})  # fmt: skip
+    new_values["lr_decay_iters"] = train_cfg.resolved_lr_decay_iters
+    old_values["lr_decay_iters"] = old_cfg.resolved_lr_decay_iters
+    same_data = (
+        state.get("dataset_sha256") == data.source_sha256
+        if state.get("dataset_sha256") and data.source_sha256
+        else old_values.get("dataset") == new_values["dataset"]
+    )
+    changed = [
+        name
+        for name in new_values
+        if name not in RESUMABLE_FIELDS
+        and (not same_data if name == "dataset" else old_values.get(name) != new_values[name])
+    ]
+    problems = [
+        f"{name} {_text(old_values.get(name))} (this run: {_text(new_values[name])})"
+        for name in changed
+    ]
+    if "dataset" in changed and old_values.get("dataset") == new_values["dataset"]:
+        problems.append("the dataset file's content changed since the checkpoint")
+    fixes = [_flag(name, old_values.get(name)) for name in changed if name != "vocab_size"]
+    step = state["step"]
+    if train_cfg.max_iters < step:
+        problems.append(f"max_iters {train_cfg.max_iters} is below its step {step}")
+        fixes.append(f"--max-iters {step} or more")
+    if problems:
+        raise ConfigError(
+            f"--resume: the checkpoint {path} cannot be resumed by this run: "
+            f"{'; '.join(problems)}: pass {' '.join(fixes) or 'the same settings'} to resume "
+            "it, or give a new --out to start afresh."
+        )
 
 
 def save_model(path: Path, model: GPT, vocab: list[str], dataset: str) -> None:
@@ -620,7 +702,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    text = json.dumps(result.to_dict(), indent=2) + "\n"
+    atomic_write_bytes(out / "result.json", text.encode())
     summary = result.summary()
     if result.status == "ok":
         print(

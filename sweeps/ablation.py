@@ -5,12 +5,15 @@
         [--seeds 3] [--max-iters N] [--results DIR] [--name NAME] [--cpus-per-trial C]
         [--gpus-per-trial G] [--max-concurrent K] [--dry-run]
 
-Exit status: 0 when every trial finished, 1 if any failed, 2 for bad input.
+Exit status: 0 when every trial finished, 1 if any failed (or the results disk is full or
+read-only), 2 for bad input (or another sweep holds the store), 130/143 when stopped by
+SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import os
 import statistics
@@ -23,10 +26,21 @@ from charlm.cli import OneLineParser, fail
 from charlm.config import ConfigError
 from charlm.data import check_block_size, load_dataset
 from charlm.text import format_duration, text_table
+from sweeps import interrupt
 from sweeps.grid import PRESETS, GridSpec, TrialSpec, expand, load_grid, parse_overrides
+from sweeps.options import (
+    available_memory_bytes,
+    check_max_failures,
+    check_memory,
+    check_sweep_name,
+    check_trial_resources,
+    local_node,
+    node_types,
+)
 from sweeps.runner import Resources, load_cluster_config
 from sweeps.schema import read_table
-from sweeps.store import ResultStore, check_results_dir, trial_statuses
+from sweeps.storage import check_writable_here, resolve_storage
+from sweeps.store import ResultStore, check_results_dir, locked, trial_statuses
 
 __all__ = ["main", "param_space", "parse_args", "plan_trials", "prepare_datasets", "summary_table"]
 
@@ -122,6 +136,10 @@ def parse_args(argv: list[str] | None = None):
 def plan_trials(args) -> list[TrialSpec]:
     """The grid's trials after the CLI's filters and overrides; raises GridError/ConfigError."""
     spec: GridSpec = load_grid(args.grid) if args.grid else PRESETS[args.preset]
+    if args.name:
+        check_sweep_name(args.name, "--name")
+    else:
+        check_sweep_name(spec.name, f"grid file {spec.source}: name" if spec.source else "name")
     overrides = parse_overrides(args.overrides)
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
@@ -145,14 +163,28 @@ def _renamed(trial: TrialSpec, name: str) -> TrialSpec:
 def prepare_datasets(trials: list[TrialSpec]) -> dict[str, int]:
     """Fetch and encode each dataset once on the driver; check every block size against it.
 
-    Returns the vocabulary size per dataset. All block-size problems are reported together.
+    Returns the vocabulary size per dataset. All block-size and vocab_size problems are
+    reported together.
     """
     vocab_sizes: dict[str, int] = {}
     problems: list[str] = []
-    checked: set[tuple[str, int]] = set()
+    checked: set[tuple[str, int]] = set()  # (dataset, block_size) seen
+    vocab_checked: set[tuple[str, int]] = set()
     for trial in trials:
         data = load_dataset(trial.dataset, trial.train.data_dir)
         vocab_sizes[trial.dataset] = data.vocab_size
+        vocab = trial.model.vocab_size
+        if (
+            vocab is not None
+            and vocab != data.vocab_size
+            and ((trial.dataset, vocab) not in vocab_checked)
+        ):
+            vocab_checked.add((trial.dataset, vocab))
+            problems.append(
+                f"{trial.factor}={trial.level}: vocab_size={vocab} does not match "
+                f"{Path(trial.dataset).name}'s vocabulary of {data.vocab_size}: leave "
+                "vocab_size unset to take it from the dataset."
+            )
         key = (trial.dataset, trial.model.block_size)
         if key in checked:
             continue
@@ -205,64 +237,196 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--seeds {args.seeds}: give a number of seeds >= 1.")
         if args.max_iters is not None and args.max_iters < 1:
             raise ConfigError(f"--max-iters {args.max_iters}: give a number of steps >= 1.")
+        check_max_failures(args.max_failures)
         trials = plan_trials(args)
         check_results_dir(args.results)
+        storage = resolve_storage(args.storage, args.results)
+        if args.cluster is None and args.address is None:  # one machine: a probe here is all
+            check_writable_here(storage)
         resources = Resources(args.cpus_per_trial, args.gpus_per_trial or 0.0, args.max_concurrent)
-        if args.cluster:
-            load_cluster_config(args.cluster)
+        cluster = load_cluster_config(args.cluster) if args.cluster else None
+        embedded = args.cluster is None and args.address is None
+        if embedded:  # this machine is the whole cluster: check before Ray starts
+            node = local_node(args.num_cpus, args.num_gpus)
+            if args.gpus_per_trial is None and node["GPU"] > 0:
+                resources = dataclasses.replace(resources, gpus_per_trial=1.0)
+            check_trial_resources(
+                resources.cpus_per_trial, resources.gpus_per_trial, [node], "this machine"
+            )
         vocab_sizes = prepare_datasets(trials)
+        if embedded:
+            check_memory(
+                _memory_rows(trials, vocab_sizes),
+                _per_node(node, resources, len(trials)),
+                available_memory_bytes(),
+                "this machine (MemAvailable)",
+            )
     except ConfigError as exc:
         fail(str(exc))
     if args.dry_run:
         _dry_run(trials, vocab_sizes, args)
         return 0
-    return _run(trials, args, resources)
+    with interrupt.handling():
+        try:
+            return _run(trials, args, resources, cluster, vocab_sizes)
+        except OSError as exc:
+            return _disk_error(exc, args.results)
 
 
-def _run(trials: list[TrialSpec], args, resources: Resources) -> int:
+def _memory_rows(trials: list[TrialSpec], vocab_sizes: dict[str, int]):
+    return [(f"{t.factor}={t.level}", t.model, t.train, vocab_sizes[t.dataset]) for t in trials]
+
+
+def _per_node(node: dict[str, float], resources: Resources, n_trials: int) -> int:
+    """How many trials Ray may run at once on ``node``."""
+    fit = math.floor(node.get("CPU", 0) / resources.cpus_per_trial + 1e-9)
+    if resources.gpus_per_trial > 0:
+        fit = min(fit, math.floor(node.get("GPU", 0) / resources.gpus_per_trial + 1e-9))
+    return max(1, min(fit, resources.max_concurrent or fit, n_trials))
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def _disk_error(exc: OSError, results: Path) -> int:
+    """A full or read-only results disk: one line, exit 1 (the store's files are whole)."""
+    inside = exc.filename is not None and Path(str(exc.filename)).resolve().is_relative_to(
+        results.resolve()
+    )
+    if not (exc.errno in _DISK_FULL or (exc.errno in (errno.EACCES, errno.EPERM) and inside)):
+        raise exc
+    reason = os.strerror(exc.errno)  # pyarrow's own text wraps it in a longer sentence
+    print(
+        f"error: cannot write under {results} ({reason}: {exc.filename or results}); trials "
+        "already in the store are kept: free space (or make it writable) and run the same "
+        "command again to run the rest.",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _disk_full_error(failed: dict[str, str]) -> str | None:
+    """The error text when trials failed because the disk was full or read-only."""
+    for error in failed.values():
+        if any(text in error for text in ("No space left", "Read-only file system",
+                                          "Disk quota exceeded")):  # fmt: skip
+            return error
+    return None
+
+
+def _run(
+    trials: list[TrialSpec],
+    args,
+    resources: Resources,
+    cluster: dict[str, Any] | None,
+    vocab_sizes: dict[str, int],
+) -> int:
+    import contextlib
+
+    import ray
+
+    todo = _todo(trials, args.results, announce=True)
+    if not todo:
+        return 0
+    with contextlib.ExitStack() as stack:
+        try:
+            if args.cluster is None and args.address is None:
+                stack.enter_context(locked(args.results))
+                todo = _todo(trials, args.results)  # what another driver finished meanwhile
+        except ConfigError as exc:
+            fail(str(exc))
+        try:
+            return _run_locked(trials, todo, args, resources, cluster, vocab_sizes, stack)
+        except KeyboardInterrupt:  # a signal before Tune ran, or a second one
+            return _interrupted(trials, [], args)
+        finally:
+            ray.shutdown()
+
+
+def _todo(trials: list[TrialSpec], results: Path, announce: bool = False) -> list[TrialSpec]:
+    statuses, corrupt = trial_statuses(results)
+    blocked = {path.stem for path, _ in corrupt}
+    todo = [t for t in trials if statuses.get(t.trial_id) != "ok" and t.trial_id not in blocked]
+    if announce:
+        for path, reason in corrupt:
+            print(
+                f"warning: store file {path} is unreadable ({reason}); its trial is skipped and "
+                "the file left as is: move it away to run that trial again",
+                file=sys.stderr,
+            )
+        already = sum(1 for t in trials if statuses.get(t.trial_id) == "ok")
+        print(f"{len(trials)} trials in the grid: {already} already in {results}, "
+              f"{len(todo)} to run")  # fmt: skip
+    return todo
+
+
+def _run_locked(
+    trials: list[TrialSpec],
+    todo: list[TrialSpec],
+    args,
+    resources: Resources,
+    cluster: dict[str, Any] | None,
+    vocab_sizes: dict[str, int],
+    stack,
+) -> int:
     import ray
 
     from sweeps.runner import connect, run_trials
 
-    statuses, corrupt = trial_statuses(args.results)
-    for path, reason in corrupt:
-        print(
-            f"warning: store file {path} is unreadable ({reason}); its trial is skipped and the "
-            "file left as is: move it away to run that trial again",
-            file=sys.stderr,
-        )
-    blocked = {path.stem for path, _ in corrupt}
-    todo = [t for t in trials if statuses.get(t.trial_id) != "ok" and t.trial_id not in blocked]
-    already = sum(1 for t in trials if statuses.get(t.trial_id) == "ok")
-    print(f"{len(trials)} trials in the grid: {already} already in {args.results}, "
-          f"{len(todo)} to run")  # fmt: skip
-    if not todo:
-        return 0
     try:
-        where = connect(
+        connection = connect(
             args.cluster, address=args.address, num_cpus=args.num_cpus,
-            num_gpus=args.num_gpus, verbose=args.verbose,
+            num_gpus=args.num_gpus, verbose=args.verbose, results=args.results,
+            storage=args.storage,
         )  # fmt: skip
     except ConfigError as exc:
         fail(str(exc))
-    try:
-        if args.gpus_per_trial is None and ray.cluster_resources().get("GPU", 0) > 0:
+    interrupt.install()  # ray.init replaced the SIGTERM handler
+    waiting = None
+    if args.cluster is not None or args.address is not None:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        if args.gpus_per_trial is None and any(n.get("GPU", 0) > 0 for n in nodes):
             resources = dataclasses.replace(resources, gpus_per_trial=1.0)
-        print(f"running on {where}; {resources.cpus_per_trial:g} CPU and "
-              f"{resources.gpus_per_trial:g} GPU per trial", flush=True)  # fmt: skip
-        store = ResultStore(args.results)
-        outcome = run_trials(
-            store,
-            param_space(todo),
-            name=todo[0].sweep,
-            total=len(todo),
-            resources=resources,
-            storage=args.storage,
-            max_iters={t.trial_id: t.train.max_iters for t in todo},
-            max_failures=args.max_failures,
-        )
-    finally:
-        ray.shutdown()
+        try:
+            waiting = check_trial_resources(
+                resources.cpus_per_trial, resources.gpus_per_trial, nodes, "the cluster",
+                node_types(cluster),
+            )  # fmt: skip
+            fits = [n for n in nodes if n.get("CPU", 0) >= resources.cpus_per_trial]
+            if fits and not waiting:
+                largest = max(fits, key=lambda n: n.get("memory", 0))
+                check_memory(
+                    _memory_rows(todo, vocab_sizes),
+                    _per_node(largest, resources, len(todo)),
+                    largest.get("memory", math.inf),
+                    "the largest node (Ray's memory resource)",
+                )
+            stack.enter_context(locked(args.results))
+        except ConfigError as exc:
+            ray.shutdown()
+            fail(str(exc))
+        todo = _todo(trials, args.results)
+    elif args.gpus_per_trial is None and ray.cluster_resources().get("GPU", 0) > 0:
+        resources = dataclasses.replace(resources, gpus_per_trial=1.0)
+    print(f"running on {connection.description}; {resources.cpus_per_trial:g} CPU and "
+          f"{resources.gpus_per_trial:g} GPU per trial", flush=True)  # fmt: skip
+    if not todo:
+        return 0
+    store = ResultStore(args.results)
+    outcome = run_trials(
+        connection,
+        store,
+        param_space(todo),
+        name=todo[0].sweep,
+        total=len(todo),
+        resources=resources,
+        max_iters={t.trial_id: t.train.max_iters for t in todo},
+        max_failures=args.max_failures,
+        waiting=waiting,
+    )
+    ray.shutdown()
+    if interrupt.requested():
+        return _interrupted(trials, outcome.ok, args)
     ids = {t.trial_id for t in trials}
     rows = [r for r in _store_rows(args.results) if r["trial_id"] in ids]
     print(summary_table(rows))
@@ -273,7 +437,29 @@ def _run(trials: list[TrialSpec], args, resources: Resources) -> int:
     )
     for trial_id, error in outcome.failed.items():
         print(f"failed: {trial_id}: {error}", file=sys.stderr)
+    full = _disk_full_error(outcome.failed)
+    if full:
+        print(
+            f"error: trials failed because the disk is full or read-only ({full}); free space "
+            "and run the same command again: finished trials are kept.",
+            file=sys.stderr,
+        )
     return 1 if outcome.failed else 0
+
+
+def _interrupted(trials: list[TrialSpec], finished_now: list[str], args) -> int:
+    """The summary of a sweep stopped by SIGINT/SIGTERM; exit 128 + the signal number."""
+    statuses, _ = trial_statuses(args.results) if args.results.is_dir() else ({}, [])
+    done = sum(1 for t in trials if statuses.get(t.trial_id) == "ok")
+    failed = sum(1 for t in trials if statuses.get(t.trial_id) == "failed")
+    print(
+        f"interrupted by {interrupt.signal_name()}: {len(finished_now)} trials finished in this "
+        f"run; {done} of {len(trials)} are in {args.results} ({failed} failed), "
+        f"{len(trials) - done - failed} not finished. To continue, run the same command "
+        "again: it runs only what the store lacks.",
+        flush=True,
+    )
+    return interrupt.exit_code()
 
 
 def _store_rows(root: Path) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ import difflib
 import hashlib
 import json
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 import yaml
 
 from charlm.config import (
+    KNOWN_DATASETS,
     ConfigError,
     ModelConfig,
     TrainConfig,
@@ -466,12 +468,36 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
 # ---------------------------------------------------------------- trials
 
 
+# (real path, size, mtime_ns, inode) -> sha256 of the file: each text file is read once.
+_FILE_HASHES: dict[tuple[str, int, int, int], str] = {}
+
+
+def dataset_identity(dataset: str) -> str:
+    """What a trial id hashes for a dataset: a built-in name as is, a text file by its
+    content ('sha256:...'), so an edited file makes new trials and another spelling of the
+    same file's path the same ones."""
+    if dataset in KNOWN_DATASETS or not os.path.isfile(dataset):
+        return dataset
+    path = os.path.realpath(dataset)
+    stat = os.stat(path)
+    key = (path, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key not in _FILE_HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as file:
+            for chunk in iter(lambda: file.read(1 << 20), b""):
+                digest.update(chunk)
+        _FILE_HASHES[key] = f"sha256:{digest.hexdigest()}"
+    return _FILE_HASHES[key]
+
+
 def _canonical(config: ModelConfig | TrainConfig) -> dict[str, Any]:
     values = {}
     for name, value in to_dict(config).items():
         if name in MACHINE_FIELDS:
             continue
         value = _normalize(name, value)
+        if name == "dataset":
+            value = dataset_identity(value)
         if isinstance(value, float) and not math.isfinite(value):
             value = repr(value)  # keep the JSON strict
         values[name] = value
@@ -485,7 +511,7 @@ def trial_id(model: ModelConfig, train: TrainConfig) -> str:
     int in a float field equals the float) of every config field except where the trial runs
     (``MACHINE_FIELDS``), so it depends on the dataset, the seed and the full configuration,
     never on the sweep's name or the factor that produced it. A dataset given as a file path
-    is hashed as written.
+    counts by its content (``dataset_identity``), not by how the path is spelled.
     """
     payload = {"model": _canonical(model), "train": _canonical(train)}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)

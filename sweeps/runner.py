@@ -7,15 +7,19 @@ result store through a driver-side callback, with a concise live progress view.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
 import os
+import re
 import shutil
 import socket
+import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,11 +33,24 @@ from charlm.data import resolve_data_dir
 from charlm.fsio import atomic_write
 from charlm.text import format_duration
 from charlm.train import MODEL_FILE
+from sweeps import interrupt
+from sweeps.storage import (
+    EXAMPLE,
+    Storage,
+    StorageError,
+    probe_from_node,
+    read_answers,
+    redact,
+    remove_probe,
+    resolve_storage,
+    write_probe,
+)
 from sweeps.store import ResultStore, TrialRecord
 from sweeps.trainable import run_trial
 
 __all__ = [
     "ClusterError",
+    "Connection",
     "Resources",
     "SweepOutcome",
     "connect",
@@ -44,12 +61,27 @@ __all__ = [
 
 DEFAULT_MAX_FAILURES = 3
 GCS_PORT = 6379
-# Whether Tune may reuse trial actors (saves ~1 s of actor start per trial; measured on 2
-# cores: 18 s -> 8 s). Only on the embedded local Ray that connect() starts: on a cluster a
-# cached actor can sit on a node that died or was scaled down, and Tune then fails the
-# PENDING trial it hands that actor to for good, whatever FailureConfig says
-# (benchmarks/soak.py, a worker node killed every 30 s: 2 of 200 trials failed so).
-_reuse_actors = False
+PROBE_TIMEOUT_S = 60.0
+# A run's directory in the checkpoint storage: NAME-YYYYmmdd-HHMMSS-PID (see run_trials).
+_RUN_DIR = re.compile(r".+-\d{8}-\d{6}-(\d+)")
+
+
+@dataclass(frozen=True)
+class Connection:
+    """What ``connect`` joined, and what that means for running trials there.
+
+    ``reuse_actors``: may Tune reuse trial actors? It saves ~1 s of actor start per trial
+    (measured on 2 cores: 18 s -> 8 s), but only on the embedded local Ray: on a cluster a cached
+    actor can sit on a node that died or was scaled down, and Tune then fails the PENDING
+    trial it hands that actor to for good, whatever FailureConfig says (benchmarks/soak.py,
+    a worker node killed every 30 s: 2 of 200 trials failed so).
+    ``storage``: where trial checkpoints go, proven reachable from every node.
+    """
+
+    description: str
+    reuse_actors: bool
+    storage: Storage
+    nodes: int = 1
 
 
 class ClusterError(ConfigError):
@@ -136,6 +168,17 @@ def _auth_for_existing_cluster() -> None:
         Config.initialize("")
 
 
+def declared_worker_types(config: dict[str, Any]) -> list[str]:
+    """Node types of a cluster-launcher config that the autoscaler may start as workers."""
+    head = config.get("head_node_type")
+    cluster_max = config.get("max_workers", 2)
+    return sorted(
+        name
+        for name, node in (config.get("available_node_types") or {}).items()
+        if name != head and node.get("max_workers", cluster_max) > 0
+    )
+
+
 def connect(
     cluster: str | Path | None = None,
     *,
@@ -144,14 +187,19 @@ def connect(
     num_gpus: float | None = None,
     verbose: bool = False,
     script: str = "sweeps/ablation.py",
-) -> str:
-    """Connect this driver to Ray and return a one-line description of what it joined.
+    results: str | Path = "results",
+    storage: str | None = None,
+) -> Connection:
+    """Connect this driver to Ray; return the Connection that ``run_trials`` runs on.
 
     No cluster: an embedded local Ray with this machine's CPUs and GPUs (or the counts
     given). With a cluster file (or address): that cluster's head; unreachable -> ClusterError,
-    whose advice names ``script`` (the command being run).
+    whose advice names ``script`` (the command being run). On a cluster the checkpoint
+    storage (``storage``, default ``RESULTS/_ray``) is probed from every live node before
+    anything runs; storage some node cannot read and write -> StorageError (Ray is shut
+    down again, nothing is left behind).
     """
-    global _reuse_actors
+    where = resolve_storage(storage, Path(results))
     env_vars = {"CHARLM_DATA_DIR": str(resolve_data_dir())}
     common: dict[str, Any] = {
         "logging_level": logging.INFO if verbose else logging.ERROR,
@@ -167,25 +215,105 @@ def connect(
             object_store_memory=512 * 1024**2,
             **common,
         )
-        _reuse_actors = True
         resources = ray.cluster_resources()
-        return (
+        return Connection(
             f"embedded local Ray: {resources.get('CPU', 0):g} CPUs, "
-            f"{resources.get('GPU', 0):g} GPUs"
+            f"{resources.get('GPU', 0):g} GPUs",
+            reuse_actors=True,
+            storage=where,
         )
+    config = load_cluster_config(cluster) if cluster is not None else {}
     if address is None:
         assert cluster is not None  # the embedded case (neither given) returned above
-        address = head_address(load_cluster_config(cluster), cluster)
+        address = head_address(config, cluster)
+    workers = declared_worker_types(config)
+    if workers and where.default:
+        raise StorageError(
+            f"{cluster} declares worker nodes ({', '.join(workers)}) but checkpoints would go "
+            f"to {where.shown} on this machine only (no --storage given): pass --storage with "
+            f"a location every node can read and write, {EXAMPLE}."
+        )
     _check_reachable(address, cluster or "cluster.yaml", script)
     _auth_for_existing_cluster()
     env_vars.pop("CHARLM_DATA_DIR")  # each node uses its own data cache
     ray.init(address=address, **common)
-    _reuse_actors = False
+    try:
+        nodes = _probe_storage(where)
+    except BaseException:
+        ray.shutdown()
+        raise
     resources = ray.cluster_resources()
-    return (
-        f"Ray cluster at {address}: {resources.get('CPU', 0):g} CPUs, "
-        f"{resources.get('GPU', 0):g} GPUs"
+    return Connection(
+        f"Ray cluster at {address}: {nodes} node{'s' * (nodes != 1)}, "
+        f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; "
+        f"checkpoints in {where.shown}",
+        reuse_actors=False,
+        storage=where,
+        nodes=nodes,
     )
+
+
+def _probe_storage(storage: Storage) -> int:
+    """Prove every live node can read and write ``storage``; return the number of nodes.
+
+    The driver writes a probe file; a zero-CPU task pinned to each node reads it and writes
+    its answer beside it; the driver reads the answers back. All of it is removed after.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = {node["NodeID"]: node for node in ray.nodes() if node.get("Alive")}
+    tags = {node_id: node_id[:16] for node_id in nodes}
+    name, token, created = write_probe(storage)
+    problems: list[str] = []
+    try:
+        probe = ray.remote(num_cpus=0, max_retries=0)(probe_from_node)
+        pending = {
+            probe.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)
+            ).remote(storage.location, name, token, tags[node_id]): node_id
+            for node_id in nodes
+        }
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=PROBE_TIMEOUT_S)
+        answered = []
+        alive = {node["NodeID"] for node in ray.nodes() if node.get("Alive")}
+        for ref, node_id in pending.items():
+            if node_id not in alive:
+                continue  # died meanwhile: a lost node, not a storage problem
+            if ref not in ready:
+                problems.append(f"{_node_label(nodes[node_id])}: no answer within "
+                                f"{PROBE_TIMEOUT_S:.0f} s")  # fmt: skip
+                continue
+            try:
+                error = ray.get(ref)
+            except Exception as exc:
+                error = redact(" ".join(str(exc).split())[:300])
+            if error:
+                problems.append(f"{_node_label(nodes[node_id])} cannot read it ({error})")
+            else:
+                answered.append(node_id)
+        lost = set(read_answers(storage, name, token, [tags[n] for n in answered]))
+        problems += [
+            f"{_node_label(nodes[node_id])} wrote its answer where this machine cannot see it"
+            for node_id in answered
+            if tags[node_id] in lost
+        ]
+    finally:
+        remove_probe(storage, name, list(tags.values()), created)
+    if problems:
+        what = (
+            f"checkpoints go to {storage.shown} on this machine by default"
+            if storage.default
+            else f"--storage {storage.shown} is not reachable from every node"
+        )
+        raise StorageError(
+            f"{what}, but node {'; node '.join(problems)} (of {len(nodes)} nodes): pass "
+            f"--storage with a location every node can read and write, {EXAMPLE}."
+        )
+    return len(nodes)
+
+
+def _node_label(node: dict[str, Any]) -> str:
+    return f"{node.get('NodeManagerAddress', '?')} ({node['NodeID'][:8]})"
 
 
 # ------------------------------------------------------------------ running
@@ -227,6 +355,7 @@ class SweepOutcome:
     ok: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     early_stopped: list[str] = field(default_factory=list)
+    interrupted: list[str] = field(default_factory=list)
     wall_time_s: float = 0.0
 
 
@@ -241,7 +370,7 @@ def describe_grid_trial(config: dict[str, Any], result: dict[str, Any] | None):
 def _error_line(trial) -> str:
     text = trial.get_error() or ""
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "trial failed (no error text)"
+    return redact(lines[-1]) if lines else "trial failed (no error text)"
 
 
 class _StoreCallback(tune.Callback):
@@ -280,8 +409,11 @@ class _StoreCallback(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         record = self._record(trial)
+        if self._interrupted(record):
+            return
         final = record.final or {}
         status, error = final.get("status", "ok"), final.get("error")
+        error = redact(error) if error else error
         checkpoint = trial.checkpoint
         copy_model = None
         if checkpoint is not None and status == "ok" and final:
@@ -298,9 +430,18 @@ class _StoreCallback(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         record = self._record(trial)
+        if self._interrupted(record):
+            return
         error = _error_line(trial)
         self.store.write_trial(record, "failed", error)
         self._count(record, "failed", error)
+
+    def _interrupted(self, record: TrialRecord) -> bool:
+        """A trial stopped by SIGINT/SIGTERM before its end gets no trials row: a rerun runs it."""
+        if interrupt.requested() and not record.final:
+            self.outcome.interrupted.append(record.trial_id)
+            return True
+        return False
 
     def _count(self, record: TrialRecord, status: str, error: str | None) -> None:
         if status == "ok":
@@ -315,9 +456,15 @@ class _ProgressCallback(tune.Callback):
     """A concise live view: pending/running/done/failed, best val loss so far, ETA."""
 
     def __init__(
-        self, total: int, max_iters: dict[str, int], default_max_iters: int | None, period_s: float
+        self,
+        total: int,
+        max_iters: dict[str, int],
+        default_max_iters: int | None,
+        period_s: float,
+        waiting: str | None = None,
     ):
         self.total, self.max_iters, self.period_s = total, max_iters, period_s
+        self.waiting = waiting
         self.default_max_iters = default_max_iters
         self.start = time.monotonic()
         self.last_print = 0.0
@@ -334,10 +481,13 @@ class _ProgressCallback(tune.Callback):
         eta = max(0.0, elapsed * (1 - fraction) / fraction) if fraction > 0 else math.nan
         best = f"best val {self.best[0]:.4f} ({self.best[1]})" if self.best else "best val -"
         eta_text = format_duration(eta) if math.isfinite(eta) else "?"
-        return (
+        line = (
             f"[{format_duration(elapsed)}] {self.done} done, {self.failed} failed, "
             f"{running} running, {pending} pending of {self.total} | {best} | ETA {eta_text}"
         )
+        if self.waiting and pending and not running:
+            line += f" | {self.waiting}"
+        return line
 
     def _maybe_print(self, trials, force: bool = False) -> None:
         now = time.monotonic()
@@ -357,6 +507,9 @@ class _ProgressCallback(tune.Callback):
             self.best = (val, label if columns else f"trial {trial.trial_id}")
         self._maybe_print(trials)
 
+    def on_step_end(self, iteration, trials, **info):
+        self._maybe_print(trials)  # also while nothing runs: the user sees it is waiting
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
         self.progress[trial.trial_id] = 1.0
@@ -369,13 +522,13 @@ class _ProgressCallback(tune.Callback):
 
 
 def run_trials(
+    connection: Connection,
     store: ResultStore,
     param_space: dict[str, Any],
     *,
     name: str,
     total: int,
     resources: Resources,
-    storage: str | None = None,
     describe: Describe = describe_grid_trial,
     trainable: Callable[[dict[str, Any]], None] = run_trial,
     tune_config: tune.TuneConfig | None = None,
@@ -384,31 +537,39 @@ def run_trials(
     max_failures: int = DEFAULT_MAX_FAILURES,
     progress: bool = True,
     progress_period_s: float = 10.0,
+    waiting: str | None = None,
 ) -> SweepOutcome:
-    """Run the trials of ``param_space`` on the connected Ray and store every result.
+    """Run the trials of ``param_space`` on ``connection``'s Ray and store every result.
 
     ``total`` is the number of trials (for the progress view); ``max_iters`` maps trial
-    ids to their length, ``default_max_iters`` is the length of the others (for the ETA).
-    Checkpoints go to ``storage`` (a path or URI every node can reach; default
-    ``<store>/_ray``), one fresh experiment per run so a zombie trial of a killed driver
-    never writes where this run reads.
+    ids to their length, ``default_max_iters`` is the length of the others (for the ETA);
+    ``waiting`` (what only an autoscaler can provide) is shown while no trial runs.
+    Checkpoints go to ``connection.storage``, one fresh experiment per run so a zombie
+    trial of a killed driver never writes where this run reads; in the default storage
+    (``RESULTS/_ray``) the runs of drivers that are gone are removed first, and this run's
+    own when it ends (the store holds the results). After SIGINT/SIGTERM (see
+    ``sweeps.interrupt``) every trial is stopped, finished ones are stored, and the others
+    are listed in ``outcome.interrupted``.
     """
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # A failed trial's last report has no val_loss; schedulers must not reject it.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # sweeps.interrupt handles it
     outcome = SweepOutcome()
     callbacks: list[tune.Callback] = [_StoreCallback(store, describe, outcome)]
     if progress:
         callbacks.append(
-            _ProgressCallback(total, max_iters or {}, default_max_iters, progress_period_s)
+            _ProgressCallback(total, max_iters or {}, default_max_iters, progress_period_s, waiting)
         )
     config = tune_config or tune.TuneConfig(reuse_actors=True)
-    if config.reuse_actors and not _reuse_actors:
-        config = replace(config, reuse_actors=False)  # see _reuse_actors
+    if config.reuse_actors and not connection.reuse_actors:
+        config = replace(config, reuse_actors=False)  # see Connection
     if resources.max_concurrent is not None:
         config.max_concurrent_trials = resources.max_concurrent
-    storage_path = storage or str((store.root / "_ray").resolve())
+    storage_path = connection.storage.location
+    if connection.storage.default:
+        remove_leftover_runs(Path(storage_path))
     run_name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources.as_ray()),
@@ -420,18 +581,136 @@ def run_trials(
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=callbacks,
+            stop=_InterruptStopper(),
             verbose=0,
         ),
     )
     start = time.monotonic()
     try:
-        tuner.fit()
+        with interrupt.graceful(), filtered_output():
+            tuner.fit()
+    except OSError:
+        raise  # a full or read-only disk: the CLI says so in one line
     except Exception:  # Tune raises after trials errored; they are recorded already
         if not outcome.failed:
-            traceback.print_exc()
+            print(redact(traceback.format_exc()), file=sys.stderr, end="")
             raise
+    finally:
+        if connection.storage.default:  # this run's checkpoints; the store has the results
+            shutil.rmtree(Path(storage_path) / run_name, ignore_errors=True)
     outcome.wall_time_s = time.monotonic() - start
     store.compact()
-    if not outcome.failed and storage is None:
-        shutil.rmtree(Path(storage_path) / run_name, ignore_errors=True)
     return outcome
+
+
+class _InterruptStopper(tune.Stopper):
+    """Stops every trial once SIGINT/SIGTERM arrived (see ``sweeps.interrupt``)."""
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return interrupt.requested()
+
+
+@contextlib.contextmanager
+def filtered_output() -> Iterator[None]:
+    """While the block runs, this process's stdout and stderr (fds 1 and 2, so Ray's own
+    printing too) pass ``_OutputFilter``: node-loss dumps dropped, secrets redacted."""
+    pumps = []
+    for stream, fd in ((sys.stdout, 1), (sys.stderr, 2)):
+        stream.flush()
+        saved = os.dup(fd)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, fd)
+        os.close(write_end)
+        pump = threading.Thread(target=_pump, args=(read_end, saved), daemon=True)
+        pump.start()
+        pumps.append((stream, fd, saved, pump))
+    try:
+        yield
+    finally:
+        for stream, fd, saved, pump in pumps:
+            stream.flush()
+            os.dup2(saved, fd)  # the pipe's last write end closes: the pump reads EOF
+            pump.join(timeout=5)
+            os.close(saved)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_TRIAL_FAILED = re.compile(r".*ERROR tune_controller\.py:\d+ -- (Trial task failed for trial \S+)")
+
+
+class _OutputFilter:
+    """Line by line: what of Ray's and Tune's output reaches the user's terminal.
+
+    A lost node makes Ray print the dead raylet's last log lines (its ``[state-dump]``, ~20
+    lines) per node, and Tune a full traceback per interrupted trial. The user gets one
+    line for each instead; Ray's log files keep everything. Secrets in URIs are redacted.
+    """
+
+    def __init__(self) -> None:
+        self.skipping = False  # inside a dropped block (indented continuation lines)
+        self.trial_failed: str | None = None  # inside Tune's traceback of a failed trial
+
+    def __call__(self, line: str) -> str | None:
+        plain = _ANSI.sub("", line).rstrip("\n")
+        continuation = not plain.strip() or plain[0] in " \t" or plain.startswith("[state-dump]")
+        if self.skipping and continuation:
+            return None
+        self.skipping = False
+        if self.trial_failed is not None:
+            if continuation or plain.startswith("Traceback"):
+                return None
+            header, self.trial_failed = self.trial_failed, None
+            return redact(f"{header}: {plain[:300]}\n")
+        failed = _TRIAL_FAILED.match(plain)
+        if failed:
+            self.trial_failed = failed.group(1)
+            return None
+        if plain.startswith("(raylet") and "Raylet is terminated" in plain:
+            self.skipping = True
+            return "(raylet) a node's raylet was terminated (its state dump is in Ray's logs)\n"
+        if plain.startswith("(raylet") and "has been marked dead" in plain:
+            self.skipping = True
+            return redact(plain.split(" This can happen")[0] + "\n")
+        return redact(line)
+
+
+def _pump(read_end: int, out: int) -> None:
+    keep = _OutputFilter()
+    with os.fdopen(read_end, "rb") as pipe:
+        for raw in pipe:
+            line = keep(raw.decode(errors="replace"))
+            if line is not None:
+                os.write(out, line.encode())
+
+
+def remove_leftover_runs(storage: Path) -> list[Path]:
+    """Remove the run directories in ``storage`` whose driver process is gone; return them.
+
+    A driver killed mid-run leaves ``RESULTS/_ray/<run>`` behind (checkpoints of its
+    unfinished trials, which the result store does not need: a rerun starts those trials
+    afresh). Directories of live drivers (this host's pids) and other files are kept.
+    """
+    removed: list[Path] = []
+    if not storage.is_dir():
+        return removed
+    for entry in storage.iterdir():
+        match = _RUN_DIR.fullmatch(entry.name)
+        if match and entry.is_dir() and not _alive(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -19,8 +19,20 @@ from charlm.config import ConfigError, split_config
 from charlm.text import format_duration
 from sweeps.ablation import prepare_datasets
 from sweeps.grid import PRESETS, TrialSpec, expand, parse_overrides, trial_columns, trial_id
+from sweeps.options import (
+    check_search_options,
+    check_sweep_name,
+    check_trial_resources,
+    local_node,
+)
 from sweeps.runner import Resources, load_cluster_config
-from sweeps.store import ResultStore, check_results_dir
+from sweeps.storage import check_writable_here, redact, resolve_storage
+from sweeps.store import (
+    ResultStore,
+    StoreBusyError,
+    check_results_dir,
+    locked,
+)
 
 __all__ = ["SEARCH_SPACE", "describe_search_trial", "main", "run_search_trial", "search_params"]
 
@@ -165,17 +177,34 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.n_trials < 1:
             raise ConfigError(f"--n-trials {args.n_trials}: give a number of trials >= 1.")
+        check_sweep_name(args.name, "--name")
+        check_search_options(
+            grace_period=args.grace_period, reduction_factor=args.reduction_factor,
+            seed=args.seed, optuna_storage=args.optuna_storage,
+        )  # fmt: skip
         base = _base_trial(args)
         check_results_dir(args.results)
+        storage = resolve_storage(args.storage, args.results)
+        if args.cluster is None and args.address is None:  # one machine: a probe here is all
+            check_writable_here(storage)
         resources = Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent)
         if args.cluster:
             load_cluster_config(args.cluster)
+        elif args.address is None:
+            check_trial_resources(
+                resources.cpus_per_trial, resources.gpus_per_trial,
+                [local_node(args.num_cpus, args.num_gpus)], "this machine",
+            )  # fmt: skip
         largest = dataclasses.replace(base, model=dataclasses.replace(
             base.model, block_size=max(SEARCH_SPACE["block_size"][1])))  # fmt: skip
         prepare_datasets([largest])
     except ConfigError as exc:
         fail(str(exc))
-    return _run(args, base, resources)
+    try:
+        with locked(args.results):  # one driver per store (sweeps.store.locked)
+            return _run(args, base, resources)
+    except StoreBusyError as exc:
+        fail(str(exc))
 
 
 def _run(args, base: TrialSpec, resources: Resources) -> int:
@@ -187,9 +216,10 @@ def _run(args, base: TrialSpec, resources: Resources) -> int:
     from sweeps.runner import connect, run_trials
 
     try:
-        where = connect(args.cluster, address=args.address, num_cpus=args.num_cpus,
-                        num_gpus=args.num_gpus, verbose=args.verbose,
-                        script="sweeps/search.py")  # fmt: skip
+        connection = connect(args.cluster, address=args.address, num_cpus=args.num_cpus,
+                             num_gpus=args.num_gpus, verbose=args.verbose,
+                             script="sweeps/search.py", results=args.results,
+                             storage=args.storage)  # fmt: skip
     except ConfigError as exc:
         fail(str(exc))
     try:
@@ -206,15 +236,16 @@ def _run(args, base: TrialSpec, resources: Resources) -> int:
             reduction_factor=args.reduction_factor,
         )  # fmt: skip
         base_values = base.params(kind="search")
-        print(f"searching on {where}: {args.n_trials} trials, study {args.name!r} in {url}",
+        print(f"searching on {connection.description}: {args.n_trials} trials, study "
+              f"{args.name!r} in {redact(url)}",
               flush=True)  # fmt: skip
         outcome = run_trials(
+            connection,
             store,
             {**_tune_space(), BASE_KEY: base_values},
             name=args.name,
             total=args.n_trials,
             resources=resources,
-            storage=args.storage,
             describe=describe_search_trial,
             default_max_iters=base.train.max_iters,
             trainable=run_search_trial,
@@ -230,7 +261,7 @@ def _run(args, base: TrialSpec, resources: Resources) -> int:
     print(
         f"{len(outcome.ok)} trials finished ({len(outcome.early_stopped)} stopped early by "
         f"ASHA), {len(outcome.failed)} failed in {format_duration(outcome.wall_time_s)}; "
-        f"results in {args.results}; study: optuna-dashboard {url}"
+        f"results in {args.results}; study: optuna-dashboard {redact(url)}"
     )
     return 1 if outcome.failed else 0
 

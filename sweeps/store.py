@@ -10,8 +10,13 @@ with a message naming the file.
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import fcntl
 import os
-from collections.abc import Sequence
+import shutil
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,12 +43,16 @@ from sweeps.schema import (
 __all__ = [
     "ResultStore",
     "ResultsDirError",
+    "StoreBusyError",
     "TrialRecord",
     "check_results_dir",
+    "locked",
     "trial_statuses",
 ]
 
 MODELS_DIR = "models"
+LOCK_FILE = ".lock"
+RAY_DIR = "_ray"  # default checkpoint storage of the runs of this store
 
 
 class ResultsDirError(StoreError, ConfigError):
@@ -55,7 +64,12 @@ def check_results_dir(root: Path) -> None:
 
     Nothing is written: this runs before a sweep starts.
     """
-    if root.exists() and root.is_dir() and not is_store(root) and any(root.iterdir()):
+    if (
+        root.exists()
+        and root.is_dir()
+        and not is_store(root)
+        and any(path.name != LOCK_FILE for path in root.iterdir())
+    ):
         raise ResultsDirError(
             f"results directory {root} is not a result store (no {MARKER}) and is not empty: "
             "pick a new or empty directory with --results."
@@ -68,6 +82,48 @@ def check_results_dir(root: Path) -> None:
         raise ResultsDirError(str(exc)) from None
     if root.is_dir() and not os.access(root, os.W_OK | os.X_OK):
         raise ResultsDirError(f"--results {root}: not writable; name a directory you can write to.")
+
+
+class StoreBusyError(ConfigError):
+    """Another driver holds the store's lock."""
+
+
+@contextmanager
+def locked(root: Path) -> Iterator[None]:
+    """Hold RESULTS/.lock for the block: one driver per store.
+
+    ``fcntl.flock`` is released by the kernel when its holder exits, however it dies (a
+    SIGKILLed driver leaves no stale lock). A second driver gets StoreBusyError naming the
+    holder's pid and host. Holding the lock, any RESULTS/_ray run left behind is a dead
+    driver's, so it is removed: its checkpoints must not fill the disk of the next run.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    # The lock file is written in place on purpose: replacing it (atomic_write) would
+    # give it a new inode and another driver would lock that one.
+    descriptor = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(descriptor, 200, 0).decode(errors="replace").strip()
+            raise StoreBusyError(
+                f"results directory {root} is in use by another sweep "
+                f"({holder or 'holder unknown'}): wait for it to finish, or use another "
+                "--results."
+            ) from None
+        with suppress(OSError):  # a full disk: the lock holds without the note
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"pid {os.getpid()} on host {socket.gethostname()}, "
+                      f"since {_now():%Y-%m-%d %H:%M:%S} UTC".encode(), 0)  # fmt: skip
+        stale = root / RAY_DIR
+        if stale.is_dir():
+            for run in stale.iterdir():
+                shutil.rmtree(run, ignore_errors=True)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def trial_statuses(root: str | Path) -> tuple[dict[str, str], list[tuple[Path, str]]]:

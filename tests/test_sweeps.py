@@ -98,10 +98,10 @@ def test_a_raising_trial_is_recorded_failed_and_the_others_finish(tmp_path: Path
         run_trial(config)
 
     store = ResultStore(tmp_path / "results")
-    connect(num_cpus=2)
+    connection = connect(num_cpus=2, results=store.root)
     try:
         outcome = run_trials(
-            store, ablation.param_space(trials), name="tiny", total=len(trials),
+            connection, store, ablation.param_space(trials), name="tiny", total=len(trials),
             resources=Resources(), trainable=flaky, max_failures=1, progress=False,
         )  # fmt: skip
     finally:
