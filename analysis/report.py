@@ -33,7 +33,7 @@ try:
 except ImportError:  # Windows: CPU time of this process only
     resource = None  # type: ignore[assignment]
 
-from analysis import aggregate, plots
+from analysis import aggregate, plots, verdicts
 from analysis.aggregate import CONFIG_KEYS, slug
 from analysis.load import CorruptStoreError, Store, StoreError, check_store, load_store
 from charlm.fsio import fsync_dir, fsync_tree
@@ -58,6 +58,7 @@ class Analysis:
     attention: pd.DataFrame
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds per phase
+    verdicts: pd.DataFrame = field(default_factory=pd.DataFrame)  # analysis.verdicts
 
 
 class _Stopwatch:
@@ -114,6 +115,7 @@ def analyze(
         attention=aggregate.attention_summary(store.attention, ablation),  # empty for now
         timings=watch.wall,
         cpu_timings=watch.cpu,
+        verdicts=verdicts.level_verdicts(trials, store.root),
     )
     watch.lap("aggregate")
     if attention:
@@ -278,6 +280,7 @@ def _write_tables(analysis: Analysis, temp: Path, metric: str) -> list[Path]:
     )
     analysis.failed.to_csv(temp / "tables" / "failed_trials.csv", index=False)
     tables.append(temp / "tables" / "failed_trials.csv")
+    tables.append(verdicts.write_csv(analysis.verdicts, temp / "tables"))
     if len(analysis.leaderboard):
         analysis.leaderboard.to_csv(temp / "tables" / "search_leaderboard.csv", index=False)
         tables.append(temp / "tables" / "search_leaderboard.csv")
@@ -356,7 +359,7 @@ def _missing(analysis: Analysis) -> list[str]:
             + ", ".join(f"{n} in {table}" for table, n in dropped.items())
             + "."
         )
-    return notes
+    return notes + analysis.verdicts.attrs.get("notes", [])
 
 
 def _heatmaps(
@@ -676,6 +679,7 @@ def _sections(
             "Holm-corrected across the levels of the sweep (* below 0.05)."
         )
         section.tables.append(("", aggregate.paper_table(rows, analysis.effects, metric)))
+        section.tables += verdicts.report_tables(analysis.verdicts, sweep)
         ranking = analysis.ranking[analysis.ranking["sweep"] == sweep]
         for dataset, dataset_ranking in ranking.groupby("dataset", sort=True):
             section.tables.append(
@@ -983,6 +987,7 @@ def _print_summary(report: Report, metric: str) -> None:
         keep = [c for c in table.columns if c not in ("Final train loss", "Final val loss")]
         print(f"\nsweep {sweep}")
         print(aggregate.to_markdown(table[keep]), end="")
+    print("", *verdicts.summary_lines(analysis.verdicts), sep="\n")
     for note in report.missing:
         print(f"note: {note}")
     figures = len(report.figures)

@@ -2,7 +2,8 @@
 
     python sweeps/ablation.py [--cluster cluster.yaml] [--preset notebook|nanogpt]
         [--grid FILE] [--factors n_head,dropout] [--datasets shakespeare_char,...]
-        [--seeds 3] [--max-iters N] [--results DIR] [--name NAME] [--cpus-per-trial C]
+        [--seeds 3|auto] [--min-effect D] [--max-seeds N] [--confidence 0.95]
+        [--max-iters N] [--results DIR] [--name NAME] [--cpus-per-trial C]
         [--gpus-per-trial G] [--max-concurrent K] [--dry-run]
 
 Exit status: 0 when every trial finished, 1 if any failed (or the results disk is full or
@@ -12,6 +13,7 @@ SIGINT/SIGTERM.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import errno
 import math
@@ -37,8 +39,16 @@ from sweeps.options import (
     local_node,
     node_types,
 )
+from sweeps.rounds import SeedRounds, format_verdicts
 from sweeps.runner import Resources, load_cluster_config
 from sweeps.schema import read_table
+from sweeps.sequential import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_MAX_SEEDS,
+    DEFAULT_MIN_EFFECT,
+    Design,
+    record_design,
+)
 from sweeps.storage import check_writable_here, resolve_storage
 from sweeps.store import ResultStore, check_results_dir, locked, trial_statuses
 
@@ -47,6 +57,17 @@ __all__ = ["main", "param_space", "parse_args", "plan_trials", "prepare_datasets
 
 def _csv(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _seeds_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seeds: give e.g. 3, or auto"
+        ) from None
 
 
 def parse_args(argv: list[str] | None = None):
@@ -80,7 +101,33 @@ def parse_args(argv: list[str] | None = None):
         type=_csv,
         help="comma-separated: shakespeare_char, enwik8, text8 or text file paths",
     )
-    add("--seeds", type=int, help="number of seeds (0..N-1); default: the grid's (3)")
+    add(
+        "--seeds",
+        type=_seeds_arg,
+        help="number of seeds (0..N-1), default the grid's (3); or 'auto': 3 seeds first, "
+        "then more seeds only for the levels not yet resolved against the baseline "
+        "(see --min-effect, --max-seeds, --confidence)",
+    )
+    add(
+        "--min-effect",
+        type=float,
+        metavar="D",
+        help="smallest difference in best val loss that matters: a level whose interval lies "
+        f"inside (-D, +D) is 'equivalent' (default {DEFAULT_MIN_EFFECT:g}; also recorded for "
+        "the report of a fixed-seed sweep)",
+    )
+    add(
+        "--max-seeds",
+        type=int,
+        metavar="N",
+        help=f"--seeds auto: at most N seeds per config (default {DEFAULT_MAX_SEEDS})",
+    )
+    add(
+        "--confidence",
+        type=float,
+        help="familywise confidence of the verdicts, over all levels and looks "
+        f"(default {DEFAULT_CONFIDENCE:g})",
+    )
     add(
         "--max-iters",
         type=int,
@@ -147,7 +194,7 @@ def plan_trials(args) -> list[TrialSpec]:
         spec,
         factors=args.factors,
         datasets=args.datasets,
-        seeds=args.seeds,
+        seeds=args.max_seeds or DEFAULT_MAX_SEEDS if args.seeds == "auto" else args.seeds,
         max_iters=args.max_iters,
         overrides=overrides or None,
     )
@@ -219,7 +266,9 @@ def param_space(trials: list[TrialSpec]) -> dict[str, Any]:
     return {"trial": tune.grid_search([trial.params() for trial in trials])}
 
 
-def _dry_run(trials: list[TrialSpec], vocab_sizes: dict[str, int], args) -> None:
+def _dry_run(
+    trials: list[TrialSpec], vocab_sizes: dict[str, int], args, design: Design | None
+) -> None:
     from sweeps.estimate import estimate, format_table
 
     cpus = args.num_cpus or os.cpu_count() or 1
@@ -228,13 +277,40 @@ def _dry_run(trials: list[TrialSpec], vocab_sizes: dict[str, int], args) -> None
         concurrent = min(concurrent, args.max_concurrent)
     result = estimate(trials, args.cpus_per_trial, concurrent, vocab_sizes)
     print(format_table(trials, result))
+    if design is not None and design.adaptive:
+        from sweeps.rounds import auto_compute
+
+        print(auto_compute(trials, result, design, args.results))
+
+
+def design_of(args, trials: list[TrialSpec]) -> Design | None:
+    """The sweep's design: adaptive for --seeds auto, the one-look design of a fixed-seed
+    sweep given --min-effect or --confidence, else None (nothing to record)."""
+    auto = args.seeds == "auto"
+    if args.max_seeds is not None and not auto:
+        raise ConfigError(f"--max-seeds {args.max_seeds} needs --seeds auto: add it, or drop "
+                          "--max-seeds and give --seeds N.")  # fmt: skip
+    if not auto and args.min_effect is None and args.confidence is None:
+        return None
+    datasets = {t.dataset for t in trials}
+    levels = len({(t.dataset, t.factor, t.level) for t in trials if t.factor != "baseline"})
+    return Design(
+        levels=levels // max(1, len(datasets)),
+        min_effect=DEFAULT_MIN_EFFECT if args.min_effect is None else args.min_effect,
+        max_seeds=max(2, max(t.seed for t in trials) + 1),
+        confidence=DEFAULT_CONFIDENCE if args.confidence is None else args.confidence,
+        adaptive=auto,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.seeds is not None and args.seeds < 1:
+        if args.seeds is not None and args.seeds != "auto" and args.seeds < 1:
             raise ConfigError(f"--seeds {args.seeds}: give a number of seeds >= 1.")
+        if args.max_seeds is not None and args.max_seeds < 2:
+            raise ConfigError(f"--max-seeds {args.max_seeds}: a paired interval needs at least "
+                              "2 seeds; give --max-seeds 2 or more (e.g. 10).")  # fmt: skip
         if args.max_iters is not None and args.max_iters < 1:
             raise ConfigError(f"--max-iters {args.max_iters}: give a number of steps >= 1.")
         check_max_failures(args.max_failures)
@@ -253,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             check_trial_resources(
                 resources.cpus_per_trial, resources.gpus_per_trial, [node], "this machine"
             )
+        design = design_of(args, trials)
         vocab_sizes = prepare_datasets(trials)
         if embedded:
             check_memory(
@@ -261,14 +338,17 @@ def main(argv: list[str] | None = None) -> int:
                 available_memory_bytes(),
                 "this machine (MemAvailable)",
             )
+        if design is not None and not args.dry_run:
+            ResultStore(args.results)  # the design is recorded inside a store
+            record_design(args.results, trials[0].sweep, design)
     except ConfigError as exc:
         fail(str(exc))
     if args.dry_run:
-        _dry_run(trials, vocab_sizes, args)
+        _dry_run(trials, vocab_sizes, args, design)
         return 0
     with interrupt.handling():
         try:
-            return _run(trials, args, resources, cluster, vocab_sizes)
+            return _run(trials, args, resources, cluster, vocab_sizes, design)
         except OSError as exc:
             return _disk_error(exc, args.results)
 
@@ -320,49 +400,58 @@ def _run(
     resources: Resources,
     cluster: dict[str, Any] | None,
     vocab_sizes: dict[str, int],
+    design: Design | None,
 ) -> int:
     import contextlib
 
     import ray
 
-    todo = _todo(trials, args.results, announce=True)
+    adaptive = design if design is not None and design.adaptive else None
+    rounds = SeedRounds(trials, args.results, adaptive)
+    todo = _todo(SeedRounds(trials, args.results, adaptive), trials, args.results, announce=True)
     if not todo:
+        _print_verdicts(rounds, trials[0].sweep)
         return 0
     with contextlib.ExitStack() as stack:
         try:
             if args.cluster is None and args.address is None:
                 stack.enter_context(locked(args.results))
-                todo = _todo(trials, args.results)  # what another driver finished meanwhile
         except ConfigError as exc:
             fail(str(exc))
         try:
-            return _run_locked(trials, todo, args, resources, cluster, vocab_sizes, stack)
+            return _run_locked(trials, rounds, args, resources, cluster, vocab_sizes, stack)
         except KeyboardInterrupt:  # a signal before Tune ran, or a second one
             return _interrupted(trials, [], args)
         finally:
             ray.shutdown()
 
 
-def _todo(trials: list[TrialSpec], results: Path, announce: bool = False) -> list[TrialSpec]:
-    statuses, corrupt = trial_statuses(results)
-    blocked = {path.stem for path, _ in corrupt}
-    todo = [t for t in trials if statuses.get(t.trial_id) != "ok" and t.trial_id not in blocked]
+def _todo(
+    rounds: SeedRounds, trials: list[TrialSpec], results: Path, announce: bool = False
+) -> list[TrialSpec]:
+    """The trials of ``rounds``' next round; with ``announce``, say what the store holds."""
+    todo = rounds.next_round()
     if announce:
-        for path, reason in corrupt:
+        for path, reason in trial_statuses(results)[1]:
             print(
                 f"warning: store file {path} is unreadable ({reason}); its trial is skipped and "
                 "the file left as is: move it away to run that trial again",
                 file=sys.stderr,
             )
+        statuses, _ = trial_statuses(results)
         already = sum(1 for t in trials if statuses.get(t.trial_id) == "ok")
-        print(f"{len(trials)} trials in the grid: {already} already in {results}, "
-              f"{len(todo)} to run")  # fmt: skip
+        if rounds.design:
+            print(f"--seeds auto: {rounds.design.describe()}; up to {len(trials)} trials, "
+                  f"{already} already in {results}, {len(todo)} to run now")  # fmt: skip
+        else:
+            print(f"{len(trials)} trials in the grid: {already} already in {results}, "
+                  f"{len(todo)} to run")  # fmt: skip
     return todo
 
 
 def _run_locked(
     trials: list[TrialSpec],
-    todo: list[TrialSpec],
+    rounds: SeedRounds,
     args,
     resources: Resources,
     cluster: dict[str, Any] | None,
@@ -371,7 +460,7 @@ def _run_locked(
 ) -> int:
     import ray
 
-    from sweeps.runner import connect, run_trials
+    from sweeps.runner import SweepOutcome, connect, run_trials
 
     try:
         connection = connect(
@@ -383,6 +472,7 @@ def _run_locked(
         fail(str(exc))
     interrupt.install()  # ray.init replaced the SIGTERM handler
     waiting = None
+    todo = rounds.next_round()  # under the store lock (embedded: taken before connecting)
     if args.cluster is not None or args.address is not None:
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         if args.gpus_per_trial is None and any(n.get("GPU", 0) > 0 for n in nodes):
@@ -396,7 +486,7 @@ def _run_locked(
             if fits and not waiting:
                 largest = max(fits, key=lambda n: n.get("memory", 0))
                 check_memory(
-                    _memory_rows(todo, vocab_sizes),
+                    _memory_rows(todo or trials, vocab_sizes),
                     _per_node(largest, resources, len(todo)),
                     largest.get("memory", math.inf),
                     "the largest node (Ray's memory resource)",
@@ -405,31 +495,42 @@ def _run_locked(
         except ConfigError as exc:
             ray.shutdown()
             fail(str(exc))
-        todo = _todo(trials, args.results)
+        rounds.tried.clear()
+        todo = rounds.next_round()  # what another driver finished before the lock
     elif args.gpus_per_trial is None and ray.cluster_resources().get("GPU", 0) > 0:
         resources = dataclasses.replace(resources, gpus_per_trial=1.0)
     print(f"running on {connection.description}; {resources.cpus_per_trial:g} CPU and "
           f"{resources.gpus_per_trial:g} GPU per trial", flush=True)  # fmt: skip
-    if not todo:
-        return 0
     store = ResultStore(args.results)
-    outcome = run_trials(
-        connection,
-        store,
-        param_space(todo),
-        name=todo[0].sweep,
-        total=len(todo),
-        resources=resources,
-        max_iters={t.trial_id: t.train.max_iters for t in todo},
-        max_failures=args.max_failures,
-        waiting=waiting,
-    )
+    outcome = SweepOutcome()
+    while todo:  # one round for fixed seeds; --seeds auto adds rounds until resolved
+        result = run_trials(
+            connection,
+            store,
+            param_space(todo),
+            name=todo[0].sweep,
+            total=len(todo),
+            resources=resources,
+            max_iters={t.trial_id: t.train.max_iters for t in todo},
+            max_failures=args.max_failures,
+            waiting=waiting,
+        )
+        outcome.ok += result.ok
+        outcome.failed.update(result.failed)
+        outcome.wall_time_s += result.wall_time_s
+        if interrupt.requested():
+            break
+        todo = rounds.next_round()
+        if rounds.design:
+            print(rounds.look_line() + (f"; next round: {len(todo)} trials" if todo else ""),
+                  flush=True)  # fmt: skip
     ray.shutdown()
     if interrupt.requested():
         return _interrupted(trials, outcome.ok, args)
     ids = {t.trial_id for t in trials}
     rows = [r for r in _store_rows(args.results) if r["trial_id"] in ids]
     print(summary_table(rows))
+    _print_verdicts(rounds, trials[0].sweep)
     print(
         f"{len(outcome.ok)} trials finished, {len(outcome.failed)} failed in "
         f"{format_duration(outcome.wall_time_s)}; results in {args.results} "
@@ -460,6 +561,16 @@ def _interrupted(trials: list[TrialSpec], finished_now: list[str], args) -> int:
         flush=True,
     )
     return interrupt.exit_code()
+
+
+def _print_verdicts(rounds: SeedRounds, sweep: str) -> None:
+    if rounds.design is None:
+        return
+    for dataset, progress in rounds.progress().items():
+        print("\n".join(format_verdicts(progress.results, rounds.design, dataset, sweep)))
+        if not progress.finished:
+            print(f"{Path(dataset).name}: design not complete, {len(progress.targets)} level(s) "
+                  "still open (failed trials): run the same command again")  # fmt: skip
 
 
 def _store_rows(root: Path) -> list[dict[str, Any]]:
