@@ -17,27 +17,31 @@ As a command: ``python -m analysis RESULTS_DIR --out REPORT_DIR`` (see analysis.
 
 from __future__ import annotations
 
-from analysis.aggregate import (
-    CONFIG_KEYS,
-    METRICS,
-    attention_summary,
-    baseline_configs,
-    compare_to_baseline,
-    config_summary,
-    curve_summary,
-    failed_trials,
-    final_info,
-    holm,
-    paper_table,
-    rank_factors,
-    search_leaderboard,
-    to_latex,
-    to_markdown,
-    write_final_info,
-    write_tables,
-)
-from analysis.load import CorruptStoreError, Store, StoreError, load_store
-from analysis.report import Analysis, Report, analyze, build_report
+from importlib import import_module
+from typing import Any
+
+# Names are imported on first use, so `python -m analysis` answers bad input before pandas,
+# scipy and matplotlib load (analysis.cli).
+_MODULES = {
+    **dict.fromkeys(
+        [
+            "CONFIG_KEYS", "METRICS", "attention_summary", "baseline_configs",
+            "compare_to_baseline", "config_summary", "curve_summary", "failed_trials",
+            "final_info", "holm", "paper_table", "rank_factors", "search_leaderboard",
+            "to_latex", "to_markdown", "write_final_info", "write_tables",
+        ],
+        "analysis.aggregate",
+    ),
+    **dict.fromkeys(["CorruptStoreError", "Store", "StoreError", "load_store"], "analysis.load"),
+    **dict.fromkeys(["Analysis", "Report", "analyze", "build_report"], "analysis.report"),
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULES:
+        raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+    return getattr(import_module(_MODULES[name]), name)
+
 
 __all__ = [
     "CONFIG_KEYS",

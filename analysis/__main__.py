@@ -1,5 +1,5 @@
-"""``python -m analysis RESULTS_DIR --out REPORT_DIR``: see analysis.report."""
+"""``python -m analysis RESULTS_DIR --out REPORT_DIR``: see analysis.cli."""
 
-from analysis.report import main
+from analysis.cli import main
 
 raise SystemExit(main())

@@ -22,6 +22,7 @@ from scipy import stats
 
 from charlm.fsio import atomic_write_bytes
 from charlm.text import scaled
+from sweeps.schema import config_label
 
 __all__ = [
     "CONFIG_KEYS",
@@ -34,6 +35,7 @@ __all__ = [
     "curve_summary",
     "failed_trials",
     "final_info",
+    "format_params",
     "holm",
     "level_order",
     "paper_table",
@@ -56,13 +58,6 @@ METRICS = (
     "n_params",
 )
 ATTENTION_METRICS = ("entropy", "effective_span", "attention_js_next", "hidden_cosine_next")
-
-
-def config_label(factor: str, level: str) -> str:
-    """A config's name for tables and legends: 'baseline' or 'factor=level'."""
-    if factor == "baseline":
-        return "baseline"
-    return f"{factor}: {level}" if "=" in str(level) else f"{factor}={level}"
 
 
 def _level_key(level: Any) -> tuple[int, float, str]:
@@ -574,7 +569,8 @@ def _format_number(value: float, digits: int) -> str:
     return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
 
 
-def _format_params(value: float) -> str:
+def format_params(value: float) -> str:
+    """A parameter (or any) count as tables print it: 201.34k, 5.53M, 812."""
     if value is None or not np.isfinite(value):
         return "–"
     return scaled(value, sep="", counts=True)
@@ -632,7 +628,7 @@ def paper_table(
             out[name] = mean_stderr(row, column)
         out[f"Δ {names.get(metric, metric)} vs baseline [95% CI]"] = change
         out["p (Holm)"] = p
-        out["Params"] = _format_params(row["n_params_mean"])
+        out["Params"] = format_params(row["n_params_mean"])
         rows.append(out)
     return pd.DataFrame(rows)
 

@@ -17,14 +17,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sweeps.schema import MARKER, SCHEMAS, TABLES, StoreError, is_store, read_table
+from sweeps.schema import SCHEMAS, TABLES, StoreError, check_store, read_table
 
 __all__ = ["CorruptStoreError", "Store", "StoreError", "check_store", "load_store"]
 
 # Attention columns the analysis uses (the rest are not read: the table is the largest).
 ATTENTION_COLUMNS = (
-    "trial_id", "step", "layer", "head", "entropy", "effective_span", "attention_js_next",
-    "hidden_cosine_next",
+    "trial_id", "step", "layer", "head", "entropy", "effective_span", "head_diversity",
+    "attention_js_next", "hidden_cosine_next", "silhouette",
 )  # fmt: skip
 
 _KEYS = {
@@ -63,24 +63,6 @@ class Store:
     file_counts: dict[str, int] = field(default_factory=dict)
 
 
-def check_store(root: str | Path) -> Path:
-    """``root`` as a Path if it is a store's directory, else StoreError with a one-line fix."""
-    path = Path(root)
-    if not path.exists():
-        raise StoreError(
-            f"results directory {path} does not exist: give the directory a sweep wrote "
-            "(the --results directory of sweeps/ablation.py)."
-        )
-    if not path.is_dir():
-        raise StoreError(f"{path} is a file, not a results directory: give the store's directory.")
-    if not is_store(path):
-        raise StoreError(
-            f"{path} is not a result store (no {MARKER} in it): give the directory a sweep "
-            "wrote, the one holding trials/ and curves/."
-        )
-    return path
-
-
 def load_store(
     root: str | Path,
     *,
@@ -89,6 +71,7 @@ def load_store(
     tables: Sequence[str] = TABLES,
     strict: bool = False,
     attention: str = "all",
+    layer_trials: Sequence[str] = (),
 ) -> Store:
     """Read the store at ``root`` into a Store; optionally only some sweeps/datasets.
 
@@ -98,9 +81,13 @@ def load_store(
     directory raises StoreError. Unknown sweep or dataset names raise StoreError listing
     the ones the store has. ``attention='baselines'`` keeps only the attention rows of
     baseline-config trials (all the report draws; a tenth of the memory on a big store).
+    ``attention='report'`` keeps those, every trial's rows at its last probed step (the
+    final metrics the predictors section correlates) and, for the trials in
+    ``layer_trials``, the first head's row of every layer and step (the per-layer metrics,
+    such as the silhouette, repeat on each head's row).
     """
-    if attention not in ("all", "baselines"):
-        raise StoreError(f"attention={attention!r}: use 'all' or 'baselines'.")
+    if attention not in ("all", "baselines", "report"):
+        raise StoreError(f"attention={attention!r}: use 'all', 'baselines' or 'report'.")
     path = check_store(root)
     unknown = sorted(set(tables) - set(TABLES))
     if unknown:
@@ -123,6 +110,10 @@ def load_store(
             wanted_ids = trials_frame.loc[baseline, "trial_id"]
             value_set = pa.array(wanted_ids.astype(str).unique(), pa.string())
             arrow_table = arrow_table.filter(_is_in(arrow_table["trial_id"], value_set))
+        elif table == "attention" and attention == "report":
+            arrow_table = arrow_table.filter(
+                _report_rows(arrow_table, frames["trials"], layer_trials)
+            )
         file_counts[table] = sum(1 for _ in (path / table).glob("*.parquet"))
         for bad_path, reason in read.corrupt:
             if strict:
@@ -177,6 +168,28 @@ def _is_in(column: pa.ChunkedArray, value_set: pa.Array) -> pa.ChunkedArray:
         pc.take(pc.is_in(chunk.dictionary, value_set), chunk.indices) for chunk in column.chunks
     ]
     return pa.chunked_array(masks, pa.bool_())
+
+
+def _report_rows(
+    attention: pa.Table, trials: pd.DataFrame, layer_trials: Sequence[str]
+) -> np.ndarray:
+    """Which attention rows ``attention='report'`` keeps (see load_store): a boolean mask."""
+    column = attention["trial_id"]
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
+    combined = column.combine_chunks()  # one dictionary for all files
+    if len(combined) == 0:
+        return np.zeros(0, dtype=bool)
+    ids = np.asarray(combined.dictionary.to_pylist(), dtype=object)
+    codes = combined.indices.to_numpy(zero_copy_only=False)
+    steps = attention["step"].to_numpy()
+    last = np.full(len(ids), np.iinfo(np.int64).min)
+    np.maximum.at(last, codes, steps)
+    baseline = trials.loc[trials["factor"].fillna("baseline").eq("baseline"), "trial_id"]
+    keep_all = np.isin(ids, baseline.astype(str).to_numpy())
+    keep_layers = np.isin(ids, np.asarray(list(layer_trials), dtype=object))
+    first_head = attention["head"].to_numpy() == attention["head"].to_numpy().min()
+    return keep_all[codes] | (steps == last[codes]) | (keep_layers[codes] & first_head)
 
 
 def _empty(table: str, columns: list[str] | None) -> pd.DataFrame:

@@ -10,9 +10,11 @@ per dataset; pass one dataset's rows to draw that dataset's version.
 from __future__ import annotations
 
 import io
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -65,6 +67,10 @@ _PALETTE = (
     "#dbdb8d",
     "#9edae5",
 )
+# The report page shows a figure at its natural size (100 dpi) up to this width: figures
+# are drawn no wider, so no text is scaled down below MIN_FONT_PT on the page.
+PAGE_WIDTH_IN = 11.5
+MIN_FONT_PT = 8
 _LABELS = {
     "train_loss": "train loss",
     "val_loss": "val loss",
@@ -116,7 +122,8 @@ def _grid(
     let a row or column of panels be cut out cleanly (save_figure's views).
     """
     n_rows, n_cols = max(n_rows, 1), max(n_cols, 1)
-    left, top, column_gap = 0.75, 0.8, 1.0
+    left, top, column_gap = 0.95, 0.8, 1.1
+    width = min(width, (PAGE_WIDTH_IN - right) / n_cols)  # never wider than the page
     fig_width, fig_height = width * n_cols + right, height * n_rows + top + bottom
     axes_width = (fig_width - left - 0.2 - right - (n_cols - 1) * column_gap) / n_cols
     axes_height = (fig_height - top - bottom - (n_rows - 1) * gap) / n_rows
@@ -184,7 +191,22 @@ def _add_bands(ax: Axes, bands: list) -> None:
         )
         ax.add_collection(polygons, autolim=True)
         ax.autoscale_view()
+    _min_span(ax)
     _few_ticks(ax)
+
+
+def _min_span(ax: Axes, relative: float = 0.01, absolute: float = 1e-3) -> None:
+    """Widen a y range narrower than ``relative`` of its values (or ``absolute``): a curve
+    that moves by 3e-4 nats is flat, and is drawn flat with short tick labels (instead of
+    3.87784 ... 3.87808 in ticks no reader can tell apart)."""
+    low, high = ax.get_ylim()
+    span = max(relative * max(abs(low), abs(high)), absolute)
+    if high - low < span:
+        middle = (low + high) / 2
+        bottom = middle - span / 2
+        if low >= 0 > bottom:  # a non-negative quantity keeps a non-negative axis
+            bottom = 0.0
+        ax.set_ylim(bottom, bottom + span)
 
 
 def params_vs_loss(
@@ -216,7 +238,7 @@ def params_vs_loss(
                     (row["n_params_mean"], row[f"{metric}_mean"]),
                     xytext=(4, 4),
                     textcoords="offset points",
-                    fontsize=7,
+                    fontsize=MIN_FONT_PT,
                 )
         axes.set_xscale("log")
         axes.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
@@ -230,8 +252,8 @@ def params_vs_loss(
         )
         axes.legend(
             title="factor",
-            fontsize=7,
-            title_fontsize=8,
+            fontsize=MIN_FONT_PT,
+            title_fontsize=MIN_FONT_PT + 1,
             loc="upper left",
             bbox_to_anchor=(1.02, 1.0),
         )
@@ -284,7 +306,7 @@ def factor_curves(
             ax.set_title(f"{factor} ({dataset}): val solid, train dashed", fontsize=9, y=1.0)
             ax.set_ylabel("loss")
             ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=6, loc="upper right")
+            ax.legend(fontsize=MIN_FONT_PT, loc="upper right")
     _same_limits(axes)
     figure.suptitle(
         f"{_sweep_name(curves)}loss curves per factor\n(mean ± stderr over seeds)", fontsize=10
@@ -336,7 +358,7 @@ def loss_bars(summary: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
             [config_label(f, lv) for f, lv in zip(rows.factor, rows.level, strict=True)],
             rotation=60,
             ha="right",
-            fontsize=7,
+            fontsize=MIN_FONT_PT,
         )
         means = rows[["final_train_loss_mean", "final_val_loss_mean"]].to_numpy(float)
         if np.isfinite(means).any():
@@ -351,13 +373,17 @@ def loss_bars(summary: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
 
 def _per_layer(attention: pd.DataFrame, metrics: Sequence[str], title: str, pairs: bool) -> Figure:
     datasets = _datasets(attention)
-    figure, axes = _grid(max(len(datasets), 1), len(metrics), 4.5, 3.0)
+    # One legend for the figure, right of the panels: in a panel it covered the curves' ends.
+    figure, axes = _grid(max(len(datasets), 1), len(metrics), 4.3, 3.0, right=1.5)
+    all_layers = sorted(int(layer) for layer in attention["layer"].unique())
+    colors = _level_colors([str(layer) for layer in all_layers])
+    legend: dict[str, Any] = {}
     for row, dataset in enumerate(datasets):
         rows = attention[attention["dataset"] == dataset]
         layers = sorted(int(layer) for layer in rows["layer"].unique())
         if pairs:
             layers = layers[:-1]
-        colors = _level_colors([str(layer) for layer in layers])
+        configs = ", ".join(sorted(rows["config"].unique()))
         for col, metric in enumerate(metrics):
             ax = axes[row, col]
             bands: list = []
@@ -374,12 +400,24 @@ def _per_layer(attention: pd.DataFrame, metrics: Sequence[str], title: str, pair
                     label,
                 )
             _add_bands(ax, bands)
-            configs = ", ".join(sorted(rows["config"].unique()))
             ax.set_title(f"{dataset} ({configs})", fontsize=9, y=1.0)
             ax.set_xlabel("step")
             ax.set_ylabel(_LABELS.get(metric, metric))
             ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=7, loc="upper right")
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                legend.setdefault(label, handle)
+    if legend:
+        ordered = sorted(legend, key=lambda label: [int(n) for n in re.findall(r"\d+", label)])
+        top = 1 - 0.8 / figure.get_figheight()
+        figure.legend(
+            [legend[label] for label in ordered],
+            ordered,
+            loc="upper right",
+            bbox_to_anchor=(1.0, top),
+            fontsize=MIN_FONT_PT,
+            title="mean ± stderr",
+            title_fontsize=MIN_FONT_PT,
+        )
     figure.suptitle(f"{_sweep_name(attention)}{title}")
     return figure
 
@@ -408,62 +446,87 @@ def display_chars(chars: Sequence[str]) -> list[str]:
     return [visible.get(ch, ch if ch.isprintable() else repr(ch)[1:-1]) for ch in chars]
 
 
-def _heatmap(ax: Axes, matrix: np.ndarray, labels: list[str], title: str) -> None:
-    ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=max(float(np.nanmax(matrix)), 1e-9))
-    ticks = np.arange(len(labels))
-    size = 7 if len(labels) <= 40 else 5
-    ax.set_xticks(ticks, labels, fontsize=size)
-    ax.set_yticks(ticks, labels, fontsize=size)
+_CELL_IN = 0.125  # a heatmap cell holds one 8-pt character label (9 pt a row)
+
+
+def _heatmap(ax: Axes, matrix: np.ndarray, labels: list[str], title: str, vmax: float, side: float):
+    image = ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=vmax)
+    # Every character while a cell can hold its label, else every k-th.
+    every = max(1, math.ceil(len(labels) * _CELL_IN / side - 1e-9))
+    ticks = np.arange(0, len(labels), every)
+    shown = [labels[i] for i in ticks]
+    ax.set_xticks(ticks, shown, fontsize=MIN_FONT_PT)
+    ax.set_yticks(ticks, shown, fontsize=MIN_FONT_PT)
     # Characters label the cells; no tick marks (a fifth of the figure's drawing time).
     ax.tick_params(bottom=False, left=False)
-    ax.set_xlabel("key (attended to)")
-    ax.set_ylabel("query")
+    ax.set_xlabel("key (attended to)", fontsize=9)
+    ax.set_ylabel("query", fontsize=9)
     ax.set_title(title, fontsize=9, y=1.0)
+    return image
 
 
-def head_heatmaps(layer_maps: np.ndarray, chars: Sequence[str], layer: int) -> Figure:
-    """Figure 6a: one heatmap per head of one layer, characters on both axes.
-    ``layer_maps``: (n_head, T, T), rows are the causal attention distributions."""
+def _heatmap_grid(n_panels: int, n_chars: int) -> tuple[Figure, np.ndarray, float]:
+    """Square panels of ``side`` inches, big enough for one 8-pt label per character up to
+    what the page holds, as many a row as fit the page, and room right for the colour bar."""
+    colorbar, left_right, gap, row_gap = 1.2, 1.15, 1.1, 0.95  # _grid's margins
+    room = PAGE_WIDTH_IN - colorbar - left_right  # for panels and the gaps between them
+    side = min(max(2.5, _CELL_IN * n_chars), room)
+    n_cols = max(1, min(n_panels, int((room + gap) // (side + gap))))
+    n_rows = max(-(-n_panels // n_cols), 1)
+    width = side + (left_right + (n_cols - 1) * gap) / n_cols
+    height = side + row_gap * (n_rows - 1) / n_rows
+    figure, axes = _grid(n_rows, n_cols, width, height, bottom=0.9, gap=row_gap, right=colorbar)
+    return figure, axes, side
+
+
+def _heatmap_figure(
+    matrices: Sequence[np.ndarray], titles: Sequence[str], chars: Sequence[str], heading: str
+) -> Figure:
+    figure, axes, side = _heatmap_grid(len(matrices), len(chars))
+    labels = display_chars(chars)
+    vmax = max(max(float(np.nanmax(m)) for m in matrices), 1e-9) if matrices else 1.0
+    image = None
+    for index, ax in enumerate(axes.flat):
+        if index < len(matrices):
+            image = _heatmap(ax, matrices[index], labels, titles[index], vmax, side)
+        else:
+            ax.set_axis_off()
+    if image is not None:
+        top, bottom = axes[0, -1].get_position().y1, axes[0, -1].get_position().y0
+        left = 1 - 0.95 / figure.get_figwidth()
+        bar = figure.add_axes((left, bottom, 0.18 / figure.get_figwidth(), top - bottom))
+        figure.colorbar(image, cax=bar, label="attention weight")
+        bar.tick_params(labelsize=MIN_FONT_PT)
+    figure.suptitle(heading, fontsize=10)
+    return figure
+
+
+def head_heatmaps(
+    layer_maps: np.ndarray, chars: Sequence[str], layer: int, model: str = ""
+) -> Figure:
+    """Figure 6a: one heatmap per head of one layer, characters on both axes, one colour
+    scale and bar for all heads. ``layer_maps``: (n_head, T, T), rows are the causal
+    attention distributions. ``model`` names the model in the title (which trial)."""
     maps = np.asarray(layer_maps)
     if maps.ndim != 3 or maps.shape[1:] != (len(chars), len(chars)):
         raise ValueError(
             f"layer_maps has shape {maps.shape}; expected (n_head, {len(chars)}, {len(chars)})"
         )
-    n_cols = min(4, maps.shape[0])
-    n_rows = -(-maps.shape[0] // n_cols)
-    side = max(3.0, 0.16 * len(chars))
-    figure, axes = _grid(n_rows, n_cols, side, side)
-    labels = display_chars(chars)
-    for head, ax in enumerate(axes.flat):
-        if head < maps.shape[0]:
-            _heatmap(ax, maps[head], labels, f"layer {layer}, head {head}")
-        else:
-            ax.set_axis_off()
-    figure.suptitle(f"attention per head, layer {layer}")
-    return figure
+    titles = [f"layer {layer}, head {head}" for head in range(maps.shape[0])]
+    heading = f"attention per head, layer {layer}" + (f"\n{model}" if model else "")
+    return _heatmap_figure(list(maps), titles, chars, heading)
 
 
-def layer_heatmaps(attention_maps: Sequence[np.ndarray], chars: Sequence[str]) -> Figure:
-    """Figure 6b: the head-averaged attention map of every layer, characters on the axes.
-    ``attention_maps``: one (n_head, T, T) array per layer (the plot averages heads)."""
-    n_layers = len(attention_maps)
-    n_cols = min(4, max(n_layers, 1))
-    n_rows = max(-(-n_layers // n_cols), 1)
-    side = max(3.0, 0.16 * len(chars))
-    figure, axes = _grid(n_rows, n_cols, side, side)
-    labels = display_chars(chars)
-    for layer, ax in enumerate(axes.flat):
-        if layer < n_layers:
-            _heatmap(
-                ax,
-                np.asarray(attention_maps[layer]).mean(axis=0),
-                labels,
-                f"layer {layer} (mean over heads)",
-            )
-        else:
-            ax.set_axis_off()
-    figure.suptitle("head-averaged attention per layer")
-    return figure
+def layer_heatmaps(
+    attention_maps: Sequence[np.ndarray], chars: Sequence[str], model: str = ""
+) -> Figure:
+    """Figure 6b: the head-averaged attention map of every layer, characters on the axes,
+    one colour scale and bar. ``attention_maps``: one (n_head, T, T) array per layer (the
+    plot averages heads). ``model`` names the model in the title (which trial)."""
+    matrices = [np.asarray(maps).mean(axis=0) for maps in attention_maps]
+    titles = [f"layer {layer} (mean over heads)" for layer in range(len(matrices))]
+    heading = "head-averaged attention per layer" + (f"\n{model}" if model else "")
+    return _heatmap_figure(matrices, titles, chars, heading)
 
 
 def sweeps_compared(
@@ -498,7 +561,10 @@ def sweeps_compared(
             ax.set_ylabel(_LABELS.get(column, column))
             ax.grid(True, alpha=0.3)
             ax.legend(
-                title="sweep (baseline config)", fontsize=7, title_fontsize=7, loc="upper right"
+                title="sweep (baseline config)",
+                fontsize=MIN_FONT_PT,
+                title_fontsize=MIN_FONT_PT,
+                loc="upper right",
             )
     figure.suptitle("sweeps compared: baseline configs\n(mean ± stderr over seeds)", fontsize=10)
     return figure

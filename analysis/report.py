@@ -9,14 +9,13 @@ leaves nothing behind and a reader never sees half a report.
 
 from __future__ import annotations
 
-import argparse
+import base64
 import gc
 import html
 import multiprocessing
 import os
 import re
 import shutil
-import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -33,15 +32,18 @@ try:
 except ImportError:  # Windows: CPU time of this process only
     resource = None  # type: ignore[assignment]
 
-from analysis import aggregate, plots, verdicts
+from analysis import aggregate, plots, predictor_report, settings, verdicts
 from analysis.aggregate import CONFIG_KEYS, slug
-from analysis.load import CorruptStoreError, Store, StoreError, check_store, load_store
+from analysis.cli import FORMATS
+from analysis.load import Store, StoreError, check_store, load_store
+from analysis.search_report import search_section
 from charlm.fsio import fsync_dir, fsync_tree
+from sweeps.schema import read_runs
 
-__all__ = ["Analysis", "Report", "analyze", "build_report", "main"]
+__all__ = ["Analysis", "Report", "analyze", "build_report", "main", "print_summary"]
 
 REPORT_MARKER = ".charlm-report"
-FORMATS = ("png", "svg", "pdf")
+HEATMAP_CHARS = 32  # default heatmap text: 32 characters keep 8-pt labels on two panels a row
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Analysis:
     leaderboard: pd.DataFrame
     curves: pd.DataFrame
     attention: pd.DataFrame
+    predictors: predictor_report.Predictors | None = None  # set by add_attention
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds per phase
     verdicts: pd.DataFrame = field(default_factory=pd.DataFrame)  # analysis.verdicts
@@ -130,13 +133,15 @@ def add_attention(
     datasets: Sequence[str] | None = None,
     strict: bool = False,
 ) -> None:
-    """Read the attention rows of baseline trials and summarise them into
-    ``analysis.attention`` (and ``analysis.store.attention``)."""
+    """Read the attention rows of baseline trials (and each trial's final ones, and those
+    the cluster_quality figures show) and summarise them into ``analysis.attention`` (and
+    ``analysis.store.attention``) and ``analysis.predictors``."""
     watch = _Stopwatch()
     store = analysis.store
+    layer_trials = predictor_report.layer_trials(store.trials, analysis.ranking)
     read = load_store(
         store.root, sweeps=sweeps, datasets=datasets, strict=strict, tables=("attention",),
-        attention="baselines",
+        attention="report", layer_trials=layer_trials,
     )  # fmt: skip
     store.attention = read.attention
     store.corrupt += [item for item in read.corrupt if item not in store.corrupt]
@@ -145,6 +150,9 @@ def add_attention(
     ablation = store.trials[store.trials["kind"].ne("search")]
     baselines = aggregate.baseline_configs(ablation)
     analysis.attention = aggregate.attention_summary(store.attention, ablation, baselines)
+    analysis.predictors = predictor_report.compute(
+        store.trials, store.attention, store.samples, analysis.ranking
+    )
     watch.lap("attention")
     analysis.timings.update(watch.wall)
     analysis.cpu_timings.update(watch.cpu)
@@ -197,11 +205,13 @@ def build_report(
     heatmap_layer: int | None = None,
     metric: str = "best_val_loss",
     jobs: int | None = None,
+    template_names: bool = False,
 ) -> Report:
     """Write the report of the store at ``root`` into ``out_dir`` (default
     ``<root>/report``, replaced if it holds an earlier report). Raises StoreError (a
     ValueError) for bad input before anything is written. ``jobs``: processes drawing
-    figures (default: the CPU count, at most 4)."""
+    figures (default: the CPU count, at most 4). ``template_names``: also write the
+    research templates' figure files (PNG) at the top of ``out_dir``."""
     root = check_store(root)
     jobs_n = jobs if jobs is not None else min(4, os.cpu_count() or 1)
     out = Path(out_dir) if out_dir is not None else root / "report"
@@ -210,6 +220,11 @@ def build_report(
     if bad or not formats:
         raise StoreError(
             f"--format {','.join(formats)}: use a comma-separated subset of {','.join(FORMATS)}."
+        )
+    if template_names and "png" not in formats:
+        raise StoreError(
+            f"--template-names writes PNG files but --format is {','.join(formats)}: "
+            "add png to --format."
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # corrupt files are listed from store.corrupt
@@ -241,18 +256,35 @@ def build_report(
             warnings.simplefilter("ignore")
             add_attention(analysis, sweeps=sweeps, datasets=datasets, strict=strict)
         rendering.submit(_attention_jobs(analysis))
+        assert analysis.predictors is not None  # set by add_attention
+        predictor_specs = predictor_report.figure_specs(
+            analysis.predictors, analysis.store.curves, analysis.store.trials
+        )
+        rendering.submit([_FigureJob(*spec) for spec in predictor_specs])
         watch.lap("attention read")
         missing = _missing(analysis) + heatmap_notes
         tables = _write_tables(analysis, temp, metric)
+        tables += predictor_report.write_tables(analysis.predictors, temp / "tables")
         watch.lap("tables")
         sections = _sections(
             analysis, rendering.jobs, formats, missing, heatmaps, tables, temp, metric
         )
-        (temp / "report.html").write_text(_html(sections, analysis))
+        at = next(i for i, s in enumerate(sections) if s.title == "Attention heatmaps")
+        predictors = predictor_report.section(analysis.predictors, predictor_specs, formats)
+        sections.insert(at, _Section(**predictors))
         (temp / "report.md").write_text(_markdown(sections, analysis))
         watch.lap("report")
         figures = rendering.results()
         watch.lap("figures (wait)")
+        if template_names:
+            written, notes = predictor_report.write_template_figures(
+                temp, temp / "figures", analysis.curves, analysis.attention, analysis.predictors
+            )
+            figures += written
+            missing += notes
+            watch.lap("template figures")
+        # One file to mail: the figures are embedded (their files stay beside it).
+        (temp / "report.html").write_text(_html(sections, analysis, temp))
         _move_into_place(temp, out)
     except BaseException:
         rendering.close()
@@ -348,8 +380,10 @@ def _missing(analysis: Analysis) -> list[str]:
         notes.append(
             f"{len(single)} config(s) have a single finished seed: no standard error or test."
         )
-    if store.attention.empty and not store.trials.empty:
-        notes.append("No attention rows in the store: attention figures (4, 5) are skipped.")
+    if store.attention.empty and not ablation.empty:  # attention is read for baselines only
+        notes.append(
+            "No attention rows for the sweeps' baselines: attention figures (4, 5) are skipped."
+        )
     if store.samples.empty and not store.trials.empty:
         notes.append("No samples in the store: the samples section is empty.")
     dropped = {table: n for table, n in store.duplicates.items() if n}
@@ -390,9 +424,8 @@ def _heatmaps(
     for dataset, trial_id in found:
         row = trials[trials["trial_id"].eq(trial_id)].iloc[0]
         sample = analysis.store.samples[analysis.store.samples["trial_id"].astype(str) == trial_id]
-        chosen = (
-            text if text is not None else (sample["text"].iloc[0][:48] if len(sample) else None)
-        )
+        first = sample["text"].iloc[0][:HEATMAP_CHARS] if len(sample) else None
+        chosen = text if text is not None else first
         if not chosen:
             missing.append(f"No heatmap text for {dataset} (no sample): pass --heatmap-text.")
             continue
@@ -468,18 +501,20 @@ def _heatmap_jobs(heatmaps: list[_Heatmaps]) -> list[_FigureJob]:
     jobs = []
     for heat in heatmaps:
         d, source = slug(heat.dataset), f"({heat.config}, trial {heat.trial_id})"
+        shape = f"{len(heat.maps)} layers x {len(heat.maps[0])} heads"
+        model = f"{heat.dataset}: {heat.config}, trial {heat.trial_id} ({shape})"
         jobs.append(
             _FigureJob(
                 f"6_heatmaps/{d}_heads_layer{heat.layer}",
                 f"{heat.dataset}: attention per head, layer {heat.layer} {source}",
-                partial(plots.head_heatmaps, heat.maps[heat.layer], heat.chars, heat.layer),
+                partial(plots.head_heatmaps, heat.maps[heat.layer], heat.chars, heat.layer, model),
             )
         )
         jobs.append(
             _FigureJob(
                 f"6_heatmaps/{d}_layers",
                 f"{heat.dataset}: head-averaged attention per layer {source}",
-                partial(plots.layer_heatmaps, heat.maps, heat.chars),
+                partial(plots.layer_heatmaps, heat.maps, heat.chars, model),
             )
         )
     return jobs
@@ -594,6 +629,7 @@ class _Rendering:
 class _Section:
     title: str
     level: int = 2
+    anchor: str = ""  # the HTML section's id
     paragraphs: list[str] = field(default_factory=list)
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
     figures: list[tuple[str, str, list[str]]] = field(default_factory=list)  # caption, img, links
@@ -638,8 +674,8 @@ def _sections(
 ) -> list[_Section]:
     store = analysis.store
     trials = store.trials
-    sections = []
-    overview = _Section("Overview")
+    sections = [_setup_section(analysis)]
+    overview = _Section("Overview", anchor="overview")
     counts = pd.DataFrame(
         {
             "Trials": [len(trials)],
@@ -674,9 +710,12 @@ def _sections(
     for sweep, rows in summary[summary["kind"].ne("search")].groupby("sweep", sort=True):
         section = _Section(f"Sweep {sweep}")
         section.paragraphs.append(
-            f"Mean ± standard error over seeds; Δ = config − baseline in {metric} with its 95% "
-            "confidence interval (paired t-test over shared seeds, else Welch); p-values "
-            "Holm-corrected across the levels of the sweep (* below 0.05)."
+            f"Mean ± standard error over seeds; Δ = config − baseline in {metric} (paired "
+            "t-test over shared seeds, else Welch). The 95% confidence interval is per "
+            "comparison, not adjusted for multiple comparisons; the p-value is "
+            "Holm-adjusted across the levels of the sweep (* below 0.05). So an interval "
+            "that excludes 0 can sit next to an adjusted p above 0.05: read the p-value "
+            "for significance, the interval for size."
         )
         section.tables.append(("", aggregate.paper_table(rows, analysis.effects, metric)))
         section.tables += verdicts.report_tables(analysis.verdicts, sweep)
@@ -702,14 +741,7 @@ def _sections(
         sections.append(compared)
 
     if len(analysis.leaderboard):
-        search = _Section("Search sweeps")
-        search.paragraphs.append("Each trial is its own config (no seeds to average); best first.")
-        board = analysis.leaderboard.head(50).copy()
-        for column in board.columns:
-            if board[column].dtype.kind == "f":
-                board[column] = [_fmt(v) for v in board[column]]
-        search.tables.append(("Top 50 trials", board))
-        sections.append(search)
+        sections.append(_Section(**vars(search_section(trials, temp / "figures", formats))))
 
     heat = _Section("Attention heatmaps")
     if heatmaps:
@@ -749,6 +781,19 @@ def _sections(
     return sections
 
 
+def _setup_section(analysis: Analysis) -> _Section:
+    """How the runs were set up, per sweep (analysis.settings): the report's first section."""
+    section = _Section("How the runs were set up", anchor="setup")
+    trials = analysis.store.trials
+    if trials.empty:
+        section.paragraphs.append("No trials in the store yet.")
+        return section
+    runs = read_runs(analysis.store.root)
+    for sweep in sorted(trials["sweep"].dropna().unique()):
+        section.tables.append((f"Sweep {sweep}", settings.setup_table(trials, runs, sweep)))
+    return section
+
+
 def _samples_section(analysis: Analysis) -> _Section:
     """One generated sample per config (its lowest seed), side by side."""
     section = _Section("Generated samples")
@@ -775,15 +820,17 @@ def _samples_section(analysis: Analysis) -> _Section:
 
 
 _CSS = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1240px;padding:0 1em;color:#222}
+.scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.85em}
 th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}
 th{background:#f3f3f3} td:first-child,td:nth-child(2){text-align:left}
-figure{margin:1em 0} figure img{max-width:100%;border:1px solid #eee}
+#setup td:nth-child(2){max-width:60em}
+figure{margin:1em 0} figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.85em;color:#555}
 .samples{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:.8em}
 .sample{border:1px solid #ddd;padding:.5em;font-size:.8em}
-.sample pre{white-space:pre-wrap;background:#fafafa;margin:.4em 0}
+.sample pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#fafafa;margin:.4em 0}
 """
 
 
@@ -793,10 +840,22 @@ def _html_table(frame: pd.DataFrame) -> str:
         "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
         for row in frame.itertuples(False)
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return (
+        f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
+        "</table></div>"
+    )
 
 
-def _html(sections: list[_Section], analysis: Analysis) -> str:
+def _embedded(path: Path) -> str:
+    """A figure file as a data: URI, so the page shows it without the file beside it."""
+    kind = {"png": "image/png", "svg": "image/svg+xml"}.get(path.suffix[1:])
+    if kind is None or not path.is_file():
+        return path.name
+    return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+def _html(sections: list[_Section], analysis: Analysis, root: Path) -> str:
+    """The page; figures are read from ``root`` (the report directory) and embedded."""
     e = html.escape
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -806,6 +865,7 @@ def _html(sections: list[_Section], analysis: Analysis) -> str:
         f"<p>Store {e(str(analysis.store.root))}, read {time.strftime('%Y-%m-%d %H:%M')}.</p>",
     ]
     for section in sections:
+        parts.append(f"<section id='{e(section.anchor or slug(section.title))}'>")
         parts.append(f"<h{section.level}>{e(section.title)}</h{section.level}>")
         parts += [f"<p>{e(p)}</p>" for p in section.paragraphs]
         for caption, frame in section.tables:
@@ -817,8 +877,8 @@ def _html(sections: list[_Section], analysis: Analysis) -> str:
                 f"<a href='{e(link)}'>{e(link.rsplit('.', 1)[1])}</a>" for link in links
             )
             parts.append(
-                f"<figure><a href='{e(image)}'><img src='{e(image)}' alt='{e(caption)}'></a>"
-                f"<figcaption>{e(caption)} ({others})</figcaption></figure>"
+                f"<figure><img src='{e(_embedded(root / image))}' alt='{e(caption)}'>"
+                f"<figcaption>{e(caption)} (files: {others})</figcaption></figure>"
             )
         if section.samples:
             parts.append("<div class='samples'>")
@@ -833,6 +893,7 @@ def _html(sections: list[_Section], analysis: Analysis) -> str:
                 + "".join(f"<li><a href='{e(p)}'>{e(label)}</a></li>" for label, p in section.links)
                 + "</ul>"
             )
+        parts.append("</section>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
@@ -860,119 +921,8 @@ def _markdown(sections: list[_Section], analysis: Analysis) -> str:
     return "\n".join(parts)
 
 
-# ---------------------------------------------------------------- CLI
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line on stderr and exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="python -m analysis",
-        description=(
-            "Turn a result store into a report: tables (mean ± stderr over seeds, Δ vs the "
-            "baseline with 95%% CI and Holm-corrected p-values), figures (PNG/SVG), the "
-            "factor ranking and generated samples, as REPORT_DIR/report.html and report.md. "
-            "Works on a store that is still being written; failed and corrupt parts are "
-            "named in the report."
-        ),
-    )
-    parser.add_argument("results_dir", metavar="RESULTS_DIR", help="the store a sweep wrote")
-    parser.add_argument(
-        "--out",
-        metavar="REPORT_DIR",
-        default=None,
-        help="where to write the report (default: RESULTS_DIR/report; an earlier report "
-        "there is replaced, a directory holding other files is refused)",
-    )
-    parser.add_argument(
-        "--strict",
-        action="store_true",
-        help="fail (exit 2) on a corrupt store file instead of skipping it",
-    )
-    parser.add_argument(
-        "--format",
-        default="png,svg",
-        help=f"figure formats, comma-separated, from {','.join(FORMATS)} (default png,svg)",
-    )
-    parser.add_argument(
-        "--sweep", action="append", metavar="NAME", help="only this sweep (repeat for several)"
-    )
-    parser.add_argument(
-        "--dataset", action="append", metavar="NAME", help="only this dataset (repeat for several)"
-    )
-    parser.add_argument(
-        "--heatmap-text",
-        metavar="TEXT",
-        help="text for the attention heatmaps (default: the start of the best "
-        "trial's generated sample)",
-    )
-    parser.add_argument(
-        "--heatmap-layer",
-        type=int,
-        metavar="N",
-        help="layer whose heads get heatmaps (default: the last)",
-    )
-    parser.add_argument(
-        "--metric",
-        default="best_val_loss",
-        choices=["best_val_loss", "final_val_loss", "final_train_loss"],
-        help="metric compared against the baseline and ranked (default best_val_loss)",
-    )
-    parser.add_argument(
-        "--jobs",
-        type=int,
-        metavar="N",
-        help="processes drawing figures (default: CPU count, at most 4)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="print only the report's path")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The CLI; returns the exit status (0 ok, 2 bad input, a missing store or --strict)."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    formats = [fmt.strip() for fmt in args.format.split(",") if fmt.strip()]
-    if args.heatmap_layer is not None and args.heatmap_layer < 0:
-        parser.error(f"--heatmap-layer {args.heatmap_layer}: give a layer index >= 0")
-    if args.jobs is not None and args.jobs < 1:
-        parser.error(f"--jobs {args.jobs}: give a number of processes >= 1")
-    try:
-        report = build_report(
-            args.results_dir,
-            args.out,
-            formats=formats,
-            strict=args.strict,
-            sweeps=args.sweep,
-            datasets=args.dataset,
-            heatmap_text=args.heatmap_text,
-            heatmap_layer=args.heatmap_layer,
-            metric=args.metric,
-            jobs=args.jobs,
-        )
-    except CorruptStoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for path, reason in report.analysis.store.corrupt:
-        print(f"warning: skipped corrupt store file {path}: {reason}", file=sys.stderr)
-    for note in report.missing:
-        if "unreadable model file" in note:
-            print(f"warning: {note}", file=sys.stderr)
-    if not args.quiet:
-        _print_summary(report, args.metric)
-    print(f"report: {report.html}")
-    return 0
-
-
-def _print_summary(report: Report, metric: str) -> None:
+def print_summary(report: Report, metric: str) -> None:
+    """What ``python -m analysis`` prints: trial counts, each sweep's table, notes, files."""
     analysis = report.analysis
     trials = analysis.store.trials
     print(
@@ -987,8 +937,20 @@ def _print_summary(report: Report, metric: str) -> None:
         keep = [c for c in table.columns if c not in ("Final train loss", "Final val loss")]
         print(f"\nsweep {sweep}")
         print(aggregate.to_markdown(table[keep]), end="")
+        print(
+            "Δ: 95% CI per comparison (not adjusted); p: Holm-adjusted across the sweep's "
+            "levels (* below 0.05)."
+        )
     print("", *verdicts.summary_lines(analysis.verdicts), sep="\n")
     for note in report.missing:
         print(f"note: {note}")
     figures = len(report.figures)
     print(f"\n{figures} figure files, {len(report.tables)} table files in {report.out_dir}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m analysis``: see analysis.cli (arguments are checked before pandas,
+    scipy and matplotlib are imported)."""
+    from analysis.cli import main as cli_main
+
+    return cli_main(argv)

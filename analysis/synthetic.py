@@ -5,7 +5,9 @@ marker file, one Parquet file per trial per table, the columns of ``sweeps.schem
 config defaults from the config dataclasses) with values
 that look like training runs: losses fall along an exponential curve towards a final
 value that depends on the config's level and on the seed (so paired comparisons have
-something to pair), attention entropy falls over training, and so on.
+something to pair), attention entropy falls over training, the hidden-state silhouette
+rises (more where the final loss is lower), the sample's coherence is higher for a lower
+loss, and so on.
 
 The lower-level ``init_store``, ``trial_row`` and ``write_rows`` let a test write exact,
 hand-chosen values.
@@ -198,12 +200,15 @@ def _write_trial(
         last = layer == n_layer - 1
         js_next = np.where(last, np.nan, 0.1 + 0.05 * layer + 0.1 * prog)
         cos_next = np.where(last, np.nan, 0.9 - 0.05 * layer - 0.1 * prog)
+        # per layer (the same on each head row): rises over training, higher for lower loss
+        layer_noise = np.repeat(rng.normal(0, 0.02, n_steps * n_layer), n_head)
+        silhouette = 0.05 + prog * (0.3 + 0.04 * layer - 0.4 * (final - 1.5)) + layer_noise
         attention = {
             "trial_id": [tid] * len(layer), "step": np.repeat(steps, per_step), "layer": layer,
             "head": head, "entropy": entropy, "entropy_normalized": entropy / 4.8,
             "effective_span": 20 - 12 * prog + 3 * layer + rng.normal(0, 0.5, len(layer)),
             "head_diversity": 0.2 + 0.1 * prog, "attention_js_next": js_next,
-            "hidden_cosine_next": cos_next,
+            "hidden_cosine_next": cos_next, "silhouette": silhouette,
         }  # fmt: skip
         store.write_rows("attention", tid, attention)
     if spec.samples and ok:
@@ -212,6 +217,9 @@ def _write_trial(
             "trial_id": tid, "prompt": "\n", "text": text[: 40 + int(rng.integers(0, 80))],
             "n_chars": 120, "distinct_1": 0.4, "distinct_2": 0.7, "distinct_3": 0.85,
             "repetition_rate": 0.1, "known_word_share": 0.8,
+            "coherence": float(0.6 - 0.3 * (final - 1.5) + rng.normal(0, 0.02)),
+            "attention_entropy": list(1.5 - 0.1 * np.arange(spec.n_layer) + rng.normal(0, 0.05)),
+            "effective_span": list(8.0 + 2 * np.arange(spec.n_layer) + rng.normal(0, 0.3)),
         }  # fmt: skip
         store.write_rows("samples", tid, [sample])
 

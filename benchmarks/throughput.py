@@ -11,7 +11,11 @@ dropout 0.2), it times full training steps (forward, backward, AdamW step) on ra
 and reports tokens/s (median step; best step in brackets) and model-FLOPs utilisation:
 flops_per_token x tokens/s / the float32 matmul peak measured in the same run; the share of
 training time the probes take when they run at every evaluation (the default) at the preset's
-eval_interval; then generation at the 384-wide shape with and without the KV cache.
+eval_interval (attention metrics and the per-layer k-means silhouette of the hidden states;
+the first pass of a process also imports scikit-learn, timed apart); the cost of the sample
+metrics once per trial (coherence and the model's attention while generating, for the
+default 300 sample tokens); then generation at the 384-wide shape with and without the KV
+cache.
 
 The numbers move with the machine's load (the load average is printed): on a shared box run it
 a few times and read ranges. Example:
@@ -35,6 +39,7 @@ import torch
 
 from charlm.config import ModelConfig, TrainConfig
 from charlm.model import GPT
+from charlm.sample import coherence, sample_attention
 from charlm.text import text_table
 from charlm.train import probe_model
 from sweeps.grid import PRESETS
@@ -51,6 +56,7 @@ class Workload:
     model: ModelConfig
     batch_size: int
     eval_interval: int
+    max_iters: int
 
 
 def preset_workload(name: str, preset: str) -> Workload:
@@ -61,6 +67,7 @@ def preset_workload(name: str, preset: str) -> Workload:
         dataclasses.replace(model, vocab_size=VOCAB_SIZE),
         batch_size=train.batch_size,
         eval_interval=train.eval_interval,
+        max_iters=train.max_iters,
     )
 
 
@@ -91,11 +98,19 @@ class ProbeRow:
     probe_s: float  # median of one probe pass (capture + metrics)
     interval: int  # training steps between probe passes
     step_s: float  # median training step (charlm's dropout)
+    first_s: float  # the process's first pass (imports scikit-learn for the silhouette)
+    sample_s: float  # sample metrics, once per trial (coherence + attention on the sample)
+    max_iters: int  # the preset run length the sample cost is compared with
 
     @property
     def share(self) -> float:
         """Share of training time spent in probes: one pass per ``interval`` steps."""
         return self.probe_s / (self.interval * self.step_s + self.probe_s)
+
+    @property
+    def sample_share(self) -> float:
+        """Share of a ``max_iters``-step run spent on the sample metrics (once per trial)."""
+        return self.sample_s / (self.max_iters * self.step_s + self.sample_s)
 
 
 def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
@@ -160,18 +175,38 @@ def training_rows(
     return rows
 
 
-def probe_seconds(model_cfg: ModelConfig, repeats: int = 5) -> float:
-    """Median seconds of one probe pass as training runs it: capture and metrics on a
-    (probe_batch_size, block_size) batch."""
+def probe_seconds(model_cfg: ModelConfig, repeats: int = 5) -> tuple[float, float]:
+    """Seconds of one probe pass as training runs it (capture and metrics on a
+    (probe_batch_size, block_size) batch): the first pass of this process (it imports
+    scikit-learn once, for the silhouette) and the median of ``repeats`` later ones."""
     torch.manual_seed(0)
     model = GPT(model_cfg).train()
     batch = (TrainConfig().probe_batch_size, model_cfg.block_size)
     idx = torch.randint(0, VOCAB_SIZE, batch)
+    start = time.perf_counter()
     probe_model(model, idx)  # warm-up
+    first = time.perf_counter() - start
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         probe_model(model, idx)
+        times.append(time.perf_counter() - start)
+    return first, statistics.median(times)
+
+
+def sample_metric_seconds(model_cfg: ModelConfig, tokens: int, repeats: int = 3) -> float:
+    """Median seconds of the sample metrics training adds once per trial: coherence of a
+    ``tokens``-character text and the model's attention on a sample of ``tokens`` tokens
+    after a one-token prompt (windows of block_size past the first block)."""
+    torch.manual_seed(0)
+    model = GPT(model_cfg).train()
+    ids = torch.randint(0, VOCAB_SIZE, (tokens + 1,)).tolist()
+    text = "".join(chr(97 + i % 26) for i in ids[1:])
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        coherence(text)
+        sample_attention(model, ids, 1)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -285,17 +320,31 @@ def run(args: argparse.Namespace) -> None:
         workload_rows = training_rows(workload, steps, warmup, peak, not args.no_reference)
         rows += workload_rows
         fast = next(r for r in workload_rows if r.implementation == "fast")
+        first, probe = probe_seconds(workload.model)
+        sample = sample_metric_seconds(workload.model, TrainConfig().sample_tokens)
         probes.append(
-            ProbeRow(name, probe_seconds(workload.model), workload.eval_interval, fast.step_s)
-        )
+            ProbeRow(
+                name, probe, workload.eval_interval, fast.step_s, first, sample,
+                workload.max_iters,
+            )
+        )  # fmt: skip
     if rows:
         print("training (forward + backward + AdamW, random tokens), tokens/s of the median step")
         print(format_training_table(rows))
-        print("\nprobes (every evaluation, the default), share of training time")
+        print("\nprobes (every evaluation, the default), share of training time (target < 3%)")
         for probe in probes:
             print(
                 f"{probe.workload:<12} {probe.probe_s * 1e3:,.0f} ms per pass, every "
-                f"{probe.interval} steps of {probe.step_s * 1e3:,.0f} ms: {probe.share:.2%}"
+                f"{probe.interval} steps of {probe.step_s * 1e3:,.0f} ms: {probe.share:.2%} "
+                f"(first pass of a process, importing scikit-learn: "
+                f"{probe.first_s * 1e3:,.0f} ms)"
+            )
+        print("sample metrics (once per trial, 300 sample tokens), share of a preset run")
+        for probe in probes:
+            print(
+                f"{probe.workload:<12} {probe.sample_s * 1e3:,.0f} ms, against "
+                f"{probe.max_iters:,} steps of {probe.step_s * 1e3:,.0f} ms: "
+                f"{probe.sample_share:.2%}"
             )
 
     if args.gen_tokens > 0:

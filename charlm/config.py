@@ -23,6 +23,7 @@ __all__ = [
     "config_fields",
     "field_types",
     "from_dict",
+    "shorten_schedule",
     "split_config",
     "to_dict",
 ]
@@ -241,6 +242,28 @@ def from_dict(cls: type[Config], values: dict[str, Any]) -> Config:
             f"valid fields are {', '.join(config_fields(cls))}."
         )
     return cls(**values)
+
+
+def shorten_schedule(values: dict[str, Any], max_iters: int) -> dict[str, Any]:
+    """Set ``max_iters`` in a flat config dict; scale warm-up and an explicit lr_decay_iters
+    with it (the learning-rate schedule keeps its shape: 100 warm-up steps of a 3000-step
+    run become 3 of a 100-step run, never the whole run), and cap eval_interval so the run
+    still evaluates on the way. Fields absent from ``values`` take TrainConfig's defaults.
+    The one rule for short runs: the sweep CLIs' --max-iters and charlm.train's use it."""
+    defaults = TrainConfig()
+    old = values.get("max_iters", defaults.max_iters)
+    scale = max_iters / old if isinstance(old, int) and old > 0 else 1.0
+    warmup = values.get("warmup_iters", defaults.warmup_iters)
+    if isinstance(warmup, int) and not isinstance(warmup, bool):
+        values["warmup_iters"] = min(round(warmup * scale), max(0, max_iters - 1))
+    decay = values.get("lr_decay_iters", defaults.lr_decay_iters)
+    if isinstance(decay, int) and not isinstance(decay, bool):
+        values["lr_decay_iters"] = max(1, round(decay * scale))
+    interval = values.get("eval_interval", defaults.eval_interval)
+    if isinstance(interval, int) and not isinstance(interval, bool):
+        values["eval_interval"] = min(interval, max_iters)
+    values["max_iters"] = max_iters
+    return values
 
 
 def split_config(values: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:

@@ -27,14 +27,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 import numpy as np
 import platformdirs
-import torch
 
 from charlm.config import ConfigError
 from charlm.fsio import atomic_write
+
+if TYPE_CHECKING:  # torch is imported where batches are made: the CLIs check input without it
+    import torch
 
 __all__ = [
     "DATASETS",
@@ -158,7 +160,7 @@ class Dataset:
 
     def decode(self, ids: Iterable[int] | np.ndarray | torch.Tensor) -> str:
         """The text of a sequence of token ids (vectorised: fast on whole splits too)."""
-        if isinstance(ids, torch.Tensor):
+        if not isinstance(ids, np.ndarray) and hasattr(ids, "cpu"):  # a torch.Tensor
             ids = ids.cpu().numpy()
         return "".join(self._symbols[np.asarray(ids, dtype=np.int64)].tolist())
 
@@ -246,6 +248,8 @@ def get_batch(
             f"block_size={block_size} needs {block_size + 1} tokens but the split has "
             f"{len(data)}: use a smaller block_size."
         )
+    import torch
+
     starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
     return _windows(data, starts.numpy(), block_size, device)
 
@@ -275,6 +279,8 @@ class BatchSampler:
                 f"block_size={block_size} needs {block_size + 1} tokens but the split has "
                 f"{len(data)}: use a smaller block_size."
             )
+        import torch
+
         self.data, self.batch_size, self.block_size = data, batch_size, block_size
         self.device = torch.device(device)
         if resident is None:
@@ -290,6 +296,8 @@ class BatchSampler:
         """The next batch (x, y), int64 of shape (B, T), from ``generator``."""
         if not self.resident:
             return get_batch(self.data, self.batch_size, self.block_size, generator, self.device)
+        import torch
+
         starts = torch.randint(
             len(self.data) - self.block_size, (self.batch_size,), generator=generator
         )
@@ -301,6 +309,8 @@ class BatchSampler:
 
 
 def _fits_on_device(data: np.ndarray, device: torch.device) -> bool:
+    import torch
+
     free, _ = torch.cuda.mem_get_info(device)
     return len(data) * 4 <= free / 4
 
@@ -329,6 +339,8 @@ def iter_windows(
 def _windows(
     data: np.ndarray, starts: np.ndarray, block_size: int, device: str | torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     rows = data[starts[:, None] + np.arange(block_size + 1)]  # (B, T + 1)
     tokens = torch.from_numpy(rows.astype(np.int64))
     x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()

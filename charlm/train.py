@@ -5,9 +5,9 @@ Every ``eval_interval`` steps (and at step 0 and the last step) it measures trai
 loss, runs the attention probes, saves a checkpoint when asked to, and calls
 ``report(metrics)``. The last report also carries the final metrics and the sample.
 
-Evaluation: a split small enough to be covered once by non-overlapping windows at no more
-cost than ``eval_iters`` random batches is evaluated exactly (no sampling noise); a larger
-one on a fixed sample of ``eval_iters`` batches, the same at every evaluation.
+Evaluation (``charlm.evaluation``) takes at most ~10% of a run: val exactly where the
+split is small enough, else on a fixed sample; train on a fixed sample stopped at a 0.01-nat
+standard error. Every loss is reported with its standard error and window count.
 """
 
 from __future__ import annotations
@@ -17,29 +17,29 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+if __name__ == "__main__":
+    # As a script: check the arguments before torch is imported (seconds on a busy
+    # machine), so bad input answers at once.
+    from charlm.train_args import parse as _parse_first
+
+    _parse_first(sys.argv[1:])
+
 import torch
 
-from charlm.cli import OneLineParser, check_writable_dir
 from charlm.config import ConfigError, ModelConfig, TrainConfig, config_fields, to_dict
-from charlm.data import (
-    BatchSampler,
-    Dataset,
-    check_block_size,
-    get_batch,
-    iter_windows,
-    load_dataset,
-    n_windows,
-)
+from charlm.data import BatchSampler, Dataset, check_block_size, get_batch, load_dataset
+from charlm.evaluation import Evaluator
 from charlm.fsio import atomic_write, atomic_write_bytes
 from charlm.model import GPT
 from charlm.probes import probe_metrics
-from charlm.sample import generate_text, quality_metrics, word_set
+from charlm.sample import generate_text, quality_metrics, sample_attention, word_set
+from charlm.train_args import parse as parse_train_args
 from charlm.versions import upgrade
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "resolve_device",
     "save_model",
     "train",
+    "train_steps",
 ]
 
 CHECKPOINT_FILE = "ckpt.pt"
@@ -62,8 +63,7 @@ MODEL_FILE = "model.pt"
 CHECKPOINT_FORMAT = 1  # checkpoints and model files; bump it with a CHECKPOINT_UPGRADES step
 # format v -> the function (the dict format v wrote) -> the dict format v + 1 writes
 CHECKPOINT_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
-# Fixed seeds: every trial evaluates and probes the same text, whatever its own seed.
-EVAL_SEED = 1337
+# Fixed seed: every trial probes the same text, whatever its own seed.
 PROBE_SEED = 7
 SAMPLE_PROMPT = "\n"  # or the text's first character when it has no newline
 # What may differ between a checkpoint and the run resuming it: when to evaluate, probe and
@@ -89,13 +89,27 @@ class TrialResult:
     device: str = "cpu"
     eval_mode: str = "sampled"
     train_eval_mode: str = "sampled"
+    val_eval_windows: int = 0  # windows per evaluation (exact: all of the split's)
+    train_eval_windows: int = 0  # at most, per evaluation (sampled: stopped at the target)
+    train_loss_target_stderr: float | None = None
+    num_threads: int | None = None
     n_params: int = 0
     last_step: int = 0
     tokens_seen: int = 0
     best_val_loss: float | None = None
     final_train_loss: float | None = None
     final_val_loss: float | None = None
+    final_train_loss_stderr: float | None = None
+    final_val_loss_stderr: float | None = None
     train_time_s: float = 0.0
+    # Where the run's time went: set-up (dataset, model, optimizer, resume), training steps,
+    # evaluation, probes, checkpoint writes and the final sample (generation and metrics).
+    setup_s: float = 0.0
+    steps_s: float = 0.0
+    eval_s: float = 0.0
+    probe_s: float = 0.0
+    checkpoint_s: float = 0.0
+    sample_s: float = 0.0
     train_tokens_per_s: float | None = None
     inference_tokens_per_s: float | None = None
     curve: list[dict[str, Any]] = field(default_factory=list)
@@ -107,10 +121,13 @@ class TrialResult:
         return {
             key: getattr(self, key)
             for key in (
-                "status", "error", "device", "eval_mode", "train_eval_mode", "n_params",
-                "last_step", "tokens_seen", "best_val_loss", "final_train_loss",
-                "final_val_loss", "train_time_s", "train_tokens_per_s",
-                "inference_tokens_per_s",
+                "status", "error", "device", "eval_mode", "train_eval_mode",
+                "val_eval_windows", "train_eval_windows", "train_loss_target_stderr",
+                "num_threads", "n_params", "last_step", "tokens_seen", "best_val_loss",
+                "final_train_loss", "final_val_loss", "final_train_loss_stderr",
+                "final_val_loss_stderr", "train_time_s", "train_tokens_per_s",
+                "inference_tokens_per_s", "setup_s", "steps_s", "eval_s", "probe_s",
+                "checkpoint_s", "sample_s",
             )
         }  # fmt: skip
 
@@ -176,44 +193,6 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[GPT, list[str]]:
     return model, list(state["vocab"])
 
 
-class _Evaluator:
-    """Loss on each split, exact or on a fixed sample, chosen once per run."""
-
-    def __init__(self, data: Dataset, model_cfg: ModelConfig, cfg: TrainConfig, device: str):
-        self.data, self.block_size, self.cfg, self.device = data, model_cfg.block_size, cfg, device
-        self.modes = {
-            split: "exact"
-            if n_windows(data.split_length(split), self.block_size)
-            <= cfg.eval_iters * cfg.batch_size
-            else "sampled"
-            for split in ("train", "val")
-        }
-
-    def _batches(self, split: str):
-        array = self.data.splits[split]
-        if self.modes[split] == "exact":
-            yield from iter_windows(array, self.block_size, self.cfg.batch_size, self.device)
-            return
-        generator = torch.Generator().manual_seed(EVAL_SEED)
-        for _ in range(self.cfg.eval_iters):
-            yield get_batch(array, self.cfg.batch_size, self.block_size, generator, self.device)
-
-    @torch.no_grad()
-    def __call__(self, model: GPT, autocast) -> dict[str, float]:
-        model.eval()
-        losses = {}
-        for split in ("train", "val"):
-            total, count = torch.zeros((), dtype=torch.float64), 0
-            for x, y in self._batches(split):
-                with autocast:
-                    _, loss = model(x, y)
-                total += loss.double().cpu() * y.numel()
-                count += y.numel()
-            losses[split] = (total / count).item()
-        model.train()
-        return losses
-
-
 class _NonFiniteWatch:
     """Catches the first training step whose loss is not finite, without a host sync on CUDA.
 
@@ -256,7 +235,8 @@ def train(
     checkpoint_dir: str | Path | None = None,
     resume_from: str | Path | None = None,
 ) -> TrialResult:
-    """Train one model and return its TrialResult.
+    """Train one model and return its TrialResult: ``train_steps`` run to the end, each
+    evaluation's metrics passed to ``report``.
 
     ``report(metrics)`` gets one flat dict per evaluation: step, tokens_seen, elapsed_s, lr,
     train_loss, val_loss, best_val_loss, tokens_per_s, attention (per layer/head rows, when
@@ -268,6 +248,29 @@ def train(
 
     Config problems (unknown dataset, block_size longer than a split, ...) raise
     ConfigError before any training; a non-finite loss ends the run with status 'failed'.
+    """
+    steps = train_steps(
+        model_cfg, train_cfg, checkpoint_dir=checkpoint_dir, resume_from=resume_from
+    )
+    while True:
+        try:
+            metrics = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        _log(report, metrics)
+
+
+def train_steps(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    resume_from: str | Path | None = None,
+) -> Generator[dict[str, Any], None, TrialResult]:
+    """The training loop as a generator: it yields each evaluation's metrics (what ``train``
+    reports, the checkpoint already written) and returns the TrialResult. Driving several
+    of these in turn trains them in lockstep: at every yield all have trained to the same
+    step (``sweeps.trainable`` trains a search trial's seeds so). Arguments as ``train``'s.
     """
     wall_start = time.perf_counter()
     device = resolve_device(train_cfg.device)
@@ -309,7 +312,7 @@ def train(
         data.splits["train"], train_cfg.batch_size, model_cfg.block_size, device
     )
     nonfinite = _NonFiniteWatch(device_type, device)
-    evaluate = _Evaluator(data, model_cfg, train_cfg, device)
+    evaluate = Evaluator(data, model_cfg.block_size, train_cfg, device)
     probe_x, _ = get_batch(
         data.splits["val"], train_cfg.probe_batch_size, model_cfg.block_size,
         torch.Generator().manual_seed(PROBE_SEED), device,
@@ -321,6 +324,10 @@ def train(
         device=device,
         eval_mode=evaluate.modes["val"],
         train_eval_mode=evaluate.modes["train"],
+        val_eval_windows=evaluate.plan.splits["val"].windows,
+        train_eval_windows=evaluate.plan.splits["train"].windows,
+        train_loss_target_stderr=evaluate.plan.splits["train"].target_stderr,
+        num_threads=torch.get_num_threads() if device_type == "cpu" else None,
         n_params=model.num_params(),
     )
     step, train_seconds, prior_elapsed = 0, 0.0, 0.0
@@ -342,6 +349,7 @@ def train(
 
     tokens_per_step = train_cfg.batch_size * model_cfg.block_size
     run_start = time.perf_counter()
+    result.setup_s = run_start - wall_start
     # Training time is measured per window of steps between evaluations (a synced
     # boundary), so no step waits for the device.
     window_start, window_tokens = run_start, 0
@@ -357,10 +365,14 @@ def train(
             train_seconds += window_seconds
             bad_step = nonfinite.pending()
             if bad_step is not None:
-                return _fail(result, bad_step, report, wall_start)
-            losses = evaluate(model, autocast)
+                yield _fail(result, bad_step, wall_start)
+                return result
+            evaluation = evaluate(model, autocast)
+            result.eval_s = evaluate.seconds
+            losses = {split: value.loss for split, value in evaluation.items()}
             if not all(math.isfinite(v) for v in losses.values()):
-                return _fail(result, step, report, wall_start)
+                yield _fail(result, step, wall_start)
+                return result
             best_val = min(best_val, losses["val"])
             point: dict[str, Any] = {
                 "step": step,
@@ -371,30 +383,42 @@ def train(
                 "val_loss": losses["val"],
                 "best_val_loss": best_val,
                 "tokens_per_s": window_tokens / window_seconds if window_seconds > 0 else None,
+                "train_loss_stderr": evaluation["train"].stderr,
+                "val_loss_stderr": evaluation["val"].stderr,
+                "train_eval_windows": evaluation["train"].windows,
+                "val_eval_windows": evaluation["val"].windows,
             }
             result.curve.append(point)
             metrics: dict[str, Any] = dict(point)
             last = step == train_cfg.max_iters
             probe_due = train_cfg.probe_interval is None or step % train_cfg.probe_interval == 0
             if probe_due or last:
+                probe_start = time.perf_counter()
                 rows = probe_model(model, probe_x, autocast, step)
+                result.probe_s += time.perf_counter() - probe_start
                 result.attention.extend(rows)
                 metrics["attention"] = rows
             if checkpoint_path is not None:
+                checkpoint_start = time.perf_counter()
                 _save_checkpoint(
                     checkpoint_path / CHECKPOINT_FILE, model, optimizer, step, batch_generator,
                     train_seconds, point["elapsed_s"], best_val, result, data, device_type,
                 )  # fmt: skip
+                result.checkpoint_s += time.perf_counter() - checkpoint_start
             if last:
                 _finish(result, model, data, train_cfg, best_val, train_seconds, device, prompt)
-                result.train_time_s = prior_elapsed + time.perf_counter() - run_start
                 if checkpoint_path is not None:
+                    checkpoint_start = time.perf_counter()
                     save_model(checkpoint_path / MODEL_FILE, model, data.vocab, data.name)
+                    result.checkpoint_s += time.perf_counter() - checkpoint_start
+                result.train_time_s = prior_elapsed + time.perf_counter() - run_start
                 metrics.update(result.summary(), sample=result.sample, final=True)
-                _log(report, metrics)
+                yield metrics
                 return result
             metrics["final"] = False
-            _log(report, metrics)
+            rng = _rng_states(device_type)
+            yield metrics
+            _restore_rng_states(rng, device_type)  # others may have drawn from it meanwhile
             window_start, window_tokens = time.perf_counter(), 0
         if step == train_cfg.max_iters:  # resumed from the final checkpoint
             break
@@ -407,7 +431,8 @@ def train(
             _, loss = step_model(x, y)
         bad_step = nonfinite.observe(loss, step + 1)
         if bad_step is not None:
-            return _fail(result, bad_step, report, wall_start)
+            yield _fail(result, bad_step, wall_start)
+            return result
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
         optimizer.step()
@@ -417,6 +442,18 @@ def train(
     _finish(result, model, data, train_cfg, best_val, train_seconds, device, prompt)
     result.train_time_s = prior_elapsed
     return result
+
+
+def _rng_states(device_type: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Torch's global RNG states (CPU, and CUDA when used): dropout draws from them."""
+    cuda = torch.cuda.get_rng_state() if device_type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _restore_rng_states(states: tuple[torch.Tensor, torch.Tensor | None], device_type: str):
+    torch.set_rng_state(states[0])
+    if device_type == "cuda" and states[1] is not None:
+        torch.cuda.set_rng_state(states[1])
 
 
 def probe_model(
@@ -452,7 +489,11 @@ def _finish(
     result.best_val_loss = best_val
     result.final_train_loss = last["train_loss"]
     result.final_val_loss = last["val_loss"]
+    result.final_train_loss_stderr = last.get("train_loss_stderr")
+    result.final_val_loss_stderr = last.get("val_loss_stderr")
+    result.steps_s = train_seconds
     result.train_tokens_per_s = last["tokens_seen"] / train_seconds if train_seconds > 0 else None
+    sample_start = time.perf_counter()
     if cfg.sample_tokens > 0:
         text, tokens_per_s = generate_text(
             model, data, prompt, cfg.sample_tokens, cfg.temperature, cfg.top_k,
@@ -463,19 +504,34 @@ def _finish(
             "prompt": prompt,
             "text": text,
             "n_chars": len(text),
-            **quality_metrics(text, word_set(data.decode(data.splits["train"][:2_000_000]))),
+            **quality_metrics(text, _known_words(data)),
+            **sample_attention(model, data.encode(prompt + text), len(prompt), device),
         }
+    result.sample_s = time.perf_counter() - sample_start
 
 
-def _fail(result: TrialResult, step: int, report: Report | None, wall_start: float) -> TrialResult:
+def _known_words(data: Dataset) -> set[str]:
+    """The words of the training text (its first 2M characters), computed once per encoded
+    dataset file and process: the trials a reused Ray actor runs one after another share it."""
+    train = data.splits["train"]
+    key = (data.name, getattr(train, "filename", None), len(train))
+    if key[1] is None or key not in _KNOWN_WORDS:
+        _KNOWN_WORDS[key] = word_set(data.decode(train[:2_000_000]))
+    return _KNOWN_WORDS[key]
+
+
+_KNOWN_WORDS: dict[tuple[str, str | None, int], set[str]] = {}
+
+
+def _fail(result: TrialResult, step: int, wall_start: float) -> dict[str, Any]:
+    """Mark ``result`` failed; its last report (the failure, final)."""
     result.status = "failed"
     result.error = f"non-finite loss at step {step}"
     result.last_step = step
     result.train_time_s = time.perf_counter() - wall_start
     if result.curve:
         result.best_val_loss = min(p["val_loss"] for p in result.curve)
-    _log(report, {"step": step, **result.summary(), "final": True})
-    return result
+    return {"step": step, **result.summary(), "final": True}
 
 
 def _save_checkpoint(
@@ -610,65 +666,6 @@ def _load_checkpoint(path: str | Path, device: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- CLI
 
 
-def _parser() -> OneLineParser:
-    model_defaults, train_defaults = ModelConfig(), TrainConfig()
-    parser = OneLineParser(
-        prog="python -m charlm.train",
-        description="Train one character-level GPT, print progress, write DIR/result.json "
-        "and a checkpoint. Runs on CUDA when present (bf16 autocast), else CPU.",
-    )
-    add = parser.add_argument
-    add(
-        "--dataset",
-        default=train_defaults.dataset,
-        help="shakespeare_char, enwik8, text8, or the path of a UTF-8 text file",
-    )
-    add(
-        "--data-dir",
-        default=None,
-        help="where datasets are cached (default: $CHARLM_DATA_DIR, else the user cache dir)",
-    )
-    for name in ("n_layer", "n_head", "n_embed", "block_size"):
-        add(f"--{name.replace('_', '-')}", type=int, default=getattr(model_defaults, name))
-    add("--dropout", type=float, default=model_defaults.dropout)
-    add("--bias", action="store_true", help="biases in Linear and LayerNorm layers")
-    for name in (
-        "batch_size",
-        "max_iters",
-        "eval_interval",
-        "eval_iters",
-        "warmup_iters",
-        "seed",
-        "sample_tokens",
-        "probe_batch_size",
-    ):
-        add(f"--{name.replace('_', '-')}", type=int, default=getattr(train_defaults, name))
-    add("--lr-decay-iters", type=int, default=None, help="default: max-iters")
-    add("--probe-interval", type=int, default=None, help="default: at every evaluation")
-    add("--learning-rate", "--lr", type=float, default=train_defaults.learning_rate)
-    add("--min-lr", type=float, default=None, help="default: learning-rate / 10")
-    for name in ("weight_decay", "beta1", "beta2", "grad_clip", "temperature"):
-        add(f"--{name.replace('_', '-')}", type=float, default=getattr(train_defaults, name))
-    add("--top-k", type=int, default=train_defaults.top_k)
-    add("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
-    add(
-        "--threads",
-        dest="num_threads",
-        type=int,
-        default=None,
-        help="torch threads (default: torch's own choice)",
-    )
-    add(
-        "--compile",
-        action="store_true",
-        help="run training steps through torch.compile (opt-in; pays off on CUDA)",
-    )
-    add("--out", required=True, help="output directory for result.json and the checkpoint")
-    add("--resume", action="store_true", help="continue from OUT/ckpt.pt if it exists")
-    add("--quiet", action="store_true", help="no progress lines")
-    return parser  # fmt: skip
-
-
 def _progress_line(metrics: dict[str, Any], max_iters: int) -> str:
     if "val_loss" not in metrics:
         return f"step {metrics['step']}: {metrics.get('status')}: {metrics.get('error')}"
@@ -683,22 +680,24 @@ def _progress_line(metrics: dict[str, Any], max_iters: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; exit 0 on success, 1 if training failed, 2 on bad input."""
-    args = _parser().parse_args(argv)
-    values = vars(args)
-    out, resume, quiet = Path(values.pop("out")), values.pop("resume"), values.pop("quiet")
-    model_names = {f.name for f in dataclasses.fields(ModelConfig)}
+    args = parse_train_args(argv)
+    out, train_cfg = args.out, args.train
+    if args.scaled and not args.quiet:
+        print(
+            f"{train_cfg.max_iters} steps: "
+            + ", ".join(f"{name} {getattr(train_cfg, name)}" for name in args.scaled)
+            + f" (scaled from the defaults for {TrainConfig().max_iters} steps)",
+            flush=True,
+        )
     try:
-        model_cfg = ModelConfig(**{k: v for k, v in values.items() if k in model_names})
-        train_cfg = TrainConfig(**{k: v for k, v in values.items() if k not in model_names})
-        check_writable_dir(out, "--out")
         checkpoint = out / CHECKPOINT_FILE
-        resume_from = checkpoint if resume and checkpoint.is_file() else None
+        resume_from = checkpoint if args.resume and checkpoint.is_file() else None
 
         def report(metrics: dict[str, Any]) -> None:
-            if not quiet:
+            if not args.quiet:
                 print(_progress_line(metrics, train_cfg.max_iters), flush=True)
 
-        result = train(model_cfg, train_cfg, report, checkpoint_dir=out, resume_from=resume_from)
+        result = train(args.model, train_cfg, report, checkpoint_dir=out, resume_from=resume_from)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

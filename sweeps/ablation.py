@@ -27,21 +27,22 @@ from typing import Any
 from charlm.cli import OneLineParser, fail
 from charlm.config import ConfigError
 from charlm.data import check_block_size, load_dataset
-from charlm.text import format_duration, text_table
+from charlm.text import format_clock, text_table
 from sweeps import interrupt
 from sweeps.grid import PRESETS, GridSpec, TrialSpec, expand, load_grid, parse_overrides
 from sweeps.options import (
+    Resources,
     available_memory_bytes,
     check_max_failures,
     check_memory,
     check_sweep_name,
     check_trial_resources,
+    load_cluster_config,
     local_node,
     node_types,
 )
 from sweeps.rounds import SeedRounds, format_verdicts
-from sweeps.runner import Resources, load_cluster_config
-from sweeps.schema import read_table
+from sweeps.schema import config_label, read_table
 from sweeps.sequential import (
     DEFAULT_CONFIDENCE,
     DEFAULT_MAX_SEEDS,
@@ -49,10 +50,18 @@ from sweeps.sequential import (
     Design,
     record_design,
 )
-from sweeps.storage import check_writable_here, resolve_storage
+from sweeps.storage import check_storage
 from sweeps.store import ResultStore, check_results_dir, locked, trial_statuses
 
-__all__ = ["main", "param_space", "parse_args", "plan_trials", "prepare_datasets", "summary_table"]
+__all__ = [
+    "main",
+    "param_space",
+    "parse_args",
+    "plan_trials",
+    "prepare_datasets",
+    "run_info",
+    "summary_table",
+]
 
 
 def _csv(text: str) -> list[str]:
@@ -228,7 +237,7 @@ def prepare_datasets(trials: list[TrialSpec]) -> dict[str, int]:
         ):
             vocab_checked.add((trial.dataset, vocab))
             problems.append(
-                f"{trial.factor}={trial.level}: vocab_size={vocab} does not match "
+                f"{config_label(trial.factor, trial.level)}: vocab_size={vocab} does not match "
                 f"{Path(trial.dataset).name}'s vocabulary of {data.vocab_size}: leave "
                 "vocab_size unset to take it from the dataset."
             )
@@ -239,7 +248,7 @@ def prepare_datasets(trials: list[TrialSpec]) -> dict[str, int]:
         try:
             check_block_size(data, trial.model.block_size)
         except ConfigError as exc:
-            problems.append(f"{trial.factor}={trial.level}: {exc}")
+            problems.append(f"{config_label(trial.factor, trial.level)}: {exc}")
     if problems:
         raise ConfigError("; ".join(problems))
     return vocab_sizes
@@ -259,11 +268,18 @@ def summary_table(store_rows: list[dict[str, Any]]) -> str:
     return "\n".join(text_table(header, rows, right={3, 4, 5}))
 
 
-def param_space(trials: list[TrialSpec]) -> dict[str, Any]:
-    """Ray Tune's param_space: a grid search over the trials' ``TrialSpec.params()``."""
+def param_space(trials: list[TrialSpec], cpus: dict[str, float] | None = None) -> dict[str, Any]:
+    """Tune's param_space: one grid entry per trial (``TrialSpec.params()``), in the order
+    given (Tune starts them in that order); ``cpus`` gives a trial's CPUs where it differs
+    from the run's default."""
     from ray import tune
 
-    return {"trial": tune.grid_search([trial.params() for trial in trials])}
+    cpus = cpus or {}
+    return {
+        "trial": tune.grid_search(
+            [{**trial.params(), "cpus": cpus.get(trial.trial_id)} for trial in trials]
+        )
+    }
 
 
 def _dry_run(
@@ -316,12 +332,11 @@ def main(argv: list[str] | None = None) -> int:
         check_max_failures(args.max_failures)
         trials = plan_trials(args)
         check_results_dir(args.results)
-        storage = resolve_storage(args.storage, args.results)
-        if args.cluster is None and args.address is None:  # one machine: a probe here is all
-            check_writable_here(storage)
         resources = Resources(args.cpus_per_trial, args.gpus_per_trial or 0.0, args.max_concurrent)
         cluster = load_cluster_config(args.cluster) if args.cluster else None
         embedded = args.cluster is None and args.address is None
+        check_storage(args.storage, args.results, cluster_config=cluster, cluster=args.cluster,
+                      embedded=embedded)  # fmt: skip
         if embedded:  # this machine is the whole cluster: check before Ray starts
             node = local_node(args.num_cpus, args.num_gpus)
             if args.gpus_per_trial is None and node["GPU"] > 0:
@@ -354,7 +369,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _memory_rows(trials: list[TrialSpec], vocab_sizes: dict[str, int]):
-    return [(f"{t.factor}={t.level}", t.model, t.train, vocab_sizes[t.dataset]) for t in trials]
+    return [
+        (config_label(t.factor, t.level), t.model, t.train, vocab_sizes[t.dataset]) for t in trials
+    ]
 
 
 def _per_node(node: dict[str, float], resources: Resources, n_trials: int) -> int:
@@ -449,6 +466,32 @@ def _todo(
     return todo
 
 
+def schedule_trials(
+    todo: list[TrialSpec], resources: Resources, vocab_sizes: dict[str, int]
+) -> tuple[list[TrialSpec], dict[str, float], str]:
+    """The trials in start order (longest first), the CPUs of the widened tail, and a line
+    saying so (``sweeps.schedule``); on the connected Ray."""
+    import ray
+
+    from sweeps.schedule import plan_grid
+
+    cores = ray.cluster_resources().get("CPU", 1.0)
+    node_cpus = max(
+        (node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")),
+        default=cores,
+    )
+    schedule = plan_grid(
+        todo, cores, base_cpus=resources.cpus_per_trial, max_cpus=node_cpus,
+        max_concurrent=resources.max_concurrent, vocab_sizes=vocab_sizes,
+        widen=resources.gpus_per_trial == 0,
+    )  # fmt: skip
+    by_id = {trial.trial_id: trial for trial in todo}
+    widened = {
+        trial: cpus for trial, cpus in schedule.cpus.items() if cpus != resources.cpus_per_trial
+    }
+    return [by_id[trial] for trial in schedule.order], widened, schedule.describe()
+
+
 def _run_locked(
     trials: list[TrialSpec],
     rounds: SeedRounds,
@@ -502,12 +545,17 @@ def _run_locked(
     print(f"running on {connection.description}; {resources.cpus_per_trial:g} CPU and "
           f"{resources.gpus_per_trial:g} GPU per trial", flush=True)  # fmt: skip
     store = ResultStore(args.results)
+    store.write_run(
+        run_info(todo[0].sweep, "ablation", connection.description, resources, len(todo))
+    )
     outcome = SweepOutcome()
     while todo:  # one round for fixed seeds; --seeds auto adds rounds until resolved
+        todo, widened, line = schedule_trials(todo, resources, vocab_sizes)
+        print(line, flush=True)
         result = run_trials(
             connection,
             store,
-            param_space(todo),
+            param_space(todo, widened),
             name=todo[0].sweep,
             total=len(todo),
             resources=resources,
@@ -533,7 +581,7 @@ def _run_locked(
     _print_verdicts(rounds, trials[0].sweep)
     print(
         f"{len(outcome.ok)} trials finished, {len(outcome.failed)} failed in "
-        f"{format_duration(outcome.wall_time_s)}; results in {args.results} "
+        f"{format_clock(outcome.wall_time_s)}; results in {args.results} "
         f"(report: python -m analysis {args.results} --out report)"
     )
     for trial_id, error in outcome.failed.items():
@@ -561,6 +609,23 @@ def _interrupted(trials: list[TrialSpec], finished_now: list[str], args) -> int:
         flush=True,
     )
     return interrupt.exit_code()
+
+
+def run_info(
+    sweep: str, kind: str, where: str, resources: Resources, n_trials: int
+) -> dict[str, Any]:
+    """What the store records about this command run (the report's set-up section)."""
+    from charlm.provenance import provenance
+
+    return {
+        "sweep": sweep,
+        "kind": kind,
+        "trials_to_run": n_trials,
+        "ray_cluster": where,
+        "cpus_per_trial": resources.cpus_per_trial,
+        "gpus_per_trial": resources.gpus_per_trial,
+        **provenance(),
+    }
 
 
 def _print_verdicts(rounds: SeedRounds, sweep: str) -> None:

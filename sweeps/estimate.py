@@ -6,9 +6,10 @@ Per distinct configuration (one row per dataset/factor/level, shared by its seed
 - FLOPs per token = the GPT's ``flops_per_token()`` (6 x non-embedding params +
   12 x n_layer x n_embed x block_size, forward and backward);
 - evaluation: train.py evaluates at step 0, every ``eval_interval`` steps and at the end,
-  each time on train and val, a split exactly (non-overlapping windows) when that costs no
-  more than ``eval_iters`` batches, else on ``eval_iters`` batches; an evaluated token costs
-  a third of a trained one (forward only);
+  each time on train and val, by ``charlm.evaluation.plan_evaluation`` (at most a third as
+  many tokens as training over the run); counted at its most (the train sample usually
+  stops earlier, at its target standard error); an evaluated token costs a third of a
+  trained one (forward only);
 - seconds per step, measured here: a few AdamW steps of the real GPT on random tokens with
   torch threads = CPUs per trial. Large configurations are timed on a smaller batch and
   scaled linearly (CPU time is close to linear in the batch), so each configuration costs
@@ -43,6 +44,7 @@ __all__ = [
     "format_duration",
     "format_table",
     "time_train_step",
+    "with_vocab",
 ]
 
 DEFAULT_OVERHEAD_S = 1.3  # Ray actor start per trial, measured on 2 cores
@@ -154,8 +156,9 @@ class Estimate:
 
 def eval_passes(train: TrainConfig) -> int:
     """Evaluations in one run: at step 0, every eval_interval steps, and at max_iters."""
-    passes = train.max_iters // train.eval_interval + 1
-    return passes + (1 if train.max_iters % train.eval_interval else 0)
+    from charlm.evaluation import n_evaluations
+
+    return n_evaluations(train)
 
 
 def _split_lengths(dataset: str) -> dict[str, int] | None:
@@ -176,20 +179,18 @@ def _split_lengths(dataset: str) -> dict[str, int] | None:
 
 
 def eval_tokens_per_pass(model: ModelConfig, train: TrainConfig) -> int:
-    """Tokens one evaluation reads over train and val (see the module docstring)."""
-    from charlm.data import n_windows
+    """Tokens one evaluation reads at most over train and val (see the module docstring)."""
+    from charlm.evaluation import plan_evaluation
 
     lengths = _split_lengths(train.dataset)
-    sampled = train.eval_iters * train.batch_size
-    if lengths is None:
-        return 2 * sampled * model.block_size
-    return sum(
-        min(n_windows(length, model.block_size), sampled) * model.block_size
-        for length in lengths.values()
-    )
+    if lengths is None:  # unknown sizes: as if both splits were large
+        lengths = {"train": 2**62, "val": 2**62}
+    return plan_evaluation(lengths, model.block_size, train).max_windows() * model.block_size
 
 
-def _with_vocab(model: ModelConfig, dataset: str, vocab_sizes: Mapping[str, int]) -> ModelConfig:
+def with_vocab(model: ModelConfig, dataset: str, vocab_sizes: Mapping[str, int]) -> ModelConfig:
+    """``model`` with its vocabulary size set: its own, else the dataset's (``vocab_sizes``,
+    then KNOWN_VOCAB_SIZES, then 256)."""
     if model.vocab_size is not None:
         return model
     size = vocab_sizes.get(dataset, KNOWN_VOCAB_SIZES.get(dataset, FALLBACK_VOCAB_SIZE))
@@ -345,7 +346,7 @@ def estimate(
     rows = []
     for config_id, members in groups.items():
         first = members[0]
-        model = _with_vocab(first.model, first.dataset, vocab_sizes)
+        model = with_vocab(first.model, first.dataset, vocab_sizes)
         train = first.train
         timing = None
         key = (model, train.batch_size)

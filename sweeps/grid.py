@@ -32,6 +32,7 @@ from charlm.config import (
     TrainConfig,
     config_fields,
     field_types,
+    shorten_schedule,
     split_config,
     to_dict,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "GridError",
     "GridSpec",
     "TrialSpec",
+    "config_id",
     "expand",
     "load_grid",
     "trial_columns",
@@ -518,6 +520,15 @@ def trial_id(model: ModelConfig, train: TrainConfig) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:ID_LENGTH]
 
 
+def config_id(model: ModelConfig, train: TrainConfig) -> str:
+    """The id the seeds of one configuration share: ``trial_id``'s hash without the seed
+    (and marked, so it never equals a trial id)."""
+    train_values = {k: v for k, v in _canonical(train).items() if k != "seed"}
+    payload = {"config": True, "model": _canonical(model), "train": train_values}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:ID_LENGTH]
+
+
 IDENTITY_KEYS = ("trial_id", "sweep", "factor", "level")
 
 
@@ -573,25 +584,6 @@ def trial_columns(
     return columns
 
 
-def _shorten(values: dict[str, Any], max_iters: int) -> dict[str, Any]:
-    """Set max_iters; scale warm-up and an explicit lr_decay_iters with it (the learning-rate
-    schedule keeps its shape), and cap eval_interval so the run still evaluates on the way."""
-    defaults = TrainConfig()
-    old = values.get("max_iters", defaults.max_iters)
-    scale = max_iters / old if isinstance(old, int) and old > 0 else 1.0
-    warmup = values.get("warmup_iters", defaults.warmup_iters)
-    if isinstance(warmup, int) and not isinstance(warmup, bool):
-        values["warmup_iters"] = min(round(warmup * scale), max(0, max_iters - 1))
-    decay = values.get("lr_decay_iters", defaults.lr_decay_iters)
-    if isinstance(decay, int) and not isinstance(decay, bool):
-        values["lr_decay_iters"] = max(1, round(decay * scale))
-    interval = values.get("eval_interval", defaults.eval_interval)
-    if isinstance(interval, int) and not isinstance(interval, bool):
-        values["eval_interval"] = min(interval, max_iters)
-    values["max_iters"] = max_iters
-    return values
-
-
 def expand(
     spec: GridSpec,
     *,
@@ -604,7 +596,8 @@ def expand(
     """The grid's trials: for each dataset, each seed: the baseline, then each factor level.
 
     ``factors`` keeps only these factors (the baseline always runs); ``datasets`` and
-    ``seeds`` replace the spec's; ``max_iters`` sets every trial's length (see ``_shorten``);
+    ``seeds`` replace the spec's; ``max_iters`` sets every trial's length (see
+    ``charlm.config.shorten_schedule``);
     ``overrides`` sets fields for every trial (e.g. device, data_dir, num_threads,
     batch_size) and may not touch a field a selected factor varies.
 
@@ -645,7 +638,7 @@ def expand(
     for factor, label, description, level in entries:
         values = {**spec.baseline, **level, **fixed}
         if max_iters is not None:
-            values = _shorten(values, max_iters)
+            values = shorten_schedule(values, max_iters)
         try:
             model, train = split_config({**values, "dataset": placeholder, "seed": 0})
         except ConfigError as error:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import math
 import os
@@ -25,34 +26,35 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import yaml
 from ray import tune
 
-from charlm.config import ConfigError
 from charlm.data import resolve_data_dir
 from charlm.fsio import atomic_write
-from charlm.text import format_duration
+from charlm.text import format_clock
 from charlm.train import MODEL_FILE
 from sweeps import interrupt
+from sweeps.options import ClusterError, Resources, load_cluster_config
+from sweeps.schema import config_label
 from sweeps.storage import (
     EXAMPLE,
     Storage,
     StorageError,
+    check_storage,
     probe_from_node,
     read_answers,
     redact,
     remove_probe,
-    resolve_storage,
     write_probe,
 )
 from sweeps.store import ResultStore, TrialRecord
-from sweeps.trainable import run_trial
+from sweeps.trainable import member_dir, run_trial
 
 __all__ = [
     "ClusterError",
     "Connection",
     "Resources",
     "SweepOutcome",
+    "check_reachable",
     "connect",
     "head_address",
     "load_cluster_config",
@@ -84,40 +86,7 @@ class Connection:
     nodes: int = 1
 
 
-class ClusterError(ConfigError):
-    """A cluster.yaml that is malformed or names a head we cannot reach."""
-
-
 # ------------------------------------------------------------------ cluster
-
-
-def load_cluster_config(path: str | Path) -> dict[str, Any]:
-    """Read a Ray cluster-launcher YAML and check it against Ray's own launcher schema."""
-    path = Path(path)
-    if not path.is_file():
-        raise ClusterError(f"--cluster {path}: no such file; give the path of a cluster.yaml.")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}" if where is not None else ""
-        raise ClusterError(f"--cluster {path}: not valid YAML{at}; fix the file.") from None
-    if not isinstance(raw, dict):
-        raise ClusterError(f"--cluster {path}: not a cluster-launcher config (a YAML mapping).")
-    # Private API (pinned by test_shipped_cluster_yaml_passes_rays_launcher_schema): the
-    # launcher's own offline validation.
-    from ray.autoscaler._private.util import prepare_config, validate_config
-
-    try:
-        validate_config(prepare_config(dict(raw)))
-    except Exception as exc:  # jsonschema.ValidationError, ValueError, KeyError...
-        message = getattr(exc, "message", None) or str(exc)
-        first = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
-        raise ClusterError(
-            f"--cluster {path}: rejected by Ray's cluster-launcher schema: {first}; "
-            "see https://docs.ray.io/en/latest/cluster/vms/references/ray-cluster-configuration.html"
-        ) from None
-    return raw
 
 
 def head_address(config: dict[str, Any], path: str | Path) -> str:
@@ -135,7 +104,8 @@ def head_address(config: dict[str, Any], path: str | Path) -> str:
     return f"127.0.0.1:{GCS_PORT}"
 
 
-def _check_reachable(address: str, path: str | Path, script: str) -> None:
+def check_reachable(address: str, path: str | Path, script: str) -> None:
+    """ClusterError (what to run, naming ``script``) unless the head at ``address`` answers."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
         with socket.create_connection((host or "127.0.0.1", int(port)), timeout=3):
@@ -168,17 +138,6 @@ def _auth_for_existing_cluster() -> None:
         Config.initialize("")
 
 
-def declared_worker_types(config: dict[str, Any]) -> list[str]:
-    """Node types of a cluster-launcher config that the autoscaler may start as workers."""
-    head = config.get("head_node_type")
-    cluster_max = config.get("max_workers", 2)
-    return sorted(
-        name
-        for name, node in (config.get("available_node_types") or {}).items()
-        if name != head and node.get("max_workers", cluster_max) > 0
-    )
-
-
 def connect(
     cluster: str | Path | None = None,
     *,
@@ -199,14 +158,17 @@ def connect(
     anything runs; storage some node cannot read and write -> StorageError (Ray is shut
     down again, nothing is left behind).
     """
-    where = resolve_storage(storage, Path(results))
+    config = load_cluster_config(cluster) if cluster is not None and address is None else {}
+    embedded = cluster is None and address is None
+    where = check_storage(storage, Path(results), cluster_config=config, cluster=cluster,
+                          embedded=embedded)  # fmt: skip
     env_vars = {"CHARLM_DATA_DIR": str(resolve_data_dir())}
     common: dict[str, Any] = {
         "logging_level": logging.INFO if verbose else logging.ERROR,
         "log_to_driver": verbose,
         "runtime_env": {"env_vars": env_vars},
     }
-    if cluster is None and address is None:
+    if embedded:
         ray.init(
             address="local",
             num_cpus=num_cpus,  # type: ignore[arg-type]  # --num-cpus is a float; Ray's hint int
@@ -222,18 +184,10 @@ def connect(
             reuse_actors=True,
             storage=where,
         )
-    config = load_cluster_config(cluster) if cluster is not None else {}
     if address is None:
         assert cluster is not None  # the embedded case (neither given) returned above
         address = head_address(config, cluster)
-    workers = declared_worker_types(config)
-    if workers and where.default:
-        raise StorageError(
-            f"{cluster} declares worker nodes ({', '.join(workers)}) but checkpoints would go "
-            f"to {where.shown} on this machine only (no --storage given): pass --storage with "
-            f"a location every node can read and write, {EXAMPLE}."
-        )
-    _check_reachable(address, cluster or "cluster.yaml", script)
+    check_reachable(address, cluster or "cluster.yaml", script)
     _auth_for_existing_cluster()
     env_vars.pop("CHARLM_DATA_DIR")  # each node uses its own data cache
     ray.init(address=address, **common)
@@ -319,33 +273,14 @@ def _node_label(node: dict[str, Any]) -> str:
 # ------------------------------------------------------------------ running
 
 
-@dataclass(frozen=True)
-class Resources:
-    """What each trial asks Ray for; fractional GPUs share one device between trials."""
+def trial_resources(config: dict[str, Any], default: dict[str, float]):
+    """Ray's resource request of one trial: ``default``, with the CPUs its config names
+    (``config["trial"]["cpus"]``, set by the schedule for the tail) when it names some."""
+    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
 
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    max_concurrent: int | None = None
-
-    def __post_init__(self) -> None:
-        if not self.cpus_per_trial > 0:
-            raise ConfigError(
-                f"cpus_per_trial={self.cpus_per_trial} is invalid: give a number > 0, e.g. 1."
-            )
-        if self.gpus_per_trial < 0 or (
-            self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial)
-        ):
-            raise ConfigError(
-                f"gpus_per_trial={self.gpus_per_trial} is invalid: give a fraction in [0, 1] "
-                "(e.g. 0.25 packs four trials on a GPU) or a whole number."
-            )
-        if self.max_concurrent is not None and self.max_concurrent < 1:
-            raise ConfigError(
-                f"max_concurrent={self.max_concurrent} is invalid: give an integer >= 1."
-            )
-
-    def as_ray(self) -> dict[str, float]:
-        return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
+    spec = config.get("trial")
+    cpus = spec.get("cpus") if isinstance(spec, dict) else None
+    return resource_dict_to_pg_factory({**default, "cpu": cpus} if cpus else default)
 
 
 @dataclass
@@ -359,12 +294,24 @@ class SweepOutcome:
     wall_time_s: float = 0.0
 
 
-Describe = Callable[[dict[str, Any], dict[str, Any] | None], tuple[str, dict[str, Any]]]
+# (trial_id, store columns) of each store row a Tune trial writes: one for a grid trial,
+# one per seed for a multi-seed search trial (in the order of its reports' ``members``).
+Describe = Callable[[dict[str, Any], dict[str, Any] | None], list[tuple[str, dict[str, Any]]]]
 
 
 def describe_grid_trial(config: dict[str, Any], result: dict[str, Any] | None):
-    """(trial_id, store columns) of a grid trial: both travel in its config."""
-    return config["trial"]["trial_id"], config["trial"]["columns"]
+    """[(trial_id, store columns)] of a grid trial: both travel in its config."""
+    return [(config["trial"]["trial_id"], config["trial"]["columns"])]
+
+
+def _members(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each store row's metrics in one report: its ``members`` (a multi-seed trial, each
+    with the report's timestamps) or the report itself."""
+    if "members" not in result:
+        return [result]
+    stamps: dict[str, Any] = {key: result[key] for key in ("started_at", "reported_at", "import_s")
+              if key in result}  # fmt: skip
+    return [{**stamps, **member} for member in result["members"]]
 
 
 def _error_line(trial) -> str:
@@ -378,63 +325,53 @@ class _StoreCallback(tune.Callback):
 
     def __init__(self, store: ResultStore, describe: Describe, outcome: SweepOutcome):
         self.store, self.describe, self.outcome = store, describe, outcome
-        self.records: dict[str, TrialRecord] = {}
+        self.records: dict[str, list[TrialRecord]] = {}
 
-    def _record(self, trial, result: dict[str, Any] | None = None) -> TrialRecord:
+    def _records(self, trial, result: dict[str, Any] | None = None) -> list[TrialRecord]:
         if trial.trial_id not in self.records:
-            trial_id, columns = self.describe(trial.config, result)
-            record = TrialRecord(trial_id, columns)
-            if result is not None and result.get("started_at"):
-                record.started_at = dt.datetime.fromtimestamp(result["started_at"], dt.timezone.utc)
-            self.records[trial.trial_id] = record
+            records = []
+            for trial_id, columns in self.describe(trial.config, result):
+                record = TrialRecord(trial_id, columns)
+                if result is not None and result.get("started_at"):
+                    record.started_at = dt.datetime.fromtimestamp(
+                        result["started_at"], dt.timezone.utc
+                    )
+                records.append(record)
+            self.records[trial.trial_id] = records
         return self.records[trial.trial_id]
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        record = self._record(trial, result)
-        record.last = result
-        if "val_loss" in result:
-            record.curve[result["step"]] = {
-                key: result.get(key)
-                for key in ("step", "tokens_seen", "elapsed_s", "lr", "train_loss",
-                            "val_loss", "best_val_loss", "tokens_per_s")
-            }  # fmt: skip
-        for row in result.get("attention") or []:
-            record.attention[(row["step"], row["layer"], row["head"])] = row
-        if result.get("final"):
-            record.final = result
-        self.store.write_progress(record)
+        records = self._records(trial, result)
+        for record, metrics in zip(records, _members(result), strict=True):
+            record.add_report(metrics)
+            self.store.write_progress(record)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self._record(trial).attempts += 1
+        for record in self._records(trial):
+            record.attempts += 1
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        record = self._record(trial)
-        if self._interrupted(record):
-            return
-        final = record.final or {}
-        status, error = final.get("status", "ok"), final.get("error")
-        error = redact(error) if error else error
-        checkpoint = trial.checkpoint
-        copy_model = None
-        if checkpoint is not None and status == "ok" and final:
-
-            def copy_model(destination: Path) -> None:
-                with checkpoint.as_directory() as directory:
-                    source = Path(directory) / MODEL_FILE
-                    if source.is_file():
-                        with atomic_write(destination) as file, source.open("rb") as data:
-                            shutil.copyfileobj(data, file)
-
-        self.store.write_trial(record, status, error, copy_model)
-        self._count(record, status, error)
+        records = self._records(trial)
+        for index, record in enumerate(records):
+            if self._interrupted(record):
+                continue
+            final = record.final or {}
+            status, error = final.get("status", "ok"), final.get("error")
+            error = redact(error) if error else error
+            checkpoint = trial.checkpoint
+            copy_model = None
+            if checkpoint is not None and status == "ok" and final:
+                subdir = member_dir(index) if len(records) > 1 else ""
+                copy_model = _model_copier(checkpoint, subdir)
+            self.store.write_trial(record, status, error, copy_model)
+            self._count(record, status, error)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        record = self._record(trial)
-        if self._interrupted(record):
-            return
+        records = [r for r in self._records(trial) if not self._interrupted(r)]
         error = _error_line(trial)
-        self.store.write_trial(record, "failed", error)
-        self._count(record, "failed", error)
+        for record in records:
+            self.store.write_trial(record, "failed", error)
+            self._count(record, "failed", error)
 
     def _interrupted(self, record: TrialRecord) -> bool:
         """A trial stopped by SIGINT/SIGTERM before its end gets no trials row: a rerun runs it."""
@@ -452,6 +389,19 @@ class _StoreCallback(tune.Callback):
             self.outcome.failed[record.trial_id] = error or "failed"
 
 
+def _model_copier(checkpoint: tune.Checkpoint, subdir: str) -> Callable[[Path], None]:
+    """A function copying the model file in ``subdir`` of ``checkpoint`` to a destination."""
+
+    def copy_model(destination: Path) -> None:
+        with checkpoint.as_directory() as directory:
+            source = Path(directory) / subdir / MODEL_FILE
+            if source.is_file():
+                with atomic_write(destination) as file, source.open("rb") as data:
+                    shutil.copyfileobj(data, file)
+
+    return copy_model
+
+
 class _ProgressCallback(tune.Callback):
     """A concise live view: pending/running/done/failed, best val loss so far, ETA."""
 
@@ -462,12 +412,16 @@ class _ProgressCallback(tune.Callback):
         default_max_iters: int | None,
         period_s: float,
         waiting: str | None = None,
+        describe: Describe = describe_grid_trial,
     ):
         self.total, self.max_iters, self.period_s = total, max_iters, period_s
         self.waiting = waiting
+        self.describe = describe
         self.default_max_iters = default_max_iters
         self.start = time.monotonic()
         self.last_print = 0.0
+        self.last_stamp: int | None = None
+        self.pending = False  # a line is due but waits for the next second
         self.progress: dict[str, float] = {}
         self.best: tuple[float, str] | None = None
         self.done = self.failed = 0
@@ -480,9 +434,9 @@ class _ProgressCallback(tune.Callback):
         elapsed = time.monotonic() - self.start
         eta = max(0.0, elapsed * (1 - fraction) / fraction) if fraction > 0 else math.nan
         best = f"best val {self.best[0]:.4f} ({self.best[1]})" if self.best else "best val -"
-        eta_text = format_duration(eta) if math.isfinite(eta) else "?"
+        eta_text = format_clock(eta) if math.isfinite(eta) else "?"
         line = (
-            f"[{format_duration(elapsed)}] {self.done} done, {self.failed} failed, "
+            f"[{format_clock(elapsed)}] {self.done} done, {self.failed} failed, "
             f"{running} running, {pending} pending of {self.total} | {best} | ETA {eta_text}"
         )
         if self.waiting and pending and not running:
@@ -490,10 +444,18 @@ class _ProgressCallback(tune.Callback):
         return line
 
     def _maybe_print(self, trials, force: bool = False) -> None:
+        """Print a line every ``period_s``, and at once when a trial ends; at most one line
+        per second of the elapsed-time stamp: a line due in the same second as the last
+        one waits for the next second (on_step_end), the newest state replacing it."""
         now = time.monotonic()
-        if force or now - self.last_print >= self.period_s:
-            self.last_print = now
-            print(self._line(trials), flush=True)  # stdout at call time: Tune pickles callbacks
+        if not force and not self.pending and now - self.last_print < self.period_s:
+            return
+        stamp = int(now - self.start)
+        if stamp == self.last_stamp:
+            self.pending = True
+            return
+        self.last_print, self.last_stamp, self.pending = now, stamp, False
+        print(self._line(trials), flush=True)  # stdout at call time: Tune pickles callbacks
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "step" in result:
@@ -502,13 +464,23 @@ class _ProgressCallback(tune.Callback):
             self.progress[trial.trial_id] = min(1.0, result["step"] / limit)
         val = result.get("val_loss")
         if val is not None and (self.best is None or val < self.best[0]):
-            columns = trial.config.get("trial", {}).get("columns", {})
-            label = f"{columns.get('factor', '?')}={columns.get('level', '?')}"
-            self.best = (val, label if columns else f"trial {trial.trial_id}")
+            self.best = (val, self._label(trial.config, result))
         self._maybe_print(trials)
+
+    def _label(self, config: dict[str, Any], result: dict[str, Any]) -> str:
+        """A grid trial's factor=level; a search trial's store trial id(s)."""
+        rows = self.describe(config, result)
+        columns = rows[0][1]
+        if columns.get("kind") == "search":
+            return "trial " + "+".join(trial_id for trial_id, _ in rows)
+        return config_label(columns.get("factor", "?"), columns.get("level", "?"))
 
     def on_step_end(self, iteration, trials, **info):
         self._maybe_print(trials)  # also while nothing runs: the user sees it is waiting
+
+    def on_experiment_end(self, trials, **info):
+        if self.pending:  # printed unless its second is taken; the summary follows anyway
+            self._maybe_print(trials, force=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
@@ -560,7 +532,9 @@ def run_trials(
     callbacks: list[tune.Callback] = [_StoreCallback(store, describe, outcome)]
     if progress:
         callbacks.append(
-            _ProgressCallback(total, max_iters or {}, default_max_iters, progress_period_s, waiting)
+            _ProgressCallback(
+                total, max_iters or {}, default_max_iters, progress_period_s, waiting, describe
+            )
         )
     config = tune_config or tune.TuneConfig(reuse_actors=True)
     if config.reuse_actors and not connection.reuse_actors:
@@ -572,7 +546,9 @@ def run_trials(
         remove_leftover_runs(Path(storage_path))
     run_name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     tuner = tune.Tuner(
-        tune.with_resources(trainable, resources.as_ray()),
+        tune.with_resources(
+            trainable, functools.partial(trial_resources, default=resources.as_ray())
+        ),
         param_space=param_space,
         tune_config=config,
         run_config=tune.RunConfig(

@@ -36,8 +36,10 @@ from charlm.fsio import atomic_write, atomic_write_bytes
 from charlm.versions import FormatVersionError, check_version, upgrade
 
 __all__ = [
+    "ADDED_COLUMNS",
     "COMPACTED_PREFIX",
     "MARKER",
+    "RUNS_DIR",
     "SCHEMAS",
     "SCHEMA_VERSION",
     "TABLES",
@@ -47,20 +49,32 @@ __all__ = [
     "StoreVersionError",
     "TableRead",
     "add_null_columns",
+    "check_store",
     "compact_store",
     "compact_table",
+    "config_label",
     "conform",
     "is_store",
     "mark_store",
+    "read_runs",
     "read_table",
     "store_version",
     "table_dir",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MARKER = "charlm-store.json"
 TABLES = ("trials", "curves", "attention", "samples")
+RUNS_DIR = "sweep_runs"  # one JSON per sweep command run: settings, version, commit, host
 COMPACTED_PREFIX = "compacted-"  # part files written by compact_table; read before per-trial files
+
+
+def config_label(factor: str, level: str) -> str:
+    """A config's name in tables, legends, progress lines and messages: 'baseline' or
+    'factor=level' ('width: n_embed=32,n_head=2' for a linked level)."""
+    if factor == "baseline":
+        return "baseline"
+    return f"{factor}: {level}" if "=" in str(level) else f"{factor}={level}"
 
 
 class StoreError(ValueError):
@@ -97,6 +111,7 @@ TRIALS = pa.schema(
         pa.field("factor", pa.string()),  # 'baseline' for the baseline config
         pa.field("level", pa.string()),  # the level's label, e.g. '8' or 'n_embed=32,n_head=2'
         pa.field("seed", pa.int64()),
+        pa.field("config_id", pa.string()),  # shared by the seeds of one search config
         *_config_columns(),
         pa.field("n_params", pa.int64()),
         pa.field("status", pa.string()),  # 'ok' | 'failed'
@@ -110,6 +125,22 @@ TRIALS = pa.schema(
         pa.field("train_tokens_per_s", pa.float64()),
         pa.field("inference_tokens_per_s", pa.float64()),
         pa.field("eval_mode", pa.string()),  # how val loss was measured: 'exact' | 'sampled'
+        pa.field("train_eval_mode", pa.string()),  # the same for train loss
+        pa.field("val_eval_windows", pa.int64()),  # windows per evaluation of val
+        pa.field("train_eval_windows", pa.int64()),  # at most, per evaluation of train
+        pa.field("train_loss_target_stderr", pa.float64()),  # train sample stops there
+        pa.field("final_train_loss_stderr", pa.float64()),  # null: exact (no sampling error)
+        pa.field("final_val_loss_stderr", pa.float64()),
+        # Where the trial's time went (seconds): set-up in train() (dataset, model,
+        # optimizer), training steps, evaluation, probes, checkpoints, the final sample, and
+        # imports in the trial's process (0 when a reused Ray actor had them already).
+        pa.field("setup_s", pa.float64()),
+        pa.field("steps_s", pa.float64()),
+        pa.field("eval_s", pa.float64()),
+        pa.field("probe_s", pa.float64()),
+        pa.field("checkpoint_s", pa.float64()),
+        pa.field("sample_s", pa.float64()),
+        pa.field("import_s", pa.float64()),
         pa.field("device", pa.string()),
         pa.field("attempts", pa.int64()),  # 1 + retries after failures (e.g. a lost node)
         pa.field("started_at", _TS),
@@ -128,6 +159,10 @@ CURVES = pa.schema(
         pa.field("val_loss", pa.float64()),
         pa.field("best_val_loss", pa.float64()),
         pa.field("tokens_per_s", pa.float64()),
+        pa.field("train_loss_stderr", pa.float64()),  # null where the split is exact
+        pa.field("val_loss_stderr", pa.float64()),
+        pa.field("train_eval_windows", pa.int64()),  # windows read at this evaluation
+        pa.field("val_eval_windows", pa.int64()),
     ]
 )
 
@@ -145,6 +180,7 @@ ATTENTION = pa.schema(
         pa.field("head_diversity", pa.float64()),  # mean pairwise JS divergence between heads
         pa.field("attention_js_next", pa.float64()),  # JS of mean attention maps, layer vs next
         pa.field("hidden_cosine_next", pa.float64()),  # cosine of hidden states, layer vs next
+        pa.field("silhouette", pa.float64()),  # k-means cluster quality of hidden states (v2)
     ]
 )
 
@@ -159,8 +195,30 @@ SAMPLES = pa.schema(
         pa.field("distinct_3", pa.float64()),
         pa.field("repetition_rate", pa.float64()),
         pa.field("known_word_share", pa.float64()),
+        pa.field("coherence", pa.float64()),  # char-trigram cosine of consecutive segments (v2)
+        # the model's attention while generating the sample, one value per layer (v2)
+        pa.field("attention_entropy", pa.list_(pa.float64())),  # nats
+        pa.field("effective_span", pa.list_(pa.float64())),  # characters back
     ]
 )
+
+# Columns each version added (version 1: the first layout). Only columns were added, so a
+# store of an older version reads as it is: its upgrade step appends the newer columns as
+# nulls. Version 2 also takes in the trials and curves columns of the evaluation budget and
+# the seeds per search trial, added while the store still said version 1.
+ADDED_COLUMNS: dict[int, dict[str, tuple[str, ...]]] = {
+    2: {
+        "trials": (
+            "config_id", "train_eval_mode", "val_eval_windows", "train_eval_windows",
+            "train_loss_target_stderr", "final_train_loss_stderr", "final_val_loss_stderr",
+            "setup_s", "steps_s", "eval_s", "probe_s", "checkpoint_s", "sample_s", "import_s",
+        ),
+        "curves": ("train_loss_stderr", "val_loss_stderr", "train_eval_windows",
+                   "val_eval_windows"),
+        "attention": ("silhouette",),
+        "samples": ("coherence", "attention_entropy", "effective_span"),
+    },
+}  # fmt: skip
 
 SCHEMAS: dict[str, pa.Schema] = {
     "trials": TRIALS,
@@ -168,9 +226,6 @@ SCHEMAS: dict[str, pa.Schema] = {
     "attention": ATTENTION,
     "samples": SAMPLES,
 }
-
-# version v -> the function (table name, table as version v wrote it) -> table as v + 1 writes it
-UPGRADES: dict[int, Callable[[str, pa.Table], pa.Table]] = {}
 
 
 def add_null_columns(table: str, part: pa.Table, names: Sequence[str]) -> pa.Table:
@@ -182,6 +237,15 @@ def add_null_columns(table: str, part: pa.Table, names: Sequence[str]) -> pa.Tab
                 SCHEMAS[table].field(name), pa.nulls(part.num_rows, SCHEMAS[table].field(name).type)
             )
     return part
+
+
+def _upgrade_1_to_2(table: str, part: pa.Table) -> pa.Table:
+    """Version 1 -> 2: the columns version 2 added (``ADDED_COLUMNS[2]``), as nulls."""
+    return add_null_columns(table, part, ADDED_COLUMNS[2].get(table, ()))
+
+
+# version v -> the function (table name, table as version v wrote it) -> table as v + 1 writes it
+UPGRADES: dict[int, Callable[[str, pa.Table], pa.Table]] = {1: _upgrade_1_to_2}
 
 
 def conform(
@@ -217,6 +281,38 @@ def table_dir(root: str | Path, table: str) -> Path:
     if table not in SCHEMAS:
         raise KeyError(f"unknown table {table!r}; tables are {', '.join(TABLES)}")
     return Path(root) / table
+
+
+def check_store(root: str | Path) -> Path:
+    """``root`` as a Path if it is a store's directory, else StoreError with a one-line fix."""
+    path = Path(root)
+    if not path.exists():
+        raise StoreError(
+            f"results directory {path} does not exist: give the directory a sweep wrote "
+            "(the --results directory of sweeps/ablation.py)."
+        )
+    if not path.is_dir():
+        raise StoreError(f"{path} is a file, not a results directory: give the store's directory.")
+    if not is_store(path):
+        raise StoreError(
+            f"{path} is not a result store (no {MARKER} in it): give the directory a sweep "
+            "wrote, the one holding trials/ and curves/."
+        )
+    return path
+
+
+def read_runs(root: str | Path) -> list[dict]:
+    """The run records of a store (``RUNS_DIR/*.json``, oldest first); unreadable ones are
+    skipped (a record is documentation, never needed to read results)."""
+    runs = []
+    for path in sorted((Path(root) / RUNS_DIR).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict):
+            runs.append(record)
+    return sorted(runs, key=lambda record: str(record.get("started_at", "")))
 
 
 def is_store(root: str | Path) -> bool:

@@ -9,24 +9,35 @@ result store with kind 'search', early-stopped ones marked ``early_stopped``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from charlm.cli import OneLineParser, fail
-from charlm.config import ConfigError, split_config
-from charlm.text import format_duration
-from sweeps.ablation import prepare_datasets
-from sweeps.grid import PRESETS, TrialSpec, expand, parse_overrides, trial_columns, trial_id
+from charlm.config import ConfigError, split_config, to_dict
+from charlm.text import format_clock
+from sweeps.ablation import prepare_datasets, run_info
+from sweeps.grid import (
+    PRESETS,
+    TrialSpec,
+    config_id,
+    expand,
+    parse_overrides,
+    trial_columns,
+    trial_id,
+)
 from sweeps.options import (
+    Resources,
     check_search_options,
     check_sweep_name,
     check_trial_resources,
+    load_cluster_config,
     local_node,
 )
-from sweeps.runner import Resources, load_cluster_config
-from sweeps.storage import check_writable_here, redact, resolve_storage
+from sweeps.storage import check_storage, redact
 from sweeps.store import (
     ResultStore,
     StoreBusyError,
@@ -34,7 +45,18 @@ from sweeps.store import (
     locked,
 )
 
-__all__ = ["SEARCH_SPACE", "describe_search_trial", "main", "run_search_trial", "search_params"]
+__all__ = [
+    "SEARCH_SPACE",
+    "SeedTrial",
+    "asha_settings",
+    "describe_search_trial",
+    "format_value",
+    "main",
+    "quiet_optuna",
+    "run_search_trial",
+    "search_eval_interval",
+    "search_params",
+]
 
 # Ranges of the five OFAT factors and the learning rate. Every n_embed choice is a
 # multiple of every n_head choice, so each sampled config is valid.
@@ -47,6 +69,8 @@ SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
     "learning_rate": ("loguniform", 1e-4, 3e-3),
 }
 BASE_KEY = "base"
+MIN_EVALUATIONS = 4
+BEST_GRID_FILE = "best_grid.yaml"
 
 
 def _tune_space() -> dict[str, Any]:
@@ -55,43 +79,90 @@ def _tune_space() -> dict[str, Any]:
     return {name: getattr(tune, kind)(*args) for name, (kind, *args) in SEARCH_SPACE.items()}
 
 
-def search_params(config: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """(trial_id, flat config params, store columns) of one sampled search trial."""
+@dataclass(frozen=True)
+class SeedTrial:
+    """One seed of a sampled search config: its store id, flat params and store columns."""
+
+    trial_id: str
+    params: dict[str, Any]
+    columns: dict[str, Any]
+
+
+def format_value(name: str, value: Any) -> str:
+    """A searched value as labels and the winner line print it: learning rates in
+    scientific notation with three significant digits, other floats with three."""
+    if name == "learning_rate":
+        return f"{value:.2e}"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def search_params(config: dict[str, Any]) -> list[SeedTrial]:
+    """The seeds of one sampled search config (``seeds_per_trial`` of them, consecutive
+    seeds from the base's), sharing one ``config_id``."""
     sampled = {name: config[name] for name in SEARCH_SPACE}
     base = config[BASE_KEY]
-    params = {**base["params"], **sampled}
-    model, train = split_config(params)
-    label = ",".join(
-        f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}"
-        for name, value in sampled.items()
-    )
-    columns = {
-        "dataset": train.dataset,
-        "seed": train.seed,
-        **trial_columns(
-            sweep=base["columns"]["sweep"],
-            kind="search",
-            factor="search",
-            level=label,
-            model=model,
-            train=train,
-        ),
-    }
-    return trial_id(model, train), params, columns
+    label = ",".join(f"{name}={format_value(name, value)}" for name, value in sampled.items())
+    trials = []
+    for offset in range(base.get("seeds_per_trial", 1)):
+        params = {**base["params"], **sampled}
+        params["seed"] = base["params"]["seed"] + offset
+        model, train = split_config(params)
+        columns = {
+            "dataset": train.dataset,
+            "seed": train.seed,
+            "config_id": config_id(model, train),
+            **trial_columns(
+                sweep=base["sweep"], kind="search", factor="search", level=label,
+                model=model, train=train,
+            ),
+        }  # fmt: skip
+        trials.append(SeedTrial(trial_id(model, train), params, columns))
+    return trials
 
 
 def describe_search_trial(config: dict[str, Any], result: dict[str, Any] | None):
-    """The runner's ``describe`` for search trials."""
-    identifier, _, columns = search_params(config)
-    return identifier, columns
+    """The runner's ``describe`` for search trials: one store row per seed."""
+    return [(seed.trial_id, seed.columns) for seed in search_params(config)]
 
 
 def run_search_trial(config: dict[str, Any]) -> None:
-    """The search's trainable: the ablation trainable on the sampled configuration."""
-    from sweeps.trainable import run_trial
+    """The search's trainable: the sampled config's seeds in lockstep in one Tune trial,
+    each report carrying the store ids (for the Optuna trial's user attributes)."""
+    from sweeps.trainable import run_members
 
-    identifier, params, _ = search_params(config)
-    run_trial({"trial": {"trial_id": identifier, "params": params}})
+    seeds = search_params(config)
+    tags = {"store_trial_ids": [seed.trial_id for seed in seeds],
+            "config_id": seeds[0].columns["config_id"]}  # fmt: skip
+    run_members([seed.params for seed in seeds], extra=tags)
+
+
+def search_eval_interval(max_iters: int, eval_interval: int) -> int:
+    """The search's evaluation interval: the preset's, shortened so a trial evaluates at
+    least ``MIN_EVALUATIONS`` times after step 0 (ASHA can only stop trials at evaluations)."""
+    return max(1, min(eval_interval, max_iters // MIN_EVALUATIONS))
+
+
+def asha_settings(
+    max_iters: int,
+    eval_interval: int,
+    grace_period: int | None = None,
+    reduction_factor: float | None = None,
+) -> tuple[int, int, float]:
+    """(max_t, grace_period, reduction_factor) of ASHA, counted in reports (evaluations).
+
+    A trial reports at step 0 and every ``eval_interval`` steps up to ``max_iters``:
+    E = ceil(max_iters / eval_interval) evaluations after step 0, so max_t = E + 1 reports.
+    Grace period: 2 reports (step 0's loss is the same for every config; the first
+    evaluation after training is the earliest that ranks anything). Reduction factor: 3
+    when its second rung (grace x 3) still falls before max_t, else 2 (rungs at 2 and 4
+    reports). Explicit values win.
+    """
+    evaluations = -(-max_iters // eval_interval)
+    max_t = evaluations + 1
+    grace = grace_period if grace_period is not None else min(2, max_t)
+    if reduction_factor is None:
+        reduction_factor = 3.0 if grace * 3 < max_t else 2.0
+    return max_t, min(grace, max_t), reduction_factor
 
 
 def _parse(argv: list[str] | None):
@@ -114,7 +185,15 @@ def _parse(argv: list[str] | None):
         help="baseline that fixes the other settings (default notebook)",
     )
     add("--max-iters", type=int, help="training steps per trial (default: the preset's)")
-    add("--seed", type=int, default=0, help="training seed of every trial and the TPE seed")
+    add("--seed", type=int, default=0, help="first training seed of every trial and the TPE seed")
+    add(
+        "--seeds-per-trial",
+        type=int,
+        default=1,
+        metavar="K",
+        help="seeds each sampled config trains, in lockstep in one trial; TPE and ASHA see "
+        "their mean val loss (default 1)",
+    )
     add("--results", type=Path, default=Path("results"), help="result store (default results/)")
     add("--name", default="search", help="sweep name in the store and Optuna study name")
     add(
@@ -132,10 +211,15 @@ def _parse(argv: list[str] | None):
     add(
         "--grace-period",
         type=int,
-        default=2,
-        help="evaluations every trial gets before ASHA may stop it (default 2)",
+        help="reports (evaluations, step 0 included) every trial gets before ASHA may stop "
+        "it (default 2: step 0 and the first evaluation after training)",
     )
-    add("--reduction-factor", type=float, default=3.0, help="ASHA reduction factor (default 3)")
+    add(
+        "--reduction-factor",
+        type=float,
+        help="ASHA reduction factor (default: 3 when a trial has room for two rungs at that "
+        "factor, else 2; see README)",
+    )
     add("--cluster", metavar="YAML", help="Ray cluster-launcher file (default: embedded Ray)")
     add("--address", help="Ray address to connect to instead of deriving it from --cluster")
     add("--cpus-per-trial", type=float, default=1.0)
@@ -146,6 +230,14 @@ def _parse(argv: list[str] | None):
     add("--storage", help="checkpoint path or URI every node can reach (multi-node)")
     add("--verbose", action="store_true", help="show Ray's own logs")
     return parser.parse_args(argv)  # fmt: skip
+
+
+def quiet_optuna() -> None:
+    """Optuna's own INFO lines ("[I ...] A new study created ...") stay out of our output;
+    warnings still show (--verbose shows everything)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _optuna_storage(url: str):
@@ -169,6 +261,11 @@ def _base_trial(args) -> TrialSpec:
     (trial,) = expand(PRESETS[args.preset], factors=[], datasets=[args.dataset],
                       seeds=[args.seed], max_iters=args.max_iters,
                       overrides=overrides or None)  # fmt: skip
+    if "eval_interval" not in overrides:
+        interval = search_eval_interval(trial.train.max_iters, trial.train.eval_interval)
+        trial = dataclasses.replace(
+            trial, train=dataclasses.replace(trial.train, eval_interval=interval)
+        )
     return dataclasses.replace(trial, sweep=args.name)
 
 
@@ -177,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.n_trials < 1:
             raise ConfigError(f"--n-trials {args.n_trials}: give a number of trials >= 1.")
+        if args.seeds_per_trial < 1:
+            raise ConfigError(
+                f"--seeds-per-trial {args.seeds_per_trial}: give a number of seeds >= 1."
+            )
         check_sweep_name(args.name, "--name")
         check_search_options(
             grace_period=args.grace_period, reduction_factor=args.reduction_factor,
@@ -184,13 +285,11 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         base = _base_trial(args)
         check_results_dir(args.results)
-        storage = resolve_storage(args.storage, args.results)
-        if args.cluster is None and args.address is None:  # one machine: a probe here is all
-            check_writable_here(storage)
         resources = Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent)
-        if args.cluster:
-            load_cluster_config(args.cluster)
-        elif args.address is None:
+        cluster = load_cluster_config(args.cluster) if args.cluster else None
+        check_storage(args.storage, args.results, cluster_config=cluster, cluster=args.cluster,
+                      embedded=args.cluster is None and args.address is None)  # fmt: skip
+        if args.cluster is None and args.address is None:
             check_trial_resources(
                 resources.cpus_per_trial, resources.gpus_per_trial,
                 [local_node(args.num_cpus, args.num_gpus)], "this machine",
@@ -198,47 +297,68 @@ def main(argv: list[str] | None = None) -> int:
         largest = dataclasses.replace(base, model=dataclasses.replace(
             base.model, block_size=max(SEARCH_SPACE["block_size"][1])))  # fmt: skip
         prepare_datasets([largest])
+        if args.cluster is not None or args.address is not None:  # before the lock writes
+            from sweeps.runner import check_reachable, head_address  # Ray: only with a cluster
+
+            address = args.address or head_address(cluster or {}, args.cluster)
+            check_reachable(address, args.cluster or "cluster.yaml", "sweeps/search.py")
     except ConfigError as exc:
         fail(str(exc))
-    try:
-        with locked(args.results):  # one driver per store (sweeps.store.locked)
-            return _run(args, base, resources)
-    except StoreBusyError as exc:
-        fail(str(exc))
+    # One driver per store (sweeps.store.locked): on this machine before Ray starts, on a
+    # cluster once connected (a cluster that refuses the run leaves no results directory).
+    with contextlib.ExitStack() as held:
+        if args.cluster is None and args.address is None:
+            try:
+                held.enter_context(locked(args.results))
+            except StoreBusyError as exc:
+                fail(str(exc))
+        return _run(args, base, resources, held)
 
 
-def _run(args, base: TrialSpec, resources: Resources) -> int:
+def _run(args, base: TrialSpec, resources: Resources, held: contextlib.ExitStack) -> int:
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from sweeps.runner import connect, run_trials
+    from sweeps.search_study import StoreIdSearch
 
+    if not args.verbose:
+        quiet_optuna()
     try:
         connection = connect(args.cluster, address=args.address, num_cpus=args.num_cpus,
                              num_gpus=args.num_gpus, verbose=args.verbose,
                              script="sweeps/search.py", results=args.results,
                              storage=args.storage)  # fmt: skip
+        if args.cluster is not None or args.address is not None:
+            held.enter_context(locked(args.results))
     except ConfigError as exc:
         fail(str(exc))
     try:
         store = ResultStore(args.results)
+        store.write_run(
+            run_info(args.name, "search", connection.description, resources, args.n_trials)
+        )
         url = args.optuna_storage or f"sqlite:///{(args.results / 'optuna.db').resolve()}"
-        evaluations = base.train.max_iters // base.train.eval_interval + 1
-        searcher = OptunaSearch(
+        max_t, grace, factor = asha_settings(base.train.max_iters, base.train.eval_interval,
+                                             args.grace_period, args.reduction_factor)  # fmt: skip
+        searcher = StoreIdSearch(
             metric="val_loss", mode="min", study_name=args.name, seed=args.seed,
             storage=_optuna_storage(url),
         )  # fmt: skip
-        scheduler = ASHAScheduler(
-            metric="val_loss", mode="min", max_t=evaluations,
-            grace_period=min(args.grace_period, evaluations),
-            reduction_factor=args.reduction_factor,
-        )  # fmt: skip
-        base_values = base.params(kind="search")
-        print(f"searching on {connection.description}: {args.n_trials} trials, study "
-              f"{args.name!r} in {redact(url)}",
-              flush=True)  # fmt: skip
+        scheduler = ASHAScheduler(metric="val_loss", mode="min", max_t=max_t,
+                                  grace_period=grace, reduction_factor=factor)  # fmt: skip
+        base_values = {"params": {**to_dict(base.model), **to_dict(base.train)},
+                       "sweep": args.name, "seeds_per_trial": args.seeds_per_trial}  # fmt: skip
+        k = args.seeds_per_trial
+        print(
+            f"searching on {connection.description}: {args.n_trials} trials x {k} "
+            f"seed{'s' * (k != 1)}, study {args.name!r} in {redact(url)}; ASHA: {max_t} "
+            f"reports per trial (step 0, then "
+            f"every {base.train.eval_interval} steps), grace period {grace}, reduction "
+            f"factor {factor:g}",
+            flush=True,
+        )
         outcome = run_trials(
             connection,
             store,
@@ -258,12 +378,39 @@ def _run(args, base: TrialSpec, resources: Resources) -> int:
         )
     finally:
         ray.shutdown()
+    # Counts of store rows; every seed of a trial shares its fate, so / k counts trials.
     print(
-        f"{len(outcome.ok)} trials finished ({len(outcome.early_stopped)} stopped early by "
-        f"ASHA), {len(outcome.failed)} failed in {format_duration(outcome.wall_time_s)}; "
+        f"{len(outcome.ok) // k} trials finished ({len(outcome.early_stopped) // k} stopped "
+        f"early by ASHA), {len(outcome.failed) // k} failed in "
+        f"{format_clock(outcome.wall_time_s)}; "
         f"results in {args.results}; study: optuna-dashboard {redact(url)}"
     )
+    _announce_winner(args)
     return 1 if outcome.failed else 0
+
+
+def _announce_winner(args) -> None:
+    """Print the winner and write RESULTS/best_grid.yaml around it."""
+    from sweeps.best_grid import best_grid, find_winner, write_best_grid
+
+    winner = find_winner(args.results, args.name)
+    if winner is None:
+        print("no config ran all its seeds to the end: no winner, no best_grid.yaml")
+        return
+    line = winner.line(list(SEARCH_SPACE), format_value)
+    path = args.results / BEST_GRID_FILE
+    grid = best_grid(winner, SEARCH_SPACE, name=f"{args.name}-best", preset=args.preset,
+                     n_seeds=max(3, args.seeds_per_trial))  # fmt: skip
+    header = (
+        f"Written by sweeps/search.py (study {args.name!r}): an OFAT grid around its {line}\n"
+        "Seeds are fresh: the winner's search scores are biased low (it won on them)."
+    )
+    write_best_grid(path, grid, header)
+    print(line)
+    print(
+        f"wrote {path}: explain the optimum with\n"
+        f"  python sweeps/ablation.py --grid {path} --results {args.results}"
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from charlm.cli import check_writable_dir
 from charlm.config import ConfigError
@@ -25,6 +26,9 @@ __all__ = [
     "EXAMPLE",
     "Storage",
     "StorageError",
+    "check_storage",
+    "check_writable_here",
+    "declared_worker_types",
     "probe_from_node",
     "read_answers",
     "redact",
@@ -100,6 +104,44 @@ def resolve_storage(value: str | None, results: Path) -> Storage:
     path = Path(value).expanduser()
     check_writable_dir(path, "--storage")
     return Storage(str(path.resolve()))
+
+
+def declared_worker_types(config: dict[str, Any]) -> list[str]:
+    """Node types of a cluster-launcher config that the autoscaler may start as workers."""
+    head = config.get("head_node_type")
+    cluster_max = config.get("max_workers", 2)
+    return sorted(
+        name
+        for name, node in (config.get("available_node_types") or {}).items()
+        if name != head and node.get("max_workers", cluster_max) > 0
+    )
+
+
+def check_storage(
+    value: str | None,
+    results: Path,
+    *,
+    cluster_config: dict[str, Any] | None = None,
+    cluster: str | Path | None = None,
+    embedded: bool = True,
+) -> Storage:
+    """Every check of ``--storage`` that needs no running cluster; raises StorageError.
+
+    Its form; a cluster.yaml that declares worker nodes needs storage other than the
+    default (nodes the autoscaler adds later cannot be probed now); on the embedded local
+    Ray an explicit storage is written and read back here. Nothing is left behind.
+    """
+    storage = resolve_storage(value, results)
+    workers = declared_worker_types(cluster_config or {})
+    if workers and storage.default:
+        raise StorageError(
+            f"{cluster} declares worker nodes ({', '.join(workers)}) but checkpoints would go "
+            f"to {storage.shown} on this machine only (no --storage given): pass --storage "
+            f"with a location every node can read and write, {EXAMPLE}."
+        )
+    if embedded:  # one machine: writing it here is the probe
+        check_writable_here(storage)
+    return storage
 
 
 def _filesystem(location: str):

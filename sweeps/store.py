@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import fcntl
+import json
 import os
 import shutil
 import socket
@@ -26,9 +27,10 @@ import pyarrow.parquet as pq
 
 from charlm.cli import check_writable_dir
 from charlm.config import ConfigError
-from charlm.fsio import atomic_write
+from charlm.fsio import atomic_write, atomic_write_bytes
 from sweeps.schema import (
     MARKER,
+    RUNS_DIR,
     TABLES,
     StoreError,
     compact_table,
@@ -53,6 +55,12 @@ __all__ = [
 MODELS_DIR = "models"
 LOCK_FILE = ".lock"
 RAY_DIR = "_ray"  # default checkpoint storage of the runs of this store
+# Columns of the trials row that only a trial's final report carries (null when stopped early).
+FINAL_ONLY_COLUMNS = (
+    "train_eval_mode", "val_eval_windows", "train_eval_windows", "train_loss_target_stderr",
+    "final_train_loss_stderr", "final_val_loss_stderr", "setup_s", "steps_s", "eval_s",
+    "probe_s", "checkpoint_s", "sample_s", "import_s",
+)  # fmt: skip
 
 
 class ResultsDirError(StoreError, ConfigError):
@@ -155,6 +163,22 @@ class TrialRecord:
     last: dict[str, Any] | None = None
     attempts: int = 1
 
+    def add_report(self, result: dict[str, Any]) -> None:
+        """Take in one report of the trial: charlm.train's metrics at an evaluation (the
+        curve point, the attention rows) or its last one (the final metrics)."""
+        self.last = result
+        if "val_loss" in result:
+            self.curve[result["step"]] = {
+                key: result.get(key)
+                for key in ("step", "tokens_seen", "elapsed_s", "lr", "train_loss",
+                            "val_loss", "best_val_loss", "tokens_per_s", "train_loss_stderr",
+                            "val_loss_stderr", "train_eval_windows", "val_eval_windows")
+            }  # fmt: skip
+        for row in result.get("attention") or []:
+            self.attention[(row["step"], row["layer"], row["head"])] = row
+        if result.get("final"):
+            self.final = result
+
 
 class ResultStore:
     """A result store directory (created with its marker on first use)."""
@@ -176,6 +200,16 @@ class ResultStore:
                 compact_table(self.root, table)
 
     # ----------------------------------------------------------------- writing
+
+    def write_run(self, info: dict[str, Any]) -> Path:
+        """Record one sweep command run (its settings, code version and commit, host) as
+        ``sweep_runs/<UTC time>-<pid>.json``; the report's set-up section reads these."""
+        started = _now()
+        record = {"started_at": started.isoformat(), **info}
+        path = self.root / RUNS_DIR / f"{started:%Y%m%dT%H%M%S}-{os.getpid()}.json"
+        path.parent.mkdir(exist_ok=True)
+        atomic_write_bytes(path, (json.dumps(record, indent=2, default=str) + "\n").encode())
+        return path
 
     def write_rows(
         self,
@@ -231,6 +265,8 @@ class ResultStore:
             "train_tokens_per_s": final.get("train_tokens_per_s"),
             "inference_tokens_per_s": final.get("inference_tokens_per_s"),
             "eval_mode": final.get("eval_mode", last.get("eval_mode")),
+            **{key: final.get(key) for key in FINAL_ONLY_COLUMNS},
+            "num_threads": final.get("num_threads", record.columns.get("num_threads")),
             "device": final.get("device", last.get("device")),
             "attempts": record.attempts,
             "started_at": record.started_at,

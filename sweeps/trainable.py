@@ -1,29 +1,37 @@
-"""The Ray Tune function trainable around ``charlm.train.train``.
+"""The Ray Tune function trainable around ``charlm.train.train_steps``.
 
 Its ``config`` is ``{"trial": {"trial_id": ..., "params": {flat ModelConfig+TrainConfig}}}``
-(whole dicts through ``tune.grid_search``) or, for Optuna searches, the sampled values
-merged into a base ``params``. It turns that into dataclasses once, picks the device and
-thread count from the resources Ray assigned, resumes from Tune's checkpoint when the
-trial is a retry, and reports every evaluation with a checkpoint.
+(whole dicts through ``tune.grid_search``); an Optuna search trial (``sweeps/search.py``)
+passes its seeds' params to ``run_members``, which trains them in lockstep. Params become
+dataclasses once, the device and thread count come from the resources Ray assigned, a
+retried trial resumes from Tune's checkpoint, and every evaluation is reported with one.
 """
 
 from __future__ import annotations
 
-import math
-import tempfile
 import time
-from contextlib import nullcontext
-from pathlib import Path
-from typing import Any
 
-import ray
-import torch
-from ray import tune
+_IMPORTS_START = time.perf_counter()
 
-from charlm.config import split_config
-from charlm.train import CHECKPOINT_FILE, train
+import math  # noqa: E402
+import tempfile  # noqa: E402
+from contextlib import nullcontext  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
-__all__ = ["run_trial", "trial_device", "trial_threads"]
+import ray  # noqa: E402
+import torch  # noqa: E402
+from ray import tune  # noqa: E402
+
+from charlm.config import split_config  # noqa: E402
+from charlm.train import CHECKPOINT_FILE, train_steps  # noqa: E402
+
+# What this process paid to import torch and charlm: charged to its first trial only (a
+# reused Ray actor runs later trials without importing anything again).
+_IMPORT_S = time.perf_counter() - _IMPORTS_START
+_trials_run = 0
+
+__all__ = ["member_dir", "run_members", "run_trial", "trial_device", "trial_threads"]
 
 
 def trial_threads() -> int:
@@ -48,21 +56,84 @@ def _sanitize(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def run_trial(config: dict[str, Any]) -> None:
     """Train one trial; each evaluation is a ``tune.report`` with a checkpoint."""
+    run_members([config["trial"]["params"]])
+
+
+def member_dir(index: int) -> str:
+    """The checkpoint subdirectory of member ``index`` of a multi-seed trial."""
+    return f"seed-{index}"
+
+
+def run_members(members: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
+    """Train the flat ``params`` of each member in lockstep in this one Tune trial.
+
+    One member: its metrics are the report. Several (a search trial's seeds): every report
+    carries ``val_loss`` = their mean (what ASHA and TPE see) and ``members``, each one's
+    own metrics, all at the same step. Each member checkpoints into its ``member_dir``, so
+    a retried trial resumes them all from one Tune checkpoint. A member that fails
+    (non-finite loss) ends the trial: the others stop there too, their rows marked so.
+    ``extra`` is added to every report.
+    """
+    global _trials_run
     started_at = time.time()
-    spec = config["trial"]
-    params = dict(spec["params"])
-    params["num_threads"] = trial_threads()
-    params["device"] = trial_device()
-    model_cfg, train_cfg = split_config(params)
+    import_s = _IMPORT_S if _trials_run == 0 else 0.0
+    _trials_run += 1
     checkpoint = tune.get_checkpoint()
     with (
         tempfile.TemporaryDirectory(prefix="charlm-trial-") as work,
         checkpoint.as_directory() if checkpoint is not None else nullcontext() as resume_dir,
     ):
-        resume_from = Path(resume_dir) / CHECKPOINT_FILE if resume_dir is not None else None
+        single = len(members) == 1
+        loops = []
+        for index, member in enumerate(members):
+            params = {**member, "num_threads": trial_threads(), "device": trial_device()}
+            model_cfg, train_cfg = split_config(params)
+            where = Path(work) if single else Path(work) / member_dir(index)
+            resume_from = None
+            if resume_dir is not None:
+                resume_from = Path(resume_dir) / ("" if single else member_dir(index))
+                resume_from = resume_from / CHECKPOINT_FILE
+            loops.append(
+                train_steps(model_cfg, train_cfg, checkpoint_dir=where, resume_from=resume_from)
+            )
 
         def report(metrics: dict[str, Any]) -> None:
-            metrics = {**metrics, "started_at": started_at, "reported_at": time.time()}
+            metrics = {**metrics, **(extra or {}), "started_at": started_at,
+                       "reported_at": time.time(), "import_s": import_s}  # fmt: skip
             tune.report(_sanitize(metrics), checkpoint=tune.Checkpoint.from_directory(work))
 
-        train(model_cfg, train_cfg, report, checkpoint_dir=work, resume_from=resume_from)
+        while True:
+            step_metrics: list[Any] = [next(loop, None) for loop in loops]
+            if step_metrics[0] is None:
+                return
+            if single:
+                report(step_metrics[0])
+                continue
+            report(_combine(step_metrics, [member["seed"] for member in members]))
+            if any(metrics.get("final") for metrics in step_metrics):
+                return
+
+
+def _combine(members: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """One report of several members at the same evaluation: the mean val_loss, train_loss
+    and best_val_loss over members, the per-member metrics under ``members``."""
+    failed = [(m, seed) for m, seed in zip(members, seeds, strict=True)
+              if m.get("status") == "failed"]
+    if failed:
+        step = failed[0][0]["step"]
+        reason = f"seed {failed[0][1]} of this config failed: {failed[0][0]['error']}"
+        members = [
+            m if m.get("status") == "failed"
+            else {**m, "final": True, "status": "failed", "error": reason}
+            for m in members
+        ]  # fmt: skip
+        return {"step": step, "status": "failed", "error": reason, "final": True,
+                "members": [_sanitize(m) for m in members]}  # fmt: skip
+    combined: dict[str, Any] = {"step": members[0]["step"], "final": members[0].get("final")}
+    for key in ("val_loss", "train_loss", "best_val_loss", "elapsed_s", "tokens_seen"):
+        values: list[Any] = [m.get(key) for m in members]
+        if all(isinstance(v, (int, float)) for v in values):
+            combined[key] = sum(values) / len(values)
+    combined["val_losses"] = [m.get("val_loss") for m in members]
+    combined["members"] = [_sanitize(m) for m in members]
+    return combined

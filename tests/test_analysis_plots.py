@@ -8,6 +8,7 @@ matplotlib.use("Agg")
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.figure import Figure
 
@@ -143,7 +144,8 @@ def test_heatmaps_from_constructed_maps():
     causal = np.tril(np.ones((t, t)))
     maps = [np.stack([causal / causal.sum(1, keepdims=True)] * 2) for _ in range(3)]
     figure = plots.head_heatmaps(maps[1], chars, layer=1)
-    assert len(figure.axes) == 2
+    assert len(figure.axes) == 3  # two heads and the colour bar
+    assert figure.axes[-1].get_ylabel() == "attention weight"
     ax = figure.axes[0]
     assert ax.get_title() == "layer 1, head 0"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["t", "o", "␣", "b", "e", "⏎"]
@@ -162,3 +164,84 @@ def test_save_figure_writes_each_format(tmp_path, tables):
     assert [p.name for p in paths] == ["bars.png", "bars.svg"]
     assert paths[0].read_bytes()[:4] == b"\x89PNG"
     assert "<svg" in paths[1].read_text()[:400]
+
+
+def _texts(figure: Figure) -> list:
+    from matplotlib.text import Text
+
+    return [t for t in figure.findobj(Text) if t.get_visible() and t.get_text().strip()]
+
+
+def _page_checks(figure: Figure) -> None:
+    """What a reader of the report page needs: the figure no wider than the page (so it is
+    shown at its natural size), no text below 8 pt there, nothing cut off at the edges."""
+    width, height = figure.get_size_inches()
+    assert width <= plots.PAGE_WIDTH_IN + 1e-6, width
+    small = [(t.get_text(), t.get_fontsize()) for t in _texts(figure)
+             if t.get_fontsize() < plots.MIN_FONT_PT]  # fmt: skip
+    assert not small, small
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    box = figure.get_tightbbox(canvas.get_renderer())  # inches
+    assert box.x0 >= -0.01 and box.y0 >= -0.01, box
+    assert box.x1 <= width + 0.01 and box.y1 <= height + 0.01, (box, width, height)
+
+
+def test_every_figure_fits_the_page_with_readable_text(tables):
+    curves = _one(tables["curves"])
+    figures = [
+        plots.params_vs_loss(_one(tables["summary"])),
+        plots.factor_curves(curves),
+        plots.loss_bars(_one(tables["summary"])),
+        plots.attention_over_training(_one(tables["attention"])),
+        plots.layer_similarity(_one(tables["attention"])),
+        plots.sweeps_compared(tables["curves"][tables["curves"]["factor"] == "baseline"]),
+    ]
+    for figure in figures:
+        _page_checks(figure)
+
+
+def test_per_layer_figures_keep_the_legend_off_the_curves(tables):
+    figure = plots.attention_over_training(_one(tables["attention"]))
+    assert all(ax.get_legend() is None for ax in figure.axes)
+    (legend,) = figure.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["layer 0", "layer 1", "layer 2"]
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    box = legend.get_window_extent(canvas.get_renderer())
+    for ax in figure.axes:  # the legend lies right of every panel
+        assert box.x0 >= ax.get_window_extent().x1
+
+
+def test_a_flat_curve_is_drawn_flat_with_short_tick_labels(tables):
+    attention = _one(tables["attention"], dataset="enwik8").copy()
+    attention["entropy_mean"] = 3.87784 + np.linspace(0, 3e-4, len(attention))
+    attention["entropy_stderr"] = 0.0
+    figure = plots.attention_over_training(attention)
+    low, high = figure.axes[0].get_ylim()
+    assert high - low >= 0.01 * 3.878  # at least 1% of the value: visibly flat
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    labels = [t.get_text() for t in figure.axes[0].get_yticklabels() if t.get_text()]
+    assert labels and all(len(label) <= 5 for label in labels), labels
+    assert figure.axes[0].yaxis.get_offset_text().get_text() == ""
+
+
+@pytest.mark.parametrize(("n_chars", "n_head"), [(32, 8), (48, 4), (128, 2)])
+def test_heatmaps_fit_the_page_with_a_colour_bar_and_the_model_named(n_chars, n_head):
+    chars = list(("to be, or not to be: that is the question. " * 4)[:n_chars])
+    causal = np.tril(np.ones((n_chars, n_chars)))
+    maps = [np.stack([causal / causal.sum(1, keepdims=True)] * n_head) for _ in range(2)]
+    model = "shakespeare_char: notebook / n_head=8, trial 3f6ac0a2 (2 layers x 8 heads)"
+    for figure in (plots.head_heatmaps(maps[1], chars, 1, model),
+                   plots.layer_heatmaps(maps, chars, model)):  # fmt: skip
+        _page_checks(figure)
+        assert model in figure.get_suptitle()
+        bar = figure.axes[-1]
+        assert bar.get_ylabel() == "attention weight"
+        heat = figure.axes[0]
+        panels = [ax for ax in figure.axes[:-1] if ax.get_images()]
+        assert len({ax.get_images()[0].get_clim() for ax in panels}) == 1  # one colour scale
+        labels = [t.get_text() for t in heat.get_xticklabels()]
+        # A label per character while 8-pt labels fit, else evenly thinned.
+        assert len(labels) == n_chars if n_chars <= 48 else 0 < len(labels) < n_chars

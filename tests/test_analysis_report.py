@@ -53,9 +53,13 @@ class _Links(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.links: list[str] = []
+        self.images: list[str] = []
 
     def handle_starttag(self, tag, attrs):
-        self.links += [value for name, value in attrs if name in ("href", "src") and value]
+        if tag == "img":
+            self.images += [value for name, value in attrs if name == "src"]
+        else:
+            self.links += [value for name, value in attrs if name in ("href", "src") and value]
 
 
 def _files(path: Path) -> set[Path]:
@@ -75,6 +79,11 @@ def test_report_is_self_contained(store, tmp_path, capsys, monkeypatch):
     parser = _Links()
     parser.feed(page)
     assert parser.links, "the report links its figures and tables"
+    # One file to mail: every figure is embedded as a PNG data URI, the files stay beside it.
+    assert len(parser.images) == len(list((out / "figures").rglob("*.png"))) > 0
+    for image in parser.images:
+        assert image.startswith("data:image/png;base64,"), image[:40]
+    assert any(link.endswith(".svg") for link in parser.links)
     for link in parser.links:
         assert not re.match(r"^[a-z]+:|^/", link), link  # relative only: no URL, no absolute
         target = (out / link).resolve()
@@ -95,7 +104,8 @@ def test_report_is_self_contained(store, tmp_path, capsys, monkeypatch):
     assert "7_sweeps_compared.png" in figures
     assert "6_heatmaps/shakespeare_char_heads_layer1.png" in figures  # default: last layer
     assert (out / "figures" / "base" / "3_loss_bars.svg").is_file()
-    assert "<style>" in page and "<script" not in page and "http" not in page
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
+    assert "<style>" in page and "<script" not in page and "http" not in text
     assert "boom" in page and "non-finite loss at step 150" in page  # diverged trial listed
     assert "Factor ranking" in page and "Generated samples" in page
     for name in ("summary.csv", "effects.csv", "ranking.csv", "table_base.tex", "table_base.md"):

@@ -40,14 +40,17 @@ def test_eval_passes_count_step_zero_every_interval_and_the_end():
     assert eval_passes(TrainConfig(max_iters=10, eval_interval=10)) == 2
 
 
-def test_eval_tokens_follow_the_exact_or_sampled_rule():
+def test_eval_tokens_follow_the_evaluation_plan():
     model = ModelConfig(block_size=16)
     # shakespeare_char: 1,115,394 characters, 90% train (1,003,854), 10% val (111,540)
-    train = TrainConfig(batch_size=32, eval_iters=500)  # 16,000 windows per split at most
-    val_windows = (111_540 - 1) // 16  # 6,971: val is evaluated exactly
-    assert eval_tokens_per_pass(model, train) == (16_000 + val_windows) * 16
-    sampled = TrainConfig(batch_size=32, eval_iters=200)  # 6,400 < 6,971: both sampled
-    assert eval_tokens_per_pass(model, sampled) == 2 * 6_400 * 16
+    val_windows = (111_540 - 1) // 16  # 6,971
+    # 30,000 steps, 7 evaluations: a budget of 45,714 windows each; val exact, train capped
+    # by eval_iters (16,000 windows)
+    long = TrainConfig(batch_size=32, eval_iters=500, max_iters=30_000, eval_interval=5_000)
+    assert eval_tokens_per_pass(model, long) == (16_000 + val_windows) * 16
+    # 3,000 steps: 4,571 windows per evaluation, val sampled on half, train the rest
+    short = TrainConfig(batch_size=32, eval_iters=500, max_iters=3_000, eval_interval=500)
+    assert eval_tokens_per_pass(model, short) == 4_571 * 16
 
 
 def test_tokens_and_flops_of_known_configs():
@@ -64,7 +67,8 @@ def test_tokens_and_flops_of_known_configs():
         assert row.flops_per_token == 6 * params + 12 * n_layer * n_embed * 16
         assert row.train_tokens == 100 * 4 * 16
         assert row.eval_passes == 5
-        assert row.eval_tokens == 5 * 2 * 4 * 500 * 16  # small batch: both splits sampled
+        # 100 steps x 4 windows / 3 / 5 evaluations: 26 windows per evaluation, both splits
+        assert row.eval_tokens == 5 * 26 * 16
         assert row.flops == pytest.approx(row.flops_per_token * (6_400 + row.eval_tokens / 3))
     assert result.rows[0].n_params == 7_264
     assert result.n_trials == 6

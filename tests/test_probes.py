@@ -15,6 +15,7 @@ from charlm.probes import (
     effective_span,
     head_diversity,
     hidden_cosine,
+    hidden_silhouette,
     js_divergence,
     layer_attention_js,
     normalized_entropy,
@@ -196,10 +197,14 @@ def test_probe_metrics_rows_keys_and_last_layer() -> None:
         assert tuple(row) == PROBE_KEYS
         assert set(row) == {
             "layer", "head", "entropy", "entropy_normalized", "effective_span",
-            "head_diversity", "attention_js_next", "hidden_cosine_next",
+            "head_diversity", "attention_js_next", "hidden_cosine_next", "silhouette",
         }  # fmt: skip
         assert type(row["layer"]) is int and type(row["head"]) is int
         assert all(type(row[key]) is float for key in PROBE_KEYS[2:6])
+        assert type(row["silhouette"]) is float and -1.0 <= row["silhouette"] <= 1.0
+    # per layer: the same value on each head row, the layer's own hidden states' score
+    assert [rows[2 * i]["silhouette"] for i in range(3)] == [hidden_silhouette(h) for h in hidden]
+    assert rows[0]["silhouette"] == rows[1]["silhouette"]
     for row in rows[:4]:
         assert type(row["attention_js_next"]) is float
         assert type(row["hidden_cosine_next"]) is float
@@ -311,3 +316,48 @@ def test_head_diversity_in_memory_bounded_chunks(monkeypatch: pytest.MonkeyPatch
     whole = head_diversity(att)
     monkeypatch.setattr(probes, "_CHUNK_ELEMENTS", 1)  # one head pair at a time
     assert head_diversity(att) == pytest.approx(whole, abs=1e-9)
+
+
+# --- cluster quality of hidden states ---------------------------------------------------------
+
+
+def test_silhouette_of_two_pairs_by_hand() -> None:
+    # 1-D points {0, 1} and {10, 11}, k = 2. a = 1 for every point; b = mean distance to
+    # the other pair: 10.5 for 0 and 11, 9.5 for 1 and 10. s = 1 - a / b.
+    h = torch.tensor([0.0, 1.0, 10.0, 11.0]).reshape(1, 4, 1)
+    expected = (2 * (1 - 1 / 10.5) + 2 * (1 - 1 / 9.5)) / 4
+    assert expected == pytest.approx(0.8997494, abs=1e-7)
+    assert hidden_silhouette(h, clusters=2) == pytest.approx(expected, abs=1e-6)
+
+
+def test_well_separated_clusters_score_near_one() -> None:
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(8, 32, generator=generator) * 50  # 8 far-apart centres
+    points = centres.repeat_interleave(40, 0) + torch.randn(320, 32, generator=generator) * 0.1
+    h = points[torch.randperm(320, generator=generator)].reshape(4, 80, 32)
+    assert hidden_silhouette(h) > 0.95
+
+
+def test_one_blob_scores_near_zero() -> None:
+    h = torch.randn(4, 128, 64, generator=torch.Generator().manual_seed(1))
+    assert abs(hidden_silhouette(h)) < 0.1
+
+
+def test_silhouette_subsamples_evenly_and_is_deterministic() -> None:
+    h = torch.randn(4, 256, 16, generator=torch.Generator().manual_seed(2))  # 1,024 tokens
+    first = hidden_silhouette(h)
+    assert hidden_silhouette(h) == first
+    # the 512 evenly spaced tokens: first and last included, ~2 apart
+    index = torch.linspace(0, 1023, 512).round().long()
+    assert index[0] == 0 and index[-1] == 1023 and set(index.diff().tolist()) == {2, 3}
+    chosen = h.reshape(1, -1, 16)[:, index]
+    assert hidden_silhouette(chosen) == pytest.approx(first, abs=1e-9)
+
+
+def test_silhouette_undefined_cases_are_nan() -> None:
+    assert math.isnan(hidden_silhouette(torch.zeros(1, 2, 4)))  # two tokens
+    assert math.isnan(hidden_silhouette(torch.ones(2, 10, 4)))  # all tokens equal
+    # few tokens: k drops to tokens - 1 (here 3 clusters for 4 tokens), still defined
+    assert math.isfinite(hidden_silhouette(torch.tensor([0.0, 1.0, 5.0, 9.0]).reshape(1, 4, 1)))
+    with pytest.raises(ValueError, match="must be"):
+        hidden_silhouette(torch.zeros(4, 4))

@@ -415,7 +415,7 @@ BAD_INPUT = [
      r"error: 1 invalid grid level in grid 'notebook': baseline: block_size=0 is invalid: it "
      r"must be a positive integer\."),
     ("block_size-too-long", "ablation", ["--set", "block_size=200000", "--factors", "n_head"],
-     r"error: baseline=baseline: block_size=200000 is longer than the val split of "
+     r"error: baseline: block_size=200000 is longer than the val split of "
      r"shakespeare_char \(111540 characters\): use a block_size below 111540\."),
     ("unknown-factor", "ablation", ["--factors", "n_heads"],
      r"error: unknown factor\(s\) n_heads \(did you mean n_head\?\) in grid 'notebook': its "
@@ -537,7 +537,7 @@ BAD_INPUT = [
      r"error: grid file .*badname\.yaml: name 'a/\.\./\.\./b': a sweep name becomes a directory "
      r"name, .*: use e\.g\. 'a_b'\."),
     ("vocab_size-mismatch", "ablation", ["--set", "vocab_size=10", "--factors", "n_head"],
-     r"error: baseline=baseline: vocab_size=10 does not match shakespeare_char's vocabulary of "
+     r"error: baseline: vocab_size=10 does not match shakespeare_char's vocabulary of "
      r"65: leave vocab_size unset to take it from the dataset\."),
     ("batch-cannot-fit-in-memory", "ablation",
      ["--set", "batch_size=20000", "--set", "block_size=1024", "--factors", "n_head"],
@@ -548,7 +548,7 @@ BAD_INPUT = [
     ("search-grace-period-0", "search", ["--grace-period", "0"],
      r"error: --grace-period 0: give a number of evaluations >= 1 \(default 2\)\."),
     ("search-reduction-factor-1", "search", ["--reduction-factor", "1"],
-     r"error: --reduction-factor 1: ASHA needs a factor > 1 \(default 3\)\."),
+     r"error: --reduction-factor 1: ASHA needs a factor > 1 \(default 2 or 3, see README\)\."),
     ("search-bad-optuna-storage", "search", ["--optuna-storage", "redis://localhost/0"],
      r"error: --optuna-storage redis://\.\.\.: not a database URL Optuna can open; use one of "
      r"sqlite://, .* or a journal file path ending in \.log\."),

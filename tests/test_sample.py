@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import types
 
 import pytest
 import torch
@@ -10,7 +11,15 @@ from torch import nn
 
 from charlm.config import ConfigError, ModelConfig
 from charlm.data import Dataset
-from charlm.sample import QUALITY_KEYS, generate_text, quality_metrics, word_set, words
+from charlm.sample import (
+    QUALITY_KEYS,
+    coherence,
+    generate_text,
+    quality_metrics,
+    sample_attention,
+    word_set,
+    words,
+)
 
 # --- quality metrics --------------------------------------------------------------------------
 
@@ -24,6 +33,7 @@ def test_the_cat_by_hand() -> None:
         "distinct_3",
         "repetition_rate",
         "known_word_share",
+        "coherence",
     }
     # 6 words, 2 distinct; 5 bigrams: (the cat) x3, (cat the) x2
     assert metrics["distinct_1"] == pytest.approx(2 / 6)
@@ -33,6 +43,7 @@ def test_the_cat_by_hand() -> None:
     # 4-grams in order: (the cat the cat), (cat the cat the), (the cat the cat) <- repeat
     assert metrics["repetition_rate"] == pytest.approx(1 / 3)
     assert metrics["known_word_share"] == 1.0
+    assert math.isnan(metrics["coherence"])  # 23 characters: fewer than two segments
 
 
 def test_known_word_share_against_a_training_text() -> None:
@@ -41,7 +52,7 @@ def test_known_word_share_against_a_training_text() -> None:
     generated = "To be or NOTT, to bee...\n\nmind!"
     metrics = quality_metrics(generated, train_text)
     assert metrics["known_word_share"] == pytest.approx(5 / 7)
-    assert quality_metrics(generated, word_set(train_text)) == metrics
+    assert quality_metrics(generated, word_set(train_text)) == pytest.approx(metrics, nan_ok=True)
     # 7 words, 6 distinct (to twice); no 4-gram repeats
     assert metrics["distinct_1"] == pytest.approx(6 / 7)
     assert metrics["distinct_2"] == 1.0
@@ -178,3 +189,86 @@ def test_generate_text_with_the_real_gpt(dataset: Dataset) -> None:
     out = model.generate(idx, 24, temperature=0.8, top_k=40,
                          generator=torch.Generator().manual_seed(7))  # fmt: skip
     assert dataset.decode(out[0, 5:].tolist()) == text
+
+
+# --- coherence ----------------------------------------------------------------------------------
+
+
+def test_a_repeated_segment_has_coherence_one() -> None:
+    segment = "ROMEO:\nBut soft, what light through yonder window breaks? It is "
+    assert len(segment) == 64
+    assert coherence(segment * 4) == pytest.approx(1.0)
+    assert coherence(segment * 4 + "tail shorter than a segment") == pytest.approx(1.0)
+    assert quality_metrics(segment * 2, set())["coherence"] == pytest.approx(1.0)
+
+
+def test_coherence_by_hand() -> None:
+    # segments of 4, bigrams: "aaaa" -> {aa: 3}; "aaab" -> {aa: 2, ab: 1}; "cdcd" -> {cd: 2, dc: 1}
+    # cos(aaaa, aaab) = 6 / (3 sqrt 5); cos(aaab, cdcd) = 0
+    value = coherence("aaaaaaabcdcd", segment=4, n=2)
+    assert value == pytest.approx((6 / (3 * math.sqrt(5)) + 0.0) / 2)
+    assert coherence("abababab", segment=4, n=2) == pytest.approx(1.0)
+    assert coherence("abcdefgh", segment=4, n=2) == 0.0
+    assert math.isnan(coherence("abcdefg", segment=4, n=2))  # one full segment
+    with pytest.raises(ValueError, match="segment >= n"):
+        coherence("abc", segment=2, n=3)
+
+
+# --- the model's attention on its own sample ------------------------------------------------------
+
+
+class UniformAttention:
+    """A stand-in GPT whose every head attends uniformly over its causal context."""
+
+    def __init__(self, block_size: int, n_layer: int = 2, n_head: int = 3):
+        self.cfg = ModelConfig(n_layer=n_layer, n_head=n_head, n_embed=6, block_size=block_size)
+        self.shapes: list[tuple[int, ...]] = []
+
+    def capture(self, idx: torch.Tensor):
+        B, T = idx.shape
+        self.shapes.append((B, T))
+        mask = torch.ones(T, T).tril()
+        att = (mask / mask.sum(-1, keepdim=True)).expand(B, self.cfg.n_head, T, T)
+        return types.SimpleNamespace(attentions=[att] * self.cfg.n_layer)
+
+
+def test_sample_attention_of_uniform_attention_by_hand() -> None:
+    model = UniformAttention(block_size=4)
+    # prompt of 1 token, 6 generated: contexts of 1, 2, 3, 4, 4, 4 tokens
+    result = sample_attention(model, [0, 1, 2, 3, 4, 5, 6], n_prompt=1)
+    entropy = (math.log(1) + math.log(2) + math.log(3) + 3 * math.log(4)) / 6
+    span = (0 + 0.5 + 1 + 3 * 1.5) / 6  # uniform over c tokens: (c - 1) / 2 back
+    assert result["attention_entropy"] == pytest.approx([entropy, entropy])
+    assert result["effective_span"] == pytest.approx([span, span])
+    # one capture of the start (4 tokens), then the windows of tokens 5 and 6 in one batch
+    assert model.shapes == [(1, 4), (2, 4)]
+    # a sample shorter than the block: the one capture of the start holds every token
+    model.shapes.clear()
+    short = sample_attention(model, [0, 1, 2], n_prompt=1)
+    assert short["attention_entropy"] == pytest.approx([math.log(2) / 2] * 2)
+    assert model.shapes == [(1, 2)]
+    assert sample_attention(model, [0, 1], n_prompt=2) == {
+        "attention_entropy": None,
+        "effective_span": None,
+    }
+
+
+def test_sample_attention_is_the_attention_that_generated_each_token() -> None:
+    from charlm.model import GPT
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=2, n_head=2, n_embed=16, block_size=8, vocab_size=len(VOCAB))
+    model = GPT(cfg)
+    ids = torch.randint(0, len(VOCAB), (20,), generator=torch.Generator().manual_seed(1)).tolist()
+    result = sample_attention(model, ids, n_prompt=3)
+    entropy, span = torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    for j in range(3, 20):  # token j came from the last query of its context
+        context = torch.tensor([ids[max(0, j - 8) : j]])
+        for layer, att in enumerate(model.capture(context).attentions):
+            p = att[0, :, -1].double()  # (n_head, T)
+            entropy[layer] += -torch.special.xlogy(p, p).sum() / 2
+            back = torch.arange(p.shape[-1] - 1, -1, -1, dtype=torch.float64)
+            span[layer] += (p * back).sum() / 2
+    assert result["attention_entropy"] == pytest.approx((entropy / 17).tolist(), abs=1e-6)
+    assert result["effective_span"] == pytest.approx((span / 17).tolist(), abs=1e-6)
+    assert model.training  # capture restores the mode

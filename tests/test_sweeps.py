@@ -73,6 +73,11 @@ def test_tiny_grid_end_to_end_then_resume_runs_only_new_seeds(tmp_path: Path, ca
     assert per_trial.to_dict() == heads
     samples = table(results, "samples")
     assert len(samples) == 10 and (samples.n_chars == 20).all()
+    # schema version 2: per-layer silhouette and the sample's own attention per layer
+    assert attention.silhouette.between(-1, 1).all()
+    layers = trials.set_index("trial_id").n_layer
+    for row in samples.itertuples():
+        assert len(row.attention_entropy) == len(row.effective_span) == layers[row.trial_id]
     assert len(list((results / "models").glob("*.pt"))) == 10
 
     # The same command again: nothing runs (Ray is not even started).
@@ -130,32 +135,3 @@ def test_fractional_gpus_pack_four_trials_and_fall_back_to_cpu(tmp_path: Path, c
     spans = sorted(zip(trials.started_at, trials.finished_at, strict=True))
     overlap = max(sum(1 for start, end in spans if start <= moment < end) for moment, _ in spans)
     assert overlap == 4
-
-
-def test_optuna_search_with_asha_lands_in_store_and_study(tmp_path: Path, capsys):
-    import optuna
-
-    from sweeps import search
-
-    results = tmp_path / "results"
-    code = search.main([
-        "--n-trials", "6", "--max-iters", "30", "--results", str(results), "--num-cpus", "2",
-        "--set", "eval_interval=5", "--set", "eval_iters=2", "--set", "batch_size=8",
-        "--set", "sample_tokens=20", "--name", "tpe",
-    ])  # fmt: skip
-    assert code == 0
-    assert "6 trials finished" in capsys.readouterr().out
-    trials = table(results, "trials")
-    assert len(trials) == 6 and set(trials.kind) == {"search"} and set(trials.sweep) == {"tpe"}
-    assert trials.trial_id.is_unique and set(trials.status) == {"ok"}
-    stopped = trials[trials.early_stopped]
-    assert 1 <= len(stopped) < 6  # ASHA stopped some, not all
-    curves = table(results, "curves").groupby("trial_id").step.max()
-    assert (curves[stopped.trial_id] < 30).all()
-    assert (curves[trials[~trials.early_stopped].trial_id] == 30).all()
-    study = optuna.load_study(study_name="tpe", storage=f"sqlite:///{results / 'optuna.db'}")
-    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(finished) == 6
-    assert {"n_head", "n_layer", "n_embed", "dropout", "block_size", "learning_rate"} <= set(
-        finished[0].params
-    )

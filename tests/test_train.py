@@ -60,6 +60,13 @@ def test_reports_every_eval_and_returns_all_metrics():
     assert result.curve[0]["val_loss"] == pytest.approx(math.log(65), abs=0.3)
     assert result.sample["n_chars"] == len(result.sample["text"]) == 40
     assert 0 <= result.sample["distinct_1"] <= 1
+    # 40 characters: too short for two 64-character coherence segments
+    assert math.isnan(result.sample["coherence"])
+    # the model's attention on its own sample, one value per layer
+    assert len(result.sample["attention_entropy"]) == len(result.sample["effective_span"]) == 2
+    assert all(0 <= e <= math.log(16) for e in result.sample["attention_entropy"])
+    assert all(0 <= s <= 15 for s in result.sample["effective_span"])
+    assert all(-1 <= row["silhouette"] <= 1 for row in result.attention)
 
 
 def test_same_seed_gives_identical_losses_and_other_seed_differs():
@@ -115,7 +122,8 @@ def test_non_finite_loss_fails_with_the_step():
 
 
 def test_small_split_is_evaluated_exactly(small_text: Path, tmp_path: Path):
-    cfg = tiny_train(dataset=str(small_text), max_iters=2, eval_interval=2, sample_tokens=0)
+    # 20 steps of 8 windows, 2 evaluations: 26 windows per evaluation, room for val's 12
+    cfg = tiny_train(dataset=str(small_text), max_iters=20, eval_interval=20, sample_tokens=0)
     result = train(TINY_MODEL, cfg, checkpoint_dir=tmp_path / "run")
     assert result.eval_mode == "exact"
     # The reported val loss is the mean over every non-overlapping window of the split.

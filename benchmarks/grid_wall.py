@@ -1,0 +1,270 @@
+"""The whole grid's wall time: the sweep service against the loop a user would write instead.
+
+    python benchmarks/grid_wall.py [--steps 400] [--seeds 2] [--factors all|subset|f1,f2]
+        [--cores N] [--loop-eval-iters 200] [--loop-first]
+
+Runs the notebook preset shortened to ``--steps`` steps x ``--seeds`` seeds (22 trials by
+default) twice, back to back in one process:
+
+1. **The service**, as ``python sweeps/ablation.py`` runs it: an embedded Ray on ``--cores``
+   CPUs, the trials longest first with the tail widened onto free CPUs (``sweeps.schedule``),
+   one CPU per trial, evaluation within its budget (``charlm.evaluation``), probes, samples,
+   checkpoints and the Parquet store. Timed from Ray's start to its shutdown.
+2. **The notebook loop**: the same trainings (same model code, seeds and batches) one after
+   the other with all threads, evaluating as the notebook does: ``eval_iters`` (200) fresh
+   random batches per split at every evaluation, and a 300-token sample at the end.
+
+It prints both wall times and their ratio (target: the service in at most half the loop's
+time on 2 cores), where the service's core-seconds went (training steps, evaluation, probes,
+samples, checkpoints, per-trial set-up and imports, Ray's own share, start-up and stop, idle
+cores), and the mean final val loss per level for both, with the seeds' standard error.
+
+The full default run takes about an hour on an idle 2-core machine (~17 min of service,
+~35 min of loop); ``--steps 100 --seeds 1 --factors subset`` takes a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+import torch
+
+from charlm.data import get_batch, load_dataset
+from charlm.model import GPT
+from charlm.sample import generate_text
+from charlm.train import lr_at
+from sweeps.ablation import param_space, prepare_datasets, schedule_trials
+from sweeps.grid import PRESETS, TrialSpec, expand
+from sweeps.runner import Resources, connect, run_trials
+from sweeps.schema import read_table
+from sweeps.store import ResultStore
+
+SUBSET = ["n_layer", "block_size"]  # the longest and the shortest trials: the tail's case
+SAMPLE_TOKENS = 300
+
+
+@dataclass
+class Run:
+    """One way of running the grid: its wall time, where it went, final val loss per trial."""
+
+    wall_s: float
+    val_loss: dict[str, float]
+    seconds: dict[str, float] = field(default_factory=dict)  # name -> core-seconds or seconds
+    threads: dict[str, int] = field(default_factory=dict)
+
+
+def plan(args: argparse.Namespace) -> list[TrialSpec]:
+    factors = None if args.factors == "all" else SUBSET if args.factors == "subset" else [
+        name.strip() for name in args.factors.split(",") if name.strip()
+    ]  # fmt: skip
+    return expand(PRESETS["notebook"], factors=factors, seeds=args.seeds, max_iters=args.steps)
+
+
+def service(trials: list[TrialSpec], cores: int) -> Run:
+    """The ablation CLI's run path on an embedded Ray, timed from Ray's start to its stop."""
+    vocab_sizes = prepare_datasets(trials)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ResultStore(Path(tmp) / "results")
+        start = time.time()
+        connection = connect(num_cpus=cores, results=store.root)
+        connected = time.time()
+        try:
+            resources = Resources(cpus_per_trial=1.0)
+            ordered, widened, line = schedule_trials(trials, resources, vocab_sizes)
+            planned = time.time()
+            print(f"  {line}", flush=True)
+            run_trials(
+                connection, store, param_space(ordered, widened), name="grid_wall",
+                total=len(ordered), resources=resources, progress=False,
+            )  # fmt: skip
+        finally:
+            ray.shutdown()
+        end = time.time()
+        rows = read_table(store.root, "trials").table.to_pylist()
+    first = min(row["started_at"].timestamp() for row in rows)
+    last = max(row["finished_at"].timestamp() for row in rows)
+    spans = {
+        r["trial_id"]: r["finished_at"].timestamp() - r["started_at"].timestamp() for r in rows
+    }
+    threads = {row["trial_id"]: row["num_threads"] or 1 for row in rows}
+    busy = sum(spans[t] * threads[t] for t in spans)
+
+    def core_s(key: str) -> float:
+        return sum((row[key] or 0.0) * threads[row["trial_id"]] for row in rows)
+
+    parts = {
+        "training steps": core_s("steps_s"),
+        "evaluation": core_s("eval_s"),
+        "probes": core_s("probe_s"),
+        "samples": core_s("sample_s"),
+        "checkpoints": core_s("checkpoint_s"),
+        "set-up in train() (dataset, model, optimizer)": core_s("setup_s"),
+        "imports in new trial processes": core_s("import_s"),
+    }
+    parts["Ray/Tune within trials (reports, checkpoint upload)"] = busy - sum(parts.values())
+    parts[f"start-up: Ray {connected - start:.1f} s, schedule {planned - connected:.1f} s, "
+          f"first trial {first - planned:.1f} s"] = cores * (first - start)  # fmt: skip
+    parts["stop (last trial's end to Ray shut down)"] = cores * (end - last)
+    parts["idle cores while trials ran"] = cores * (last - first) - busy
+    return Run(
+        wall_s=end - start,
+        val_loss={row["trial_id"]: row["final_val_loss"] for row in rows},
+        seconds=parts,
+        threads=threads,
+    )
+
+
+@torch.no_grad()
+def notebook_loss(
+    model: GPT, data, spec: TrialSpec, generator: torch.Generator, eval_iters: int
+) -> dict:
+    """The notebook's estimate_loss: eval_iters fresh random batches per split."""
+    model.eval()
+    out = {}
+    for split in ("train", "val"):
+        losses = []
+        for _ in range(eval_iters):
+            x, y = get_batch(data.splits[split], spec.train.batch_size, spec.model.block_size,
+                             generator)  # fmt: skip
+            losses.append(model(x, y)[1].item())
+        out[split] = statistics.fmean(losses)
+    model.train()
+    return out
+
+
+def notebook_loop(trials: list[TrialSpec], cores: int, eval_iters: int) -> Run:
+    """One trial after the other with all threads: the same training, the notebook's
+    evaluation, a sample at the end."""
+    torch.set_num_threads(cores)
+    parts: dict[str, float] = defaultdict(float)
+    val_loss = {}
+    start = time.perf_counter()
+    for spec in trials:
+        cfg = spec.train
+        data = load_dataset(cfg.dataset, cfg.data_dir)
+        torch.manual_seed(cfg.seed)
+        model = GPT(dataclasses.replace(spec.model, vocab_size=data.vocab_size))
+        optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate,
+                                              (cfg.beta1, cfg.beta2), "cpu")  # fmt: skip
+        batches = torch.Generator().manual_seed(cfg.seed)
+        eval_batches = torch.Generator().manual_seed(1337)
+        for step in range(cfg.max_iters + 1):
+            if step % cfg.eval_interval == 0 or step == cfg.max_iters:
+                began = time.perf_counter()
+                losses = notebook_loss(model, data, spec, eval_batches, eval_iters)
+                parts["evaluation"] += time.perf_counter() - began
+            if step == cfg.max_iters:
+                break
+            began = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            x, y = get_batch(data.splits["train"], cfg.batch_size, spec.model.block_size, batches)
+            _, loss = model(x, y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            parts["training steps"] += time.perf_counter() - began
+        began = time.perf_counter()
+        generate_text(model, data, "\n", SAMPLE_TOKENS, cfg.temperature, cfg.top_k, cfg.seed)
+        parts["samples"] += time.perf_counter() - began
+        val_loss[spec.trial_id] = losses["val"]
+    wall = time.perf_counter() - start
+    parts["other (model build, Python)"] = wall - sum(parts.values())
+    return Run(wall_s=wall, val_loss=val_loss, seconds=dict(parts))
+
+
+def report(trials: list[TrialSpec], cores: int, svc: Run, loop: Run, eval_iters: int) -> str:
+    ratio = svc.wall_s / loop.wall_s
+    widened = sorted({t for t in svc.threads.values() if t != 1})
+    lines = [
+        f"notebook preset, {trials[0].train.max_iters} steps x "
+        f"{len({t.seed for t in trials})} seeds: {len(trials)} trials on {cores} cores",
+        f"service (LPT order, tail on free CPUs, budgeted evaluation): {svc.wall_s:8.1f} s"
+        + (f"  (threads used: 1 and {widened})" if widened else ""),
+        f"notebook loop ({cores} threads, {eval_iters} batches per split per evaluation): "
+        f"{loop.wall_s:8.1f} s",
+        f"ratio service / loop: {ratio:.3f}  (target <= 0.50: "
+        f"{'met' if ratio <= 0.5 else 'not met'})",
+        f"where the service's {cores} cores x {svc.wall_s:.0f} s = {cores * svc.wall_s:.0f} "
+        "core-s went:",
+    ]
+    total = cores * svc.wall_s
+    for name, value in svc.seconds.items():
+        lines.append(f"  {name:<62} {value:8.1f} core-s  {100 * value / total:5.1f}%")
+    lines.append(f"where the loop's {loop.wall_s:.0f} s went ({cores} threads throughout):")
+    for name, value in loop.seconds.items():
+        lines.append(f"  {name:<62} {value:8.1f} s       {100 * value / loop.wall_s:5.1f}%")
+    lines.append("mean final val loss per level (service: exact or budgeted sample; loop: "
+                 f"{eval_iters} random batches):")  # fmt: skip
+    lines.append(f"  {'factor':<12}{'level':<10}{'seeds':>6}{'service':>10}{'loop':>10}"
+                 f"{'diff':>9}{'seed stderr':>13}")  # fmt: skip
+    levels: dict[tuple[str, str], list[TrialSpec]] = defaultdict(list)
+    for trial in trials:
+        levels[(trial.factor, trial.level)].append(trial)
+    for (factor, level), members in levels.items():
+        ours = [svc.val_loss[t.trial_id] for t in members]
+        theirs = [loop.val_loss[t.trial_id] for t in members]
+        spread = statistics.stdev(ours) / math.sqrt(len(ours)) if len(ours) > 1 else math.nan
+        lines.append(
+            f"  {factor:<12}{level:<10}{len(members):>6}{statistics.fmean(ours):>10.4f}"
+            f"{statistics.fmean(theirs):>10.4f}"
+            f"{statistics.fmean(ours) - statistics.fmean(theirs):>+9.4f}{spread:>13.4f}"
+        )
+    lines.append(f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
+                 "(1, 5, 15 min)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=400, help="steps per trial (default 400)")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per config (default 2)")
+    parser.add_argument(
+        "--factors",
+        default="all",
+        help=f"all (default), subset ({','.join(SUBSET)}) or a comma list",
+    )
+    parser.add_argument(
+        "--cores",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="CPUs for both (default: this machine's)",
+    )
+    parser.add_argument(
+        "--loop-eval-iters",
+        type=int,
+        default=200,
+        help="the loop's random batches per split per evaluation (default 200, the "
+        "notebook's; lower only to check the script on a busy machine)",
+    )
+    parser.add_argument(
+        "--loop-first", action="store_true", help="run the loop before the service (default: after)"
+    )
+    args = parser.parse_args()  # fmt: skip
+    trials = plan(args)
+    print(f"grid_wall: {len(trials)} trials, {args.cores} cores, load average "
+          f"{os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
+    runs: dict[str, Run] = {}
+    for name in ("loop", "service") if args.loop_first else ("service", "loop"):
+        print(f"running the {name}...", flush=True)
+        if name == "loop":
+            runs[name] = notebook_loop(trials, args.cores, args.loop_eval_iters)
+        else:
+            runs[name] = service(trials, args.cores)
+        print(f"  {runs[name].wall_s:.1f} s", flush=True)
+    print(report(trials, args.cores, runs["service"], runs["loop"], args.loop_eval_iters))
+
+
+if __name__ == "__main__":
+    main()

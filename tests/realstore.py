@@ -1,0 +1,49 @@
+"""A small real result store, made in this process in seconds: real training runs
+(charlm.train) written by the store's own writer (sweeps.store), as the sweep's Tune
+callback writes them, with each trial's model file and a run record. No Ray: the browser
+test and the screenshot script need a real store, not a real scheduler."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import textwrap
+from pathlib import Path
+
+from charlm.train import MODEL_FILE, train
+from sweeps.ablation import run_info
+from sweeps.grid import expand, load_grid
+from sweeps.options import Resources
+from sweeps.store import ResultStore, TrialRecord
+
+TINY_GRID = """\
+name: tiny
+datasets: [shakespeare_char]
+seeds: 2
+baseline: {n_layer: 2, n_head: 2, n_embed: 16, block_size: 32, dropout: 0.0, batch_size: 8,
+           max_iters: 30, eval_interval: 10, eval_iters: 2, warmup_iters: 2,
+           sample_tokens: 40, num_threads: 1}
+factors:
+  n_layer: [1, 3]
+"""
+
+
+def build_real_store(root: Path, grid_text: str = TINY_GRID) -> Path:
+    """Train every trial of ``grid_text`` and write it into a new store at ``root``."""
+    grid = root.parent / f"{root.name}-grid.yaml"
+    grid.write_text(textwrap.dedent(grid_text))
+    trials = expand(load_grid(grid))
+    store = ResultStore(root)
+    store.write_run(run_info(trials[0].sweep, "ablation", "this process (no Ray)",
+                             Resources(), len(trials)))  # fmt: skip
+    for trial in trials:
+        record = TrialRecord(trial.trial_id, trial.params()["columns"])
+        with tempfile.TemporaryDirectory(prefix="charlm-trial-") as work:
+            result = train(trial.model, trial.train, record.add_report, checkpoint_dir=work)
+            source = Path(work) / MODEL_FILE
+
+            def copy_model(destination: Path, source: Path = source) -> None:
+                shutil.copyfile(source, destination)
+
+            store.write_trial(record, result.status, result.error, copy_model)
+    return root

@@ -1,0 +1,290 @@
+"""The search: seeds per trial in lockstep, ASHA's rule, the winner and its grid, the study's
+ids, and the search report, on a real local Ray with a real Optuna (SQLite) storage."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from charlm.config import ModelConfig, TrainConfig
+from charlm.train import train, train_steps
+from sweeps import search
+from sweeps.best_grid import Winner, best_grid, neighbours
+from sweeps.grid import expand, load_grid
+from sweeps.schema import read_table
+
+# Sizes a CI machine trains in a second; the same six fields as search.SEARCH_SPACE.
+TINY_SPACE = {
+    "n_head": ("choice", [1, 2]),
+    "n_layer": ("randint", 1, 3),
+    "n_embed": ("choice", [16, 32]),
+    "dropout": ("uniform", 0.0, 0.2),
+    "block_size": ("choice", [16, 32]),
+    "learning_rate": ("loguniform", 1e-3, 1e-2),
+}
+TINY_SETS = ["--set", "batch_size=8", "--set", "eval_iters=2", "--set", "sample_tokens=20",
+             "--set", "warmup_iters=2", "--set", "probe_batch_size=2"]  # fmt: skip
+
+
+def table(results: Path, name: str):
+    read = read_table(results, name)
+    assert read.corrupt == []
+    return read.table.to_pandas()
+
+
+# ---------------------------------------------------------------- no Ray
+
+
+def test_lockstep_seeds_train_exactly_as_alone_with_dropout():
+    """Two train_steps loops driven in turn (as a search trial's seeds are) give the
+    losses each seed gives alone: each keeps its own RNG stream for dropout."""
+    model = ModelConfig(n_layer=1, n_head=2, n_embed=16, block_size=16, dropout=0.2)
+    configs = [TrainConfig(batch_size=4, max_iters=12, eval_interval=4, eval_iters=2,
+                           warmup_iters=1, sample_tokens=0, seed=seed, num_threads=1)
+               for seed in (0, 1)]  # fmt: skip
+    alone = [train(model, cfg) for cfg in configs]
+    loops = [train_steps(model, cfg) for cfg in configs]
+    reports: list[list[dict]] = [[], []]
+    while True:
+        step = [next(loop, None) for loop in loops]
+        if step[0] is None:
+            break
+        assert step[0]["step"] == step[1]["step"]  # lockstep
+        for index, metrics in enumerate(step):
+            reports[index].append(metrics)
+    for index, result in enumerate(alone):
+        assert [m["val_loss"] for m in reports[index]] == [p["val_loss"] for p in result.curve]
+        assert [m["step"] for m in reports[index]] == [0, 4, 8, 12]
+    assert alone[0].final_val_loss != alone[1].final_val_loss  # the seeds differ
+
+
+@pytest.mark.parametrize(
+    ("max_iters", "interval", "expected"),
+    [
+        (30, 7, (6, 2, 2.0)),  # evaluations at 7, 14, 21, 28, 30: rungs at 2 and 4 reports
+        (3000, 500, (7, 2, 3.0)),  # 6 evaluations: rungs at 2 and 6
+        (5000, 250, (21, 2, 3.0)),
+        (10, 10, (2, 2, 2.0)),  # one evaluation after step 0: nothing to stop
+    ],
+)
+def test_asha_rule_counts_evaluations(max_iters, interval, expected):
+    assert search.asha_settings(max_iters, interval) == expected
+
+
+def test_asha_explicit_values_win_and_short_runs_evaluate_four_times():
+    assert search.asha_settings(3000, 500, grace_period=3, reduction_factor=4) == (7, 3, 4)
+    assert search.search_eval_interval(30, 30) == 7
+    assert search.search_eval_interval(3000, 500) == 500
+    assert search.search_eval_interval(3, 3) == 1
+
+
+def test_neighbours_are_a_valid_step_either_side():
+    space = search.SEARCH_SPACE
+    values = {"n_head": 4, "n_layer": 8, "n_embed": 96, "dropout": 0.05,
+              "block_size": 32, "learning_rate": 2e-3}  # fmt: skip
+    assert neighbours("n_head", space["n_head"], values) == [2, 8]
+    assert neighbours("n_embed", space["n_embed"], values) == [64, 128]  # multiples of 4
+    assert neighbours("n_embed", space["n_embed"], {**values, "n_head": 8}) == [64, 128]
+    assert neighbours("n_head", space["n_head"], {**values, "n_embed": 96}) == [2, 8]
+    assert neighbours("n_layer", space["n_layer"], values) == [7]  # randint(1, 9): 8 is the top
+    assert neighbours("block_size", space["block_size"], values) == [64]
+    assert neighbours("dropout", space["dropout"], values) == [0.0, 0.15]
+    assert neighbours("learning_rate", space["learning_rate"], values) == [1e-3, 3e-3]
+    assert neighbours("learning_rate", space["learning_rate"],
+                      {**values, "learning_rate": 1.0734e-4}) == [1e-4, 2.15e-4]  # fmt: skip
+
+
+def test_labels_print_learning_rates_in_scientific_notation():
+    assert search.format_value("learning_rate", 0.000107) == "1.07e-04"
+    assert search.format_value("learning_rate", 0.000139) == "1.39e-04"
+    assert search.format_value("dropout", 0.123456) == "0.123"
+    assert search.format_value("n_head", 4) == "4"
+
+
+def test_seeds_per_trial_zero_is_bad_input(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        search.main(["--seeds-per-trial", "0", "--results", str(tmp_path / "r")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --seeds-per-trial 0: give a number of seeds >= 1."]
+    assert not (tmp_path / "r").exists()
+
+
+def test_best_grid_is_a_loadable_ofat_grid_on_fresh_seeds(tmp_path: Path):
+    model, train_cfg = ModelConfig(n_layer=2, n_head=2, n_embed=32, block_size=16), TrainConfig(
+        max_iters=24, eval_interval=6, learning_rate=3e-3, batch_size=8
+    )
+    values = {**dataclasses.asdict(model), **dataclasses.asdict(train_cfg)}
+    for name in ("seed", "dataset", "vocab_size", "data_dir", "device", "num_threads"):
+        values.pop(name)
+    values = {k: v for k, v in values.items() if v is not None}
+    winner = Winner("c0ffee", ["a", "b"], [0, 1], "shakespeare_char", values, 1.5, 0.01, 4)
+    grid = best_grid(winner, TINY_SPACE, name="tiny-best", preset="notebook", n_seeds=3)
+    path = tmp_path / "best_grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    trials = expand(load_grid(path))
+    # Baseline + n_head 1, n_layer 1, n_embed 16, dropout 0.1 -/+ a third of its range,
+    # block_size 32, learning_rate 1.5e-3 and 6e-3: 9 configs x seeds 2, 3, 4.
+    assert grid["factors"] == {"n_head": [1], "n_layer": [1], "n_embed": [16],
+                               "dropout": [0.0333, 0.1667], "block_size": [32],
+                               "learning_rate": [0.0015, 0.006]}  # fmt: skip
+    assert len(trials) == 9 * 3 and {t.seed for t in trials} == {2, 3, 4}
+    base = next(t for t in trials if t.factor == "baseline")
+    assert (base.model.n_embed, base.train.learning_rate, base.train.max_iters) == (32, 3e-3, 24)
+
+
+# ---------------------------------------------------------------- real Ray
+
+
+@pytest.mark.ray
+def test_search_with_two_seeds_per_trial_end_to_end(tmp_path: Path, capsys, monkeypatch):
+    """Six configs x 2 seeds, one at a time (deterministic ASHA): two store rows per config,
+    the study's values are the seed means, ASHA stops some, the winner's grid dry-runs, and
+    the report names the winner."""
+    import optuna
+
+    from analysis.report import build_report
+    from sweeps import ablation
+    from sweeps.best_grid import find_winner
+
+    monkeypatch.setattr(search, "SEARCH_SPACE", TINY_SPACE)
+    results = tmp_path / "results"
+    code = search.main([
+        "--n-trials", "6", "--max-iters", "24", "--seeds-per-trial", "2", "--name", "tiny",
+        "--results", str(results), "--num-cpus", "2", "--cpus-per-trial", "2",
+        "--max-concurrent", "1", *TINY_SETS,
+    ])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "6 trials x 2 seeds" in out
+    assert (
+        "ASHA: 5 reports per trial (step 0, then every 6 steps), grace period 2, reduction "
+        "factor 2" in out
+    )
+    # The progress line names store trial ids, not Tune's.
+    best_ids = re.findall(r"best val \d\.\d{4} \(trial ([0-9a-f]{16})\+([0-9a-f]{16})\)", out)
+    assert best_ids
+
+    trials = table(results, "trials")
+    assert len(trials) == 12 and set(trials.kind) == {"search"} and trials.trial_id.is_unique
+    per_config = trials.groupby("config_id")
+    assert per_config.size().tolist() == [2] * 6
+    assert all(sorted(g.seed) == [0, 1] for _, g in per_config)
+    assert per_config["level"].nunique().eq(1).all()  # one label per config
+    assert set(trials.status) == {"ok"}
+    stopped = trials[trials.early_stopped]
+    assert 2 <= len(stopped) < 12 and per_config["early_stopped"].nunique().eq(1).all()
+    curves = table(results, "curves").groupby("trial_id").step.apply(list)
+    for row in trials.itertuples():
+        steps = curves[row.trial_id]
+        assert steps == [0, 6, 12, 18, 24][: len(steps)]
+        assert len(steps) == 5 or row.early_stopped
+    assert {tid for pair in best_ids for tid in pair} <= set(trials.trial_id)
+
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{results / 'optuna.db'}")
+    told = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(told) == 6
+    by_id = trials.set_index("trial_id")
+    for trial in told:
+        ids = trial.user_attrs["store_trial_ids"]
+        rows = by_id.loc[ids]
+        assert list(rows.seed) == [0, 1] and set(rows.config_id) == {trial.user_attrs["config_id"]}
+        assert trial.user_attrs["seed_val_losses"] == pytest.approx(list(rows.final_val_loss))
+        assert trial.value == pytest.approx(rows.final_val_loss.mean(), rel=1e-12)
+
+    winner = find_winner(results, "tiny")
+    assert winner is not None and len(winner.trial_ids) == 2
+    complete = trials[~trials.early_stopped].groupby("config_id").final_val_loss.mean()
+    assert winner.config_id == complete.idxmin()
+    assert winner.mean_val_loss == pytest.approx(complete.min())
+    assert f"store trials {', '.join(winner.trial_ids)}" in out
+    assert f"wrote {results / 'best_grid.yaml'}" in out
+
+    grid_path = results / "best_grid.yaml"
+    expected = expand(load_grid(grid_path))
+    assert {t.seed for t in expected} == {2, 3, 4}
+    base = next(t for t in expected if t.factor == "baseline")
+    assert base.model.n_embed == int(by_id.loc[winner.trial_ids[0], "n_embed"])
+    assert ablation.main(["--grid", str(grid_path), "--dry-run", "--results", str(results)]) == 0
+    dry = capsys.readouterr().out
+    assert f"{len(expected)} trials: {len(expected) // 3} configs x 3 seeds" in dry
+    assert all(t.trial_id in dry for t in expected)
+
+    report = build_report(results, tmp_path / "report", formats=("png",), jobs=1)
+    page = report.html.read_text()
+    assert f"Winner of tiny (shakespeare_char): config {winner.config_id}" in page
+    assert "No attention rows" not in page
+    assert re.search(r"<td>\d\.\d\de-0\d</td>", page)  # learning rates, 3 significant digits
+    figures = tmp_path / "report" / "figures" / "search"
+    assert (figures / "tiny_shakespeare_char_loss_vs_params.png").is_file()
+    assert (figures / "tiny_shakespeare_char_best_so_far.png").is_file()
+
+
+@pytest.mark.ray
+def test_a_killed_trial_resumes_all_its_seeds_from_the_checkpoint(tmp_path: Path):
+    """The first attempt's process dies (os._exit) after its step-12 report; the retry
+    resumes both seeds from that checkpoint and ends with the losses of an unbroken run."""
+    import ray
+
+    from sweeps.runner import Resources, connect, run_trials
+    from sweeps.search import BASE_KEY, describe_search_trial, run_search_trial
+    from sweeps.store import ResultStore
+
+    log, marker = tmp_path / "reports.log", tmp_path / "killed-once"
+
+    def dies_once(config):
+        from ray import tune
+
+        real = tune.report
+        attempt = 2 if marker.exists() else 1
+
+        def report(metrics, checkpoint=None):
+            if attempt == 1 and metrics["step"] == 18:  # the step-12 report surely landed
+                marker.touch()
+                os._exit(1)
+            real(metrics, checkpoint=checkpoint)
+            with log.open("a") as file:
+                file.write(f"{attempt} {metrics['step']}\n")
+
+        tune.report = report
+        try:
+            run_search_trial(config)
+        finally:
+            tune.report = real
+
+    sampled = {"n_head": 2, "n_layer": 1, "n_embed": 16, "dropout": 0.1, "block_size": 16,
+               "learning_rate": 3e-3}  # fmt: skip
+    train_cfg = TrainConfig(batch_size=8, max_iters=24, eval_interval=6, eval_iters=2,
+                            warmup_iters=2, sample_tokens=0, num_threads=1)  # fmt: skip
+    model_cfg = ModelConfig(**{k: v for k, v in sampled.items() if k != "learning_rate"})
+    params = {**dataclasses.asdict(model_cfg), **dataclasses.asdict(train_cfg)}
+    base = {"params": {**params, "learning_rate": 3e-3}, "sweep": "kill", "seeds_per_trial": 2}
+    store = ResultStore(tmp_path / "results")
+    connection = connect(num_cpus=1, results=store.root)
+    try:
+        outcome = run_trials(
+            connection, store, {**sampled, BASE_KEY: base}, name="kill", total=1,
+            resources=Resources(),
+            describe=describe_search_trial, trainable=dies_once, max_failures=2, progress=False,
+        )  # fmt: skip
+    finally:
+        ray.shutdown()
+    assert len(outcome.ok) == 2 and not outcome.failed
+    attempts = [line.split() for line in log.read_text().splitlines()]
+    assert attempts == [["1", "0"], ["1", "6"], ["1", "12"], ["2", "18"], ["2", "24"]]
+    trials = table(tmp_path / "results", "trials").sort_values("seed")
+    assert list(trials.seed) == [0, 1] and set(trials.attempts) == {2}
+    assert set(trials.status) == {"ok"} and not trials.early_stopped.any()
+    curves = table(tmp_path / "results", "curves")
+    for row in trials.itertuples():
+        assert sorted(curves[curves.trial_id == row.trial_id].step) == [0, 6, 12, 18, 24]
+        alone = train(model_cfg, dataclasses.replace(train_cfg, seed=row.seed,
+                                                     learning_rate=3e-3))  # fmt: skip
+        assert row.final_val_loss == alone.final_val_loss
+        assert math.isfinite(row.final_val_loss)
