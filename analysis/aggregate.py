@@ -147,22 +147,15 @@ def config_summary(trials: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
-    """Holm's step-down adjusted p-values (NaN entries stay NaN and are not counted).
+    """Holm's step-down adjusted p-values (statsmodels' ``multipletests``, method 'holm');
+    NaN entries stay NaN and are not counted."""
+    from statsmodels.stats.multitest import multipletests
 
-    scipy.stats has no Holm correction (``false_discovery_control`` is BH/BY): for the
-    sorted p_(1) <= ... <= p_(m), adjusted p_(i) = max_{j<=i} min(1, (m - j + 1) p_(j)).
-    """
     p = np.asarray(p_values, dtype=float)
     adjusted = np.full_like(p, np.nan)
     valid = ~np.isnan(p)
-    m = int(valid.sum())
-    if m == 0:
-        return adjusted
-    order = np.argsort(p[valid], kind="stable")
-    scaled = np.minimum(1.0, (m - np.arange(m)) * p[valid][order])
-    result = np.empty(m)
-    result[order] = np.maximum.accumulate(scaled)
-    adjusted[valid] = result
+    if valid.any():
+        adjusted[valid] = multipletests(p[valid], method="holm")[1]
     return adjusted
 
 

@@ -682,7 +682,7 @@ def test_no_credentials_in_the_repository():
     patterns = [
         r"AKIA[0-9A-Z]{16}",  # AWS access key id
         r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
-        r"(?i)aws_secret_access_key\s*[:=]\s*\S+",
+        r"(?i)aws_secret_access_key\s*[:=]\s*[\"']?[A-Za-z0-9/+]{40}",  # a literal secret
         r"ghp_[0-9A-Za-z]{36}",  # GitHub token
     ]
     token_file = Path.home() / ".ray" / "auth_token"
