@@ -21,6 +21,7 @@ import pandas as pd
 from scipy import stats
 
 from charlm.fsio import atomic_write_bytes
+from charlm.text import scaled
 from sweeps.schema import config_label
 
 __all__ = [
@@ -310,7 +311,7 @@ def rank_factors(
                 factors.setdefault(factor, {})[level] = seeds.to_numpy()
         for factor, levels in sorted(factors.items()):
             deltas = {level: v.mean() - base.mean() for level, v in levels.items()}
-            best_level = min(deltas, key=deltas.get)
+            best_level = min(deltas, key=lambda level: deltas[level])
             samples = (base, *levels.values())
             row = {
                 "sweep": sweep,
@@ -565,10 +566,7 @@ def format_params(value: float) -> str:
     """A parameter (or any) count as tables print it: 201.34k, 5.53M, 812."""
     if value is None or not np.isfinite(value):
         return "–"
-    for threshold, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if value >= threshold:
-            return f"{value / threshold:.2f}{suffix}"
-    return f"{value:.0f}"
+    return scaled(value, sep="", counts=True)
 
 
 def _format_p(p: float) -> str:

@@ -28,6 +28,7 @@ from matplotlib.transforms import Bbox
 from PIL import Image
 
 from analysis.aggregate import config_label, level_order
+from charlm.text import scaled
 
 __all__ = [
     "attention_over_training",
@@ -241,7 +242,7 @@ def params_vs_loss(
                 )
         axes.set_xscale("log")
         axes.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        axes.xaxis.set_major_formatter(FuncFormatter(lambda x, _: _count_label(x)))
+        axes.xaxis.set_major_formatter(FuncFormatter(lambda x, _: scaled(x, sep="", counts=True)))
         axes.xaxis.set_minor_formatter(NullFormatter())
         axes.margins(x=0.12)
         axes.set_xlabel("parameters")
@@ -258,13 +259,6 @@ def params_vs_loss(
         )
         axes.grid(True, alpha=0.3)
     return figure
-
-
-def _count_label(value: float) -> str:
-    for threshold, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if value >= threshold:
-            return f"{value / threshold:g}{suffix}"
-    return f"{value:g}"
 
 
 def _sweep_name(rows: pd.DataFrame) -> str:
@@ -690,9 +684,7 @@ def capture_attention(
             f"heatmap text has characters {''.join(unknown)!r} that are not in the model's "
             "vocabulary: give text made of the dataset's characters."
         )
-    config = getattr(model, "config", None) or getattr(model, "cfg", None)
-    block_size = getattr(config, "block_size", len(text))
-    text = text[:block_size]
+    text = text[: model.cfg.block_size]
     idx = torch.tensor([[stoi[ch] for ch in text]], dtype=torch.long, device=device)
     model.to(device).eval()
     threads = torch.get_num_threads()

@@ -144,7 +144,7 @@ def training_dynamics(curves: pd.DataFrame, trials: pd.DataFrame, ax: Axes | Non
     for column, style, width in (("train_loss", "--", 0.7), ("val_loss", "-", 1.0)):
         rows = frame[np.isfinite(frame[column].to_numpy(float))]
         ids = rows["trial_id"].to_numpy()
-        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else []
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, int)
         points = rows[["step", column]].to_numpy(float)
         segments = np.split(points, starts[1:]) if len(ids) else []  # one run each
         segment_colors = [color_of[trial_id] for trial_id in ids[starts]] if len(ids) else []

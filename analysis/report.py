@@ -256,6 +256,7 @@ def build_report(
             warnings.simplefilter("ignore")
             add_attention(analysis, sweeps=sweeps, datasets=datasets, strict=strict)
         rendering.submit(_attention_jobs(analysis))
+        assert analysis.predictors is not None  # set by add_attention
         predictor_specs = predictor_report.figure_specs(
             analysis.predictors, analysis.store.curves, analysis.store.trials
         )

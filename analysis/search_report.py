@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -126,7 +127,7 @@ def param_importances(configs: pd.DataFrame, params: list[str]) -> pd.Series:
     varying = [p for p in params if complete[p].nunique() > 1]
     if len(complete) < 3 or not varying:
         return pd.Series(dtype=float)
-    distributions = {}
+    distributions: dict[str, optuna.distributions.BaseDistribution] = {}
     for param in varying:
         values = complete[param]
         low, high = values.min(), values.max()
@@ -195,7 +196,10 @@ def loss_vs_params(rows: pd.DataFrame, configs: pd.DataFrame, params: list[str])
 def best_so_far(configs: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
     """Each complete config's mean loss against its trial number (start order), and the
     best mean so far as a step line; early-stopped configs as crosses at their last loss."""
-    figure = ax.figure if ax is not None else Figure(figsize=(6.0, 3.6), layout="constrained")
+    if ax is not None:
+        figure = cast(Figure, ax.figure)
+    else:
+        figure = Figure(figsize=(6.0, 3.6), layout="constrained")
     ax = ax if ax is not None else figure.subplots()
     complete = configs[configs["complete"]]
     stopped = configs[configs["early_stopped"]]
@@ -245,7 +249,7 @@ def _top_table(configs: pd.DataFrame, params: list[str]) -> pd.DataFrame:
 
 
 def search_section(
-    trials: pd.DataFrame, figures_dir: Path, formats: list[str] | tuple[str, ...]
+    trials: pd.DataFrame, figures_dir: Path, formats: Sequence[str]
 ) -> SearchSection:
     """The section for every search sweep and dataset in ``trials`` (the store's trials
     rows), its figures written under ``figures_dir`` (``figures/`` of the report)."""

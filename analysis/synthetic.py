@@ -1,7 +1,8 @@
 """Synthetic result stores: a tool for tests, benchmarks and demos (never used on real results).
 
-``build_store`` writes a store in exactly the layout ``sweeps`` writes (marker file, one
-Parquet file per trial per table, the columns of ``sweeps.schema.SCHEMAS``) with values
+``build_store`` writes a store through ``sweeps``' own writer (``sweeps.store.ResultStore``:
+marker file, one Parquet file per trial per table, the columns of ``sweeps.schema.SCHEMAS``,
+config defaults from the config dataclasses) with values
 that look like training runs: losses fall along an exponential curve towards a final
 value that depends on the config's level and on the seed (so paired comparisons have
 something to pair), attention entropy falls over training, the hidden-state silhouette
@@ -14,7 +15,6 @@ hand-chosen values.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,33 +25,25 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from charlm.fsio import atomic_write, atomic_write_bytes
-from sweeps.schema import MARKER, SCHEMA_VERSION, SCHEMAS, TABLES
+from charlm.config import ModelConfig, TrainConfig
+from sweeps.grid import trial_columns
+from sweeps.schema import SCHEMAS
+from sweeps.store import ResultStore
 
 __all__ = ["SyntheticSpec", "build_store", "init_store", "trial_row", "write_rows"]
 
-_CONFIG_DEFAULTS: dict[str, Any] = {
-    "n_layer": 4, "n_head": 4, "n_embed": 64, "block_size": 128, "dropout": 0.1,
-    "bias": False, "vocab_size": 65, "data_dir": None, "batch_size": 32, "max_iters": 3000,
-    "eval_interval": 50, "eval_iters": 200, "learning_rate": 3e-4, "min_lr": 3e-5,
-    "warmup_iters": 100, "lr_decay_iters": 3000, "weight_decay": 0.1, "beta1": 0.9,
-    "beta2": 0.99, "grad_clip": 1.0, "probe_interval": 50, "probe_batch_size": 4,
-    "sample_tokens": 300, "temperature": 0.8, "top_k": 40, "requested_device": "cpu",
-    "num_threads": None, "compile": False,
-}  # fmt: skip
+# The config columns of a default trial (as ``sweeps`` writes them), on the CPU with
+# shakespeare_char's 65 characters.
+_CONFIG_DEFAULTS = trial_columns(
+    sweep="sweep", kind="ablation", factor="baseline", level="baseline",
+    model=ModelConfig(vocab_size=65), train=TrainConfig(device="cpu"),
+)  # fmt: skip
 
 
 def init_store(root: str | Path) -> Path:
     """Create an empty store at ``root`` (marker file and one directory per table)."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    marker = {"schema_version": SCHEMA_VERSION, "created_at": "2025-01-01T00:00:00+00:00"}
-    atomic_write_bytes(root / MARKER, json.dumps(marker).encode())
-    for table in TABLES:
-        (root / table).mkdir(exist_ok=True)
-    return root
+    return ResultStore(root).root
 
 
 def trial_row(
@@ -85,17 +77,6 @@ def trial_row(
     return row
 
 
-def _to_table(table: str, rows: pa.Table | Sequence[dict[str, Any]] | dict[str, Any]) -> pa.Table:
-    schema = SCHEMAS[table].with_metadata({"schema_version": str(SCHEMA_VERSION)})
-    if isinstance(rows, pa.Table):
-        return rows.select(schema.names).cast(schema)
-    if isinstance(rows, dict):  # columns
-        length = len(next(iter(rows.values())))
-        columns = {name: rows.get(name, [None] * length) for name in schema.names}
-        return pa.table(columns, schema=schema)
-    return pa.Table.from_pylist(list(rows), schema=schema)
-
-
 def write_rows(
     root: str | Path,
     table: str,
@@ -103,11 +84,9 @@ def write_rows(
     name: str,
 ) -> Path:
     """Write ``rows`` (row dicts, a dict of columns, or an Arrow table) as one Parquet file
-    ``<root>/<table>/<name>.parquet`` with the table's schema; missing columns are null."""
-    path = Path(root) / table / f"{name}.parquet"
-    with atomic_write(path) as file:
-        pq.write_table(_to_table(table, rows), file)
-    return path
+    ``<root>/<table>/<name>.parquet`` through the store's own writer; missing columns are
+    null."""
+    return ResultStore(root).write_rows(table, name, rows)
 
 
 @dataclass
@@ -172,7 +151,9 @@ def _trial_tables(spec: SyntheticSpec, rng: np.random.Generator) -> list[dict[st
     return trials
 
 
-def _write_trial(root: Path, spec: SyntheticSpec, trial: dict[str, Any], seed: int) -> None:
+def _write_trial(
+    store: ResultStore, spec: SyntheticSpec, trial: dict[str, Any], seed: int
+) -> None:
     rng = np.random.default_rng(seed)
     steps = trial["steps"]
     final = trial["final"]
@@ -194,20 +175,21 @@ def _write_trial(root: Path, spec: SyntheticSpec, trial: dict[str, Any], seed: i
         "elapsed_s": elapsed, "lr": 3e-4 * (1 - 0.9 * progress), "train_loss": train,
         "val_loss": val, "best_val_loss": best, "tokens_per_s": tokens / elapsed,
     }  # fmt: skip
-    write_rows(root, "curves", curves, tid)
+    store.write_rows("curves", tid, curves)
     ok = not trial["failed"]
     row = trial_row(
         tid, sweep=trial["sweep"], dataset=trial["dataset"], factor=trial["factor"],
         level=trial["level"], seed=trial["seed"], status="ok" if ok else "failed",
         error=None if ok else f"non-finite loss at step {int(steps[-1])}",
-        n_layer=spec.n_layer, n_head=spec.n_head, n_params=trial["n_params"],
+        n_layer=spec.n_layer, n_head=spec.n_head, eval_interval=spec.eval_interval,
+        n_params=trial["n_params"],
         best_val_loss=float(np.nanmin(val)) if ok else None,
         final_train_loss=float(train[-1]) if ok else None,
         final_val_loss=float(val[-1]) if ok else None, last_step=int(steps[-1]),
         train_time_s=float(elapsed[-1]), train_tokens_per_s=float(tokens[-1] / elapsed[-1]),
         inference_tokens_per_s=float(rng.normal(5000, 100)) if ok else None,
     )  # fmt: skip
-    write_rows(root, "trials", [row], tid)
+    store.write_rows("trials", tid, [row])
     if spec.attention:
         n_layer, n_head = spec.n_layer, spec.n_head
         per_step = n_layer * n_head
@@ -228,7 +210,7 @@ def _write_trial(root: Path, spec: SyntheticSpec, trial: dict[str, Any], seed: i
             "head_diversity": 0.2 + 0.1 * prog, "attention_js_next": js_next,
             "hidden_cosine_next": cos_next, "silhouette": silhouette,
         }  # fmt: skip
-        write_rows(root, "attention", attention, tid)
+        store.write_rows("attention", tid, attention)
     if spec.samples and ok:
         text = "ROMEO:\nWhat light through yonder window breaks? " * 3
         sample = {
@@ -239,22 +221,22 @@ def _write_trial(root: Path, spec: SyntheticSpec, trial: dict[str, Any], seed: i
             "attention_entropy": list(1.5 - 0.1 * np.arange(spec.n_layer) + rng.normal(0, 0.05)),
             "effective_span": list(8.0 + 2 * np.arange(spec.n_layer) + rng.normal(0, 0.3)),
         }  # fmt: skip
-        write_rows(root, "samples", [sample], tid)
+        store.write_rows("samples", tid, [sample])
 
 
 def build_store(root: str | Path, spec: SyntheticSpec | None = None, *, threads: int = 4) -> Path:
     """Write a synthetic store at ``root`` (created; existing files of the same trials are
     overwritten) and return its path. Deterministic for a given ``spec.random_seed``."""
     spec = spec or SyntheticSpec()
-    root = init_store(root)
+    store = ResultStore(root)
     rng = np.random.default_rng(spec.random_seed)
     trials = _trial_tables(spec, rng)
     seeds = rng.integers(0, 2**31, len(trials))
     work: Iterable[None]
     with ThreadPoolExecutor(max_workers=threads) as pool:
         work = pool.map(
-            lambda i: _write_trial(root, spec, trials[i], int(seeds[i])), range(len(trials))
+            lambda i: _write_trial(store, spec, trials[i], int(seeds[i])), range(len(trials))
         )
         for _ in work:
             pass
-    return root
+    return store.root

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from analysis.report import build_report
 from analysis.synthetic import SyntheticSpec, build_store
+from charlm.text import text_table
 from sweeps.schema import MARKER, compact_store, read_table
 from sweeps.store import MODELS_DIR
 
@@ -152,9 +153,12 @@ def main() -> None:
             f"store: {len(store.trials):,} trials, {len(store.curves):,} curve rows, "
             f"{len(store.attention):,} attention rows; {len(report.figures)} figure files"
         )
-        print(f"  {'phase':16s} {'wall':>7s} {'CPU':>7s}")
-        for name, seconds in report.timings.items():
-            print(f"  {name:16s} {seconds:6.2f}s {report.cpu_timings[name]:6.2f}s")
+        phases = [
+            (name, f"{seconds:.2f}s", f"{report.cpu_timings[name]:.2f}s")
+            for name, seconds in report.timings.items()
+        ]
+        for line in text_table(("phase", "wall", "CPU"), phases, right={1, 2}):
+            print(f"  {line}")
         print(f"build_report: {total:.2f} s wall ({cpu:.2f} s CPU, figure workers included)")
         # What a user waits for: the same report from the command, imports and its printed
         # summary included.

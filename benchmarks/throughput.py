@@ -40,7 +40,9 @@ import torch
 from charlm.config import ModelConfig, TrainConfig
 from charlm.model import GPT
 from charlm.sample import coherence, sample_attention
+from charlm.text import text_table
 from charlm.train import probe_model
+from sweeps.grid import PRESETS
 
 VOCAB_SIZE = 65  # shakespeare_char
 
@@ -57,37 +59,21 @@ class Workload:
     max_iters: int
 
 
+def preset_workload(name: str, preset: str) -> Workload:
+    """The baseline of grid preset ``preset`` as a workload (shakespeare_char's vocabulary)."""
+    model, train = PRESETS[preset].baseline_configs()
+    return Workload(
+        name,
+        dataclasses.replace(model, vocab_size=VOCAB_SIZE),
+        batch_size=train.batch_size,
+        eval_interval=train.eval_interval,
+        max_iters=train.max_iters,
+    )
+
+
 WORKLOADS = {
-    "small": Workload(
-        "small",
-        ModelConfig(
-            n_layer=4,
-            n_head=4,
-            n_embed=64,
-            block_size=128,
-            dropout=0.1,
-            bias=False,
-            vocab_size=VOCAB_SIZE,
-        ),
-        batch_size=32,
-        eval_interval=500,  # the notebook preset
-        max_iters=3000,
-    ),
-    "shakespeare": Workload(
-        "shakespeare",
-        ModelConfig(
-            n_layer=6,
-            n_head=6,
-            n_embed=384,
-            block_size=256,
-            dropout=0.2,
-            bias=False,
-            vocab_size=VOCAB_SIZE,
-        ),
-        batch_size=64,
-        eval_interval=250,  # the nanogpt preset
-        max_iters=5000,
-    ),
+    "small": preset_workload("small", "notebook"),
+    "shakespeare": preset_workload("shakespeare", "nanogpt"),
 }
 
 
@@ -258,11 +244,9 @@ def generation_tokens_per_s(
 
 def format_training_table(rows: Sequence[TrainingRow]) -> str:
     """The training rows as a text table with ratios to torch's dropout and to dropout 0."""
-    lines = [
-        f"{'workload':<12} {'impl':<6} {'dropout':>7} {'tokens/s (best)':>20} {'MFU':>6} "
-        f"{'vs torch':>9} {'vs p=0':>7}"
-    ]
+    header = ("workload", "impl", "dropout", "tokens/s (best)", "MFU", "vs torch", "vs p=0")
     by_key = {(r.workload, r.implementation): r for r in rows}
+    lines = []
     for row in rows:
         torch_row = by_key.get((row.workload, "torch"))
         zero_row = by_key.get((row.workload, "p=0"))
@@ -270,10 +254,10 @@ def format_training_table(rows: Sequence[TrainingRow]) -> str:
         vs_zero = f"{row.tokens_per_s / zero_row.tokens_per_s:.2f}x" if zero_row else "-"
         throughput = f"{row.tokens_per_s:,.0f} ({row.best_tokens_per_s:,.0f})"
         lines.append(
-            f"{row.workload:<12} {row.implementation:<6} {row.dropout:>7.2f} {throughput:>20} "
-            f"{row.mfu:>6.1%} {vs_torch:>9} {vs_zero:>7}"
-        )
-    return "\n".join(lines)
+            (row.workload, row.implementation, f"{row.dropout:.2f}", throughput,
+             f"{row.mfu:.1%}", vs_torch, vs_zero)
+        )  # fmt: skip
+    return "\n".join(text_table(header, lines, right={2, 3, 4, 5, 6}))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import typing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ __all__ = [
     "ModelConfig",
     "TrainConfig",
     "config_fields",
+    "field_types",
     "from_dict",
     "shorten_schedule",
     "split_config",
@@ -208,6 +210,22 @@ Config = TypeVar("Config", ModelConfig, TrainConfig)
 def config_fields(cls: type[ModelConfig] | type[TrainConfig]) -> tuple[str, ...]:
     """The field names of a config class, in declaration order."""
     return tuple(field.name for field in dataclasses.fields(cls))
+
+
+def field_types(cls: type[ModelConfig] | type[TrainConfig]) -> dict[str, type]:
+    """Each field's value type (int, float, bool or str; ``None`` aside), from its annotation.
+
+    The one source of the store's column types and the grid's value parsing.
+    """
+    hints = typing.get_type_hints(cls)
+    types = {}
+    for field in dataclasses.fields(cls):
+        hint = hints[field.name]
+        members = [arg for arg in typing.get_args(hint) if arg is not type(None)] or [hint]
+        if len(members) != 1 or members[0] not in (int, float, bool, str):
+            raise TypeError(f"{cls.__name__}.{field.name}: {hint} is not a plain scalar type")
+        types[field.name] = members[0]
+    return types
 
 
 def to_dict(config: ModelConfig | TrainConfig) -> dict[str, Any]:

@@ -26,6 +26,13 @@ with ``bernoulli_``, which alone took a third of a training step. So on the CPU 
 
 On other devices torch's own dropout and SDPA's dropout_p are used. ``torch.compile`` is not
 used here: it was slower than eager with dropout on the CPU and takes ~40 s to compile.
+
+One block. The block's maths is written once (``Block``, ``CausalSelfAttention``, ``MLP``):
+training, evaluation, probe capture, KV-cache prefill and one-token decoding all run it. The
+attention core has three forms, each tied to SDPA by a test in tests/test_model.py: SDPA
+itself; ``attention_with_dropout`` (CPU training speed, above); ``_explicit_attention``
+(capture: SDPA does not return its weights). One-token decoding swaps the block's
+``nn.Linear`` matmuls for re-laid-out copies of the same weights (``_TransposedLinear``).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -103,6 +111,13 @@ def _query_blocks(T: int) -> list[tuple[int, int]]:
 
 class _AttentionWithDropout(torch.autograd.Function):
     """Causal softmax attention with dropout on the attention weights, for the CPU.
+
+    Why a second copy of the attention maths: with dropout on, SDPA leaves its fused kernel
+    for its math path and draws masks with ``bernoulli_``. With this function and the cheap
+    masks, the small config (4x4x64, block 128, batch 32, dropout 0.1) trains at 42,450
+    tokens/s against 21,978 with torch's dropout (1.93x; benchmarks/throughput.py on an idle
+    2-core machine, README). Tied to SDPA (p = 0) and to an explicit softmax with the same
+    masks (p > 0), forward and backward, by tests/test_model.py.
 
     For each block of query rows [lo, hi) only the keys [0, hi) are computed (causality):
     P = softmax(q k^T / sqrt(hs) + causal), y = (P * keep) v / keep_p. Skipping the blocks
@@ -180,7 +195,12 @@ def attention_with_dropout(
 def _explicit_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal softmax attention written out: returns (y (B, nh, T, hs), weights (B, nh, T, T))."""
+    """Causal softmax attention written out: returns (y (B, nh, T, hs), weights (B, nh, T, T)).
+
+    Why a copy of SDPA's maths: the probes need the weights, which SDPA never returns (not
+    speed: capture runs only at evaluation). Tied to SDPA by tests/test_model.py (logits
+    equal forward's; the maps equal a hand-written softmax).
+    """
     T = q.size(-2)
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, T, T)
     future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu_(1)  # (T, T)
@@ -225,6 +245,10 @@ class _LayerCache:
 class _TransposedLinear:
     """y = x @ W^T + b for one-token decoding, from a re-laid-out copy of an nn.Linear (no grad).
 
+    Only the matmul is copied: ``Block.forward`` runs with these in place of its nn.Linear
+    layers (tests/test_model.py checks decoding against the full forward, with and without
+    biases).
+
     A one-token step is bound by reading the weights. torch's single (1, in) @ (in, out)
     product reads them on one core only, so the weight is stored as ``blocks`` column blocks
     (blocks, in, out / blocks) and multiplied with one batched matmul, which spreads the
@@ -240,23 +264,23 @@ class _TransposedLinear:
         self.weight = blocked.contiguous()  # (blocks, in, out / blocks)
         self.bias = None if linear.bias is None else linear.bias.detach()  # (out,)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, in) -> (B, out)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, in) -> (B, 1, out)
+        rows = x.view(x.size(0), -1)  # (B, in)
         if self.blocks == 1:
-            y = x @ self.weight[0]  # (B, out)
+            y = rows @ self.weight[0]  # (B, out)
         else:
-            parts = torch.bmm(x.expand(self.blocks, *x.shape), self.weight)  # (blocks, B, out/b)
-            y = parts.transpose(0, 1).reshape(x.size(0), -1)  # (B, out)
-        return y if self.bias is None else y + self.bias
+            parts = torch.bmm(rows.expand(self.blocks, *rows.shape), self.weight)  # (b, B, out/b)
+            y = parts.transpose(0, 1).reshape(rows.size(0), -1)  # (B, out)
+        y = y if self.bias is None else y + self.bias
+        return y.unsqueeze(1)  # (B, 1, out)
 
 
 @dataclass
 class _DecodeWeights:
-    """One block's matmuls for KV-cache decoding."""
+    """One block's matmuls for KV-cache decoding: (c_attn, c_proj) and (c_fc, c_proj)."""
 
-    qkv: _TransposedLinear
-    attn_proj: _TransposedLinear
-    mlp_fc: _TransposedLinear
-    mlp_proj: _TransposedLinear
+    attention: tuple[_TransposedLinear, _TransposedLinear]
+    mlp: tuple[_TransposedLinear, _TransposedLinear]
 
 
 class CausalSelfAttention(nn.Module):
@@ -267,42 +291,37 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embed, 3 * cfg.n_embed, bias=cfg.bias)  # fused q, k, v
         self.c_proj = nn.Linear(cfg.n_embed, cfg.n_embed, bias=cfg.bias)
 
-    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: _LayerCache | None = None,
+        decode: _DecodeWeights | None = None,
+        attentions: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """x: (B, T, C) -> (B, T, C). With ``cache``: keys and values go into it and the
+        queries see everything cached (a prefill of an empty cache, or one decoded token,
+        whose matmuls use ``decode``'s weight copies). ``attentions`` (eval mode) receives
+        this layer's softmax weights (B, nh, T, T), through the explicit softmax path."""
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        c_attn, c_proj = (self.c_attn, self.c_proj) if decode is None else decode.attention
+        q, k, v = c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        return q, k, v
-
-    def _merge(self, y: torch.Tensor) -> torch.Tensor:
-        B, _, T, _ = y.size()
-        y = y.transpose(1, 2).reshape(B, T, self.n_embed)  # (B, T, C)
-        return self._residual_dropout(self.c_proj(y))  # (B, T, C)
-
-    def _residual_dropout(self, y: torch.Tensor) -> torch.Tensor:
-        if self.fast_dropout:
-            return fast_dropout(y, self.dropout, self.training)
-        return F.dropout(y, self.dropout, self.training)
-
-    def forward(self, x: torch.Tensor, cache: _LayerCache | None = None) -> torch.Tensor:
-        q, k, v = self._heads(x)  # (B, nh, T, hs)
-        if cache is not None:  # prefill an empty cache: causal within the prompt
-            k, v = cache.append(k, v)  # (B, nh, T, hs)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
-            return self._merge(y)
         p = self.dropout if self.training else 0.0
-        if p > 0.0 and self.fast_dropout and x.device.type == "cpu":
+        if cache is not None:
+            prefill = cache.length == 0  # causal within the prompt; one new token sees all
+            k, v = cache.append(k, v)  # (B, nh, L, hs)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=prefill)  # (B, nh, T, hs)
+        elif attentions is not None:
+            y, att = _explicit_attention(q, k, v)  # (B, nh, T, hs), (B, nh, T, T)
+            attentions.append(att)
+        elif p > 0.0 and self.fast_dropout and x.device.type == "cpu":
             y = attention_with_dropout(q, k, v, p)  # (B, nh, T, hs)
         else:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        return self._merge(y)
-
-    def forward_capture(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eval-mode forward through the explicit math path: (y (B, T, C), att (B, nh, T, T))."""
-        q, k, v = self._heads(x)  # (B, nh, T, hs)
-        y, att = _explicit_attention(q, k, v)  # (B, nh, T, hs), (B, nh, T, T)
-        return self._merge(y), att
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C) heads side by side
+        return _dropout(c_proj(y), self.dropout, self.training, self.fast_dropout)  # (B, T, C)
 
 
 class MLP(nn.Module):
@@ -313,14 +332,15 @@ class MLP(nn.Module):
         self.gelu = nn.GELU()
         self.c_proj = nn.Linear(4 * cfg.n_embed, cfg.n_embed, bias=cfg.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.c_proj(self.gelu(self.c_fc(x)))  # (B, T, C)
-        if self.fast_dropout:
-            return fast_dropout(x, self.dropout, self.training)
-        return F.dropout(x, self.dropout, self.training)
+    def forward(self, x: torch.Tensor, decode: _DecodeWeights | None = None) -> torch.Tensor:
+        c_fc, c_proj = (self.c_fc, self.c_proj) if decode is None else decode.mlp
+        x = c_proj(self.gelu(c_fc(x)))  # (B, T, C)
+        return _dropout(x, self.dropout, self.training, self.fast_dropout)
 
 
 class Block(nn.Module):
+    """One pre-LayerNorm transformer block: the only place its maths is written."""
+
     def __init__(self, cfg: ModelConfig, fast_dropout: bool = True):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.n_embed, bias=cfg.bias)
@@ -328,14 +348,32 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embed, bias=cfg.bias)
         self.mlp = MLP(cfg, fast_dropout)
 
-    def forward(self, x: torch.Tensor, cache: _LayerCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache)  # (B, T, C)
-        return x + self.mlp(self.ln_2(x))  # (B, T, C)
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: _LayerCache | None = None,
+        decode: _DecodeWeights | None = None,
+        attentions: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """x: (B, T, C) -> (B, T, C); the options are CausalSelfAttention.forward's."""
+        x = x + self.attn(self.ln_1(x), cache, decode, attentions)  # (B, T, C)
+        return x + self.mlp(self.ln_2(x), decode)  # (B, T, C)
 
-    def forward_capture(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y, att = self.attn.forward_capture(self.ln_1(x))  # (B, T, C), (B, nh, T, T)
-        x = x + y  # (B, T, C)
-        return x + self.mlp(self.ln_2(x)), att  # (B, T, C), (B, nh, T, T)
+
+def _dropout(x: torch.Tensor, p: float, training: bool, fast: bool) -> torch.Tensor:
+    """charlm's cheap-mask dropout (``fast``) or torch's."""
+    return fast_dropout(x, p, training) if fast else F.dropout(x, p, training)
+
+
+class _Transformer(nn.Module):
+    """Embeddings, blocks and the final LayerNorm (nanoGPT's state-dict names)."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, fast_dropout: bool):
+        super().__init__()
+        self.wte = nn.Embedding(vocab_size, cfg.n_embed)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embed)
+        self.h = nn.ModuleList([Block(cfg, fast_dropout) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(cfg.n_embed, bias=cfg.bias)
 
 
 class GPT(nn.Module):
@@ -355,14 +393,7 @@ class GPT(nn.Module):
             )
         self.cfg = cfg
         self.fast_dropout = fast_dropout
-        self.transformer = nn.ModuleDict(
-            {
-                "wte": nn.Embedding(cfg.vocab_size, cfg.n_embed),
-                "wpe": nn.Embedding(cfg.block_size, cfg.n_embed),
-                "h": nn.ModuleList([Block(cfg, fast_dropout) for _ in range(cfg.n_layer)]),
-                "ln_f": nn.LayerNorm(cfg.n_embed, bias=cfg.bias),
-            }
-        )
+        self.transformer = _Transformer(cfg, cfg.vocab_size, fast_dropout)
         self.lm_head = nn.Linear(cfg.n_embed, cfg.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
         self.apply(self._init_weights)
@@ -407,9 +438,7 @@ class GPT(nn.Module):
             )
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
-        if self.fast_dropout:
-            return fast_dropout(x, self.cfg.dropout, self.training)
-        return F.dropout(x, self.cfg.dropout, self.training)
+        return _dropout(x, self.cfg.dropout, self.training, self.fast_dropout)
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
@@ -441,10 +470,10 @@ class GPT(nn.Module):
         self.eval()
         try:
             x = self._embed(idx)  # (B, T, C)
-            attentions, hidden_states = [], []
+            attentions: list[torch.Tensor] = []  # (B, nh, T, T) per layer
+            hidden_states = []
             for block in self.transformer.h:
-                x, att = block.forward_capture(x)  # (B, T, C), (B, nh, T, T)
-                attentions.append(att)
+                x = block(x, attentions=attentions)  # (B, T, C)
                 hidden_states.append(x)
             logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
         finally:
@@ -459,50 +488,37 @@ class GPT(nn.Module):
             for _ in range(cfg.n_layer)
         ]
 
-    def _prefill(self, idx: torch.Tensor, cache: list[_LayerCache]) -> torch.Tensor:
-        """Run idx (B, t) into an empty ``cache``; return next-token logits (B, V)."""
-        x = self._embed(idx)  # (B, t, C)
-        for block, layer_cache in zip(self.transformer.h, cache, strict=True):
-            x = block(x, layer_cache)  # (B, t, C)
+    def _cached_step(
+        self,
+        idx: torch.Tensor,
+        cache: list[_LayerCache],
+        decode: list[_DecodeWeights] | None = None,
+    ) -> torch.Tensor:
+        """Run idx (B, t) after what ``cache`` holds (a prompt into an empty cache, or one
+        token with ``decode``'s weight copies); return next-token logits (B, V)."""
+        if cache[0].length and idx.size(1) != 1:
+            raise ConfigError(f"KV-cache step got {idx.size(1)} tokens: feed one token per step.")
+        x = self._embed(idx, start=cache[0].length)  # (B, t, C)
+        layers: list[_DecodeWeights | None] = list(decode) if decode else [None] * len(cache)
+        for block, layer_cache, weights in zip(self.transformer.h, cache, layers, strict=True):
+            x = block(x, layer_cache, weights)  # (B, t, C)
         return self.lm_head(self.transformer.ln_f(x[:, -1, :]))  # (B, V)
 
-    def _decode_step(
-        self, idx: torch.Tensor, cache: list[_LayerCache], weights: list[_DecodeWeights]
-    ) -> torch.Tensor:
-        """One token per row, idx (B, 1), after the cached ones; return next-token logits (B, V).
-
-        The eval-mode block maths written out on (B, C) rows, with the matmuls on the weight
-        copies in ``weights``: a one-token step streams every weight from memory, and
-        (1, in) @ (in, out) blocks read them faster than F.linear's (out, in) layout.
-        """
-        if idx.size(1) != 1:
-            raise ConfigError(f"KV-cache step got {idx.size(1)} tokens: feed one token per step.")
-        cfg = self.cfg
-        B, C, nh, hs = idx.size(0), cfg.n_embed, cfg.n_head, cfg.head_size
-        pos = cache[0].length
-        x = self.transformer.wte(idx[:, 0]) + self.transformer.wpe.weight[pos]  # (B, C)
-        for block, layer, layer_cache in zip(self.transformer.h, weights, cache, strict=True):
-            h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias)  # (B, C)
-            qkv = layer.qkv(h).view(B, 3, nh, 1, hs)  # (B, 3, nh, 1, hs)
-            k, v = layer_cache.append(qkv[:, 1], qkv[:, 2])  # (B, nh, L, hs)
-            y = F.scaled_dot_product_attention(qkv[:, 0], k, v)  # (B, nh, 1, hs) no mask needed
-            x = x + layer.attn_proj(y.reshape(B, C))  # (B, C) heads concatenated
-            h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias)  # (B, C)
-            x = x + layer.mlp_proj(F.gelu(layer.mlp_fc(h)))  # (B, C)
-        ln_f = self.transformer.ln_f
-        return self.lm_head(F.layer_norm(x, (C,), ln_f.weight, ln_f.bias))  # (B, V)
-
     def _decode_weights(self) -> list[_DecodeWeights]:
-        """Re-laid-out copies of every block's matmul weights, for ``_decode_step``."""
+        """Re-laid-out copies of every block's matmul weights, for one-token ``_cached_step``."""
         blocks = torch.get_num_threads() if self.transformer.wpe.weight.device.type == "cpu" else 1
         return [
             _DecodeWeights(
-                qkv=_TransposedLinear(block.attn.c_attn, blocks),
-                attn_proj=_TransposedLinear(block.attn.c_proj, blocks),
-                mlp_fc=_TransposedLinear(block.mlp.c_fc, blocks),
-                mlp_proj=_TransposedLinear(block.mlp.c_proj, blocks),
+                attention=(
+                    _TransposedLinear(block.attn.c_attn, blocks),
+                    _TransposedLinear(block.attn.c_proj, blocks),
+                ),
+                mlp=(
+                    _TransposedLinear(block.mlp.c_fc, blocks),
+                    _TransposedLinear(block.mlp.c_proj, blocks),
+                ),
             )
-            for block in self.transformer.h
+            for block in cast("list[Block]", list(self.transformer.h))
         ]
 
     @torch.no_grad()
@@ -545,11 +561,11 @@ class GPT(nn.Module):
                     logits = logits[:, -1, :]  # (B, V)
                 elif cache is None or cache[0].length == block_size:
                     cache = self._new_cache(idx)
-                    logits = self._prefill(idx[:, -block_size:], cache)  # (B, V)
+                    logits = self._cached_step(idx[:, -block_size:], cache)  # (B, V)
                 else:
                     if weights is None:  # built once per call: the model may train between
                         weights = self._decode_weights()
-                    logits = self._decode_step(idx[:, -1:], cache, weights)  # (B, V)
+                    logits = self._cached_step(idx[:, -1:], cache, weights)  # (B, V)
                 idx_next = _sample(logits, temperature, top_k, generator)  # (B, 1)
                 idx = torch.cat((idx, idx_next), dim=1)  # (B, t + 1)
         finally:

@@ -20,9 +20,9 @@ from collections import Counter
 from typing import Any, Protocol
 
 import torch
-from torch import nn
 
 from charlm.config import ConfigError
+from charlm.model import GPT
 
 __all__ = [
     "COHERENCE_N",
@@ -58,7 +58,8 @@ _CAPTURE_ELEMENTS = 1 << 24
 class _Vocabulary(Protocol):
     """What generate_text needs of a charlm.data.Dataset."""
 
-    vocab: list[str]
+    @property
+    def vocab(self) -> list[str]: ...
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -147,7 +148,7 @@ def quality_metrics(text: str, train_words: set[str] | str) -> dict[str, float]:
 
 
 def generate_text(
-    model: nn.Module,
+    model: GPT,
     dataset: _Vocabulary,
     prompt: str = "\n",
     max_new_tokens: int = 300,
@@ -263,10 +264,10 @@ def sample_attention(
         span[layer] += s
     rows += len(queries)
     # later tokens j > block: the last row of each window ids[j - block : j]
-    first_later = min(max(block + 1, n_prompt), length)  # none when the text fits a block
-    later = torch.arange(first_later, length, device=device)  # (m,)
+    first = max(block + 1, n_prompt)  # none when the sample fits in the first capture
+    later = torch.arange(first, length, device=device) if length > first else None  # (m,)
     per_capture = max(1, _CAPTURE_ELEMENTS // (model.cfg.n_head * block * block))
-    for chunk in later.split(per_capture) if len(later) else ():
+    for chunk in later.split(per_capture) if later is not None else ():
         windows = torch.stack([sequence[j - block : j] for j in chunk.tolist()])  # (w, block)
         capture = model.capture(windows)
         last = torch.full((len(chunk),), block - 1, device=device)

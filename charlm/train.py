@@ -40,6 +40,7 @@ from charlm.model import GPT
 from charlm.probes import probe_metrics
 from charlm.sample import generate_text, quality_metrics, sample_attention, word_set
 from charlm.train_args import parse as parse_train_args
+from charlm.versions import upgrade
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -50,6 +51,7 @@ __all__ = [
     "lr_at",
     "main",
     "probe_model",
+    "read_checkpoint",
     "resolve_device",
     "save_model",
     "train",
@@ -58,7 +60,9 @@ __all__ = [
 
 CHECKPOINT_FILE = "ckpt.pt"
 MODEL_FILE = "model.pt"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 1  # checkpoints and model files; bump it with a CHECKPOINT_UPGRADES step
+# format v -> the function (the dict format v wrote) -> the dict format v + 1 writes
+CHECKPOINT_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 # Fixed seed: every trial probes the same text, whatever its own seed.
 PROBE_SEED = 7
 SAMPLE_PROMPT = "\n"  # or the text's first character when it has no newline
@@ -167,9 +171,22 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, file)
 
 
+def read_checkpoint(path: str | Path, device: str = "cpu") -> dict[str, Any]:
+    """A checkpoint or model file's dict, upgraded to ``CHECKPOINT_FORMAT``.
+
+    A newer format (or a file without one) is a FormatVersionError naming the file.
+    """
+    state = torch.load(path, map_location=device, weights_only=True)
+    version = state.get("format") if isinstance(state, dict) else None
+    return upgrade(
+        state, version, current=CHECKPOINT_FORMAT, upgrades=CHECKPOINT_UPGRADES,
+        where=str(path), what="checkpoint format",
+    )  # fmt: skip
+
+
 def load_model(path: str | Path, device: str = "cpu") -> tuple[GPT, list[str]]:
     """Load a model file (``model.pt``) or a full checkpoint: the GPT in eval mode and its vocab."""
-    state = torch.load(path, map_location=device, weights_only=True)
+    state = read_checkpoint(path, device)
     model = GPT(ModelConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
     model.to(device).eval()
@@ -270,7 +287,7 @@ def train_steps(
     check_block_size(data, model_cfg.block_size)
     prompt = sample_prompt(data)
     state = _load_checkpoint(resume_from, device) if resume_from is not None else None
-    if state is not None:
+    if state is not None and resume_from is not None:
         check_resumable(state, model_cfg, train_cfg, data, resume_from)
 
     torch.manual_seed(train_cfg.seed)
@@ -357,7 +374,7 @@ def train_steps(
                 yield _fail(result, step, wall_start)
                 return result
             best_val = min(best_val, losses["val"])
-            point = {
+            point: dict[str, Any] = {
                 "step": step,
                 "tokens_seen": step * tokens_per_step,
                 "elapsed_s": prior_elapsed + time.perf_counter() - run_start,
@@ -643,7 +660,7 @@ def _load_checkpoint(path: str | Path, device: str) -> dict[str, Any]:
         path = path / CHECKPOINT_FILE
     if not path.is_file():
         raise ConfigError(f"resume_from={str(path)!r}: no checkpoint there; train without it.")
-    return torch.load(path, map_location=device, weights_only=True)
+    return read_checkpoint(path, device)
 
 
 # ---------------------------------------------------------------- CLI

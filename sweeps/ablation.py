@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from charlm.cli import OneLineParser, fail
-from charlm.config import ConfigError, to_dict
+from charlm.config import ConfigError
 from charlm.data import check_block_size, load_dataset
+from charlm.text import format_clock, text_table
 from sweeps import interrupt
 from sweeps.grid import PRESETS, GridSpec, TrialSpec, expand, load_grid, parse_overrides
 from sweeps.options import (
@@ -50,7 +51,7 @@ from sweeps.sequential import (
     record_design,
 )
 from sweeps.storage import check_storage
-from sweeps.store import ResultStore, check_results_dir, locked, trial_columns, trial_statuses
+from sweeps.store import ResultStore, check_results_dir, locked, trial_statuses
 
 __all__ = [
     "main",
@@ -258,46 +259,25 @@ def summary_table(store_rows: list[dict[str, Any]]) -> str:
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in store_rows:
         groups[(row["dataset"], row["factor"], row["level"])].append(row)
-    lines = [f"{'dataset':<18} {'factor':<12} {'level':<22} {'ok':>3} {'failed':>6} "
-             f"{'best val loss (mean over seeds)':>32}"]  # fmt: skip
-    for (dataset, factor, level), rows in sorted(groups.items()):
-        ok = [r["best_val_loss"] for r in rows if r["status"] == "ok" and r["best_val_loss"]]
+    header = ("dataset", "factor", "level", "ok", "failed", "best val loss (mean over seeds)")
+    rows = []
+    for (dataset, factor, level), group in sorted(groups.items()):
+        ok = [r["best_val_loss"] for r in group if r["status"] == "ok" and r["best_val_loss"]]
         mean = f"{statistics.fmean(ok):.4f}" if ok else "-"
-        lines.append(
-            f"{Path(dataset).name[:18]:<18} {factor[:12]:<12} {level[:22]:<22} {len(ok):>3} "
-            f"{len(rows) - len(ok):>6} {mean:>32}"
-        )
-    return "\n".join(lines)
+        rows.append((Path(dataset).name, factor, level, len(ok), len(group) - len(ok), mean))
+    return "\n".join(text_table(header, rows, right={3, 4, 5}))
 
 
 def param_space(trials: list[TrialSpec], cpus: dict[str, float] | None = None) -> dict[str, Any]:
-    """Tune's param_space: one grid entry per trial, in the order given (Tune starts them in
-    that order); ``cpus`` gives a trial's CPUs where it differs from the run's default."""
+    """Tune's param_space: one grid entry per trial (``TrialSpec.params()``), in the order
+    given (Tune starts them in that order); ``cpus`` gives a trial's CPUs where it differs
+    from the run's default."""
     from ray import tune
 
     cpus = cpus or {}
     return {
         "trial": tune.grid_search(
-            [
-                {
-                    "trial_id": trial.trial_id,
-                    "cpus": cpus.get(trial.trial_id),
-                    "params": {**to_dict(trial.model), **to_dict(trial.train)},
-                    "columns": {
-                        "dataset": trial.dataset,
-                        "seed": trial.seed,
-                        **trial_columns(
-                            sweep=trial.sweep,
-                            kind="ablation",
-                            factor=trial.factor,
-                            level=trial.level,
-                            model=trial.model,
-                            train=trial.train,
-                        ),
-                    },
-                }
-                for trial in trials
-            ]
+            [{**trial.params(), "cpus": cpus.get(trial.trial_id)} for trial in trials]
         )
     }
 
@@ -601,7 +581,7 @@ def _run_locked(
     _print_verdicts(rounds, trials[0].sweep)
     print(
         f"{len(outcome.ok)} trials finished, {len(outcome.failed)} failed in "
-        f"{outcome.wall_time_s:.0f}s; results in {args.results} "
+        f"{format_clock(outcome.wall_time_s)}; results in {args.results} "
         f"(report: python -m analysis {args.results} --out report)"
     )
     for trial_id, error in outcome.failed.items():

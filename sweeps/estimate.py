@@ -22,7 +22,6 @@ never less than the longest trial. Probes and the final sample are not counted (
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from charlm.config import ModelConfig, TrainConfig
+from charlm.text import format_duration, scaled, text_table
 from sweeps.grid import TrialSpec, trial_id
 
 __all__ = [
@@ -47,7 +47,7 @@ __all__ = [
     "with_vocab",
 ]
 
-DEFAULT_OVERHEAD_S = 1.3  # Ray actor start per trial, measured on 2 cores (RAY-NOTES.md)
+DEFAULT_OVERHEAD_S = 1.3  # Ray actor start per trial, measured on 2 cores
 # Used when the caller gives no vocabulary size for a dataset (the cost barely depends on it).
 KNOWN_VOCAB_SIZES = {"shakespeare_char": 65, "text8": 27, "enwik8": 256}
 FALLBACK_VOCAB_SIZE = 256
@@ -135,7 +135,7 @@ class Estimate:
         """Sum over trials of their time, start-up overhead included."""
         if any(row.seconds is None for row in self.rows):
             return None
-        return sum((row.seconds + self.overhead_s) * row.n_trials for row in self.rows)
+        return sum(((row.seconds or 0.0) + self.overhead_s) * row.n_trials for row in self.rows)
 
     @property
     def wall_seconds(self) -> float | None:
@@ -143,7 +143,7 @@ class Estimate:
         total = self.trial_seconds
         if total is None or not self.rows:
             return total
-        longest = max(row.seconds for row in self.rows) + self.overhead_s
+        longest = max(row.seconds or 0.0 for row in self.rows) + self.overhead_s
         return max(total / max(1, self.concurrent), longest)
 
     def row_of(self, trial_id: str) -> ConfigEstimate:
@@ -248,9 +248,11 @@ def time_train_step(
         optimizer = gpt.configure_optimizer(0.1, 3e-4, (0.9, 0.99), "cuda" if on_cuda else "cpu")
         flops_per_token = gpt.flops_per_token()
 
+        vocab_size = model.vocab_size  # checked above
+
         def step(rows: int) -> float:
-            x = torch.randint(model.vocab_size, (rows, model.block_size), generator=generator)
-            y = torch.randint(model.vocab_size, (rows, model.block_size), generator=generator)
+            x = torch.randint(vocab_size, (rows, model.block_size), generator=generator)
+            y = torch.randint(vocab_size, (rows, model.block_size), generator=generator)
             x, y = x.to(device), y.to(device)
             start = time.perf_counter()
             with torch.random.fork_rng(devices=[]):  # dropout draws stay out of the caller's RNG
@@ -432,39 +434,6 @@ def _seconds_per_flop(
 # ---------------------------------------------------------------- formatting
 
 
-def format_duration(seconds: float | None) -> str:
-    """'42 s', '12.5 min', '3.4 h', '2.1 d'; '-' for None."""
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    if seconds < 90:
-        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.1f} min"
-    if seconds < 48 * 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
-
-
-def _si(value: float, unit: str = "") -> str:
-    """1.23e15 -> '1.23 P' + unit."""
-    for power, prefix in ((18, "E"), (15, "P"), (12, "T"), (9, "G"), (6, "M"), (3, "k")):
-        if abs(value) >= 10**power:
-            return f"{value / 10**power:.3g} {prefix}{unit}"
-    return f"{value:.3g} {unit}".rstrip()
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
-    lines = []
-    for row in (header, *rows):
-        cells = [
-            str(cell).rjust(width) if index in right else str(cell).ljust(width)
-            for index, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("  ".join(cells).rstrip())
-    return lines
-
-
 def _milliseconds(timing: StepTiming | None) -> str:
     if timing is None:
         return "-"
@@ -484,7 +453,8 @@ def format_table(trials: Sequence[TrialSpec], estimate: Estimate) -> str:
         )
         for trial in trials
     ]
-    lines = _table(("trial_id", "dataset", "factor", "level", "seed", "params"), trial_rows, {4, 5})
+    trial_header = ("trial_id", "dataset", "factor", "level", "seed", "params")
+    lines = text_table(trial_header, trial_rows, {4, 5})
     n_configs = len({(t.dataset, t.factor, t.level) for t in trials})
     n_seeds, n_datasets = len({t.seed for t in trials}), len({t.dataset for t in trials})
     lines.append(
@@ -506,8 +476,8 @@ def format_table(trials: Sequence[TrialSpec], estimate: Estimate) -> str:
             row.level,
             str(row.n_trials),
             f"{row.n_params:,}",
-            _si(row.train_tokens),
-            _si(row.flops, "FLOP"),
+            scaled(row.train_tokens),
+            scaled(row.flops, "FLOP"),
             _milliseconds(row.timing),
             format_duration(row.seconds),
         )
@@ -517,12 +487,12 @@ def format_table(trials: Sequence[TrialSpec], estimate: Estimate) -> str:
         "dataset", "factor", "level", "trials", "params", "tokens/trial", "FLOPs/trial",
         "ms/step", "time/trial",
     )  # fmt: skip
-    lines.extend(_table(header, config_rows, {3, 4, 5, 6, 7, 8}))
+    lines.extend(text_table(header, config_rows, {3, 4, 5, 6, 7, 8}))
     if any(row.timing is not None and row.timing.method == "flops" for row in estimate.rows):
         lines.append("~ priced by FLOPs at the speed measured on the others (time budget spent)")
     lines.append(
-        f"total: {estimate.n_trials} trials, {_si(estimate.total_tokens)} training tokens, "
-        f"{_si(estimate.total_flops, 'FLOP')}; trial time "
+        f"total: {estimate.n_trials} trials, {scaled(estimate.total_tokens)} training tokens, "
+        f"{scaled(estimate.total_flops, 'FLOP')}; trial time "
         f"{format_duration(estimate.trial_seconds)}, wall time "
         f"{format_duration(estimate.wall_seconds)} with {estimate.concurrent} at once"
     )

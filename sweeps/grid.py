@@ -31,6 +31,7 @@ from charlm.config import (
     ModelConfig,
     TrainConfig,
     config_fields,
+    field_types,
     shorten_schedule,
     split_config,
     to_dict,
@@ -48,7 +49,7 @@ __all__ = [
     "config_id",
     "expand",
     "load_grid",
-    "resolve_grid",
+    "trial_columns",
     "trial_id",
 ]
 
@@ -68,17 +69,7 @@ class GridError(ConfigError):
     """A grid that cannot run; the one-line message names the problem and the fix."""
 
 
-def _field_kinds() -> dict[str, str]:
-    """'int', 'float', 'bool' or 'str' for every config field (from the annotations)."""
-    kinds = {}
-    for cls in (ModelConfig, TrainConfig):
-        for f in dataclasses.fields(cls):
-            annotation = f.type if isinstance(f.type, str) else f.type.__name__
-            kinds[f.name] = annotation.split("|")[0].strip()
-    return kinds
-
-
-_KINDS = _field_kinds()
+_TYPES = {**field_types(ModelConfig), **field_types(TrainConfig)}
 
 
 def _suggest(name: str, choices: Iterable[str], sep: str | None = None) -> str:
@@ -93,10 +84,10 @@ def _normalize(name: str, value: Any) -> Any:
     """Put a field's value in canonical form: ints in float fields become floats ('0' and
     '0.0' are one dropout), integral floats in int fields become ints, and numeric strings
     become numbers (YAML 1.1 reads ``3e-4`` as a string)."""
-    kind = _KINDS.get(name)
+    kind = _TYPES.get(name)
     if value is None or isinstance(value, bool):
         return value
-    if kind == "float":
+    if kind is float:
         if isinstance(value, int):
             return float(value)
         if isinstance(value, str):
@@ -106,7 +97,7 @@ def _normalize(name: str, value: Any) -> Any:
                 return value
         if isinstance(value, float):
             return value + 0.0  # -0.0 -> 0.0
-    if kind == "int":
+    if kind is int:
         number = value
         if isinstance(value, str):
             try:
@@ -302,15 +293,9 @@ class GridSpec:
             names.update(dict.fromkeys(level))
         return tuple(names)
 
-    def describe(self) -> str:
-        """e.g. "notebook: 5 factors (n_head, ...), 11 configs x 3 seeds x 1 dataset"."""
-        n_configs = 1 + sum(len(levels) for levels in self.factors.values())
-        n_seeds, n_datasets = len(self.seed_values), len(self.datasets)
-        return (
-            f"{self.name}: {len(self.factors)} factors ({', '.join(self.factors) or 'none'}), "
-            f"up to {n_configs} configs x {n_seeds} seeds x {n_datasets} "
-            f"dataset{'s' if n_datasets != 1 else ''}"
-        )
+    def baseline_configs(self) -> tuple[ModelConfig, TrainConfig]:
+        """The baseline as configs (config defaults where the grid sets nothing)."""
+        return split_config(dict(self.baseline))
 
 
 # ---------------------------------------------------------------- presets
@@ -482,19 +467,6 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return " ".join(problem.split()) + "; fix the syntax there"
 
 
-def resolve_grid(grid: str | Path) -> GridSpec:
-    """A preset by name (``notebook``, ``nanogpt``) or a grid YAML file by path."""
-    if isinstance(grid, str) and grid in PRESETS:
-        return PRESETS[grid]
-    path = Path(grid)
-    if not path.suffix and not path.exists():
-        raise GridError(
-            f"grid {str(grid)!r} is neither a preset nor a file: use one of "
-            f"{', '.join(PRESETS)} or the path of a grid YAML file."
-        )
-    return load_grid(path)
-
-
 # ---------------------------------------------------------------- trials
 
 
@@ -578,37 +550,38 @@ class TrialSpec:
     model: ModelConfig
     train: TrainConfig
 
-    def params(self) -> dict[str, Any]:
-        """A flat dict: trial_id, sweep, factor, level and every config field (dataset and
-        seed included), for Ray Tune's param_space and the store's columns."""
+    def params(self, kind: str = "ablation") -> dict[str, Any]:
+        """This trial as Ray Tune's param_space holds it (and the trainable reads it):
+        ``trial_id``; ``params``, every config field as a flat dict; ``columns``, the
+        identity and configuration columns of its store row. ``kind`` is the sweep kind
+        ('ablation', 'search' or 'single')."""
         return {
             "trial_id": self.trial_id,
-            "sweep": self.sweep,
-            "factor": self.factor,
-            "level": self.level,
-            **to_dict(self.model),
-            **to_dict(self.train),
+            "params": {**to_dict(self.model), **to_dict(self.train)},
+            "columns": {
+                "dataset": self.dataset,
+                "seed": self.seed,
+                **trial_columns(
+                    sweep=self.sweep,
+                    kind=kind,
+                    factor=self.factor,
+                    level=self.level,
+                    model=self.model,
+                    train=self.train,
+                ),
+            },
         }
 
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> TrialSpec:
-        """The inverse of ``params`` (e.g. in the trainable, from Ray's config dict)."""
-        missing = [key for key in IDENTITY_KEYS if key not in params]
-        if missing:
-            raise GridError(
-                f"trial params lack {', '.join(missing)}: build them with TrialSpec.params()."
-            )
-        model, train = split_config({k: v for k, v in params.items() if k not in IDENTITY_KEYS})
-        return cls(
-            trial_id=str(params["trial_id"]),
-            sweep=str(params["sweep"]),
-            dataset=train.dataset,
-            factor=str(params["factor"]),
-            level=str(params["level"]),
-            seed=train.seed,
-            model=model,
-            train=train,
-        )
+
+def trial_columns(
+    *, sweep: str, kind: str, factor: str, level: str, model: ModelConfig, train: TrainConfig
+) -> dict[str, Any]:
+    """The identity and configuration columns of a trial's ``trials`` row (the requested
+    device is ``requested_device``: ``device`` holds the one the trial really used)."""
+    columns = {"sweep": sweep, "kind": kind, "factor": factor, "level": level}
+    for name, value in {**to_dict(model), **to_dict(train)}.items():
+        columns["requested_device" if name == "device" else name] = value
+    return columns
 
 
 def expand(

@@ -266,10 +266,10 @@ def check_search_options(
         )
     if scheme == "sqlite":
         path = optuna_storage.split("://", 1)[1].removeprefix("/")
-        parent = Path(path).expanduser().parent if path and path != ":memory:" else None
-        if parent is not None and not parent.is_dir():
+        sqlite_dir = Path(path).expanduser().parent if path and path != ":memory:" else None
+        if sqlite_dir is not None and not sqlite_dir.is_dir():
             raise ConfigError(
-                f"--optuna-storage {optuna_storage}: the directory {parent} does not exist; "
+                f"--optuna-storage {optuna_storage}: the directory {sqlite_dir} does not exist; "
                 "create it or name a database file in an existing directory."
             )
 

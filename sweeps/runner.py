@@ -30,6 +30,7 @@ from ray import tune
 
 from charlm.data import resolve_data_dir
 from charlm.fsio import atomic_write
+from charlm.text import format_clock
 from charlm.train import MODEL_FILE
 from sweeps import interrupt
 from sweeps.options import ClusterError, Resources, load_cluster_config
@@ -72,7 +73,7 @@ class Connection:
     """What ``connect`` joined, and what that means for running trials there.
 
     ``reuse_actors``: may Tune reuse trial actors? It saves ~1 s of actor start per trial
-    (RAY-NOTES: 18 s -> 8 s), but only on the embedded local Ray: on a cluster a cached
+    (measured on 2 cores: 18 s -> 8 s), but only on the embedded local Ray: on a cluster a cached
     actor can sit on a node that died or was scaled down, and Tune then fails the PENDING
     trial it hands that actor to for good, whatever FailureConfig says (benchmarks/soak.py,
     a worker node killed every 30 s: 2 of 200 trials failed so).
@@ -132,7 +133,7 @@ def _auth_for_existing_cluster() -> None:
         # Ray caches its config (auth mode included) at import: without a reload the
         # variable is ignored and ray.init fails after ~20 s with InvalidAuthToken. This is
         # what Ray's own _enable_token_auth does (private API, pinned by test_reliability).
-        from ray._raylet import Config
+        from ray._raylet import Config  # type: ignore[attr-defined]
 
         Config.initialize("")
 
@@ -161,8 +162,8 @@ def connect(
     embedded = cluster is None and address is None
     where = check_storage(storage, Path(results), cluster_config=config, cluster=cluster,
                           embedded=embedded)  # fmt: skip
-    env_vars = {"CHARLM_DATA_DIR": str(resolve_data_dir()), "PYTHONWARNINGS": "ignore"}
-    common = {
+    env_vars = {"CHARLM_DATA_DIR": str(resolve_data_dir())}
+    common: dict[str, Any] = {
         "logging_level": logging.INFO if verbose else logging.ERROR,
         "log_to_driver": verbose,
         "runtime_env": {"env_vars": env_vars},
@@ -170,8 +171,8 @@ def connect(
     if embedded:
         ray.init(
             address="local",
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
+            num_cpus=num_cpus,  # type: ignore[arg-type]  # --num-cpus is a float; Ray's hint int
+            num_gpus=num_gpus,  # type: ignore[arg-type]
             include_dashboard=False,
             object_store_memory=512 * 1024**2,
             **common,
@@ -184,6 +185,7 @@ def connect(
             storage=where,
         )
     if address is None:
+        assert cluster is not None  # the embedded case (neither given) returned above
         address = head_address(config, cluster)
     check_reachable(address, cluster or "cluster.yaml", script)
     _auth_for_existing_cluster()
@@ -307,7 +309,7 @@ def _members(result: dict[str, Any]) -> list[dict[str, Any]]:
     with the report's timestamps) or the report itself."""
     if "members" not in result:
         return [result]
-    stamps = {key: result[key] for key in ("started_at", "reported_at", "import_s")
+    stamps: dict[str, Any] = {key: result[key] for key in ("started_at", "reported_at", "import_s")
               if key in result}  # fmt: skip
     return [{**stamps, **member} for member in result["members"]]
 
@@ -432,10 +434,10 @@ class _ProgressCallback(tune.Callback):
         elapsed = time.monotonic() - self.start
         eta = max(0.0, elapsed * (1 - fraction) / fraction) if fraction > 0 else math.nan
         best = f"best val {self.best[0]:.4f} ({self.best[1]})" if self.best else "best val -"
-        eta_text = _duration(eta) if math.isfinite(eta) else "?"
+        eta_text = format_clock(eta) if math.isfinite(eta) else "?"
         line = (
-            f"[{_duration(elapsed)}] {self.done} done, {self.failed} failed, {running} running, "
-            f"{pending} pending of {self.total} | {best} | ETA {eta_text}"
+            f"[{format_clock(elapsed)}] {self.done} done, {self.failed} failed, "
+            f"{running} running, {pending} pending of {self.total} | {best} | ETA {eta_text}"
         )
         if self.waiting and pending and not running:
             line += f" | {self.waiting}"
@@ -489,15 +491,6 @@ class _ProgressCallback(tune.Callback):
         self.failed += 1
         self.progress[trial.trial_id] = 1.0
         self._maybe_print(trials, force=True)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def run_trials(
@@ -676,7 +669,7 @@ def remove_leftover_runs(storage: Path) -> list[Path]:
     unfinished trials, which the result store does not need: a rerun starts those trials
     afresh). Directories of live drivers (this host's pids) and other files are kept.
     """
-    removed = []
+    removed: list[Path] = []
     if not storage.is_dir():
         return removed
     for entry in storage.iterdir():

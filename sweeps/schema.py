@@ -3,26 +3,37 @@
 A store is a directory holding a marker file and one subdirectory per table, each a set of
 Parquet files (one per trial, written atomically: temp name, then rename). Any Parquet
 reader (pyarrow.dataset, pandas, polars, DuckDB) can open a table directory. Each file's
-metadata carries ``schema_version``.
+metadata and the marker carry ``schema_version``, checked on every read: a newer one is a
+``StoreVersionError`` (one line; the CLIs exit 2), an older file goes through ``UPGRADES``,
+one function per version step.
+
+Bumping the version (e.g. adding columns): add the columns to the schemas below, raise
+``SCHEMA_VERSION`` by one, and add ``UPGRADES[old]``: a function (table name, Arrow table as
+version ``old`` wrote it) -> the table as the new version writes it (for added columns:
+append them as nulls with ``add_null_columns``).
 
 This module imports pyarrow and charlm's config only: analysis imports it without Ray.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from charlm.config import ModelConfig, TrainConfig, config_fields
-from charlm.fsio import atomic_write
+from charlm.config import ModelConfig, TrainConfig, field_types
+from charlm.fsio import atomic_write, atomic_write_bytes
+from charlm.versions import FormatVersionError, check_version, upgrade
 
 __all__ = [
     "ADDED_COLUMNS",
@@ -32,16 +43,22 @@ __all__ = [
     "SCHEMAS",
     "SCHEMA_VERSION",
     "TABLES",
+    "UPGRADES",
     "Compaction",
     "StoreError",
+    "StoreVersionError",
     "TableRead",
+    "add_null_columns",
     "check_store",
     "compact_store",
     "compact_table",
     "config_label",
+    "conform",
     "is_store",
+    "mark_store",
     "read_runs",
     "read_table",
+    "store_version",
     "table_dir",
 ]
 
@@ -64,27 +81,22 @@ class StoreError(ValueError):
     """A results directory that cannot be used as a store; the message says what to do."""
 
 
+class StoreVersionError(StoreError, FormatVersionError):
+    """A store, or one of its files, written by a newer charlm-sweeps than this one."""
+
+
 _ARROW_TYPES = {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}
-_CONFIG_TYPES = {
-    "n_layer": int, "n_head": int, "n_embed": int, "block_size": int, "dropout": float,
-    "bias": bool, "vocab_size": int, "dataset": str, "data_dir": str, "seed": int,
-    "batch_size": int, "max_iters": int, "eval_interval": int, "eval_iters": int,
-    "learning_rate": float, "min_lr": float, "warmup_iters": int, "lr_decay_iters": int,
-    "weight_decay": float, "beta1": float, "beta2": float, "grad_clip": float,
-    "probe_interval": int, "probe_batch_size": int, "sample_tokens": int,
-    "temperature": float, "top_k": int, "device": str, "num_threads": int, "compile": bool,
-}  # fmt: skip
 
 
 def _config_columns() -> list[pa.Field]:
     """Every ModelConfig and TrainConfig field as its own column (the requested device is
     ``requested_device``: ``device`` holds the one the trial really used)."""
     columns = []
-    for name in config_fields(ModelConfig) + config_fields(TrainConfig):
+    for name, kind in {**field_types(ModelConfig), **field_types(TrainConfig)}.items():
         if name in ("dataset", "seed"):
             continue  # identity columns, listed first
         column = "requested_device" if name == "device" else name
-        columns.append(pa.field(column, _ARROW_TYPES[_CONFIG_TYPES[name]]))
+        columns.append(pa.field(column, _ARROW_TYPES[kind]))
     return columns
 
 
@@ -191,13 +203,22 @@ SAMPLES = pa.schema(
 )
 
 # Columns each version added (version 1: the first layout). Only columns were added, so a
-# store of an older version reads as it is: the newer columns come back as nulls.
+# store of an older version reads as it is: its upgrade step appends the newer columns as
+# nulls. Version 2 also takes in the trials and curves columns of the evaluation budget and
+# the seeds per search trial, added while the store still said version 1.
 ADDED_COLUMNS: dict[int, dict[str, tuple[str, ...]]] = {
     2: {
+        "trials": (
+            "config_id", "train_eval_mode", "val_eval_windows", "train_eval_windows",
+            "train_loss_target_stderr", "final_train_loss_stderr", "final_val_loss_stderr",
+            "setup_s", "steps_s", "eval_s", "probe_s", "checkpoint_s", "sample_s", "import_s",
+        ),
+        "curves": ("train_loss_stderr", "val_loss_stderr", "train_eval_windows",
+                   "val_eval_windows"),
         "attention": ("silhouette",),
         "samples": ("coherence", "attention_entropy", "effective_span"),
     },
-}
+}  # fmt: skip
 
 SCHEMAS: dict[str, pa.Schema] = {
     "trials": TRIALS,
@@ -205,6 +226,54 @@ SCHEMAS: dict[str, pa.Schema] = {
     "attention": ATTENTION,
     "samples": SAMPLES,
 }
+
+
+def add_null_columns(table: str, part: pa.Table, names: Sequence[str]) -> pa.Table:
+    """``part`` with the columns ``names`` of ``table``'s schema appended as nulls (the upgrade
+    step of a version that only adds columns)."""
+    for name in names:
+        if name not in part.column_names:
+            part = part.append_column(
+                SCHEMAS[table].field(name), pa.nulls(part.num_rows, SCHEMAS[table].field(name).type)
+            )
+    return part
+
+
+def _upgrade_1_to_2(table: str, part: pa.Table) -> pa.Table:
+    """Version 1 -> 2: the columns version 2 added (``ADDED_COLUMNS[2]``), as nulls."""
+    return add_null_columns(table, part, ADDED_COLUMNS[2].get(table, ()))
+
+
+# version v -> the function (table name, table as version v wrote it) -> table as v + 1 writes it
+UPGRADES: dict[int, Callable[[str, pa.Table], pa.Table]] = {1: _upgrade_1_to_2}
+
+
+def conform(
+    table: str, rows: pa.Table | Sequence[dict[str, Any]] | dict[str, Sequence[Any]]
+) -> pa.Table:
+    """``rows`` (row dicts, a dict of columns, or an Arrow table) as an Arrow table with
+    ``table``'s schema and this version's metadata; columns it lacks are null, extra keys
+    are dropped."""
+    schema = SCHEMAS[table].with_metadata({"schema_version": str(SCHEMA_VERSION)})
+    if isinstance(rows, pa.Table):
+        length = rows.num_rows
+        columns = {
+            f.name: rows.column(f.name).cast(f.type)
+            if f.name in rows.column_names
+            else pa.nulls(length, f.type)
+            for f in schema
+        }
+    elif isinstance(rows, dict):
+        length = len(next(iter(rows.values()))) if rows else 0
+        columns = {
+            f.name: pa.array(rows[f.name], f.type) if f.name in rows else pa.nulls(length, f.type)
+            for f in schema
+        }
+    else:
+        return pa.Table.from_pylist(
+            [{name: row.get(name) for name in schema.names} for row in rows], schema=schema
+        )
+    return pa.table(columns, schema=schema)
 
 
 def table_dir(root: str | Path, table: str) -> Path:
@@ -251,9 +320,40 @@ def is_store(root: str | Path) -> bool:
     return (Path(root) / MARKER).is_file()
 
 
-def read_marker(root: str | Path) -> dict:
-    """The marker's content (schema_version, created_at)."""
-    return json.loads((Path(root) / MARKER).read_text())
+def store_version(root: str | Path) -> int | None:
+    """The schema version in the store's marker (None when ``root`` holds no marker).
+
+    A newer version than this code writes is a StoreVersionError: one line, nothing read.
+    """
+    path = Path(root) / MARKER
+    try:
+        marker = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path}: unreadable store marker ({exc}); restore it.") from None
+    version = marker.get("schema_version") if isinstance(marker, dict) else None
+    return check_version(
+        version, current=SCHEMA_VERSION, where=str(root), what="result store schema",
+        error=StoreVersionError,
+    )  # fmt: skip
+
+
+def mark_store(root: str | Path) -> None:
+    """Write the marker of a store at ``root`` in this version (a newer store: StoreVersionError).
+
+    An older store's files stay as they are (readers upgrade them); its marker, which names
+    the newest version any of its files may have, is raised to this version.
+    """
+    version = store_version(root)
+    if version == SCHEMA_VERSION:
+        return
+    path = Path(root) / MARKER
+    created_at = dt.datetime.now(dt.timezone.utc).isoformat()
+    if version is not None:
+        created_at = json.loads(path.read_text()).get("created_at", created_at)
+    marker = {"schema_version": SCHEMA_VERSION, "created_at": created_at}
+    atomic_write_bytes(path, json.dumps(marker, indent=2).encode())
 
 
 @dataclass
@@ -275,17 +375,26 @@ def _table_paths(directory: Path) -> list[Path]:
 
 
 def _read_file(
-    path: Path, schema: pa.Schema, read_dictionary: Sequence[str], full: bool
+    path: Path, table: str, schema: pa.Schema, read_dictionary: Sequence[str], full: bool
 ) -> pa.Table | tuple[Path, str] | None:
-    """One file conformed to ``schema`` (missing columns as nulls), (path, reason) when it
-    cannot be read, or None when it vanished since it was listed (compacted meanwhile).
+    """One file of ``table`` conformed to ``schema`` (missing columns as nulls, an older
+    version upgraded), (path, reason) when it cannot be read, or None when it vanished
+    since it was listed (compacted meanwhile). A newer version raises StoreVersionError.
 
     ``schema`` has the dictionary type for the ``read_dictionary`` columns; ``full`` says
     it holds every column of the table (then the file is read whole, the fast case).
     """
     try:
         parquet_file = pq.ParquetFile(path, read_dictionary=list(read_dictionary) or None)
-        part = parquet_file.read(columns=None if full else _present(parquet_file, schema))
+        version = _file_version(parquet_file)
+        if version == SCHEMA_VERSION:
+            part = parquet_file.read(columns=None if full else _present(parquet_file, schema))
+        else:  # read whole: an upgrade may need columns the current schema no longer has
+            steps = {old: functools.partial(step, table) for old, step in UPGRADES.items()}
+            part = upgrade(
+                parquet_file.read(), version, current=SCHEMA_VERSION, upgrades=steps,
+                where=str(path), what="result store file schema", error=StoreVersionError,
+            )  # fmt: skip
         if part.schema.equals(schema, check_metadata=False):
             return part
         columns = []
@@ -299,6 +408,15 @@ def _read_file(
         return None
     except (OSError, pa.ArrowException) as exc:
         return path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _file_version(parquet_file: pq.ParquetFile) -> object:
+    """The file's ``schema_version`` (1, the first, when it has none)."""
+    raw = (parquet_file.schema_arrow.metadata or {}).get(b"schema_version")
+    if raw is None:
+        return 1
+    text = raw.decode(errors="replace")
+    return int(text) if text.isdigit() else text
 
 
 def _present(parquet_file: pq.ParquetFile, schema: pa.Schema) -> list[str]:
@@ -324,6 +442,7 @@ def read_table(
     dictionary-encoded (much faster for a repeated ``trial_id``; pandas turns them into
     categoricals).
     """
+    store_version(root)
     schema = SCHEMAS[table]
     full = columns is None or list(columns) == schema.names
     if columns is not None:
@@ -335,7 +454,7 @@ def read_table(
         schema = schema.set(index, schema.field(name).with_type(dictionary_type))
     for _attempt in range(3):
         paths = _table_paths(table_dir(root, table))
-        results = _read_files(paths, schema, dictionary_columns, full)
+        results = _read_files(paths, table, schema, dictionary_columns, full)
         if None not in results:
             break  # else a file vanished (compacted while we read): list and read again
     parts = [result for result in results if _is_part(result)]
@@ -346,14 +465,14 @@ def read_table(
 
 
 def _read_files(
-    paths: list[Path], schema: pa.Schema, read_dictionary: Sequence[str], full: bool
+    paths: list[Path], table: str, schema: pa.Schema, read_dictionary: Sequence[str], full: bool
 ) -> list[pa.Table | tuple[Path, str] | None]:
     """``_read_file`` over ``paths`` in a small thread pool (Parquet decoding releases the
     GIL), results in the order of ``paths``."""
     if len(paths) <= 1:
-        return [_read_file(path, schema, read_dictionary, full) for path in paths]
+        return [_read_file(path, table, schema, read_dictionary, full) for path in paths]
     with ThreadPoolExecutor(max_workers=min(4, len(paths))) as pool:
-        return list(pool.map(lambda p: _read_file(p, schema, read_dictionary, full), paths))
+        return list(pool.map(lambda p: _read_file(p, table, schema, read_dictionary, full), paths))
 
 
 def _is_part(result: pa.Table | tuple[Path, str] | None) -> bool:
@@ -382,13 +501,14 @@ def compact_table(root: str | Path, table: str) -> Compaction:
     in place (readers keep naming them), and so is a file replaced while compaction ran.
     Meant for when no sweep writes to the store, e.g. at the end of a sweep.
     """
+    store_version(root)
     directory = table_dir(root, table)
     paths = _table_paths(directory)
     if len(paths) <= 1:
         return Compaction(table, None, 0, 0)
     before = {path: _identity(path) for path in paths}
     schema = SCHEMAS[table]
-    results = _read_files(paths, schema, (), full=True)
+    results = _read_files(paths, table, schema, (), full=True)
     merged = [path for path, result in zip(paths, results, strict=True) if _is_part(result)]
     parts = [result for result in results if _is_part(result)]
     kept = [result[0] for result in results if isinstance(result, tuple)]

@@ -18,8 +18,17 @@ from typing import Any
 
 from charlm.cli import OneLineParser, fail
 from charlm.config import ConfigError, split_config, to_dict
+from charlm.text import format_clock
 from sweeps.ablation import prepare_datasets, run_info
-from sweeps.grid import PRESETS, TrialSpec, config_id, expand, parse_overrides, trial_id
+from sweeps.grid import (
+    PRESETS,
+    TrialSpec,
+    config_id,
+    expand,
+    parse_overrides,
+    trial_columns,
+    trial_id,
+)
 from sweeps.options import (
     Resources,
     check_search_options,
@@ -34,7 +43,6 @@ from sweeps.store import (
     StoreBusyError,
     check_results_dir,
     locked,
-    trial_columns,
 )
 
 __all__ = [
@@ -52,7 +60,7 @@ __all__ = [
 
 # Ranges of the five OFAT factors and the learning rate. Every n_embed choice is a
 # multiple of every n_head choice, so each sampled config is valid.
-SEARCH_SPACE = {
+SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
     "n_head": ("choice", [1, 2, 4, 8]),
     "n_layer": ("randint", 1, 9),
     "n_embed": ("choice", [32, 64, 96, 128, 192, 256]),
@@ -373,7 +381,8 @@ def _run(args, base: TrialSpec, resources: Resources, held: contextlib.ExitStack
     # Counts of store rows; every seed of a trial shares its fate, so / k counts trials.
     print(
         f"{len(outcome.ok) // k} trials finished ({len(outcome.early_stopped) // k} stopped "
-        f"early by ASHA), {len(outcome.failed) // k} failed in {outcome.wall_time_s:.0f}s; "
+        f"early by ASHA), {len(outcome.failed) // k} failed in "
+        f"{format_clock(outcome.wall_time_s)}; "
         f"results in {args.results}; study: optuna-dashboard {redact(url)}"
     )
     _announce_winner(args)

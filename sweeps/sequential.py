@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,7 +150,7 @@ class Design:
 
 
 def intervals(
-    mean: np.ndarray, sem: np.ndarray, n: np.ndarray, alpha: float
+    mean: np.ndarray, sem: np.ndarray, n: np.ndarray | int, alpha: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Two-sided ``1 - alpha`` t-intervals (``scipy.stats.t``, df n-1) around ``mean``;
     a zero standard error gives the point itself, fewer than two values NaN."""
@@ -198,7 +198,7 @@ def seeds_needed(delta: float, sd: float, design: Design, n: int) -> int | None:
     if not (math.isfinite(delta) and math.isfinite(sd)) or sd <= 0:
         return None
     power = TTestPower()
-    options = []
+    options: list[float] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for effect, alpha, alternative in (
@@ -277,17 +277,17 @@ class Progress:
     """
 
     look: int
-    targets: dict[Hashable, int]
+    targets: dict[Any, int]
     baseline_target: int
-    results: dict[Hashable, LevelResult] = field(default_factory=dict)
+    results: dict[Any, LevelResult] = field(default_factory=dict)
     finished: bool = False
 
 
 def advance(
     design: Design,
-    levels: Mapping[Hashable, Mapping[int, float]],
+    levels: Mapping[Any, Mapping[int, float]],
     baseline: Mapping[int, float],
-    done: Callable[[Hashable | None, int], bool],
+    done: Callable[[Any, int], bool],
 ) -> Progress:
     """Replay the design over the store: look after look while every trial a look needs is
     done (``done(level, seed)``; level None is the baseline), judging the open levels on
@@ -296,7 +296,7 @@ def advance(
     store always gives the same progress: a rerun continues where a killed driver was."""
     schedule = design.schedule
     open_levels = list(levels)
-    results: dict[Hashable, LevelResult] = {}
+    results: dict[Any, LevelResult] = {}
     for look, n in enumerate(schedule):
         targets = dict.fromkeys(open_levels, n)
         progress = Progress(look, targets, n if targets else 0, results)
@@ -385,7 +385,7 @@ def simulate(
 
 
 def noise_model(
-    levels: Mapping[Hashable, Mapping[int, float]], baseline: Mapping[int, float]
+    levels: Mapping[Any, Mapping[int, float]], baseline: Mapping[int, float]
 ) -> tuple[list[float], list[float]] | None:
     """Effects and noise to simulate a sweep like an observed one: per level the mean and
     the sd of its paired differences from the baseline (pass them to ``simulate`` with

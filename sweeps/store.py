@@ -1,4 +1,4 @@
-"""The write side of the result store, and the driver-side Tune callback that feeds it.
+"""The write side of the result store (the driver's Tune callback in ``sweeps.runner`` calls it).
 
 Every file is written atomically (a temp name starting with '.', then ``os.replace``), so a
 crash never leaves a torn file and readers can open the store while a sweep runs. A trial's
@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,18 +26,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from charlm.cli import check_writable_dir
-from charlm.config import ConfigError, ModelConfig, TrainConfig, to_dict
+from charlm.config import ConfigError
 from charlm.fsio import atomic_write, atomic_write_bytes
 from sweeps.schema import (
     MARKER,
     RUNS_DIR,
-    SCHEMA_VERSION,
-    SCHEMAS,
     TABLES,
     StoreError,
     compact_table,
+    conform,
     is_store,
+    mark_store,
     read_table,
+    store_version,
     table_dir,
 )
 
@@ -48,7 +49,6 @@ __all__ = [
     "TrialRecord",
     "check_results_dir",
     "locked",
-    "trial_columns",
     "trial_statuses",
 ]
 
@@ -82,6 +82,8 @@ def check_results_dir(root: Path) -> None:
             f"results directory {root} is not a result store (no {MARKER}) and is not empty: "
             "pick a new or empty directory with --results."
         )
+    if root.is_dir():
+        store_version(root)  # a store of a newer charlm-sweeps: StoreVersionError
     try:
         check_writable_dir(root, "--results")
     except ConfigError as exc:
@@ -144,16 +146,6 @@ def trial_statuses(root: str | Path) -> tuple[dict[str, str], list[tuple[Path, s
     return dict(zip(ids, statuses, strict=True)), read.corrupt
 
 
-def trial_columns(
-    *, sweep: str, kind: str, factor: str, level: str, model: ModelConfig, train: TrainConfig
-) -> dict[str, Any]:
-    """The identity and configuration columns of a trial's ``trials`` row."""
-    columns = {"sweep": sweep, "kind": kind, "factor": factor, "level": level}
-    for name, value in {**to_dict(model), **to_dict(train)}.items():
-        columns["requested_device" if name == "device" else name] = value
-    return columns
-
-
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -195,13 +187,7 @@ class ResultStore:
         self.root = Path(root)
         check_results_dir(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
-        if not is_store(self.root):
-            atomic_write_bytes(
-                self.root / MARKER,
-                json.dumps(
-                    {"schema_version": SCHEMA_VERSION, "created_at": _now().isoformat()}, indent=2
-                ).encode(),
-            )
+        mark_store(self.root)
         for table in TABLES:
             table_dir(self.root, table).mkdir(exist_ok=True)
         (self.root / MODELS_DIR).mkdir(exist_ok=True)
@@ -225,18 +211,21 @@ class ResultStore:
         atomic_write_bytes(path, (json.dumps(record, indent=2, default=str) + "\n").encode())
         return path
 
-    def write_rows(self, table: str, trial_id: str, rows: list[dict[str, Any]]) -> None:
-        """Write one trial's rows of ``table`` as ``<table>/<trial_id>.parquet``, atomically."""
-        schema = SCHEMAS[table]
-        arrow = pa.Table.from_pylist(
-            [{name: row.get(name) for name in schema.names} for row in rows], schema=schema
-        )
-        arrow = arrow.replace_schema_metadata({"schema_version": str(SCHEMA_VERSION)})
+    def write_rows(
+        self,
+        table: str,
+        trial_id: str,
+        rows: pa.Table | Sequence[dict[str, Any]] | dict[str, Sequence[Any]],
+    ) -> Path:
+        """Write one trial's rows of ``table`` as ``<table>/<trial_id>.parquet``, atomically,
+        with the table's schema and version (rows as in ``conform``; missing columns null)."""
+        arrow = conform(table, rows)
         path = table_dir(self.root, table) / f"{trial_id}.parquet"
         if path.exists() and not _readable(path):
-            return  # never overwrite a file we cannot read: the user decides what to do
+            return path  # never overwrite a file we cannot read: the user decides what to do
         with atomic_write(path) as file:
             pq.write_table(arrow, file)
+        return path
 
     def write_progress(self, record: TrialRecord) -> None:
         """The curve (and attention rows) reported so far, so readers see running trials."""

@@ -103,7 +103,7 @@ def run_members(members: list[dict[str, Any]], extra: dict[str, Any] | None = No
             tune.report(_sanitize(metrics), checkpoint=tune.Checkpoint.from_directory(work))
 
         while True:
-            step_metrics = [next(loop, None) for loop in loops]
+            step_metrics: list[Any] = [next(loop, None) for loop in loops]
             if step_metrics[0] is None:
                 return
             if single:
@@ -131,7 +131,7 @@ def _combine(members: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
                 "members": [_sanitize(m) for m in members]}  # fmt: skip
     combined: dict[str, Any] = {"step": members[0]["step"], "final": members[0].get("final")}
     for key in ("val_loss", "train_loss", "best_val_loss", "elapsed_s", "tokens_seen"):
-        values = [m.get(key) for m in members]
+        values: list[Any] = [m.get(key) for m in members]
         if all(isinstance(v, (int, float)) for v in values):
             combined[key] = sum(values) / len(values)
     combined["val_losses"] = [m.get("val_loss") for m in members]

@@ -14,7 +14,7 @@ from charlm.train import MODEL_FILE, train
 from sweeps.ablation import run_info
 from sweeps.grid import expand, load_grid
 from sweeps.options import Resources
-from sweeps.store import ResultStore, TrialRecord, trial_columns
+from sweeps.store import ResultStore, TrialRecord
 
 TINY_GRID = """\
 name: tiny
@@ -37,10 +37,7 @@ def build_real_store(root: Path, grid_text: str = TINY_GRID) -> Path:
     store.write_run(run_info(trials[0].sweep, "ablation", "this process (no Ray)",
                              Resources(), len(trials)))  # fmt: skip
     for trial in trials:
-        columns = {"dataset": trial.dataset, "seed": trial.seed, **trial_columns(
-            sweep=trial.sweep, kind="ablation", factor=trial.factor, level=trial.level,
-            model=trial.model, train=trial.train)}  # fmt: skip
-        record = TrialRecord(trial.trial_id, columns)
+        record = TrialRecord(trial.trial_id, trial.params()["columns"])
         with tempfile.TemporaryDirectory(prefix="charlm-trial-") as work:
             result = train(trial.model, trial.train, record.add_report, checkpoint_dir=work)
             source = Path(work) / MODEL_FILE

@@ -149,10 +149,9 @@ def test_progress_lines_never_share_a_timestamp(monkeypatch, capsys):
     clock = {"now": 100.0}
     monkeypatch.setattr(runner.time, "monotonic", lambda: clock["now"])
     progress = runner._ProgressCallback(3, {}, 10, period_s=10.0)
-    columns = {"factor": "baseline", "level": "baseline"}
     trials = [
-        _Trial(status="RUNNING", trial_id=f"t{i}",
-               config={"trial": {"trial_id": f"id{i}", "columns": columns}})
+        _Trial(status="RUNNING", trial_id=f"t{i}", config={"trial": {
+            "trial_id": f"t{i}", "columns": {"factor": "n_layer", "level": str(i)}}})
         for i in range(3)
     ]  # fmt: skip
     clock["now"] = 112.2
@@ -178,7 +177,7 @@ def test_best_config_reads_baseline_not_baseline_equals_baseline(monkeypatch, ca
 
     progress = runner._ProgressCallback(1, {}, 10, period_s=0.0)
     columns = {"factor": "baseline", "level": "baseline"}
-    config = {"trial": {"trial_id": "id0", "columns": columns}}
+    config = {"trial": {"trial_id": "t0", "columns": columns}}
     trial = _Trial(status="RUNNING", trial_id="t0", config=config)
     progress.on_trial_result(0, [trial], trial, {"step": 5, "val_loss": 2.5})
     line = capsys.readouterr().out

@@ -16,10 +16,8 @@ from sweeps.grid import (
     PRESETS,
     GridError,
     GridSpec,
-    TrialSpec,
     expand,
     load_grid,
-    resolve_grid,
     trial_id,
 )
 
@@ -333,11 +331,13 @@ def test_malformed_grid_files(tmp_path, text, expected):
 def test_missing_file_and_unknown_preset(tmp_path):
     with pytest.raises(GridError, match="no such file"):
         load_grid(tmp_path / "absent.yaml")
-    with pytest.raises(GridError, match="neither a preset nor a file"):
-        resolve_grid("notbook")
-    assert resolve_grid("nanogpt") is PRESETS["nanogpt"]
+    from sweeps.ablation import parse_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--preset", "notbook"])
+    assert exit_info.value.code == 2
     path = write(tmp_path, "factors: {}\n")
-    assert resolve_grid(str(path)).name == "grid"
+    assert load_grid(path).name == "grid"
 
 
 def test_python_tags_are_rejected(tmp_path):
@@ -356,11 +356,15 @@ def test_python_tags_are_rejected(tmp_path):
 
 def test_params_are_flat_and_round_trip():
     trial = expand(PRESETS["notebook"], seeds=1)[2]
-    params = trial.params()
-    assert {"trial_id", "sweep", "factor", "level", "dataset", "seed", "n_head"} <= set(params)
-    assert (params["factor"], params["level"], params["n_head"]) == ("n_head", "8", 8)
-    assert all(not isinstance(v, dict | list) for v in params.values())
-    assert TrialSpec.from_params(params) == trial
-    identity = {"trial_id", "sweep", "factor", "level"}
-    model, train = split_config({k: v for k, v in params.items() if k not in identity})
+    entry = trial.params()  # what Ray's param_space holds for this trial
+    params, columns = entry["params"], entry["columns"]
+    assert entry["trial_id"] == trial.trial_id
+    assert {"dataset", "seed", "n_head"} <= set(params)
+    assert {"sweep", "factor", "level", "dataset", "seed", "n_head", "requested_device"} <= set(
+        columns
+    )
+    assert (columns["factor"], columns["level"], params["n_head"]) == ("n_head", "8", 8)
+    assert all(not isinstance(v, dict | list) for v in {**params, **columns}.values())
+    model, train = split_config(params)
+    assert (model, train) == (trial.model, trial.train)
     assert trial_id(model, train) == trial.trial_id

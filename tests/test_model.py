@@ -124,9 +124,14 @@ def test_model_attention_equals_reference_inside_a_layer(cfg):
     model = _model(cfg).eval()
     attn = model.transformer.h[0].attn
     x = torch.randn(2, 9, cfg.n_embed, generator=torch.Generator().manual_seed(4))
-    q, k, v = attn._heads(x)
+    B, T, C = x.shape
     with torch.no_grad():
-        expected = attn._merge(_reference_attention(q, k, v))
+        q, k, v = (  # (B, nh, T, hs) each
+            t.view(B, T, cfg.n_head, cfg.head_size).transpose(1, 2)
+            for t in attn.c_attn(x).split(C, dim=2)
+        )
+        y = _reference_attention(q, k, v).transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        expected = attn.c_proj(y)
         torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5)
 
 
@@ -168,14 +173,14 @@ def test_kv_cache_decode_step_equals_forward(cfg, bias):
     with torch.no_grad():
         full, _ = model(idx)  # (2, 9, V)
         cache = model._new_cache(idx)
-        logits = [model._prefill(idx[:, :4], cache)]
+        logits = [model._cached_step(idx[:, :4], cache)]
         weights = model._decode_weights()
         for t in range(4, 9):
-            logits.append(model._decode_step(idx[:, t : t + 1], cache, weights))
+            logits.append(model._cached_step(idx[:, t : t + 1], cache, weights))
         assert cache[0].length == 9
         torch.testing.assert_close(torch.stack(logits[:-1], 1), full[:, 3:8], atol=1e-5, rtol=0)
         with pytest.raises(ConfigError, match="one token per step"):
-            model._decode_step(idx[:, :2], cache, weights)
+            model._cached_step(idx[:, :2], cache, weights)
 
 
 def test_generation_is_seeded_and_restores_training_flag(cfg):
@@ -324,6 +329,43 @@ def test_attention_dropout_matches_reference_forward_and_backward(T):
     torch.testing.assert_close(y, expected)
     for leaf, ref in zip(leaves, ref_leaves, strict=True):
         torch.testing.assert_close(leaf.grad, ref.grad)
+
+
+@pytest.mark.parametrize("T", [12, 80])
+def test_attention_dropout_at_p0_equals_sdpa_forward_and_backward(T):
+    """The CPU dropout copy of the attention maths against SDPA, the path it stands in for."""
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(2, 3, T, 4, generator=gen, dtype=torch.float64) for _ in range(3))
+    grad = torch.randn(2, 3, T, 4, generator=gen, dtype=torch.float64)
+    ours = [t.clone().requires_grad_() for t in (q, k, v)]
+    sdpa = [t.clone().requires_grad_() for t in (q, k, v)]
+    y = attention_with_dropout(*ours, 0.0)
+    expected = F.scaled_dot_product_attention(*sdpa, is_causal=True)
+    torch.testing.assert_close(y, expected)
+    y.backward(grad)
+    expected.backward(grad)
+    for leaf, ref in zip(ours, sdpa, strict=True):
+        torch.testing.assert_close(leaf.grad, ref.grad)
+
+
+def test_capture_attention_maps_equal_the_reference_softmax(cfg):
+    """The capture copy (explicit softmax) gives the weights SDPA applies, layer by layer."""
+    model = _model(cfg).eval()
+    idx = _tokens(2, 10)
+    captured = model.capture(idx)
+    with torch.no_grad():
+        x = model._embed(idx)  # (B, T, C)
+        for block, att in zip(model.transformer.h, captured.attentions, strict=True):
+            h = block.ln_1(x)
+            B, T, C = h.shape
+            q, k, _ = (
+                t.view(B, T, cfg.n_head, cfg.head_size).transpose(1, 2)
+                for t in block.attn.c_attn(h).split(C, dim=2)
+            )
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(cfg.head_size)
+            future = torch.ones(T, T, dtype=torch.bool).triu(1)
+            torch.testing.assert_close(att, scores.masked_fill(future, -math.inf).softmax(-1))
+            x = block(x)
 
 
 def test_query_blocks_cover_the_sequence():

@@ -122,7 +122,7 @@ class Driver:
     """``python sweeps/ablation.py ARGS`` as its own process, output in files.
 
     Remembers every process it (or Ray on its behalf) started, so ``cleanup`` can end them
-    by pid, orphans of a SIGKILLed driver included (RAY-NOTES: some outlive it by 40 s).
+    by pid, orphans of a SIGKILLed driver included (some outlive it by 40 s).
     """
 
     def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None):

@@ -242,6 +242,11 @@ def test_sample_attention_of_uniform_attention_by_hand() -> None:
     assert result["effective_span"] == pytest.approx([span, span])
     # one capture of the start (4 tokens), then the windows of tokens 5 and 6 in one batch
     assert model.shapes == [(1, 4), (2, 4)]
+    # a sample shorter than the block: the one capture of the start holds every token
+    model.shapes.clear()
+    short = sample_attention(model, [0, 1, 2], n_prompt=1)
+    assert short["attention_entropy"] == pytest.approx([math.log(2) / 2] * 2)
+    assert model.shapes == [(1, 2)]
     assert sample_attention(model, [0, 1], n_prompt=2) == {
         "attention_entropy": None,
         "effective_span": None,

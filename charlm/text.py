@@ -1,0 +1,61 @@
+"""Plain-text output helpers shared by the CLIs, the analysis and the benchmarks: aligned
+tables, durations and numbers with a thousands prefix."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+
+__all__ = ["format_clock", "format_duration", "scaled", "text_table"]
+
+_SI_PREFIXES = ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+_COUNT_PREFIXES = ((1e9, "B"), (1e6, "M"), (1e3, "k"))  # parameter counts: billions, not giga
+
+
+def text_table(
+    header: Sequence[object], rows: Sequence[Sequence[object]], right: Collection[int] = ()
+) -> list[str]:
+    """Aligned lines: the header, then one per row, columns two spaces apart, as wide as
+    their widest cell; the columns whose index is in ``right`` are right-aligned."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = []
+    for row in (header, *rows):
+        cells = [
+            str(cell).rjust(width) if index in right else str(cell).ljust(width)
+            for index, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def format_duration(seconds: float | None) -> str:
+    """'4.2 s', '42 s', '12.5 min', '3.4 h', '2.1 d'; '-' for None or a non-finite value."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    if seconds < 90:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def format_clock(seconds: float) -> str:
+    """Whole seconds as progress lines stamp them: '42s', '8m35s', '3h48m'."""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def scaled(value: float, unit: str = "", *, sep: str = " ", counts: bool = False) -> str:
+    """``value`` to 3 significant digits over its power of 1000, with the prefix and ``unit``:
+    '1.23 PFLOP', '850 k'; ``counts`` uses k, M, B (parameter counts, e.g. '12.8M' with
+    ``sep=''``) instead of the SI k, M, G, T, P, E."""
+    for threshold, prefix in _COUNT_PREFIXES if counts else _SI_PREFIXES:
+        if abs(value) >= threshold:
+            return f"{value / threshold:.3g}{sep}{prefix}{unit}"
+    return f"{value:.3g}{sep}{unit}".rstrip()
