@@ -681,17 +681,24 @@ def _progress_line(metrics: dict[str, Any], max_iters: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; exit 0 on success, 1 if training failed, 2 on bad input."""
     args = parse_train_args(argv)
-    out, train_cfg = args.out, args.train
-    if args.scaled and not args.quiet:
-        print(
-            f"{train_cfg.max_iters} steps: "
-            + ", ".join(f"{name} {getattr(train_cfg, name)}" for name in args.scaled)
-            + f" (scaled from the defaults for {TrainConfig().max_iters} steps)",
-            flush=True,
-        )
+    out, train_cfg, scaled = args.out, args.train, args.scaled
     try:
         checkpoint = out / CHECKPOINT_FILE
         resume_from = checkpoint if args.resume and checkpoint.is_file() else None
+        if resume_from is not None and scaled:
+            # A resumed run keeps the schedule it started with where none was given now:
+            # scaling warm-up or decay to a new --max-iters would change the run midway.
+            saved = _load_checkpoint(resume_from, "cpu").get("train_config", {})
+            kept = {n: saved[n] for n in scaled if n not in RESUMABLE_FIELDS and n in saved}
+            train_cfg = dataclasses.replace(train_cfg, **kept)
+            scaled = tuple(name for name in scaled if name not in kept)
+        if scaled and not args.quiet:
+            print(
+                f"{train_cfg.max_iters} steps: "
+                + ", ".join(f"{name} {getattr(train_cfg, name)}" for name in scaled)
+                + f" (scaled from the defaults for {TrainConfig().max_iters} steps)",
+                flush=True,
+            )
 
         def report(metrics: dict[str, Any]) -> None:
             if not args.quiet:
