@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from sharenothing import MotoS3
+    from test_reliability import Driver
 
 SHAKESPEARE = "tiny_shakespeare.txt"
 
@@ -59,3 +65,26 @@ def shakespeare_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pat
     shutil.copyfile(SHARED_SHAKESPEARE, data_dir / SHAKESPEARE)
     monkeypatch.setenv("CHARLM_DATA_DIR", str(data_dir))
     return data_dir
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    """moto's S3 server on 127.0.0.1 for one test module (tests/sharenothing.py)."""
+    from sharenothing import MotoS3
+
+    server = MotoS3(log=tmp_path_factory.mktemp("moto") / "moto.log").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def drivers() -> Iterator[list[Driver]]:
+    """Sweep drivers a test starts (test_reliability.Driver); each is cleaned up after."""
+    started: list[Driver] = []
+    try:
+        yield started
+    finally:
+        for driver in started:
+            driver.cleanup()

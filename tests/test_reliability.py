@@ -205,16 +205,6 @@ def _process_table() -> dict[int, tuple[int, int]]:
     return table
 
 
-@pytest.fixture
-def drivers() -> Iterator[list[Driver]]:
-    started: list[Driver] = []
-    try:
-        yield started
-    finally:
-        for driver in started:
-            driver.cleanup()
-
-
 def driver_env() -> dict[str, str]:
     """The user's environment: no RAY_AUTH_MODE (the runner finds the token itself)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}

@@ -4,7 +4,6 @@ between rounds, the same command continuing the design; dry run and bad input.""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,16 +14,6 @@ from sweeps.sequential import DESIGNS_FILE, Design, load_designs, record_design
 from sweeps.store import ResultStore
 
 AUTO = ["--seeds", "auto", "--max-seeds", "4", "--min-effect", "1e-6"]
-
-
-@pytest.fixture
-def drivers() -> Iterator[list[Driver]]:
-    started: list[Driver] = []
-    try:
-        yield started
-    finally:
-        for driver in started:
-            driver.cleanup()
 
 
 @pytest.mark.ray

@@ -23,7 +23,6 @@ from test_reliability import (
     REPO,
     Driver,
     curve_steps,
-    drivers,  # noqa: F401 - a fixture used below
     expected_steps,
     finished,
     read,
@@ -37,15 +36,6 @@ from sweeps.schema import MARKER
 UNAVAILABLE = namespaces_unavailable()
 pytestmark = [pytest.mark.ray, pytest.mark.skipif(UNAVAILABLE is not None,
                                                   reason=UNAVAILABLE or "")]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
-    server = MotoS3(log=tmp_path_factory.mktemp("moto") / "moto.log").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +120,7 @@ def test_storage_only_the_driver_sees_is_one_line_exit_2_before_any_trial(
 
 
 def test_s3_sweep_survives_its_worker_node_sigkilled_mid_trial(
-    cluster: ShareNothingCluster, moto: MotoS3, tmp_path: Path, drivers: list[Driver]  # noqa: F811
+    cluster: ShareNothingCluster, moto: MotoS3, tmp_path: Path, drivers: list[Driver]
 ):
     """The node-loss test: trials resume from their S3 checkpoints on a fresh node."""
     max_iters, interval = 300, 50

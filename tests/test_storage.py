@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,6 @@ from test_reliability import ABLATION, REPO, read, write_grid
 from sweeps.storage import Storage, StorageError, redact, resolve_storage
 
 SEARCH = REPO / "sweeps" / "search.py"
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
-    server = MotoS3(log=tmp_path_factory.mktemp("moto") / "moto.log").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _env(moto: MotoS3) -> dict[str, str]:
