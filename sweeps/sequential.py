@@ -27,6 +27,7 @@ import math
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -207,23 +208,33 @@ def seeds_needed(delta: float, sd: float, design: Design, n: int) -> int | None:
         ):
             if effect <= 1e-9:
                 continue
-            kwargs = {"effect_size": effect, "alpha": alpha, "alternative": alternative}
-            if power.power(nobs=n + 1, **kwargs) >= POWER:  # the solver fails on huge effects
-                options.append(n + 1)
-                continue
-            try:
-                nobs = float(
-                    power.solve_power(
-                        effect_size=effect, alpha=alpha, power=POWER, alternative=alternative
-                    )
-                )
-            except (ValueError, RuntimeError):
-                continue
-            if math.isfinite(nobs) and nobs <= 1e6:
+            nobs = _smallest_nobs(partial(power.power, effect_size=effect, alpha=alpha,
+                                          alternative=alternative), n + 1)  # fmt: skip
+            if nobs is not None:
                 options.append(nobs)
     if not options:
         return None
     return max(n + 1, math.ceil(min(options)))
+
+
+def _smallest_nobs(power_at: Callable[..., float], start: int) -> int | None:
+    """The smallest whole count >= ``start`` whose power reaches POWER (power grows with the
+    count), by doubling then bisection; None above a million. statsmodels' own solve_power
+    fails to converge, with a warning, on the large effects few seeds leave unresolved."""
+    if power_at(nobs=start) >= POWER:
+        return start
+    low, high = start, 2 * start
+    while power_at(nobs=high) < POWER:
+        if high > 1_000_000:
+            return None
+        low, high = high, 2 * high
+    while high - low > 1:
+        middle = (low + high) // 2
+        if power_at(nobs=middle) >= POWER:
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 @dataclass(frozen=True)
