@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny import tiny_model, tiny_params, tiny_store
 
 from charlm.config import ConfigError, ModelConfig, TrainConfig
 from sweeps.grid import PRESETS, expand, trial_id
@@ -33,15 +34,13 @@ from sweeps.schema import MARKER, read_table
 
 REPO = Path(__file__).resolve().parents[1]
 ABLATION = REPO / "sweeps" / "ablation.py"
-TINY = {"n_layer": 1, "n_head": 2, "n_embed": 16, "block_size": 16, "dropout": 0.0,
-        "batch_size": 8, "eval_iters": 2, "warmup_iters": 2, "sample_tokens": 20}  # fmt: skip
 
 
 def _grid(path: Path, name: str, seeds: int, **baseline) -> Path:
     import yaml
 
     path.write_text(yaml.safe_dump({"name": name, "datasets": ["shakespeare_char"],
-                                    "seeds": seeds, "baseline": {**TINY, **baseline},
+                                    "seeds": seeds, "baseline": tiny_params(**baseline),
                                     "factors": {}}))  # fmt: skip
     return path
 
@@ -239,7 +238,7 @@ def test_text_without_newline_samples_from_its_first_character(tmp_path: Path):
 
     text = tmp_path / "one_line.txt"
     text.write_text("abcabcabd" * 300)  # no newline anywhere
-    model = ModelConfig(n_layer=1, n_head=2, n_embed=16, block_size=16)
+    model = tiny_model(dropout=0.1)
     result = train(model, TrainConfig(dataset=str(text), max_iters=4, eval_interval=4,
                                       eval_iters=1, batch_size=4, sample_tokens=12))  # fmt: skip
     assert result.status == "ok"
@@ -253,11 +252,8 @@ def test_unreadable_model_file_is_named_its_heatmaps_skipped_strict_fails(tmp_pa
     import torch
 
     from analysis.report import main
-    from analysis.synthetic import SyntheticSpec, build_store
 
-    root = build_store(tmp_path / "results", SyntheticSpec(sweeps=("base",),
-                       datasets=("shakespeare_char",), n_layer=2, n_head=2, failed_share=0.0),
-                       threads=1)  # fmt: skip
+    root = tiny_store(tmp_path / "results", datasets=("shakespeare_char",))
     trials = read_table(root, "trials", columns=["trial_id", "status"]).table.to_pylist()
     (root / "models").mkdir(exist_ok=True)
     marker = tmp_path / "pwned"

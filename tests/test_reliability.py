@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import pytest
 import yaml
+from tiny import tiny_params
 
 from sweeps.grid import expand, load_grid
 from sweeps.schema import MARKER, TABLES, read_table
@@ -33,9 +34,6 @@ from sweeps.schema import MARKER, TABLES, read_table
 REPO = Path(__file__).resolve().parents[1]
 ABLATION = REPO / "sweeps" / "ablation.py"
 
-# TINY_BASELINE of test_sweeps.py; each test sets its own length.
-TINY = {"n_layer": 1, "n_head": 2, "n_embed": 16, "block_size": 16, "dropout": 0.0,
-        "batch_size": 8, "eval_iters": 2, "warmup_iters": 2, "sample_tokens": 20}  # fmt: skip
 # Measured on the tiny model (seeds 0-2, 40 steps): lr 10 with weight_decay 0.1 does NOT
 # diverge (AdamW's decoupled decay p *= 1 - lr * wd zeroes the weights at lr 10); lr 30
 # diverges by step 9 and lr 100 by step 4-5, with or without weight decay.
@@ -44,7 +42,7 @@ DIVERGING_LR = 100.0
 
 def write_grid(path: Path, *, name: str, factors: dict, seeds: int, **baseline: Any) -> Path:
     grid = {"name": name, "datasets": ["shakespeare_char"], "seeds": seeds,
-            "baseline": {**TINY, **baseline}, "factors": factors}  # fmt: skip
+            "baseline": tiny_params(**baseline), "factors": factors}  # fmt: skip
     path.write_text(yaml.safe_dump(grid, sort_keys=False))
     return path
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
 import pytest
+from tiny import tiny_params
 
 from sweeps import ablation
 from sweeps.grid import expand, load_grid
@@ -13,10 +15,7 @@ from sweeps.schema import read_table
 
 pytestmark = pytest.mark.ray
 
-TINY_BASELINE = (
-    "{n_layer: 1, n_head: 2, n_embed: 16, block_size: 16, dropout: 0.0, batch_size: 8, "
-    "max_iters: 20, eval_interval: 10, eval_iters: 2, warmup_iters: 2, sample_tokens: 20}"
-)
+TINY_BASELINE = json.dumps(tiny_params(max_iters=20, eval_interval=10))  # YAML's flow style
 
 
 def write_grid(path: Path, factors: str, seeds: int = 2) -> Path:

@@ -7,6 +7,7 @@ length passes only what differs (``tiny_model(n_layer=2)``), so the shared value
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from charlm.config import ModelConfig, TrainConfig, split_config
@@ -30,3 +31,31 @@ def tiny_model(**changes: Any) -> ModelConfig:
 def tiny_train(**changes: Any) -> TrainConfig:
     """The tiny TrainConfig, with ``changes`` on top."""
     return split_config(tiny_params(**changes))[1]
+
+
+def split_loss(run_dir: Path, dataset: str, split: str, batch_size: int) -> tuple[float, int]:
+    """The mean token loss of the model ``charlm.train`` saved in ``run_dir`` over every
+    non-overlapping window of ``split``, computed here without the Evaluator, and the
+    number of tokens it averages."""
+    import torch
+
+    from charlm.data import iter_windows, load_dataset
+    from charlm.train import MODEL_FILE, load_model
+
+    model, _ = load_model(run_dir / MODEL_FILE)
+    data = load_dataset(dataset)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x, y in iter_windows(data.splits[split], model.cfg.block_size, batch_size, "cpu"):
+            _, loss = model(x, y)
+            total, count = total + loss.item() * y.numel(), count + y.numel()
+    return total / count, count
+
+
+def tiny_store(root: Path, **spec: Any) -> Path:
+    """A synthetic store (``analysis.synthetic``) at ``root``: 2-layer, 2-head models on
+    shakespeare_char and enwik8, with ``spec`` changing any ``SyntheticSpec`` field."""
+    from analysis.synthetic import SyntheticSpec, build_store
+
+    shared = {"datasets": ("shakespeare_char", "enwik8"), "n_layer": 2, "n_head": 2}
+    return build_store(root, SyntheticSpec(**{**shared, **spec}), threads=2)
