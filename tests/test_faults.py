@@ -94,35 +94,6 @@ def test_a_request_only_an_autoscaler_can_satisfy_says_what_it_waits_for():
     assert "waiting for the autoscaler" in check_trial_resources(16, 0, nodes, "c", unknown)
 
 
-def test_progress_line_names_what_the_sweep_waits_for_while_nothing_runs():
-    from sweeps.runner import _ProgressCallback
-
-    class Trial:
-        status = "PENDING"
-
-    waiting = "waiting for the autoscaler to add a gpu_worker node (1 CPU and 1 GPU per trial)"
-    progress = _ProgressCallback(3, {}, None, period_s=0.0, waiting=waiting)
-    line = progress._line([Trial(), Trial(), Trial()])
-    assert line.endswith(f"0 running, 3 pending of 3 | best val - | ETA ? | {waiting}")
-    Trial.status = "RUNNING"
-    assert waiting not in progress._line([Trial()])
-
-
-def test_progress_line_prints_at_every_period_while_nothing_happens(capsys, monkeypatch):
-    from sweeps import runner
-
-    clock = {"now": 100.0}
-    monkeypatch.setattr(runner.time, "monotonic", lambda: clock["now"])
-    progress = runner._ProgressCallback(2, {}, None, period_s=10.0)
-    for _ in range(3):
-        clock["now"] += 11.0
-        progress.on_step_end(iteration=0, trials=[])
-        clock["now"] += 1.0
-        progress.on_step_end(iteration=0, trials=[])  # within the period: nothing
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3 and all("0 running, 2 pending of 2" in line for line in lines)
-
-
 def test_memory_estimate_refuses_a_batch_that_cannot_fit():
     model, train = ModelConfig(n_layer=4, n_embed=128, block_size=256), TrainConfig(batch_size=64)
     need = trial_memory_bytes(model, train, 65)

@@ -1,5 +1,5 @@
-"""The runner (``sweeps.runner``): the cluster file and head checks, Ray's token auth, and
-``run_trials`` on a real local Ray (actor reuse, a failing trial's retries)."""
+"""The runner (``sweeps.runner``): the cluster file and head checks, Ray's token auth, the
+progress line, and ``run_trials`` (actor reuse; a failing trial's retries on a real Ray)."""
 
 from __future__ import annotations
 
@@ -109,6 +109,35 @@ def test_runner_reloads_rays_config_when_it_turns_token_auth_on(monkeypatch):
 
 
 # ------------------------------------------------------------------ run_trials
+
+
+def test_progress_line_names_what_the_sweep_waits_for_while_nothing_runs():
+    from sweeps.runner import _ProgressCallback
+
+    class Trial:
+        status = "PENDING"
+
+    waiting = "waiting for the autoscaler to add a gpu_worker node (1 CPU and 1 GPU per trial)"
+    progress = _ProgressCallback(3, {}, None, period_s=0.0, waiting=waiting)
+    line = progress._line([Trial(), Trial(), Trial()])
+    assert line.endswith(f"0 running, 3 pending of 3 | best val - | ETA ? | {waiting}")
+    Trial.status = "RUNNING"
+    assert waiting not in progress._line([Trial()])
+
+
+def test_progress_line_prints_at_every_period_while_nothing_happens(capsys, monkeypatch):
+    from sweeps import runner
+
+    clock = {"now": 100.0}
+    monkeypatch.setattr(runner.time, "monotonic", lambda: clock["now"])
+    progress = runner._ProgressCallback(2, {}, None, period_s=10.0)
+    for _ in range(3):
+        clock["now"] += 11.0
+        progress.on_step_end(iteration=0, trials=[])
+        clock["now"] += 1.0
+        progress.on_step_end(iteration=0, trials=[])  # within the period: nothing
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all("0 running, 2 pending of 2" in line for line in lines)
 
 
 @pytest.mark.parametrize(("embedded", "reused"), [(True, True), (False, False)])

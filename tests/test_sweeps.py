@@ -60,6 +60,9 @@ def test_tiny_grid_end_to_end_then_resume_runs_only_new_seeds(tmp_path: Path, ca
     assert set(trials.device) == {"cpu"} and set(trials.attempts) == {1}
     assert (trials.best_val_loss < trials.final_val_loss + 1e-9).all()
     assert trials.kind.unique().tolist() == ["ablation"]
+    # The embedded local Ray lets Tune reuse trial actors (runner.Connection): the later
+    # trials of an actor import nothing (import_s 0), its first pays the imports.
+    assert (trials.import_s == 0).any() and (trials.import_s > 0).any(), trials.import_s.tolist()
     curves = table(results, "curves")
     assert curves.groupby("trial_id").step.apply(list).tolist() == [[0, 10, 20]] * 10
     attention = table(results, "attention")

@@ -17,8 +17,9 @@ TINY_MODEL = tiny.tiny_model(n_layer=2, dropout=0.1)
 
 def tiny_train(**overrides) -> TrainConfig:
     """The shared tiny run at this file's length and evaluation, on one CPU thread."""
-    length = {"max_iters": 20, "eval_interval": 10, "eval_iters": 4, "sample_tokens": 40}
-    return tiny.tiny_train(**length, num_threads=1, device="cpu", **overrides)
+    here = {"max_iters": 20, "eval_interval": 10, "eval_iters": 4, "sample_tokens": 40,
+            "num_threads": 1, "device": "cpu"}  # fmt: skip
+    return tiny.tiny_train(**{**here, **overrides})
 
 
 def losses(result) -> list[tuple[int, float, float]]:
