@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from analysis import predictor_plots, predictors
-from analysis.aggregate import slug
+from analysis.export import slug
 from analysis.plots import save_figure
 
 __all__ = [

@@ -32,9 +32,10 @@ try:
 except ImportError:  # Windows: CPU time of this process only
     resource = None  # type: ignore[assignment]
 
-from analysis import aggregate, plots, predictor_report, settings, verdicts
-from analysis.aggregate import CONFIG_KEYS, slug
+from analysis import aggregate, export, plots, predictor_report, settings, verdicts
+from analysis.aggregate import CONFIG_KEYS
 from analysis.cli import FORMATS
+from analysis.export import slug
 from analysis.load import Store, StoreError, check_store, load_store
 from analysis.search_report import search_section
 from charlm.fsio import fsync_dir, fsync_tree
@@ -307,7 +308,7 @@ def build_report(
 
 
 def _write_tables(analysis: Analysis, temp: Path, metric: str) -> list[Path]:
-    tables = aggregate.write_tables(
+    tables = export.write_tables(
         analysis.summary, analysis.effects, analysis.ranking, temp / "tables", metric
     )
     analysis.failed.to_csv(temp / "tables" / "failed_trials.csv", index=False)
@@ -316,9 +317,7 @@ def _write_tables(analysis: Analysis, temp: Path, metric: str) -> list[Path]:
     if len(analysis.leaderboard):
         analysis.leaderboard.to_csv(temp / "tables" / "search_leaderboard.csv", index=False)
         tables.append(temp / "tables" / "search_leaderboard.csv")
-    tables += aggregate.write_final_info(
-        analysis.store.trials, temp / "final_info", analysis.summary
-    )
+    tables += export.write_final_info(analysis.store.trials, temp / "final_info", analysis.summary)
     return tables
 
 
@@ -717,7 +716,7 @@ def _sections(
             "that excludes 0 can sit next to an adjusted p above 0.05: read the p-value "
             "for significance, the interval for size."
         )
-        section.tables.append(("", aggregate.paper_table(rows, analysis.effects, metric)))
+        section.tables.append(("", export.paper_table(rows, analysis.effects, metric)))
         section.tables += verdicts.report_tables(analysis.verdicts, sweep)
         ranking = analysis.ranking[analysis.ranking["sweep"] == sweep]
         for dataset, dataset_ranking in ranking.groupby("dataset", sort=True):
@@ -906,7 +905,7 @@ def _markdown(sections: list[_Section], analysis: Analysis) -> str:
         for caption, frame in section.tables:
             if caption:
                 parts += [f"**{caption}**", ""]
-            parts.append(aggregate.to_markdown(frame.astype(str)))
+            parts.append(export.to_markdown(frame.astype(str)))
         for caption, image, links in section.figures:
             others = ", ".join(f"[{link.rsplit('.', 1)[1]}]({link})" for link in links)
             parts += [f"![{caption}]({image})", f"*{caption}* ({others})", ""]
@@ -915,7 +914,7 @@ def _markdown(sections: list[_Section], analysis: Analysis) -> str:
                 [(title, text.replace("\n", " ⏎ "), note) for title, text, note in section.samples],
                 columns=["Config", "Sample", "Metrics"],
             )
-            parts.append(aggregate.to_markdown(rows))
+            parts.append(export.to_markdown(rows))
         parts += [f"- [{label}]({p})" for label, p in section.links]
         parts.append("")
     return "\n".join(parts)
@@ -933,10 +932,10 @@ def print_summary(report: Report, metric: str) -> None:
     )
     summary = analysis.summary[analysis.summary["kind"].ne("search")]
     for sweep, rows in summary.groupby("sweep", sort=True):
-        table = aggregate.paper_table(rows, analysis.effects, metric)
+        table = export.paper_table(rows, analysis.effects, metric)
         keep = [c for c in table.columns if c not in ("Final train loss", "Final val loss")]
         print(f"\nsweep {sweep}")
-        print(aggregate.to_markdown(table[keep]), end="")
+        print(export.to_markdown(table[keep]), end="")
         print(
             "Δ: 95% CI per comparison (not adjusted); p: Holm-adjusted across the sweep's "
             "levels (* below 0.05)."

@@ -24,7 +24,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from analysis.aggregate import format_params, slug
+from analysis.export import format_params, slug
 from analysis.plots import save_figure
 from charlm.config import ModelConfig, TrainConfig, config_fields
 
