@@ -32,7 +32,6 @@ from charlm.text import scaled
 
 __all__ = [
     "attention_over_training",
-    "capture_attention",
     "color_mapping",
     "display_chars",
     "factor_curves",
@@ -661,39 +660,3 @@ def _svg_view(svg: str, box: Bbox, figure_height: float) -> str:
     size = f'width="{width:.2f}pt" height="{height:.2f}pt"'
     root = f'{size} viewBox="{x:.2f} {y:.2f} {width:.2f} {height:.2f}"'
     return re.sub(r'width="[^"]*" height="[^"]*" viewBox="[^"]*"', root, svg, count=1)
-
-
-def capture_attention(
-    model_path: str | Path, text: str, device: str = "cpu"
-) -> tuple[list[np.ndarray], list[str]]:
-    """Attention maps of a trained checkpoint on ``text``: one (n_head, T, T) array per
-    layer and the T characters (text cut to the model's block size).
-
-    Loads ``RESULTS_DIR/models/<trial_id>.pt`` with ``charlm.train.load_model`` (torch is
-    imported only here). Characters outside the model's vocabulary raise ValueError.
-    """
-    import torch
-
-    from charlm.train import load_model
-
-    model, vocab = load_model(model_path)
-    stoi = {ch: i for i, ch in enumerate(vocab)}
-    unknown = sorted(set(text) - set(stoi))
-    if unknown:
-        raise ValueError(
-            f"heatmap text has characters {''.join(unknown)!r} that are not in the model's "
-            "vocabulary: give text made of the dataset's characters."
-        )
-    text = text[: model.cfg.block_size]
-    idx = torch.tensor([[stoi[ch] for ch in text]], dtype=torch.long, device=device)
-    model.to(device).eval()
-    threads = torch.get_num_threads()
-    # One thread: the model is tiny, and on a busy machine (figure workers drawing) torch's
-    # threads wait on each other: 0.4 s instead of 15 ms per capture.
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            capture = model.capture(idx)
-    finally:
-        torch.set_num_threads(threads)
-    return [att[0].float().cpu().numpy() for att in capture.attentions], list(text)

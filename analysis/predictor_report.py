@@ -88,7 +88,7 @@ def compute(
 
 
 def figure_specs(result: Predictors, curves: pd.DataFrame, trials: pd.DataFrame) -> list[tuple]:
-    """The section's figures as report._FigureJob fields (stem, caption, draw, cost,
+    """The section's figures as figures.FigureJob fields (stem, caption, draw, cost,
     views): per sweep the correlation figure (a view per dataset) and the cluster_quality
     figure, and one training_dynamics figure of every ok run."""
     specs: list[tuple] = []
@@ -139,7 +139,7 @@ def _fmt(value: float, digits: int = 3) -> str:
 
 
 def section(result: Predictors, specs: Sequence[tuple], formats: Sequence[str]) -> dict[str, Any]:
-    """The section's title, paragraphs, tables and figure entries (report._Section
+    """The section's title, paragraphs, tables and figure entries (render.Section
     fields). ``specs``: what ``figure_specs`` returned."""
     paragraphs = [
         "Across the finished trials of each sweep and dataset (every seed one observation): "
