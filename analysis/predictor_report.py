@@ -19,7 +19,8 @@ import pandas as pd
 
 from analysis import predictor_plots, predictors
 from analysis.export import slug
-from analysis.plots import save_figure
+from analysis.figures import save_figure
+from analysis.plots import as_figure
 
 __all__ = [
     "TEMPLATE_NAMES",
@@ -117,7 +118,7 @@ def figure_specs(result: Predictors, curves: pd.DataFrame, trials: pd.DataFrame)
     if len(frame):
         columns = ["trial_id", "sweep", "dataset", "factor", "level", "status"]
         draw = partial(
-            predictor_plots.as_figure, predictor_plots.training_dynamics,
+            as_figure, predictor_plots.training_dynamics,
             frame[["trial_id", "step", "train_loss", "val_loss"]], ok[columns],
         )  # fmt: skip
         caption = "training dynamics: train and val loss of every run"
@@ -210,7 +211,7 @@ def write_template_figures(
     written, notes = [], []
     for dataset, rows in curves.groupby("dataset", sort=True):
         for column in ("train_loss", "val_loss"):
-            figure = predictor_plots.as_figure(predictor_plots.loss_by_config, rows, column)
+            figure = as_figure(predictor_plots.loss_by_config, rows, column)
             written += save_figure(figure, out / f"{column}_{dataset}", ("png",))
     for dataset in sorted(curves["dataset"].unique()):
         rows = attention[attention["dataset"] == dataset]
