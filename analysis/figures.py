@@ -49,6 +49,8 @@ __all__ = [
 
 @dataclass
 class FigureJob:
+    """One figure to draw in a worker: ``draw()`` returns the Figure, saved as ``stem``."""
+
     stem: str  # path inside figures/, without suffix
     caption: str
     draw: Callable[[], Any]

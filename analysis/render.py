@@ -38,6 +38,8 @@ __all__ = [
 
 @dataclass
 class Section:
+    """One section of the report as data: render_html and render_markdown write the same."""
+
     title: str
     level: int = 2
     anchor: str = ""  # the HTML section's id
