@@ -27,10 +27,16 @@ _MODULES = {
         [
             "CONFIG_KEYS", "METRICS", "attention_summary", "baseline_configs",
             "compare_to_baseline", "config_summary", "curve_summary", "failed_trials",
-            "final_info", "holm", "paper_table", "rank_factors", "search_leaderboard",
-            "to_latex", "to_markdown", "write_final_info", "write_tables",
+            "holm", "rank_factors", "search_leaderboard",
         ],
         "analysis.aggregate",
+    ),
+    **dict.fromkeys(
+        [
+            "final_info", "paper_table", "to_latex", "to_markdown", "write_final_info",
+            "write_tables",
+        ],
+        "analysis.export",
     ),
     **dict.fromkeys(["CorruptStoreError", "Store", "StoreError", "load_store"], "analysis.load"),
     **dict.fromkeys(["Analysis", "Report", "analyze", "build_report"], "analysis.report"),

@@ -1,38 +1,37 @@
-"""The figures: one function per figure, each takes aggregate outputs and returns a Figure.
+"""The figures: drawing only, from aggregate outputs (no function here computes a statistic).
 
-No function here computes a statistic (aggregate.py does); they only draw. Figures are
+As in rliable, a function that draws one panel takes ``ax=None`` and returns the Axes it
+drew on (a new figure's when ``ax`` is None), so panels compose into a figure of your
+own: ``params_vs_loss_panel``, ``loss_bars_panel``. A figure of several panels returns
+the Figure: figures 1 and 3 (``params_vs_loss``, ``loss_bars``: one panel per dataset),
+2, 4, 5, 6 and 7. ``as_figure`` turns a one-panel call into its Figure. Figures are
 ``matplotlib.figure.Figure`` objects built with the object API (no pyplot state), so they
 work under any backend and in threads. Colours come from one mapping per factor or sweep
 (``color_mapping``). When the data hold several datasets, a figure gets one row of panels
-per dataset; pass one dataset's rows to draw that dataset's version.
+per dataset; pass one dataset's rows to draw that dataset's version. The attention maps
+figure 6 draws come from analysis.heatmaps (which runs the model).
 """
 
 from __future__ import annotations
 
-import io
 import math
 import re
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
-from matplotlib import rc_context
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
-from matplotlib.transforms import Bbox
-from PIL import Image
 
 from analysis.aggregate import config_label, level_order
 from charlm.text import scaled
 
 __all__ = [
+    "as_figure",
     "attention_over_training",
-    "capture_attention",
     "color_mapping",
     "display_chars",
     "factor_curves",
@@ -40,8 +39,9 @@ __all__ = [
     "layer_heatmaps",
     "layer_similarity",
     "loss_bars",
+    "loss_bars_panel",
     "params_vs_loss",
-    "save_figure",
+    "params_vs_loss_panel",
     "sweeps_compared",
 ]
 
@@ -119,7 +119,7 @@ def _grid(
 
     Margins are fixed in inches instead of a layout engine: constrained layout redraws
     every text several times and doubled the cost of the report's figures; fixed gaps also
-    let a row or column of panels be cut out cleanly (save_figure's views).
+    let a row or column of panels be cut out cleanly (figures.save_figure's views).
     """
     n_rows, n_cols = max(n_rows, 1), max(n_cols, 1)
     left, top, column_gap = 0.95, 0.8, 1.1
@@ -149,18 +149,40 @@ def _one_dataset_axes(
     right: float = 0.0,
 ):
     """The axes to draw each dataset on: ``ax`` (one dataset only) or a new column of panels."""
-    datasets = _datasets(frame)
     if ax is not None:
-        if len(datasets) > 1:
-            raise ValueError(
-                f"ax given but the data hold {len(datasets)} datasets ({', '.join(datasets)}): "
-                "pass one dataset's rows, or ax=None for one panel per dataset."
-            )
-        return ax.figure, [(datasets[0] if datasets else "", ax)]
+        dataset, ax = _panel_axes(frame, ax, width, height, bottom, right)
+        return ax.figure, [(dataset, ax)]
+    datasets = _datasets(frame)
     figure, axes = _grid(
         max(len(datasets), 1), 1, width, height, bottom, gap=bottom + 0.4, right=right
     )
     return figure, list(zip(datasets, axes[:, 0], strict=False))
+
+
+def _panel_axes(
+    frame: pd.DataFrame,
+    ax: Axes | None,
+    width: float,
+    height: float,
+    bottom: float = 0.55,
+    right: float = 0.0,
+) -> tuple[str, Axes]:
+    """The one dataset of ``frame`` and the axes to draw it on: ``ax``, or the single panel
+    of a new figure laid out as that dataset's row of the faceted figure."""
+    datasets = _datasets(frame)
+    if len(datasets) > 1:
+        raise ValueError(
+            f"ax given but the data hold {len(datasets)} datasets ({', '.join(datasets)}): "
+            "pass one dataset's rows, or ax=None for one panel per dataset."
+        )
+    if ax is None:
+        ax = _grid(1, 1, width, height, bottom, gap=bottom + 0.4, right=right)[1][0, 0]
+    return (datasets[0] if datasets else ""), ax
+
+
+def as_figure(plot: Callable[..., Axes], *args: Any, **kwargs: Any) -> Figure:
+    """``plot(*args, **kwargs)`` (a single-panel function) and return its figure."""
+    return cast(Figure, plot(*args, **kwargs).figure)
 
 
 def _band(ax: Axes, bands: list, x, mean, stderr, color, label: str | None, **line) -> None:
@@ -216,49 +238,64 @@ def params_vs_loss(
     colors: Mapping[str, str] | None = None,
     ax: Axes | None = None,
 ) -> Figure:
-    """Figure 1: parameters (log x) vs ``metric``, mean with stderr bars, each point
-    labelled with its config, one colour per factor. ``summary``: config_summary rows."""
+    """Figure 1: one ``params_vs_loss_panel`` per dataset (one colour per factor across
+    them). ``summary``: config_summary rows. ``ax``: draw one dataset's rows into it (the
+    Figure returned is ``ax``'s)."""
     colors = colors or color_mapping(summary["factor"])
     figure, panels = _one_dataset_axes(summary, ax, 6.0, 4.0, right=1.6)
     for dataset, axes in panels:
         rows = summary[summary["dataset"] == dataset]
-        for factor, factor_rows in rows.groupby("factor", sort=True):
-            axes.errorbar(
-                factor_rows["n_params_mean"],
-                factor_rows[f"{metric}_mean"],
-                yerr=factor_rows[f"{metric}_stderr"].fillna(0),
-                fmt="o",
-                capsize=3,
-                color=colors[factor],
-                label=factor,
-            )
-            for _, row in factor_rows.iterrows():
-                axes.annotate(
-                    config_label(row["factor"], row["level"]),
-                    (row["n_params_mean"], row[f"{metric}_mean"]),
-                    xytext=(4, 4),
-                    textcoords="offset points",
-                    fontsize=MIN_FONT_PT,
-                )
-        axes.set_xscale("log")
-        axes.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        axes.xaxis.set_major_formatter(FuncFormatter(lambda x, _: scaled(x, sep="", counts=True)))
-        axes.xaxis.set_minor_formatter(NullFormatter())
-        axes.margins(x=0.12)
-        axes.set_xlabel("parameters")
-        axes.set_ylabel(_LABELS.get(metric, metric.replace("_", " ")))
-        axes.set_title(
-            f"{_sweep_name(rows)}{dataset}: parameters vs {metric.replace('_', ' ')}", y=1.0
-        )
-        axes.legend(
-            title="factor",
-            fontsize=MIN_FONT_PT,
-            title_fontsize=MIN_FONT_PT + 1,
-            loc="upper left",
-            bbox_to_anchor=(1.02, 1.0),
-        )
-        axes.grid(True, alpha=0.3)
+        params_vs_loss_panel(rows, metric=metric, colors=colors, ax=axes)
     return figure
+
+
+def params_vs_loss_panel(
+    rows: pd.DataFrame,
+    *,
+    metric: str = "best_val_loss",
+    colors: Mapping[str, str] | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """One dataset's parameters (log x) vs ``metric``: mean with stderr bars, each point
+    labelled with its config, one colour per factor. ``rows``: config_summary rows of one
+    dataset. Draws on ``ax`` (a new figure when None) and returns it."""
+    colors = colors or color_mapping(rows["factor"])
+    dataset, ax = _panel_axes(rows, ax, 6.0, 4.0, right=1.6)
+    for factor, factor_rows in rows.groupby("factor", sort=True):
+        ax.errorbar(
+            factor_rows["n_params_mean"],
+            factor_rows[f"{metric}_mean"],
+            yerr=factor_rows[f"{metric}_stderr"].fillna(0),
+            fmt="o",
+            capsize=3,
+            color=colors[factor],
+            label=factor,
+        )
+        for _, row in factor_rows.iterrows():
+            ax.annotate(
+                config_label(row["factor"], row["level"]),
+                (row["n_params_mean"], row[f"{metric}_mean"]),
+                xytext=(4, 4),
+                textcoords="offset points",
+                fontsize=MIN_FONT_PT,
+            )
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: scaled(x, sep="", counts=True)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.margins(x=0.12)
+    ax.set_xlabel("parameters")
+    ax.set_ylabel(_LABELS.get(metric, metric.replace("_", " ")))
+    ax.set_title(f"{_sweep_name(rows)}{dataset}: parameters vs {metric.replace('_', ' ')}", y=1.0)
+    ax.legend(
+        title="factor",
+        fontsize=MIN_FONT_PT,
+        title_fontsize=MIN_FONT_PT + 1,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+    )
+    ax.grid(True, alpha=0.3)
+    return ax
 
 
 def _sweep_name(rows: pd.DataFrame) -> str:
@@ -333,42 +370,51 @@ def _same_limits(axes: np.ndarray) -> None:
 
 
 def loss_bars(summary: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
-    """Figure 3: final train and val loss of every config, mean with stderr error bars.
-    ``summary``: config_summary rows (in the order given)."""
+    """Figure 3: one ``loss_bars_panel`` per dataset. ``summary``: config_summary rows (in
+    the order given). ``ax``: draw one dataset's rows into it (the Figure returned is
+    ``ax``'s)."""
     n_configs = summary.groupby("dataset").size().max() if len(summary) else 1
     figure, panels = _one_dataset_axes(summary, ax, max(6.0, 0.3 * n_configs), 3.2, bottom=1.5)
     for dataset, axes in panels:
-        rows = summary[summary["dataset"] == dataset]
-        x = np.arange(len(rows))
-        for offset, column, color, name in (
-            (-0.2, "final_train_loss", "#9ecae1", "train"),
-            (0.2, "final_val_loss", "#3182bd", "val"),
-        ):
-            axes.bar(
-                x + offset,
-                rows[f"{column}_mean"],
-                width=0.4,
-                color=color,
-                label=name,
-                yerr=rows[f"{column}_stderr"].fillna(0),
-                capsize=2,
-            )
-        axes.set_xticks(
-            x,
-            [config_label(f, lv) for f, lv in zip(rows.factor, rows.level, strict=True)],
-            rotation=60,
-            ha="right",
-            fontsize=MIN_FONT_PT,
-        )
-        means = rows[["final_train_loss_mean", "final_val_loss_mean"]].to_numpy(float)
-        if np.isfinite(means).any():
-            low, high = np.nanmin(means), np.nanmax(means)
-            axes.set_ylim(low - 0.5 * (high - low) - 0.01, high + 0.35 * (high - low) + 0.01)
-        axes.set_ylabel("loss")
-        axes.set_title(f"{_sweep_name(rows)}{dataset}: final train and val loss per config", y=1.0)
-        axes.legend(loc="upper left", ncols=2)
-        axes.grid(True, axis="y", alpha=0.3)
+        loss_bars_panel(summary[summary["dataset"] == dataset], ax=axes)
     return figure
+
+
+def loss_bars_panel(rows: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
+    """One dataset's final train and val loss of every config, mean with stderr error bars.
+    ``rows``: config_summary rows of one dataset (in the order given). Draws on ``ax`` (a
+    new figure when None) and returns it."""
+    dataset, ax = _panel_axes(rows, ax, max(6.0, 0.3 * len(rows)), 3.2, bottom=1.5)
+    x = np.arange(len(rows))
+    for offset, column, color, name in (
+        (-0.2, "final_train_loss", "#9ecae1", "train"),
+        (0.2, "final_val_loss", "#3182bd", "val"),
+    ):
+        ax.bar(
+            x + offset,
+            rows[f"{column}_mean"],
+            width=0.4,
+            color=color,
+            label=name,
+            yerr=rows[f"{column}_stderr"].fillna(0),
+            capsize=2,
+        )
+    ax.set_xticks(
+        x,
+        [config_label(f, lv) for f, lv in zip(rows.factor, rows.level, strict=True)],
+        rotation=60,
+        ha="right",
+        fontsize=MIN_FONT_PT,
+    )
+    means = rows[["final_train_loss_mean", "final_val_loss_mean"]].to_numpy(float)
+    if np.isfinite(means).any():
+        low, high = np.nanmin(means), np.nanmax(means)
+        ax.set_ylim(low - 0.5 * (high - low) - 0.01, high + 0.35 * (high - low) + 0.01)
+    ax.set_ylabel("loss")
+    ax.set_title(f"{_sweep_name(rows)}{dataset}: final train and val loss per config", y=1.0)
+    ax.legend(loc="upper left", ncols=2)
+    ax.grid(True, axis="y", alpha=0.3)
+    return ax
 
 
 def _per_layer(attention: pd.DataFrame, metrics: Sequence[str], title: str, pairs: bool) -> Figure:
@@ -568,132 +614,3 @@ def sweeps_compared(
             )
     figure.suptitle("sweeps compared: baseline configs\n(mean ± stderr over seeds)", fontsize=10)
     return figure
-
-
-def save_figure(
-    figure: Figure,
-    stem: str | Path,
-    formats: Sequence[str] = ("png", "svg"),
-    dpi: int = 100,
-    views: Mapping[str, Sequence[Axes]] | None = None,
-) -> list[Path]:
-    """Write ``figure`` as ``<stem>.<format>`` for each format; return the paths.
-
-    ``views`` (name -> axes of the figure) also writes ``<stem>_<name>.<format>``: the
-    part of the figure holding those axes, e.g. one dataset's row of panels. A PNG view is
-    cut from the same drawing and an SVG view is the same drawing with a narrower viewBox
-    (what ``savefig(bbox_inches=...)`` writes too), so views cost no second drawing.
-    """
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    views = dict(views or {})
-    paths: list[Path] = []
-    boxes: dict[str, Bbox] = {}
-    height_px = figure.get_figheight() * dpi
-    if "png" in formats or views:
-        figure.set_dpi(dpi)
-        canvas = FigureCanvasAgg(figure)
-        # Unhinted glyphs: FreeType's auto-hinter (matplotlib's default) cost a sixth of
-        # the PNG's drawing time, for text that looks barely different at 100 dpi.
-        with rc_context({"text.hinting": "no_hinting"}):
-            canvas.draw()
-        pixels = np.asarray(canvas.buffer_rgba())
-        boxes = {name: _view_box(figure, axes) for name, axes in views.items()}
-        if "png" in formats:
-            Image.fromarray(pixels).save(stem.with_suffix(".png"), compress_level=1)
-            paths.append(stem.with_suffix(".png"))
-            for name, box in boxes.items():
-                top, bottom = int(height_px - box.y1), int(np.ceil(height_px - box.y0))
-                crop = pixels[max(top, 0) : bottom, int(box.x0) : int(np.ceil(box.x1))]
-                path = stem.with_name(f"{stem.name}_{name}.png")
-                Image.fromarray(np.ascontiguousarray(crop)).save(path, compress_level=1)
-                paths.append(path)
-    for fmt in (fmt for fmt in formats if fmt != "png"):
-        path = stem.with_suffix(f".{fmt}")
-        with rc_context({"svg.fonttype": "none"}):  # text as text: smaller, 2x faster SVG
-            if fmt == "svg":
-                buffer = io.StringIO()
-                figure.savefig(buffer, format="svg", dpi=dpi)
-                svg = buffer.getvalue()
-                path.write_text(svg)
-            else:
-                figure.savefig(path, format=fmt, dpi=dpi)
-            paths.append(path)
-            for name, box in boxes.items():
-                view = stem.with_name(f"{stem.name}_{name}.{fmt}")
-                if fmt == "svg":
-                    view.write_text(_svg_view(svg, _inches(box, dpi), figure.get_figheight()))
-                else:
-                    figure.savefig(view, format=fmt, dpi=dpi, bbox_inches=_inches(box, dpi))
-                paths.append(view)
-    return paths
-
-
-def _view_box(figure: Figure, axes: Sequence[Axes]) -> Bbox:
-    """The part of the figure (display pixels) that holds ``axes``: out to halfway to the
-    neighbouring panels, or to the figure's edge where there is none (above: room for the
-    panel titles, not the figure's title). Geometry only: measuring every text's extent
-    would cost as much as drawing the figure again."""
-    box = Bbox.union([ax.get_position() for ax in axes])  # figure fractions
-    others = [ax.get_position() for ax in figure.axes if ax not in axes]
-    left = max((o.x1 for o in others if o.x1 <= box.x0), default=None)
-    right = min((o.x0 for o in others if o.x0 >= box.x1), default=None)
-    below = max((o.y1 for o in others if o.y1 <= box.y0), default=None)
-    above = min((o.y0 for o in others if o.y0 >= box.y1), default=None)
-    title_room = 0.4 / figure.get_figheight()
-    extents = (
-        0.0 if left is None else (left + box.x0) / 2,
-        0.0 if below is None else (below + box.y0) / 2,
-        1.0 if right is None else (right + box.x1) / 2,
-        min(1.0, box.y1 + title_room) if above is None else (above + box.y1) / 2,
-    )
-    return Bbox.from_extents(*extents).transformed(figure.transFigure)
-
-
-def _inches(box: Bbox, dpi: float) -> Bbox:
-    return Bbox.from_extents(box.x0 / dpi, box.y0 / dpi, box.x1 / dpi, box.y1 / dpi)
-
-
-def _svg_view(svg: str, box: Bbox, figure_height: float) -> str:
-    """The SVG with its page narrowed to ``box`` (inches, origin bottom left)."""
-    x, y = box.x0 * 72, (figure_height - box.y1) * 72  # SVG: points, origin top left
-    width, height = box.width * 72, box.height * 72
-    size = f'width="{width:.2f}pt" height="{height:.2f}pt"'
-    root = f'{size} viewBox="{x:.2f} {y:.2f} {width:.2f} {height:.2f}"'
-    return re.sub(r'width="[^"]*" height="[^"]*" viewBox="[^"]*"', root, svg, count=1)
-
-
-def capture_attention(
-    model_path: str | Path, text: str, device: str = "cpu"
-) -> tuple[list[np.ndarray], list[str]]:
-    """Attention maps of a trained checkpoint on ``text``: one (n_head, T, T) array per
-    layer and the T characters (text cut to the model's block size).
-
-    Loads ``RESULTS_DIR/models/<trial_id>.pt`` with ``charlm.train.load_model`` (torch is
-    imported only here). Characters outside the model's vocabulary raise ValueError.
-    """
-    import torch
-
-    from charlm.train import load_model
-
-    model, vocab = load_model(model_path)
-    stoi = {ch: i for i, ch in enumerate(vocab)}
-    unknown = sorted(set(text) - set(stoi))
-    if unknown:
-        raise ValueError(
-            f"heatmap text has characters {''.join(unknown)!r} that are not in the model's "
-            "vocabulary: give text made of the dataset's characters."
-        )
-    text = text[: model.cfg.block_size]
-    idx = torch.tensor([[stoi[ch] for ch in text]], dtype=torch.long, device=device)
-    model.to(device).eval()
-    threads = torch.get_num_threads()
-    # One thread: the model is tiny, and on a busy machine (figure workers drawing) torch's
-    # threads wait on each other: 0.4 s instead of 15 ms per capture.
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            capture = model.capture(idx)
-    finally:
-        torch.set_num_threads(threads)
-    return [att[0].float().cpu().numpy() for att in capture.attentions], list(text)

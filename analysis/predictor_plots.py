@@ -1,15 +1,14 @@
 """Figures of the predictors section and the research templates' figures: drawing only.
 
 Single-panel functions take ``ax=None`` and return the axes they drew on (a new figure's
-when ``ax`` is None); the multi-panel ones return a Figure. ``as_figure`` turns a
+when ``ax`` is None); the multi-panel ones return a Figure. ``plots.as_figure`` turns a
 single-panel call into a Figure for the report's figure workers (picklable with partial).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, cast
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,7 +23,6 @@ from analysis.aggregate import level_order
 from analysis.plots import _add_bands, _band, _level_colors, color_mapping
 
 __all__ = [
-    "as_figure",
     "cluster_quality",
     "cluster_quality_panel",
     "correlation_figure",
@@ -41,11 +39,6 @@ def _new_axes(width: float, height: float, left: float = 0.8, bottom: float = 0.
     return figure.add_axes(
         (left / width, bottom / height, 1 - (left + 0.25) / width, 1 - (bottom + 0.55) / height)
     )
-
-
-def as_figure(plot: Callable[..., Axes], *args: Any, **kwargs: Any) -> Figure:
-    """``plot(*args, **kwargs)`` (a single-panel function) and return its figure."""
-    return cast(Figure, plot(*args, **kwargs).figure)
 
 
 def cluster_quality_panel(rows: pd.DataFrame, ax: Axes | None = None, legend: bool = True) -> Axes:

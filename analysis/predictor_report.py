@@ -18,8 +18,9 @@ from typing import Any
 import pandas as pd
 
 from analysis import predictor_plots, predictors
-from analysis.aggregate import slug
-from analysis.plots import save_figure
+from analysis.export import slug
+from analysis.figures import save_figure
+from analysis.plots import as_figure
 
 __all__ = [
     "TEMPLATE_NAMES",
@@ -88,7 +89,7 @@ def compute(
 
 
 def figure_specs(result: Predictors, curves: pd.DataFrame, trials: pd.DataFrame) -> list[tuple]:
-    """The section's figures as report._FigureJob fields (stem, caption, draw, cost,
+    """The section's figures as figures.FigureJob fields (stem, caption, draw, cost,
     views): per sweep the correlation figure (a view per dataset) and the cluster_quality
     figure, and one training_dynamics figure of every ok run."""
     specs: list[tuple] = []
@@ -117,7 +118,7 @@ def figure_specs(result: Predictors, curves: pd.DataFrame, trials: pd.DataFrame)
     if len(frame):
         columns = ["trial_id", "sweep", "dataset", "factor", "level", "status"]
         draw = partial(
-            predictor_plots.as_figure, predictor_plots.training_dynamics,
+            as_figure, predictor_plots.training_dynamics,
             frame[["trial_id", "step", "train_loss", "val_loss"]], ok[columns],
         )  # fmt: skip
         caption = "training dynamics: train and val loss of every run"
@@ -139,7 +140,7 @@ def _fmt(value: float, digits: int = 3) -> str:
 
 
 def section(result: Predictors, specs: Sequence[tuple], formats: Sequence[str]) -> dict[str, Any]:
-    """The section's title, paragraphs, tables and figure entries (report._Section
+    """The section's title, paragraphs, tables and figure entries (render.Section
     fields). ``specs``: what ``figure_specs`` returned."""
     paragraphs = [
         "Across the finished trials of each sweep and dataset (every seed one observation): "
@@ -210,7 +211,7 @@ def write_template_figures(
     written, notes = [], []
     for dataset, rows in curves.groupby("dataset", sort=True):
         for column in ("train_loss", "val_loss"):
-            figure = predictor_plots.as_figure(predictor_plots.loss_by_config, rows, column)
+            figure = as_figure(predictor_plots.loss_by_config, rows, column)
             written += save_figure(figure, out / f"{column}_{dataset}", ("png",))
     for dataset in sorted(curves["dataset"].unique()):
         rows = attention[attention["dataset"] == dataset]

@@ -17,15 +17,16 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from analysis.aggregate import format_params, slug
-from analysis.plots import save_figure
+from analysis.export import format_params, slug
+from analysis.figures import save_figure
+from analysis.plots import as_figure
 from charlm.config import ModelConfig, TrainConfig, config_fields
 
 __all__ = [
@@ -193,14 +194,12 @@ def loss_vs_params(rows: pd.DataFrame, configs: pd.DataFrame, params: list[str])
     return figure
 
 
-def best_so_far(configs: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
+def best_so_far(configs: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
     """Each complete config's mean loss against its trial number (start order), and the
-    best mean so far as a step line; early-stopped configs as crosses at their last loss."""
-    if ax is not None:
-        figure = cast(Figure, ax.figure)
-    else:
-        figure = Figure(figsize=(6.0, 3.6), layout="constrained")
-    ax = ax if ax is not None else figure.subplots()
+    best mean so far as a step line; early-stopped configs as crosses at their last loss.
+    Draws on ``ax`` (a new figure when None) and returns it."""
+    if ax is None:
+        ax = Figure(figsize=(6.0, 3.6), layout="constrained").subplots()
     complete = configs[configs["complete"]]
     stopped = configs[configs["early_stopped"]]
     ax.scatter(complete["trial_number"], complete["mean"], s=18, color="#1f77b4",
@@ -214,7 +213,7 @@ def best_so_far(configs: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
     ax.set_ylabel("final val loss")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    return figure
+    return ax
 
 
 # ---------------------------------------------------------------- section
@@ -303,7 +302,7 @@ def search_section(
              f"{sweep} ({dataset}): final val loss against each searched parameter",
              loss_vs_params(rows, configs, params) if params else None),
             (f"{stem}_best_so_far", f"{sweep} ({dataset}): best config so far by trial number",
-             best_so_far(configs)),
+             as_figure(best_so_far, configs)),
         ]  # fmt: skip
         for name, caption, figure in drawn:
             if figure is None:

@@ -1,16 +1,18 @@
-"""Soak: a 200-trial grid on a share-nothing Ray cluster with S3 checkpoints, its worker
+"""Soak: a 200-trial grid on a share-nothing Ray cluster with S3 checkpoints, a worker
 node SIGKILLed every 30 s (and replaced at once). Nothing may be lost.
 
     python benchmarks/soak.py                        # 200 trials, a kill every 30 s
     python benchmarks/soak.py --trials 10 --kill-every 30 --keep
+    python benchmarks/soak.py --workers 1 --worker-cpus 2   # every kill takes the whole cluster
 
 The cluster is tests/sharenothing.py's: a ``ray start --head`` on this machine (no CPUs
-for trials) and one worker node (2 CPUs by default) in its own mount and PID namespace,
-which cannot read this machine's files; checkpoints go to moto's S3 server on 127.0.0.1
-(credentials in the nodes' environment only). Needs root (unshare, mount). The sweep
-driver is ``python sweeps/ablation.py --address HEAD --storage s3://...`` in its own
-process; this process SIGKILLs the worker node's namespace (every process of the node at
-once) and starts a fresh node, while a thread reads the whole store in a loop.
+for trials) and ``--workers`` worker nodes (2 of 1 CPU by default), each in its own mount
+and PID namespace, which cannot read this machine's files. Checkpoints go to moto's S3
+server on 127.0.0.1 (credentials in the nodes' environment only). Needs root (unshare,
+mount). The sweep driver is ``python sweeps/ablation.py --address HEAD --storage s3://...``
+in its own process; every ``--kill-every`` seconds this process SIGKILLs the oldest worker
+node's namespace (every process of the node at once) and starts a fresh node, so with two
+nodes each lives about twice that; a thread reads the whole store in a loop meanwhile.
 
 Prints trials finished, retries, nodes killed, S3 objects written and rows lost. A row is
 lost when a (config, seed) of the grid has no ``trials`` row, has more than one, or its
@@ -135,7 +137,8 @@ def run_soak(
     kill_every_s: float = 30.0,
     max_iters: int = 60,
     eval_interval: int = 20,
-    worker_cpus: int = 2,
+    workers: int = 2,
+    worker_cpus: int = 1,
     max_failures: int = 10,
     timeout_s: float = 4 * 3600.0,
     log=print,
@@ -162,7 +165,7 @@ def run_soak(
     watcher = _Watcher(results)
     driver = None
     try:
-        cluster.start(workers=1)
+        cluster.start(workers=workers)
         log(f"share-nothing cluster up in {time.monotonic() - start:.0f}s at {cluster.address}; "
             f"S3 at {moto.endpoint}")  # fmt: skip
         command = [
@@ -184,14 +187,13 @@ def run_soak(
                 driver.wait(60)
                 break
             if time.monotonic() >= next_kill and cluster.workers:
-                for worker in list(cluster.workers):
-                    cluster.kill_worker(worker)
+                cluster.kill_worker(cluster.workers[0])  # the oldest node
                 result.kills += 1
                 done = len(read_table(results, "trials", columns=["trial_id"]).table)
                 elapsed = time.monotonic() - start
-                log(f"[{elapsed:5.0f}s] killed the worker node (kill {result.kills}); "
+                log(f"[{elapsed:5.0f}s] killed a worker node (kill {result.kills}); "
                     f"{done}/{len(expected)} trials in the store")  # fmt: skip
-            if not cluster.workers:
+            if len(cluster.workers) < workers:
                 try:
                     cluster.add_worker()
                 except RuntimeError:  # a loaded machine: Ray's 30 s registration window
@@ -245,22 +247,28 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds between worker-node kills (default 30)")  # fmt: skip
     parser.add_argument("--max-iters", type=int, default=60, help="steps per trial (default 60)")
     parser.add_argument("--eval-interval", type=int, default=20, help="default 20")
-    parser.add_argument("--worker-cpus", type=int, default=2, help="CPUs of the worker node")
+    parser.add_argument("--workers", type=int, default=2, help="worker nodes (default 2)")
+    parser.add_argument("--worker-cpus", type=int, default=1, help="CPUs per worker node")
     parser.add_argument("--max-failures", type=int, default=10, help="retries per trial")
     parser.add_argument("--data-dir", help="dataset cache (default: $CHARLM_DATA_DIR)")
     parser.add_argument("--work", type=Path, help="directory for the store and logs "
                         "(default: a temp dir, removed unless --keep)")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
+    if args.workers < 1 or args.worker_cpus < 1:
+        parser.error("--workers and --worker-cpus: give at least 1")
+    # SIGTERM stops the soak as Ctrl-C does: the cluster, S3 server and driver are cleaned up.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if args.data_dir:
         os.environ["CHARLM_DATA_DIR"] = str(Path(args.data_dir).resolve())
     work = args.work or Path(tempfile.mkdtemp(prefix="charlm-soak-"))
-    print(f"soak: {args.trials} tiny trials, worker node killed every {args.kill_every:g}s; "
+    print(f"soak: {args.trials} tiny trials on {args.workers} worker nodes, one killed every "
+          f"{args.kill_every:g}s; "
           f"work dir {work}", flush=True)  # fmt: skip
     try:
         result = run_soak(
             work, trials=args.trials, kill_every_s=args.kill_every, max_iters=args.max_iters,
-            eval_interval=args.eval_interval, worker_cpus=args.worker_cpus,
+            eval_interval=args.eval_interval, workers=args.workers, worker_cpus=args.worker_cpus,
             max_failures=args.max_failures, log=lambda line: print(line, flush=True),
         )  # fmt: skip
     finally:

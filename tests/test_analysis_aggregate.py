@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis import aggregate, load_store
+from analysis import aggregate, export, load_store
 from analysis.synthetic import init_store, trial_row, write_rows
 
 BASE = [1.50, 1.60, 1.55]  # seeds 0, 1, 2
@@ -141,13 +141,13 @@ def test_rank_factors_on_seed_averaged_results(store):
 
 
 def test_final_info_format(store, tmp_path):
-    info = aggregate.final_info(load_store(store).trials)
+    info = export.final_info(load_store(store).trials)
     base = info[("sweep", "baseline", "baseline")]["shakespeare_char"]
     assert base["means"]["best_val_loss_mean"] == pytest.approx(np.mean(BASE))
     assert base["stderrs"]["best_val_loss_stderr"] == pytest.approx(stats.sem(BASE))
     assert base["final_info_dict"]["best_val_loss"] == pytest.approx(BASE)
     assert set(base["means"]) == {f"{m}_mean" for m in aggregate.METRICS}
-    paths = aggregate.write_final_info(load_store(store).trials, tmp_path / "fi")
+    paths = export.write_final_info(load_store(store).trials, tmp_path / "fi")
     written = json.loads(
         (tmp_path / "fi" / "sweep" / "n_embed_128" / "final_info.json").read_text()
     )
@@ -209,7 +209,7 @@ def test_paper_table_markdown_and_latex(store):
     trials = load_store(store).trials
     summary = aggregate.config_summary(trials)
     effects = aggregate.compare_to_baseline(trials)
-    table = aggregate.paper_table(summary, effects).set_index("Config")
+    table = export.paper_table(summary, effects).set_index("Config")
     assert table.loc["baseline", "Best val loss"] == (
         f"{np.mean(BASE):.4f} ± {np.std(BASE, ddof=1) / math.sqrt(3):.4f}"
     )
@@ -217,8 +217,8 @@ def test_paper_table_markdown_and_latex(store):
     delta = effects.set_index("config").loc["n_embed=128"]
     change = table.loc["n_embed=128", "Δ Best val loss vs baseline [95% CI]"]
     assert change.startswith(f"{delta['delta']:+.4f} [{delta['ci_low']:+.4f}, ")
-    latex = aggregate.to_latex(aggregate.paper_table(summary, effects), caption="A_B")
+    latex = export.to_latex(export.paper_table(summary, effects), caption="A_B")
     assert r"$\pm$" in latex and r"\toprule" in latex and r"n\_embed=128" in latex
     assert r"\caption{A\_B}" in latex
-    markdown = aggregate.to_markdown(pd.DataFrame({"a": ["x|y"]}))
+    markdown = export.to_markdown(pd.DataFrame({"a": ["x|y"]}))
     assert markdown == "| a |\n| --- |\n| x\\|y |\n"

@@ -13,7 +13,7 @@ from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.figure import Figure
 from tiny import tiny_store
 
-from analysis import aggregate, load_store, plots
+from analysis import aggregate, figures, load_store, plots
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +102,33 @@ def test_loss_bars(tables):
     assert [t.get_text() for t in ax.get_xticklabels()] == list(summary["config"])
 
 
+def test_panels_draw_into_a_figure_of_your_own(tables):
+    """As in rliable: one-panel functions draw on the axes given and return them."""
+    summary = _one(tables["summary"], dataset="shakespeare_char")
+    own = Figure()
+    left, right = own.subplots(1, 2)
+    assert plots.params_vs_loss_panel(summary, ax=left) is left
+    assert plots.loss_bars_panel(summary, ax=right) is right
+    assert own.axes == [left, right]  # nothing added to the figure, nothing drawn elsewhere
+    assert (left.get_xlabel(), left.get_ylabel()) == ("parameters", "best val loss")
+    assert _legend(left) == ["baseline", "n_embed", "n_layer"]
+    errorbars = [c for c in left.containers if isinstance(c, ErrorbarContainer)]
+    assert len(errorbars) == 3 and all(c.has_yerr for c in errorbars)
+    np.testing.assert_allclose(
+        np.sort(np.concatenate([np.asarray(c.lines[0].get_ydata(), float) for c in errorbars])),
+        np.sort(summary["best_val_loss_mean"].to_numpy(float)),
+    )
+    bars = [c for c in right.containers if isinstance(c, BarContainer)]
+    assert [c.get_label() for c in bars] == ["train", "val"]
+    assert sum(isinstance(c, ErrorbarContainer) for c in right.containers) == 2
+    assert [t.get_text() for t in right.get_xticklabels()] == list(summary["config"])
+    assert "shakespeare_char" in right.get_title()
+    alone = plots.loss_bars_panel(summary)  # ax=None: the panel of a new figure
+    assert alone.figure is not own and alone.figure.axes == [alone]
+    with pytest.raises(ValueError, match="2 datasets"):
+        plots.params_vs_loss_panel(_one(tables["summary"]), ax=left)
+
+
 def test_attention_and_layer_similarity(tables):
     attention = _one(tables["attention"], dataset="enwik8")
     figure = plots.attention_over_training(attention)
@@ -152,7 +179,7 @@ def test_heatmaps_from_constructed_maps():
 
 def test_save_figure_writes_each_format(tmp_path, tables):
     figure = plots.loss_bars(_one(tables["summary"], dataset="enwik8"))
-    paths = plots.save_figure(figure, tmp_path / "bars", ("png", "svg"))
+    paths = figures.save_figure(figure, tmp_path / "bars", ("png", "svg"))
     assert [p.name for p in paths] == ["bars.png", "bars.svg"]
     assert paths[0].read_bytes()[:4] == b"\x89PNG"
     assert "<svg" in paths[1].read_text()[:400]

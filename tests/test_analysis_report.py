@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from tiny import tiny_store
 
-from analysis import plots
+from analysis import heatmaps
 from analysis.report import main
 from analysis.synthetic import trial_row, write_rows
 
@@ -61,7 +61,7 @@ def _files(path: Path) -> set[Path]:
 
 def test_report_is_self_contained(store, tmp_path, capsys, monkeypatch):
     maps = [np.full((2, 6, 6), 1 / 6) for _ in range(2)]
-    monkeypatch.setattr(plots, "capture_attention", lambda path, text: (maps, list(text[:6])))
+    monkeypatch.setattr(heatmaps, "capture_attention", lambda path, text: (maps, list(text[:6])))
     (store / "models").mkdir(exist_ok=True)  # a store made by ResultStore has it
     (store / "models" / "base-shakespeare_char-baseline-baseline-s0.pt").write_bytes(b"")
     out = tmp_path / "report"
@@ -159,7 +159,7 @@ def test_bad_cli_input_one_line_exit_2(store, tmp_path, capsys, argv, message):
 
 def test_heatmap_layer_out_of_range_writes_nothing(store, tmp_path, capsys, monkeypatch):
     maps = [np.full((2, 4, 4), 0.25) for _ in range(2)]
-    monkeypatch.setattr(plots, "capture_attention", lambda path, text: (maps, list("abcd")))
+    monkeypatch.setattr(heatmaps, "capture_attention", lambda path, text: (maps, list("abcd")))
     (store / "models").mkdir(exist_ok=True)  # a store made by ResultStore has it
     (store / "models" / "base-shakespeare_char-baseline-baseline-s0.pt").write_bytes(b"")
     assert main([str(store), "--out", str(tmp_path / "r"), "--heatmap-layer", "5"]) == 2
