@@ -46,8 +46,6 @@ ABLATION = REPO / "sweeps" / "ablation.py"
 sys.path.insert(0, str(REPO / "tests"))
 S3_PREFIX = "soak"
 
-TINY = {"n_layer": 1, "n_head": 2, "n_embed": 16, "block_size": 16, "dropout": 0.0,
-        "batch_size": 8, "eval_iters": 2, "warmup_iters": 2, "sample_tokens": 20}  # fmt: skip
 # Five configs (the baseline and one level of four factors); seeds make up the count.
 FACTORS = {"n_head": [1], "dropout": [0.1], "learning_rate": [3e-3], "weight_decay": [0.0]}
 BUCKET = "charlm-soak"
@@ -90,8 +88,10 @@ def write_grid(path: Path, trials: int, max_iters: int, eval_interval: int) -> P
     configs = 1 + sum(len(levels) for levels in FACTORS.values())
     if trials % configs:
         raise SystemExit(f"--trials {trials}: give a multiple of {configs} (configs x seeds)")
+    from tiny import tiny_params  # tests/tiny.py: the tests' tiny config
+
     grid = {"name": "soak", "datasets": ["shakespeare_char"], "seeds": trials // configs,
-            "baseline": {**TINY, "max_iters": max_iters, "eval_interval": eval_interval},
+            "baseline": tiny_params(max_iters=max_iters, eval_interval=eval_interval),
             "factors": FACTORS}  # fmt: skip
     path.write_text(yaml.safe_dump(grid, sort_keys=False))
     return path

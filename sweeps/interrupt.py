@@ -48,12 +48,13 @@ def install() -> None:
 
 
 @contextmanager
-def handling() -> Iterator[None]:
-    """Catch SIGINT and SIGTERM for the block; the previous handlers come back after it."""
-    global _received, _graceful
+def _installed(is_graceful: bool) -> Iterator[None]:
+    """Our handlers for the block, graceful or not; after it, the previous handlers and
+    not graceful."""
+    global _graceful
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    _received, _graceful = None, False
     install()
+    _graceful = is_graceful
     try:
         yield
     finally:
@@ -63,15 +64,16 @@ def handling() -> Iterator[None]:
 
 
 @contextmanager
+def handling() -> Iterator[None]:
+    """Catch SIGINT and SIGTERM for the block; the previous handlers come back after it."""
+    global _received
+    _received = None
+    with _installed(is_graceful=False):
+        yield
+
+
+@contextmanager
 def graceful() -> Iterator[None]:
     """Inside: a first signal is only recorded (the runner's stopper ends the run)."""
-    global _graceful
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    install()
-    _graceful = True
-    try:
+    with _installed(is_graceful=True):
         yield
-    finally:
-        _graceful = False
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)

@@ -27,6 +27,7 @@ import heapq
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sweeps.grid import TrialSpec
 
@@ -82,20 +83,26 @@ def makespan(
 ) -> float:
     """Simulated wall time: trials start in ``order``, each once its CPUs are free and never
     before the one ahead of it; ``seconds`` are on ``base_cpus``; see the module docstring."""
-    return _simulate(order, seconds, cpus, cores, base_cpus, alpha, max_concurrent, new_actor_s)[0]
+    fixed = _Fixed(seconds, cores, base_cpus, alpha, max_concurrent, new_actor_s)
+    return _simulate(order, cpus, fixed)[0]
+
+
+class _Fixed(NamedTuple):
+    """What stays fixed while ``plan_schedule`` tries orders and CPUs (see ``makespan``)."""
+
+    seconds: Mapping[str, float]
+    cores: float
+    base_cpus: float
+    alpha: float
+    max_concurrent: int | None
+    new_actor_s: float
 
 
 def _simulate(
-    order: Sequence[str],
-    seconds: Mapping[str, float],
-    cpus: Mapping[str, float],
-    cores: float,
-    base_cpus: float,
-    alpha: float,
-    max_concurrent: int | None,
-    new_actor_s: float,
+    order: Sequence[str], cpus: Mapping[str, float], fixed: _Fixed
 ) -> tuple[float, float]:
     """(wall time, sum of the trials' end times) of ``makespan``'s simulation."""
+    seconds, cores, base_cpus, alpha, max_concurrent, new_actor_s = fixed
     now, free, end_of_all, sum_of_ends = 0.0, float(cores), 0.0, 0.0
     running: list[tuple[float, float]] = []  # (end, cpus)
     shapes_started: set[float] = {base_cpus}
@@ -134,9 +141,9 @@ def plan_schedule(
     index = {trial: position for position, trial in enumerate(trial_ids)}
     order = tuple(sorted(trial_ids, key=lambda trial: (-seconds[trial], index[trial])))
     cpus = {trial: base_cpus for trial in trial_ids}
-    options = (base_cpus, alpha, max_concurrent, new_actor_s)
-    grid_order = _simulate(trial_ids, seconds, cpus, cores, *options)[0]
-    best = _simulate(order, seconds, cpus, cores, *options)
+    fixed = _Fixed(seconds, cores, base_cpus, alpha, max_concurrent, new_actor_s)
+    grid_order = _simulate(trial_ids, cpus, fixed)[0]
+    best = _simulate(order, cpus, fixed)
     widest = min(cores, max_cpus if max_cpus is not None else cores)
     choices = [base_cpus * k for k in range(2, math.floor(widest / base_cpus) + 1)]
     slots = max(1, math.floor(cores / base_cpus))
@@ -145,7 +152,7 @@ def plan_schedule(
         for choice in choices:
             # Better: the grid ends sooner, or as soon with the trials ending sooner on
             # the whole (several tail trials may end together: each helps only with the others).
-            candidate = _simulate(order, seconds, {**cpus, trial: choice}, cores, *options)
+            candidate = _simulate(order, {**cpus, trial: choice}, fixed)
             sooner = candidate[0] < best[0] * (1 - 1e-3)
             if sooner or (candidate[0] <= best[0] and candidate[1] < best[1] * (1 - 1e-3)):
                 best, chosen = candidate, choice

@@ -5,6 +5,7 @@ test and the screenshot script need a real store, not a real scheduler."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import textwrap
@@ -15,14 +16,15 @@ from sweeps.ablation import run_info
 from sweeps.grid import expand, load_grid
 from sweeps.options import Resources
 from sweeps.store import ResultStore, TrialRecord
+from tests.tiny import tiny_params
 
-TINY_GRID = """\
+BASELINE = tiny_params(n_layer=2, block_size=32, max_iters=30, eval_interval=10,
+                       sample_tokens=40, num_threads=1)  # fmt: skip
+TINY_GRID = f"""\
 name: tiny
 datasets: [shakespeare_char]
 seeds: 2
-baseline: {n_layer: 2, n_head: 2, n_embed: 16, block_size: 32, dropout: 0.0, batch_size: 8,
-           max_iters: 30, eval_interval: 10, eval_iters: 2, warmup_iters: 2,
-           sample_tokens: 40, num_threads: 1}
+baseline: {json.dumps(BASELINE)}
 factors:
   n_layer: [1, 3]
 """

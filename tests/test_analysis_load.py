@@ -6,26 +6,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tiny import tiny_store
 
 from analysis.load import CorruptStoreError, StoreError, load_store
-from analysis.synthetic import SyntheticSpec, build_store, init_store, trial_row, write_rows
+from analysis.synthetic import init_store, trial_row, write_rows
 from sweeps.schema import SCHEMAS, compact_store, compact_table, read_table
 
-SPEC = SyntheticSpec(
-    sweeps=("a", "b"),
-    datasets=("shakespeare_char", "enwik8"),
-    n_factors=1,
-    n_levels=1,
-    seeds=2,
-    eval_steps=3,
-    n_layer=2,
-    n_head=2,
-)
+SPEC = {"sweeps": ("a", "b"), "n_factors": 1, "n_levels": 1, "seeds": 2, "eval_steps": 3}
 
 
 @pytest.fixture
 def store(tmp_path):
-    return build_store(tmp_path / "store", SPEC, threads=2)
+    return tiny_store(tmp_path / "store", **SPEC)
 
 
 def test_read_table_skips_and_names_corrupt_files(store):

@@ -11,24 +11,16 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.figure import Figure
+from tiny import tiny_store
 
 from analysis import aggregate, figures, load_store, plots
-from analysis.synthetic import SyntheticSpec, build_store
 
 
 @pytest.fixture(scope="module")
 def tables(tmp_path_factory):
-    spec = SyntheticSpec(
-        sweeps=("base", "change"),
-        datasets=("shakespeare_char", "enwik8"),
-        n_factors=2,
-        n_levels=2,
-        seeds=3,
-        eval_steps=5,
-        n_layer=3,
-        n_head=2,
-    )
-    store = load_store(build_store(tmp_path_factory.mktemp("plots") / "store", spec, threads=2))
+    root = tiny_store(tmp_path_factory.mktemp("plots") / "store", sweeps=("base", "change"),
+                      n_factors=2, n_levels=2, seeds=3, eval_steps=5, n_layer=3)  # fmt: skip
+    store = load_store(root)
     trials = store.trials
     baselines = aggregate.baseline_configs(trials)
     return {

@@ -10,26 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import tiny_store
 
 from analysis import heatmaps
 from analysis.report import main
-from analysis.synthetic import SyntheticSpec, build_store, trial_row, write_rows
+from analysis.synthetic import trial_row, write_rows
 
-SPEC = SyntheticSpec(
-    sweeps=("base", "change"),
-    n_factors=1,
-    n_levels=2,
-    seeds=2,
-    eval_steps=4,
-    n_layer=2,
-    n_head=2,
-    failed_share=0.0,
-)
+SPEC = {"sweeps": ("base", "change"), "datasets": ("shakespeare_char",), "n_factors": 1,
+        "n_levels": 2, "seeds": 2, "eval_steps": 4, "failed_share": 0.0}  # fmt: skip
 
 
 @pytest.fixture
 def store(tmp_path):
-    root = build_store(tmp_path / "results", SPEC, threads=2)
+    root = tiny_store(tmp_path / "results", **SPEC)
     write_rows(
         root,
         "trials",
@@ -176,7 +169,7 @@ def test_heatmap_layer_out_of_range_writes_nothing(store, tmp_path, capsys, monk
 
 
 def test_store_still_being_written(tmp_path, capsys):
-    root = build_store(tmp_path / "results", SPEC, threads=2)
+    root = tiny_store(tmp_path / "results", **SPEC)
     write_rows(
         root, "curves", {"trial_id": ["running"], "step": [50], "val_loss": [3.0]}, "running"
     )

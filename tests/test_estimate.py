@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import tiny_model
 
 from charlm.config import ModelConfig, TrainConfig
 from sweeps.estimate import (
@@ -87,7 +88,7 @@ def test_vocab_size_comes_from_the_dataset_mapping():
 def test_time_train_step_returns_positive_seconds_and_leaves_torch_state_alone():
     threads = torch.get_num_threads()
     rng = torch.get_rng_state()
-    model = ModelConfig(n_layer=2, n_head=2, n_embed=16, block_size=16, vocab_size=65)
+    model = tiny_model(n_layer=2, dropout=0.1, vocab_size=65)
     timing, n_params, flops_per_token = time_train_step(model, 8, threads=1, budget_s=0.3)
     assert timing.seconds_per_step > 0
     assert 1 <= timing.timed_batch_size <= 8 and timing.timed_steps >= 1

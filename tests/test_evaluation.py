@@ -10,10 +10,11 @@ import pytest
 import scipy.stats
 import torch
 import torch.nn.functional as F
+from tiny import split_loss, tiny_model
 
 import charlm.evaluation as evaluation
-from charlm.config import ModelConfig, TrainConfig
-from charlm.data import iter_windows, load_dataset, n_windows
+from charlm.config import TrainConfig
+from charlm.data import load_dataset, n_windows
 from charlm.evaluation import (
     EVAL_SEED,
     Evaluator,
@@ -21,10 +22,10 @@ from charlm.evaluation import (
     plan_evaluation,
 )
 from charlm.model import GPT
-from charlm.train import MODEL_FILE, load_model, train
+from charlm.train import train
 
 SHAKESPEARE = {"train": 1_003_854, "val": 111_540}
-TINY_MODEL = ModelConfig(n_layer=2, n_head=2, n_embed=16, block_size=16, dropout=0.0)
+TINY_MODEL = tiny_model(n_layer=2)
 
 
 def window_losses(model: GPT, split: np.ndarray, starts: np.ndarray, block: int) -> np.ndarray:
@@ -98,7 +99,7 @@ def test_train_sample_stops_at_its_target_stderr(monkeypatch):
     data = load_dataset("shakespeare_char")
     cfg = TrainConfig(max_iters=3000, eval_interval=1000, batch_size=8, eval_iters=200)
     torch.manual_seed(0)
-    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embed=16, block_size=16, vocab_size=65))
+    model = GPT(tiny_model(dropout=0.1, vocab_size=65))
     autocast = torch.autocast("cpu", enabled=False)
     monkeypatch.setattr(evaluation, "TRAIN_LOSS_TARGET_STDERR", 0.05)
     loose = Evaluator(data, 16, cfg, "cpu")(model, autocast)["train"]
@@ -123,14 +124,7 @@ def test_sampled_train_loss_agrees_with_an_exact_pass(tmp_path: Path):
     result = train(TINY_MODEL, cfg, checkpoint_dir=tmp_path / "run")
     assert result.train_eval_mode == "sampled"
     assert 0 < result.final_train_loss_stderr <= 0.01
-    model, _ = load_model(tmp_path / "run" / MODEL_FILE)
-    data = load_dataset(str(text))
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for x, y in iter_windows(data.splits["train"], 16, 64, "cpu"):
-            _, loss = model(x, y)
-            total, count = total + loss.item() * y.numel(), count + y.numel()
-    exact = total / count
+    exact, _ = split_loss(tmp_path / "run", str(text), "train", 64)
     assert abs(result.final_train_loss - exact) < 4 * result.final_train_loss_stderr
 
 

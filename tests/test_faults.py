@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny import tiny_model, tiny_params, tiny_store
 
 from charlm.config import ConfigError, ModelConfig, TrainConfig
 from sweeps.grid import PRESETS, expand, trial_id
@@ -33,15 +34,13 @@ from sweeps.schema import MARKER, read_table
 
 REPO = Path(__file__).resolve().parents[1]
 ABLATION = REPO / "sweeps" / "ablation.py"
-TINY = {"n_layer": 1, "n_head": 2, "n_embed": 16, "block_size": 16, "dropout": 0.0,
-        "batch_size": 8, "eval_iters": 2, "warmup_iters": 2, "sample_tokens": 20}  # fmt: skip
 
 
 def _grid(path: Path, name: str, seeds: int, **baseline) -> Path:
     import yaml
 
     path.write_text(yaml.safe_dump({"name": name, "datasets": ["shakespeare_char"],
-                                    "seeds": seeds, "baseline": {**TINY, **baseline},
+                                    "seeds": seeds, "baseline": tiny_params(**baseline),
                                     "factors": {}}))  # fmt: skip
     return path
 
@@ -93,35 +92,6 @@ def test_a_request_only_an_autoscaler_can_satisfy_says_what_it_waits_for():
     # A node type whose resources come from the cloud's instance type: it may fit.
     unknown = node_types({"available_node_types": {"w": {"node_config": {}}}})
     assert "waiting for the autoscaler" in check_trial_resources(16, 0, nodes, "c", unknown)
-
-
-def test_progress_line_names_what_the_sweep_waits_for_while_nothing_runs():
-    from sweeps.runner import _ProgressCallback
-
-    class Trial:
-        status = "PENDING"
-
-    waiting = "waiting for the autoscaler to add a gpu_worker node (1 CPU and 1 GPU per trial)"
-    progress = _ProgressCallback(3, {}, None, period_s=0.0, waiting=waiting)
-    line = progress._line([Trial(), Trial(), Trial()])
-    assert line.endswith(f"0 running, 3 pending of 3 | best val - | ETA ? | {waiting}")
-    Trial.status = "RUNNING"
-    assert waiting not in progress._line([Trial()])
-
-
-def test_progress_line_prints_at_every_period_while_nothing_happens(capsys, monkeypatch):
-    from sweeps import runner
-
-    clock = {"now": 100.0}
-    monkeypatch.setattr(runner.time, "monotonic", lambda: clock["now"])
-    progress = runner._ProgressCallback(2, {}, None, period_s=10.0)
-    for _ in range(3):
-        clock["now"] += 11.0
-        progress.on_step_end(iteration=0, trials=[])
-        clock["now"] += 1.0
-        progress.on_step_end(iteration=0, trials=[])  # within the period: nothing
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3 and all("0 running, 2 pending of 2" in line for line in lines)
 
 
 def test_memory_estimate_refuses_a_batch_that_cannot_fit():
@@ -239,7 +209,7 @@ def test_text_without_newline_samples_from_its_first_character(tmp_path: Path):
 
     text = tmp_path / "one_line.txt"
     text.write_text("abcabcabd" * 300)  # no newline anywhere
-    model = ModelConfig(n_layer=1, n_head=2, n_embed=16, block_size=16)
+    model = tiny_model(dropout=0.1)
     result = train(model, TrainConfig(dataset=str(text), max_iters=4, eval_interval=4,
                                       eval_iters=1, batch_size=4, sample_tokens=12))  # fmt: skip
     assert result.status == "ok"
@@ -253,11 +223,8 @@ def test_unreadable_model_file_is_named_its_heatmaps_skipped_strict_fails(tmp_pa
     import torch
 
     from analysis.report import main
-    from analysis.synthetic import SyntheticSpec, build_store
 
-    root = build_store(tmp_path / "results", SyntheticSpec(sweeps=("base",),
-                       datasets=("shakespeare_char",), n_layer=2, n_head=2, failed_share=0.0),
-                       threads=1)  # fmt: skip
+    root = tiny_store(tmp_path / "results", datasets=("shakespeare_char",))
     trials = read_table(root, "trials", columns=["trial_id", "status"]).table.to_pylist()
     (root / "models").mkdir(exist_ok=True)
     marker = tmp_path / "pwned"

@@ -10,17 +10,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from tiny import tiny_model
 
 import charlm.train as charlm_train
 import sweeps.schema as schema
 from analysis.synthetic import SyntheticSpec, build_store
-from charlm.config import ModelConfig
 from charlm.model import GPT
 from charlm.versions import FormatVersionError
 from sweeps.schema import MARKER, SCHEMA_VERSION, UPGRADES, StoreVersionError, read_table
 from sweeps.store import ResultStore
 
-TINY = ModelConfig(n_layer=1, n_head=2, n_embed=16, block_size=16, dropout=0.0, vocab_size=11)
+TINY = tiny_model(vocab_size=11)
 
 
 def test_every_version_step_has_its_upgrade_function():

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_model
 
-from charlm.config import ModelConfig, TrainConfig
+from charlm.config import TrainConfig
 from charlm.data import BatchSampler, get_batch
 from charlm.train import _NonFiniteWatch, train
 
@@ -59,7 +60,7 @@ def test_deferred_check_fails_the_run_at_the_evaluation_naming_the_step(monkeypa
         train_module, "_NonFiniteWatch",
         lambda device_type, device: _NonFiniteWatch("cuda", device),
     )  # fmt: skip
-    model = ModelConfig(n_layer=1, n_head=2, n_embed=16, block_size=16, dropout=0.0)
+    model = tiny_model()
     cfg = TrainConfig(
         batch_size=4, max_iters=40, eval_interval=20, eval_iters=2, learning_rate=1e4,
         warmup_iters=0, grad_clip=1e9, sample_tokens=0, device="cpu",
@@ -73,7 +74,7 @@ def test_deferred_check_fails_the_run_at_the_evaluation_naming_the_step(monkeypa
 
 
 def test_compile_is_off_by_default_and_opt_in_trains_the_same_model() -> None:
-    model = ModelConfig(n_layer=1, n_head=2, n_embed=16, block_size=16, dropout=0.0)
+    model = tiny_model()
     cfg = TrainConfig(
         batch_size=4, max_iters=4, eval_interval=4, eval_iters=2, warmup_iters=0,
         sample_tokens=0, device="cpu",

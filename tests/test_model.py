@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from tiny import tiny_model
 from torch.nn import functional as F
 
 from charlm.config import ConfigError, ModelConfig
@@ -35,9 +36,7 @@ def _one_thread():
 
 @pytest.fixture
 def cfg() -> ModelConfig:
-    return ModelConfig(
-        n_layer=2, n_head=2, n_embed=16, block_size=16, dropout=0.1, bias=True, vocab_size=VOCAB
-    )
+    return tiny_model(n_layer=2, dropout=0.1, bias=True, vocab_size=VOCAB)
 
 
 def _model(cfg: ModelConfig, seed: int = 0) -> GPT:

@@ -12,29 +12,20 @@ import pyarrow.parquet as pq
 import pytest
 from matplotlib.figure import Figure
 from scipy import stats
+from tiny import tiny_store
 
 from analysis import predictor_plots, predictors
 from analysis.aggregate import holm
 from analysis.load import load_store
 from analysis.report import build_report, main
-from analysis.synthetic import SyntheticSpec, build_store
 from sweeps.schema import ADDED_COLUMNS, MARKER, SCHEMAS
 
-SPEC = SyntheticSpec(
-    sweeps=("base",),
-    datasets=("shakespeare_char", "enwik8"),
-    n_factors=2,
-    n_levels=2,
-    seeds=3,
-    eval_steps=4,
-    n_layer=2,
-    n_head=2,
-)
+SPEC = {"sweeps": ("base",), "n_factors": 2, "n_levels": 2, "seeds": 3, "eval_steps": 4}
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_store(tmp_path_factory.mktemp("store") / "results", SPEC, threads=2)
+    return tiny_store(tmp_path_factory.mktemp("store") / "results", **SPEC)
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +179,7 @@ def _as_version_1(root: Path) -> None:
 
 
 def test_a_version_1_store_still_reads_and_reports(tmp_path: Path):
-    root = build_store(tmp_path / "v1", SPEC, threads=2)
+    root = tiny_store(tmp_path / "v1", **SPEC)
     _as_version_1(root)
     assert "silhouette" not in pq.read_schema(next((root / "attention").glob("*.parquet"))).names
     loaded = load_store(root)

@@ -288,11 +288,12 @@ def test_probe_metrics_leaves_inputs_unchanged_and_needs_no_grad() -> None:
 
 
 def test_probe_metrics_on_a_real_capture() -> None:
-    from charlm.config import ModelConfig
+    from tiny import tiny_model
+
     from charlm.model import GPT
 
     torch.manual_seed(0)
-    cfg = ModelConfig(n_layer=2, n_head=2, n_embed=16, block_size=16, vocab_size=11)
+    cfg = tiny_model(n_layer=2, dropout=0.1, vocab_size=11)
     model = GPT(cfg)
     idx = torch.randint(0, 11, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import pytest
 import yaml
+from tiny import tiny_params
 
 from sweeps.grid import expand, load_grid
 from sweeps.schema import MARKER, TABLES, read_table
@@ -33,9 +34,6 @@ from sweeps.schema import MARKER, TABLES, read_table
 REPO = Path(__file__).resolve().parents[1]
 ABLATION = REPO / "sweeps" / "ablation.py"
 
-# TINY_BASELINE of test_sweeps.py; each test sets its own length.
-TINY = {"n_layer": 1, "n_head": 2, "n_embed": 16, "block_size": 16, "dropout": 0.0,
-        "batch_size": 8, "eval_iters": 2, "warmup_iters": 2, "sample_tokens": 20}  # fmt: skip
 # Measured on the tiny model (seeds 0-2, 40 steps): lr 10 with weight_decay 0.1 does NOT
 # diverge (AdamW's decoupled decay p *= 1 - lr * wd zeroes the weights at lr 10); lr 30
 # diverges by step 9 and lr 100 by step 4-5, with or without weight decay.
@@ -44,7 +42,7 @@ DIVERGING_LR = 100.0
 
 def write_grid(path: Path, *, name: str, factors: dict, seeds: int, **baseline: Any) -> Path:
     grid = {"name": name, "datasets": ["shakespeare_char"], "seeds": seeds,
-            "baseline": {**TINY, **baseline}, "factors": factors}  # fmt: skip
+            "baseline": tiny_params(**baseline), "factors": factors}  # fmt: skip
     path.write_text(yaml.safe_dump(grid, sort_keys=False))
     return path
 
@@ -684,26 +682,6 @@ def test_no_credentials_in_the_repository():
         assert not token or token not in text, f"{path} holds this machine's Ray auth token"
 
 
-def test_runner_reloads_rays_config_when_it_turns_token_auth_on(monkeypatch):
-    """Pins the private API the runner uses: Ray reads RAY_AUTH_MODE once at import, so the
-    runner reloads its config after setting it (else ray.init fails after ~20 s)."""
-    from ray._raylet import AuthenticationMode, Config, get_authentication_mode
-
-    from sweeps.runner import _auth_for_existing_cluster
-
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-    monkeypatch.setenv("RAY_AUTH_TOKEN", "0" * 32)
-    Config.initialize("")
-    try:
-        assert get_authentication_mode() == AuthenticationMode.DISABLED
-        _auth_for_existing_cluster()
-        assert os.environ["RAY_AUTH_MODE"] == "token"
-        assert get_authentication_mode() == AuthenticationMode.TOKEN
-    finally:
-        monkeypatch.undo()
-        Config.initialize("")
-
-
 # ------------------------------------------------------------------ soak (slow)
 
 
@@ -726,37 +704,3 @@ def test_soak_200_trials_with_a_worker_node_killed_every_30s_loses_nothing(tmp_p
     assert result.rows_lost == 0 and result.unreadable == [] and result.exit_code == 0
     assert result.ok == 200 and result.kills >= 1 and result.retries >= 1
     assert result.s3_objects_written > 0
-
-
-@pytest.mark.parametrize(("embedded", "reused"), [(True, True), (False, False)])
-def test_trial_actors_are_reused_only_on_the_embedded_local_ray(
-    embedded: bool, reused: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    """On a cluster Tune may hand a cached actor on a dead node to a PENDING trial and then
-    fails that trial for good, retries or not (the soak lost 2 of 200 trials so)."""
-    from ray import tune
-
-    from sweeps import runner
-    from sweeps.storage import resolve_storage
-    from sweeps.store import ResultStore
-
-    seen = {}
-
-    class FakeTuner:
-        def __init__(self, trainable, *, param_space, tune_config, run_config):
-            seen["reuse_actors"] = tune_config.reuse_actors
-
-        def fit(self):
-            return None
-
-    monkeypatch.setattr(runner.tune, "Tuner", FakeTuner)
-    store = ResultStore(tmp_path / "results")
-    connection = runner.Connection("test", reuse_actors=embedded,
-                                   storage=resolve_storage(None, store.root))  # fmt: skip
-    for config in (None, tune.TuneConfig(reuse_actors=True)):
-        seen.clear()
-        runner.run_trials(connection, store, {}, name="x", total=0,
-                          resources=runner.Resources(), tune_config=config,
-                          progress=False)  # fmt: skip
-        assert seen == {"reuse_actors": reused}
-    assert not hasattr(runner, "_reuse_actors")  # no module global: the Connection says

@@ -7,6 +7,7 @@ import types
 
 import pytest
 import torch
+from tiny import tiny_model
 from torch import nn
 
 from charlm.config import ConfigError, ModelConfig
@@ -175,8 +176,7 @@ def test_generate_text_with_the_real_gpt(dataset: Dataset) -> None:
     from charlm.model import GPT
 
     torch.manual_seed(0)
-    cfg = ModelConfig(n_layer=2, n_head=2, n_embed=16, block_size=16, dropout=0.0,
-                      vocab_size=len(VOCAB))  # fmt: skip
+    cfg = tiny_model(n_layer=2, vocab_size=len(VOCAB))
     model = GPT(cfg)
     # longer than block_size: the context slides
     text, tokens_per_s = generate_text(model, dataset, "to be", max_new_tokens=24, seed=7)
@@ -257,7 +257,7 @@ def test_sample_attention_is_the_attention_that_generated_each_token() -> None:
     from charlm.model import GPT
 
     torch.manual_seed(0)
-    cfg = ModelConfig(n_layer=2, n_head=2, n_embed=16, block_size=8, vocab_size=len(VOCAB))
+    cfg = tiny_model(n_layer=2, block_size=8, dropout=0.1, vocab_size=len(VOCAB))
     model = GPT(cfg)
     ids = torch.randint(0, len(VOCAB), (20,), generator=torch.Generator().manual_seed(1)).tolist()
     result = sample_attention(model, ids, n_prompt=3)

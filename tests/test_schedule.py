@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tiny import tiny_params
 
 from sweeps import ablation
 from sweeps.grid import GridSpec, expand
@@ -78,11 +79,7 @@ def test_many_cores_widen_only_the_tail_and_never_lengthen_the_grid():
 
 @pytest.mark.ray
 def test_real_ray_starts_trials_longest_first_and_gives_the_tail_both_cpus(tmp_path: Path):
-    baseline = {
-        "n_layer": 1, "n_head": 2, "n_embed": 16, "block_size": 16, "dropout": 0.0,
-        "batch_size": 8, "max_iters": 10, "eval_interval": 10, "eval_iters": 2,
-        "warmup_iters": 0, "sample_tokens": 0,
-    }  # fmt: skip
+    baseline = tiny_params(max_iters=10, eval_interval=10, warmup_iters=0, sample_tokens=0)
     trials = expand(GridSpec("tiny", baseline, {"n_layer": [2, 3]}, seeds=1))
     ids = [trial.trial_id for trial in trials]  # grid order: baseline, n_layer 2, n_layer 3
     # Estimated times that make the grid's first trial the shortest: it runs last, alone,

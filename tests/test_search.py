@@ -1,11 +1,10 @@
-"""The search: seeds per trial in lockstep, ASHA's rule, the winner and its grid, the study's
-ids, and the search report, on a real local Ray with a real Optuna (SQLite) storage."""
+"""The search: ASHA's rule, the winner and its grid, seeds per trial end to end, the study's
+ids, and the search report, on a real local Ray with a real Optuna (SQLite) storage (the
+seeds' lockstep and resume are the trainable's: test_trainable.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
 import re
 from pathlib import Path
 
@@ -13,7 +12,6 @@ import pytest
 import yaml
 
 from charlm.config import ModelConfig, TrainConfig
-from charlm.train import train, train_steps
 from sweeps import search
 from sweeps.best_grid import Winner, best_grid, neighbours
 from sweeps.grid import expand, load_grid
@@ -39,29 +37,6 @@ def table(results: Path, name: str):
 
 
 # ---------------------------------------------------------------- no Ray
-
-
-def test_lockstep_seeds_train_exactly_as_alone_with_dropout():
-    """Two train_steps loops driven in turn (as a search trial's seeds are) give the
-    losses each seed gives alone: each keeps its own RNG stream for dropout."""
-    model = ModelConfig(n_layer=1, n_head=2, n_embed=16, block_size=16, dropout=0.2)
-    configs = [TrainConfig(batch_size=4, max_iters=12, eval_interval=4, eval_iters=2,
-                           warmup_iters=1, sample_tokens=0, seed=seed, num_threads=1)
-               for seed in (0, 1)]  # fmt: skip
-    alone = [train(model, cfg) for cfg in configs]
-    loops = [train_steps(model, cfg) for cfg in configs]
-    reports: list[list[dict]] = [[], []]
-    while True:
-        step = [next(loop, None) for loop in loops]
-        if step[0] is None:
-            break
-        assert step[0]["step"] == step[1]["step"]  # lockstep
-        for index, metrics in enumerate(step):
-            reports[index].append(metrics)
-    for index, result in enumerate(alone):
-        assert [m["val_loss"] for m in reports[index]] == [p["val_loss"] for p in result.curve]
-        assert [m["step"] for m in reports[index]] == [0, 4, 8, 12]
-    assert alone[0].final_val_loss != alone[1].final_val_loss  # the seeds differ
 
 
 @pytest.mark.parametrize(
@@ -224,67 +199,3 @@ def test_search_with_two_seeds_per_trial_end_to_end(tmp_path: Path, capsys, monk
     figures = tmp_path / "report" / "figures" / "search"
     assert (figures / "tiny_shakespeare_char_loss_vs_params.png").is_file()
     assert (figures / "tiny_shakespeare_char_best_so_far.png").is_file()
-
-
-@pytest.mark.ray
-def test_a_killed_trial_resumes_all_its_seeds_from_the_checkpoint(tmp_path: Path):
-    """The first attempt's process dies (os._exit) after its step-12 report; the retry
-    resumes both seeds from that checkpoint and ends with the losses of an unbroken run."""
-    import ray
-
-    from sweeps.runner import Resources, connect, run_trials
-    from sweeps.search import BASE_KEY, describe_search_trial, run_search_trial
-    from sweeps.store import ResultStore
-
-    log, marker = tmp_path / "reports.log", tmp_path / "killed-once"
-
-    def dies_once(config):
-        from ray import tune
-
-        real = tune.report
-        attempt = 2 if marker.exists() else 1
-
-        def report(metrics, checkpoint=None):
-            if attempt == 1 and metrics["step"] == 18:  # the step-12 report surely landed
-                marker.touch()
-                os._exit(1)
-            real(metrics, checkpoint=checkpoint)
-            with log.open("a") as file:
-                file.write(f"{attempt} {metrics['step']}\n")
-
-        tune.report = report
-        try:
-            run_search_trial(config)
-        finally:
-            tune.report = real
-
-    sampled = {"n_head": 2, "n_layer": 1, "n_embed": 16, "dropout": 0.1, "block_size": 16,
-               "learning_rate": 3e-3}  # fmt: skip
-    train_cfg = TrainConfig(batch_size=8, max_iters=24, eval_interval=6, eval_iters=2,
-                            warmup_iters=2, sample_tokens=0, num_threads=1)  # fmt: skip
-    model_cfg = ModelConfig(**{k: v for k, v in sampled.items() if k != "learning_rate"})
-    params = {**dataclasses.asdict(model_cfg), **dataclasses.asdict(train_cfg)}
-    base = {"params": {**params, "learning_rate": 3e-3}, "sweep": "kill", "seeds_per_trial": 2}
-    store = ResultStore(tmp_path / "results")
-    connection = connect(num_cpus=1, results=store.root)
-    try:
-        outcome = run_trials(
-            connection, store, {**sampled, BASE_KEY: base}, name="kill", total=1,
-            resources=Resources(),
-            describe=describe_search_trial, trainable=dies_once, max_failures=2, progress=False,
-        )  # fmt: skip
-    finally:
-        ray.shutdown()
-    assert len(outcome.ok) == 2 and not outcome.failed
-    attempts = [line.split() for line in log.read_text().splitlines()]
-    assert attempts == [["1", "0"], ["1", "6"], ["1", "12"], ["2", "18"], ["2", "24"]]
-    trials = table(tmp_path / "results", "trials").sort_values("seed")
-    assert list(trials.seed) == [0, 1] and set(trials.attempts) == {2}
-    assert set(trials.status) == {"ok"} and not trials.early_stopped.any()
-    curves = table(tmp_path / "results", "curves")
-    for row in trials.itertuples():
-        assert sorted(curves[curves.trial_id == row.trial_id].step) == [0, 6, 12, 18, 24]
-        alone = train(model_cfg, dataclasses.replace(train_cfg, seed=row.seed,
-                                                     learning_rate=3e-3))  # fmt: skip
-        assert row.final_val_loss == alone.final_val_loss
-        assert math.isfinite(row.final_val_loss)

@@ -162,6 +162,9 @@ def test_s3_sweep_survives_its_worker_node_sigkilled_mid_trial(
     expected = {t.trial_id for t in expand(load_grid(grid))}
     assert sorted(trials.trial_id) == sorted(expected)  # every (config, seed) exactly once
     assert set(trials.status) == {"ok"}
+    # No trial ran in a reused actor (never on a cluster: runner.Connection), so each one
+    # paid its own imports (0 is what a reused actor's later trials record).
+    assert (trials.import_s > 0).all(), trials.import_s.tolist()
     curves = read(results, "curves")
     assert curves.groupby("trial_id").step.apply(list).to_dict() == {t: steps for t in expected}
     assert not curves.duplicated(["trial_id", "step"]).any()

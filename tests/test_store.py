@@ -1,19 +1,14 @@
-"""The store's write side and the cluster file checks (no Ray cluster started)."""
+"""The store's write side: atomic tables, corrupt files, results-dir checks, compaction."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
-from sweeps.runner import ClusterError, connect, head_address, load_cluster_config
 from sweeps.schema import MARKER, SCHEMA_VERSION, StoreError, is_store, read_table
 from sweeps.store import ResultStore, TrialRecord, check_results_dir, trial_statuses
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def curve_point(step: int) -> dict:
@@ -67,60 +62,6 @@ def test_results_dir_checks_write_nothing(tmp_path: Path):
         check_results_dir(blocker / "results")
     check_results_dir(tmp_path / "new" / "results")
     assert not (tmp_path / "new").exists()
-
-
-def test_shipped_cluster_yaml_passes_rays_launcher_schema():
-    config = load_cluster_config(REPO / "cluster.yaml")
-    assert config["provider"]["type"] == "aws"
-    assert any(node.get("resources", {}).get("GPU") for node in
-               config["available_node_types"].values())  # fmt: skip
-    text = (REPO / "cluster.yaml").read_text()
-    assert "0.0.0.0" not in text and "aws_secret" not in text.lower()
-
-
-def test_rays_private_validator_still_rejects_bad_configs():
-    # Pins the private API that load_cluster_config relies on.
-    from ray.autoscaler._private.util import prepare_config, validate_config
-
-    good = {"cluster_name": "x", "provider": {"type": "local", "head_ip": "127.0.0.1",
-                                              "worker_ips": []}}  # fmt: skip
-    validate_config(prepare_config(dict(good)))
-    with pytest.raises(Exception):  # noqa: B017 - jsonschema's ValidationError
-        validate_config(prepare_config({**good, "no_such_key": 1}))
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("cluster_name: [unclosed\n", "not valid YAML at line"),
-        ("- just\n- a list\n", "not a cluster-launcher config"),
-        ("cluster_name: x\nprovider: {head_ip: 1.2.3.4}\n", "rejected by Ray's cluster-launcher"),
-        ("cluster_name: x\nbogus_key: 1\nprovider: {type: local, head_ip: 127.0.0.1, "
-         "worker_ips: []}\n", "rejected by Ray's cluster-launcher"),
-    ],
-)  # fmt: skip
-def test_malformed_cluster_yaml_is_a_clear_error(tmp_path: Path, text: str, message: str):
-    path = tmp_path / "cluster.yaml"
-    path.write_text(text)
-    with pytest.raises(ClusterError, match=message):
-        load_cluster_config(path)
-
-
-def test_unreachable_head_names_the_address_and_what_to_run(tmp_path: Path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with pytest.raises(ClusterError, match=rf"cannot reach the Ray head at 127.0.0.1:{port} "
-                       r"\(Connection refused\): start the cluster with `ray up"):  # fmt: skip
-        connect("cluster.yaml", address=f"127.0.0.1:{port}")
-
-
-def test_head_address_from_a_local_provider(tmp_path: Path, monkeypatch):
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    config = yaml.safe_load("provider: {type: local, head_ip: 10.0.0.5, worker_ips: []}")
-    assert head_address(config, "c.yaml") == "10.0.0.5:6379"
-    monkeypatch.setenv("RAY_ADDRESS", "ray://127.0.0.1:10001")
-    assert head_address(config, "c.yaml") == "ray://127.0.0.1:10001"
 
 
 def test_compaction_keeps_every_trial_once_and_newer_rows_win(tmp_path: Path):

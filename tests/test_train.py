@@ -6,22 +6,20 @@ import re
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 
 from charlm.config import ConfigError, ModelConfig, TrainConfig
-from charlm.data import iter_windows, load_dataset
 from charlm.train import CHECKPOINT_FILE, MODEL_FILE, load_model, lr_at, main, train
 
-TINY_MODEL = ModelConfig(n_layer=2, n_head=2, n_embed=16, block_size=16, dropout=0.1)
+TINY_MODEL = tiny.tiny_model(n_layer=2, dropout=0.1)
 
 
 def tiny_train(**overrides) -> TrainConfig:
-    values = dict(
-        batch_size=8, max_iters=20, eval_interval=10, eval_iters=4, warmup_iters=2,
-        sample_tokens=40, num_threads=1, device="cpu",
-    )  # fmt: skip
-    values.update(overrides)
-    return TrainConfig(**values)
+    """The shared tiny run at this file's length and evaluation, on one CPU thread."""
+    here = {"max_iters": 20, "eval_interval": 10, "eval_iters": 4, "sample_tokens": 40,
+            "num_threads": 1, "device": "cpu"}  # fmt: skip
+    return tiny.tiny_train(**{**here, **overrides})
 
 
 def losses(result) -> list[tuple[int, float, float]]:
@@ -127,15 +125,9 @@ def test_small_split_is_evaluated_exactly(small_text: Path, tmp_path: Path):
     result = train(TINY_MODEL, cfg, checkpoint_dir=tmp_path / "run")
     assert result.eval_mode == "exact"
     # The reported val loss is the mean over every non-overlapping window of the split.
-    model, _ = load_model(tmp_path / "run" / MODEL_FILE)
-    data = load_dataset(str(small_text))
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for x, y in iter_windows(data.splits["val"], 16, 8, "cpu"):
-            _, loss = model(x, y)
-            total, count = total + loss.item() * y.numel(), count + y.numel()
+    exact, count = tiny.split_loss(tmp_path / "run", str(small_text), "val", 8)
     assert count == (200 - 1) // 16 * 16
-    assert result.final_val_loss == pytest.approx(total / count, rel=1e-6)
+    assert result.final_val_loss == pytest.approx(exact, rel=1e-6)
 
 
 def test_large_split_is_sampled_the_same_way_each_time():
