@@ -151,9 +151,7 @@ def _trial_tables(spec: SyntheticSpec, rng: np.random.Generator) -> list[dict[st
     return trials
 
 
-def _write_trial(
-    store: ResultStore, spec: SyntheticSpec, trial: dict[str, Any], seed: int
-) -> None:
+def _write_trial(store: ResultStore, spec: SyntheticSpec, trial: dict[str, Any], seed: int) -> None:
     rng = np.random.default_rng(seed)
     steps = trial["steps"]
     final = trial["final"]

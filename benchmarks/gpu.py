@@ -131,9 +131,7 @@ def baseline_trial_seconds(device: str, quick_steps: int | None, data_dir: str |
     )
 
 
-def sharing_rows(
-    device: str, counts: Sequence[int], steps: int, data_dir: str | None
-) -> list[str]:
+def sharing_rows(device: str, counts: Sequence[int], steps: int, data_dir: str | None) -> list[str]:
     """Aggregate tokens/s of N concurrent worker processes, each training the baseline."""
     lines = [f"{'processes':>9} {'aggregate tok/s':>16} {'per process':>12}"]
     command = [sys.executable, __file__, "--worker", "--device", device, "--steps", str(steps)]
@@ -161,9 +159,7 @@ def _section(title: str, lines: list[str]) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], allow_abbrev=False
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default: cuda)")
     parser.add_argument(
         "--quick", action="store_true", help="toy lengths: checks every part runs (seconds)"

@@ -56,8 +56,17 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="search-speed-") as temp:
         results = Path(temp) / "results"
-        command = [sys.executable, "sweeps/search.py", "--n-trials", str(args.n_trials),
-                   "--max-iters", str(args.max_iters), "--results", str(results), *args.extra]
+        command = [
+            sys.executable,
+            "sweeps/search.py",
+            "--n-trials",
+            str(args.n_trials),
+            "--max-iters",
+            str(args.max_iters),
+            "--results",
+            str(results),
+            *args.extra,
+        ]
         if args.seeds_per_trial != 1:
             command += ["--seeds-per-trial", str(args.seeds_per_trial)]
         env = {**os.environ, "PYTHONPATH": str(args.repo), "RAY_USAGE_STATS_ENABLED": "0"}
@@ -78,8 +87,10 @@ def main() -> int:
         f"probes and checkpoints {total - training:.0f} s = "
         f"{(total - training) / total:.0%} of trial time"
     )
-    print(f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f} "
-          f"(1 min; {os.cpu_count()} CPUs)")
+    print(
+        f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f} "
+        f"(1 min; {os.cpu_count()} CPUs)"
+    )
     return 0
 
 

@@ -46,9 +46,7 @@ _SECRET_PARAMS = (
     "access_key", "secret_key", "session_token", "password", "token", "sas_token",
     "account_key", "credential", "credentials", "sig", "signature",
 )  # fmt: skip
-_QUERY_SECRET = re.compile(
-    rf"(?i)([?&;](?:{'|'.join(_SECRET_PARAMS)})=)[^&#\s'\"]*"
-)
+_QUERY_SECRET = re.compile(rf"(?i)([?&;](?:{'|'.join(_SECRET_PARAMS)})=)[^&#\s'\"]*")
 _USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@'\"]*:)[^@/\s'\"]+@")
 
 

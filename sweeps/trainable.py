@@ -117,8 +117,9 @@ def run_members(members: list[dict[str, Any]], extra: dict[str, Any] | None = No
 def _combine(members: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     """One report of several members at the same evaluation: the mean val_loss, train_loss
     and best_val_loss over members, the per-member metrics under ``members``."""
-    failed = [(m, seed) for m, seed in zip(members, seeds, strict=True)
-              if m.get("status") == "failed"]
+    failed = [
+        (m, seed) for m, seed in zip(members, seeds, strict=True) if m.get("status") == "failed"
+    ]
     if failed:
         step = failed[0][0]["step"]
         reason = f"seed {failed[0][1]} of this config failed: {failed[0][0]['error']}"

@@ -204,7 +204,7 @@ class ShareNothingCluster:
         low = 20000 + 500 * (index % 20)
         script = textwrap.dedent(f"""\
             set -e
-            {textwrap.indent(mounts, ' ' * 12).strip()}
+            {textwrap.indent(mounts, " " * 12).strip()}
             mkdir -p {data}
             cp {self.shakespeare} {data}/
             export CHARLM_DATA_DIR={data}
@@ -212,7 +212,7 @@ class ShareNothingCluster:
                 --node-ip-address=127.0.0.1 --temp-dir={self.temp_dir} \\
                 --object-store-memory={OBJECT_STORE} \\
                 --min-worker-port={low} --max-worker-port={low + 499} \\
-                {' '.join(self._agent_ports())} --block
+                {" ".join(self._agent_ports())} --block
             """)
         log = self.root / f"worker{index}.log"
         with open(log, "w") as out:
@@ -323,8 +323,10 @@ class MotoS3:
                             aws_secret_access_key=self.secret_key)  # fmt: skip
 
     def keys(self, prefix: str = "") -> list[str]:
-        pages = self.client().get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=prefix
+        pages = (
+            self.client()
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=self.bucket, Prefix=prefix)
         )
         return [item["Key"] for page in pages for item in page.get("Contents", [])]
 

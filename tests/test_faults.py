@@ -101,8 +101,11 @@ def test_memory_estimate_refuses_a_batch_that_cannot_fit():
     assert 1400 * 2**20 < need < 1800 * 2**20
     rows = [("baseline=baseline", model, train, 65)]
     check_memory(rows, 1, 2 * need, "this machine")
-    with pytest.raises(ConfigError, match=r"baseline=baseline: one trial needs about [\d,]+ MiB "
-                       r"\(estimate\) but this machine has 1,000 MiB: use a smaller batch_size"):
+    with pytest.raises(
+        ConfigError,
+        match=r"baseline=baseline: one trial needs about [\d,]+ MiB "
+        r"\(estimate\) but this machine has 1,000 MiB: use a smaller batch_size",
+    ):
         check_memory(rows, 1, 1000 * 2**20, "this machine")
     with pytest.raises(ConfigError, match=r"4 trials at a time need .* pass --max-concurrent 2\."):
         check_memory(rows, 4, 2.5 * need, "this machine")
@@ -266,9 +269,7 @@ HOLDER = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("cli", ["ablation", "search"])
-def test_second_driver_is_refused_while_the_first_holds_the_store(
-    cli: str, tmp_path: Path, capsys
-):
+def test_second_driver_is_refused_while_the_first_holds_the_store(cli: str, tmp_path: Path, capsys):
     from sweeps import ablation, search
 
     results = tmp_path / "results"
@@ -338,9 +339,12 @@ def test_interrupted_sweep_says_so_keeps_what_finished_and_exits_128_plus_signal
     done = _finished(results)
     print(stdout)
     assert set(done.values()) == {"ok"} and 1 <= len(done) < 3  # no row for the stopped one
-    assert re.search(rf"interrupted by {name}: \d+ trials finished in this run; {len(done)} of "
-                     rf"3 are in {re.escape(str(results))} \(0 failed\), {3 - len(done)} not "
-                     r"finished\. To continue, run the same command again", stdout), stdout
+    assert re.search(
+        rf"interrupted by {name}: \d+ trials finished in this run; {len(done)} of "
+        rf"3 are in {re.escape(str(results))} \(0 failed\), {3 - len(done)} not "
+        r"finished\. To continue, run the same command again",
+        stdout,
+    ), stdout
     assert "trials finished, 0 failed in" not in stdout  # no normal summary
     assert "Traceback" not in (tmp_path / "err").read_text()
     assert list((results / "_ray").iterdir()) == []  # its checkpoints removed

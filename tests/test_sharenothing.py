@@ -75,7 +75,9 @@ def test_a_worker_node_cannot_see_the_drivers_files(cluster: ShareNothingCluster
                       *ray.get(look.options(scheduling_strategy=strategy).remote()))
         """)
     assert sorted(seen.split("\n")[:-1]) == [
-        "head True True", "worker False False", "worker False False"
+        "head True True",
+        "worker False False",
+        "worker False False",
     ], seen
 
 
