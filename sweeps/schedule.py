@@ -5,7 +5,8 @@ What a user waits for is the whole grid. Two rules shorten it:
 - **Longest first (LPT).** Trials start in decreasing order of their estimated time (the dry
   run's estimate: a few timed training steps per configuration on this machine), so the
   shortest trials come last, where uneven ends cost least. List scheduling in this order
-  ends within 4/3 of the best possible time on identical CPUs (Graham 1969).
+  ends within 4/3 of the best possible time on identical CPUs (Graham 1969); where the
+  grid's own order simulates sooner (LPT is not optimal), the grid's order is kept.
 - **The tail gets the free CPUs.** Near the end fewer trials remain than CPUs, and a 1-CPU
   trial would run while other cores idle. Walking back from the last trial, a trial gets
   more CPUs (a multiple of ``--cpus-per-trial``, at most one node's CPUs) whenever that
@@ -51,6 +52,7 @@ class Schedule:
     alpha: float  # speed-up exponent: c CPUs run (c / base) ** alpha times faster
     makespan_s: float
     grid_order_makespan_s: float  # the same trials in grid order, none widened
+    longest_first: bool = True  # False: the grid's order simulated sooner, so it is kept
 
     def describe(self) -> str:
         """One line for the user: the order rule, the widened tail, the estimated gain."""
@@ -60,6 +62,11 @@ class Schedule:
             if widened
             else f"every trial on {self.base_cpus:g} CPU{'s' if self.base_cpus != 1 else ''}"
         )
+        if not self.longest_first:
+            return (
+                f"schedule: grid order (longest first would end no sooner), {tail}; "
+                f"estimated wall time {_minutes(self.makespan_s)}"
+            )
         return (
             f"schedule: longest trials first, {tail}; estimated wall time "
             f"{_minutes(self.makespan_s)} (grid order: {_minutes(self.grid_order_makespan_s)})"
@@ -142,8 +149,11 @@ def plan_schedule(
     order = tuple(sorted(trial_ids, key=lambda trial: (-seconds[trial], index[trial])))
     cpus = {trial: base_cpus for trial in trial_ids}
     fixed = _Fixed(seconds, cores, base_cpus, alpha, max_concurrent, new_actor_s)
-    grid_order = _simulate(trial_ids, cpus, fixed)[0]
+    grid_order = _simulate(trial_ids, cpus, fixed)
     best = _simulate(order, cpus, fixed)
+    longest_first = best[0] <= grid_order[0]
+    if not longest_first:
+        order, best = tuple(trial_ids), grid_order
     widest = min(cores, max_cpus if max_cpus is not None else cores)
     choices = [base_cpus * k for k in range(2, math.floor(widest / base_cpus) + 1)]
     slots = max(1, math.floor(cores / base_cpus))
@@ -161,7 +171,7 @@ def plan_schedule(
         cpus[trial] = chosen
     return Schedule(
         order=order, cpus=cpus, seconds=dict(seconds), base_cpus=base_cpus, alpha=alpha,
-        makespan_s=best[0], grid_order_makespan_s=grid_order,
+        makespan_s=best[0], grid_order_makespan_s=grid_order[0], longest_first=longest_first,
     )  # fmt: skip
 
 

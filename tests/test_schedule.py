@@ -23,6 +23,22 @@ def test_longest_first_ties_keep_grid_order():
     assert schedule.cpus == dict.fromkeys(seconds, 1.0)
 
 
+def test_the_grid_order_is_kept_where_longest_first_would_end_later():
+    # LPT on two cores: 3+2+2 on one, 3+2 on the other, 7; this grid order packs 3+3 | 2+2+2.
+    seconds = {"a": 3.0, "c": 2.0, "d": 2.0, "b": 3.0, "e": 2.0}
+    schedule = plan_schedule(list(seconds), seconds, cores=2, new_actor_s=0.0)
+    assert schedule.order == ("a", "c", "d", "b", "e")
+    assert not schedule.longest_first
+    assert schedule.makespan_s == schedule.grid_order_makespan_s == 6.0
+    assert schedule.describe() == (
+        "schedule: grid order (longest first would end no sooner), every trial on 1 CPU; "
+        "estimated wall time 6 s"
+    )
+    one = dict.fromkeys(seconds, 1.0)
+    lpt = sorted(seconds, key=lambda trial: -seconds[trial])
+    assert makespan(lpt, seconds, one, 2, base_cpus=1.0, alpha=0.0, new_actor_s=0.0) == 7.0
+
+
 def test_makespan_starts_in_order_as_cpus_free_up():
     seconds = {"a": 10.0, "b": 4.0, "c": 4.0, "d": 4.0}
     one = dict.fromkeys(seconds, 1.0)
