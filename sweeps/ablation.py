@@ -32,6 +32,7 @@ from sweeps import interrupt
 from sweeps.grid import PRESETS, GridSpec, TrialSpec, expand, load_grid, parse_overrides
 from sweeps.options import (
     Resources,
+    add_run_options,
     available_memory_bytes,
     check_max_failures,
     check_memory,
@@ -88,16 +89,6 @@ def parse_args(argv: list[str] | None = None):
     )
     add = parser.add_argument
     add(
-        "--cluster",
-        metavar="YAML",
-        help="Ray cluster-launcher file of the cluster to use (default: an embedded local Ray)",
-    )
-    add(
-        "--address",
-        help="Ray address to connect to instead of deriving it from --cluster "
-        "(e.g. ray://127.0.0.1:10001 through an SSH tunnel)",
-    )
-    add(
         "--preset",
         default="notebook",
         choices=sorted(PRESETS),
@@ -146,33 +137,6 @@ def parse_args(argv: list[str] | None = None):
         "--results", default="results", type=Path, help="result store directory (default: results/)"
     )
     add("--name", help="sweep name in the store (default: the grid's name)")
-    add(
-        "--cpus-per-trial",
-        type=float,
-        default=1.0,
-        help="CPUs per trial, also its torch threads (default 1: one trial per core)",
-    )
-    add(
-        "--gpus-per-trial",
-        type=float,
-        default=None,
-        help="GPUs per trial, fractions share a GPU (default: 1 when the cluster has GPUs)",
-    )
-    add("--max-concurrent", type=int, help="at most K trials at once")
-    add("--num-cpus", type=float, help="CPUs of the embedded local Ray (default: all)")
-    add("--num-gpus", type=float, help="GPUs of the embedded local Ray (default: all)")
-    add(
-        "--storage",
-        help="path or URI for checkpoints that every node can reach (multi-node: "
-        "shared storage such as s3://bucket/path or NFS; default: RESULTS/_ray)",
-    )
-    add(
-        "--set",
-        dest="overrides",
-        action="append",
-        metavar="FIELD=VALUE",
-        help="set a config field for every trial, e.g. --set eval_iters=20 (repeatable)",
-    )
     add("--data-dir", help="dataset cache (default: $CHARLM_DATA_DIR, else the user cache)")
     add(
         "--max-failures",
@@ -185,8 +149,11 @@ def parse_args(argv: list[str] | None = None):
         action="store_true",
         help="print the trials and a compute estimate, then exit without running",
     )
-    add("--verbose", action="store_true", help="show Ray's own logs")
-    return parser.parse_args(argv)  # fmt: skip
+    add_run_options(
+        parser,
+        gpus_help="GPUs per trial, fractions share a GPU (default: 1 when the cluster has GPUs)",
+    )
+    return parser.parse_args(argv)
 
 
 def plan_trials(args) -> list[TrialSpec]:

@@ -6,6 +6,7 @@ can call them without a cluster. Every problem is a ConfigError: one line, exit 
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import re
@@ -22,6 +23,7 @@ __all__ = [
     "SAFE_NAME",
     "ClusterError",
     "Resources",
+    "add_run_options",
     "available_memory_bytes",
     "check_max_failures",
     "check_memory",
@@ -38,6 +40,46 @@ __all__ = [
 # component made of these characters, not starting with '.' (no '..', no hidden names).
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]{0,99}")
 _EPSILON = 1e-9
+
+
+def add_run_options(parser: argparse.ArgumentParser, *, gpus_help: str) -> None:
+    """The options every sweep CLI shares: where it runs (a cluster or an embedded Ray),
+    what a trial gets, where checkpoints go, ``--set`` and ``--verbose``. ``gpus_help`` says
+    what ``--gpus-per-trial`` defaults to (None: the CLI decides)."""
+    add = parser.add_argument
+    add(
+        "--cluster",
+        metavar="YAML",
+        help="Ray cluster-launcher file of the cluster to use (default: an embedded local Ray)",
+    )
+    add(
+        "--address",
+        help="Ray address to connect to instead of deriving it from --cluster "
+        "(e.g. ray://127.0.0.1:10001 through an SSH tunnel)",
+    )
+    add(
+        "--cpus-per-trial",
+        type=float,
+        default=1.0,
+        help="CPUs per trial, also its torch threads (default 1: one trial per core)",
+    )
+    add("--gpus-per-trial", type=float, default=None, help=gpus_help)
+    add("--max-concurrent", type=int, help="at most K trials at once")
+    add("--num-cpus", type=float, help="CPUs of the embedded local Ray (default: all)")
+    add("--num-gpus", type=float, help="GPUs of the embedded local Ray (default: all)")
+    add(
+        "--storage",
+        help="path or URI for checkpoints that every node can reach (multi-node: "
+        "shared storage such as s3://bucket/path or NFS; default: RESULTS/_ray)",
+    )
+    add(
+        "--set",
+        dest="overrides",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="set a config field for every trial, e.g. --set eval_iters=20 (repeatable)",
+    )
+    add("--verbose", action="store_true", help="show Ray's own logs")
 
 
 def check_sweep_name(name: str, option: str) -> None:

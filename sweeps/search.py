@@ -31,6 +31,7 @@ from sweeps.grid import (
 )
 from sweeps.options import (
     Resources,
+    add_run_options,
     check_search_options,
     check_sweep_name,
     check_trial_resources,
@@ -202,13 +203,6 @@ def _parse(argv: list[str] | None):
         "a .log path uses a journal file)",
     )
     add(
-        "--set",
-        dest="overrides",
-        action="append",
-        metavar="FIELD=VALUE",
-        help="set a config field for every trial, e.g. --set eval_iters=20 (repeatable)",
-    )
-    add(
         "--grace-period",
         type=int,
         help="reports (evaluations, step 0 included) every trial gets before ASHA may stop "
@@ -220,16 +214,9 @@ def _parse(argv: list[str] | None):
         help="ASHA reduction factor (default: 3 when a trial has room for two rungs at that "
         "factor, else 2; see README)",
     )
-    add("--cluster", metavar="YAML", help="Ray cluster-launcher file (default: embedded Ray)")
-    add("--address", help="Ray address to connect to instead of deriving it from --cluster")
-    add("--cpus-per-trial", type=float, default=1.0)
-    add("--gpus-per-trial", type=float, default=0.0)
-    add("--max-concurrent", type=int)
-    add("--num-cpus", type=float, help="CPUs of the embedded local Ray (default: all)")
-    add("--num-gpus", type=float, help="GPUs of the embedded local Ray (default: all)")
-    add("--storage", help="checkpoint path or URI every node can reach (multi-node)")
-    add("--verbose", action="store_true", help="show Ray's own logs")
-    return parser.parse_args(argv)  # fmt: skip
+    add_run_options(parser, gpus_help="GPUs per trial, fractions share a GPU (default 0)")
+    parser.set_defaults(gpus_per_trial=0.0)
+    return parser.parse_args(argv)
 
 
 def quiet_optuna() -> None:
