@@ -65,6 +65,7 @@ class SoakResult:
     s3_objects_written: int = 0
     s3_objects_left: int = 0
     rows_lost: int = 0
+    not_run: int = 0  # trials without a row when the soak was stopped early
     store_reads: int = 0
     unreadable: list[str] = field(default_factory=list)
     exit_code: int | None = None
@@ -78,6 +79,11 @@ class SoakResult:
             f"S3 objects written: {self.s3_objects_written} ({self.s3_objects_left} left "
             "under the prefix: the last checkpoint of each trial and Tune's state)",
             f"rows lost: {self.rows_lost}",
+            *(
+                [f"not run (the soak was stopped before they finished): {self.not_run}"]
+                if self.not_run
+                else []
+            ),
             f"store reads while running: {self.store_reads}, unreadable moments: "
             f"{len(self.unreadable)}",
             f"driver exit status: {self.exit_code}; wall time {self.wall_time_s:.0f}s",
@@ -141,9 +147,12 @@ def run_soak(
     worker_cpus: int = 1,
     max_failures: int = 10,
     timeout_s: float = 4 * 3600.0,
+    stop: threading.Event | None = None,
     log=print,
 ) -> SoakResult:
-    """Run the soak in ``work`` (grid, store, driver logs) and return what it saw."""
+    """Run the soak in ``work`` (grid, store, driver logs) and return what it saw. After
+    ``timeout_s``, or once ``stop`` is set, the driver is stopped as Ctrl-C stops it and
+    what the store holds is counted (trials it lacks are ``not_run``, not lost)."""
     from sharenothing import MotoS3, ShareNothingCluster, namespaces_unavailable
 
     from sweeps.grid import expand, load_grid
@@ -156,8 +165,8 @@ def run_soak(
     grid = write_grid(work / "grid.yaml", trials, max_iters, eval_interval)
     results = work / "results"
     expected = {t.trial_id for t in expand(load_grid(grid))}
-    steps = list(range(0, max_iters + 1, eval_interval))
     result = SoakResult(trials=len(expected))
+    stop = stop or threading.Event()
     start = time.monotonic()
     moto = MotoS3(log=work / "moto.log", bucket=BUCKET).start()
     cluster = ShareNothingCluster(root=work, hidden=[work], node_env=moto.env,
@@ -181,8 +190,9 @@ def run_soak(
         while driver.poll() is None:
             if next_kill == math.inf and "running on" in (work / "driver.out").read_text():
                 next_kill = time.monotonic() + kill_every_s
-            if time.monotonic() - start > timeout_s:
-                log(f"timeout after {timeout_s:.0f}s: stopping the driver")
+            if time.monotonic() - start > timeout_s or stop.is_set():
+                log(f"[{time.monotonic() - start:5.0f}s] stopping the driver (time limit or "
+                    "signal); counting what the store holds")  # fmt: skip
                 driver.send_signal(signal.SIGINT)
                 driver.wait(60)
                 break
@@ -217,6 +227,19 @@ def run_soak(
         result.s3_objects_written = _objects_written(work / "moto.log")
     result.wall_time_s = time.monotonic() - start
     result.store_reads, result.unreadable = watcher.reads, watcher.unreadable
+    steps = list(range(0, max_iters + 1, eval_interval))
+    return tally(
+        results, expected, steps, result, stopped=stop.is_set() or result.wall_time_s > timeout_s
+    )
+
+
+def tally(
+    results: Path, expected: set[str], steps: list[int], result: SoakResult, *, stopped: bool
+) -> SoakResult:
+    """Count the store's trials and curves into ``result``: a (config, seed) with no row
+    (unless the soak was ``stopped`` early: then it is ``not_run``), more than one row, an ok
+    row whose curve misses or repeats an eval step, or a curve that repeats a step, is lost."""
+    from sweeps.schema import read_table
 
     rows = read_table(results, "trials", columns=["trial_id", "status", "attempts"])
     curves = read_table(results, "curves", columns=["trial_id", "step"])
@@ -232,9 +255,12 @@ def run_soak(
         result.retries += (row["attempts"] or 1) - 1
         result.trials_retried += (row["attempts"] or 1) > 1
     for trial_id in expected:
-        complete = sorted(by_trial.get(trial_id, [])) == steps
+        curve = by_trial.get(trial_id, [])
         status = next((r["status"] for r in trial_rows if r["trial_id"] == trial_id), None)
-        if counts[trial_id] != 1 or (status == "ok" and not complete):
+        if stopped and counts[trial_id] == 0:
+            result.not_run += 1
+            result.rows_lost += len(curve) != len(set(curve))
+        elif counts[trial_id] != 1 or (status == "ok" and sorted(curve) != steps):
             result.rows_lost += 1
     result.rows_lost += sum(1 for trial_id in counts if trial_id not in expected)
     return result
@@ -254,11 +280,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="directory for the store and logs "
                         "(default: a temp dir, removed unless --keep)")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--minutes", type=float, default=240.0,
+                        help="stop the sweep after this long and count (default 240)")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.workers < 1 or args.worker_cpus < 1:
-        parser.error("--workers and --worker-cpus: give at least 1")
-    # SIGTERM stops the soak as Ctrl-C does: the cluster, S3 server and driver are cleaned up.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if args.workers < 1 or args.worker_cpus < 1 or args.minutes <= 0:
+        parser.error("--workers and --worker-cpus: give at least 1; --minutes: more than 0")
+    # Ctrl-C or SIGTERM stops the sweep and counts what the store holds (twice: at once).
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
     if args.data_dir:
         os.environ["CHARLM_DATA_DIR"] = str(Path(args.data_dir).resolve())
     work = args.work or Path(tempfile.mkdtemp(prefix="charlm-soak-"))
@@ -269,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_soak(
             work, trials=args.trials, kill_every_s=args.kill_every, max_iters=args.max_iters,
             eval_interval=args.eval_interval, workers=args.workers, worker_cpus=args.worker_cpus,
-            max_failures=args.max_failures, log=lambda line: print(line, flush=True),
+            max_failures=args.max_failures, timeout_s=60 * args.minutes, stop=stop,
+            log=lambda line: print(line, flush=True),
         )  # fmt: skip
     finally:
         if args.work is None and not args.keep:
