@@ -1,7 +1,7 @@
 """The whole grid's wall time: the sweep service against the loop a user would write instead.
 
     python benchmarks/grid_wall.py [--steps 400] [--seeds 2] [--factors all|subset|f1,f2]
-        [--cores N] [--loop-eval-iters 200] [--loop-first]
+        [--cores N] [--loop-eval-iters 200] [--loop-model notebook|charlm] [--loop-first]
 
 Runs the notebook preset shortened to ``--steps`` steps x ``--seeds`` seeds (22 trials by
 default) twice, back to back in one process:
@@ -10,17 +10,27 @@ default) twice, back to back in one process:
    CPUs, the trials longest first with the tail widened onto free CPUs (``sweeps.schedule``),
    one CPU per trial, evaluation within its budget (``charlm.evaluation``), probes, samples,
    checkpoints and the Parquet store. Timed from Ray's start to its shutdown.
-2. **The notebook loop**: the same trainings (same model code, seeds and batches) one after
-   the other with all threads, evaluating as the notebook does: ``eval_iters`` (200) fresh
-   random batches per split at every evaluation, and a 300-token sample at the end.
+2. **The notebook loop**: the same trainings (same configs, seeds, batches and
+   initialisation) one after the other with all threads, evaluating as the notebook does:
+   ``eval_iters`` (200) fresh random batches per split at every evaluation, and a 300-token
+   sample at the end. Its model is the notebook's (``--loop-model notebook``, the default):
+   nanoGPT's maths with torch's own dropout and SDPA's ``dropout_p``, which is
+   ``GPT(cfg, fast_dropout=False)``. ``--loop-model charlm`` gives the loop the service's CPU
+   dropout path instead, to see what the scheduling and the evaluation alone are worth.
+
+With the notebook's model, the script also times a few training steps of both models per
+config, in pairs (outside both wall times), and estimates what the loop would have taken
+with the service's model: the ratio against that is the share of the gain that is not the
+model's dropout path.
 
 It prints both wall times and their ratio (target: the service in at most half the loop's
 time on 2 cores), where the service's core-seconds went (training steps, evaluation, probes,
 samples, checkpoints, per-trial set-up and imports, Ray's own share, start-up and stop, idle
-cores), and the mean final val loss per level for both, with the seeds' standard error.
+cores), and the mean final val loss per level for both, with the seeds' standard error
+(their dropout masks differ, so they agree within seed noise, not exactly).
 
-The full default run takes about an hour on an idle 2-core machine (~17 min of service,
-~35 min of loop); ``--steps 100 --seeds 1 --factors subset`` takes a few minutes.
+The full default run takes about an hour and a half on an idle 2-core machine (~24 min of
+service, ~60 min of loop); ``--steps 100 --seeds 1 --factors subset`` takes a few minutes.
 """
 
 from __future__ import annotations
@@ -51,6 +61,8 @@ from sweeps.store import ResultStore
 
 SUBSET = ["n_layer", "block_size"]  # the longest and the shortest trials: the tail's case
 SAMPLE_TOKENS = 300
+PAIRED_STEPS = 5  # training steps per model per round of the paired step timing
+LOOP_MODELS = {"notebook": False, "charlm": True}  # --loop-model -> GPT(fast_dropout=...)
 
 
 @dataclass
@@ -61,6 +73,7 @@ class Run:
     val_loss: dict[str, float]
     seconds: dict[str, float] = field(default_factory=dict)  # name -> core-seconds or seconds
     threads: dict[str, int] = field(default_factory=dict)
+    train_s: dict[str, float] = field(default_factory=dict)  # the loop's training per trial
 
 
 def plan(args: argparse.Namespace) -> list[TrialSpec]:
@@ -152,22 +165,68 @@ def notebook_loss(
     return out
 
 
-def notebook_loop(trials: list[TrialSpec], cores: int, eval_iters: int) -> Run:
+def _train_step(
+    model: GPT, optimizer, data, spec: TrialSpec, step: int, batches: torch.Generator
+) -> None:
+    """One step of the notebook's training: lr schedule, batch, backward, clip, AdamW."""
+    cfg = spec.train
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    x, y = get_batch(data.splits["train"], cfg.batch_size, spec.model.block_size, batches)
+    _, loss = model(x, y)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _model(
+    spec: TrialSpec, vocab_size: int, fast_dropout: bool
+) -> tuple[GPT, torch.optim.Optimizer]:
+    cfg = spec.train
+    torch.manual_seed(cfg.seed)
+    model = GPT(dataclasses.replace(spec.model, vocab_size=vocab_size), fast_dropout=fast_dropout)
+    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate,
+                                          (cfg.beta1, cfg.beta2), "cpu")  # fmt: skip
+    return model, optimizer
+
+
+def step_time_ratios(trials: list[TrialSpec], cores: int, rounds: int = 2) -> dict:
+    """Per config: the service model's training step time over the notebook model's, at
+    ``cores`` threads, timed in alternating rounds of ``PAIRED_STEPS`` steps each."""
+    torch.set_num_threads(cores)
+    ratios = {}
+    for spec in trials:
+        if spec.model in ratios:
+            continue
+        data = load_dataset(spec.train.dataset, spec.train.data_dir)
+        models = {fast: _model(spec, data.vocab_size, fast) for fast in (True, False)}
+        elapsed = {True: 0.0, False: 0.0}
+        for round_ in range(rounds + 1):  # round 0 warms up
+            for fast, (model, optimizer) in models.items():
+                batches = torch.Generator().manual_seed(round_)
+                began = time.perf_counter()
+                for step in range(PAIRED_STEPS):
+                    _train_step(model, optimizer, data, spec, step, batches)
+                elapsed[fast] += (time.perf_counter() - began) if round_ else 0.0
+        ratios[spec.model] = elapsed[True] / elapsed[False]
+    return ratios
+
+
+def notebook_loop(trials: list[TrialSpec], cores: int, eval_iters: int, fast_dropout: bool) -> Run:
     """One trial after the other with all threads: the same training, the notebook's
     evaluation, a sample at the end."""
     torch.set_num_threads(cores)
     parts: dict[str, float] = defaultdict(float)
-    val_loss = {}
+    val_loss, train_s = {}, {}
     start = time.perf_counter()
     for spec in trials:
         cfg = spec.train
         data = load_dataset(cfg.dataset, cfg.data_dir)
-        torch.manual_seed(cfg.seed)
-        model = GPT(dataclasses.replace(spec.model, vocab_size=data.vocab_size))
-        optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate,
-                                              (cfg.beta1, cfg.beta2), "cpu")  # fmt: skip
+        model, optimizer = _model(spec, data.vocab_size, fast_dropout)
         batches = torch.Generator().manual_seed(cfg.seed)
         eval_batches = torch.Generator().manual_seed(1337)
+        train_s[spec.trial_id] = 0.0
         for step in range(cfg.max_iters + 1):
             if step % cfg.eval_interval == 0 or step == cfg.max_iters:
                 began = time.perf_counter()
@@ -176,39 +235,55 @@ def notebook_loop(trials: list[TrialSpec], cores: int, eval_iters: int) -> Run:
             if step == cfg.max_iters:
                 break
             began = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            x, y = get_batch(data.splits["train"], cfg.batch_size, spec.model.block_size, batches)
-            _, loss = model(x, y)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            parts["training steps"] += time.perf_counter() - began
+            _train_step(model, optimizer, data, spec, step, batches)
+            train_s[spec.trial_id] += time.perf_counter() - began
+        parts["training steps"] += train_s[spec.trial_id]
         began = time.perf_counter()
         generate_text(model, data, "\n", SAMPLE_TOKENS, cfg.temperature, cfg.top_k, cfg.seed)
         parts["samples"] += time.perf_counter() - began
         val_loss[spec.trial_id] = losses["val"]
     wall = time.perf_counter() - start
     parts["other (model build, Python)"] = wall - sum(parts.values())
-    return Run(wall_s=wall, val_loss=val_loss, seconds=dict(parts))
+    return Run(wall_s=wall, val_loss=val_loss, seconds=dict(parts), train_s=train_s)
 
 
-def report(trials: list[TrialSpec], cores: int, svc: Run, loop: Run, eval_iters: int) -> str:
+def same_code_loop(trials: list[TrialSpec], loop: Run, ratios: dict) -> float:
+    """The loop's wall time had it trained with the service's model: its training steps
+    scaled per config by the paired step-time ratio, everything else as measured."""
+    scaled = sum(loop.train_s[t.trial_id] * ratios[t.model] for t in trials)
+    return loop.wall_s - sum(loop.train_s.values()) + scaled
+
+
+def report(
+    trials: list[TrialSpec], cores: int, svc: Run, loop: Run, eval_iters: int,
+    loop_model: str, ratios: dict | None,
+) -> str:  # fmt: skip
     ratio = svc.wall_s / loop.wall_s
     widened = sorted({t for t in svc.threads.values() if t != 1})
+    model = ("the notebook's model: torch's dropout, SDPA dropout_p" if loop_model == "notebook"
+             else "the service's model: charlm's CPU dropout path")  # fmt: skip
     lines = [
         f"notebook preset, {trials[0].train.max_iters} steps x "
         f"{len({t.seed for t in trials})} seeds: {len(trials)} trials on {cores} cores",
         f"service (LPT order, tail on free CPUs, budgeted evaluation): {svc.wall_s:8.1f} s"
         + (f"  (threads used: 1 and {widened})" if widened else ""),
-        f"notebook loop ({cores} threads, {eval_iters} batches per split per evaluation): "
-        f"{loop.wall_s:8.1f} s",
+        f"notebook loop ({cores} threads, {eval_iters} batches per split per evaluation, "
+        f"{model}): {loop.wall_s:8.1f} s",
         f"ratio service / loop: {ratio:.3f}  (target <= 0.50: "
         f"{'met' if ratio <= 0.5 else 'not met'})",
-        f"where the service's {cores} cores x {svc.wall_s:.0f} s = {cores * svc.wall_s:.0f} "
-        "core-s went:",
     ]
+    if ratios:
+        same = same_code_loop(trials, loop, ratios)
+        lines += [
+            "service model's training step / notebook model's (paired, per config): "
+            + ", ".join(f"{r:.2f}" for r in ratios.values()),
+            f"the loop with the service's model (estimated from those ratios): {same:8.1f} s; "
+            f"ratio service / that loop: {svc.wall_s / same:.3f}",
+        ]
+    lines.append(
+        f"where the service's {cores} cores x {svc.wall_s:.0f} s = {cores * svc.wall_s:.0f} "
+        "core-s went:"
+    )
     total = cores * svc.wall_s
     for name, value in svc.seconds.items():
         lines.append(f"  {name:<66} {value:8.1f} core-s  {100 * value / total:5.1f}%")
@@ -259,21 +334,37 @@ def main() -> None:
         "notebook's; lower only to check the script on a busy machine)",
     )
     parser.add_argument(
+        "--loop-model",
+        choices=sorted(LOOP_MODELS),
+        default="notebook",
+        help="the loop's model: notebook (default: torch's dropout and SDPA dropout_p, as a "
+        "notebook writes nanoGPT) or charlm (the service's CPU dropout path)",
+    )
+    parser.add_argument(
         "--loop-first", action="store_true", help="run the loop before the service (default: after)"
     )
     args = parser.parse_args()  # fmt: skip
     trials = plan(args)
     print(f"grid_wall: {len(trials)} trials, {args.cores} cores, load average "
           f"{os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
+    ratios = None
+    if args.loop_model == "notebook":
+        began = time.perf_counter()
+        ratios = step_time_ratios(trials, args.cores)
+        print(f"paired step timing of the two models: {time.perf_counter() - began:.1f} s "
+              "(in neither wall time)", flush=True)  # fmt: skip
     runs: dict[str, Run] = {}
     for name in ("loop", "service") if args.loop_first else ("service", "loop"):
         print(f"running the {name}...", flush=True)
         if name == "loop":
-            runs[name] = notebook_loop(trials, args.cores, args.loop_eval_iters)
+            runs[name] = notebook_loop(
+                trials, args.cores, args.loop_eval_iters, LOOP_MODELS[args.loop_model]
+            )
         else:
             runs[name] = service(trials, args.cores)
         print(f"  {runs[name].wall_s:.1f} s", flush=True)
-    print(report(trials, args.cores, runs["service"], runs["loop"], args.loop_eval_iters))
+    print(report(trials, args.cores, runs["service"], runs["loop"], args.loop_eval_iters,
+                 args.loop_model, ratios))  # fmt: skip
 
 
 if __name__ == "__main__":
