@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,7 +90,8 @@ def test_ids_are_stable_across_calls_and_sweep_names():
     again = [t.trial_id for t in expand(PRESETS["notebook"])]
     renamed = dataclasses.replace(PRESETS["notebook"], name="another_sweep")
     assert first == again == [t.trial_id for t in expand(renamed)]
-    assert all(len(i) == 16 and int(i, 16) >= 0 for i in first)
+    assert all(re.fullmatch("[0-9a-f]{16}", i) for i in first)
+    assert len(set(first)) == len(first)  # one id per trial: no two specs collide
 
 
 def test_ids_are_stable_across_processes():
