@@ -3,7 +3,7 @@
     python benchmarks/report_screenshot.py [--out benchmarks/out/report-shot] [--width 1400]
 
 Runs a real 6-trial sweep (sweeps/ablation.py on the embedded local Ray, 30 steps each),
-writes its report with python -m analysis, opens it with analysis.browser (every image
+writes its report with python -m analysis, opens it with testkit.browser (every image
 loads, no sideways scroll, no console errors, set-up table there) and saves a screenshot
 of the whole page, OUT/page.png, so people can look at what a reader sees. Prints the
 checks and the time each step took.
@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from analysis.browser import check_page  # noqa: E402
+from testkit.browser import check_page  # noqa: E402
 from tests.realstore import TINY_GRID  # noqa: E402
 
 

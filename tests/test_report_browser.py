@@ -1,5 +1,5 @@
 """The report of a small real store, opened in a real headless Chromium (Debian's package,
-driven over the DevTools pipe by analysis.browser): what a reader sees."""
+driven by Selenium through chromium-driver, testkit.browser): what a reader sees."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from analysis.browser import check_page, find_chromium
 from analysis.cli import main as analysis_main
+from testkit.browser import check_page, find_chromium
 from tests.realstore import build_real_store
 
 needs_chromium = pytest.mark.skipif(
     find_chromium() is None,
-    reason="no Chromium on PATH: apt-get install chromium (.ci/run installs it)",
+    reason="no Chromium or chromedriver on PATH: apt-get install chromium chromium-driver "
+    "(.ci/run installs both)",
 )
 
 
