@@ -33,10 +33,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from analysis.report import build_report
-from analysis.synthetic import SyntheticSpec, build_store
 from charlm.text import text_table
 from sweeps.schema import MARKER, compact_store, read_table
 from sweeps.store import MODELS_DIR
+from testkit.synthetic import SyntheticSpec, build_store
 
 TARGET_S = 15.0
 # tiny-shakespeare's 65 characters: covers the synthetic samples the heatmaps are drawn on

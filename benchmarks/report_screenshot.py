@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from testkit.browser import check_page  # noqa: E402
-from tests.realstore import TINY_GRID  # noqa: E402
+from testkit.realstore import TINY_GRID  # noqa: E402
 
 
 def _run(argv: list[str]) -> float:

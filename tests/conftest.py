@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from sharenothing import MotoS3
     from test_reliability import Driver
+
+    from testkit.sharenothing import MotoS3
 
 SHAKESPEARE = "tiny_shakespeare.txt"
 
@@ -69,8 +70,8 @@ def shakespeare_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pat
 
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
-    """moto's S3 server on 127.0.0.1 for one test module (tests/sharenothing.py)."""
-    from sharenothing import MotoS3
+    """moto's S3 server on 127.0.0.1 for one test module (testkit/sharenothing.py)."""
+    from testkit.sharenothing import MotoS3
 
     server = MotoS3(log=tmp_path_factory.mktemp("moto") / "moto.log").start()
     try:

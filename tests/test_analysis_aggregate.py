@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from analysis import aggregate, export, load_store
-from analysis.synthetic import init_store, trial_row, write_rows
+from testkit.synthetic import init_store, trial_row, write_rows
 
 BASE = [1.50, 1.60, 1.55]  # seeds 0, 1, 2
 WIDE = [1.40, 1.52, 1.41]  # n_embed=128, same seeds: paired

@@ -6,11 +6,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tiny import tiny_store
 
 from analysis.load import CorruptStoreError, StoreError, load_store
-from analysis.synthetic import init_store, trial_row, write_rows
 from sweeps.schema import SCHEMAS, compact_store, compact_table, read_table
+from testkit.synthetic import init_store, trial_row, write_rows
+from testkit.tiny import tiny_store
 
 SPEC = {"sweeps": ("a", "b"), "n_factors": 1, "n_levels": 1, "seeds": 2, "eval_steps": 3}
 

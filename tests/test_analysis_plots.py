@@ -11,9 +11,9 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.figure import Figure
-from tiny import tiny_store
 
 from analysis import aggregate, figures, load_store, plots
+from testkit.tiny import tiny_store
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny import tiny_store
 
 from analysis import heatmaps
 from analysis.report import main
-from analysis.synthetic import trial_row, write_rows
+from testkit.synthetic import trial_row, write_rows
+from testkit.tiny import tiny_store
 
 SPEC = {"sweeps": ("base", "change"), "datasets": ("shakespeare_char",), "n_factors": 1,
         "n_levels": 2, "seeds": 2, "eval_steps": 4, "failed_share": 0.0}  # fmt: skip

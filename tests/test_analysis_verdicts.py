@@ -7,9 +7,9 @@ import pytest
 from scipy import stats
 
 from analysis.report import main
-from analysis.synthetic import init_store, trial_row, write_rows
 from analysis.verdicts import level_verdicts
 from sweeps.sequential import DESIGNS_FILE, Design, record_design
+from testkit.synthetic import init_store, trial_row, write_rows
 
 SEEDS = 6
 BASE = [1.50, 1.52, 1.49, 1.51, 1.53, 1.50]

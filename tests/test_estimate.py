@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import tiny_model
 
 from charlm.config import ModelConfig, TrainConfig
 from sweeps.estimate import (
@@ -16,6 +15,7 @@ from sweeps.estimate import (
     time_train_step,
 )
 from sweeps.grid import GridSpec, expand
+from testkit.tiny import tiny_model
 
 TINY = {
     "n_layer": 2, "n_head": 2, "n_embed": 16, "block_size": 16, "dropout": 0.0,

@@ -10,7 +10,6 @@ import pytest
 import scipy.stats
 import torch
 import torch.nn.functional as F
-from tiny import split_loss, tiny_model
 
 import charlm.evaluation as evaluation
 from charlm.config import TrainConfig
@@ -23,6 +22,7 @@ from charlm.evaluation import (
 )
 from charlm.model import GPT
 from charlm.train import train
+from testkit.tiny import split_loss, tiny_model
 
 SHAKESPEARE = {"train": 1_003_854, "val": 111_540}
 TINY_MODEL = tiny_model(n_layer=2)

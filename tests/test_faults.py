@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny import tiny_model, tiny_params, tiny_store
 
 from charlm.config import ConfigError, ModelConfig, TrainConfig
 from sweeps.grid import PRESETS, expand, trial_id
@@ -31,6 +30,7 @@ from sweeps.options import (
     trial_memory_bytes,
 )
 from sweeps.schema import MARKER, read_table
+from testkit.tiny import tiny_model, tiny_params, tiny_store
 
 REPO = Path(__file__).resolve().parents[1]
 ABLATION = REPO / "sweeps" / "ablation.py"

@@ -10,15 +10,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from tiny import tiny_model
 
 import charlm.train as charlm_train
 import sweeps.schema as schema
-from analysis.synthetic import SyntheticSpec, build_store
 from charlm.model import GPT
 from charlm.versions import FormatVersionError
 from sweeps.schema import MARKER, SCHEMA_VERSION, UPGRADES, StoreVersionError, read_table
 from sweeps.store import ResultStore
+from testkit.synthetic import SyntheticSpec, build_store
+from testkit.tiny import tiny_model
 
 TINY = tiny_model(vocab_size=11)
 

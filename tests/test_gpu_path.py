@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_model
 
 from charlm.config import TrainConfig
 from charlm.data import BatchSampler, get_batch
 from charlm.train import _NonFiniteWatch, train
+from testkit.tiny import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

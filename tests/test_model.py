@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-from tiny import tiny_model
 from torch.nn import functional as F
 
 from charlm.config import ConfigError, ModelConfig
@@ -21,6 +20,7 @@ from charlm.model import (
     dropout_mask,
     fast_dropout,
 )
+from testkit.tiny import tiny_model
 
 VOCAB = 11
 

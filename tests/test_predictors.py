@@ -12,13 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 from matplotlib.figure import Figure
 from scipy import stats
-from tiny import tiny_store
 
 from analysis import predictor_plots, predictors
 from analysis.aggregate import holm
 from analysis.load import load_store
 from analysis.report import build_report, main
 from sweeps.schema import ADDED_COLUMNS, MARKER, SCHEMAS
+from testkit.tiny import tiny_store
 
 SPEC = {"sweeps": ("base",), "n_factors": 2, "n_levels": 2, "seeds": 3, "eval_steps": 4}
 

@@ -288,9 +288,8 @@ def test_probe_metrics_leaves_inputs_unchanged_and_needs_no_grad() -> None:
 
 
 def test_probe_metrics_on_a_real_capture() -> None:
-    from tiny import tiny_model
-
     from charlm.model import GPT
+    from testkit.tiny import tiny_model
 
     torch.manual_seed(0)
     cfg = tiny_model(n_layer=2, dropout=0.1, vocab_size=11)

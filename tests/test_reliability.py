@@ -26,10 +26,10 @@ from typing import Any, ClassVar
 
 import pytest
 import yaml
-from tiny import tiny_params
 
 from sweeps.grid import expand, load_grid
 from sweeps.schema import MARKER, TABLES, read_table
+from testkit.tiny import tiny_params
 
 REPO = Path(__file__).resolve().parents[1]
 ABLATION = REPO / "sweeps" / "ablation.py"
@@ -688,18 +688,14 @@ def test_no_credentials_in_the_repository():
 @pytest.mark.slow
 @pytest.mark.ray
 def test_soak_200_trials_with_a_worker_node_killed_every_30s_loses_nothing(tmp_path: Path):
-    """benchmarks/soak.py as a test (share-nothing cluster, S3 checkpoints; an hour or more
-    on a busy 2-core machine): `pytest -m slow`."""
-    import importlib.util
-
-    from sharenothing import namespaces_unavailable
+    """The soak of benchmarks/soak.py as a test (share-nothing cluster, S3 checkpoints; an
+    hour or more on a busy 2-core machine): `pytest -m slow`."""
+    from testkit.sharenothing import namespaces_unavailable
+    from testkit.soak import run_soak
 
     if reason := namespaces_unavailable():
         pytest.skip(reason)
-    spec = importlib.util.spec_from_file_location("soak", REPO / "benchmarks" / "soak.py")
-    soak = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(soak)
-    result = soak.run_soak(tmp_path / "soak", trials=200, kill_every_s=30.0)
+    result = run_soak(tmp_path / "soak", trials=200, kill_every_s=30.0)
     print("\n".join(result.lines()))
     assert result.rows_lost == 0 and result.unreadable == [] and result.exit_code == 0
     assert result.ok == 200 and result.kills >= 1 and result.retries >= 1

@@ -10,7 +10,7 @@ import pytest
 
 from analysis.cli import main as analysis_main
 from testkit.browser import check_page, find_chromium
-from tests.realstore import build_real_store
+from testkit.realstore import build_real_store
 
 needs_chromium = pytest.mark.skipif(
     find_chromium() is None,

@@ -11,7 +11,6 @@ import pytest
 import ray
 import yaml
 from ray import tune
-from tiny import tiny_params
 
 from sweeps import ablation, runner
 from sweeps.grid import GridSpec, expand
@@ -27,6 +26,7 @@ from sweeps.schema import read_table
 from sweeps.storage import resolve_storage
 from sweeps.store import ResultStore
 from sweeps.trainable import run_trial
+from testkit.tiny import tiny_params
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,6 @@ import types
 
 import pytest
 import torch
-from tiny import tiny_model
 from torch import nn
 
 from charlm.config import ConfigError, ModelConfig
@@ -21,6 +20,7 @@ from charlm.sample import (
     word_set,
     words,
 )
+from testkit.tiny import tiny_model
 
 # --- quality metrics --------------------------------------------------------------------------
 

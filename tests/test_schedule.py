@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tiny import tiny_params
 
 from sweeps import ablation
 from sweeps.grid import GridSpec, expand
@@ -14,6 +13,7 @@ from sweeps.runner import Resources, connect, run_trials
 from sweeps.schedule import makespan, plan_schedule
 from sweeps.schema import read_table
 from sweeps.store import ResultStore
+from testkit.tiny import tiny_params
 
 
 def test_longest_first_ties_keep_grid_order():

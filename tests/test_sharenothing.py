@@ -1,4 +1,4 @@
-"""Sweeps on a cluster whose nodes share nothing but the network (tests/sharenothing.py).
+"""Sweeps on a cluster whose nodes share nothing but the network (testkit/sharenothing.py).
 
 A real Ray head on this machine and a worker node in its own mount and PID namespace that
 cannot read the driver's files; checkpoints in a real S3-compatible server (moto) on
@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sharenothing import MotoS3, ShareNothingCluster, namespaces_unavailable
 from test_reliability import (
     ABLATION,
     REPO,
@@ -32,6 +31,7 @@ from test_reliability import (
 
 from sweeps.grid import expand, load_grid
 from sweeps.schema import MARKER
+from testkit.sharenothing import MotoS3, ShareNothingCluster, namespaces_unavailable
 
 UNAVAILABLE = namespaces_unavailable()
 pytestmark = [pytest.mark.ray, pytest.mark.skipif(UNAVAILABLE is not None,

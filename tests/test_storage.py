@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from sharenothing import MotoS3
 from test_reliability import ABLATION, REPO, read, write_grid
 
 from sweeps.storage import Storage, StorageError, redact, resolve_storage
+from testkit.sharenothing import MotoS3
 
 SEARCH = REPO / "sweeps" / "search.py"
 

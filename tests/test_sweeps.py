@@ -7,11 +7,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from tiny import tiny_params
 
 from sweeps import ablation
 from sweeps.grid import expand, load_grid
 from sweeps.schema import read_table
+from testkit.tiny import tiny_params
 
 pytestmark = pytest.mark.ray
 

@@ -6,11 +6,11 @@ import re
 from pathlib import Path
 
 import pytest
-import tiny
 import torch
 
 from charlm.config import ConfigError, ModelConfig, TrainConfig
 from charlm.train import CHECKPOINT_FILE, MODEL_FILE, load_model, lr_at, main, train
+from testkit import tiny
 
 TINY_MODEL = tiny.tiny_model(n_layer=2, dropout=0.1)
 

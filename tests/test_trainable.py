@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import ray
-from tiny import TINY_PARAMS, tiny_model, tiny_train
 
 from charlm.config import ModelConfig
 from charlm.train import train, train_steps
@@ -18,6 +17,7 @@ from sweeps.runner import Resources, connect, run_trials
 from sweeps.schema import read_table
 from sweeps.search import BASE_KEY, describe_search_trial, run_search_trial
 from sweeps.store import ResultStore
+from testkit.tiny import TINY_PARAMS, tiny_model, tiny_train
 
 
 def test_lockstep_seeds_train_exactly_as_alone_with_dropout():

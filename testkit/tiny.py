@@ -53,9 +53,9 @@ def split_loss(run_dir: Path, dataset: str, split: str, batch_size: int) -> tupl
 
 
 def tiny_store(root: Path, **spec: Any) -> Path:
-    """A synthetic store (``analysis.synthetic``) at ``root``: 2-layer, 2-head models on
+    """A synthetic store (``testkit.synthetic``) at ``root``: 2-layer, 2-head models on
     shakespeare_char and enwik8, with ``spec`` changing any ``SyntheticSpec`` field."""
-    from analysis.synthetic import SyntheticSpec, build_store
+    from testkit.synthetic import SyntheticSpec, build_store
 
     shared = {"datasets": ("shakespeare_char", "enwik8"), "n_layer": 2, "n_head": 2}
     return build_store(root, SyntheticSpec(**{**shared, **spec}), threads=2)

@@ -16,7 +16,7 @@ from sweeps.ablation import run_info
 from sweeps.grid import expand, load_grid
 from sweeps.options import Resources
 from sweeps.store import ResultStore, TrialRecord
-from tests.tiny import tiny_params
+from testkit.tiny import tiny_params
 
 BASELINE = tiny_params(n_layer=2, block_size=32, max_iters=30, eval_interval=10,
                        sample_tokens=40, num_threads=1)  # fmt: skip
