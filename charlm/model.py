@@ -12,184 +12,32 @@ Training attention uses ``torch.nn.functional.scaled_dot_product_attention`` (ca
 default generator for the device only, so ``torch.get_rng_state()`` in a checkpoint makes a
 resume exact and a seed gives identical losses.
 
-CPU speed. With dropout on, SDPA leaves its fused kernel for the math path and draws masks
-with ``bernoulli_``, which alone took a third of a training step. So on the CPU (and unless
-``GPT(cfg, fast_dropout=False)``):
-
-- masks come from 16-bit random integers compared with a threshold (``dropout_mask``): a
-  Bernoulli whose drop probability is rounded to a multiple of 1/65536, with the scale using that
-  exact probability; about 5x cheaper than ``bernoulli_``;
-- attention with dropout is a custom autograd function (``attention_with_dropout``) that works
-  on blocks of query rows and skips the key blocks above the diagonal, multiplies the softmax
-  weights by the mask after the softmax (the SDPA math path's semantics), and saves float
-  tensors only (elementwise ops on bool tensors are several times slower on the CPU).
-
-On other devices torch's own dropout and SDPA's dropout_p are used. ``torch.compile`` is not
-used here: it was slower than eager with dropout on the CPU and takes ~40 s to compile.
+CPU speed: on the CPU, dropout and attention with dropout run through ``charlm.kernels``
+(cheap masks, a blocked attention with its own backward pass), unless
+``GPT(cfg, fast_dropout=False)``; on other devices torch's own dropout and SDPA's dropout_p
+are used. ``torch.compile`` is opt-in (``TrainConfig.compile``), not used here.
 
 One block. The block's maths is written once (``Block``, ``CausalSelfAttention``, ``MLP``):
 training, evaluation, probe capture, KV-cache prefill and one-token decoding all run it. The
 attention core has three forms, each tied to SDPA by a test in tests/test_model.py: SDPA
-itself; ``attention_with_dropout`` (CPU training speed, above); ``_explicit_attention``
+itself; ``charlm.kernels.attention_with_dropout`` (CPU training speed); ``_explicit_attention``
 (capture: SDPA does not return its weights). One-token decoding swaps the block's
-``nn.Linear`` matmuls for re-laid-out copies of the same weights (``_TransposedLinear``).
+``nn.Linear`` matmuls for re-laid-out copies of the same weights (``kernels.DecodeWeights``).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from charlm.config import ConfigError, ModelConfig
+from charlm.kernels import DecodeWeights, causal_attention, dropout
 
-__all__ = [
-    "GPT",
-    "Capture",
-    "attention_with_dropout",
-    "dropout_mask",
-    "fast_dropout",
-]
-
-# A uniform int16 r is kept when r >= threshold: P(keep) = 1 - round(p * 2**16) / 2**16.
-_INT16_LEVELS = 1 << 16
-
-
-def _drop_count(p: float) -> int:
-    """Number of the 65536 int16 values that mean "drop" for drop probability ``p``."""
-    return min(_INT16_LEVELS - 1, round(p * _INT16_LEVELS))
-
-
-def dropout_mask(like: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
-    """A dropout mask for ``like``: 1.0 (keep) / 0.0 (drop), ``like``'s shape, dtype and device.
-
-    Entries are independent Bernoulli(keep_probability) with keep_probability = 1 - p' and
-    p' = round(p * 65536) / 65536 (|p' - p| <= 7.7e-6). The random bits come from torch's
-    default generator for the device (full-range int64 draws, four 16-bit lanes each), so its
-    state fully determines the mask. Returns (mask, keep_probability in (0, 1]).
-    """
-    numel = like.numel()
-    words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=like.device)
-    words.random_(-(1 << 63), None)  # full 64-bit range: every int16 lane is uniform
-    lanes = words.view(torch.int16)[:numel].view(like.shape)  # like's shape, in [-32768, 32767]
-    drops = _drop_count(p)
-    threshold = drops - (_INT16_LEVELS // 2)  # keep when lane >= threshold
-    # float arithmetic, not a bool compare: on the CPU bool tensors are several times slower.
-    # Integers >= threshold map to >= 1 and the rest to <= 0, so the clamp gives exactly 1 / 0.
-    mask = lanes.to(like.dtype).sub_(threshold - 1).clamp_(0.0, 1.0)
-    return mask, 1.0 - drops / _INT16_LEVELS
-
-
-def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Dropout with ``torch.nn.functional.dropout`` semantics and a cheap CPU mask.
-
-    In training, each entry of ``x`` is zeroed with probability ~p (see ``dropout_mask``) and
-    survivors are scaled by 1/keep_probability; at eval time, or p == 0, ``x`` is returned.
-    Off the CPU it is ``torch.nn.functional.dropout``.
-    """
-    if not training or p == 0.0:
-        return x
-    if x.device.type != "cpu":
-        return F.dropout(x, p, training=True)
-    mask, keep_probability = dropout_mask(x, p)
-    # the scaled mask is a constant for autograd: the backward is grad * mask
-    return x * mask.mul_(1.0 / keep_probability)
-
-
-def _query_blocks(T: int) -> list[tuple[int, int]]:
-    """Split T query rows into blocks of 32-64 rows: [(start, end), ...] covering 0..T."""
-    rows = min(64, max(32, T // 4))
-    n_blocks = max(1, round(T / rows))
-    edges = [round(T * i / n_blocks) for i in range(n_blocks + 1)]
-    return list(itertools.pairwise(edges))
-
-
-class _AttentionWithDropout(torch.autograd.Function):
-    """Causal softmax attention with dropout on the attention weights, for the CPU.
-
-    Why a second copy of the attention maths: with dropout on, SDPA leaves its fused kernel
-    for its math path and draws masks with ``bernoulli_``. With this function and the cheap
-    masks, the small config (4x4x64, block 128, batch 32, dropout 0.1) trains at 42,450
-    tokens/s against 21,978 with torch's dropout (1.93x; benchmarks/throughput.py on an idle
-    2-core machine, README). Tied to SDPA (p = 0) and to an explicit softmax with the same
-    masks (p > 0), forward and backward, by tests/test_model.py.
-
-    For each block of query rows [lo, hi) only the keys [0, hi) are computed (causality):
-    P = softmax(q k^T / sqrt(hs) + causal), y = (P * keep) v / keep_p. Skipping the blocks
-    above the diagonal saves a third or more of the (T, T) work and random numbers.
-    Saved for backward per block: P and P * keep (float: on the CPU elementwise ops on bool
-    are several times slower). The softmax backward uses rowsum(dP * P) = rowsum(dy * y),
-    which needs no pass over the (T, T) tensors.
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v, p):  # q, k, v: (B, nh, T, hs)
-        B, nh, T, hs = q.shape
-        scale = 1.0 / math.sqrt(hs)
-        q_scaled = torch.empty(B * nh, T, hs, dtype=q.dtype, device=q.device)  # (B*nh, T, hs)
-        torch.mul(q, scale, out=q_scaled.view(B, nh, T, hs))  # one pass: gather and scale
-        k = k.reshape(B * nh, T, hs)  # (B*nh, T, hs), copies the strided view
-        v = v.reshape(B * nh, T, hs)  # (B*nh, T, hs)
-        blocks = _query_blocks(T)
-        ys, probs, kept = [], [], []
-        keep_probability = 1.0
-        for lo, hi in blocks:
-            bias = torch.zeros(hi - lo, hi, dtype=q.dtype, device=q.device)  # (t, hi)
-            bias[:, lo:].fill_(float("-inf")).triu_(1)  # future keys of the diagonal square
-            scores = torch.baddbmm(  # (B*nh, t, hi)
-                bias.expand(B * nh, hi - lo, hi), q_scaled[:, lo:hi], k[:, :hi].transpose(1, 2)
-            )
-            att = torch.softmax(scores, dim=-1)  # (B*nh, t, hi) rows sum to 1
-            mask, keep_probability = dropout_mask(att, p)  # (B*nh, t, hi)
-            dropped = mask.mul_(att)  # (B*nh, t, hi) kept weights, not yet scaled
-            ys.append(torch.bmm(dropped, v[:, :hi]))  # (B*nh, t, hs)
-            probs.append(att)
-            kept.append(dropped)
-        y = torch.cat(ys, dim=1).mul_(1.0 / keep_probability).view(B, nh, T, hs)
-        ctx.save_for_backward(q_scaled, k, v, y, *probs, *kept)
-        ctx.scale, ctx.keep_probability, ctx.blocks = scale, keep_probability, blocks
-        return y  # (B, nh, T, hs)
-
-    @staticmethod
-    def backward(ctx, grad_y):  # grad_y: (B, nh, T, hs)
-        q_scaled, k, v, y, *saved = ctx.saved_tensors
-        n_blocks = len(ctx.blocks)
-        probs, kept = saved[:n_blocks], saved[n_blocks:]
-        B, nh, T, hs = grad_y.shape
-        row_dot = (grad_y * y).sum(dim=-1, keepdim=True).view(B * nh, T, 1)  # rowsum(dP * P)
-        grad_y = grad_y.reshape(B * nh, T, hs).mul(1.0 / ctx.keep_probability)  # (B*nh, T, hs)
-        grad_q = torch.empty_like(k)  # (B*nh, T, hs)
-        grad_k = torch.zeros_like(k)  # (B*nh, T, hs)
-        grad_v = torch.zeros_like(v)  # (B*nh, T, hs)
-        for (lo, hi), att, dropped in zip(ctx.blocks, probs, kept, strict=True):
-            grad_block = grad_y[:, lo:hi]  # (B*nh, t, hs)
-            # bmm into fresh memory: baddbmm_ into a strided slice loops over the batch
-            grad_v[:, :hi] += torch.bmm(dropped.transpose(1, 2), grad_block)  # (B*nh, hi, hs)
-            grad_att = torch.bmm(grad_block, v[:, :hi].transpose(1, 2))  # (B*nh, t, hi)
-            # softmax backward: dS = P * (keep * dA / keep_p - rowsum) = dropped * dA' - P * rowsum
-            grad_scores = grad_att.mul_(dropped).addcmul_(att, row_dot[:, lo:hi], value=-1.0)
-            grad_q[:, lo:hi] = torch.bmm(grad_scores, k[:, :hi])  # (B*nh, t, hs)
-            grad_k[:, :hi] += torch.bmm(grad_scores.transpose(1, 2), q_scaled[:, lo:hi])
-        grad_q.mul_(ctx.scale)  # q_scaled already carries the scale into grad_k
-        shape = (B, nh, T, hs)
-        return grad_q.view(shape), grad_k.view(shape), grad_v.view(shape), None
-
-
-def attention_with_dropout(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float
-) -> torch.Tensor:
-    """Causal attention with training-mode dropout ``p`` on the softmax weights (CPU fast path).
-
-    Same semantics as ``scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)``
-    (masks from ``dropout_mask``, one per block of query rows).
-    q, k, v: (B, nh, T, hs); returns (B, nh, T, hs).
-    """
-    return _AttentionWithDropout.apply(q, k, v, p)
+__all__ = ["GPT", "Capture"]
 
 
 def _explicit_attention(
@@ -242,47 +90,6 @@ class _LayerCache:
         return self.keys[:, :, :end], self.values[:, :, :end]
 
 
-class _TransposedLinear:
-    """y = x @ W^T + b for one-token decoding, from a re-laid-out copy of an nn.Linear (no grad).
-
-    Only the matmul is copied: ``Block.forward`` runs with these in place of its nn.Linear
-    layers (tests/test_model.py checks decoding against the full forward, with and without
-    biases).
-
-    A one-token step is bound by reading the weights. torch's single (1, in) @ (in, out)
-    product reads them on one core only, so the weight is stored as ``blocks`` column blocks
-    (blocks, in, out / blocks) and multiplied with one batched matmul, which spreads the
-    blocks over the intra-op threads: on 2 cores the 384-wide model's matmuls take 1.6 ms per
-    token this way, 2.7 ms as one matmul each and 3.2 ms through F.linear.
-    """
-
-    def __init__(self, linear: nn.Linear, blocks: int):
-        weight_t = linear.weight.detach().t()  # (in, out)
-        n_in, n_out = weight_t.shape
-        self.blocks = blocks if blocks > 1 and n_out % blocks == 0 else 1
-        blocked = weight_t.reshape(n_in, self.blocks, n_out // self.blocks).transpose(0, 1)
-        self.weight = blocked.contiguous()  # (blocks, in, out / blocks)
-        self.bias = None if linear.bias is None else linear.bias.detach()  # (out,)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, in) -> (B, 1, out)
-        rows = x.view(x.size(0), -1)  # (B, in)
-        if self.blocks == 1:
-            y = rows @ self.weight[0]  # (B, out)
-        else:
-            parts = torch.bmm(rows.expand(self.blocks, *rows.shape), self.weight)  # (b, B, out/b)
-            y = parts.transpose(0, 1).reshape(rows.size(0), -1)  # (B, out)
-        y = y if self.bias is None else y + self.bias
-        return y.unsqueeze(1)  # (B, 1, out)
-
-
-@dataclass
-class _DecodeWeights:
-    """One block's matmuls for KV-cache decoding: (c_attn, c_proj) and (c_fc, c_proj)."""
-
-    attention: tuple[_TransposedLinear, _TransposedLinear]
-    mlp: tuple[_TransposedLinear, _TransposedLinear]
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, fast_dropout: bool = True):
         super().__init__()
@@ -295,7 +102,7 @@ class CausalSelfAttention(nn.Module):
         self,
         x: torch.Tensor,
         cache: _LayerCache | None = None,
-        decode: _DecodeWeights | None = None,
+        decode: DecodeWeights | None = None,
         attentions: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """x: (B, T, C) -> (B, T, C). With ``cache``: keys and values go into it and the
@@ -316,12 +123,10 @@ class CausalSelfAttention(nn.Module):
         elif attentions is not None:
             y, att = _explicit_attention(q, k, v)  # (B, nh, T, hs), (B, nh, T, T)
             attentions.append(att)
-        elif p > 0.0 and self.fast_dropout and x.device.type == "cpu":
-            y = attention_with_dropout(q, k, v, p)  # (B, nh, T, hs)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+            y = causal_attention(q, k, v, p, self.fast_dropout)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C) heads side by side
-        return _dropout(c_proj(y), self.dropout, self.training, self.fast_dropout)  # (B, T, C)
+        return dropout(c_proj(y), self.dropout, self.training, self.fast_dropout)  # (B, T, C)
 
 
 class MLP(nn.Module):
@@ -332,10 +137,10 @@ class MLP(nn.Module):
         self.gelu = nn.GELU()
         self.c_proj = nn.Linear(4 * cfg.n_embed, cfg.n_embed, bias=cfg.bias)
 
-    def forward(self, x: torch.Tensor, decode: _DecodeWeights | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, decode: DecodeWeights | None = None) -> torch.Tensor:
         c_fc, c_proj = (self.c_fc, self.c_proj) if decode is None else decode.mlp
         x = c_proj(self.gelu(c_fc(x)))  # (B, T, C)
-        return _dropout(x, self.dropout, self.training, self.fast_dropout)
+        return dropout(x, self.dropout, self.training, self.fast_dropout)
 
 
 class Block(nn.Module):
@@ -352,17 +157,12 @@ class Block(nn.Module):
         self,
         x: torch.Tensor,
         cache: _LayerCache | None = None,
-        decode: _DecodeWeights | None = None,
+        decode: DecodeWeights | None = None,
         attentions: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """x: (B, T, C) -> (B, T, C); the options are CausalSelfAttention.forward's."""
         x = x + self.attn(self.ln_1(x), cache, decode, attentions)  # (B, T, C)
         return x + self.mlp(self.ln_2(x), decode)  # (B, T, C)
-
-
-def _dropout(x: torch.Tensor, p: float, training: bool, fast: bool) -> torch.Tensor:
-    """charlm's cheap-mask dropout (``fast``) or torch's."""
-    return fast_dropout(x, p, training) if fast else F.dropout(x, p, training)
 
 
 class _Transformer(nn.Module):
@@ -438,7 +238,7 @@ class GPT(nn.Module):
             )
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
-        return _dropout(x, self.cfg.dropout, self.training, self.fast_dropout)
+        return dropout(x, self.cfg.dropout, self.training, self.fast_dropout)
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
@@ -492,34 +292,22 @@ class GPT(nn.Module):
         self,
         idx: torch.Tensor,
         cache: list[_LayerCache],
-        decode: list[_DecodeWeights] | None = None,
+        decode: list[DecodeWeights] | None = None,
     ) -> torch.Tensor:
         """Run idx (B, t) after what ``cache`` holds (a prompt into an empty cache, or one
         token with ``decode``'s weight copies); return next-token logits (B, V)."""
         if cache[0].length and idx.size(1) != 1:
             raise ConfigError(f"KV-cache step got {idx.size(1)} tokens: feed one token per step.")
         x = self._embed(idx, start=cache[0].length)  # (B, t, C)
-        layers: list[_DecodeWeights | None] = list(decode) if decode else [None] * len(cache)
+        layers: list[DecodeWeights | None] = list(decode) if decode else [None] * len(cache)
         for block, layer_cache, weights in zip(self.transformer.h, cache, layers, strict=True):
             x = block(x, layer_cache, weights)  # (B, t, C)
         return self.lm_head(self.transformer.ln_f(x[:, -1, :]))  # (B, V)
 
-    def _decode_weights(self) -> list[_DecodeWeights]:
+    def _decode_weights(self) -> list[DecodeWeights]:
         """Re-laid-out copies of every block's matmul weights, for one-token ``_cached_step``."""
         blocks = torch.get_num_threads() if self.transformer.wpe.weight.device.type == "cpu" else 1
-        return [
-            _DecodeWeights(
-                attention=(
-                    _TransposedLinear(block.attn.c_attn, blocks),
-                    _TransposedLinear(block.attn.c_proj, blocks),
-                ),
-                mlp=(
-                    _TransposedLinear(block.mlp.c_fc, blocks),
-                    _TransposedLinear(block.mlp.c_proj, blocks),
-                ),
-            )
-            for block in cast("list[Block]", list(self.transformer.h))
-        ]
+        return [DecodeWeights.of(block, blocks) for block in self.transformer.h]
 
     @torch.no_grad()
     def generate(
@@ -554,7 +342,7 @@ class GPT(nn.Module):
         self.eval()
         try:
             cache: list[_LayerCache] | None = None
-            weights: list[_DecodeWeights] | None = None
+            weights: list[DecodeWeights] | None = None
             for _ in range(max_new_tokens):
                 if not use_cache:
                     logits, _ = self(idx[:, -block_size:])  # (B, t, V)

@@ -12,14 +12,8 @@ import torch
 from torch.nn import functional as F
 
 from charlm.config import ConfigError, ModelConfig
-from charlm.model import (
-    GPT,
-    Capture,
-    _query_blocks,
-    attention_with_dropout,
-    dropout_mask,
-    fast_dropout,
-)
+from charlm.kernels import _query_blocks, attention_with_dropout, dropout_mask, fast_dropout
+from charlm.model import GPT, Capture
 from testkit.tiny import tiny_model
 
 VOCAB = 11
