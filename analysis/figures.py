@@ -257,7 +257,7 @@ def save_figure(
                 paths.append(path)
     for fmt in (fmt for fmt in formats if fmt != "png"):
         path = stem.with_suffix(f".{fmt}")
-        with rc_context({"svg.fonttype": "none"}):  # text as text: smaller, 2x faster SVG
+        with rc_context({"svg.fonttype": "none"}):  # text as text: smaller, faster SVG
             if fmt == "svg":
                 buffer = io.StringIO()
                 figure.savefig(buffer, format="svg", dpi=dpi)

@@ -123,7 +123,7 @@ def load_store(
                 )
             warnings.warn(f"skipped corrupt store file {bad_path}: {reason}", stacklevel=2)
         corrupt.extend(read.corrupt)
-        frame = arrow_table.to_pandas(split_blocks=True)  # no block consolidation: 10x faster
+        frame = arrow_table.to_pandas(split_blocks=True)  # no block consolidation: faster
         frame, dropped = _deduplicate(table, frame)
         duplicates[table] = dropped
         frames[table] = frame
@@ -161,7 +161,8 @@ def load_store(
 
 def _is_in(column: pa.ChunkedArray, value_set: pa.Array) -> pa.ChunkedArray:
     """``pc.is_in`` of a column, looked up once per distinct value of a dictionary-encoded
-    one (each chunk's dictionary, then its indices): 10x faster on millions of rows."""
+    one (each chunk's dictionary, then its indices): much faster on millions of rows
+    (benchmarks/analysis_speed.py)."""
     if not pa.types.is_dictionary(column.type):
         return pc.is_in(column, value_set)
     masks = [

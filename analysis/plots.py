@@ -202,8 +202,8 @@ def _few_ticks(ax: Axes) -> None:
 
 
 def _add_bands(ax: Axes, bands: list) -> None:
-    """All stderr bands of a panel as one PolyCollection (a fill_between per band cost 6 ms
-    each, most of figure 2's drawing time)."""
+    """All stderr bands of a panel as one PolyCollection (a fill_between per band was most
+    of figure 2's drawing time)."""
     if bands:
         polygons = PolyCollection(
             [vertices for vertices, _ in bands],
@@ -354,7 +354,7 @@ def factor_curves(
 def _same_limits(axes: np.ndarray) -> None:
     """One x range for all panels and one y range per column, x tick labels on the bottom
     row only. (Cheaper than sharex/sharey, whose autoscaling of every sibling on every
-    added band made figure 2 five times slower.)"""
+    added band made figure 2 several times slower.)"""
     x_low = min(ax.get_xlim()[0] for ax in axes.flat)
     x_high = max(ax.get_xlim()[1] for ax in axes.flat)
     for column in axes.T:

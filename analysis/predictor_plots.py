@@ -143,7 +143,7 @@ def training_dynamics(curves: pd.DataFrame, trials: pd.DataFrame, ax: Axes | Non
         segment_colors = [color_of[trial_id] for trial_id in ids[starts]] if len(ids) else []
         runs = max(runs, len(segments))
         alpha = 0.9 if len(segments) <= 50 else max(0.08, 0.9 * 50 / len(segments))
-        # thousands of runs: no anti-aliasing (3x faster to draw, and the lines overlap anyway)
+        # thousands of runs: no anti-aliasing (faster to draw, and the lines overlap anyway)
         lines = LineCollection(
             segments, colors=segment_colors, linestyles=style, linewidths=width, alpha=alpha,
             rasterized=True, antialiased=len(segments) <= 500,

@@ -2,8 +2,8 @@
 
 **Budget.** Over a run, evaluation reads at most ``EVAL_TOKEN_SHARE`` (a third) as many
 tokens as training does. A forward pass without gradients costs about a third of a
-training step per token (measured on CPU: 0.19 s against 0.65 s for the notebook model), so
-evaluation stays under ~10% of a trial's time whatever ``max_iters``. Per evaluation that is
+training step per token (benchmarks/grid_wall.py measures the split), so evaluation stays
+near a tenth of a trial's time whatever ``max_iters``. Per evaluation that is
 ``budget = max(2 * batch_size, max_iters * batch_size // (3 * evaluations))`` windows of
 ``block_size`` tokens for both splits together, and never more than ``eval_iters`` batches
 per split.

@@ -13,9 +13,8 @@ Every function runs under ``torch.no_grad`` on the tensors' own device, leaves i
 unchanged, computes elementwise in float32 and accumulates in float64 (a float32 sum covers
 at most one map, by pairwise summation, before it joins a float64 total). ``probe_metrics``
 computes all metrics for every layer and head at once, sharing work between them: it runs at
-every eval step of every trial, so it is built to be fast: for 6 layers x 6 heads, B=4, T=256
-it takes about 60 ms of CPU time (about 40 ms wall on two cores), most of it one logarithm
-per causal entry and per pair of heads.
+every eval step of every trial, so it is built to be fast (benchmarks/throughput.py times
+it): most of its time is one logarithm per causal entry and per pair of heads.
 
 How the fast path works: only the T(T+1)/2 causal entries of each map are kept, so the
 upper triangle costs nothing; every per-row mean is a weighted sum over those entries; and
@@ -334,8 +333,8 @@ def hidden_silhouette(
     With fewer than ``clusters`` + 1 tokens, k is lowered to tokens - 1. NaN when the
     score is undefined: fewer than 3 tokens, or fewer than 2 distinct clusters found
     (e.g. all vectors equal). Runs on one CPU thread (sklearn's thread pool is limited to
-    one while it runs: with its own OpenMP threads one layer of 512 x 384 took ~0.6 s on
-    our busy 2-core machine, on one thread ~0.02 s). Deterministic for the same input.
+    one while it runs: on a busy machine its own OpenMP threads wait on each other, far
+    slower than one thread). Deterministic for the same input.
     """
     if hidden.dim() != 3:
         raise ValueError(

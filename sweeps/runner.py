@@ -72,11 +72,11 @@ _RUN_DIR = re.compile(r".+-\d{8}-\d{6}-(\d+)")
 class Connection:
     """What ``connect`` joined, and what that means for running trials there.
 
-    ``reuse_actors``: may Tune reuse trial actors? It saves ~1 s of actor start per trial
-    (measured on 2 cores: 18 s -> 8 s), but only on the embedded local Ray: on a cluster a cached
-    actor can sit on a node that died or was scaled down, and Tune then fails the PENDING
-    trial it hands that actor to for good, whatever FailureConfig says (benchmarks/soak.py,
-    a worker node killed every 30 s: 2 of 200 trials failed so).
+    ``reuse_actors``: may Tune reuse trial actors? It saves a new process's start and imports
+    per trial (benchmarks/sweep_overhead.py), but only on the embedded local Ray: on a cluster
+    a cached actor can sit on a node that died or was scaled down, and Tune then fails the
+    PENDING trial it hands that actor to for good, whatever FailureConfig says (seen in
+    benchmarks/soak.py's runs, which kill worker nodes).
     ``storage``: where trial checkpoints go, proven reachable from every node.
     """
 

@@ -34,9 +34,9 @@ from sweeps.grid import TrialSpec
 
 __all__ = ["NEW_ACTOR_S", "Schedule", "makespan", "plan_grid", "plan_schedule"]
 
-# What a trial on a new Ray actor pays before training: the actor's start (~1.3 s,
-# RAY-NOTES), importing torch and charlm (~2.6 s) and torch's first AdamW (~1.9 s: it imports
-# torch._dynamo), measured on 2 cores at load ~1.
+# What a trial on a new Ray actor pays before training, in seconds: the actor's start
+# (RAY-NOTES), importing torch and charlm, and torch's first AdamW (it imports torch._dynamo);
+# the sum as benchmarks/sweep_overhead.py measured it on 2 cores.
 NEW_ACTOR_S = 6.0
 _WIDEN_CANDIDATES = 4  # trials per slot, from the end, that may be widened
 
