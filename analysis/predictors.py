@@ -22,7 +22,7 @@ computed per (sweep, dataset) over the ok trials that have both values.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -126,7 +126,7 @@ def trial_metrics(
     return frame.reset_index(drop=True)
 
 
-def _rank_correlations(pairs: list[tuple[int, int]]):
+def _rank_correlations(pairs: list[tuple[int, int]]) -> Callable[..., np.ndarray]:
     """A vectorised statistic for scipy.stats.bootstrap: Spearman's rho of each (i, j)
     variable pair, each variable ranked once per resample."""
 

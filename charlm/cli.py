@@ -7,7 +7,7 @@ import copy
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from charlm.config import ConfigError
 
@@ -61,7 +61,7 @@ class OneLineParser(argparse.ArgumentParser):
     no prefix matching (a typo such as --seed for --seeds must not launch a sweep) and
     every option's default in --help (DefaultsHelpFormatter)."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)

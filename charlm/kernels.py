@@ -114,7 +114,9 @@ class _AttentionWithDropout(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, p):  # q, k, v: (B, nh, T, hs)
+    def forward(  # q, k, v: (B, nh, T, hs)
+        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float
+    ) -> torch.Tensor:
         B, nh, T, hs = q.shape
         scale = 1.0 / math.sqrt(hs)
         q_scaled = torch.empty(B * nh, T, hs, dtype=q.dtype, device=q.device)  # (B*nh, T, hs)
@@ -142,7 +144,7 @@ class _AttentionWithDropout(torch.autograd.Function):
         return y  # (B, nh, T, hs)
 
     @staticmethod
-    def backward(ctx, grad_y):  # grad_y: (B, nh, T, hs)
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         q_scaled, k, v, y, *saved = ctx.saved_tensors
         n_blocks = len(ctx.blocks)
         probs, kept = saved[:n_blocks], saved[n_blocks:]

@@ -450,7 +450,7 @@ def _rng_states(device_type: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     return torch.get_rng_state(), cuda
 
 
-def _restore_rng_states(states: tuple[torch.Tensor, torch.Tensor | None], device_type: str):
+def _restore_rng_states(states: tuple[torch.Tensor, torch.Tensor | None], device_type: str) -> None:
     torch.set_rng_state(states[0])
     if device_type == "cuda" and states[1] is not None:
         torch.cuda.set_rng_state(states[1])

@@ -10,6 +10,7 @@ fresh seeds (the winner's own scores are biased low: it won on them).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ class Winner:
     stderr: float | None  # None with one seed
     n_configs: int  # configs that competed (all seeds ran to the end)
 
-    def line(self, searched: list[str], format_value) -> str:
+    def line(self, searched: list[str], format_value: Callable[[str, Any], str]) -> str:
         """One line: the config, mean ± stderr over seeds, the store trial ids."""
         config = ", ".join(f"{name}={format_value(name, self.values[name])}" for name in searched)
         spread = f" ± {self.stderr:.4f}" if self.stderr is not None else ""

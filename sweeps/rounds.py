@@ -89,7 +89,7 @@ class SeedRounds:
         for dataset, experiment in self.experiments.items():
             levels = {key: metric(by_seed) for key, by_seed in experiment.levels.items()}
 
-            def done_at(key: Level | None, seed: int, experiment=experiment) -> bool:
+            def done_at(key: Level | None, seed: int, experiment: _Experiment = experiment) -> bool:
                 by_seed = experiment.baseline if key is None else experiment.levels[key]
                 return done(by_seed[seed])
 

@@ -142,7 +142,7 @@ def check_storage(
     return storage
 
 
-def _filesystem(location: str):
+def _filesystem(location: str) -> tuple[Any, str]:
     """(pyarrow filesystem, path on it) of a storage location."""
     import pyarrow.fs
 

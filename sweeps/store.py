@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,7 +234,11 @@ class ResultStore:
             self.write_rows("attention", record.trial_id, _attention_rows(record))
 
     def write_trial(
-        self, record: TrialRecord, status: str, error: str | None, model_source=None
+        self,
+        record: TrialRecord,
+        status: str,
+        error: str | None,
+        model_source: Callable[[Path], object] | None = None,
     ) -> None:
         """Write every table of a trial that ended, ``trials`` last (it marks completion).
 
