@@ -5,20 +5,9 @@ node SIGKILLed every 30 s (and replaced at once). Nothing may be lost.
     python benchmarks/soak.py --trials 10 --kill-every 30 --keep
     python benchmarks/soak.py --workers 1 --worker-cpus 2   # every kill takes the whole cluster
 
-The cluster is testkit/sharenothing.py's: a ``ray start --head`` on this machine (no CPUs
-for trials) and ``--workers`` worker nodes (2 of 1 CPU by default), each in its own mount
-and PID namespace, which cannot read this machine's files. Checkpoints go to moto's S3
-server on 127.0.0.1 (credentials in the nodes' environment only). Needs root (unshare,
-mount). The sweep driver is ``python sweeps/ablation.py --address HEAD --storage s3://...``
-in its own process; every ``--kill-every`` seconds this process SIGKILLs the oldest worker
-node's namespace (every process of the node at once) and starts a fresh node, so with two
-nodes each lives about twice that; a thread reads the whole store in a loop meanwhile.
-
-Prints trials finished, retries, nodes killed, S3 objects written and rows lost. A row is
-lost when a (config, seed) of the grid has no ``trials`` row, has more than one, or its
-curve misses or repeats an eval step; a failed trial (retries exhausted) is counted apart,
-not as lost: running the same command again runs it. Exit status 0 when nothing was lost
-and the store was readable at every moment, else 1.
+What runs and what counts as lost: testkit/soak.py (the slow test runs the same soak).
+Prints trials finished, retries, nodes killed, S3 objects written and rows lost. Exit
+status 0 when nothing was lost and the store was readable at every moment, else 1.
 """
 
 from __future__ import annotations
