@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from charlm.config import ConfigError, Domain, ModelConfig, TrainConfig, domains
+from charlm.config import ConfigError, Domain, ModelConfig, TrainConfig, domains, is_regular_file
 from charlm.text import short_repr
-from sweeps.grid import MAX_TRIALS
+from sweeps.grid import MAX_TRIALS, safe_load_unique
 
 __all__ = [
     "OPTION_DOMAINS",
@@ -46,12 +46,12 @@ _NAME_LENGTH = 100
 _EPSILON = 1e-9
 
 
-_TRIALS = f"the trials a sweep plans, at most {MAX_TRIALS:,}"
+_TRIALS = "a sweep plans at most that many trials"
 _SEED = domains(TrainConfig)["seed"]
 # The domain of every numeric option of the sweep CLIs, by flag: checked (``check_options``)
 # before anything else, so a later check never sees a NaN or a 300-digit number.
 OPTION_DOMAINS: dict[str, Domain] = {
-    "--seeds": Domain(int, low=1, high=MAX_TRIALS, high_reason=_TRIALS,
+    "--seeds": Domain(int, low=1, high=MAX_TRIALS, optional=True, high_reason=_TRIALS,
                       fix="give a number of seeds >= 1"),
     "--max-seeds": Domain(int, low=2, high=MAX_TRIALS, optional=True, high_reason=_TRIALS,
                           fix="a paired interval needs at least 2 seeds; give --max-seeds 2 "
@@ -366,13 +366,20 @@ class ClusterError(ConfigError):
 def load_cluster_config(path: str | Path) -> dict[str, Any]:
     """Read a Ray cluster-launcher YAML and check it against Ray's own launcher schema."""
     path = Path(path)
-    if not path.is_file():
+    try:
+        found = is_regular_file(path, f"--cluster {path}", "a cluster.yaml")
+    except ConfigError as error:
+        raise ClusterError(str(error)) from None
+    if not found:
         raise ClusterError(f"--cluster {path}: no such file; give the path of a cluster.yaml.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = safe_load_unique(path.read_text())
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
+        problem = str(getattr(exc, "problem", ""))
+        if problem.startswith("duplicate key"):
+            raise ClusterError(f"--cluster {path}: {problem}; keep one of them.") from None
         raise ClusterError(f"--cluster {path}: not valid YAML{at}; fix the file.") from None
     if not isinstance(raw, dict):
         raise ClusterError(f"--cluster {path}: not a cluster-launcher config (a YAML mapping).")
