@@ -103,7 +103,7 @@ def check_search_space(space: dict[str, tuple[Any, ...]] = SEARCH_SPACE) -> None
 
 def _largest(base: TrialSpec) -> TrialSpec:
     """The base trial at the search space's largest model: what memory must hold."""
-    largest = {name: max(spec[1]) if kind == "choice" else spec[1] - (kind == "randint")
+    largest = {name: max(spec[0]) if kind == "choice" else spec[1] - (kind == "randint")
                for name, (kind, *spec) in SEARCH_SPACE.items() if name != "learning_rate"}
     model = dataclasses.replace(base.model, **largest)
     return dataclasses.replace(base, model=model, factor="search", level="largest config")
