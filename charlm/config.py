@@ -130,8 +130,10 @@ class Domain:
         problem = self.problem(value)
         if problem is None:
             return
-        shown = f"{name} {short_repr(value)}" if name.startswith("--") else (
-            f"{name}={short_repr(value)}")  # fmt: skip
+        if not name.startswith("--"):
+            shown = f"{name}={short_repr(value)}"
+        else:  # an option's float as typed: --reduction-factor 1, not 1.0
+            shown = f"{name} {value:g}" if isinstance(value, float) else f"{name} {short_repr(value)}"
         if self.fix and not problem.startswith("is too large"):
             raise ConfigError(f"{shown}: {self.fix}.")
         if not problem.startswith("is "):
@@ -180,7 +182,7 @@ def is_regular_file(path: str | os.PathLike[str], shown: str, what: str) -> bool
 
 
 def _check_dataset(dataset: str) -> None:
-    shown = f"dataset={short_repr(dataset)}"
+    shown = f"dataset={short_repr(dataset, 300)}"
     if is_regular_file(dataset, shown, "a UTF-8 text file"):
         return
     looks_like_path = os.sep in dataset or "." in os.path.basename(dataset)

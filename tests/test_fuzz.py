@@ -181,33 +181,26 @@ def check_runnable(model: ModelConfig, train: TrainConfig, build: bool) -> None:
 
 
 def one_step(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
-    """One AdamW step with the configuration's optimiser, schedule, dropout, seed and
-    sampling settings, on tests/tiny.py's shape (the shape itself is the memory check's)."""
-    import torch
+    """``charlm.train.train`` for one step with the configuration's optimiser, schedule,
+    dropout, seed, probes and sampling settings, on tests/tiny.py's shape and batch (the
+    shape itself is the memory check's business) on shakespeare_char, on the CPU, eagerly.
+    It must end 'ok' or 'failed' (diverged) with a sample, never raise."""
+    from charlm.train import lr_at, train
 
-    from charlm.model import GPT
-    from charlm.train import lr_at, probe_model
-
-    shape = tiny_model(dropout=model_cfg.dropout, bias=model_cfg.bias)
-    torch.manual_seed(train_cfg.seed)
-    model = GPT(dataclasses.replace(shape, vocab_size=65))
-    optimizer = model.configure_optimizer(
-        train_cfg.weight_decay, train_cfg.learning_rate, (train_cfg.beta1, train_cfg.beta2), "cpu"
-    )
     for step in {0, train_cfg.warmup_iters, train_cfg.max_iters - 1}:
         assert math.isfinite(lr_at(step, train_cfg)), step
-    for group in optimizer.param_groups:
-        group["lr"] = lr_at(0, train_cfg)
-    generator = torch.Generator().manual_seed(train_cfg.seed)
-    x = torch.randint(65, (2, shape.block_size), generator=generator)  # (B, T)
-    _, loss = model(x, x)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-    optimizer.step()
-    probe_model(model, x[:1])
-    out = model.generate(x[:1, :4], 3, temperature=train_cfg.temperature,
-                         top_k=train_cfg.top_k, generator=generator)  # fmt: skip
-    assert out.shape == (1, 7)
+    shape = tiny_model(dropout=model_cfg.dropout, bias=model_cfg.bias)
+    short = dataclasses.replace(
+        train_cfg, dataset="shakespeare_char", data_dir=None, max_iters=1, eval_interval=1,
+        eval_iters=2, batch_size=2, probe_interval=None,
+        probe_batch_size=min(train_cfg.probe_batch_size, 2),
+        sample_tokens=min(train_cfg.sample_tokens, 5), device="cpu", num_threads=None,
+        compile=False,
+    )  # fmt: skip
+    result = train(shape, short)
+    assert result.status in ("ok", "failed"), result.status
+    if result.status == "ok":
+        assert result.sample["n_chars"] == short.sample_tokens
 
 
 # ------------------------------------------------------------------ one test per CLI

@@ -530,7 +530,8 @@ BAD_INPUT = [
     ("batch-cannot-fit-in-memory", "ablation",
      ["--set", "batch_size=20000", "--set", "block_size=1024", "--factors", "n_head"],
      r"error: n_head=8: one trial needs about [\d,]+ MiB \(estimate\) but this machine "
-     r"\(MemAvailable\) has [\d,]+ MiB: use a smaller batch_size, block_size or model\."),
+     r"\(MemAvailable\) has [\d,]+ MiB: use a smaller batch_size, probe_batch_size, "
+     r"block_size or model\."),
     ("search-unsafe-name", "search", ["--name", "../x"],
      r"error: --name '\.\./x': a sweep name becomes a directory name, .*"),
     ("search-grace-period-0", "search", ["--grace-period", "0"],
@@ -546,6 +547,67 @@ BAD_INPUT = [
      r"exist; create it or name a database file in an existing directory\."),
     ("search-cpus-per-trial-above-any-node", "search", ["--cpus-per-trial", "4096"],
      r"error: --cpus-per-trial 4096: no node has that many CPUs .*"),
+    # Issue 22: every value in its declared domain (charlm.config.Domain), at every door.
+    ("int-above-int64", "ablation", ["--set", "eval_iters=99999999999999999999"],
+     r"error: 1 invalid grid level in grid 'notebook': baseline: eval_iters=99999999999999999999 "
+     r"is too large: it must be at most 9,223,372,036,854,775,807 \(the store's 64-bit integer "
+     r"columns\)\."),
+    ("huge-value-shortened", "ablation", ["--set", "max_iters=1e308"],
+     r"error: .*baseline: max_iters=\d{24}\.\.\. \(309 chars\) is too large: .*"),
+    ("warmup-longer-than-the-run", "ablation", ["--set", "warmup_iters=5000", "--max-iters", "20"],
+     r"error: 1 invalid grid level in grid 'notebook': baseline: warmup_iters=5000 is not below "
+     r"max_iters=3000: the whole run would be warm-up; give fewer warm-up steps \(e\.g\. 300\)\."),
+    ("probe-interval-never-met", "ablation", ["--set", "probe_interval=700", "--max-iters", "1000"],
+     r"error: .*probe_interval=700: probes run at evaluations \(every 500 steps\) whose step is "
+     r"a multiple of it, and none falls within max_iters=3000; give a multiple of eval_interval "
+     r"up to 3000\."),
+    ("gpus-per-trial-nan", "ablation", ["--gpus-per-trial", "nan"],
+     r"error: --gpus-per-trial nan: give a number >= 0, e\.g\. 0\.25 or 1\."),
+    ("name-too-long", "ablation", ["--name", "a" * 300],
+     r"error: --name 'a+\.\.\. \(302 chars\): is too long \(300 characters\): a sweep "
+     r"name becomes a directory name, at most 100 characters; give a shorter one\."),
+    ("seeds-beyond-any-sweep", "ablation", ["--seeds", "100000000"],
+     r"error: --seeds 100000000 is too large: it must be at most 100,000 \(a sweep plans at "
+     r"most that many trials\)\."),
+    ("max-seeds-beyond-any-sweep", "ablation", ["--seeds", "auto", "--max-seeds", "1000000"],
+     r"error: --max-seeds 1000000 is too large: it must be at most 100,000 .*"),
+    ("trials-beyond-any-sweep", "ablation", ["--seeds", "20000"],
+     r"error: 220,000 trials \(20,000 seeds x 11 configs x 1 datasets\) in grid 'notebook' are "
+     r"more than a sweep plans \(at most 100,000\): give at most 9,090 seeds\."),
+    ("duplicate-factor-key", "ablation", ["--grid", "{tmp}/dup.yaml"],
+     r"error: grid file .*dup\.yaml: not valid YAML: duplicate key 'n_head' \(lines 4 and 5\); "
+     r"keep one of them\."),
+    ("duplicate-baseline-key", "ablation", ["--grid", "{tmp}/dup2.yaml"],
+     r"error: grid file .*dup2\.yaml: not valid YAML: duplicate key 'baseline' \(lines 2 and "
+     r"3\); keep one of them\."),
+    ("dataset-is-a-directory", "ablation", ["--datasets", "{tmp}/special"],
+     r"error: 1 invalid dataset in grid 'notebook': dataset='.*special': is a directory, not a "
+     r"regular file; give the path of a UTF-8 text file\."),
+    ("dataset-is-a-fifo", "ablation", ["--datasets", "{tmp}/special/fifo"],
+     r"error: .*dataset='.*fifo': is a FIFO \(named pipe\), not a regular file; .*"),
+    ("dataset-is-a-device", "ablation", ["--datasets", "/dev/null"],
+     r"error: .*dataset='/dev/null': is a character device, not a regular file; .*"),
+    ("grid-is-a-fifo", "ablation", ["--grid", "{tmp}/special/fifo"],
+     r"error: grid file .*fifo: is a FIFO \(named pipe\), not a regular file; give the path "
+     r"of a grid YAML file\."),
+    ("cluster-is-a-directory", "ablation", ["--cluster", "{tmp}/special"],
+     r"error: --cluster .*special: is a directory, not a regular file; give the path of a "
+     r"cluster\.yaml\."),
+    ("probe-batch-cannot-fit-in-memory", "ablation",
+     ["--set", "probe_batch_size=100000", "--factors", "n_head"],
+     r"error: n_head=8: one trial needs about [\d,]+ MiB \(estimate\) but this machine .*"),
+    ("search-seed-beyond-numpy", "search", ["--seed", "4294967296"],
+     r"error: --seed 4294967296 is too large: it must be at most 4,294,967,295 \(numpy's seed "
+     r"range\)\."),
+    ("search-last-seed-beyond-numpy", "search", ["--seed", "4294967295", "--seeds-per-trial", "2"],
+     r"error: --seed 4294967295 with --seeds-per-trial 2: the last seed 4,294,967,296 is above "
+     r"4,294,967,295 \(numpy's seed range\); give --seed 4,294,967,294 or less\."),
+    ("search-n-trials-beyond-any-sweep", "search", ["--n-trials", "100000000"],
+     r"error: --n-trials 100000000 is too large: it must be at most 100,000 .*"),
+    ("search-warmup-longer-than-the-run", "search", ["--set", "warmup_iters=5000"],
+     r"error: .*warmup_iters=5000 is not below max_iters=3000: the whole run would be warm-up.*"),
+    ("search-huge-int", "search", ["--set", "sample_tokens=" + "9" * 300],
+     r"error: .*sample_tokens=9{24}\.\.\. \(300 chars\) is too large: .*"),
 ]  # fmt: skip
 
 
@@ -568,6 +630,12 @@ def bad_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8 not a store")
     (tmp_path / "afile").write_text("a file, not a directory\n")
+    (tmp_path / "dup.yaml").write_text("name: d\nbaseline: {n_layer: 1}\nfactors:\n  n_head: [1]\n"
+                                       "  n_head: [4]\n")  # fmt: skip
+    (tmp_path / "dup2.yaml").write_text("name: d\nbaseline: {n_layer: 1}\nbaseline: {n_layer: 2}\n"
+                                        "factors: {}\n")  # fmt: skip
+    (tmp_path / "special").mkdir()
+    os.mkfifo(tmp_path / "special" / "fifo")  # never opened: a reader would block forever
     port = _free_port()
     monkeypatch.setattr("sweeps.runner.GCS_PORT", port)  # a head that is surely not there
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
