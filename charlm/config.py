@@ -133,7 +133,9 @@ class Domain:
         if not name.startswith("--"):
             shown = f"{name}={short_repr(value)}"
         else:  # an option's float as typed: --reduction-factor 1, not 1.0
-            shown = f"{name} {value:g}" if isinstance(value, float) else f"{name} {short_repr(value)}"
+            shown = (
+                f"{name} {value:g}" if isinstance(value, float) else f"{name} {short_repr(value)}"
+            )
         if self.fix and not problem.startswith("is too large"):
             raise ConfigError(f"{shown}: {self.fix}.")
         if not problem.startswith("is "):

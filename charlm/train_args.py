@@ -158,7 +158,7 @@ def parse(argv: list[str] | None = None) -> TrainArgs:
 
 
 def _configs(
-    values: dict[str, Any], schedule: dict[str, int], max_iters: int | None
+    values: dict[str, Any], schedule: dict[str, Any], max_iters: int | None
 ) -> tuple[ModelConfig, TrainConfig, tuple[str, ...]]:
     """Both configs, the schedule fields not given scaled with ``max_iters``; and which."""
     scaled: tuple[str, ...] = ()

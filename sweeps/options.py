@@ -144,8 +144,9 @@ def check_sweep_name(name: str, option: str) -> None:
         )
     suggestion = re.sub(r"[^A-Za-z0-9_=+-]+", "_", str(name)).strip("_") or "sweep"
     raise ConfigError(
-        f"{option} {short_repr(name)}: a sweep name becomes a directory name, so it must be letters, "
-        f"digits, '_', '.', '=', '+' or '-' (not starting with '.'): use e.g. {suggestion[:100]!r}."
+        f"{option} {short_repr(name)}: a sweep name becomes a directory name, so it must be "
+        "letters, digits, '_', '.', '=', '+' or '-' (not starting with '.'): use e.g. "
+        f"{suggestion[:100]!r}."
     )
 
 

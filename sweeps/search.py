@@ -97,14 +97,19 @@ def check_search_space(space: dict[str, tuple[Any, ...]] = SEARCH_SPACE) -> None
     heads, embeds = space["n_head"][1], space["n_embed"][1]
     bad = [(e, h) for e in embeds for h in heads if e % h]
     if bad:
-        raise ConfigError(f"search space: n_embed {bad[0][0]} is not a multiple of n_head "
-                          f"{bad[0][1]}; make every n_embed choice a multiple of every n_head.")
+        raise ConfigError(
+            f"search space: n_embed {bad[0][0]} is not a multiple of n_head "
+            f"{bad[0][1]}; make every n_embed choice a multiple of every n_head."
+        )
 
 
 def _largest(base: TrialSpec) -> TrialSpec:
     """The base trial at the search space's largest model: what memory must hold."""
-    largest = {name: max(spec[0]) if kind == "choice" else spec[1] - (kind == "randint")
-               for name, (kind, *spec) in SEARCH_SPACE.items() if name != "learning_rate"}
+    largest = {
+        name: max(spec[0]) if kind == "choice" else spec[1] - (kind == "randint")
+        for name, (kind, *spec) in SEARCH_SPACE.items()
+        if name != "learning_rate"
+    }
     model = dataclasses.replace(base.model, **largest)
     return dataclasses.replace(base, model=model, factor="search", level="largest config")
 

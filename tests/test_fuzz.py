@@ -64,8 +64,11 @@ def _edges(domain: Domain) -> list[Any]:
     values: list[Any] = [0, -1, 2**63 - 1, 2**63, 2**64, 10**300, 2**32 - 1, 2**32]
     for bound in (domain.low, domain.upper):
         if bound is not None:
-            values += [bound, bound + 1, bound - 1] if domain.kind is int else [
-                bound, math.nextafter(bound, math.inf), math.nextafter(bound, -math.inf)]
+            values += (
+                [bound, bound + 1, bound - 1]
+                if domain.kind is int
+                else [bound, math.nextafter(bound, math.inf), math.nextafter(bound, -math.inf)]
+            )
     if domain.kind is float:
         values += [math.nan, math.inf, -math.inf, 1e308, 1e-300, 5e-324, -0.0, 1e-30, 1e-31]
     return values
@@ -213,8 +216,10 @@ def _fuzz(name: str, strategy: st.SearchStrategy[Any], body: Callable[..., None]
     run = settings(max_examples=examples, deadline=None, derandomize=True, database=None,
                    suppress_health_check=list(HealthCheck))(given(strategy)(body))  # fmt: skip
     run()
-    print(f"\nfuzz {name}: {sum(STATS[k] for k in ('refused', 'accepted'))} examples, "
-          f"{STATS['refused']} refused, {STATS['accepted']} accepted, {STATS['built']} built")
+    print(
+        f"\nfuzz {name}: {sum(STATS[k] for k in ('refused', 'accepted'))} examples, "
+        f"{STATS['refused']} refused, {STATS['accepted']} accepted, {STATS['built']} built"
+    )
     assert STATS["refused"] and STATS["accepted"], STATS  # both sides were reached
 
 
@@ -223,7 +228,10 @@ TRAIN_FLAGS = {name: "--" + ("threads" if name == "num_threads" else name.replac
 
 
 @pytest.fixture(params=[pytest.param("ci"), pytest.param("slow", marks=pytest.mark.slow)])
-def depth(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def depth(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """The run's length; the working directory is the test's (a relative --data-dir, --out
+    or --results an accepted example names is written there, not into the repository)."""
+    monkeypatch.chdir(tmp_path)
     if request.param == "slow":
         monkeypatch.setenv("CHARLM_FUZZ", "slow")
     return request.param
@@ -266,8 +274,12 @@ def test_fuzz_ablation_arguments(tmp_path: Path, depth: str, monkeypatch: pytest
     paths = special_paths(tmp_path)
     planned: list[Any] = []
     monkeypatch.setattr(ablation, "_run", lambda trials, *rest: planned.append(trials) or 0)
-    flags = [f for f in OPTION_DOMAINS if f not in ("--n-trials", "--seeds-per-trial", "--seed",
-                                                    "--grace-period", "--reduction-factor")]
+    flags = [
+        f
+        for f in OPTION_DOMAINS
+        if f
+        not in ("--n-trials", "--seeds-per-trial", "--seed", "--grace-period", "--reduction-factor")
+    ]
     extra = st.sampled_from([[], ["--factors", "n_head"], ["--factors", "dropout"],
                              *(["--datasets", path] for path in paths)])  # fmt: skip
 
@@ -304,8 +316,11 @@ def test_fuzz_search_arguments(tmp_path: Path, depth: str, monkeypatch: pytest.M
             assert code == 0 and bases, args
             base = bases[0]
             for choice in (min, max):  # both ends of the search space, on this base
-                sampled = {name: choice(spec[0]) if kind == "choice" else choice(spec[0], spec[1] - (kind == "randint"))
-                           for name, (kind, *spec) in search.SEARCH_SPACE.items()}
+                sampled = {
+                    name: choice(spec[0]) if kind == "choice" else
+                    choice(spec[0], spec[1] - (kind == "randint"))
+                    for name, (kind, *spec) in search.SEARCH_SPACE.items()
+                }  # fmt: skip
                 values = {**dataclasses.asdict(base.model), **dataclasses.asdict(base.train),
                           **sampled}  # fmt: skip
                 model, train = split_config(values)
