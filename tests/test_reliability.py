@@ -10,6 +10,7 @@ process a test starts is stopped by that test, whatever happens.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import re
@@ -26,7 +27,7 @@ from typing import Any, ClassVar
 
 import pytest
 import yaml
-from tiny import tiny_params
+from tiny import tiny_model, tiny_params, tiny_train
 
 from sweeps.grid import expand, load_grid
 from sweeps.schema import MARKER, TABLES, read_table
@@ -664,6 +665,74 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     assert re.fullmatch(message, lines[0]), lines[0]
     assert {path: _tree(path) for path in (tmp_path, results)} == before  # nothing written
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dataset", "/dev/null"], "dataset='/dev/null': is a character device, not a regular"),
+        (["--dataset", "{tmp}"], "is a directory, not a regular file; give the path of a UTF-8"),
+        (["--seed", str(2**32)], "seed=4294967296 is too large: it must be at most 4,294,967,295"),
+        (["--eval-iters", str(2**63)], "eval_iters=9223372036854775808 is too large: it must be"),
+        (["--learning-rate", "nan"], "learning_rate=nan is invalid: it must be a finite number"),
+        (["--max-iters", "20", "--warmup-iters", "5000"], "--warmup-iters 5000 is not below "
+         "--max-iters 20: the whole run would be warm-up"),
+        (["--eval-interval", "5000"], "--eval-interval 5000 is above --max-iters 3000: no "
+         "evaluation would fall within the run; give at most 3000."),
+        (["--max-iters", "10", "--lr-decay-iters", "2", "--warmup-iters", "5"],
+         "--lr-decay-iters 2 is below --warmup-iters 5: the decay would end before the warm-up"),
+    ],
+)  # fmt: skip
+def test_charlm_train_checks_the_same_domains(argv: list[str], message: str, tmp_path, capsys):
+    from charlm import train_args
+
+    argv = [arg.format(tmp=tmp_path) for arg in argv]
+    with pytest.raises(SystemExit) as info:
+        train_args.parse([*argv, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_analysis_jobs_are_bounded_by_the_cpu_count(tmp_path: Path, capsys):
+    from analysis import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main([str(tmp_path), "--jobs", "100000000"])
+    err = capsys.readouterr().err
+    cpus = len(os.sched_getaffinity(0))
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert f"--jobs 100000000: this machine has {cpus} CPUs" in err
+    assert f"give --jobs {cpus} or less" in err
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324, 1e-31, 1e-30, 1e-20])
+def test_a_tiny_temperature_samples_the_most_likely_token(temperature: float):
+    """Below GREEDY_TEMPERATURE sampling is argmax; just above it the shifted logits send
+    every other token to probability 0, never to NaN."""
+    import torch
+
+    from charlm.model import GPT
+
+    torch.manual_seed(0)
+    model = GPT(tiny_model(vocab_size=65))
+    prompt = torch.randint(65, (1, 4))  # (1, T)
+    greedy = model.generate(prompt, 8, temperature=1e-300)
+    sampled = model.generate(prompt, 8, temperature=temperature,
+                             generator=torch.Generator().manual_seed(1))  # fmt: skip
+    assert torch.equal(sampled, greedy)
+    logits, _ = model(greedy[:, :-1])
+    assert torch.equal(greedy[0, 4:], logits[0, 3:].argmax(-1))
+
+
+def test_the_memory_estimate_counts_the_probe_batch_and_its_attention_maps():
+    from sweeps.options import trial_memory_bytes
+
+    model, train = tiny_model(n_layer=4, n_head=8, n_embed=64, block_size=256), tiny_train()
+    base = trial_memory_bytes(model, train, 65)
+    probes = dataclasses.replace(train, probe_batch_size=1000)
+    maps = 4 * model.n_layer * 1000 * model.n_head * model.block_size**2  # fp32 (B, nh, T, T)
+    assert trial_memory_bytes(model, probes, 65) - base >= maps
 
 
 def test_bad_input_from_a_real_process_prints_only_the_error_line(tmp_path: Path):
