@@ -98,7 +98,10 @@ def _normalize(name: str, value: Any) -> Any:
         return value
     if kind is float:
         if isinstance(value, int):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # beyond any float: the field's domain refuses it
+                return value
         if isinstance(value, str):
             try:
                 return float(value)
