@@ -48,6 +48,7 @@ _EPSILON = 1e-9
 
 _TRIALS = "a sweep plans at most that many trials"
 _SEED = domains(TrainConfig)["seed"]
+_ONE_MACHINE = 1e6  # the embedded Ray is this one machine: more CPUs or GPUs is a typo
 # The domain of every numeric option of the sweep CLIs, by flag: checked (``check_options``)
 # before anything else, so a later check never sees a NaN or a 300-digit number.
 OPTION_DOMAINS: dict[str, Domain] = {
@@ -70,8 +71,10 @@ OPTION_DOMAINS: dict[str, Domain] = {
     "--gpus-per-trial": Domain(float, low=0, optional=True,
                                fix="give a number >= 0, e.g. 0.25 or 1"),
     "--max-concurrent": Domain(int, low=1, optional=True, fix="give an integer >= 1"),
-    "--num-cpus": Domain(float, low=0, optional=True, fix="give a number >= 0 (default: all)"),
-    "--num-gpus": Domain(float, low=0, optional=True, fix="give a number >= 0 (default: all)"),
+    "--num-cpus": Domain(float, low=0, high=_ONE_MACHINE, optional=True,
+                         fix=f"give a number in [0, {_ONE_MACHINE:g}] (default: all)"),
+    "--num-gpus": Domain(float, low=0, high=_ONE_MACHINE, optional=True,
+                         fix=f"give a number in [0, {_ONE_MACHINE:g}] (default: all)"),
     "--n-trials": Domain(int, low=1, high=MAX_TRIALS, high_reason=_TRIALS,
                          fix="give a number of trials >= 1"),
     "--seeds-per-trial": Domain(int, low=1, high=100, high_reason="seeds trained in lockstep "

@@ -515,7 +515,7 @@ BAD_INPUT = [
      r"error: no CPUs for trials \(this machine has 0 CPUs\): give --num-cpus 1 or more, or "
      r"add nodes with CPUs\."),
     ("num-cpus-negative", "ablation", ["--num-cpus", "-2"],
-     r"error: --num-cpus -2: give a number >= 0 \(default: all\)\."),
+     r"error: --num-cpus -2: give a number in \[0, 1e\+06\] \(default: all\)\."),
     ("max-failures-negative", "ablation", ["--max-failures", "-1"],
      r"error: --max-failures -1: give a number of retries >= 0 \(e\.g\. 3\); a negative number "
      r"would retry a failing trial forever\."),
