@@ -594,6 +594,9 @@ BAD_INPUT = [
     ("cluster-is-a-directory", "ablation", ["--cluster", "{tmp}/special"],
      r"error: --cluster .*special: is a directory, not a regular file; give the path of a "
      r"cluster\.yaml\."),
+    ("cluster-yaml-duplicate-key", "ablation", ["--cluster", "{tmp}/dupcluster.yaml"],
+     r"error: --cluster .*dupcluster\.yaml: duplicate key 'provider' \(lines 2 and 3\); keep "
+     r"one of them\."),
     ("probe-batch-cannot-fit-in-memory", "ablation",
      ["--set", "probe_batch_size=100000", "--factors", "n_head"],
      r"error: n_head=8: one trial needs about [\d,]+ MiB \(estimate\) but this machine .*"),
@@ -635,6 +638,8 @@ def bad_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str
                                        "  n_head: [4]\n")  # fmt: skip
     (tmp_path / "dup2.yaml").write_text("name: d\nbaseline: {n_layer: 1}\nbaseline: {n_layer: 2}\n"
                                         "factors: {}\n")  # fmt: skip
+    (tmp_path / "dupcluster.yaml").write_text("cluster_name: x\nprovider: {type: local}\n"
+                                              "provider: {type: aws}\n")  # fmt: skip
     (tmp_path / "special").mkdir()
     os.mkfifo(tmp_path / "special" / "fifo")  # never opened: a reader would block forever
     port = _free_port()
