@@ -85,7 +85,7 @@ class Domain:
             return "a non-empty text"
         if self.kind is int:
             if self.high is not None:
-                return f"an integer in [{self.low:g}, {self.high:g}]"
+                return f"an integer in [{self.low:,.0f}, {self.high:,.0f}]"
             if self.low is None:
                 return "an integer"
             return "a positive integer" if self.low == 1 else f"an integer >= {self.low:g}"
