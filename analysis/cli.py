@@ -6,11 +6,13 @@ are imported, so bad input answers at once: one line on stderr, exit 2, nothing 
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from charlm.cli import OneLineParser
+from charlm.text import short_repr
 from sweeps.schema import StoreError, check_store
 
 __all__ = ["FORMATS", "main", "parser"]
@@ -101,6 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         cli.error(f"--heatmap-layer {args.heatmap_layer}: give a layer index >= 0")
     if args.jobs is not None and args.jobs < 1:
         cli.error(f"--jobs {args.jobs}: give a number of processes >= 1")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if args.jobs is not None and args.jobs > (cpus or 1):
+        cli.error(
+            f"--jobs {short_repr(args.jobs)}: this machine has {cpus or 1} CPUs, and a process "
+            f"per figure beyond them only costs memory; give --jobs {cpus or 1} or less"
+        )
     try:
         check_store(args.results_dir)
     except StoreError as exc:

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from charlm.config import ConfigError, ModelConfig
+from charlm.config import GREEDY_TEMPERATURE, ConfigError, ModelConfig
 from charlm.kernels import DecodeWeights, causal_attention, dropout
 
 __all__ = ["GPT", "Capture"]
@@ -387,8 +387,14 @@ def _sample(
     top_k: int | None,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """One token per row from logits (B, V): temperature, optional top-k, multinomial."""
-    logits = logits / temperature  # (B, V)
+    """One token per row from logits (B, V): temperature, optional top-k, multinomial.
+
+    A temperature below GREEDY_TEMPERATURE is argmax (the limit as it goes to 0). The
+    logits are shifted to a maximum of 0 before dividing, so a small temperature sends the
+    others to -inf, never to inf or NaN."""
+    if temperature < GREEDY_TEMPERATURE:
+        return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature  # (B, V), max 0
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))  # (B, V)

@@ -6,10 +6,19 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Sequence
 
-__all__ = ["format_clock", "format_duration", "scaled", "text_table"]
+__all__ = ["format_clock", "format_duration", "scaled", "short_repr", "text_table"]
 
 _SI_PREFIXES = ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 _COUNT_PREFIXES = ((1e9, "B"), (1e6, "M"), (1e3, "k"))  # parameter counts: billions, not giga
+
+
+def short_repr(value: object, limit: int = 40) -> str:
+    """``repr(value)``, cut to about ``limit`` characters so a message stays one short line:
+    a 300-digit integer prints as its first digits and its length."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 16]}... ({len(text)} chars)"
 
 
 def text_table(

@@ -9,9 +9,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from charlm.cli import OneLineParser, check_writable_dir, fail
-from charlm.config import ConfigError, ModelConfig, TrainConfig, shorten_schedule
+from charlm.config import (
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    check_schedule,
+    domains,
+    shorten_schedule,
+)
 
 __all__ = ["TrainArgs", "parse", "parser"]
 
@@ -140,26 +148,28 @@ def parse(argv: list[str] | None = None) -> TrainArgs:
     max_iters = values.pop("max_iters")
     given = {name: values.pop(name) for name in SCHEDULE_FIELDS}
     schedule = {name: value for name, value in given.items() if value is not None}
+    try:
+        model, train, scaled = _configs(values, schedule, max_iters)
+        check_schedule(train, flags=True)
+        check_writable_dir(out, "--out")
+    except ConfigError as exc:
+        fail(str(exc))
+    return TrainArgs(model, train, out, resume, quiet, scaled)
+
+
+def _configs(
+    values: dict[str, Any], schedule: dict[str, Any], max_iters: int | None
+) -> tuple[ModelConfig, TrainConfig, tuple[str, ...]]:
+    """Both configs, the schedule fields not given scaled with ``max_iters``; and which."""
     scaled: tuple[str, ...] = ()
     if max_iters is not None:
-        warmup = schedule.get("warmup_iters")
-        if warmup is not None and warmup >= max_iters:
-            fail(
-                f"--warmup-iters {warmup} is not below --max-iters {max_iters}: the whole run "
-                "would be warm-up; give fewer warm-up steps, or leave --warmup-iters out to "
-                "scale it with --max-iters."
-            )
+        domains(TrainConfig)["max_iters"].check("max_iters", max_iters)  # before scaling
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
         unscaled = {name: defaults[name] for name in SCHEDULE_FIELDS if name not in schedule}
         schedule = {**shorten_schedule(dict(unscaled), max_iters), **schedule}
         scaled = tuple(name for name in SCHEDULE_FIELDS if name in unscaled and (
             schedule[name] != defaults[name]))  # fmt: skip
     model_names = {f.name for f in dataclasses.fields(ModelConfig)}
-    try:
-        model = ModelConfig(**{k: v for k, v in values.items() if k in model_names})
-        train = TrainConfig(**{k: v for k, v in values.items() if k not in model_names},
-                            **schedule)  # fmt: skip
-        check_writable_dir(out, "--out")
-    except ConfigError as exc:
-        fail(str(exc))
-    return TrainArgs(model, train, out, resume, quiet, scaled)
+    model = ModelConfig(**{k: v for k, v in values.items() if k in model_names})
+    train = TrainConfig(**{k: v for k, v in values.items() if k not in model_names}, **schedule)
+    return model, train, scaled

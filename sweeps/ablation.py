@@ -34,8 +34,8 @@ from sweeps.options import (
     Resources,
     add_run_options,
     available_memory_bytes,
-    check_max_failures,
     check_memory,
+    check_options,
     check_sweep_name,
     check_trial_resources,
     load_cluster_config,
@@ -289,14 +289,7 @@ def design_of(args, trials: list[TrialSpec]) -> Design | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.seeds is not None and args.seeds != "auto" and args.seeds < 1:
-            raise ConfigError(f"--seeds {args.seeds}: give a number of seeds >= 1.")
-        if args.max_seeds is not None and args.max_seeds < 2:
-            raise ConfigError(f"--max-seeds {args.max_seeds}: a paired interval needs at least "
-                              "2 seeds; give --max-seeds 2 or more (e.g. 10).")  # fmt: skip
-        if args.max_iters is not None and args.max_iters < 1:
-            raise ConfigError(f"--max-iters {args.max_iters}: give a number of steps >= 1.")
-        check_max_failures(args.max_failures)
+        check_options(args)
         trials = plan_trials(args)
         check_results_dir(args.results)
         resources = Resources(args.cpus_per_trial, args.gpus_per_trial or 0.0, args.max_concurrent)

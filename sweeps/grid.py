@@ -30,18 +30,23 @@ from charlm.config import (
     ConfigError,
     ModelConfig,
     TrainConfig,
+    check_schedule,
     config_fields,
+    domains,
     field_types,
+    is_regular_file,
     shorten_schedule,
     split_config,
     to_dict,
 )
+from charlm.text import short_repr
 
 __all__ = [
     "BASELINE",
     "GRID_KEYS",
     "IDENTITY_KEYS",
     "MACHINE_FIELDS",
+    "MAX_TRIALS",
     "PRESETS",
     "GridError",
     "GridSpec",
@@ -49,6 +54,7 @@ __all__ = [
     "config_id",
     "expand",
     "load_grid",
+    "safe_load_unique",
     "trial_columns",
     "trial_id",
 ]
@@ -61,6 +67,9 @@ MACHINE_FIELDS = ("data_dir", "device", "num_threads", "compile")
 AXIS_FIELDS = ("dataset", "seed")
 BASELINE = "baseline"  # factor and level label of the baseline trial
 ID_LENGTH = 16  # hex digits of sha256 kept in a trial id (64 bits)
+# A sweep's trials are expanded, hashed and held by the driver (and Ray) before any runs:
+# more than this is a typo (--seeds 100000000), not a plan.
+MAX_TRIALS = 100_000
 
 _FIELDS = config_fields(ModelConfig) + config_fields(TrainConfig)
 
@@ -89,7 +98,10 @@ def _normalize(name: str, value: Any) -> Any:
         return value
     if kind is float:
         if isinstance(value, int):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # beyond any float: the field's domain refuses it
+                return value
         if isinstance(value, str):
             try:
                 return float(value)
@@ -129,17 +141,24 @@ def _seed_values(seeds: int | Sequence[int]) -> tuple[int, ...]:
         raise GridError(f"seeds={seeds!r} is invalid: give a count (e.g. 3) or a list of seeds.")
     if isinstance(seeds, int):
         if seeds <= 0:
-            raise GridError(f"seeds={seeds} is invalid: give a count >= 1 (e.g. 3).")
+            raise GridError(f"seeds={short_repr(seeds)} is invalid: give a count >= 1 (e.g. 3).")
+        if seeds > MAX_TRIALS:
+            raise GridError(
+                f"seeds={short_repr(seeds)} is more seeds than a sweep plans trials (at most "
+                f"{MAX_TRIALS:,}): give fewer seeds."
+            )
         return tuple(range(seeds))
     if isinstance(seeds, str) or not isinstance(seeds, Sequence) or not seeds:
         raise GridError(
-            f"seeds={seeds!r} is invalid: give a count (e.g. 3) or a non-empty list of seeds."
+            f"seeds={short_repr(seeds)} is invalid: give a count (e.g. 3) or a non-empty list "
+            "of seeds."
         )
     values = tuple(seeds)
-    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in values):
-        raise GridError(f"seeds={list(values)} is invalid: every seed must be an integer >= 0.")
+    seed_domain = domains(TrainConfig)["seed"]
+    for seed in values:
+        seed_domain.check("seeds: seed", seed)
     if len(set(values)) != len(values):
-        raise GridError(f"seeds={list(values)} repeats a seed: list each seed once.")
+        raise GridError(f"seeds={short_repr(list(values))} repeats a seed: list each seed once.")
     return values
 
 
@@ -370,6 +389,38 @@ DEFAULT_PRESET = "notebook"
 # ---------------------------------------------------------------- YAML
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's SafeLoader refusing a key given twice in one mapping (it keeps the last one
+    silently otherwise)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = lines.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:
+                continue  # an unhashable key: the SafeLoader's own error follows
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {short_repr(key)} (lines {first} and "
+                    f"{key_node.start_mark.line + 1})", key_node.start_mark,
+                )  # fmt: skip
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate mapping keys (a ConstructorError naming the
+    key and both lines)."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_grid(path: str | Path) -> GridSpec:
     """Read a grid from a YAML file (``yaml.safe_load``: no Python tags).
 
@@ -392,6 +443,12 @@ def load_grid(path: str | Path) -> GridSpec:
     path = Path(path)
     where = str(path)
     try:
+        found = is_regular_file(path, f"grid file {where}", "a grid YAML file")
+    except ConfigError as error:
+        raise GridError(str(error)) from None
+    try:
+        if not found:
+            raise FileNotFoundError(where)
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise GridError(
@@ -403,7 +460,7 @@ def load_grid(path: str | Path) -> GridSpec:
             f"grid file {where}: cannot be read ({error}); give a readable UTF-8 YAML file."
         ) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_load_unique(text)
     except yaml.YAMLError as error:
         raise GridError(f"grid file {where}: not valid YAML: {_yaml_problem(error)}.") from None
     if raw is None:
@@ -459,6 +516,8 @@ def load_grid(path: str | Path) -> GridSpec:
 def _yaml_problem(error: yaml.YAMLError) -> str:
     """One line: what the parser disliked and where."""
     problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    if problem.startswith("duplicate key"):
+        return f"{problem}; keep one of them"
     mark = getattr(error, "problem_mark", None)
     if mark is not None:
         problem = f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
@@ -610,10 +669,11 @@ def expand(
     selected = _select_factors(spec, factors, where)
     dataset_values = spec.datasets if datasets is None else _dataset_values(datasets)
     seed_values = spec.seed_values if seeds is None else _seed_values(seeds)
-    if max_iters is not None and (
-        isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters <= 0
-    ):
-        raise GridError(f"max_iters={max_iters!r} is invalid: it must be a positive integer.")
+    if max_iters is not None:
+        try:
+            domains(TrainConfig)["max_iters"].check("max_iters", max_iters)
+        except ConfigError as error:
+            raise GridError(str(error)) from None
     fixed = _check_overrides(spec, selected, overrides)
 
     dataset_errors: list[str] = []
@@ -636,11 +696,8 @@ def expand(
     built: list[tuple[str, str, ModelConfig, TrainConfig]] = []
     baseline_error = None
     for factor, label, description, level in entries:
-        values = {**spec.baseline, **level, **fixed}
-        if max_iters is not None:
-            values = shorten_schedule(values, max_iters)
         try:
-            model, train = split_config({**values, "dataset": placeholder, "seed": 0})
+            model, train = _build({**spec.baseline, **level, **fixed}, placeholder, max_iters)
         except ConfigError as error:
             message = str(error).rstrip(".")
             if factor == BASELINE:
@@ -658,6 +715,14 @@ def expand(
         ]
         raise GridError(f"{' and '.join(counts)}{where}: {'; '.join(dataset_errors + errors)}.")
 
+    planned = len(dataset_values) * len(seed_values) * len(built)
+    if planned > MAX_TRIALS:
+        raise GridError(
+            f"{planned:,} trials ({len(seed_values):,} seeds x {len(built)} configs x "
+            f"{len(dataset_values)} datasets){where} are more than a sweep plans (at most "
+            f"{MAX_TRIALS:,}): give at most {MAX_TRIALS // (len(built) * len(dataset_values)):,} "
+            "seeds."
+        )
     trials: list[TrialSpec] = []
     seen: set[str] = set()
     for dataset in dataset_values:
@@ -681,6 +746,21 @@ def expand(
                     )
                 )
     return trials
+
+
+def _build(
+    values: dict[str, Any], dataset: str, max_iters: int | None
+) -> tuple[ModelConfig, TrainConfig]:
+    """One level's configs, at ``max_iters`` steps when given: its schedule must work at its
+    own length (a warm-up longer than the grid's run is a mistake however it would scale)
+    and at the final one."""
+    values = {**values, "dataset": dataset, "seed": 0}
+    if max_iters is not None:
+        check_schedule(split_config(values)[1])
+        values = shorten_schedule(values, max_iters)
+    model, train = split_config(values)
+    check_schedule(train)
+    return model, train
 
 
 def _select_factors(spec: GridSpec, factors: Iterable[str] | None, where: str) -> list[str]:

@@ -17,16 +17,19 @@ from typing import Any
 
 import yaml
 
-from charlm.config import ConfigError, ModelConfig, TrainConfig
+from charlm.config import ConfigError, Domain, ModelConfig, TrainConfig, domains, is_regular_file
+from charlm.text import short_repr
+from sweeps.grid import MAX_TRIALS, safe_load_unique
 
 __all__ = [
+    "OPTION_DOMAINS",
     "SAFE_NAME",
     "ClusterError",
     "Resources",
     "add_run_options",
     "available_memory_bytes",
-    "check_max_failures",
     "check_memory",
+    "check_options",
     "check_search_options",
     "check_sweep_name",
     "check_trial_resources",
@@ -39,7 +42,58 @@ __all__ = [
 # A sweep name becomes a directory name (Tune's run directory, the Optuna study): one path
 # component made of these characters, not starting with '.' (no '..', no hidden names).
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]{0,99}")
+_NAME_LENGTH = 100
 _EPSILON = 1e-9
+
+
+_TRIALS = "a sweep plans at most that many trials"
+_SEED = domains(TrainConfig)["seed"]
+_ONE_MACHINE = 1e6  # the embedded Ray is this one machine: more CPUs or GPUs is a typo
+# The domain of every numeric option of the sweep CLIs, by flag: checked (``check_options``)
+# before anything else, so a later check never sees a NaN or a 300-digit number.
+OPTION_DOMAINS: dict[str, Domain] = {
+    "--seeds": Domain(int, low=1, high=MAX_TRIALS, optional=True, high_reason=_TRIALS,
+                      fix="give a number of seeds >= 1"),
+    "--max-seeds": Domain(int, low=2, high=MAX_TRIALS, optional=True, high_reason=_TRIALS,
+                          fix="a paired interval needs at least 2 seeds; give --max-seeds 2 "
+                          "or more (e.g. 10)"),
+    "--min-effect": Domain(float, low=0, low_open=True, optional=True,
+                           fix="give the smallest difference in best_val_loss you care "
+                           "about, > 0 (e.g. 0.02)"),
+    "--confidence": Domain(float, low=0, high=1, low_open=True, high_open=True, optional=True,
+                           fix="give a level between 0 and 1 (e.g. 0.95)"),
+    "--max-iters": Domain(int, low=1, optional=True, fix="give a number of steps >= 1"),
+    "--max-failures": Domain(int, low=0, high=1000, high_reason="a trial retried more often "
+                             "fails for a reason retries do not fix",
+                             fix="give a number of retries >= 0 (e.g. 3); a negative number "
+                             "would retry a failing trial forever"),
+    "--cpus-per-trial": Domain(float, low=0, low_open=True, fix="give a number > 0, e.g. 1"),
+    "--gpus-per-trial": Domain(float, low=0, optional=True,
+                               fix="give a number >= 0, e.g. 0.25 or 1"),
+    "--max-concurrent": Domain(int, low=1, optional=True, fix="give an integer >= 1"),
+    "--num-cpus": Domain(float, low=0, high=_ONE_MACHINE, optional=True,
+                         fix=f"give a number in [0, {_ONE_MACHINE:g}] (default: all)"),
+    "--num-gpus": Domain(float, low=0, high=_ONE_MACHINE, optional=True,
+                         fix=f"give a number in [0, {_ONE_MACHINE:g}] (default: all)"),
+    "--n-trials": Domain(int, low=1, high=MAX_TRIALS, high_reason=_TRIALS,
+                         fix="give a number of trials >= 1"),
+    "--seeds-per-trial": Domain(int, low=1, high=100, high_reason="seeds trained in lockstep "
+                                "in one trial", fix="give a number of seeds >= 1"),
+    "--seed": Domain(int, low=0, high=_SEED.high, high_reason=_SEED.high_reason,
+                     fix="give a seed >= 0"),
+    "--grace-period": Domain(int, low=1, optional=True,
+                             fix="give a number of evaluations >= 1 (default 2)"),
+    "--reduction-factor": Domain(float, low=1, low_open=True, optional=True,
+                                 fix="ASHA needs a factor > 1 (default 2 or 3, see README)"),
+}  # fmt: skip
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Check every option of ``args`` that OPTION_DOMAINS declares (--seeds auto aside)."""
+    for flag, domain in OPTION_DOMAINS.items():
+        dest = flag.removeprefix("--").replace("-", "_")
+        if hasattr(args, dest) and getattr(args, dest) != "auto":
+            domain.check(flag, getattr(args, dest))
 
 
 def add_run_options(parser: argparse.ArgumentParser, *, gpus_help: str) -> None:
@@ -86,20 +140,17 @@ def check_sweep_name(name: str, option: str) -> None:
     """Raise ConfigError unless ``name`` is a safe single directory name."""
     if isinstance(name, str) and SAFE_NAME.fullmatch(name):
         return
+    if isinstance(name, str) and len(name) > _NAME_LENGTH and SAFE_NAME.fullmatch(name[:100]):
+        raise ConfigError(
+            f"{option} {short_repr(name)}: is too long ({len(name):,} characters): a sweep name "
+            f"becomes a directory name, at most {_NAME_LENGTH} characters; give a shorter one."
+        )
     suggestion = re.sub(r"[^A-Za-z0-9_=+-]+", "_", str(name)).strip("_") or "sweep"
     raise ConfigError(
-        f"{option} {name!r}: a sweep name becomes a directory name, so it must be letters, "
-        f"digits, '_', '.', '=', '+' or '-' (not starting with '.'): use e.g. {suggestion[:100]!r}."
+        f"{option} {short_repr(name)}: a sweep name becomes a directory name, so it must be "
+        "letters, digits, '_', '.', '=', '+' or '-' (not starting with '.'): use e.g. "
+        f"{suggestion[:100]!r}."
     )
-
-
-def check_max_failures(value: int) -> None:
-    """Ray reads -1 as 'retry forever': a trial failing for good would never end the sweep."""
-    if value < 0:
-        raise ConfigError(
-            f"--max-failures {value}: give a number of retries >= 0 (e.g. 3); a negative "
-            "number would retry a failing trial forever."
-        )
 
 
 # ------------------------------------------------------------------ resources
@@ -201,18 +252,29 @@ _TORCH_PROCESS_BYTES = 400 * 1024**2  # a training process with torch imported, 
 
 
 def trial_memory_bytes(model: ModelConfig, train: TrainConfig, vocab_size: int) -> int:
-    """A rough peak memory of one CPU training process (fp32): the process itself, weights,
-    gradients and AdamW's two moments, and the activations kept for the backward pass (the
-    attention weights only with dropout: without it SDPA's fused kernel keeps none).
-    Checked against the peak RSS of real runs: within 10% for 4 shapes from 0.5 to 4.7 GiB."""
-    n_embed, n_layer, block = model.n_embed, model.n_layer, model.block_size
+    """A rough peak memory of one CPU training process (fp32): what it holds all run (the
+    process itself, weights, gradients and AdamW's two moments) plus the largest of what
+    each phase of ``charlm.train.train_steps`` adds on top:
+
+    - a training step: the activations kept for the backward pass (the attention weights
+      only with dropout: without it SDPA's fused kernel keeps none), logits and their grad;
+    - an evaluation batch (no graph): one layer's working set, the logits and the loss;
+    - the probe batch: every layer's captured attention weights (probe_batch_size x n_head
+      x T x T each) and hidden states, the logits, and the metrics' temporaries;
+    - sampling: the KV cache, the prefill's working set and the logits.
+    """
+    n_embed, n_layer, n_head, block = model.n_embed, model.n_layer, model.n_head, model.block_size
     params = 12 * n_layer * n_embed**2 + (vocab_size + block) * n_embed
-    rows = max(train.batch_size, 1) * block  # B * T
-    attention = train.batch_size * model.n_head * block * block * 2 if model.dropout > 0 else 0
-    per_layer = rows * n_embed * 20 + attention
-    logits = rows * vocab_size * 3  # logits, their softmax and its gradient
-    activations = n_layer * per_layer + logits + rows * n_embed * 4
-    return _TORCH_PROCESS_BYTES + 4 * (4 * params + activations)
+    rows = train.batch_size * block  # B * T
+    attention = train.batch_size * n_head * block * block * 2 if model.dropout > 0 else 0
+    step = n_layer * (rows * n_embed * 20 + attention) + rows * vocab_size * 3 + rows * n_embed * 4
+    evaluation = rows * n_embed * 8 + rows * vocab_size * 3
+    probe_rows = train.probe_batch_size * block
+    probe_maps = train.probe_batch_size * n_head * block * block  # one layer's weights
+    probe = n_layer * (probe_maps + probe_rows * n_embed) + probe_rows * vocab_size + 3 * probe_maps
+    sampling = 2 * n_layer * block * n_embed + block * n_embed * 8 + block * vocab_size
+    phase = max(step, evaluation, probe, sampling)
+    return _TORCH_PROCESS_BYTES + 4 * (4 * params + phase)
 
 
 def check_memory(
@@ -235,7 +297,8 @@ def check_memory(
     if need > memory_bytes:
         raise ConfigError(
             f"{label}: one trial needs about {need / mib:,.0f} MiB (estimate) but {where} "
-            f"has {memory_bytes / mib:,.0f} MiB: use a smaller batch_size, block_size or model."
+            f"has {memory_bytes / mib:,.0f} MiB: use a smaller batch_size, probe_batch_size, "
+            "block_size or model."
         )
     if per_node > 1 and need * per_node > memory_bytes:
         fit = max(1, int(memory_bytes // need))
@@ -262,28 +325,9 @@ def available_memory_bytes() -> float:
 _OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
 
 
-def check_search_options(
-    *,
-    grace_period: int | None,
-    reduction_factor: float | None,
-    seed: int,
-    optuna_storage: str | None,
-) -> None:
-    """What ASHA and Optuna would reject only after Ray started (None: chosen by the
-    search's rule, ``sweeps.search.asha_settings``)."""
-    if grace_period is not None and grace_period < 1:
-        raise ConfigError(
-            f"--grace-period {grace_period}: give a number of evaluations >= 1 (default 2)."
-        )
-    if reduction_factor is not None and not (
-        math.isfinite(reduction_factor) and reduction_factor > 1
-    ):
-        raise ConfigError(
-            f"--reduction-factor {reduction_factor:g}: ASHA needs a factor > 1 (default 2 or "
-            "3, see README)."
-        )
-    if seed < 0:
-        raise ConfigError(f"--seed {seed}: give a seed >= 0.")
+def check_search_options(optuna_storage: str | None) -> None:
+    """What Optuna would reject only after Ray started: a storage it cannot open (the
+    search's numeric options are OPTION_DOMAINS')."""
     if optuna_storage is None:
         return
     if "://" not in optuna_storage:
@@ -326,13 +370,20 @@ class ClusterError(ConfigError):
 def load_cluster_config(path: str | Path) -> dict[str, Any]:
     """Read a Ray cluster-launcher YAML and check it against Ray's own launcher schema."""
     path = Path(path)
-    if not path.is_file():
+    try:
+        found = is_regular_file(path, f"--cluster {path}", "a cluster.yaml")
+    except ConfigError as error:
+        raise ClusterError(str(error)) from None
+    if not found:
         raise ClusterError(f"--cluster {path}: no such file; give the path of a cluster.yaml.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = safe_load_unique(path.read_text())
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
+        problem = str(getattr(exc, "problem", ""))
+        if problem.startswith("duplicate key"):
+            raise ClusterError(f"--cluster {path}: {problem}; keep one of them.") from None
         raise ClusterError(f"--cluster {path}: not valid YAML{at}; fix the file.") from None
     if not isinstance(raw, dict):
         raise ClusterError(f"--cluster {path}: not a cluster-launcher config (a YAML mapping).")

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from charlm.cli import OneLineParser, fail
-from charlm.config import ConfigError, split_config, to_dict
+from charlm.config import (
+    SEED_MAX,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    domains,
+    split_config,
+    to_dict,
+)
 from charlm.text import format_clock
 from sweeps.ablation import prepare_datasets, run_info
 from sweeps.grid import (
@@ -32,6 +40,9 @@ from sweeps.grid import (
 from sweeps.options import (
     Resources,
     add_run_options,
+    available_memory_bytes,
+    check_memory,
+    check_options,
     check_search_options,
     check_sweep_name,
     check_trial_resources,
@@ -50,6 +61,7 @@ __all__ = [
     "SEARCH_SPACE",
     "SeedTrial",
     "asha_settings",
+    "check_search_space",
     "describe_search_trial",
     "format_value",
     "main",
@@ -72,6 +84,34 @@ SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
 BASE_KEY = "base"
 MIN_EVALUATIONS = 4
 BEST_GRID_FILE = "best_grid.yaml"
+
+
+def check_search_space(space: dict[str, tuple[Any, ...]] = SEARCH_SPACE) -> None:
+    """Every value the search can sample lies in its field's domain (each choice, both ends
+    of a range), and every n_embed choice is a multiple of every n_head choice."""
+    fields = {**domains(ModelConfig), **domains(TrainConfig)}
+    for name, (kind, *spec) in space.items():
+        values = spec[0] if kind == "choice" else [spec[0], spec[1] - (kind == "randint")]
+        for value in values:
+            fields[name].check(f"search space {name}", value)
+    heads, embeds = space["n_head"][1], space["n_embed"][1]
+    bad = [(e, h) for e in embeds for h in heads if e % h]
+    if bad:
+        raise ConfigError(
+            f"search space: n_embed {bad[0][0]} is not a multiple of n_head "
+            f"{bad[0][1]}; make every n_embed choice a multiple of every n_head."
+        )
+
+
+def _largest(base: TrialSpec) -> TrialSpec:
+    """The base trial at the search space's largest model: what memory must hold."""
+    largest = {
+        name: max(spec[0]) if kind == "choice" else spec[1] - (kind == "randint")
+        for name, (kind, *spec) in SEARCH_SPACE.items()
+        if name != "learning_rate"
+    }
+    model = dataclasses.replace(base.model, **largest)
+    return dataclasses.replace(base, model=model, factor="search", level="largest config")
 
 
 def _tune_space() -> dict[str, Any]:
@@ -259,17 +299,17 @@ def _base_trial(args) -> TrialSpec:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     try:
-        if args.n_trials < 1:
-            raise ConfigError(f"--n-trials {args.n_trials}: give a number of trials >= 1.")
-        if args.seeds_per_trial < 1:
-            raise ConfigError(
-                f"--seeds-per-trial {args.seeds_per_trial}: give a number of seeds >= 1."
-            )
+        check_options(args)
         check_sweep_name(args.name, "--name")
-        check_search_options(
-            grace_period=args.grace_period, reduction_factor=args.reduction_factor,
-            seed=args.seed, optuna_storage=args.optuna_storage,
-        )  # fmt: skip
+        check_search_options(args.optuna_storage)
+        last_seed = args.seed + args.seeds_per_trial - 1
+        if last_seed > SEED_MAX:
+            raise ConfigError(
+                f"--seed {args.seed} with --seeds-per-trial {args.seeds_per_trial}: the last "
+                f"seed {last_seed:,} is above {SEED_MAX:,} (numpy's seed range); give --seed "
+                f"{SEED_MAX - args.seeds_per_trial + 1:,} or less."
+            )
+        check_search_space()
         base = _base_trial(args)
         check_results_dir(args.results)
         resources = Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent)
@@ -281,9 +321,12 @@ def main(argv: list[str] | None = None) -> int:
                 resources.cpus_per_trial, resources.gpus_per_trial,
                 [local_node(args.num_cpus, args.num_gpus)], "this machine",
             )  # fmt: skip
-        largest = dataclasses.replace(base, model=dataclasses.replace(
-            base.model, block_size=max(SEARCH_SPACE["block_size"][1])))  # fmt: skip
-        prepare_datasets([largest])
+        largest = _largest(base)
+        vocab_sizes = prepare_datasets([largest])
+        if args.cluster is None and args.address is None:
+            vocab = vocab_sizes[largest.dataset]
+            check_memory([("search's largest config", largest.model, largest.train, vocab)],
+                         1, available_memory_bytes(), "this machine (MemAvailable)")  # fmt: skip
         if args.cluster is not None or args.address is not None:  # before the lock writes
             from sweeps.runner import check_reachable, head_address  # Ray: only with a cluster
 

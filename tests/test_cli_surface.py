@@ -96,7 +96,7 @@ def test_a_run_that_would_be_all_warm_up_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == (
         "error: --warmup-iters 100 is not below --max-iters 100: the whole run would be "
-        "warm-up; give fewer warm-up steps, or leave --warmup-iters out to scale it with "
+        "warm-up; give fewer warm-up steps (e.g. 10), or leave --warmup-iters out to scale it with "
         "--max-iters.\n"
     )
 

@@ -19,7 +19,7 @@ from testkit.tiny import tiny_model
 
 TINY = {
     "n_layer": 2, "n_head": 2, "n_embed": 16, "block_size": 16, "dropout": 0.0,
-    "batch_size": 4, "max_iters": 100, "eval_interval": 25, "eval_iters": 500,
+    "batch_size": 4, "max_iters": 100, "eval_interval": 25, "eval_iters": 500, "warmup_iters": 2,
 }  # fmt: skip
 
 

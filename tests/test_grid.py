@@ -154,7 +154,7 @@ def test_linked_factor_from_yaml(tmp_path):
         tmp_path,
         """
 name: linked
-baseline: {n_layer: 2, max_iters: 100}
+baseline: {n_layer: 2, max_iters: 100, warmup_iters: 10, eval_interval: 50}
 factors:
   width:
     - {n_embed: 32, n_head: 2}
@@ -315,7 +315,7 @@ def test_unknown_fields_list_the_valid_fields(tmp_path):
         ("factors: {seed: [1, 2]}\n", "factor seed sets seed"),
         ("factors: {device: [cpu]}\n", "factor device sets device"),
         ("factors: {}\nseeds: 0\n", "seeds=0 is invalid"),
-        ("factors: {}\nseeds: [1, -1]\n", "every seed must be an integer >= 0"),
+        ("factors: {}\nseeds: [1, -1]\n", "seed=-1 is invalid"),
         ("factors: {}\ndatasets: []\n", "datasets=[] is invalid"),
         ("factors: {}\nextends: gpt2\n", "extends='gpt2' is not a preset"),
     ],

@@ -10,6 +10,7 @@ process a test starts is stopped by that test, whatever happens.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import re
@@ -29,7 +30,7 @@ import yaml
 
 from sweeps.grid import expand, load_grid
 from sweeps.schema import MARKER, TABLES, read_table
-from testkit.tiny import tiny_params
+from testkit.tiny import tiny_model, tiny_params, tiny_train
 
 REPO = Path(__file__).resolve().parents[1]
 ABLATION = REPO / "sweeps" / "ablation.py"
@@ -514,7 +515,7 @@ BAD_INPUT = [
      r"error: no CPUs for trials \(this machine has 0 CPUs\): give --num-cpus 1 or more, or "
      r"add nodes with CPUs\."),
     ("num-cpus-negative", "ablation", ["--num-cpus", "-2"],
-     r"error: --num-cpus -2: give a number >= 0 \(default: all\)\."),
+     r"error: --num-cpus -2: give a number in \[0, 1e\+06\] \(default: all\)\."),
     ("max-failures-negative", "ablation", ["--max-failures", "-1"],
      r"error: --max-failures -1: give a number of retries >= 0 \(e\.g\. 3\); a negative number "
      r"would retry a failing trial forever\."),
@@ -530,7 +531,8 @@ BAD_INPUT = [
     ("batch-cannot-fit-in-memory", "ablation",
      ["--set", "batch_size=20000", "--set", "block_size=1024", "--factors", "n_head"],
      r"error: n_head=8: one trial needs about [\d,]+ MiB \(estimate\) but this machine "
-     r"\(MemAvailable\) has [\d,]+ MiB: use a smaller batch_size, block_size or model\."),
+     r"\(MemAvailable\) has [\d,]+ MiB: use a smaller batch_size, probe_batch_size, "
+     r"block_size or model\."),
     ("search-unsafe-name", "search", ["--name", "../x"],
      r"error: --name '\.\./x': a sweep name becomes a directory name, .*"),
     ("search-grace-period-0", "search", ["--grace-period", "0"],
@@ -546,6 +548,70 @@ BAD_INPUT = [
      r"exist; create it or name a database file in an existing directory\."),
     ("search-cpus-per-trial-above-any-node", "search", ["--cpus-per-trial", "4096"],
      r"error: --cpus-per-trial 4096: no node has that many CPUs .*"),
+    # Issue 22: every value in its declared domain (charlm.config.Domain), at every door.
+    ("int-above-int64", "ablation", ["--set", "eval_iters=99999999999999999999"],
+     r"error: 1 invalid grid level in grid 'notebook': baseline: eval_iters=99999999999999999999 "
+     r"is too large: it must be at most 9,223,372,036,854,775,807 \(the store's 64-bit integer "
+     r"columns\)\."),
+    ("huge-value-shortened", "ablation", ["--set", "max_iters=1e308"],
+     r"error: .*baseline: max_iters=\d{24}\.\.\. \(309 chars\) is too large: .*"),
+    ("warmup-longer-than-the-run", "ablation", ["--set", "warmup_iters=5000", "--max-iters", "20"],
+     r"error: 1 invalid grid level in grid 'notebook': baseline: warmup_iters=5000 is not below "
+     r"max_iters=3000: the whole run would be warm-up; give fewer warm-up steps \(e\.g\. 300\)\."),
+    ("probe-interval-never-met", "ablation", ["--set", "probe_interval=700", "--max-iters", "1000"],
+     r"error: .*probe_interval=700: probes run at evaluations \(every 500 steps\) whose step is "
+     r"a multiple of it, and none falls within max_iters=3000; give a multiple of eval_interval "
+     r"up to 3000\."),
+    ("gpus-per-trial-nan", "ablation", ["--gpus-per-trial", "nan"],
+     r"error: --gpus-per-trial nan: give a number >= 0, e\.g\. 0\.25 or 1\."),
+    ("name-too-long", "ablation", ["--name", "a" * 300],
+     r"error: --name 'a+\.\.\. \(302 chars\): is too long \(300 characters\): a sweep "
+     r"name becomes a directory name, at most 100 characters; give a shorter one\."),
+    ("seeds-beyond-any-sweep", "ablation", ["--seeds", "100000000"],
+     r"error: --seeds 100000000 is too large: it must be at most 100,000 \(a sweep plans at "
+     r"most that many trials\)\."),
+    ("max-seeds-beyond-any-sweep", "ablation", ["--seeds", "auto", "--max-seeds", "1000000"],
+     r"error: --max-seeds 1000000 is too large: it must be at most 100,000 .*"),
+    ("trials-beyond-any-sweep", "ablation", ["--seeds", "20000"],
+     r"error: 220,000 trials \(20,000 seeds x 11 configs x 1 datasets\) in grid 'notebook' are "
+     r"more than a sweep plans \(at most 100,000\): give at most 9,090 seeds\."),
+    ("duplicate-factor-key", "ablation", ["--grid", "{tmp}/dup.yaml"],
+     r"error: grid file .*dup\.yaml: not valid YAML: duplicate key 'n_head' \(lines 4 and 5\); "
+     r"keep one of them\."),
+    ("duplicate-baseline-key", "ablation", ["--grid", "{tmp}/dup2.yaml"],
+     r"error: grid file .*dup2\.yaml: not valid YAML: duplicate key 'baseline' \(lines 2 and "
+     r"3\); keep one of them\."),
+    ("dataset-is-a-directory", "ablation", ["--datasets", "{tmp}/special"],
+     r"error: 1 invalid dataset in grid 'notebook': dataset='.*special': is a directory, not a "
+     r"regular file; give the path of a UTF-8 text file\."),
+    ("dataset-is-a-fifo", "ablation", ["--datasets", "{tmp}/special/fifo"],
+     r"error: .*dataset='.*fifo': is a FIFO \(named pipe\), not a regular file; .*"),
+    ("dataset-is-a-device", "ablation", ["--datasets", "/dev/null"],
+     r"error: .*dataset='/dev/null': is a character device, not a regular file; .*"),
+    ("grid-is-a-fifo", "ablation", ["--grid", "{tmp}/special/fifo"],
+     r"error: grid file .*fifo: is a FIFO \(named pipe\), not a regular file; give the path "
+     r"of a grid YAML file\."),
+    ("cluster-is-a-directory", "ablation", ["--cluster", "{tmp}/special"],
+     r"error: --cluster .*special: is a directory, not a regular file; give the path of a "
+     r"cluster\.yaml\."),
+    ("cluster-yaml-duplicate-key", "ablation", ["--cluster", "{tmp}/dupcluster.yaml"],
+     r"error: --cluster .*dupcluster\.yaml: duplicate key 'provider' \(lines 2 and 3\); keep "
+     r"one of them\."),
+    ("probe-batch-cannot-fit-in-memory", "ablation",
+     ["--set", "probe_batch_size=100000", "--factors", "n_head"],
+     r"error: n_head=8: one trial needs about [\d,]+ MiB \(estimate\) but this machine .*"),
+    ("search-seed-beyond-numpy", "search", ["--seed", "4294967296"],
+     r"error: --seed 4294967296 is too large: it must be at most 4,294,967,295 \(numpy's seed "
+     r"range\)\."),
+    ("search-last-seed-beyond-numpy", "search", ["--seed", "4294967295", "--seeds-per-trial", "2"],
+     r"error: --seed 4294967295 with --seeds-per-trial 2: the last seed 4,294,967,296 is above "
+     r"4,294,967,295 \(numpy's seed range\); give --seed 4,294,967,294 or less\."),
+    ("search-n-trials-beyond-any-sweep", "search", ["--n-trials", "100000000"],
+     r"error: --n-trials 100000000 is too large: it must be at most 100,000 .*"),
+    ("search-warmup-longer-than-the-run", "search", ["--set", "warmup_iters=5000"],
+     r"error: .*warmup_iters=5000 is not below max_iters=3000: the whole run would be warm-up.*"),
+    ("search-huge-int", "search", ["--set", "sample_tokens=" + "9" * 300],
+     r"error: .*sample_tokens=9{24}\.\.\. \(300 chars\) is too large: .*"),
 ]  # fmt: skip
 
 
@@ -568,6 +634,14 @@ def bad_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8 not a store")
     (tmp_path / "afile").write_text("a file, not a directory\n")
+    (tmp_path / "dup.yaml").write_text("name: d\nbaseline: {n_layer: 1}\nfactors:\n  n_head: [1]\n"
+                                       "  n_head: [4]\n")  # fmt: skip
+    (tmp_path / "dup2.yaml").write_text("name: d\nbaseline: {n_layer: 1}\nbaseline: {n_layer: 2}\n"
+                                        "factors: {}\n")  # fmt: skip
+    (tmp_path / "dupcluster.yaml").write_text("cluster_name: x\nprovider: {type: local}\n"
+                                              "provider: {type: aws}\n")  # fmt: skip
+    (tmp_path / "special").mkdir()
+    os.mkfifo(tmp_path / "special" / "fifo")  # never opened: a reader would block forever
     port = _free_port()
     monkeypatch.setattr("sweeps.runner.GCS_PORT", port)  # a head that is surely not there
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -596,6 +670,74 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     assert re.fullmatch(message, lines[0]), lines[0]
     assert {path: _tree(path) for path in (tmp_path, results)} == before  # nothing written
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dataset", "/dev/null"], "dataset='/dev/null': is a character device, not a regular"),
+        (["--dataset", "{tmp}"], "is a directory, not a regular file; give the path of a UTF-8"),
+        (["--seed", str(2**32)], "seed=4294967296 is too large: it must be at most 4,294,967,295"),
+        (["--eval-iters", str(2**63)], "eval_iters=9223372036854775808 is too large: it must be"),
+        (["--learning-rate", "nan"], "learning_rate=nan is invalid: it must be a finite number"),
+        (["--max-iters", "20", "--warmup-iters", "5000"], "--warmup-iters 5000 is not below "
+         "--max-iters 20: the whole run would be warm-up"),
+        (["--eval-interval", "5000"], "--eval-interval 5000 is above --max-iters 3000: no "
+         "evaluation would fall within the run; give at most 3000."),
+        (["--max-iters", "10", "--lr-decay-iters", "2", "--warmup-iters", "5"],
+         "--lr-decay-iters 2 is below --warmup-iters 5: the decay would end before the warm-up"),
+    ],
+)  # fmt: skip
+def test_charlm_train_checks_the_same_domains(argv: list[str], message: str, tmp_path, capsys):
+    from charlm import train_args
+
+    argv = [arg.format(tmp=tmp_path) for arg in argv]
+    with pytest.raises(SystemExit) as info:
+        train_args.parse([*argv, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_analysis_jobs_are_bounded_by_the_cpu_count(tmp_path: Path, capsys):
+    from analysis import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main([str(tmp_path), "--jobs", "100000000"])
+    err = capsys.readouterr().err
+    cpus = len(os.sched_getaffinity(0))
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert f"--jobs 100000000: this machine has {cpus} CPUs" in err
+    assert f"give --jobs {cpus} or less" in err
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324, 1e-31, 1e-30, 1e-20])
+def test_a_tiny_temperature_samples_the_most_likely_token(temperature: float):
+    """Below GREEDY_TEMPERATURE sampling is argmax; just above it the shifted logits send
+    every other token to probability 0, never to NaN."""
+    import torch
+
+    from charlm.model import GPT
+
+    torch.manual_seed(0)
+    model = GPT(tiny_model(vocab_size=65))
+    prompt = torch.randint(65, (1, 4))  # (1, T)
+    greedy = model.generate(prompt, 8, temperature=1e-300)
+    sampled = model.generate(prompt, 8, temperature=temperature,
+                             generator=torch.Generator().manual_seed(1))  # fmt: skip
+    assert torch.equal(sampled, greedy)
+    logits, _ = model(greedy[:, :-1])
+    assert torch.equal(greedy[0, 4:], logits[0, 3:].argmax(-1))
+
+
+def test_the_memory_estimate_counts_the_probe_batch_and_its_attention_maps():
+    from sweeps.options import trial_memory_bytes
+
+    model, train = tiny_model(n_layer=4, n_head=8, n_embed=64, block_size=256), tiny_train()
+    base = trial_memory_bytes(model, train, 65)
+    probes = dataclasses.replace(train, probe_batch_size=1000)
+    maps = 4 * model.n_layer * 1000 * model.n_head * model.block_size**2  # fp32 (B, nh, T, T)
+    assert trial_memory_bytes(model, probes, 65) - base >= maps
 
 
 def test_bad_input_from_a_real_process_prints_only_the_error_line(tmp_path: Path):

@@ -94,7 +94,9 @@ def test_seeds_per_trial_zero_is_bad_input(tmp_path: Path, capsys):
 def test_best_grid_is_a_loadable_ofat_grid_on_fresh_seeds(tmp_path: Path):
     model, train_cfg = (
         ModelConfig(n_layer=2, n_head=2, n_embed=32, block_size=16),
-        TrainConfig(max_iters=24, eval_interval=6, learning_rate=3e-3, batch_size=8),
+        TrainConfig(
+            max_iters=24, eval_interval=6, warmup_iters=2, learning_rate=3e-3, batch_size=8
+        ),
     )
     values = {**dataclasses.asdict(model), **dataclasses.asdict(train_cfg)}
     for name in ("seed", "dataset", "vocab_size", "data_dir", "device", "num_threads"):

@@ -86,7 +86,7 @@ def test_auto_dry_run_prints_first_round_expected_and_worst_case(tmp_path: Path,
     [
         (["--seeds", "auto", "--max-seeds", "1"], "--max-seeds 1: a paired interval needs"),
         (["--max-seeds", "5"], "--max-seeds 5 needs --seeds auto"),
-        (["--seeds", "auto", "--min-effect", "0"], "--min-effect 0.0: give the smallest"),
+        (["--seeds", "auto", "--min-effect", "0"], "--min-effect 0: give the smallest"),
         (["--seeds", "auto", "--confidence", "1.5"], "--confidence 1.5: give a level between"),
         (["--seeds", "many"], "'many' is not a number of seeds: give e.g. 3, or auto"),
     ],
