@@ -327,7 +327,7 @@ def test_diverging_trial_is_recorded_failed_and_left_out_of_aggregates(diverged_
 
 
 @pytest.mark.ray
-def test_corrupt_store_file_is_named_skipped_and_never_overwritten(
+def test_corrupt_store_file_is_named_set_aside_and_its_trial_run_again(
     diverged_store, tmp_path: Path, capsys
 ):
     from analysis.report import main as analysis_main
@@ -359,15 +359,21 @@ def test_corrupt_store_file_is_named_skipped_and_never_overwritten(
     (line,) = captured.err.strip().splitlines()
     assert re.fullmatch(f"error: corrupt store file ({bad_trial}|{bad_curve}): .*", line), line
 
-    # The sweep again (baseline only: its other trial is finished): the corrupt trial is
-    # skipped with a warning naming its file, nothing runs, and no file is overwritten.
+    # The sweep again (baseline only: its other trial is finished): the unreadable trials
+    # file is set aside, named in one line, and its trial runs again; the torn curves file
+    # of the finished trial is not overwritten.
+    torn_bytes = bad_trial.read_bytes()
     code = ablation.main(["--grid", str(diverged_store["grid"]), "--results", str(results),
                           "--factors", "baseline", "--num-cpus", "2"])  # fmt: skip
     captured = capsys.readouterr()
-    assert code == 0
-    assert f"warning: store file {bad_trial} is unreadable" in captured.err
-    assert "2 trials in the grid: 1 already in" in captured.out and "0 to run" in captured.out
-    assert {path: _identity(path) for path in torn} == torn
+    assert code == 0, captured.err
+    (moved,) = (results / "trials").glob(f"{victim}.parquet.unreadable-*")
+    assert re.search(rf"warning: store file {re.escape(str(bad_trial))} is unreadable \(.*\): "
+                     rf"moved to {moved.name}, its trials run again", captured.err), captured.err
+    assert moved.read_bytes() == torn_bytes  # kept for the user, byte for byte
+    assert "2 trials in the grid: 1 already in" in captured.out and "1 to run" in captured.out
+    assert finished(results)[victim] == "ok"
+    assert _identity(bad_curve) == torn[bad_curve]
 
 
 # ------------------------------------------------------------------ 5. bad input
