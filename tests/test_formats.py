@@ -87,8 +87,22 @@ def test_a_rerun_over_a_newer_file_is_one_line_exit_2_before_ray(tmp_path, capsy
         {"schema_version": str(SCHEMA_VERSION + 1)}), path)  # fmt: skip
     before = sorted(p.relative_to(root) for p in root.rglob("*"))
     with pytest.raises(SystemExit) as exit_info:
-        ablation_main(["--results", str(root), "--max-iters", "2", "--seeds", "1",
-                       "--factors", "n_head", "--set", "n_layer=1", "--set", "n_embed=8"])
+        ablation_main(
+            [
+                "--results",
+                str(root),
+                "--max-iters",
+                "2",
+                "--seeds",
+                "1",
+                "--factors",
+                "n_head",
+                "--set",
+                "n_layer=1",
+                "--set",
+                "n_embed=8",
+            ]
+        )
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: {path}: result store file schema version ")

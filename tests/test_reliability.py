@@ -368,8 +368,11 @@ def test_corrupt_store_file_is_named_set_aside_and_its_trial_run_again(
     captured = capsys.readouterr()
     assert code == 0, captured.err
     (moved,) = (results / "trials").glob(f"{victim}.parquet.unreadable-*")
-    assert re.search(rf"warning: store file {re.escape(str(bad_trial))} is unreadable \(.*\): "
-                     rf"moved to {moved.name}, its trials run again", captured.err), captured.err
+    assert re.search(
+        rf"warning: store file {re.escape(str(bad_trial))} is unreadable \(.*\): "
+        rf"moved to {moved.name}, its trials run again",
+        captured.err,
+    ), captured.err
     assert moved.read_bytes() == torn_bytes  # kept for the user, byte for byte
     assert "2 trials in the grid: 1 already in" in captured.out and "1 to run" in captured.out
     assert finished(results)[victim] == "ok"
