@@ -138,12 +138,13 @@ def describe_search_trial(config: dict[str, Any], result: dict[str, Any] | None)
 def run_search_trial(config: dict[str, Any]) -> None:
     """The search's trainable: the sampled config's seeds in lockstep in one Tune trial,
     each report carrying the store ids (for the Optuna trial's user attributes)."""
-    from sweeps.trainable import run_members
+    from sweeps.trainable import PREVIOUS_FAILURE, run_members
 
     seeds = search_params(config)
     tags = {"store_trial_ids": [seed.trial_id for seed in seeds],
             "config_id": seeds[0].columns["config_id"]}  # fmt: skip
-    run_members([seed.params for seed in seeds], extra=tags)
+    run_members([seed.params for seed in seeds], extra=tags,
+                previous_failure=config.get(PREVIOUS_FAILURE))  # fmt: skip
 
 
 def search_eval_interval(max_iters: int, eval_interval: int) -> int:
