@@ -32,6 +32,7 @@ from sweeps.grid import (
     TrialSpec,
     config_id,
     dataset_identity,
+    dataset_sha256,
     expand,
     parse_overrides,
     trial_columns,
@@ -125,6 +126,7 @@ def search_params(config: dict[str, Any]) -> list[SeedTrial]:
                 sweep=base["sweep"], kind="search", factor="search", level=label,
                 model=model, train=train,
             ),
+            "dataset_sha256": base.get("dataset_sha256"),  # the driver's, not this node's
         }  # fmt: skip
         trials.append(SeedTrial(trial_id(model, train), params, columns))
     return trials
@@ -144,7 +146,8 @@ def run_search_trial(config: dict[str, Any]) -> None:
     tags = {"store_trial_ids": [seed.trial_id for seed in seeds],
             "config_id": seeds[0].columns["config_id"]}  # fmt: skip
     run_members([seed.params for seed in seeds], extra=tags,
-                previous_failure=config.get(PREVIOUS_FAILURE))  # fmt: skip
+                previous_failure=config.get(PREVIOUS_FAILURE),
+                dataset_sha256=config[BASE_KEY].get("dataset_sha256"))  # fmt: skip
 
 
 def search_eval_interval(max_iters: int, eval_interval: int) -> int:
@@ -396,7 +399,8 @@ def _search(
     scheduler = ASHAScheduler(metric="val_loss", mode="min", max_t=max_t,
                               grace_period=grace, reduction_factor=factor)  # fmt: skip
     base_values = {"params": {**to_dict(base.model), **to_dict(base.train)},
-                   "sweep": args.name, "seeds_per_trial": args.seeds_per_trial}  # fmt: skip
+                   "sweep": args.name, "seeds_per_trial": args.seeds_per_trial,
+                   "dataset_sha256": dataset_sha256(base.dataset)}  # fmt: skip
     k = args.seeds_per_trial
     more = f" (the study lacks {n_trials} of --n-trials {args.n_trials})"
     print(

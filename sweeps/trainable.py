@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from ray import tune  # noqa: E402
 
 from charlm.config import split_config  # noqa: E402
+from charlm.data import DatasetChangedError  # noqa: E402
 from charlm.train import CHECKPOINT_FILE, train_steps  # noqa: E402
 from sweeps.storage import redact  # noqa: E402
 
@@ -78,7 +79,8 @@ def _sanitize(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def run_trial(config: dict[str, Any]) -> None:
     """Train one trial; each evaluation is a ``tune.report`` with a checkpoint."""
-    run_members([config["trial"]["params"]], previous_failure=config.get(PREVIOUS_FAILURE))
+    run_members([config["trial"]["params"]], previous_failure=config.get(PREVIOUS_FAILURE),
+                dataset_sha256=config["trial"]["columns"].get("dataset_sha256"))  # fmt: skip
 
 
 def member_dir(index: int) -> str:
@@ -90,6 +92,7 @@ def run_members(
     members: list[dict[str, Any]],
     extra: dict[str, Any] | None = None,
     previous_failure: dict[str, Any] | None = None,
+    dataset_sha256: str | None = None,
 ) -> None:
     """Train the flat ``params`` of each member in lockstep in this one Tune trial.
 
@@ -98,11 +101,15 @@ def run_members(
     own metrics, all at the same step. Each member checkpoints into its ``member_dir``, so
     a retried trial resumes them all from one Tune checkpoint. A member that fails
     (non-finite loss) ends the trial: the others stop there too, their rows marked so.
-    ``extra`` is added to every report. ``previous_failure``: see ``_give_up``.
+    ``extra`` is added to every report. ``previous_failure``: see ``_give_up``. A dataset
+    whose content is not ``dataset_sha256`` (the sweep's record) fails the trial before it
+    trains, without a retry.
     """
     reached: list[int] = []  # the steps this attempt reported
     try:
-        _train_members(members, extra, reached)
+        _train_members(members, extra, reached, dataset_sha256)
+    except DatasetChangedError as exc:
+        _report_failed(members, None, f"{type(exc).__name__}: {exc}")
     except Exception:
         line = error_line(traceback.format_exc())
         if not _same_failure(previous_failure, line, reached):
@@ -124,14 +131,22 @@ def _give_up(members: list[dict[str, Any]], previous: dict[str, Any], line: str)
     step, so another retry would too (a failed final report ends it without a retry)."""
     step = previous.get("step")
     where = f"step {step}" if step is not None else "its start"
-    error = f"{line} (again at {where} on retry: deterministic, not retried again)"
-    failed = {"step": step, "status": "failed", "error": error, "final": True}
+    _report_failed(members, step, f"{line} (again at {where} on retry: deterministic, not "
+                   "retried again)")  # fmt: skip
+
+
+def _report_failed(members: list[dict[str, Any]], step: int | None, error: str) -> None:
+    """The trial's last report: every member failed at ``step`` with ``error``."""
+    failed = {"step": step, "status": "failed", "error": redact(error), "final": True}
     tune.report({**failed, "members": [dict(failed) for _ in members]} if len(members) > 1
                 else failed)  # fmt: skip
 
 
 def _train_members(
-    members: list[dict[str, Any]], extra: dict[str, Any] | None, reached: list[int]
+    members: list[dict[str, Any]],
+    extra: dict[str, Any] | None,
+    reached: list[int],
+    dataset_sha256: str | None,
 ) -> None:
     global _trials_run
     started_at = time.time()
@@ -153,7 +168,13 @@ def _train_members(
                 resume_from = Path(resume_dir) / ("" if single else member_dir(index))
                 resume_from = resume_from / CHECKPOINT_FILE
             loops.append(
-                train_steps(model_cfg, train_cfg, checkpoint_dir=where, resume_from=resume_from)
+                train_steps(
+                    model_cfg,
+                    train_cfg,
+                    checkpoint_dir=where,
+                    resume_from=resume_from,
+                    dataset_sha256=dataset_sha256,
+                )
             )
 
         def report(metrics: dict[str, Any]) -> None:

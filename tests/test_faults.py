@@ -207,6 +207,47 @@ def test_resume_refuses_an_edited_dataset_file(tmp_path: Path):
     assert "the dataset file's content changed since the checkpoint" in refused.stderr
 
 
+@pytest.mark.ray
+def test_a_dataset_edited_after_the_sweep_started_fails_its_trials_by_name(tmp_path: Path):
+    """Trials carry the content their sweep recorded: the file edited after the param space
+    was built fails its trials at their start (no retry, not averaged), naming the file;
+    the other dataset's trials train and record its hash."""
+    import hashlib
+
+    import ray
+
+    from sweeps import ablation
+    from sweeps.grid import GridSpec
+    from sweeps.runner import Resources, connect, run_trials
+    from sweeps.store import ResultStore
+
+    kept, edited = tmp_path / "kept.txt", tmp_path / "edited.txt"
+    kept.write_text("to be or not to be, that is the question\n" * 200)
+    edited.write_text("all the world's a stage, and all the men and women\n" * 200)
+    spec = GridSpec("edit", tiny_params(max_iters=10, eval_interval=5), {},
+                    datasets=(str(kept), str(edited)), seeds=1)  # fmt: skip
+    trials = expand(spec)
+    space = ablation.param_space(trials)  # what the driver hands Tune at the sweep's start
+    recorded = hashlib.sha256(edited.read_bytes()).hexdigest()
+    edited.write_text("all the world's a stage, and all the men and women merely players\n" * 200)
+    store = ResultStore(tmp_path / "results")
+    connection = connect(num_cpus=2, results=store.root)
+    try:
+        outcome = run_trials(connection, store, space, name="edit", total=2,
+                             resources=Resources(), max_failures=3, progress=False)  # fmt: skip
+    finally:
+        ray.shutdown()
+    rows = read_table(store.root, "trials").table.to_pandas().set_index("dataset")
+    ok, failed = rows.loc[str(kept)], rows.loc[str(edited)]
+    assert ok.status == "ok" and ok.dataset_sha256 == hashlib.sha256(kept.read_bytes()).hexdigest()
+    assert failed.status == "failed" and failed.attempts == 1  # not retried
+    assert failed.dataset_sha256 == recorded
+    assert failed.error.startswith(f"DatasetChangedError: dataset {edited} changed since the "
+                                   f"sweep started (its content has sha256 ")  # fmt: skip
+    assert "restore the file, or run the sweep again" in failed.error
+    assert list(outcome.failed) == [failed.trial_id]
+
+
 def test_text_without_newline_samples_from_its_first_character(tmp_path: Path):
     from charlm.train import train
 
