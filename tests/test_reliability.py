@@ -555,11 +555,47 @@ BAD_INPUT = [
      r"exist; create it or name a database file in an existing directory\."),
     ("search-cpus-per-trial-above-any-node", "search", ["--cpus-per-trial", "4096"],
      r"error: --cpus-per-trial 4096: no node has that many CPUs .*"),
+    # Issue 22: what used to run, or end in a traceback, over a store or study.
+    ("newer-store-file-on-rerun", "ablation",
+     ["--results", "{stores}/newer", "--factors", "n_head", "--seeds", "1", "--max-iters", "2"],
+     r"error: .*/newer/trials/x\.parquet: result store file schema version \d+ is newer than "
+     r"this charlm-sweeps reads \(up to \d+\): upgrade charlm-sweeps \(pip install -U "
+     r"charlm-sweeps\)\."),
+    ("search-study-with-other-settings", "search", ["--results", "{stores}/study",
+     "--max-iters", "2000"],
+     r"error: study 'search' in sqlite:///.*/study/optuna\.db ran with other settings: "
+     r"max_iters 24 \(study\) vs 2000 \(this run\); .*: run it with the study's settings "
+     r"\(same --preset, .*\), or start a new study with --name\."),
 ]  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def prepared_stores(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Stores the issue-22 cases name: one holding a trials file of a newer version, one
+    whose search study ran with --max-iters 24."""
+    import pyarrow.parquet as pq
+
+    from sweeps import search
+    from sweeps.schema import SCHEMA_VERSION, conform
+    from sweeps.store import ResultStore
+    from sweeps.study import open_study
+
+    root = tmp_path_factory.mktemp("stores")
+    newer = ResultStore(root / "newer").root
+    table = conform("trials", [{"trial_id": "x", "status": "ok"}])
+    pq.write_table(table.replace_schema_metadata({"schema_version": str(SCHEMA_VERSION + 1)}),
+                   newer / "trials" / "x.parquet")  # fmt: skip
+    study = ResultStore(root / "study").root
+    base = search._base_trial(search._parse(["--max-iters", "24"]))
+    asha = search.asha_settings(base.train.max_iters, base.train.eval_interval)
+    open_study(f"sqlite:///{study / 'optuna.db'}", "search", search.study_settings(base, 1, asha))
+    return root
+
+
 @pytest.fixture
-def bad_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def bad_inputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prepared_stores: Path
+) -> dict[str, str]:
     """The files the bad-input cases name, and a closed port as the 'cluster head'."""
     (tmp_path / "embed.yaml").write_text(
         "name: e\nbaseline: {n_layer: 1, n_head: 4, n_embed: 16}\nfactors:\n  n_embed: [10]\n"
@@ -580,7 +616,8 @@ def bad_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str
     port = _free_port()
     monkeypatch.setattr("sweeps.runner.GCS_PORT", port)  # a head that is surely not there
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    return {"tmp": str(tmp_path), "port": str(port), "repo": str(REPO)}
+    return {"tmp": str(tmp_path), "port": str(port), "repo": str(REPO),
+            "stores": str(prepared_stores)}  # fmt: skip
 
 
 @pytest.mark.timeout(120)  # a case that slipped through would start a whole sweep
