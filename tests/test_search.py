@@ -320,3 +320,16 @@ def test_interrupted_search_says_so_writes_no_winner_and_fails_its_optuna_trials
     states = [trial.state for trial in study.trials]
     assert optuna.trial.TrialState.RUNNING not in states
     assert optuna.trial.TrialState.FAIL in states  # the trial the signal stopped
+    if signum != signal.SIGTERM:
+        return
+    # The same command again runs the trials the study lacks, then names the winner.
+    lacking = int(re.search(r"it runs the (\d+) trials the study lacks", stdout).group(1))
+    again = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO,
+                           timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"searching on embedded local Ray: 1 CPUs, 0 GPUs: {lacking} trials x 1 seed (the "\
+           f"study lacks {lacking} of --n-trials 4)" in again.stdout  # fmt: skip
+    done = {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{results / 'optuna.db'}")
+    assert sum(trial.state in done for trial in study.trials) == 4
+    assert (results / "best_grid.yaml").is_file()
