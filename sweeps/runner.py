@@ -645,8 +645,8 @@ class _OutputFilter:
             return None
         self.skipping = False
         if self.trial_failed is not None:
-            if continuation or plain.startswith("Traceback"):
-                return None
+            if continuation or plain.startswith(("Traceback", "ray.exceptions.RayTaskError(")):
+                return None  # a task's error: the user's exception ends its remote traceback
             header, self.trial_failed = self.trial_failed, None
             return redact(f"{header}: {plain[:300]}\n")
         failed = _TRIAL_FAILED.match(plain)

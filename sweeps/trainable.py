@@ -130,8 +130,8 @@ def _give_up(members: list[dict[str, Any]], previous: dict[str, Any], line: str)
     """End the trial as failed with ``line``: the retry met the same error at the same
     step, so another retry would too (a failed final report ends it without a retry)."""
     step = previous.get("step")
-    where = f"step {step}" if step is not None else "its start"
-    _report_failed(members, step, f"{line} (again at {where} on retry: deterministic, not "
+    where = f"after step {step}" if step is not None else "before its first evaluation"
+    _report_failed(members, step, f"{line} (again {where} on retry: deterministic, not "
                    "retried again)")  # fmt: skip
 
 

@@ -245,9 +245,32 @@ def test_a_deterministic_error_is_not_retried_again_a_changing_one_is(tmp_path: 
     rows = read_table(store.root, "trials").table.to_pandas().set_index("factor")
     same = rows.loc["baseline"]
     assert same.attempts == 2  # the first retry met the same error at the same step
-    assert same.error == ("ValueError: deterministic at step 20 (again at step 10 on retry: "
+    assert same.error == ("ValueError: deterministic at step 20 (again after step 10 on retry: "
                           "deterministic, not retried again)")  # fmt: skip
     assert same.last_step == 10
     changing = rows.loc["n_head"]
     assert changing.attempts == 4  # 1 + max_failures: each retry failed differently
     assert changing.error == "ValueError: transient, attempt 4"
+
+
+def test_a_failed_trial_is_one_line_naming_the_users_exception():
+    from sweeps.runner import _OutputFilter
+
+    lines = [
+        "2026-12-07 01:57:01,000\tERROR tune_controller.py:1336 -- Trial task failed for "
+        "trial run_trial_47ae6_00000\n",
+        "Traceback (most recent call last):\n",
+        '  File "event_manager.py", line 110, in resolve_future\n',
+        "ray.exceptions.RayTaskError(RuntimeError): ray::ImplicitFunc.train() (pid=1174)\n",
+        "           ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n",
+        '  File "charlm/model.py", line 608, in _sample\n',
+        "    return torch.multinomial(probs, num_samples=1, generator=generator)\n",
+        "RuntimeError: probability tensor contains either `inf`, `nan` or element < 0\n",
+        "[40s] 0 done, 1 failed, 0 running, 0 pending of 1 | best val - | ETA ?\n",
+    ]
+    keep = _OutputFilter()
+    assert [line for line in map(keep, lines) if line is not None] == [
+        "Trial task failed for trial run_trial_47ae6_00000: RuntimeError: probability tensor "
+        "contains either `inf`, `nan` or element < 0\n",
+        lines[-1],
+    ]
