@@ -467,7 +467,7 @@ class _ProgressCallback(tune.Callback):
         print(self._line(trials), flush=True)  # stdout at call time: Tune pickles callbacks
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if "step" in result:
+        if result.get("step") is not None:  # a failure before any evaluation has none
             own_id = trial.config.get("trial", {}).get("trial_id")
             limit = self.max_iters.get(own_id) or self.default_max_iters or result["step"] or 1
             self.progress[trial.trial_id] = min(1.0, result["step"] / limit)
