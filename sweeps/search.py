@@ -260,7 +260,9 @@ def _base_trial(args) -> TrialSpec:
     return dataclasses.replace(trial, sweep=args.name)
 
 
-def study_settings(base: TrialSpec, seeds_per_trial: int, asha: tuple[int, int, float]):
+def study_settings(
+    base: TrialSpec, seeds_per_trial: int, asha: tuple[int, int, float]
+) -> dict[str, Any]:
     """What every trial of a study shares, as recorded in the study: the fixed config
     fields (the dataset by its content), seeds per trial and ASHA's (max_t, grace period,
     reduction factor)."""
@@ -296,9 +298,6 @@ def main(argv: list[str] | None = None) -> int:
         asha = asha_settings(base.train.max_iters, base.train.eval_interval,
                              args.grace_period, args.reduction_factor)  # fmt: skip
         settings = study_settings(base, args.seeds_per_trial, asha)
-        from sweeps.study import check_settings  # Optuna: once the arguments are checked
-
-        check_settings(_url(args), redact(_url(args)), args.name, settings)
         resources = Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent)
         cluster = load_cluster_config(args.cluster) if args.cluster else None
         check_storage(args.storage, args.results, cluster_config=cluster, cluster=args.cluster,
@@ -316,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
 
             address = args.address or head_address(cluster or {}, args.cluster)
             check_reachable(address, args.cluster or "cluster.yaml", "sweeps/search.py")
+        from sweeps.study import check_settings  # Optuna: once everything else is checked
+
+        check_settings(_url(args), redact(_url(args)), args.name, settings)
     except ConfigError as exc:
         fail(str(exc))
     # One driver per store (sweeps.store.locked): on this machine before Ray starts, on a
@@ -329,7 +331,13 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args, base, resources, held, settings)
 
 
-def _run(args, base: TrialSpec, resources: Resources, held: contextlib.ExitStack, settings) -> int:
+def _run(
+    args,
+    base: TrialSpec,
+    resources: Resources,
+    held: contextlib.ExitStack,
+    settings: dict[str, Any],
+) -> int:
     import ray
 
     from sweeps.runner import SweepOutcome, connect
