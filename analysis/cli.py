@@ -1,23 +1,33 @@
 """``python -m analysis RESULTS_DIR --out REPORT_DIR``: the report's command line.
 
-The arguments and the store's directory are checked before pandas, scipy and matplotlib
-are imported, so bad input answers at once: one line on stderr, exit 2, nothing written.
+The arguments, the store's directory and ``--out`` are checked before pandas, scipy and
+matplotlib are imported, so bad input answers at once: one line on stderr, exit 2, nothing
+written. A full or read-only disk met while writing is one line too (exit 1, nothing
+replaced); SIGINT/SIGTERM stop the figure workers, remove the unfinished report and exit
+128 + the signal number.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from charlm.cli import OneLineParser
+from charlm.cli import OneLineParser, check_writable_dir
+from charlm.config import ConfigError
 from charlm.text import short_repr
 from sweeps.schema import StoreError, check_store
 
-__all__ = ["FORMATS", "main", "parser"]
+__all__ = ["FORMATS", "REPORT_MARKER", "check_out_dir", "main", "parser"]
 
 FORMATS = ("png", "svg", "pdf")
+REPORT_MARKER = ".charlm-report"  # in a directory python -m analysis wrote (replaceable)
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 METRICS = ("best_val_loss", "final_val_loss", "final_train_loss")
 
 
@@ -91,6 +101,72 @@ def parser() -> OneLineParser:
     return parser
 
 
+def check_out_dir(root: Path, out_dir: str | Path | None) -> Path:
+    """The report directory (``out_dir``, default ``root/report``) if a report can replace
+    it, else StoreError in one line: a file, a directory holding other files, the current
+    directory or one above it, the store or one above it, or a place nobody can write
+    (the report is built in a sibling temp directory, so its parent must be writable)."""
+    out = Path(out_dir) if out_dir is not None else root / "report"
+    shown = f"--out {out}" if out_dir is not None else f"--out {out} (the default)"
+    here, where = Path.cwd().resolve(), out.resolve()
+    if here.is_relative_to(where):
+        raise StoreError(f"{shown} is the current directory or holds it, which the report "
+                         "cannot replace: give a new directory, e.g. --out report.")  # fmt: skip
+    if root.resolve().is_relative_to(where):
+        raise StoreError(f"{shown} holds the store {root}, which the report cannot replace: "
+                         "give a new directory, e.g. --out report.")  # fmt: skip
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"--out {out} is a file: give a directory for the report.")
+    if out.is_dir() and any(out.iterdir()) and not (out / REPORT_MARKER).exists():
+        raise StoreError(
+            f"--out {out} exists and holds other files: give a new or empty directory "
+            "(an earlier report there is replaced)."
+        )
+    try:
+        check_writable_dir(where.parent, shown)
+    except ConfigError:
+        raise StoreError(f"{shown}: {where.parent} is not writable; give --out a directory "
+                         "you can write to.") from None  # fmt: skip
+    return out
+
+
+class _Interrupted(BaseException):
+    """SIGINT or SIGTERM while the report is built (cleans up like any failure)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise _Interrupted(signum)
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGINT/SIGTERM raise _Interrupted in this process for the block (the figure workers
+    restore the default handlers: see analysis.figures)."""
+    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _disk_error(exc: OSError, out: Path) -> int:
+    """A full or read-only disk while writing: one line, exit 1 (nothing was replaced)."""
+    if exc.errno not in _DISK_ERRORS:
+        raise exc
+    print(
+        f"error: cannot write the report under {out.parent} ({os.strerror(exc.errno)}: "
+        f"{exc.filename or out}); nothing was replaced: free space (or give --out a "
+        "writable directory) and run the same command again.",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI; returns the exit status (0 ok, 2 bad input, a missing store or --strict)."""
     cli = parser()
@@ -110,17 +186,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"per figure beyond them only costs memory; give --jobs {cpus or 1} or less"
         )
     try:
-        check_store(args.results_dir)
+        out = check_out_dir(check_store(args.results_dir), args.out)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    with _signals_interrupt():
+        try:
+            return _report(args, formats, out)
+        except _Interrupted as stop:
+            print(f"interrupted by {signal.Signals(stop.signum).name}: no report written "
+                  f"({out} is as it was); run the same command again.")  # fmt: skip
+            return 128 + stop.signum
+        except OSError as exc:
+            return _disk_error(exc, out)
+
+
+def _report(args, formats: list[str], out: Path) -> int:
     from analysis.load import CorruptStoreError
     from analysis.report import build_report, print_summary
 
     try:
         report = build_report(
             args.results_dir,
-            Path(args.out) if args.out is not None else None,
+            out,
             formats=formats,
             strict=args.strict,
             sweeps=args.sweep,

@@ -5,15 +5,20 @@ A ``FigureJob`` is a picklable drawing (a plots function and its frame) with the
 and caption it is saved under; ``figure_jobs``, ``heatmap_jobs`` and ``attention_jobs``
 make them from an Analysis as its parts become ready. ``Rendering`` draws and saves them
 in a process pool (forked: fast to start) while build_report goes on reading and writing,
-with the garbage collector off during each job (see ``_draw_and_save``).
+with the garbage collector off during each job (see ``_draw_and_save``). The workers end
+with their parent: a failure or a signal in build_report terminates them (``close``), and
+on Linux the kernel sends them SIGTERM if the parent dies any other way (even SIGKILL).
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import io
 import multiprocessing
 import re
+import signal
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -176,6 +181,18 @@ def _draw_and_save_views(job: FigureJob, directory: Path, formats: Sequence[str]
     return save_figure(figure, directory / job.stem, formats, views=views)
 
 
+_PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
+
+
+def _worker_start() -> None:
+    """In each figure worker: default signal handlers (the parent's raise in the parent
+    only), and on Linux SIGTERM from the kernel when the parent dies."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Rendering:
     """Draws and saves figures: in ``workers`` processes (forked where the platform can:
     fast to start) as soon as jobs are submitted, so the caller can go on reading and
@@ -189,7 +206,7 @@ class Rendering:
         if workers > 1:
             methods = multiprocessing.get_all_start_methods()
             context = multiprocessing.get_context("fork" if "fork" in methods else None)
-            self.pool = ProcessPoolExecutor(workers, mp_context=context)
+            self.pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start)
 
     def submit(self, jobs: list[FigureJob]) -> None:
         # The biggest figures first, so no worker is left with a big one at the end.
@@ -211,10 +228,18 @@ class Rendering:
         finally:
             self.close()
 
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
-            self.pool = None
+    def close(self, terminate: bool = False) -> None:
+        """Shut the pool down once its jobs are done, or (``terminate``) at once, ending the
+        workers' jobs where they are."""
+        if self.pool is None:
+            return
+        if terminate and hasattr(self.pool, "terminate_workers"):  # Python 3.14+
+            self.pool.terminate_workers()
+        elif terminate:  # before 3.14 the pool's process table is the only handle on them
+            for process in list(getattr(self.pool, "_processes", {}).values()):
+                process.terminate()
+        self.pool.shutdown(cancel_futures=True)
+        self.pool = None
 
 
 def save_figure(

@@ -30,7 +30,7 @@ except ImportError:  # Windows: CPU time of this process only
     resource = None  # type: ignore[assignment]
 
 from analysis import aggregate, export, predictor_report, verdicts
-from analysis.cli import FORMATS
+from analysis.cli import FORMATS, REPORT_MARKER, check_out_dir
 from analysis.figures import FigureJob, Rendering, attention_jobs, figure_jobs, heatmap_jobs
 from analysis.heatmaps import capture_heatmaps
 from analysis.load import Store, StoreError, check_store, load_store
@@ -45,8 +45,6 @@ from analysis.render import (
 from charlm.fsio import fsync_dir, fsync_tree
 
 __all__ = ["Analysis", "Report", "analyze", "build_report", "main", "print_summary"]
-
-REPORT_MARKER = ".charlm-report"
 
 
 @dataclass
@@ -197,8 +195,7 @@ def build_report(
     research templates' figure files (PNG) at the top of ``out_dir``."""
     root = check_store(root)
     jobs_n = jobs if jobs is not None else min(4, os.cpu_count() or 1)
-    out = Path(out_dir) if out_dir is not None else root / "report"
-    _check_out_dir(out)
+    out = check_out_dir(root, out_dir)
     bad = [fmt for fmt in formats if fmt not in FORMATS]
     if bad or not formats:
         raise StoreError(
@@ -270,7 +267,7 @@ def build_report(
         (temp / "report.html").write_text(render_html(sections, analysis, temp))
         _move_into_place(temp, out)
     except BaseException:
-        rendering.close()
+        rendering.close(terminate=True)
         shutil.rmtree(temp, ignore_errors=True)
         raise
     moved = [out / path.relative_to(temp) for path in figures]
@@ -301,16 +298,6 @@ def _write_tables(analysis: Analysis, temp: Path, metric: str) -> list[Path]:
         tables.append(temp / "tables" / "search_leaderboard.csv")
     tables += export.write_final_info(analysis.store.trials, temp / "final_info", analysis.summary)
     return tables
-
-
-def _check_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise StoreError(f"--out {out} is a file: give a directory for the report.")
-    if out.is_dir() and any(out.iterdir()) and not (out / REPORT_MARKER).exists():
-        raise StoreError(
-            f"--out {out} exists and holds other files: give a new or empty directory "
-            "(an earlier report there is replaced)."
-        )
 
 
 def _move_into_place(temp: Path, out: Path) -> None:

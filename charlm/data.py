@@ -44,6 +44,7 @@ __all__ = [
     "BatchSampler",
     "DataError",
     "Dataset",
+    "DatasetChangedError",
     "DatasetSpec",
     "check_block_size",
     "get_batch",
@@ -62,6 +63,10 @@ Result = TypeVar("Result")
 
 class DataError(ConfigError):
     """A dataset that cannot be fetched, verified or read; the message says what to do."""
+
+
+class DatasetChangedError(DataError):
+    """A dataset whose content is not the one a sweep recorded for the trial."""
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,14 @@ if __name__ == "__main__":
 import torch
 
 from charlm.config import ConfigError, ModelConfig, TrainConfig, config_fields, to_dict
-from charlm.data import BatchSampler, Dataset, check_block_size, get_batch, load_dataset
+from charlm.data import (
+    BatchSampler,
+    Dataset,
+    DatasetChangedError,
+    check_block_size,
+    get_batch,
+    load_dataset,
+)
 from charlm.evaluation import Evaluator
 from charlm.fsio import atomic_write, atomic_write_bytes
 from charlm.model import GPT
@@ -266,17 +273,27 @@ def train_steps(
     *,
     checkpoint_dir: str | Path | None = None,
     resume_from: str | Path | None = None,
+    dataset_sha256: str | None = None,
 ) -> Generator[dict[str, Any], None, TrialResult]:
     """The training loop as a generator: it yields each evaluation's metrics (what ``train``
     reports, the checkpoint already written) and returns the TrialResult. Driving several
     of these in turn trains them in lockstep: at every yield all have trained to the same
-    step (``sweeps.trainable`` trains a search trial's seeds so). Arguments as ``train``'s.
+    step (``sweeps.trainable`` trains a search trial's seeds so). Arguments as ``train``'s;
+    ``dataset_sha256``: the content the caller expects (a sweep's record), else
+    DatasetChangedError before any training.
     """
     wall_start = time.perf_counter()
     device = resolve_device(train_cfg.device)
     if train_cfg.num_threads is not None:
         torch.set_num_threads(train_cfg.num_threads)
     data = load_dataset(train_cfg.dataset, train_cfg.data_dir)
+    if dataset_sha256 is not None and data.source_sha256 != dataset_sha256:
+        raise DatasetChangedError(
+            f"dataset {train_cfg.dataset} changed since the sweep started (its content has "
+            f"sha256 {data.source_sha256[:12]}..., the sweep recorded {dataset_sha256[:12]}...): "
+            "this trial is not run on other text than its sweep; restore the file, or run "
+            "the sweep again (an edited file makes new trials)."
+        )
     if model_cfg.vocab_size is None:
         model_cfg = dataclasses.replace(model_cfg, vocab_size=data.vocab_size)
     elif model_cfg.vocab_size != data.vocab_size:

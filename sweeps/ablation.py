@@ -43,7 +43,7 @@ from sweeps.options import (
     node_types,
 )
 from sweeps.rounds import SeedRounds, format_verdicts
-from sweeps.schema import config_label, read_table
+from sweeps.schema import StoreVersionError, config_label, read_table
 from sweeps.sequential import (
     DEFAULT_CONFIDENCE,
     DEFAULT_MAX_SEEDS,
@@ -52,7 +52,13 @@ from sweeps.sequential import (
     record_design,
 )
 from sweeps.storage import check_storage
-from sweeps.store import ResultStore, check_results_dir, locked, trial_statuses
+from sweeps.store import (
+    ResultStore,
+    check_results_dir,
+    locked,
+    set_aside_unreadable,
+    trial_statuses,
+)
 
 __all__ = [
     "main",
@@ -324,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     with interrupt.handling():
         try:
             return _run(trials, args, resources, cluster, vocab_sizes, design)
+        except StoreVersionError as exc:  # one file of a newer charlm-sweeps in the store
+            fail(str(exc))
         except OSError as exc:
             return _disk_error(exc, args.results)
 
@@ -407,14 +415,12 @@ def _todo(
     rounds: SeedRounds, trials: list[TrialSpec], results: Path, announce: bool = False
 ) -> list[TrialSpec]:
     """The trials of ``rounds``' next round; with ``announce``, say what the store holds."""
+    if announce:
+        for path, target, reason in set_aside_unreadable(results):
+            print(f"warning: store file {path} is unreadable ({reason}): moved to "
+                  f"{target.name}, its trials run again", file=sys.stderr)  # fmt: skip
     todo = rounds.next_round()
     if announce:
-        for path, reason in trial_statuses(results)[1]:
-            print(
-                f"warning: store file {path} is unreadable ({reason}); its trial is skipped and "
-                "the file left as is: move it away to run that trial again",
-                file=sys.stderr,
-            )
         statuses, _ = trial_statuses(results)
         already = sum(1 for t in trials if statuses.get(t.trial_id) == "ok")
         if rounds.design:

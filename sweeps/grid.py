@@ -52,6 +52,8 @@ __all__ = [
     "GridSpec",
     "TrialSpec",
     "config_id",
+    "dataset_identity",
+    "dataset_sha256",
     "expand",
     "load_grid",
     "safe_load_unique",
@@ -533,12 +535,7 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
 _FILE_HASHES: dict[tuple[str, int, int, int], str] = {}
 
 
-def dataset_identity(dataset: str) -> str:
-    """What a trial id hashes for a dataset: a built-in name as is, a text file by its
-    content ('sha256:...'), so an edited file makes new trials and another spelling of the
-    same file's path the same ones."""
-    if dataset in KNOWN_DATASETS or not os.path.isfile(dataset):
-        return dataset
+def _file_sha256(dataset: str) -> str:
     path = os.path.realpath(dataset)
     stat = os.stat(path)
     key = (path, stat.st_size, stat.st_mtime_ns, stat.st_ino)
@@ -547,8 +544,28 @@ def dataset_identity(dataset: str) -> str:
         with open(path, "rb") as file:
             for chunk in iter(lambda: file.read(1 << 20), b""):
                 digest.update(chunk)
-        _FILE_HASHES[key] = f"sha256:{digest.hexdigest()}"
+        _FILE_HASHES[key] = digest.hexdigest()
     return _FILE_HASHES[key]
+
+
+def dataset_sha256(dataset: str) -> str | None:
+    """The sha256 of the text a trial of ``dataset`` trains on (what ``charlm.data``'s
+    Dataset.source_sha256 says of it): a built-in dataset's published checksum, a text
+    file's content now; None for a name that is neither."""
+    from charlm.data import DATASETS
+
+    if dataset in DATASETS:
+        return DATASETS[dataset].sha256
+    return _file_sha256(dataset) if os.path.isfile(dataset) else None
+
+
+def dataset_identity(dataset: str) -> str:
+    """What a trial id hashes for a dataset: a built-in name as is, a text file by its
+    content ('sha256:...'), so an edited file makes new trials and another spelling of the
+    same file's path the same ones."""
+    if dataset in KNOWN_DATASETS or not os.path.isfile(dataset):
+        return dataset
+    return f"sha256:{_file_sha256(dataset)}"
 
 
 def _canonical(config: ModelConfig | TrainConfig) -> dict[str, Any]:
@@ -612,13 +629,15 @@ class TrialSpec:
     def params(self, kind: str = "ablation") -> dict[str, Any]:
         """This trial as Ray Tune's param_space holds it (and the trainable reads it):
         ``trial_id``; ``params``, every config field as a flat dict; ``columns``, the
-        identity and configuration columns of its store row. ``kind`` is the sweep kind
-        ('ablation', 'search' or 'single')."""
+        identity and configuration columns of its store row, ``dataset_sha256`` among them
+        (the content the trial must train on, checked when it starts). ``kind`` is the
+        sweep kind ('ablation', 'search' or 'single')."""
         return {
             "trial_id": self.trial_id,
             "params": {**to_dict(self.model), **to_dict(self.train)},
             "columns": {
                 "dataset": self.dataset,
+                "dataset_sha256": dataset_sha256(self.dataset),
                 "seed": self.seed,
                 **trial_columns(
                     sweep=self.sweep,

@@ -47,7 +47,7 @@ from sweeps.storage import (
     write_probe,
 )
 from sweeps.store import ResultStore, TrialRecord
-from sweeps.trainable import member_dir, run_trial
+from sweeps.trainable import PREVIOUS_FAILURE, error_line, member_dir, run_trial
 
 __all__ = [
     "ClusterError",
@@ -315,9 +315,12 @@ def _members(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _error_line(trial) -> str:
-    text = trial.get_error() or ""
-    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
-    return redact(lines[-1]) if lines else "trial failed (no error text)"
+    """The line of the trial's latest failure: from its local error file, written when the
+    failure is handled (the copy in storage that ``get_error`` reads is synced later)."""
+    local = Path(trial.error_file) if trial.error_file else None
+    if local is not None and local.is_file():
+        return error_line(local.read_text(errors="replace"))
+    return error_line(trial.get_error() or "")
 
 
 class _StoreCallback(tune.Callback):
@@ -347,8 +350,14 @@ class _StoreCallback(tune.Callback):
             self.store.write_progress(record)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        for record in self._records(trial):
+        records = self._records(trial)
+        for record in records:
             record.attempts += 1
+        # The retry compares its own failure with this one (sweeps.trainable): the same
+        # error at the same step ends the trial instead of another retry.
+        last = records[0].last if records else None
+        trial.config[PREVIOUS_FAILURE] = {"error": _error_line(trial),
+                                          "step": (last or {}).get("step")}  # fmt: skip
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         records = self._records(trial)
@@ -458,7 +467,7 @@ class _ProgressCallback(tune.Callback):
         print(self._line(trials), flush=True)  # stdout at call time: Tune pickles callbacks
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if "step" in result:
+        if result.get("step") is not None:  # a failure before any evaluation has none
             own_id = trial.config.get("trial", {}).get("trial_id")
             limit = self.max_iters.get(own_id) or self.default_max_iters or result["step"] or 1
             self.progress[trial.trial_id] = min(1.0, result["step"] / limit)
@@ -636,8 +645,8 @@ class _OutputFilter:
             return None
         self.skipping = False
         if self.trial_failed is not None:
-            if continuation or plain.startswith("Traceback"):
-                return None
+            if continuation or plain.startswith(("Traceback", "ray.exceptions.RayTaskError(")):
+                return None  # a task's error: the user's exception ends its remote traceback
             header, self.trial_failed = self.trial_failed, None
             return redact(f"{header}: {plain[:300]}\n")
         failed = _TRIAL_FAILED.match(plain)

@@ -62,7 +62,7 @@ __all__ = [
     "table_dir",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MARKER = "charlm-store.json"
 TABLES = ("trials", "curves", "attention", "samples")
 RUNS_DIR = "sweep_runs"  # one JSON per sweep command run: settings, version, commit, host
@@ -108,6 +108,8 @@ TRIALS = pa.schema(
         pa.field("sweep", pa.string()),
         pa.field("kind", pa.string()),  # 'ablation' | 'search' | 'single'
         pa.field("dataset", pa.string()),
+        # sha256 of the text the trial trained on, checked when it started (v3)
+        pa.field("dataset_sha256", pa.string()),
         pa.field("factor", pa.string()),  # 'baseline' for the baseline config
         pa.field("level", pa.string()),  # the level's label, e.g. '8' or 'n_embed=32,n_head=2'
         pa.field("seed", pa.int64()),
@@ -218,6 +220,7 @@ ADDED_COLUMNS: dict[int, dict[str, tuple[str, ...]]] = {
         "attention": ("silhouette",),
         "samples": ("coherence", "attention_entropy", "effective_span"),
     },
+    3: {"trials": ("dataset_sha256",)},
 }  # fmt: skip
 
 SCHEMAS: dict[str, pa.Schema] = {
@@ -244,8 +247,13 @@ def _upgrade_1_to_2(table: str, part: pa.Table) -> pa.Table:
     return add_null_columns(table, part, ADDED_COLUMNS[2].get(table, ()))
 
 
+def _upgrade_2_to_3(table: str, part: pa.Table) -> pa.Table:
+    """Version 2 -> 3: the trials' ``dataset_sha256`` (``ADDED_COLUMNS[3]``), as nulls."""
+    return add_null_columns(table, part, ADDED_COLUMNS[3].get(table, ()))
+
+
 # version v -> the function (table name, table as version v wrote it) -> table as v + 1 writes it
-UPGRADES: dict[int, Callable[[str, pa.Table], pa.Table]] = {1: _upgrade_1_to_2}
+UPGRADES: dict[int, Callable[[str, pa.Table], pa.Table]] = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3}
 
 
 def conform(

@@ -4,7 +4,12 @@
 
 The study lives in a persistent Optuna storage (SQLite by default, ``RESULTS/optuna.db``)
 that ``optuna-dashboard sqlite:///RESULTS/optuna.db`` opens; every trial also lands in the
-result store with kind 'search', early-stopped ones marked ``early_stopped``.
+result store with kind 'search', early-stopped ones marked ``early_stopped``. A study keeps
+its settings (``sweeps.study``): another preset or length under the same name is refused.
+
+Exit status: 0 when every trial finished, 1 if any failed, 2 for bad input, 130/143 when
+stopped by SIGINT/SIGTERM (no winner is written from a partial search; the same command
+again runs the trials the study lacks).
 """
 
 from __future__ import annotations
@@ -27,11 +32,15 @@ from charlm.config import (
     to_dict,
 )
 from charlm.text import format_clock
+from sweeps import interrupt
 from sweeps.ablation import prepare_datasets, run_info
 from sweeps.grid import (
+    MACHINE_FIELDS,
     PRESETS,
     TrialSpec,
     config_id,
+    dataset_identity,
+    dataset_sha256,
     expand,
     parse_overrides,
     trial_columns,
@@ -69,6 +78,7 @@ __all__ = [
     "run_search_trial",
     "search_eval_interval",
     "search_params",
+    "study_settings",
 ]
 
 # Ranges of the five OFAT factors and the learning rate. Every n_embed choice is a
@@ -156,6 +166,7 @@ def search_params(config: dict[str, Any]) -> list[SeedTrial]:
                 sweep=base["sweep"], kind="search", factor="search", level=label,
                 model=model, train=train,
             ),
+            "dataset_sha256": base.get("dataset_sha256"),  # the driver's, not this node's
         }  # fmt: skip
         trials.append(SeedTrial(trial_id(model, train), params, columns))
     return trials
@@ -169,12 +180,14 @@ def describe_search_trial(config: dict[str, Any], result: dict[str, Any] | None)
 def run_search_trial(config: dict[str, Any]) -> None:
     """The search's trainable: the sampled config's seeds in lockstep in one Tune trial,
     each report carrying the store ids (for the Optuna trial's user attributes)."""
-    from sweeps.trainable import run_members
+    from sweeps.trainable import PREVIOUS_FAILURE, run_members
 
     seeds = search_params(config)
     tags = {"store_trial_ids": [seed.trial_id for seed in seeds],
             "config_id": seeds[0].columns["config_id"]}  # fmt: skip
-    run_members([seed.params for seed in seeds], extra=tags)
+    run_members([seed.params for seed in seeds], extra=tags,
+                previous_failure=config.get(PREVIOUS_FAILURE),
+                dataset_sha256=config[BASE_KEY].get("dataset_sha256"))  # fmt: skip
 
 
 def search_eval_interval(max_iters: int, eval_interval: int) -> int:
@@ -267,15 +280,6 @@ def quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _optuna_storage(url: str):
-    import optuna
-    from optuna.storages.journal import JournalFileBackend
-
-    if url.endswith(".log") and "://" not in url:
-        return optuna.storages.JournalStorage(JournalFileBackend(url))
-    return optuna.storages.RDBStorage(url)
-
-
 def _base_trial(args) -> TrialSpec:
     """The preset's baseline on the chosen dataset, seed and length: what is not searched."""
     overrides = parse_overrides(args.overrides)
@@ -296,6 +300,25 @@ def _base_trial(args) -> TrialSpec:
     return dataclasses.replace(trial, sweep=args.name)
 
 
+def study_settings(
+    base: TrialSpec, seeds_per_trial: int, asha: tuple[int, int, float]
+) -> dict[str, Any]:
+    """What every trial of a study shares, as recorded in the study: the fixed config
+    fields (the dataset by its content), seeds per trial and ASHA's (max_t, grace period,
+    reduction factor)."""
+    fixed = {**to_dict(base.model), **to_dict(base.train)}
+    settings = {name: value for name, value in fixed.items()
+                if name not in SEARCH_SPACE and name not in MACHINE_FIELDS}  # fmt: skip
+    settings["dataset"] = dataset_identity(base.train.dataset)
+    max_t, grace, factor = asha
+    return {**settings, "seeds_per_trial": seeds_per_trial, "asha_max_t": max_t,
+            "asha_grace_period": grace, "asha_reduction_factor": factor}  # fmt: skip
+
+
+def _url(args) -> str:
+    return args.optuna_storage or f"sqlite:///{(args.results / 'optuna.db').resolve()}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     try:
@@ -312,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         check_search_space()
         base = _base_trial(args)
         check_results_dir(args.results)
+        asha = asha_settings(base.train.max_iters, base.train.eval_interval,
+                             args.grace_period, args.reduction_factor)  # fmt: skip
+        settings = study_settings(base, args.seeds_per_trial, asha)
         resources = Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent)
         cluster = load_cluster_config(args.cluster) if args.cluster else None
         check_storage(args.storage, args.results, cluster_config=cluster, cluster=args.cluster,
@@ -332,26 +358,33 @@ def main(argv: list[str] | None = None) -> int:
 
             address = args.address or head_address(cluster or {}, args.cluster)
             check_reachable(address, args.cluster or "cluster.yaml", "sweeps/search.py")
+        from sweeps.study import check_settings  # Optuna: once everything else is checked
+
+        check_settings(_url(args), redact(_url(args)), args.name, settings)
     except ConfigError as exc:
         fail(str(exc))
     # One driver per store (sweeps.store.locked): on this machine before Ray starts, on a
     # cluster once connected (a cluster that refuses the run leaves no results directory).
-    with contextlib.ExitStack() as held:
+    with contextlib.ExitStack() as held, interrupt.handling():
         if args.cluster is None and args.address is None:
             try:
                 held.enter_context(locked(args.results))
             except StoreBusyError as exc:
                 fail(str(exc))
-        return _run(args, base, resources, held)
+        return _run(args, base, resources, held, settings)
 
 
-def _run(args, base: TrialSpec, resources: Resources, held: contextlib.ExitStack) -> int:
+def _run(
+    args,
+    base: TrialSpec,
+    resources: Resources,
+    held: contextlib.ExitStack,
+    settings: dict[str, Any],
+) -> int:
     import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
-    from sweeps.runner import connect, run_trials
-    from sweeps.search_study import StoreIdSearch
+    from sweeps.runner import SweepOutcome, connect
+    from sweeps.study import open_study
 
     if not args.verbose:
         quiet_optuna()
@@ -360,63 +393,109 @@ def _run(args, base: TrialSpec, resources: Resources, held: contextlib.ExitStack
                              num_gpus=args.num_gpus, verbose=args.verbose,
                              script="sweeps/search.py", results=args.results,
                              storage=args.storage)  # fmt: skip
+        interrupt.install()  # ray.init replaced the SIGTERM handler
         if args.cluster is not None or args.address is not None:
             held.enter_context(locked(args.results))
     except ConfigError as exc:
         fail(str(exc))
+    study = None
+    outcome: SweepOutcome | None = None
     try:
-        store = ResultStore(args.results)
-        store.write_run(
-            run_info(args.name, "search", connection.description, resources, args.n_trials)
-        )
-        url = args.optuna_storage or f"sqlite:///{(args.results / 'optuna.db').resolve()}"
-        max_t, grace, factor = asha_settings(base.train.max_iters, base.train.eval_interval,
-                                             args.grace_period, args.reduction_factor)  # fmt: skip
-        searcher = StoreIdSearch(
-            metric="val_loss", mode="min", study_name=args.name, seed=args.seed,
-            storage=_optuna_storage(url),
-        )  # fmt: skip
-        scheduler = ASHAScheduler(metric="val_loss", mode="min", max_t=max_t,
-                                  grace_period=grace, reduction_factor=factor)  # fmt: skip
-        base_values = {"params": {**to_dict(base.model), **to_dict(base.train)},
-                       "sweep": args.name, "seeds_per_trial": args.seeds_per_trial}  # fmt: skip
-        k = args.seeds_per_trial
-        print(
-            f"searching on {connection.description}: {args.n_trials} trials x {k} "
-            f"seed{'s' * (k != 1)}, study {args.name!r} in {redact(url)}; ASHA: {max_t} "
-            f"reports per trial (step 0, then "
-            f"every {base.train.eval_interval} steps), grace period {grace}, reduction "
-            f"factor {factor:g}",
-            flush=True,
-        )
-        outcome = run_trials(
-            connection,
-            store,
-            {**_tune_space(), BASE_KEY: base_values},
-            name=args.name,
-            total=args.n_trials,
-            resources=resources,
-            describe=describe_search_trial,
-            default_max_iters=base.train.max_iters,
-            trainable=run_search_trial,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                scheduler=scheduler,
-                num_samples=args.n_trials,
-                reuse_actors=True,
-            ),
-        )
+        store = ResultStore(args.results)  # the marker first: optuna.db lives in the store
+        study, done, abandoned = open_study(_url(args), args.name, settings)
+        if abandoned:
+            print(f"study {args.name!r}: {abandoned} trials left RUNNING by a driver that is "
+                  "gone are now marked FAILED")  # fmt: skip
+        if done >= args.n_trials:
+            print(f"study {args.name!r} has {done} finished trials (--n-trials "
+                  f"{args.n_trials}): nothing to run")  # fmt: skip
+            _announce_winner(args)
+            return 0
+        outcome = _search(args, base, resources, connection, store, args.n_trials - done)
+    except KeyboardInterrupt:  # a signal before Tune ran, or a second one
+        pass
     finally:
         ray.shutdown()
+    if outcome is None or interrupt.requested():
+        return _interrupted(args, study, outcome)
+    k = args.seeds_per_trial
     # Counts of store rows; every seed of a trial shares its fate, so / k counts trials.
     print(
         f"{len(outcome.ok) // k} trials finished ({len(outcome.early_stopped) // k} stopped "
         f"early by ASHA), {len(outcome.failed) // k} failed in "
         f"{format_clock(outcome.wall_time_s)}; "
-        f"results in {args.results}; study: optuna-dashboard {redact(url)}"
+        f"results in {args.results}; study: optuna-dashboard {redact(_url(args))}"
     )
     _announce_winner(args)
     return 1 if outcome.failed else 0
+
+
+def _search(
+    args, base: TrialSpec, resources: Resources, connection, store: ResultStore, n_trials: int
+):
+    """Run ``n_trials`` more trials of the study; the runner's SweepOutcome."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from sweeps.runner import run_trials
+    from sweeps.search_study import StoreIdSearch
+    from sweeps.study import optuna_storage
+
+    store.write_run(run_info(args.name, "search", connection.description, resources, n_trials))
+    url = _url(args)
+    max_t, grace, factor = asha_settings(base.train.max_iters, base.train.eval_interval,
+                                         args.grace_period, args.reduction_factor)  # fmt: skip
+    searcher = StoreIdSearch(metric="val_loss", mode="min", study_name=args.name,
+                             seed=args.seed, storage=optuna_storage(url))  # fmt: skip
+    scheduler = ASHAScheduler(metric="val_loss", mode="min", max_t=max_t,
+                              grace_period=grace, reduction_factor=factor)  # fmt: skip
+    base_values = {"params": {**to_dict(base.model), **to_dict(base.train)},
+                   "sweep": args.name, "seeds_per_trial": args.seeds_per_trial,
+                   "dataset_sha256": dataset_sha256(base.dataset)}  # fmt: skip
+    k = args.seeds_per_trial
+    more = f" (the study lacks {n_trials} of --n-trials {args.n_trials})"
+    print(
+        f"searching on {connection.description}: {n_trials} trials x {k} "
+        f"seed{'s' * (k != 1)}{more if n_trials != args.n_trials else ''}, study "
+        f"{args.name!r} in {redact(url)}; ASHA: {max_t} reports per trial (step 0, then "
+        f"every {base.train.eval_interval} steps), grace period {grace}, reduction "
+        f"factor {factor:g}",
+        flush=True,
+    )
+    return run_trials(
+        connection,
+        store,
+        {**_tune_space(), BASE_KEY: base_values},
+        name=args.name,
+        total=n_trials,
+        resources=resources,
+        describe=describe_search_trial,
+        default_max_iters=base.train.max_iters,
+        trainable=run_search_trial,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=n_trials, reuse_actors=True
+        ),
+    )
+
+
+def _interrupted(args, study, outcome) -> int:
+    """The summary of a search stopped by SIGINT/SIGTERM: its unfinished Optuna trials
+    marked FAILED, no winner from a partial search; exit 128 + the signal number."""
+    from sweeps.study import fail_abandoned, finished_trials
+
+    k = args.seeds_per_trial
+    now = len(outcome.ok) // k if outcome is not None else 0
+    failed = fail_abandoned(study, own=True) if study is not None else 0
+    done = finished_trials(study) if study is not None else 0
+    print(
+        f"interrupted by {interrupt.signal_name()}: {now} trials finished in this run; study "
+        f"{args.name!r} has {done} of {args.n_trials} ({failed} unfinished trials marked "
+        "FAILED); no winner and no best_grid.yaml from a partial search. To continue, run "
+        f"the same command again: it runs the {max(0, args.n_trials - done)} trials the "
+        "study lacks.",
+        flush=True,
+    )
+    return interrupt.exit_code()
 
 
 def _announce_winner(args) -> None:

@@ -3,8 +3,8 @@
 Every file is written atomically (a temp name starting with '.', then ``os.replace``), so a
 crash never leaves a torn file and readers can open the store while a sweep runs. A trial's
 ``trials`` row is written last: a trial counts as finished only once that row exists.
-Files the store cannot read are never overwritten; the trials they describe are skipped
-with a message naming the file.
+Files the store cannot read are never overwritten; a rerun sets an unreadable trials file
+aside (``set_aside_unreadable``) and runs its trials again.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ __all__ = [
     "TrialRecord",
     "check_results_dir",
     "locked",
+    "set_aside_unreadable",
     "trial_statuses",
 ]
 
@@ -144,6 +145,22 @@ def trial_statuses(root: str | Path) -> tuple[dict[str, str], list[tuple[Path, s
     ids = read.table.column("trial_id").to_pylist()
     statuses = read.table.column("status").to_pylist()
     return dict(zip(ids, statuses, strict=True)), read.corrupt
+
+
+def set_aside_unreadable(root: str | Path) -> list[tuple[Path, Path, str]]:
+    """Rename every unreadable ``trials`` file to ``<name>.unreadable-<UTC time>`` (no
+    longer read as part of the table, kept for the user); return (file, new name, reason).
+
+    Its trials then have no row, so the sweep runs them again: a trials file is the
+    trial's mark of completion, and a mark nobody can read marks nothing.
+    """
+    moved = []
+    for path, reason in read_table(root, "trials", columns=["trial_id"]).corrupt:
+        target = path.with_name(f"{path.name}.unreadable-{_now():%Y%m%dT%H%M%S%f}")
+        with suppress(FileNotFoundError):  # replaced by a writer meanwhile: nothing to move
+            os.replace(path, target)
+            moved.append((path, target, reason))
+    return moved
 
 
 def _now() -> dt.datetime:

@@ -4,7 +4,10 @@ Its ``config`` is ``{"trial": {"trial_id": ..., "params": {flat ModelConfig+Trai
 (whole dicts through ``tune.grid_search``); an Optuna search trial (``sweeps/search.py``)
 passes its seeds' params to ``run_members``, which trains them in lockstep. Params become
 dataclasses once, the device and thread count come from the resources Ray assigned, a
-retried trial resumes from Tune's checkpoint, and every evaluation is reported with one.
+retried trial resumes from Tune's checkpoint, and every evaluation is reported with one. A
+retry that fails with the error of the attempt before it, at the same step (the driver puts
+that failure in the config as ``PREVIOUS_FAILURE``), is not retried again: the error is
+deterministic, so the trial ends as failed (``_give_up``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ _IMPORTS_START = time.perf_counter()
 
 import math  # noqa: E402
 import tempfile  # noqa: E402
+import traceback  # noqa: E402
 from contextlib import nullcontext  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -24,14 +28,33 @@ import torch  # noqa: E402
 from ray import tune  # noqa: E402
 
 from charlm.config import split_config  # noqa: E402
+from charlm.data import DatasetChangedError  # noqa: E402
 from charlm.train import CHECKPOINT_FILE, train_steps  # noqa: E402
+from sweeps.storage import redact  # noqa: E402
 
 # What this process paid to import torch and charlm: charged to its first trial only (a
 # reused Ray actor runs later trials without importing anything again).
 _IMPORT_S = time.perf_counter() - _IMPORTS_START
 _trials_run = 0
 
-__all__ = ["member_dir", "run_members", "run_trial", "trial_device", "trial_threads"]
+__all__ = [
+    "PREVIOUS_FAILURE",
+    "error_line",
+    "member_dir",
+    "run_members",
+    "run_trial",
+    "trial_device",
+    "trial_threads",
+]
+
+# Config key of the failure a retried trial had before: {"error": line, "step": int | None}.
+PREVIOUS_FAILURE = "previous_failure"
+
+
+def error_line(text: str) -> str:
+    """A failure's one line: the last line of its traceback (the exception), redacted."""
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return redact(lines[-1]) if lines else "trial failed (no error text)"
 
 
 def trial_threads() -> int:
@@ -56,7 +79,8 @@ def _sanitize(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def run_trial(config: dict[str, Any]) -> None:
     """Train one trial; each evaluation is a ``tune.report`` with a checkpoint."""
-    run_members([config["trial"]["params"]])
+    run_members([config["trial"]["params"]], previous_failure=config.get(PREVIOUS_FAILURE),
+                dataset_sha256=config["trial"]["columns"].get("dataset_sha256"))  # fmt: skip
 
 
 def member_dir(index: int) -> str:
@@ -64,7 +88,12 @@ def member_dir(index: int) -> str:
     return f"seed-{index}"
 
 
-def run_members(members: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
+def run_members(
+    members: list[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+    previous_failure: dict[str, Any] | None = None,
+    dataset_sha256: str | None = None,
+) -> None:
     """Train the flat ``params`` of each member in lockstep in this one Tune trial.
 
     One member: its metrics are the report. Several (a search trial's seeds): every report
@@ -72,8 +101,53 @@ def run_members(members: list[dict[str, Any]], extra: dict[str, Any] | None = No
     own metrics, all at the same step. Each member checkpoints into its ``member_dir``, so
     a retried trial resumes them all from one Tune checkpoint. A member that fails
     (non-finite loss) ends the trial: the others stop there too, their rows marked so.
-    ``extra`` is added to every report.
+    ``extra`` is added to every report. ``previous_failure``: see ``_give_up``. A dataset
+    whose content is not ``dataset_sha256`` (the sweep's record) fails the trial before it
+    trains, without a retry.
     """
+    reached: list[int] = []  # the steps this attempt reported
+    try:
+        _train_members(members, extra, reached, dataset_sha256)
+    except DatasetChangedError as exc:
+        _report_failed(members, None, f"{type(exc).__name__}: {exc}")
+    except Exception:
+        line = error_line(traceback.format_exc())
+        if not _same_failure(previous_failure, line, reached):
+            raise
+        _give_up(members, previous_failure or {}, line)
+
+
+def _same_failure(previous: dict[str, Any] | None, line: str, reached: list[int]) -> bool:
+    """Whether this attempt failed as the one before: the same error line, and no step
+    reported past the step where that one failed."""
+    if not previous or previous.get("error") != line:
+        return False
+    step = previous.get("step")
+    return not reached if step is None else max(reached, default=step) <= step
+
+
+def _give_up(members: list[dict[str, Any]], previous: dict[str, Any], line: str) -> None:
+    """End the trial as failed with ``line``: the retry met the same error at the same
+    step, so another retry would too (a failed final report ends it without a retry)."""
+    step = previous.get("step")
+    where = f"after step {step}" if step is not None else "before its first evaluation"
+    _report_failed(members, step, f"{line} (again {where} on retry: deterministic, not "
+                   "retried again)")  # fmt: skip
+
+
+def _report_failed(members: list[dict[str, Any]], step: int | None, error: str) -> None:
+    """The trial's last report: every member failed at ``step`` with ``error``."""
+    failed = {"step": step, "status": "failed", "error": redact(error), "final": True}
+    tune.report({**failed, "members": [dict(failed) for _ in members]} if len(members) > 1
+                else failed)  # fmt: skip
+
+
+def _train_members(
+    members: list[dict[str, Any]],
+    extra: dict[str, Any] | None,
+    reached: list[int],
+    dataset_sha256: str | None,
+) -> None:
     global _trials_run
     started_at = time.time()
     import_s = _IMPORT_S if _trials_run == 0 else 0.0
@@ -94,13 +168,20 @@ def run_members(members: list[dict[str, Any]], extra: dict[str, Any] | None = No
                 resume_from = Path(resume_dir) / ("" if single else member_dir(index))
                 resume_from = resume_from / CHECKPOINT_FILE
             loops.append(
-                train_steps(model_cfg, train_cfg, checkpoint_dir=where, resume_from=resume_from)
+                train_steps(
+                    model_cfg,
+                    train_cfg,
+                    checkpoint_dir=where,
+                    resume_from=resume_from,
+                    dataset_sha256=dataset_sha256,
+                )
             )
 
         def report(metrics: dict[str, Any]) -> None:
             metrics = {**metrics, **(extra or {}), "started_at": started_at,
                        "reported_at": time.time(), "import_s": import_s}  # fmt: skip
             tune.report(_sanitize(metrics), checkpoint=tune.Checkpoint.from_directory(work))
+            reached.append(metrics["step"])
 
         while True:
             step_metrics: list[Any] = [next(loop, None) for loop in loops]

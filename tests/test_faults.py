@@ -207,6 +207,47 @@ def test_resume_refuses_an_edited_dataset_file(tmp_path: Path):
     assert "the dataset file's content changed since the checkpoint" in refused.stderr
 
 
+@pytest.mark.ray
+def test_a_dataset_edited_after_the_sweep_started_fails_its_trials_by_name(tmp_path: Path):
+    """Trials carry the content their sweep recorded: the file edited after the param space
+    was built fails its trials at their start (no retry, not averaged), naming the file;
+    the other dataset's trials train and record its hash."""
+    import hashlib
+
+    import ray
+
+    from sweeps import ablation
+    from sweeps.grid import GridSpec
+    from sweeps.runner import Resources, connect, run_trials
+    from sweeps.store import ResultStore
+
+    kept, edited = tmp_path / "kept.txt", tmp_path / "edited.txt"
+    kept.write_text("to be or not to be, that is the question\n" * 200)
+    edited.write_text("all the world's a stage, and all the men and women\n" * 200)
+    spec = GridSpec("edit", tiny_params(max_iters=10, eval_interval=5), {},
+                    datasets=(str(kept), str(edited)), seeds=1)  # fmt: skip
+    trials = expand(spec)
+    space = ablation.param_space(trials)  # what the driver hands Tune at the sweep's start
+    recorded = hashlib.sha256(edited.read_bytes()).hexdigest()
+    edited.write_text("all the world's a stage, and all the men and women merely players\n" * 200)
+    store = ResultStore(tmp_path / "results")
+    connection = connect(num_cpus=2, results=store.root)
+    try:
+        outcome = run_trials(connection, store, space, name="edit", total=2,
+                             resources=Resources(), max_failures=3, progress=False)  # fmt: skip
+    finally:
+        ray.shutdown()
+    rows = read_table(store.root, "trials").table.to_pandas().set_index("dataset")
+    ok, failed = rows.loc[str(kept)], rows.loc[str(edited)]
+    assert ok.status == "ok" and ok.dataset_sha256 == hashlib.sha256(kept.read_bytes()).hexdigest()
+    assert failed.status == "failed" and failed.attempts == 1  # not retried
+    assert failed.dataset_sha256 == recorded
+    assert failed.error.startswith(f"DatasetChangedError: dataset {edited} changed since the "
+                                   f"sweep started (its content has sha256 ")  # fmt: skip
+    assert "restore the file, or run the sweep again" in failed.error
+    assert list(outcome.failed) == [failed.trial_id]
+
+
 def test_text_without_newline_samples_from_its_first_character(tmp_path: Path):
     from charlm.train import train
 
@@ -417,3 +458,131 @@ def test_full_disk_is_one_line_exit_1_store_intact_and_the_rerun_works(tmp_path:
     assert "2 trials in the grid: 1 already in" in log["free.out"]
     assert "1 trials finished, 0 failed" in log["free.out"]
     assert len(_finished(store)) == 2 and set(_finished(store).values()) == {"ok"}
+
+
+# ------------------------------------------------------------------ analysis: exits (issue 22)
+
+
+def _children(pid: int) -> set[int]:
+    """The live child processes of ``pid`` (from /proc: no psutil needed)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_analysis_stopped_by_sigterm_ends_its_figure_workers_and_leaves_no_temp(tmp_path: Path):
+    store = tiny_store(tmp_path / "store", n_factors=4, seeds=3, eval_steps=20)
+    out = tmp_path / "report"
+    args = [sys.executable, "-m", "analysis", str(store), "--out", str(out), "--jobs", "2",
+            "--format", "png,svg,pdf"]  # fmt: skip
+    pipe = subprocess.PIPE
+    driver = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=pipe, stderr=pipe, text=True,
+                              start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        workers: set[int] = set()
+        while time.monotonic() < deadline and len(workers) < 2:
+            assert driver.poll() is None, driver.communicate()
+            workers = _children(driver.pid)
+            time.sleep(0.05)
+        assert len(workers) >= 2, "the figure workers never started"
+        os.kill(driver.pid, signal.SIGTERM)
+        stdout, stderr = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert driver.returncode == 143, stderr
+    assert stdout.strip().splitlines()[-1].startswith("interrupted by SIGTERM: no report written")
+    assert "Traceback" not in stderr
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in workers if _alive(pid)]  # the workers ended with their parent
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]  # no temp dir, no report
+
+
+def test_analysis_out_checks_are_one_line_before_pandas_and_matplotlib(tmp_path: Path):
+    store = tiny_store(tmp_path / "store", n_factors=1, seeds=1, eval_steps=2, attention=False)
+    (tmp_path / "here").mkdir()
+    probe = ("import sys; from analysis.cli import main; code = main(sys.argv[1:]); "
+             "heavy = [m for m in ('pandas', 'matplotlib', 'scipy') if m in sys.modules]; "
+             "print(code, heavy)")  # fmt: skip
+    cases = {
+        ".": r"error: --out \. is the current directory or holds it, which the report cannot "
+        r"replace: give a new directory, e\.g\. --out report\.",
+        str(tmp_path): r"error: --out .* is the current directory or holds it, .*",
+        str(store / "trials"): r"error: --out .*trials exists and holds other files: .*",
+    }
+    before = _tree_of(tmp_path)
+    for out, message in cases.items():
+        run = subprocess.run([sys.executable, "-c", probe, str(store), "--out", out],
+                             cwd=tmp_path / "here", env={**_env(), "PYTHONPATH": str(REPO)},
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert run.stdout.strip() == "2 []", (out, run.stdout, run.stderr)
+        (line,) = run.stderr.strip().splitlines()
+        assert re.fullmatch(message, line), line
+    assert _tree_of(tmp_path) == before  # nothing written
+
+
+def _tree_of(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+ANALYSIS_DISK = textwrap.dedent("""
+    mount --make-rprivate /
+    mkdir -p "$MNT"
+    mount -t tmpfs -o size=256k tmpfs "$MNT"
+    "$PYTHON" -m analysis "$STORE" --out "$MNT/report" --jobs 1 > "$LOG.full.out" 2> "$LOG.full.err"
+    echo "full=$?"
+    ls -A "$MNT" > "$LOG.full.ls"
+    umount "$MNT"
+    mount -t tmpfs -o size=64m tmpfs "$MNT"
+    cp -a "$STORE" "$MNT/store"
+    mount -o remount,ro "$MNT"
+    "$PYTHON" -m analysis "$MNT/store" > "$LOG.ro.out" 2> "$LOG.ro.err"
+    echo "ro=$?"
+""")
+
+
+def test_analysis_full_disk_and_read_only_store_are_one_line(tmp_path: Path):
+    reason = _can_mount_tmpfs()
+    if reason:
+        pytest.skip(reason)
+    store = tiny_store(tmp_path / "store", n_factors=2, seeds=2, eval_steps=4, attention=False)
+    env = {**_env(), "MNT": str(tmp_path / "mnt"), "STORE": str(store), "PYTHON": sys.executable,
+           "LOG": str(tmp_path / "log"), "PYTHONPATH": str(REPO)}  # fmt: skip
+    run = subprocess.run(["unshare", "--mount", "bash", "-c", ANALYSIS_DISK], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    log = {name: (tmp_path / f"log.{name}").read_text()
+           for name in ("full.out", "full.err", "full.ls", "ro.err")}  # fmt: skip
+    assert "full=1" in run.stdout, (run.stdout, run.stderr, log)
+    (line,) = log["full.err"].splitlines()
+    print(line)
+    assert re.fullmatch(rf"error: cannot write the report under {re.escape(env['MNT'])} \(No "
+                        r"space left on device: .*\); nothing was replaced: free space \(or "
+                        r"give --out a writable directory\) and run the same command again\.",
+                        line), line  # fmt: skip
+    assert log["full.ls"] == ""  # the temp directory went with the failure
+    assert "ro=2" in run.stdout, (run.stdout, log)
+    (line,) = log["ro.err"].splitlines()
+    print(line)
+    assert re.fullmatch(
+        r"error: --out .*/store/report \(the default\): .*/store is not "
+        r"writable; give --out a directory you can write to\.",
+        line,
+    ), line

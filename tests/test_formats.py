@@ -78,6 +78,39 @@ def test_a_newer_file_in_an_older_store_is_refused_naming_the_file(tmp_path):
         read_table(root, "curves")
 
 
+def test_a_rerun_over_a_newer_file_is_one_line_exit_2_before_ray(tmp_path, capsys):
+    from sweeps.ablation import main as ablation_main
+
+    root = _store(tmp_path)
+    path = next((root / "trials").glob("*.parquet"))
+    pq.write_table(pq.read_table(path).replace_schema_metadata(
+        {"schema_version": str(SCHEMA_VERSION + 1)}), path)  # fmt: skip
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    with pytest.raises(SystemExit) as exit_info:
+        ablation_main(
+            [
+                "--results",
+                str(root),
+                "--max-iters",
+                "2",
+                "--seeds",
+                "1",
+                "--factors",
+                "n_head",
+                "--set",
+                "n_layer=1",
+                "--set",
+                "n_embed=8",
+            ]
+        )
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {path}: result store file schema version ")
+    assert "upgrade charlm-sweeps" in line
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    assert not (root / ".lock").exists()  # refused before the lock, before Ray
+
+
 def test_an_older_store_is_upgraded_one_step_per_version(tmp_path, monkeypatch):
     """Files written by this version are read by a pretend next version that adds a column."""
     root = _store(tmp_path)  # written in today's format: the old format of the next version

@@ -328,7 +328,7 @@ def test_diverging_trial_is_recorded_failed_and_left_out_of_aggregates(diverged_
 
 
 @pytest.mark.ray
-def test_corrupt_store_file_is_named_skipped_and_never_overwritten(
+def test_corrupt_store_file_is_named_set_aside_and_its_trial_run_again(
     diverged_store, tmp_path: Path, capsys
 ):
     from analysis.report import main as analysis_main
@@ -360,15 +360,24 @@ def test_corrupt_store_file_is_named_skipped_and_never_overwritten(
     (line,) = captured.err.strip().splitlines()
     assert re.fullmatch(f"error: corrupt store file ({bad_trial}|{bad_curve}): .*", line), line
 
-    # The sweep again (baseline only: its other trial is finished): the corrupt trial is
-    # skipped with a warning naming its file, nothing runs, and no file is overwritten.
+    # The sweep again (baseline only: its other trial is finished): the unreadable trials
+    # file is set aside, named in one line, and its trial runs again; the torn curves file
+    # of the finished trial is not overwritten.
+    torn_bytes = bad_trial.read_bytes()
     code = ablation.main(["--grid", str(diverged_store["grid"]), "--results", str(results),
                           "--factors", "baseline", "--num-cpus", "2"])  # fmt: skip
     captured = capsys.readouterr()
-    assert code == 0
-    assert f"warning: store file {bad_trial} is unreadable" in captured.err
-    assert "2 trials in the grid: 1 already in" in captured.out and "0 to run" in captured.out
-    assert {path: _identity(path) for path in torn} == torn
+    assert code == 0, captured.err
+    (moved,) = (results / "trials").glob(f"{victim}.parquet.unreadable-*")
+    assert re.search(
+        rf"warning: store file {re.escape(str(bad_trial))} is unreadable \(.*\): "
+        rf"moved to {moved.name}, its trials run again",
+        captured.err,
+    ), captured.err
+    assert moved.read_bytes() == torn_bytes  # kept for the user, byte for byte
+    assert "2 trials in the grid: 1 already in" in captured.out and "1 to run" in captured.out
+    assert finished(results)[victim] == "ok"
+    assert _identity(bad_curve) == torn[bad_curve]
 
 
 # ------------------------------------------------------------------ 5. bad input
@@ -612,11 +621,47 @@ BAD_INPUT = [
      r"error: .*warmup_iters=5000 is not below max_iters=3000: the whole run would be warm-up.*"),
     ("search-huge-int", "search", ["--set", "sample_tokens=" + "9" * 300],
      r"error: .*sample_tokens=9{24}\.\.\. \(300 chars\) is too large: .*"),
+    # Issue 22: what used to run, or end in a traceback, over a store or study.
+    ("newer-store-file-on-rerun", "ablation",
+     ["--results", "{stores}/newer", "--factors", "n_head", "--seeds", "1", "--max-iters", "2"],
+     r"error: .*/newer/trials/x\.parquet: result store file schema version \d+ is newer than "
+     r"this charlm-sweeps reads \(up to \d+\): upgrade charlm-sweeps \(pip install -U "
+     r"charlm-sweeps\)\."),
+    ("search-study-with-other-settings", "search", ["--results", "{stores}/study",
+     "--max-iters", "2000"],
+     r"error: study 'search' in sqlite:///.*/study/optuna\.db ran with other settings: "
+     r"max_iters 24 \(study\) vs 2000 \(this run\); .*: run it with the study's settings "
+     r"\(same --preset, .*\), or start a new study with --name\."),
 ]  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def prepared_stores(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Stores the issue-22 cases name: one holding a trials file of a newer version, one
+    whose search study ran with --max-iters 24."""
+    import pyarrow.parquet as pq
+
+    from sweeps import search
+    from sweeps.schema import SCHEMA_VERSION, conform
+    from sweeps.store import ResultStore
+    from sweeps.study import open_study
+
+    root = tmp_path_factory.mktemp("stores")
+    newer = ResultStore(root / "newer").root
+    table = conform("trials", [{"trial_id": "x", "status": "ok"}])
+    pq.write_table(table.replace_schema_metadata({"schema_version": str(SCHEMA_VERSION + 1)}),
+                   newer / "trials" / "x.parquet")  # fmt: skip
+    study = ResultStore(root / "study").root
+    base = search._base_trial(search._parse(["--max-iters", "24"]))
+    asha = search.asha_settings(base.train.max_iters, base.train.eval_interval)
+    open_study(f"sqlite:///{study / 'optuna.db'}", "search", search.study_settings(base, 1, asha))
+    return root
+
+
 @pytest.fixture
-def bad_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def bad_inputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prepared_stores: Path
+) -> dict[str, str]:
     """The files the bad-input cases name, and a closed port as the 'cluster head'."""
     (tmp_path / "embed.yaml").write_text(
         "name: e\nbaseline: {n_layer: 1, n_head: 4, n_embed: 16}\nfactors:\n  n_embed: [10]\n"
@@ -645,7 +690,8 @@ def bad_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str
     port = _free_port()
     monkeypatch.setattr("sweeps.runner.GCS_PORT", port)  # a head that is surely not there
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    return {"tmp": str(tmp_path), "port": str(port), "repo": str(REPO)}
+    return {"tmp": str(tmp_path), "port": str(port), "repo": str(REPO),
+            "stores": str(prepared_stores)}  # fmt: skip
 
 
 @pytest.mark.timeout(120)  # a case that slipped through would start a whole sweep

@@ -201,3 +201,76 @@ def test_a_raising_trial_is_recorded_failed_and_the_others_finish(tmp_path: Path
     assert rows.loc[doomed, "error"] == "RuntimeError: boom in user code"
     assert rows.loc[doomed, "attempts"] == 2  # one retry, then recorded as failed
     assert rows.drop(index=doomed).status.tolist() == ["ok"]
+
+
+@pytest.mark.ray
+def test_a_deterministic_error_is_not_retried_again_a_changing_one_is(tmp_path: Path):
+    def raising_at_step_20(config):
+        """The project's trainable, with an error before the report of step 20: the same
+        one on every attempt for the baseline, a new one per attempt for the other trial."""
+        import sweeps.trainable as trainable
+
+        real = trainable.train_steps
+        counter = tmp_path / f"{config['trial']['trial_id']}.attempts"
+
+        def steps(*args, **kwargs):
+            for metrics in real(*args, **kwargs):
+                if metrics["step"] >= 20:
+                    if config["trial"]["columns"]["factor"] == "baseline":
+                        raise ValueError("deterministic at step 20")
+                    attempt = int(counter.read_text()) + 1 if counter.exists() else 1
+                    counter.write_text(str(attempt))
+                    raise ValueError(f"transient, attempt {attempt}")
+                yield metrics
+
+        trainable.train_steps = steps
+        try:
+            trainable.run_trial(config)
+        finally:
+            trainable.train_steps = real
+
+    trials = expand(GridSpec("det", tiny_params(max_iters=40, eval_interval=10), {"n_head": [1]},
+                             seeds=1))  # fmt: skip
+    store = ResultStore(tmp_path / "results")
+    connection = connect(num_cpus=2, results=store.root)
+    try:
+        outcome = run_trials(
+            connection, store, ablation.param_space(trials), name="det", total=len(trials),
+            resources=Resources(), trainable=raising_at_step_20, max_failures=3,
+            progress=False,
+        )  # fmt: skip
+    finally:
+        ray.shutdown()
+    assert len(outcome.failed) == 2
+    rows = read_table(store.root, "trials").table.to_pandas().set_index("factor")
+    same = rows.loc["baseline"]
+    assert same.attempts == 2  # the first retry met the same error at the same step
+    assert same.error == ("ValueError: deterministic at step 20 (again after step 10 on retry: "
+                          "deterministic, not retried again)")  # fmt: skip
+    assert same.last_step == 10
+    changing = rows.loc["n_head"]
+    assert changing.attempts == 4  # 1 + max_failures: each retry failed differently
+    assert changing.error == "ValueError: transient, attempt 4"
+
+
+def test_a_failed_trial_is_one_line_naming_the_users_exception():
+    from sweeps.runner import _OutputFilter
+
+    lines = [
+        "2026-12-07 01:57:01,000\tERROR tune_controller.py:1336 -- Trial task failed for "
+        "trial run_trial_47ae6_00000\n",
+        "Traceback (most recent call last):\n",
+        '  File "event_manager.py", line 110, in resolve_future\n',
+        "ray.exceptions.RayTaskError(RuntimeError): ray::ImplicitFunc.train() (pid=1174)\n",
+        "           ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n",
+        '  File "charlm/model.py", line 608, in _sample\n',
+        "    return torch.multinomial(probs, num_samples=1, generator=generator)\n",
+        "RuntimeError: probability tensor contains either `inf`, `nan` or element < 0\n",
+        "[40s] 0 done, 1 failed, 0 running, 0 pending of 1 | best val - | ETA ?\n",
+    ]
+    keep = _OutputFilter()
+    assert [line for line in map(keep, lines) if line is not None] == [
+        "Trial task failed for trial run_trial_47ae6_00000: RuntimeError: probability tensor "
+        "contains either `inf`, `nan` or element < 0\n",
+        lines[-1],
+    ]

@@ -5,7 +5,12 @@ seeds' lockstep and resume are the trainable's: test_trainable.py)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +21,8 @@ from sweeps import search
 from sweeps.best_grid import Winner, best_grid, neighbours
 from sweeps.grid import expand, load_grid
 from sweeps.schema import read_table
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Sizes a CI machine trains in a second; the same six fields as search.SEARCH_SPACE.
 TINY_SPACE = {
@@ -202,3 +209,129 @@ def test_search_with_two_seeds_per_trial_end_to_end(tmp_path: Path, capsys, monk
     figures = tmp_path / "report" / "figures" / "search"
     assert (figures / "tiny_shakespeare_char_loss_vs_params.png").is_file()
     assert (figures / "tiny_shakespeare_char_best_so_far.png").is_file()
+
+
+# ---------------------------------------------------------------- the study's settings and fate
+
+
+def _settings(**changes):
+    base = search._base_trial(search._parse(["--max-iters", "24", *TINY_SETS]))
+    settings = search.study_settings(base, 1, search.asha_settings(24, 6))
+    return {**settings, **changes}
+
+
+def test_a_study_with_other_settings_is_refused_naming_the_difference(tmp_path: Path, capsys):
+    from sweeps.store import ResultStore
+    from sweeps.study import open_study
+
+    results = ResultStore(tmp_path / "results").root
+    url = f"sqlite:///{results / 'optuna.db'}"
+    open_study(url, "search", _settings())  # the study a first run created
+    capsys.readouterr()
+    before = sorted(p.name for p in results.rglob("*")), (results / "optuna.db").read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        search.main(["--max-iters", "2000", "--results", str(results), *TINY_SETS])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: study 'search' in sqlite:///") and "other settings" in line
+    assert "max_iters 24 (study) vs 2000 (this run)" in line
+    assert "eval_interval 6 (study) vs 500 (this run)" in line
+    assert "start a new study with --name" in line
+    after = sorted(p.name for p in results.rglob("*")), (results / "optuna.db").read_bytes()
+    assert after == before  # nothing written
+
+
+def test_running_trials_of_a_dead_driver_are_failed_when_the_study_is_opened(tmp_path: Path):
+    import optuna
+
+    from sweeps.study import DRIVER_ATTR, driver_tag, open_study
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    study, done, failed = open_study(url, "s", _settings())
+    assert (done, failed) == (0, 0)
+    dead = study.ask()
+    dead.set_user_attr(DRIVER_ATTR, {**driver_tag(), "pid": int(gone.stdout)})
+    alive = study.ask()
+    alive.set_user_attr(DRIVER_ATTR, driver_tag())  # this process: still running
+    elsewhere = study.ask()
+    elsewhere.set_user_attr(DRIVER_ATTR, {"host": "another-host", "pid": 1})
+    study.tell(study.ask(), 1.0)
+    _, done, failed = open_study(url, "s", _settings())
+    states = {t.number: t.state for t in optuna.load_study(study_name="s", storage=url).trials}
+    assert (done, failed) == (1, 1)
+    running = optuna.trial.TrialState.RUNNING
+    assert states == {0: optuna.trial.TrialState.FAIL, 1: running, 2: running,
+                      3: optuna.trial.TrialState.COMPLETE}  # fmt: skip
+
+
+SEARCH_SCRIPT = f"""
+import sys
+from sweeps import search
+search.SEARCH_SPACE = {TINY_SPACE!r}
+sys.exit(search.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_search_says_so_writes_no_winner_and_fails_its_optuna_trials(
+    tmp_path: Path, signum: int, code: int
+):
+    import optuna
+
+    results = tmp_path / "results"
+    argv = [sys.executable, "-c", SEARCH_SCRIPT, "--n-trials", "4", "--max-iters", "400",
+            "--results", str(results), "--num-cpus", "1", "--max-concurrent", "1",
+            "--grace-period", "20", *TINY_SETS]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        driver = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=REPO,
+                                  start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # one trial finished, the next one running
+            rows = table(results, "trials") if (results / "trials").is_dir() else []
+            if len(rows):
+                break
+            assert driver.poll() is None, (tmp_path / "err").read_text()[-3000:]
+            time.sleep(0.2)
+        else:
+            pytest.fail("no trial finished within 300 s")
+        os.kill(driver.pid, signum)
+        assert driver.wait(timeout=120) == code, (tmp_path / "err").read_text()[-3000:]
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    stdout = (tmp_path / "out").read_text()
+    print(stdout)
+    name = signal.Signals(signum).name
+    assert re.search(
+        rf"interrupted by {name}: \d+ trials finished in this run; study 'search' "
+        r"has (\d+) of 4 \((\d+) unfinished trials marked FAILED\); no winner and "
+        r"no best_grid\.yaml from a partial search\. To continue, run the same "
+        r"command again: it runs the \d+ trials the study lacks\.",
+        stdout,
+    ), stdout
+    assert "best of" not in stdout and "trials finished (" not in stdout
+    assert not (results / "best_grid.yaml").exists()
+    assert "Traceback" not in (tmp_path / "err").read_text()
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{results / 'optuna.db'}")
+    states = [trial.state for trial in study.trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert optuna.trial.TrialState.FAIL in states  # the trial the signal stopped
+    if signum != signal.SIGTERM:
+        return
+    # The same command again runs the trials the study lacks, then names the winner.
+    lacking = int(re.search(r"it runs the (\d+) trials the study lacks", stdout).group(1))
+    again = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO,
+                           timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"searching on embedded local Ray: 1 CPUs, 0 GPUs: {lacking} trials x 1 seed (the "\
+           f"study lacks {lacking} of --n-trials 4)" in again.stdout  # fmt: skip
+    done = {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{results / 'optuna.db'}")
+    assert sum(trial.state in done for trial in study.trials) == 4
+    assert (results / "best_grid.yaml").is_file()
