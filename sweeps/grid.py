@@ -176,7 +176,10 @@ def _dataset_values(datasets: str | Sequence[str]) -> tuple[str, ...]:
         raise GridError(f"datasets={list(values)} is invalid: every dataset must be a name.")
     if len(set(values)) != len(values):
         raise GridError(f"datasets={list(values)} repeats a dataset: list each dataset once.")
-    return values
+    # A relative path means the launching directory's file; Ray's workers run elsewhere.
+    return tuple(
+        os.path.abspath(d) if d not in KNOWN_DATASETS and os.path.exists(d) else d for d in values
+    )
 
 
 def _check_fields(names: Iterable[tuple[str, str]]) -> None:

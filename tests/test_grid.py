@@ -370,3 +370,13 @@ def test_params_are_flat_and_round_trip():
     model, train = split_config(params)
     assert (model, train) == (trial.model, trial.train)
     assert trial_id(model, train) == trial.trial_id
+
+
+def test_a_relative_dataset_path_becomes_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Ray's workers run in another directory: the path the user gave must still name the file."""
+    (tmp_path / "corpus.txt").write_text("hello world\n" * 50)
+    monkeypatch.chdir(tmp_path)
+    trials = expand(PRESETS["notebook"], factors=["n_head"], datasets="corpus.txt")
+    assert {t.train.dataset for t in trials} == {str(tmp_path / "corpus.txt")}
+    named = expand(PRESETS["notebook"], factors=["n_head"], datasets="shakespeare_char")
+    assert {t.train.dataset for t in named} == {"shakespeare_char"}
