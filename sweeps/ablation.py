@@ -549,7 +549,8 @@ def _run_locked(
     print(
         f"{len(outcome.ok)} trials finished, {len(outcome.failed)} failed in "
         f"{format_clock(outcome.wall_time_s)}; results in {args.results} "
-        f"(report: python -m analysis {args.results} --out report)"
+        f"(report: python -m analysis {args.results}, which writes "
+        f"{args.results / 'report' / 'report.html'})"
     )
     for trial_id, error in outcome.failed.items():
         print(f"failed: {trial_id}: {error}", file=sys.stderr)

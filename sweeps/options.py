@@ -283,7 +283,7 @@ def check_search_options(
             "3, see README)."
         )
     if seed < 0:
-        raise ConfigError(f"--seed {seed}: give a seed >= 0.")
+        raise ConfigError(f"--first-seed {seed}: give a seed >= 0.")
     if optuna_storage is None:
         return
     if "://" not in optuna_storage:

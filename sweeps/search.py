@@ -1,6 +1,7 @@
 """CLI: an Optuna (TPE) search with ASHA early stopping over the same trainable and store.
 
-    python sweeps/search.py --n-trials 50 --dataset shakespeare_char [--cluster cluster.yaml]
+    python sweeps/search.py --n-trials 50 --datasets shakespeare_char [--seeds K] [--dry-run]
+        [--cluster cluster.yaml]
 
 The study lives in a persistent Optuna storage (SQLite by default, ``RESULTS/optuna.db``)
 that ``optuna-dashboard sqlite:///RESULTS/optuna.db`` opens; every trial also lands in the
@@ -9,6 +10,7 @@ result store with kind 'search', early-stopped ones marked ``early_stopped``.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import sys
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from charlm.cli import OneLineParser, fail
+from charlm.cli import OneLineParser, deprecated_alias, fail
 from charlm.config import ConfigError, split_config, to_dict
 from charlm.text import format_clock
 from sweeps.ablation import prepare_datasets, run_info
@@ -166,6 +168,17 @@ def asha_settings(
     return max_t, min(grace, max_t), reduction_factor
 
 
+def _one_dataset(text: str) -> str:
+    """--datasets of a search: one dataset (a search compares configs on one corpus)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if len(names) != 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a search runs on one dataset; give one name, and search each "
+            "dataset in its own run (--name to keep the studies apart)"
+        )
+    return names[0]
+
+
 def _parse(argv: list[str] | None):
     parser = OneLineParser(
         prog="python sweeps/search.py",
@@ -175,9 +188,12 @@ def _parse(argv: list[str] | None):
     add = parser.add_argument
     add("--n-trials", type=int, default=50, help="number of trials (default 50)")
     add(
-        "--dataset",
+        "--datasets",
+        dest="dataset",
+        metavar="NAME",
+        type=_one_dataset,
         default="shakespeare_char",
-        help="shakespeare_char, enwik8, text8 or a text file path",
+        help="the dataset searched on (one): shakespeare_char, enwik8, text8 or a text file path",
     )
     add(
         "--preset",
@@ -186,17 +202,29 @@ def _parse(argv: list[str] | None):
         help="baseline that fixes the other settings (default notebook)",
     )
     add("--max-iters", type=int, help="training steps per trial (default: the preset's)")
-    add("--seed", type=int, default=0, help="first training seed of every trial and the TPE seed")
     add(
-        "--seeds-per-trial",
+        "--seeds",
+        dest="seeds_per_trial",
         type=int,
         default=1,
         metavar="K",
-        help="seeds each sampled config trains, in lockstep in one trial; TPE and ASHA see "
-        "their mean val loss (default 1)",
+        help="seeds each sampled config trains (seeds FIRST..FIRST+K-1), in lockstep in one "
+        "trial; TPE and ASHA see their mean val loss (default 1)",
     )
+    add(
+        "--first-seed",
+        dest="seed",
+        type=int,
+        default=0,
+        metavar="FIRST",
+        help="first training seed of every trial, and the TPE sampler's seed",
+    )
+    deprecated_alias(parser, "--dataset", "--datasets")
+    deprecated_alias(parser, "--seeds-per-trial", "--seeds", metavar="K")
+    deprecated_alias(parser, "--seed", "--first-seed")
     add("--results", type=Path, default=Path("results"), help="result store (default results/)")
     add("--name", default="search", help="sweep name in the store and Optuna study name")
+    add("--data-dir", help="dataset cache (default: $CHARLM_DATA_DIR, else the user cache)")
     add(
         "--optuna-storage",
         help="Optuna storage URL (default sqlite:///RESULTS/optuna.db; "
@@ -239,6 +267,8 @@ def _optuna_storage(url: str):
 def _base_trial(args) -> TrialSpec:
     """The preset's baseline on the chosen dataset, seed and length: what is not searched."""
     overrides = parse_overrides(args.overrides)
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
     searched = [name for name in overrides if name in SEARCH_SPACE]
     if searched:
         raise ConfigError(
@@ -262,9 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.n_trials < 1:
             raise ConfigError(f"--n-trials {args.n_trials}: give a number of trials >= 1.")
         if args.seeds_per_trial < 1:
-            raise ConfigError(
-                f"--seeds-per-trial {args.seeds_per_trial}: give a number of seeds >= 1."
-            )
+            raise ConfigError(f"--seeds {args.seeds_per_trial}: give a number of seeds >= 1.")
         check_sweep_name(args.name, "--name")
         check_search_options(
             grace_period=args.grace_period, reduction_factor=args.reduction_factor,

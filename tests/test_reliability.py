@@ -448,7 +448,8 @@ BAD_INPUT = [
      r"error: --results .*afile: exists and is not a directory; name a directory\."),
     ("seeds-0", "ablation", ["--seeds", "0"], r"error: --seeds 0: give a number of seeds >= 1\."),
     ("unknown-option", "ablation", ["--seed", "3"],
-     r"error: unrecognized arguments: --seed 3 \(see python sweeps/ablation\.py --help\)"),
+     r"error: unrecognized arguments: --seed 3; did you mean --seeds\? "
+     r"\(see python sweeps/ablation\.py --help\)"),
     ("storage-empty", "ablation", ["--storage", "", "--factors", "n_head"],
      r"error: --storage is empty: give a path or URI, "
      r"e\.g\. --storage s3://your-bucket/charlm \(S3 credentials on every node\) or --storage "
@@ -490,7 +491,7 @@ BAD_INPUT = [
      r"error: .*batch_size=0 is invalid: it must be a positive integer\."),
     ("search-weight_decay-negative", "search", ["--set", "weight_decay=-1"],
      r"error: .*weight_decay=-1(\.0)? is invalid: .*"),
-    ("search-unknown-dataset", "search", ["--dataset", "shakespeare"],
+    ("search-unknown-dataset", "search", ["--datasets", "shakespeare"],
      r"error: 1 invalid dataset in grid 'notebook': dataset='shakespeare' is unknown: .*"),
     ("search-malformed-cluster-yaml", "search", ["--cluster", "{tmp}/broken.yaml"],
      r"error: --cluster .*broken\.yaml: not valid YAML at line 2; fix the file\."),

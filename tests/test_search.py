@@ -84,10 +84,10 @@ def test_labels_print_learning_rates_in_scientific_notation():
 
 def test_seeds_per_trial_zero_is_bad_input(tmp_path: Path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        search.main(["--seeds-per-trial", "0", "--results", str(tmp_path / "r")])
+        search.main(["--seeds", "0", "--results", str(tmp_path / "r")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: --seeds-per-trial 0: give a number of seeds >= 1."]
+    assert err == ["error: --seeds 0: give a number of seeds >= 1."]
     assert not (tmp_path / "r").exists()
 
 
@@ -132,7 +132,7 @@ def test_search_with_two_seeds_per_trial_end_to_end(tmp_path: Path, capsys, monk
     monkeypatch.setattr(search, "SEARCH_SPACE", TINY_SPACE)
     results = tmp_path / "results"
     code = search.main([
-        "--n-trials", "6", "--max-iters", "24", "--seeds-per-trial", "2", "--name", "tiny",
+        "--n-trials", "6", "--max-iters", "24", "--seeds", "2", "--name", "tiny",
         "--results", str(results), "--num-cpus", "2", "--cpus-per-trial", "2",
         "--max-concurrent", "1", *TINY_SETS,
     ])  # fmt: skip
@@ -200,3 +200,14 @@ def test_search_with_two_seeds_per_trial_end_to_end(tmp_path: Path, capsys, monk
     figures = tmp_path / "report" / "figures" / "search"
     assert (figures / "tiny_shakespeare_char_loss_vs_params.png").is_file()
     assert (figures / "tiny_shakespeare_char_best_so_far.png").is_file()
+
+
+def test_the_winner_line_says_one_seed_has_no_stderr():
+    values = {"n_head": 4, "n_layer": 2}
+    one = Winner("c0ffee", ["a"], [0], "shakespeare_char", values, 2.69621, None, 3)
+    assert "final val loss 2.6962 (1 seed, no stderr);" in one.line(["n_head"], search.format_value)
+    assert "±" not in one.line(["n_head"], search.format_value)
+    two = Winner("c0ffee", ["a", "b"], [0, 1], "shakespeare_char", values, 2.5, 0.0123, 3)
+    assert "2.5000 ± 0.0123 (mean ± stderr over 2 seeds)" in two.line(
+        ["n_head"], search.format_value
+    )
