@@ -109,9 +109,10 @@ def deprecated_alias(parser: argparse.ArgumentParser, old: str, new: str, **kwar
             print(f"note: {old} is now spelled {new}; {old} will go away.", file=sys.stderr)
             setattr(namespace, self.dest, values)
 
-    alias = parser.add_argument(
-        old, dest=target.dest, type=target.type, action=_Alias, help=argparse.SUPPRESS, **kwargs
-    )
+    if target.type is not None:
+        kwargs["type"] = target.type
+    alias = parser.add_argument(old, dest=target.dest, action=_Alias, help=argparse.SUPPRESS,
+                                **kwargs)  # fmt: skip
     alias.canonical = new  # type: ignore[attr-defined]  # read by OneLineParser._did_you_mean
 
 

@@ -43,7 +43,7 @@ from sweeps.options import (
     node_types,
 )
 from sweeps.rounds import SeedRounds, format_verdicts
-from sweeps.schema import config_label, read_table
+from sweeps.schema import PLAN_KEY, config_label, read_table
 from sweeps.sequential import (
     DEFAULT_CONFIDENCE,
     DEFAULT_MAX_SEEDS,
@@ -59,6 +59,7 @@ __all__ = [
     "param_space",
     "parse_args",
     "plan_trials",
+    "planned_grid",
     "prepare_datasets",
     "run_info",
     "summary_table",
@@ -512,9 +513,8 @@ def _run_locked(
     print(f"running on {connection.description}; {resources.cpus_per_trial:g} CPU and "
           f"{resources.gpus_per_trial:g} GPU per trial", flush=True)  # fmt: skip
     store = ResultStore(args.results)
-    store.write_run(
-        run_info(todo[0].sweep, "ablation", connection.description, resources, len(todo))
-    )
+    info = run_info(todo[0].sweep, "ablation", connection.description, resources, len(todo))
+    store.write_run({**info, **planned_grid(trials, vocab_sizes, adaptive=bool(rounds.design))})
     outcome = SweepOutcome()
     while todo:  # one round for fixed seeds; --seeds auto adds rounds until resolved
         todo, widened, line = schedule_trials(todo, resources, vocab_sizes)
@@ -594,6 +594,26 @@ def run_info(
         "gpus_per_trial": resources.gpus_per_trial,
         **provenance(),
     }
+
+
+def planned_grid(
+    trials: list[TrialSpec], vocab_sizes: dict[str, int], *, adaptive: bool = False
+) -> dict[str, Any]:
+    """The run record's planned grid (``sweeps.schema.PLAN_KEY``): every trial of the sweep,
+    finished or not, as its trials row's identity and config columns with its ``n_params``,
+    so a report taken mid-sweep shows what is still to come; ``adaptive`` (--seeds auto):
+    the seeds beyond the first round run only where the design needs them."""
+    from sweeps.estimate import n_params
+
+    counts: dict[tuple[Any, str], int] = {}
+    plan = []
+    for trial in trials:
+        key = (trial.model, trial.dataset)
+        if key not in counts:
+            counts[key] = n_params(trial.model, trial.dataset, vocab_sizes)
+        plan.append({"trial_id": trial.trial_id, **trial.params()["columns"],
+                     "n_params": counts[key]})  # fmt: skip
+    return {PLAN_KEY: plan, "adaptive_seeds": adaptive}
 
 
 def _print_verdicts(rounds: SeedRounds, sweep: str) -> None:

@@ -43,6 +43,7 @@ __all__ = [
     "eval_tokens_per_pass",
     "format_duration",
     "format_table",
+    "n_params",
     "time_train_step",
     "with_vocab",
 ]
@@ -213,6 +214,12 @@ def _count(model: ModelConfig) -> tuple[int, int]:
             with torch.device("meta"):
                 gpt = GPT(model)
     return gpt.num_params(), gpt.flops_per_token()
+
+
+def n_params(model: ModelConfig, dataset: str, vocab_sizes: Mapping[str, int]) -> int:
+    """The non-embedding parameters of the GPT of ``model`` on ``dataset`` (what a trial's
+    ``n_params`` reports), counted without timing anything."""
+    return _count(with_vocab(model, dataset, vocab_sizes))[0]
 
 
 def time_train_step(
