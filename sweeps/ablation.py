@@ -436,9 +436,10 @@ def _todo(
 
 def schedule_trials(
     todo: list[TrialSpec], resources: Resources, vocab_sizes: dict[str, int]
-) -> tuple[list[TrialSpec], dict[str, float], str]:
-    """The trials in start order (longest first), the CPUs of the widened tail, and a line
-    saying so (``sweeps.schedule``); on the connected Ray."""
+) -> tuple[list[TrialSpec], dict[str, float], str, dict[str, float]]:
+    """The trials in start order (longest first), the CPUs of the widened tail, a line
+    saying so (``sweeps.schedule``), and each trial's estimated seconds (for the progress
+    line's ETA); on the connected Ray."""
     import ray
 
     from sweeps.schedule import plan_grid
@@ -457,7 +458,8 @@ def schedule_trials(
     widened = {
         trial: cpus for trial, cpus in schedule.cpus.items() if cpus != resources.cpus_per_trial
     }
-    return [by_id[trial] for trial in schedule.order], widened, schedule.describe()
+    order = [by_id[trial] for trial in schedule.order]
+    return order, widened, schedule.describe(), schedule.seconds
 
 
 def _run_locked(
@@ -517,7 +519,7 @@ def _run_locked(
     store.write_run({**info, **planned_grid(trials, vocab_sizes, adaptive=bool(rounds.design))})
     outcome = SweepOutcome()
     while todo:  # one round for fixed seeds; --seeds auto adds rounds until resolved
-        todo, widened, line = schedule_trials(todo, resources, vocab_sizes)
+        todo, widened, line, seconds = schedule_trials(todo, resources, vocab_sizes)
         print(line, flush=True)
         result = run_trials(
             connection,
@@ -529,6 +531,7 @@ def _run_locked(
             max_iters={t.trial_id: t.train.max_iters for t in todo},
             max_failures=args.max_failures,
             waiting=waiting,
+            estimates=seconds,
         )
         outcome.ok += result.ok
         outcome.failed.update(result.failed)
