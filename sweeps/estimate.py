@@ -38,10 +38,12 @@ __all__ = [
     "ConfigEstimate",
     "Estimate",
     "StepTiming",
+    "asha_fraction",
     "estimate",
     "eval_passes",
     "eval_tokens_per_pass",
     "format_duration",
+    "format_search_estimate",
     "format_table",
     "load_text",
     "n_params",
@@ -602,3 +604,54 @@ def format_table(trials: Sequence[TrialSpec], estimate: Estimate) -> str:
         f"{format_duration(estimate.wall_seconds)} with {estimate.concurrent} at once"
     )
     return "\n".join(lines)
+
+
+def asha_fraction(
+    max_iters: int, eval_interval: int, max_t: int, grace: int, reduction_factor: float
+) -> float:
+    """The expected share of its steps a search trial trains under ASHA, if each rung
+    stops the worse ``1 - 1/reduction_factor`` of the trials reaching it (what ASHA aims
+    at; its first trials pass rungs that hold no results yet, so a real search trains
+    somewhat more). Rungs at ``grace x factor^k`` reports (Ray's ASHA); report r comes at
+    step (r - 1) x ``eval_interval`` (step 0 is the first)."""
+    alive, steps = 1.0, 0.0
+    rung = float(grace)
+    while rung < max_t:
+        stopped = alive * (1 - 1 / reduction_factor)
+        steps += stopped * min((rung - 1) * eval_interval, max_iters)
+        alive -= stopped
+        rung *= reduction_factor
+    return (steps + alive * max_iters) / max_iters
+
+
+def format_search_estimate(estimate: Estimate, seeds: int, fraction: float) -> str:
+    """The search's dry run: its sampled trials' compute when every trial trains to the
+    end (an upper bound) and as ASHA is expected to stop them (``asha_fraction``)."""
+    timed_on = f"timed on {estimate.measured_on}" if estimate.measured_on else "not timed"
+    if estimate.load_average is not None:
+        timed_on += f", {load_text(estimate.load_average)}"
+    trials = estimate.n_trials // max(1, seeds)
+    times = sorted((row.seconds or 0.0) * seeds for row in estimate.rows)
+    spread = (
+        f"a trial takes {format_duration(times[0])} to {format_duration(times[-1])} "
+        f"(median {format_duration(times[len(times) // 2])}) to the end"
+        if times
+        else ""
+    )
+
+    def line(what: str, share: float) -> str:
+        trial_s = (estimate.trial_seconds or 0.0) * share
+        wall_s = (estimate.wall_seconds or 0.0) * share
+        return (
+            f"  {what}: {scaled(estimate.total_tokens * share)} training tokens, "
+            f"{scaled(estimate.total_flops * share, 'FLOP')}; trial time "
+            f"{format_duration(trial_s)}, wall time {format_duration(wall_s)} with "
+            f"{estimate.concurrent} at once"
+        )
+
+    return "\n".join([
+        f"{trials} trials x {seeds} seed{'s' * (seeds != 1)}, configs drawn at random from "
+        f"the search space as TPE's first trials are ({timed_on}; {spread}):",
+        line("every trial to its last step (upper bound)", 1.0),
+        line(f"with ASHA stopping trials early (expected: {fraction:.0%} of the steps)", fraction),
+    ])  # fmt: skip

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import dataclasses
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,6 +243,12 @@ def _parse(argv: list[str] | None):
         help="ASHA reduction factor (default: 3 when a trial has room for two rungs at that "
         "factor, else 2; see README)",
     )
+    add(
+        "--dry-run",
+        action="store_true",
+        help="print the search's compute estimate (trials, tokens, FLOPs, wall time; every "
+        "trial to its end, and as ASHA is expected to stop them), then exit without running",
+    )
     add_run_options(parser, gpus_help="GPUs per trial, fractions share a GPU (default 0)")
     parser.set_defaults(gpus_per_trial=0.0)
     return parser.parse_args(argv)
@@ -286,6 +293,55 @@ def _base_trial(args) -> TrialSpec:
     return dataclasses.replace(trial, sweep=args.name)
 
 
+def sampled_trials(base: TrialSpec, n_trials: int, seeds: int, seed: int) -> list[TrialSpec]:
+    """``n_trials`` configs drawn at random from SEARCH_SPACE (as TPE draws its first
+    trials), each with ``seeds`` seeds from the base's: what the dry run prices."""
+    import math
+    import random
+
+    draw = random.Random(seed)
+    sample: dict[str, Callable[..., Any]] = {
+        "choice": lambda values: draw.choice(values),
+        "randint": lambda low, high: draw.randrange(low, high),
+        "uniform": lambda low, high: draw.uniform(low, high),
+        "loguniform": lambda low, high: math.exp(draw.uniform(math.log(low), math.log(high))),
+    }
+    trials = []
+    for _ in range(n_trials):
+        values = {name: sample[kind](*args) for name, (kind, *args) in SEARCH_SPACE.items()}
+        for offset in range(seeds):
+            params = {**to_dict(base.model), **to_dict(base.train), **values}
+            params["seed"] = base.seed + offset
+            model, train = split_config(params)
+            trials.append(
+                dataclasses.replace(
+                    base, trial_id=trial_id(model, train), seed=train.seed, model=model, train=train
+                )
+            )
+    return trials
+
+
+def search_estimate(args, base: TrialSpec, resources: Resources):
+    """(the ``sweeps.estimate`` Estimate of ``sampled_trials``, the share of steps ASHA is
+    expected to train) for this search on this machine's CPUs (or --num-cpus)."""
+    import math
+    import os
+
+    from sweeps.estimate import asha_fraction, estimate
+
+    cpus = args.num_cpus or os.cpu_count() or 1
+    concurrent = max(1, math.floor(cpus / resources.cpus_per_trial))
+    if resources.max_concurrent:
+        concurrent = min(concurrent, resources.max_concurrent)
+    trials = sampled_trials(base, args.n_trials, args.seeds_per_trial, args.seed)
+    vocab = prepare_datasets([base])
+    result = estimate(trials, resources.cpus_per_trial, concurrent, vocab)
+    max_t, grace, factor = asha_settings(base.train.max_iters, base.train.eval_interval,
+                                         args.grace_period, args.reduction_factor)  # fmt: skip
+    fraction = asha_fraction(base.train.max_iters, base.train.eval_interval, max_t, grace, factor)
+    return result, fraction
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     try:
@@ -319,6 +375,12 @@ def main(argv: list[str] | None = None) -> int:
             check_reachable(address, args.cluster or "cluster.yaml", "sweeps/search.py")
     except ConfigError as exc:
         fail(str(exc))
+    if args.dry_run:
+        from sweeps.estimate import format_search_estimate
+
+        result, fraction = search_estimate(args, base, resources)
+        print(format_search_estimate(result, args.seeds_per_trial, fraction))
+        return 0
     # One driver per store (sweeps.store.locked): on this machine before Ray starts, on a
     # cluster once connected (a cluster that refuses the run leaves no results directory).
     with contextlib.ExitStack() as held:
@@ -335,6 +397,7 @@ def _run(args, base: TrialSpec, resources: Resources, held: contextlib.ExitStack
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from sweeps.estimate import format_search_estimate
     from sweeps.runner import connect, run_trials
     from sweeps.search_study import StoreIdSearch
 
@@ -366,6 +429,8 @@ def _run(args, base: TrialSpec, resources: Resources, held: contextlib.ExitStack
         base_values = {"params": {**to_dict(base.model), **to_dict(base.train)},
                        "sweep": args.name, "seeds_per_trial": args.seeds_per_trial}  # fmt: skip
         k = args.seeds_per_trial
+        estimated, fraction = search_estimate(args, base, resources)
+        per_trial_s = (estimated.trial_seconds or 0.0) * fraction / args.n_trials
         print(
             f"searching on {connection.description}: {args.n_trials} trials x {k} "
             f"seed{'s' * (k != 1)}, study {args.name!r} in {redact(url)}; ASHA: {max_t} "
@@ -374,6 +439,8 @@ def _run(args, base: TrialSpec, resources: Resources, held: contextlib.ExitStack
             f"factor {factor:g}",
             flush=True,
         )
+        if args.cluster is None and args.address is None:  # priced on this machine's CPUs
+            print(format_search_estimate(estimated, k, fraction).split("\n", 1)[1], flush=True)
         outcome = run_trials(
             connection,
             store,
@@ -383,6 +450,7 @@ def _run(args, base: TrialSpec, resources: Resources, held: contextlib.ExitStack
             resources=resources,
             describe=describe_search_trial,
             default_max_iters=base.train.max_iters,
+            default_estimate_s=per_trial_s,
             trainable=run_search_trial,
             tune_config=tune.TuneConfig(
                 search_alg=searcher,

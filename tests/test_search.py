@@ -211,3 +211,42 @@ def test_the_winner_line_says_one_seed_has_no_stderr():
     assert "2.5000 ± 0.0123 (mean ± stderr over 2 seeds)" in two.line(
         ["n_head"], search.format_value
     )
+
+
+def test_asha_is_expected_to_train_a_share_of_the_steps():
+    from sweeps.estimate import asha_fraction
+
+    # The notebook preset: 3000 steps, evaluations every 500 (7 reports), rungs at 2 and 6
+    # reports (steps 500 and 2500); each keeps a third of the trials reaching it.
+    expected = (2 / 3 * 500 + 1 / 3 * 2 / 3 * 2500 + 1 / 9 * 3000) / 3000
+    assert asha_fraction(3000, 500, 7, 2, 3.0) == pytest.approx(expected)
+    assert asha_fraction(3000, 500, 2, 2, 3.0) == 1.0  # no rung before the end: no stopping
+
+
+def test_search_dry_run_prices_the_trials_and_writes_nothing(tmp_path: Path, capsys):
+    results = tmp_path / "results"
+    argv = ["--dry-run", "--n-trials", "4", "--seeds", "2", "--max-iters", "30"]
+    assert search.main([*argv, "--results", str(results)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("4 trials x 2 seeds, configs drawn at random from the search")
+    assert "load average" in lines[0] and "a trial takes" in lines[0]
+    upper, asha = lines[1:3]
+    assert "every trial to its last step (upper bound)" in upper and "wall time" in upper
+    assert "with ASHA stopping trials early (expected:" in asha
+    scale = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9}
+    found = [re.search(r"([\d.]+) ?([kMG]?) training tokens", line) for line in (upper, asha)]
+    counts = [float(match[1]) * scale[match[2]] for match in found if match]
+    assert 0 < counts[1] < counts[0]  # ASHA trains fewer tokens than the upper bound
+    assert not results.exists()
+
+
+def test_the_dry_run_samples_the_search_space_with_the_base_fixed():
+    base = search._base_trial(search._parse(["--max-iters", "30", "--first-seed", "5"]))
+    trials = search.sampled_trials(base, 6, 2, seed=0)
+    assert len(trials) == 12 and [t.seed for t in trials[:2]] == [5, 6]
+    for trial in trials:
+        assert trial.model.n_head in (1, 2, 4, 8) and 1 <= trial.model.n_layer <= 8
+        assert trial.model.n_embed % trial.model.n_head == 0
+        assert 1e-4 <= trial.train.learning_rate <= 3e-3
+        assert trial.train.max_iters == 30 and trial.train.batch_size == base.train.batch_size
+    assert trials == search.sampled_trials(base, 6, 2, seed=0)  # seeded
