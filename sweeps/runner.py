@@ -407,7 +407,8 @@ class _ProgressCallback(tune.Callback):
 
     The ETA exists from the start: each trial's estimated seconds (``estimates`` by store
     trial id, else ``default_estimate_s``: the dry run's timed steps) times the ratio of
-    observed to estimated time of the trials seen so far (1 until one has trained), spread
+    observed to estimated time of the trials seen so far (1 until one has trained; a
+    running trial past its estimate raises it to what it has taken so far), spread
     over ``slots`` trials at once, and never less than the longest remaining trial. "best
     val" waits for an evaluation after training started (step 0's loss ranks nothing).
     """
@@ -457,6 +458,16 @@ class _ProgressCallback(tune.Callback):
         observed = sum(seconds for seconds, _ in evidence)
         estimated = sum(estimate for _, estimate in evidence)
         ratio = observed / estimated if estimated > 0 else 1.0
+        # A running trial that has taken longer than its corrected estimate is evidence too:
+        # the trials are at least that much slower than estimated.
+        ratio = max(
+            [ratio]
+            + [
+                (now - first) / estimate
+                for tune_id, (first, estimate) in self.seen.items()
+                if estimate and tune_id not in self.observed
+            ]
+        )
         running = [
             max(0.0, estimate * ratio - (now - first))
             for tune_id, (first, estimate) in self.seen.items()
