@@ -58,7 +58,7 @@ FALLBACK_VOCAB_SIZE = 256
 # A deliberately low guess of CPU speed, only to pick the first timed batch size.
 _GUESSED_FLOPS_PER_THREAD = 5e9
 _CPU_BUILD_PARAMS = 5_000_000  # larger models are counted on the meta device
-_MIN_TIMED_ROWS = 4  # smallest timed batch below the full one: two sizes are fitted
+_MIN_TIMED_ROWS = 8  # smallest timed batch below the full one: two sizes are fitted
 # Configurations timed together hold their weights and AdamW state at once (16 bytes a
 # parameter): at most this many parameters per round-robin group.
 _ROUND_ROBIN_PARAMS = 50_000_000
@@ -355,7 +355,7 @@ def _time_round_robin(
     device: str,
     budget_s: float,
     total_budget_s: float,
-    min_rounds: int = 4,
+    min_rounds: int = 6,
     max_rounds: int = 40,
 ) -> dict[tuple[ModelConfig, int], _StepTimer]:
     """A sized, warmed-up timer per (model, batch size) while ``total_budget_s`` lasts (one
