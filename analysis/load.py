@@ -17,7 +17,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sweeps.schema import SCHEMAS, TABLES, StoreError, check_store, read_table
+from sweeps.schema import (
+    SCHEMAS,
+    TABLES,
+    StoreError,
+    check_store,
+    planned_trials,
+    read_runs,
+    read_table,
+)
 
 __all__ = ["CorruptStoreError", "Store", "StoreError", "check_store", "load_store"]
 
@@ -49,7 +57,10 @@ class Store:
     ATTENTION_COLUMNS. ``samples``: one row per (trial, prompt). ``trial_id`` is a
     categorical in the three per-trial tables. ``corrupt`` names the files that could not
     be read (path, reason); ``duplicates`` counts the rows dropped per table;
-    ``in_progress`` lists trial ids that have curves but no trials row yet.
+    ``in_progress`` lists trial ids that have curves but no trials row yet. ``planned``:
+    one row per trial of each sweep's planned grid (its newest run record's, see
+    ``sweeps.schema.PLAN_KEY``; none for stores older than those records), the trials
+    table's identity and config columns and ``n_params``, finished or not.
     """
 
     root: Path
@@ -61,6 +72,7 @@ class Store:
     duplicates: dict[str, int] = field(default_factory=dict)
     in_progress: list[str] = field(default_factory=list)
     file_counts: dict[str, int] = field(default_factory=dict)
+    planned: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def load_store(
@@ -136,16 +148,19 @@ def load_store(
     trials["kind"] = trials["kind"].fillna("ablation")
     trials["factor"] = trials["factor"].fillna("baseline")
     trials["level"] = trials["level"].fillna("")
+    planned = _planned(path)
     if sweeps is not None or datasets is not None:
-        trials = _select(trials, "sweep", sweeps)
-        trials = _select(trials, "dataset", datasets)
+        trials = _select(trials, "sweep", sweeps, planned)
+        trials = _select(trials, "dataset", datasets, planned)
+        planned = planned[planned["sweep"].isin(sweeps or planned["sweep"])]
+        planned = planned[planned["dataset"].isin(datasets or planned["dataset"])]
         keep = set(trials["trial_id"])
         for table in ("curves", "attention", "samples"):
             frame = frames[table]
             frame = frame[frame["trial_id"].isin(keep)].reset_index(drop=True)
             frame["trial_id"] = frame["trial_id"].cat.remove_unused_categories()
             frames[table] = frame
-        in_progress = []  # their sweep is unknown until they have a trials row
+        in_progress = [t for t in in_progress if t in set(planned["trial_id"])]
     return Store(
         root=path,
         trials=trials.reset_index(drop=True),
@@ -156,7 +171,16 @@ def load_store(
         duplicates=duplicates,
         in_progress=in_progress,
         file_counts=file_counts,
+        planned=planned.reset_index(drop=True),
     )
+
+
+def _planned(root: Path) -> pd.DataFrame:
+    """The planned grids of the store's run records as one frame (see ``Store.planned``)."""
+    rows = [entry for plan in planned_trials(read_runs(root)).values() for entry in plan]
+    if not rows:
+        return pd.DataFrame(columns=["trial_id", "sweep", "dataset", "factor", "level", "seed"])
+    return pd.DataFrame(rows).drop_duplicates(["sweep", "trial_id"], keep="last")
 
 
 def _is_in(column: pa.ChunkedArray, value_set: pa.Array) -> pa.ChunkedArray:
@@ -201,10 +225,12 @@ def _empty(table: str, columns: list[str] | None) -> pd.DataFrame:
     return frame
 
 
-def _select(trials: pd.DataFrame, column: str, names: Sequence[str] | None) -> pd.DataFrame:
+def _select(
+    trials: pd.DataFrame, column: str, names: Sequence[str] | None, planned: pd.DataFrame
+) -> pd.DataFrame:
     if names is None:
         return trials
-    present = sorted(trials[column].dropna().unique())
+    present = sorted({*trials[column].dropna().unique(), *planned[column].dropna().unique()})
     missing = [name for name in names if name not in present]
     if missing:
         raise StoreError(

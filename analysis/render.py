@@ -55,6 +55,15 @@ def missing_notes(analysis: Analysis) -> list[str]:
     store, notes = analysis.store, []
     if store.trials.empty:
         notes.append("The store has no trials rows yet: no tables or figures of results.")
+    for sweep, levels in analysis.levels.groupby("sweep", sort=True):
+        unfinished = levels[levels["state"].ne("finished")]
+        if len(unfinished):
+            notes.append(
+                f"Sweep {sweep}: {settings.trial_counts(levels)}. The tables and figures show "
+                f"finished trials only; {len(unfinished)} of {len(levels)} planned levels are "
+                "not finished (each level's state: the planned grid in 'How the runs were set "
+                "up')."
+            )
     if store.in_progress:
         notes.append(
             f"{len(store.in_progress)} trial(s) in progress (curves written, no trials row "
@@ -72,9 +81,23 @@ def missing_notes(analysis: Analysis) -> list[str]:
             "the statistics (listed below)."
         )
     ablation = store.trials[store.trials["kind"].ne("search")]
+    levels = analysis.levels
+    planned_baselines = (
+        set(levels.loc[levels["factor"].eq("baseline"), ["sweep", "dataset"]].itertuples(
+            index=False, name=None))
+        if len(levels)
+        else set()
+    )  # fmt: skip
     for sweep, rows in ablation.groupby("sweep"):
         for dataset, dataset_rows in rows.groupby("dataset"):
-            if not dataset_rows["factor"].eq("baseline").any():
+            if (sweep, dataset) in planned_baselines and not dataset_rows["factor"].eq(
+                "baseline"
+            ).any():
+                notes.append(
+                    f"Sweep {sweep} ({dataset}): no baseline trial has finished yet: no "
+                    "comparisons until one does."
+                )
+            elif not dataset_rows["factor"].eq("baseline").any():
                 notes.append(f"Sweep {sweep} ({dataset}) has no baseline trials: no comparisons.")
             elif not (
                 dataset_rows["factor"].eq("baseline") & dataset_rows["status"].eq("ok")
@@ -145,6 +168,7 @@ def build_sections(
     counts = pd.DataFrame(
         {
             "Trials": [len(trials)],
+            "Planned": [int(analysis.levels["planned"].sum()) if len(analysis.levels) else "–"],
             "Finished (ok)": [int(trials["status"].eq("ok").sum())],
             "Failed": [int(trials["status"].eq("failed").sum())],
             "Diverged": [int(analysis.failed["diverged"].sum()) if len(analysis.failed) else 0],
@@ -251,12 +275,18 @@ def _setup_section(analysis: Analysis) -> Section:
     """How the runs were set up, per sweep (analysis.settings): the report's first section."""
     section = Section("How the runs were set up", anchor="setup")
     trials = analysis.store.trials
-    if trials.empty:
+    if trials.empty and analysis.store.planned.empty:
         section.paragraphs.append("No trials in the store yet.")
         return section
     runs = read_runs(analysis.store.root)
-    for sweep in sorted(trials["sweep"].dropna().unique()):
-        section.tables.append((f"Sweep {sweep}", settings.setup_table(trials, runs, sweep)))
+    planned, levels = analysis.store.planned, analysis.levels
+    for sweep in sorted({*trials["sweep"].dropna(), *planned.get("sweep", [])}):
+        table = settings.setup_table(trials, runs, sweep, planned, levels)
+        section.tables.append((f"Sweep {sweep}", table))
+        if len(levels) and levels["sweep"].eq(sweep).any():
+            counts = settings.trial_counts(levels[levels["sweep"].eq(sweep)])
+            grid = settings.planned_grid_table(levels, sweep)
+            section.tables.append((f"Sweep {sweep}: planned grid, {counts}", grid))
     return section
 
 

@@ -29,7 +29,7 @@ try:
 except ImportError:  # Windows: CPU time of this process only
     resource = None  # type: ignore[assignment]
 
-from analysis import aggregate, export, predictor_report, verdicts
+from analysis import aggregate, export, predictor_report, settings, verdicts
 from analysis.cli import FORMATS, REPORT_MARKER, check_out_dir
 from analysis.figures import FigureJob, Rendering, attention_jobs, figure_jobs, heatmap_jobs
 from analysis.heatmaps import capture_heatmaps
@@ -43,6 +43,7 @@ from analysis.render import (
     render_markdown,
 )
 from charlm.fsio import fsync_dir, fsync_tree
+from sweeps.schema import holder_alive
 
 __all__ = ["Analysis", "Report", "analyze", "build_report", "main", "print_summary"]
 
@@ -63,6 +64,7 @@ class Analysis:
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds per phase
     verdicts: pd.DataFrame = field(default_factory=pd.DataFrame)  # analysis.verdicts
+    levels: pd.DataFrame = field(default_factory=pd.DataFrame)  # settings.level_states
 
 
 class _Stopwatch:
@@ -120,6 +122,9 @@ def analyze(
         timings=watch.wall,
         cpu_timings=watch.cpu,
         verdicts=verdicts.level_verdicts(trials, store.root),
+        levels=settings.level_states(
+            store.planned, trials, store.in_progress, holder_alive(store.root)
+        ),
     )
     watch.lap("aggregate")
     if attention:

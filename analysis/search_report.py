@@ -28,6 +28,7 @@ from analysis.export import format_params, slug
 from analysis.figures import save_figure
 from analysis.plots import as_figure
 from charlm.config import ModelConfig, TrainConfig, config_fields
+from charlm.text import mean_stderr
 
 __all__ = [
     "SEARCH_METRIC",
@@ -237,8 +238,8 @@ def _top_table(configs: pd.DataFrame, params: list[str]) -> pd.DataFrame:
             "Config": top["config_id"],
             **{param: [format_param(param, v) for v in top[param]] for param in params},
             "Final val loss (mean ± stderr)": [
-                f"{m:.4f}" if math.isnan(s) else f"{m:.4f} ± {s:.4f}"
-                for m, s in zip(top["mean"], top["stderr"], strict=True)
+                mean_stderr(m, s, int(n), explain=False)
+                for m, s, n in zip(top["mean"], top["stderr"], top["n"], strict=True)
             ],
             "n": top["n"],
             "Params": [format_param("n_params", v) for v in top["n_params"]],
@@ -275,10 +276,10 @@ def search_section(
         if len(ranked):
             winner = ranked.iloc[0]
             values = ", ".join(f"{p}={format_param(p, winner[p])}" for p in params)
-            spread = "" if math.isnan(winner["stderr"]) else f" ± {winner['stderr']:.4f}"
+            loss = mean_stderr(winner["mean"], winner["stderr"], int(winner["n"]))
             section.paragraphs.append(
                 f"Winner of {sweep} ({dataset}): config {winner['config_id']} ({values}): "
-                f"final val loss {winner['mean']:.4f}{spread} (n={winner['n']}); store trials "
+                f"final val loss {loss}; store trials "
                 f"{', '.join(winner['trial_ids'])}."
             )
             section.tables.append(

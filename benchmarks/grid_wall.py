@@ -93,7 +93,7 @@ def service(trials: list[TrialSpec], cores: int) -> Run:
         connected = time.time()
         try:
             resources = Resources(cpus_per_trial=1.0)
-            ordered, widened, line = schedule_trials(trials, resources, vocab_sizes)
+            ordered, widened, line, _ = schedule_trials(trials, resources, vocab_sizes)
             planned = time.time()
             print(f"  {line}", flush=True)
             run_trials(

@@ -1,6 +1,6 @@
 """How long a small search takes, and how much of its trials' time is not training.
 
-    python benchmarks/search_speed.py [--n-trials 4] [--max-iters 30] [--seeds-per-trial 1]
+    python benchmarks/search_speed.py [--n-trials 4] [--max-iters 30] [--seeds 1]
         [--repo PATH] [-- extra search.py options]
 
 Runs ``python sweeps/search.py`` (of this checkout, or ``--repo``'s, e.g. main's for a
@@ -50,7 +50,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-trials", type=int, default=4)
     parser.add_argument("--max-iters", type=int, default=30)
-    parser.add_argument("--seeds-per-trial", type=int, default=1)
+    parser.add_argument("--seeds", dest="seeds_per_trial", type=int, default=1)
     parser.add_argument("--repo", type=Path, default=REPO, help="checkout whose search to time")
     parser.add_argument("extra", nargs="*", help="more search.py options (after --)")
     args = parser.parse_args()
@@ -68,7 +68,7 @@ def main() -> int:
             *args.extra,
         ]
         if args.seeds_per_trial != 1:
-            command += ["--seeds-per-trial", str(args.seeds_per_trial)]
+            command += ["--seeds", str(args.seeds_per_trial)]
         env = {**os.environ, "PYTHONPATH": str(args.repo), "RAY_USAGE_STATS_ENABLED": "0"}
         load_before = os.getloadavg()
         start = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import difflib
 import os
 import sys
 from pathlib import Path
@@ -11,7 +12,13 @@ from typing import Any, NoReturn
 
 from charlm.config import ConfigError
 
-__all__ = ["DefaultsHelpFormatter", "OneLineParser", "check_writable_dir", "fail"]
+__all__ = [
+    "DefaultsHelpFormatter",
+    "OneLineParser",
+    "check_writable_dir",
+    "deprecated_alias",
+    "fail",
+]
 
 
 def fail(message: str) -> NoReturn:
@@ -58,16 +65,55 @@ def _with_default(action: argparse.Action) -> str:
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse with a one-line error (naming the problem and pointing at --help), exit 2,
-    no prefix matching (a typo such as --seed for --seeds must not launch a sweep) and
-    every option's default in --help (DefaultsHelpFormatter)."""
+    no prefix matching (a typo such as --seed for --seeds must not launch a sweep), a
+    "did you mean" for a misspelled option, and every option's default in --help
+    (DefaultsHelpFormatter)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
 
+    def _did_you_mean(self, extras: list[str]) -> str:
+        """'; did you mean --seeds?' for the unknown options among ``extras`` that are close
+        to one of this parser's (shown) options."""
+        known = {  # option -> the spelling to suggest (an old alias's new one)
+            option: getattr(action, "canonical", option)
+            for action in self._actions
+            if action.help is not argparse.SUPPRESS or hasattr(action, "canonical")
+            for option in action.option_strings
+        }
+        names = [extra.split("=", 1)[0] for extra in extras if extra.startswith("-")]
+        hints = []
+        for name in names:
+            close = difflib.get_close_matches(name, list(known), n=1)
+            if close:
+                hint = known[close[0]]
+                hints.append(f"{hint} for {name}" if len(names) > 1 else hint)
+        return f"; did you mean {', '.join(hints)}?" if hints else ""
+
     def error(self, message: str) -> NoReturn:
+        unknown = "unrecognized arguments: "  # argparse's message, its words joined by spaces
+        if message.startswith(unknown):
+            message += self._did_you_mean(message[len(unknown) :].split())
         fail(f"{message} (see {self.prog} --help)")
+
+
+def deprecated_alias(parser: argparse.ArgumentParser, old: str, new: str, **kwargs) -> None:
+    """Accept ``old`` as a hidden spelling of the option ``new`` (its destination), with a
+    one-line note on stderr naming the new spelling; ``--help`` shows only ``new``."""
+    target = next(a for a in parser._actions if new in a.option_strings)
+
+    class _Alias(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"note: {old} is now spelled {new}; {old} will go away.", file=sys.stderr)
+            setattr(namespace, self.dest, values)
+
+    if target.type is not None:
+        kwargs["type"] = target.type
+    alias = parser.add_argument(old, dest=target.dest, action=_Alias, help=argparse.SUPPRESS,
+                                **kwargs)  # fmt: skip
+    alias.canonical = new  # type: ignore[attr-defined]  # read by OneLineParser._did_you_mean
 
 
 def check_writable_dir(path: Path, option: str) -> None:

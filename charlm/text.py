@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Sequence
 
-__all__ = ["format_clock", "format_duration", "scaled", "short_repr", "text_table"]
+__all__ = ["format_clock", "format_duration", "mean_stderr", "scaled", "short_repr", "text_table"]
 
 _SI_PREFIXES = ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 _COUNT_PREFIXES = ((1e9, "B"), (1e6, "M"), (1e3, "k"))  # parameter counts: billions, not giga
@@ -68,3 +68,15 @@ def scaled(value: float, unit: str = "", *, sep: str = " ", counts: bool = False
         if abs(value) >= threshold:
             return f"{value / threshold:.3g}{sep}{prefix}{unit}"
     return f"{value:.3g}{sep}{unit}".rstrip()
+
+
+def mean_stderr(
+    mean: float, stderr: float | None, n: int, digits: int = 4, *, explain: bool = True
+) -> str:
+    """A mean over ``n`` seeds with its standard error: '2.6962 ± 0.0123 (mean ± stderr over
+    3 seeds)' (without the parenthesis when not ``explain``: a table's header says it), and
+    '2.6962 (1 seed, no stderr)' when one seed leaves no spread to show."""
+    if n < 2 or stderr is None or not math.isfinite(stderr):
+        return f"{mean:.{digits}f} ({n} seed{'s' * (n != 1)}, no stderr)"
+    text = f"{mean:.{digits}f} ± {stderr:.{digits}f}"
+    return f"{text} (mean ± stderr over {n} seeds)" if explain else text

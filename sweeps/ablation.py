@@ -43,7 +43,7 @@ from sweeps.options import (
     node_types,
 )
 from sweeps.rounds import SeedRounds, format_verdicts
-from sweeps.schema import StoreVersionError, config_label, read_table
+from sweeps.schema import PLAN_KEY, StoreVersionError, config_label, read_table
 from sweeps.sequential import (
     DEFAULT_CONFIDENCE,
     DEFAULT_MAX_SEEDS,
@@ -65,6 +65,7 @@ __all__ = [
     "param_space",
     "parse_args",
     "plan_trials",
+    "planned_grid",
     "prepare_datasets",
     "run_info",
     "summary_table",
@@ -159,7 +160,9 @@ def parse_args(argv: list[str] | None = None):
         parser,
         gpus_help="GPUs per trial, fractions share a GPU (default: 1 when the cluster has GPUs)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_options(args, parser)
+    return args
 
 
 def plan_trials(args) -> list[TrialSpec]:
@@ -295,7 +298,6 @@ def design_of(args, trials: list[TrialSpec]) -> Design | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        check_options(args)
         trials = plan_trials(args)
         check_results_dir(args.results)
         resources = Resources(args.cpus_per_trial, args.gpus_per_trial or 0.0, args.max_concurrent)
@@ -434,9 +436,10 @@ def _todo(
 
 def schedule_trials(
     todo: list[TrialSpec], resources: Resources, vocab_sizes: dict[str, int]
-) -> tuple[list[TrialSpec], dict[str, float], str]:
-    """The trials in start order (longest first), the CPUs of the widened tail, and a line
-    saying so (``sweeps.schedule``); on the connected Ray."""
+) -> tuple[list[TrialSpec], dict[str, float], str, dict[str, float]]:
+    """The trials in start order (longest first), the CPUs of the widened tail, a line
+    saying so (``sweeps.schedule``), and each trial's estimated seconds (for the progress
+    line's ETA); on the connected Ray."""
     import ray
 
     from sweeps.schedule import plan_grid
@@ -455,7 +458,8 @@ def schedule_trials(
     widened = {
         trial: cpus for trial, cpus in schedule.cpus.items() if cpus != resources.cpus_per_trial
     }
-    return [by_id[trial] for trial in schedule.order], widened, schedule.describe()
+    order = [by_id[trial] for trial in schedule.order]
+    return order, widened, schedule.describe(), schedule.seconds
 
 
 def _run_locked(
@@ -511,12 +515,11 @@ def _run_locked(
     print(f"running on {connection.description}; {resources.cpus_per_trial:g} CPU and "
           f"{resources.gpus_per_trial:g} GPU per trial", flush=True)  # fmt: skip
     store = ResultStore(args.results)
-    store.write_run(
-        run_info(todo[0].sweep, "ablation", connection.description, resources, len(todo))
-    )
+    info = run_info(todo[0].sweep, "ablation", connection.description, resources, len(todo))
+    store.write_run({**info, **planned_grid(trials, vocab_sizes, adaptive=bool(rounds.design))})
     outcome = SweepOutcome()
     while todo:  # one round for fixed seeds; --seeds auto adds rounds until resolved
-        todo, widened, line = schedule_trials(todo, resources, vocab_sizes)
+        todo, widened, line, seconds = schedule_trials(todo, resources, vocab_sizes)
         print(line, flush=True)
         result = run_trials(
             connection,
@@ -528,6 +531,7 @@ def _run_locked(
             max_iters={t.trial_id: t.train.max_iters for t in todo},
             max_failures=args.max_failures,
             waiting=waiting,
+            estimates=seconds,
         )
         outcome.ok += result.ok
         outcome.failed.update(result.failed)
@@ -548,7 +552,8 @@ def _run_locked(
     print(
         f"{len(outcome.ok)} trials finished, {len(outcome.failed)} failed in "
         f"{format_clock(outcome.wall_time_s)}; results in {args.results} "
-        f"(report: python -m analysis {args.results} --out report)"
+        f"(report: python -m analysis {args.results}, which writes "
+        f"{args.results / 'report' / 'report.html'})"
     )
     for trial_id, error in outcome.failed.items():
         print(f"failed: {trial_id}: {error}", file=sys.stderr)
@@ -592,6 +597,26 @@ def run_info(
         "gpus_per_trial": resources.gpus_per_trial,
         **provenance(),
     }
+
+
+def planned_grid(
+    trials: list[TrialSpec], vocab_sizes: dict[str, int], *, adaptive: bool = False
+) -> dict[str, Any]:
+    """The run record's planned grid (``sweeps.schema.PLAN_KEY``): every trial of the sweep,
+    finished or not, as its trials row's identity and config columns with its ``n_params``,
+    so a report taken mid-sweep shows what is still to come; ``adaptive`` (--seeds auto):
+    the seeds beyond the first round run only where the design needs them."""
+    from sweeps.estimate import n_params
+
+    counts: dict[tuple[Any, str], int] = {}
+    plan = []
+    for trial in trials:
+        key = (trial.model, trial.dataset)
+        if key not in counts:
+            counts[key] = n_params(trial.model, trial.dataset, vocab_sizes)
+        plan.append({"trial_id": trial.trial_id, **trial.params()["columns"],
+                     "n_params": counts[key]})  # fmt: skip
+    return {PLAN_KEY: plan, "adaptive_seeds": adaptive}
 
 
 def _print_verdicts(rounds: SeedRounds, sweep: str) -> None:

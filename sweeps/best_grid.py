@@ -19,6 +19,7 @@ import yaml
 
 from charlm.config import ModelConfig, TrainConfig, config_fields
 from charlm.fsio import atomic_write_bytes
+from charlm.text import mean_stderr
 from sweeps.schema import read_table
 
 __all__ = ["Winner", "best_grid", "find_winner", "neighbours", "write_best_grid"]
@@ -43,11 +44,10 @@ class Winner:
     def line(self, searched: list[str], format_value: Callable[[str, Any], str]) -> str:
         """One line: the config, mean ± stderr over seeds, the store trial ids."""
         config = ", ".join(f"{name}={format_value(name, self.values[name])}" for name in searched)
-        spread = f" ± {self.stderr:.4f}" if self.stderr is not None else ""
-        n = len(self.seeds)
+        loss = mean_stderr(self.mean_val_loss, self.stderr, len(self.seeds))
         return (
             f"best of {self.n_configs} configs: {self.config_id} ({config}): final val loss "
-            f"{self.mean_val_loss:.4f}{spread} (mean ± stderr over {n} seed{'s' * (n != 1)}); "
+            f"{loss}; "
             f"store trials {', '.join(self.trial_ids)}"
         )
 

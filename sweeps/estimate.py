@@ -38,11 +38,15 @@ __all__ = [
     "ConfigEstimate",
     "Estimate",
     "StepTiming",
+    "asha_fraction",
     "estimate",
     "eval_passes",
     "eval_tokens_per_pass",
     "format_duration",
+    "format_search_estimate",
     "format_table",
+    "load_text",
+    "n_params",
     "time_train_step",
     "with_vocab",
 ]
@@ -54,7 +58,10 @@ FALLBACK_VOCAB_SIZE = 256
 # A deliberately low guess of CPU speed, only to pick the first timed batch size.
 _GUESSED_FLOPS_PER_THREAD = 5e9
 _CPU_BUILD_PARAMS = 5_000_000  # larger models are counted on the meta device
-_MIN_TIMED_ROWS = 4  # smallest timed batch below the full one: two sizes are fitted
+_MIN_TIMED_ROWS = 8  # smallest timed batch below the full one: two sizes are fitted
+# Configurations timed together hold their weights and AdamW state at once (16 bytes a
+# parameter): at most this many parameters per round-robin group.
+_ROUND_ROBIN_PARAMS = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,7 @@ class Estimate:
     overhead_s: float
     measured_on: str  # e.g. 'cpu, 1 thread per trial'; '' when not measured
     measuring_s: float  # time spent timing steps
+    load_average: float | None = None  # the machine's 1-minute load when timing began
 
     @property
     def n_trials(self) -> int:
@@ -215,6 +223,100 @@ def _count(model: ModelConfig) -> tuple[int, int]:
     return gpt.num_params(), gpt.flops_per_token()
 
 
+def n_params(model: ModelConfig, dataset: str, vocab_sizes: Mapping[str, int]) -> int:
+    """The non-embedding parameters of the GPT of ``model`` on ``dataset`` (what a trial's
+    ``n_params`` reports), counted without timing anything."""
+    return _count(with_vocab(model, dataset, vocab_sizes))[0]
+
+
+class _StepTimer:
+    """AdamW steps of the real GPT of one configuration on random tokens, sized and warmed
+    up on construction, then timed one step at a time (``time_step``) so that several
+    configurations' steps can be interleaved: a machine whose load changes while the
+    estimate runs then slows every configuration alike, not the ones timed last."""
+
+    def __init__(
+        self, model: ModelConfig, batch_size: int, device: str, budget_s: float, warmup_steps: int
+    ):
+        from charlm.model import GPT
+
+        if model.vocab_size is None:
+            raise ValueError("time_train_step needs model.vocab_size: set it from the dataset.")
+        self.model, self.batch_size, self.device = model, batch_size, device
+        self.on_cuda = device.startswith("cuda")
+        self.generator = torch.Generator().manual_seed(0)
+        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG alone
+            torch.manual_seed(0)
+            self.gpt = GPT(model).to(device)
+        self.gpt.train()
+        self.optimizer = self.gpt.configure_optimizer(
+            0.1, 3e-4, (0.9, 0.99), "cuda" if self.on_cuda else "cpu"
+        )
+        self.flops_per_token = self.gpt.flops_per_token()
+        self.n_params = self.gpt.num_params()
+        self.batch = self._warm_up(budget_s, warmup_steps, torch.get_num_threads())
+        # Below the full batch, time two sizes and fit seconds = fixed + per_row * rows, so
+        # the fixed per-step cost (optimizer, Python) is not scaled up with the batch.
+        self.small = max(1, self.batch // 2) if self.batch < batch_size else self.batch
+        self.times: dict[int, list[float]] = {self.batch: [], self.small: []}
+
+    def _warm_up(self, budget_s: float, warmup_steps: int, threads: int) -> int:
+        """Warm-up steps; the batch rows that make a step take its share of ``budget_s``:
+        a low guess of the speed first, corrected after the warm-up (the first is slow)."""
+        step_target = budget_s / (warmup_steps + 3 + 1)
+        min_rows = min(self.batch_size, _MIN_TIMED_ROWS)
+        batch = self.batch_size
+        if not self.on_cuda:
+            guess = _GUESSED_FLOPS_PER_THREAD * max(1, threads) * step_target
+            fitting = int(guess / (self.flops_per_token * self.model.block_size))
+            batch = min(self.batch_size, max(min_rows, fitting))
+        warm = [self._step(batch) for _ in range(max(1, warmup_steps))]
+        if not self.on_cuda and len(warm) > 1:
+            batch = min(self.batch_size, max(min_rows, int(batch * step_target / warm[-1])))
+        return batch
+
+    def _step(self, rows: int) -> float:
+        vocab_size = self.model.vocab_size or 1
+        shape = (rows, self.model.block_size)
+        x = torch.randint(vocab_size, shape, generator=self.generator).to(self.device)
+        y = torch.randint(vocab_size, shape, generator=self.generator).to(self.device)
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):  # dropout draws stay out of the caller's RNG
+            _, loss = self.gpt(x, y)
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.gpt.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.on_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    def time_step(self, index: int) -> None:
+        """Time the ``index``-th step (odd ones on the smaller batch, when there is one)."""
+        rows = self.small if index % 2 == 1 else self.batch
+        self.times[rows].append(self._step(rows))
+
+    def timing(self, threads: int) -> StepTiming:
+        """Seconds per step at the full batch: the least disturbed (fastest) step, scaled
+        to the full batch by the two-size fit."""
+        large_s = min(self.times[self.batch])
+        per_step = large_s
+        if self.batch < self.batch_size:
+            per_step = large_s * self.batch_size / self.batch
+            if self.times[self.small] and self.batch > self.small:
+                per_row = (large_s - min(self.times[self.small])) / (self.batch - self.small)
+                fixed = large_s - per_row * self.batch
+                if per_row > 0 and fixed >= 0:
+                    per_step = fixed + per_row * self.batch_size
+        return StepTiming(
+            seconds_per_step=per_step,
+            timed_batch_size=self.batch,
+            timed_steps=sum(len(values) for values in self.times.values()),
+            threads=max(1, threads),
+            device=self.device,
+        )
+
+
 def time_train_step(
     model: ModelConfig,
     batch_size: int,
@@ -232,80 +334,55 @@ def time_train_step(
     about ``budget_s`` seconds and the time is scaled back to ``batch_size``; torch's thread
     count is ``threads`` while timing and restored afterwards.
     """
-    from charlm.model import GPT
-
-    if model.vocab_size is None:
-        raise ValueError("time_train_step needs model.vocab_size: set it from the dataset.")
-    on_cuda = device.startswith("cuda")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     try:
-        generator = torch.Generator().manual_seed(0)
-        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG alone
-            torch.manual_seed(0)
-            gpt = GPT(model).to(device)
-        gpt.train()
-        optimizer = gpt.configure_optimizer(0.1, 3e-4, (0.9, 0.99), "cuda" if on_cuda else "cpu")
-        flops_per_token = gpt.flops_per_token()
-
-        vocab_size = model.vocab_size  # checked above
-
-        def step(rows: int) -> float:
-            x = torch.randint(vocab_size, (rows, model.block_size), generator=generator)
-            y = torch.randint(vocab_size, (rows, model.block_size), generator=generator)
-            x, y = x.to(device), y.to(device)
-            start = time.perf_counter()
-            with torch.random.fork_rng(devices=[]):  # dropout draws stay out of the caller's RNG
-                _, loss = gpt(x, y)
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(gpt.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if on_cuda:
-                torch.cuda.synchronize()
-            return time.perf_counter() - start
-
         started = time.perf_counter()
-        # Aim every step at an equal share of the budget: start from a low guess of the
-        # speed, correct the batch after the warm-up steps (the first one is slow anyway).
-        step_target = budget_s / (warmup_steps + timed_steps + 1)
-        min_rows = min(batch_size, _MIN_TIMED_ROWS)
-        batch = batch_size
-        if not on_cuda:
-            guess = _GUESSED_FLOPS_PER_THREAD * max(1, threads) * step_target
-            fitting = int(guess / (flops_per_token * model.block_size))
-            batch = min(batch_size, max(min_rows, fitting))
-        warm = [step(batch) for _ in range(max(1, warmup_steps))]
-        if not on_cuda and len(warm) > 1:
-            batch = min(batch_size, max(min_rows, int(batch * step_target / warm[-1])))
-        # Below the full batch, time two sizes and fit seconds = fixed + per_row * rows, so
-        # the fixed per-step cost (optimizer, Python) is not scaled up with the batch.
-        small = max(1, batch // 2) if batch < batch_size else batch
-        times: dict[int, list[float]] = {batch: [], small: []}
+        timer = _StepTimer(model, batch_size, device, budget_s, warmup_steps)
         for index in range(timed_steps):
-            if time.perf_counter() - started > budget_s and times[batch]:
+            if time.perf_counter() - started > budget_s and timer.times[timer.batch]:
                 break  # a big configuration: fewer steps
-            rows = small if index % 2 == 1 else batch
-            times[rows].append(step(rows))
-        large_s = min(times[batch])  # the least disturbed step: others may share the cores
-        per_step = large_s
-        if batch < batch_size:
-            per_step = large_s * batch_size / batch
-            if times[small] and batch > small:
-                per_row = (large_s - min(times[small])) / (batch - small)
-                fixed = large_s - per_row * batch
-                if per_row > 0 and fixed >= 0:
-                    per_step = fixed + per_row * batch_size
-        timing = StepTiming(
-            seconds_per_step=per_step,
-            timed_batch_size=batch,
-            timed_steps=sum(len(values) for values in times.values()),
-            threads=max(1, threads),
-            device=device,
-        )
-        return timing, gpt.num_params(), flops_per_token
+            timer.time_step(index)
+        return timer.timing(threads), timer.n_params, timer.flops_per_token
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _time_round_robin(
+    keys: Sequence[tuple[ModelConfig, int]],
+    *,
+    threads: int,
+    device: str,
+    budget_s: float,
+    total_budget_s: float,
+    min_rounds: int = 6,
+    max_rounds: int = 40,
+) -> dict[tuple[ModelConfig, int], _StepTimer]:
+    """A sized, warmed-up timer per (model, batch size) while ``total_budget_s`` lasts (one
+    at least), then their timed steps interleaved round-robin (every configuration's
+    first step, then every second step, ...) in groups that fit ``_ROUND_ROBIN_PARAMS``:
+    ``min_rounds`` rounds, then more while the budget lasts (each configuration's fastest
+    step counts, so more rounds find the least disturbed one). Load that comes and goes
+    while timing then slows every configuration alike instead of the ones timed last."""
+    started = time.perf_counter()
+    timers: dict[tuple[ModelConfig, int], _StepTimer] = {}
+    for key in keys:
+        if timers and time.perf_counter() - started > total_budget_s:
+            break
+        timers[key] = _StepTimer(key[0], key[1], device, budget_s, warmup_steps=2)
+    groups: list[list[_StepTimer]] = [[]]
+    for timer in timers.values():
+        held = sum(t.n_params for t in groups[-1])
+        if groups[-1] and held + timer.n_params > _ROUND_ROBIN_PARAMS:
+            groups.append([])
+        groups[-1].append(timer)
+    for group in groups:
+        for index in range(max_rounds):
+            if index >= min_rounds and time.perf_counter() - started > total_budget_s:
+                break
+            for timer in group:
+                timer.time_step(index)
+    return timers
 
 
 def estimate(
@@ -340,9 +417,14 @@ def estimate(
     counted: dict[ModelConfig, tuple[int, int]] = {}
     timed: dict[tuple[ModelConfig, int], StepTiming] = {}
     measuring_started = time.perf_counter()
+    load = os.getloadavg()[0] if measure and hasattr(os, "getloadavg") else None
     if measure:
-        _warm_up_torch()
-    started = time.perf_counter()
+        keys = {  # distinct (model, batch size), in grid order
+            (with_vocab(members[0].model, members[0].dataset, vocab_sizes),
+             members[0].train.batch_size): None
+            for members in groups.values()
+        }  # fmt: skip
+        timed, counted = _measure(list(keys), threads, device, budget_s, total_budget_s)
     rows = []
     for config_id, members in groups.items():
         first = members[0]
@@ -350,12 +432,6 @@ def estimate(
         train = first.train
         timing = None
         key = (model, train.batch_size)
-        in_budget = not timed or time.perf_counter() - started < total_budget_s
-        if measure and key not in timed and in_budget:
-            timed[key], *counts = time_train_step(
-                model, train.batch_size, threads=threads, device=device, budget_s=budget_s
-            )
-            counted[model] = (counts[0], counts[1])
         if model not in counted:
             counted[model] = _count(model)
         n_params, flops_per_token = counted[model]
@@ -404,7 +480,30 @@ def estimate(
         overhead_s=overhead_s,
         measured_on=measured_on,
         measuring_s=time.perf_counter() - measuring_started,
+        load_average=load,
     )
+
+
+def _measure(
+    keys: Sequence[tuple[ModelConfig, int]],
+    threads: int,
+    device: str,
+    budget_s: float,
+    total_budget_s: float,
+) -> tuple[dict[tuple[ModelConfig, int], StepTiming], dict[ModelConfig, tuple[int, int]]]:
+    """Step timings of ``keys`` (round-robin, see ``_time_round_robin``) on ``threads``
+    torch threads, and the (params, FLOPs per token) of each model timed."""
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _warm_up_torch()
+        timers = _time_round_robin(keys, threads=threads, device=device, budget_s=budget_s,
+                                   total_budget_s=total_budget_s)  # fmt: skip
+    finally:
+        torch.set_num_threads(previous_threads)
+    timed = {key: timer.timing(threads) for key, timer in timers.items()}
+    counted = {key[0]: (timer.n_params, timer.flops_per_token) for key, timer in timers.items()}
+    return timed, counted
 
 
 def _warm_up_torch() -> None:
@@ -432,6 +531,12 @@ def _seconds_per_flop(
 
 
 # ---------------------------------------------------------------- formatting
+
+
+def load_text(load_average: float) -> str:
+    """'load average 1.84 on 2 CPUs': how busy the machine was while steps were timed (a
+    busy machine times every step slower, so its estimate runs long or short with it)."""
+    return f"load average {load_average:.2f} on {os.cpu_count() or 1} CPUs"
 
 
 def _milliseconds(timing: StepTiming | None) -> str:
@@ -464,6 +569,8 @@ def format_table(trials: Sequence[TrialSpec], estimate: Estimate) -> str:
     )
     lines.append("")
     timed_on = f"timed on {estimate.measured_on}" if estimate.measured_on else "not timed"
+    if estimate.load_average is not None:
+        timed_on += f", {load_text(estimate.load_average)}"
     lines.append(
         f"compute estimate ({timed_on}; "
         f"{estimate.concurrent} concurrent trial{'s' if estimate.concurrent != 1 else ''}; "
@@ -497,3 +604,54 @@ def format_table(trials: Sequence[TrialSpec], estimate: Estimate) -> str:
         f"{format_duration(estimate.wall_seconds)} with {estimate.concurrent} at once"
     )
     return "\n".join(lines)
+
+
+def asha_fraction(
+    max_iters: int, eval_interval: int, max_t: int, grace: int, reduction_factor: float
+) -> float:
+    """The expected share of its steps a search trial trains under ASHA, if each rung
+    stops the worse ``1 - 1/reduction_factor`` of the trials reaching it (what ASHA aims
+    at; its first trials pass rungs that hold no results yet, so a real search trains
+    somewhat more). Rungs at ``grace x factor^k`` reports (Ray's ASHA); report r comes at
+    step (r - 1) x ``eval_interval`` (step 0 is the first)."""
+    alive, steps = 1.0, 0.0
+    rung = float(grace)
+    while rung < max_t:
+        stopped = alive * (1 - 1 / reduction_factor)
+        steps += stopped * min((rung - 1) * eval_interval, max_iters)
+        alive -= stopped
+        rung *= reduction_factor
+    return (steps + alive * max_iters) / max_iters
+
+
+def format_search_estimate(estimate: Estimate, seeds: int, fraction: float) -> str:
+    """The search's dry run: its sampled trials' compute when every trial trains to the
+    end (an upper bound) and as ASHA is expected to stop them (``asha_fraction``)."""
+    timed_on = f"timed on {estimate.measured_on}" if estimate.measured_on else "not timed"
+    if estimate.load_average is not None:
+        timed_on += f", {load_text(estimate.load_average)}"
+    trials = estimate.n_trials // max(1, seeds)
+    times = sorted((row.seconds or 0.0) * seeds for row in estimate.rows)
+    spread = (
+        f"a trial takes {format_duration(times[0])} to {format_duration(times[-1])} "
+        f"(median {format_duration(times[len(times) // 2])}) to the end"
+        if times
+        else ""
+    )
+
+    def line(what: str, share: float) -> str:
+        trial_s = (estimate.trial_seconds or 0.0) * share
+        wall_s = (estimate.wall_seconds or 0.0) * share
+        return (
+            f"  {what}: {scaled(estimate.total_tokens * share)} training tokens, "
+            f"{scaled(estimate.total_flops * share, 'FLOP')}; trial time "
+            f"{format_duration(trial_s)}, wall time {format_duration(wall_s)} with "
+            f"{estimate.concurrent} at once"
+        )
+
+    return "\n".join([
+        f"{trials} trials x {seeds} seed{'s' * (seeds != 1)}, configs drawn at random from "
+        f"the search space as TPE's first trials are ({timed_on}; {spread}):",
+        line("every trial to its last step (upper bound)", 1.0),
+        line(f"with ASHA stopping trials early (expected: {fraction:.0%} of the steps)", fraction),
+    ])  # fmt: skip

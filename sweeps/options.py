@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from charlm.cli import fail
 from charlm.config import ConfigError, Domain, ModelConfig, TrainConfig, domains, is_regular_file
 from charlm.text import short_repr
 from sweeps.grid import MAX_TRIALS, safe_load_unique
@@ -36,6 +37,7 @@ __all__ = [
     "load_cluster_config",
     "local_node",
     "node_types",
+    "option_flags",
     "trial_memory_bytes",
 ]
 
@@ -49,51 +51,66 @@ _EPSILON = 1e-9
 _TRIALS = "a sweep plans at most that many trials"
 _SEED = domains(TrainConfig)["seed"]
 _ONE_MACHINE = 1e6  # the embedded Ray is this one machine: more CPUs or GPUs is a typo
-# The domain of every numeric option of the sweep CLIs, by flag: checked (``check_options``)
+# The domain of every numeric option of the sweep CLIs, by destination (the two CLIs spell
+# some differently: the search's --seeds is seeds_per_trial): checked (``check_options``)
 # before anything else, so a later check never sees a NaN or a 300-digit number.
 OPTION_DOMAINS: dict[str, Domain] = {
-    "--seeds": Domain(int, low=1, high=MAX_TRIALS, optional=True, high_reason=_TRIALS,
+    "seeds": Domain(int, low=1, high=MAX_TRIALS, optional=True, high_reason=_TRIALS,
                       fix="give a number of seeds >= 1"),
-    "--max-seeds": Domain(int, low=2, high=MAX_TRIALS, optional=True, high_reason=_TRIALS,
+    "max_seeds": Domain(int, low=2, high=MAX_TRIALS, optional=True, high_reason=_TRIALS,
                           fix="a paired interval needs at least 2 seeds; give --max-seeds 2 "
                           "or more (e.g. 10)"),
-    "--min-effect": Domain(float, low=0, low_open=True, optional=True,
+    "min_effect": Domain(float, low=0, low_open=True, optional=True,
                            fix="give the smallest difference in best_val_loss you care "
                            "about, > 0 (e.g. 0.02)"),
-    "--confidence": Domain(float, low=0, high=1, low_open=True, high_open=True, optional=True,
+    "confidence": Domain(float, low=0, high=1, low_open=True, high_open=True, optional=True,
                            fix="give a level between 0 and 1 (e.g. 0.95)"),
-    "--max-iters": Domain(int, low=1, optional=True, fix="give a number of steps >= 1"),
-    "--max-failures": Domain(int, low=0, high=1000, high_reason="a trial retried more often "
+    "max_iters": Domain(int, low=1, optional=True, fix="give a number of steps >= 1"),
+    "max_failures": Domain(int, low=0, high=1000, high_reason="a trial retried more often "
                              "fails for a reason retries do not fix",
                              fix="give a number of retries >= 0 (e.g. 3); a negative number "
                              "would retry a failing trial forever"),
-    "--cpus-per-trial": Domain(float, low=0, low_open=True, fix="give a number > 0, e.g. 1"),
-    "--gpus-per-trial": Domain(float, low=0, optional=True,
+    "cpus_per_trial": Domain(float, low=0, low_open=True, fix="give a number > 0, e.g. 1"),
+    "gpus_per_trial": Domain(float, low=0, optional=True,
                                fix="give a number >= 0, e.g. 0.25 or 1"),
-    "--max-concurrent": Domain(int, low=1, optional=True, fix="give an integer >= 1"),
-    "--num-cpus": Domain(float, low=0, high=_ONE_MACHINE, optional=True,
+    "max_concurrent": Domain(int, low=1, optional=True, fix="give an integer >= 1"),
+    "num_cpus": Domain(float, low=0, high=_ONE_MACHINE, optional=True,
                          fix=f"give a number in [0, {_ONE_MACHINE:g}] (default: all)"),
-    "--num-gpus": Domain(float, low=0, high=_ONE_MACHINE, optional=True,
+    "num_gpus": Domain(float, low=0, high=_ONE_MACHINE, optional=True,
                          fix=f"give a number in [0, {_ONE_MACHINE:g}] (default: all)"),
-    "--n-trials": Domain(int, low=1, high=MAX_TRIALS, high_reason=_TRIALS,
+    "n_trials": Domain(int, low=1, high=MAX_TRIALS, high_reason=_TRIALS,
                          fix="give a number of trials >= 1"),
-    "--seeds-per-trial": Domain(int, low=1, high=100, high_reason="seeds trained in lockstep "
+    "seeds_per_trial": Domain(int, low=1, high=100, high_reason="seeds trained in lockstep "
                                 "in one trial", fix="give a number of seeds >= 1"),
-    "--seed": Domain(int, low=0, high=_SEED.high, high_reason=_SEED.high_reason,
+    "seed": Domain(int, low=0, high=_SEED.high, high_reason=_SEED.high_reason,
                      fix="give a seed >= 0"),
-    "--grace-period": Domain(int, low=1, optional=True,
+    "grace_period": Domain(int, low=1, optional=True,
                              fix="give a number of evaluations >= 1 (default 2)"),
-    "--reduction-factor": Domain(float, low=1, low_open=True, optional=True,
+    "reduction_factor": Domain(float, low=1, low_open=True, optional=True,
                                  fix="ASHA needs a factor > 1 (default 2 or 3, see README)"),
 }  # fmt: skip
 
 
-def check_options(args: argparse.Namespace) -> None:
-    """Check every option of ``args`` that OPTION_DOMAINS declares (--seeds auto aside)."""
-    for flag, domain in OPTION_DOMAINS.items():
-        dest = flag.removeprefix("--").replace("-", "_")
-        if hasattr(args, dest) and getattr(args, dest) != "auto":
-            domain.check(flag, getattr(args, dest))
+def option_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """The flag ``parser`` shows for each option OPTION_DOMAINS declares, by destination."""
+    return {
+        action.dest: action.option_strings[0]
+        for action in parser._actions
+        if action.dest in OPTION_DOMAINS and action.option_strings
+        and action.help != argparse.SUPPRESS
+    }  # fmt: skip
+
+
+def check_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Check every option of ``args`` that OPTION_DOMAINS declares (--seeds auto aside),
+    naming it as ``parser`` spells it; a bad value is ``fail``'s one line, exit 2."""
+    for dest, flag in option_flags(parser).items():
+        value = getattr(args, dest)
+        if value != "auto":
+            try:
+                OPTION_DOMAINS[dest].check(flag, value)
+            except ConfigError as exc:
+                fail(str(exc))
 
 
 def add_run_options(parser: argparse.ArgumentParser, *, gpus_help: str) -> None:

@@ -412,7 +412,15 @@ def _model_copier(checkpoint: tune.Checkpoint, subdir: str) -> Callable[[Path], 
 
 
 class _ProgressCallback(tune.Callback):
-    """A concise live view: pending/running/done/failed, best val loss so far, ETA."""
+    """A concise live view: pending/running/done/failed, best val loss so far, ETA.
+
+    The ETA exists from the start: each trial's estimated seconds (``estimates`` by store
+    trial id, else ``default_estimate_s``: the dry run's timed steps) times the ratio of
+    observed to estimated time of the trials seen so far (1 until one has trained; a
+    running trial past its estimate raises it to what it has taken so far), spread
+    over ``slots`` trials at once, and never less than the longest remaining trial. "best
+    val" waits for an evaluation after training started (step 0's loss ranks nothing).
+    """
 
     def __init__(
         self,
@@ -422,30 +430,79 @@ class _ProgressCallback(tune.Callback):
         period_s: float,
         waiting: str | None = None,
         describe: Describe = describe_grid_trial,
+        *,
+        estimates: dict[str, float] | None = None,
+        default_estimate_s: float | None = None,
+        slots: int = 1,
     ):
         self.total, self.max_iters, self.period_s = total, max_iters, period_s
         self.waiting = waiting
         self.describe = describe
         self.default_max_iters = default_max_iters
+        self.estimates, self.default_estimate_s = estimates or {}, default_estimate_s
+        self.slots = max(1, slots)
         self.start = time.monotonic()
         self.last_print = 0.0
         self.last_stamp: int | None = None
         self.pending = False  # a line is due but waits for the next second
         self.progress: dict[str, float] = {}
+        self.seen: dict[str, tuple[float, float | None]] = {}  # Tune id -> (first report, est.)
+        self._seen_own_ids: set[str] = set()
+        self.observed: dict[str, tuple[float, float]] = {}  # Tune id -> (seconds, estimated)
+        self.partial: dict[str, tuple[float, float]] = {}  # the same, of a running trial so far
         self.best: tuple[float, str] | None = None
         self.done = self.failed = 0
+
+    def _estimate(self, trial) -> float | None:
+        own_id = trial.config.get("trial", {}).get("trial_id")
+        return self.estimates.get(own_id, self.default_estimate_s)
+
+    def eta_s(self, now: float) -> float | None:
+        """Seconds left by the estimates, corrected by the trials seen so far; None
+        without estimates."""
+        if not self.estimates and self.default_estimate_s is None:
+            return None
+        evidence = [*self.observed.values(), *(v for k, v in self.partial.items()
+                                               if k not in self.observed)]  # fmt: skip
+        observed = sum(seconds for seconds, _ in evidence)
+        estimated = sum(estimate for _, estimate in evidence)
+        ratio = observed / estimated if estimated > 0 else 1.0
+        # A running trial that has taken longer than its corrected estimate is evidence too:
+        # the trials are at least that much slower than estimated.
+        ratio = max(
+            [ratio]
+            + [
+                (now - first) / estimate
+                for tune_id, (first, estimate) in self.seen.items()
+                if estimate and tune_id not in self.observed
+            ]
+        )
+        running = [
+            max(0.0, estimate * ratio - (now - first))
+            for tune_id, (first, estimate) in self.seen.items()
+            if tune_id not in self.observed and estimate is not None
+        ]
+        unseen_ids = [t for t in self.estimates if t not in self._seen_own_ids]
+        unseen = max(0, self.total - len(self.seen))
+        pending = sorted((self.estimates[t] for t in unseen_ids), reverse=True)[:unseen]
+        pending += [self.default_estimate_s or 0.0] * (unseen - len(pending))
+        left = running + [estimate * ratio for estimate in pending]
+        return max(sum(left) / self.slots, max(left, default=0.0))
 
     def _line(self, trials) -> str:
         finished = self.done + self.failed
         running = min(sum(1 for t in trials if t.status == "RUNNING"), self.total - finished)
         pending = self.total - finished - running
-        fraction = min(1.0, sum(self.progress.values()) / max(1, self.total))
-        elapsed = time.monotonic() - self.start
-        eta = max(0.0, elapsed * (1 - fraction) / fraction) if fraction > 0 else math.nan
+        now = time.monotonic()
+        eta = self.eta_s(now)
+        if eta is None:  # no estimates: the share of steps done so far
+            fraction = min(1.0, sum(self.progress.values()) / max(1, self.total))
+            elapsed = now - self.start
+            eta = max(0.0, elapsed * (1 - fraction) / fraction) if fraction > 0 else math.nan
         best = f"best val {self.best[0]:.4f} ({self.best[1]})" if self.best else "best val -"
         eta_text = format_clock(eta) if math.isfinite(eta) else "?"
         line = (
-            f"[{format_clock(elapsed)}] {self.done} done, {self.failed} failed, "
+            f"[{format_clock(now - self.start)}] {self.done} done, {self.failed} failed, "
             f"{running} running, {pending} pending of {self.total} | {best} | ETA {eta_text}"
         )
         if self.waiting and pending and not running:
@@ -467,14 +524,31 @@ class _ProgressCallback(tune.Callback):
         print(self._line(trials), flush=True)  # stdout at call time: Tune pickles callbacks
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if trial.trial_id not in self.seen:
+            self.seen[trial.trial_id] = (time.monotonic(), self._estimate(trial))
+            own_id = trial.config.get("trial", {}).get("trial_id")
+            if own_id is not None:
+                self._seen_own_ids.add(own_id)
         if result.get("step") is not None:  # a failure before any evaluation has none
             own_id = trial.config.get("trial", {}).get("trial_id")
             limit = self.max_iters.get(own_id) or self.default_max_iters or result["step"] or 1
             self.progress[trial.trial_id] = min(1.0, result["step"] / limit)
+            first, estimate = self.seen[trial.trial_id]
+            if estimate and result["step"] > 0 and trial.trial_id not in self.observed:
+                done = estimate * self.progress[trial.trial_id]
+                self.partial[trial.trial_id] = (time.monotonic() - first, done)
         val = result.get("val_loss")
-        if val is not None and (self.best is None or val < self.best[0]):
+        trained = result.get("step", 1) > 0  # step 0's loss is every config's: it ranks nothing
+        if val is not None and trained and (self.best is None or val < self.best[0]):
             self.best = (val, self._label(trial.config, result))
         self._maybe_print(trials)
+
+    def _ended(self, trial) -> None:
+        """A trial ended: its observed time against its estimate corrects the ETA."""
+        first, estimate = self.seen.get(trial.trial_id, (None, None))
+        if first is not None and estimate:
+            self.observed[trial.trial_id] = (time.monotonic() - first, estimate)
+        self.progress[trial.trial_id] = 1.0
 
     def _label(self, config: dict[str, Any], result: dict[str, Any]) -> str:
         """A grid trial's factor=level; a search trial's store trial id(s)."""
@@ -493,12 +567,12 @@ class _ProgressCallback(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
-        self.progress[trial.trial_id] = 1.0
+        self._ended(trial)
         self._maybe_print(trials, force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.failed += 1
-        self.progress[trial.trial_id] = 1.0
+        self._ended(trial)
         self._maybe_print(trials, force=True)
 
 
@@ -519,11 +593,15 @@ def run_trials(
     progress: bool = True,
     progress_period_s: float = 10.0,
     waiting: str | None = None,
+    estimates: dict[str, float] | None = None,
+    default_estimate_s: float | None = None,
 ) -> SweepOutcome:
     """Run the trials of ``param_space`` on ``connection``'s Ray and store every result.
 
     ``total`` is the number of trials (for the progress view); ``max_iters`` maps trial
-    ids to their length, ``default_max_iters`` is the length of the others (for the ETA);
+    ids to their length, ``default_max_iters`` is the length of the others; ``estimates``
+    maps trial ids to their estimated seconds (``sweeps.estimate``), ``default_estimate_s``
+    is the others' (for the ETA; without either it extrapolates the steps done so far);
     ``waiting`` (what only an autoscaler can provide) is shown while no trial runs.
     Checkpoints go to ``connection.storage``, one fresh experiment per run so a zombie
     trial of a killed driver never writes where this run reads; in the default storage
@@ -540,11 +618,11 @@ def run_trials(
     outcome = SweepOutcome()
     callbacks: list[tune.Callback] = [_StoreCallback(store, describe, outcome)]
     if progress:
-        callbacks.append(
-            _ProgressCallback(
-                total, max_iters or {}, default_max_iters, progress_period_s, waiting, describe
-            )
-        )
+        view = _ProgressCallback(
+            total, max_iters or {}, default_max_iters, progress_period_s, waiting, describe,
+            estimates=estimates, default_estimate_s=default_estimate_s, slots=_slots(resources),
+        )  # fmt: skip
+        callbacks.append(view)
     config = tune_config or tune.TuneConfig(reuse_actors=True)
     if config.reuse_actors and not connection.reuse_actors:
         config = replace(config, reuse_actors=False)  # see Connection
@@ -586,6 +664,16 @@ def run_trials(
     outcome.wall_time_s = time.monotonic() - start
     store.compact()
     return outcome
+
+
+def _slots(resources: Resources) -> int:
+    """How many trials the connected Ray runs at once with ``resources`` per trial."""
+    cluster = ray.cluster_resources()
+    slots = math.floor(cluster.get("CPU", 1.0) / max(resources.cpus_per_trial, 1e-9) + 1e-9)
+    if resources.gpus_per_trial > 0:
+        gpu_slots = cluster.get("GPU", 0.0) / resources.gpus_per_trial + 1e-9
+        slots = min(slots, math.floor(gpu_slots))
+    return max(1, min(slots, resources.max_concurrent or slots))
 
 
 class _InterruptStopper(tune.Stopper):

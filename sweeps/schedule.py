@@ -24,6 +24,7 @@ Pure Python (no Ray); ``plan_grid`` times steps with torch through ``sweeps.esti
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from collections.abc import Mapping, Sequence
@@ -53,6 +54,7 @@ class Schedule:
     makespan_s: float
     grid_order_makespan_s: float  # the same trials in grid order, none widened
     longest_first: bool = True  # False: the grid's order simulated sooner, so it is kept
+    timed_at: str = ""  # how busy the machine was while the steps were timed
 
     def describe(self) -> str:
         """One line for the user: the order rule, the widened tail, the estimated gain."""
@@ -62,14 +64,16 @@ class Schedule:
             if widened
             else f"every trial on {self.base_cpus:g} CPU{'s' if self.base_cpus != 1 else ''}"
         )
+        timed = f"; timed at {self.timed_at}" if self.timed_at else ""
         if not self.longest_first:
             return (
                 f"schedule: grid order (longest first would end no sooner), {tail}; "
-                f"estimated wall time {_minutes(self.makespan_s)}"
+                f"estimated wall time {_minutes(self.makespan_s)}{timed}"
             )
         return (
             f"schedule: longest trials first, {tail}; estimated wall time "
             f"{_minutes(self.makespan_s)} (grid order: {_minutes(self.grid_order_makespan_s)})"
+            f"{timed}"
         )
 
 
@@ -188,7 +192,7 @@ def plan_grid(
     """``plan_schedule`` for grid trials, with times from the dry run's estimate (timed here,
     a few seconds) and ``alpha`` measured on the shortest configuration. ``widen`` False
     (e.g. GPU trials) keeps every trial on ``base_cpus``."""
-    from sweeps.estimate import estimate, time_train_step, with_vocab
+    from sweeps.estimate import estimate, load_text, time_train_step, with_vocab
 
     slots = max(1, math.floor(cores / base_cpus))
     if max_concurrent is not None:
@@ -211,7 +215,10 @@ def plan_grid(
         )
         speedup = narrow.seconds_per_step / wide.seconds_per_step
         alpha = min(1.0, max(0.0, math.log(speedup) / math.log(widest / base_cpus)))
-    return plan_schedule(
+    schedule = plan_schedule(
         [trial.trial_id for trial in trials], seconds, cores, base_cpus=base_cpus,
         max_cpus=max_cpus, alpha=alpha, max_concurrent=max_concurrent,
     )  # fmt: skip
+    if result.load_average is None:
+        return schedule
+    return dataclasses.replace(schedule, timed_at=load_text(result.load_average))

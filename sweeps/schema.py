@@ -20,6 +20,9 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import os
+import re
+import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -38,7 +41,9 @@ from charlm.versions import FormatVersionError, check_version, upgrade
 __all__ = [
     "ADDED_COLUMNS",
     "COMPACTED_PREFIX",
+    "LOCK_FILE",
     "MARKER",
+    "PLAN_KEY",
     "RUNS_DIR",
     "SCHEMAS",
     "SCHEMA_VERSION",
@@ -54,8 +59,11 @@ __all__ = [
     "compact_table",
     "config_label",
     "conform",
+    "holder_alive",
     "is_store",
+    "lock_note",
     "mark_store",
+    "planned_trials",
     "read_runs",
     "read_table",
     "store_version",
@@ -67,6 +75,10 @@ MARKER = "charlm-store.json"
 TABLES = ("trials", "curves", "attention", "samples")
 RUNS_DIR = "sweep_runs"  # one JSON per sweep command run: settings, version, commit, host
 COMPACTED_PREFIX = "compacted-"  # part files written by compact_table; read before per-trial files
+# A run record's planned grid: one entry per trial the command means to run (finished or
+# not), each its trials row's identity and config columns plus ``n_params``.
+PLAN_KEY = "planned_trials"
+LOCK_FILE = ".lock"  # held (flock) by the sweep writing the store; its text names the holder
 
 
 def config_label(factor: str, level: str) -> str:
@@ -321,6 +333,46 @@ def read_runs(root: str | Path) -> list[dict]:
         if isinstance(record, dict):
             runs.append(record)
     return sorted(runs, key=lambda record: str(record.get("started_at", "")))
+
+
+def planned_trials(runs: Sequence[dict]) -> dict[str, list[dict]]:
+    """Each sweep's planned grid (``PLAN_KEY``) from its newest run record that has one:
+    sweep name -> one dict per planned trial, with the record's ``adaptive_seeds`` (True
+    for --seeds auto: seeds past the first round run only where the design needs them).
+    ``runs``: ``read_runs`` (oldest first)."""
+    plans: dict[str, list[dict]] = {}
+    for run in runs:
+        plan = run.get(PLAN_KEY)
+        if isinstance(plan, list) and isinstance(run.get("sweep"), str):
+            adaptive = bool(run.get("adaptive_seeds"))
+            plans[run["sweep"]] = [{**entry, "adaptive_seeds": adaptive} for entry in plan
+                                   if isinstance(entry, dict)]  # fmt: skip
+    return plans
+
+
+def lock_note(pid: int, host: str, since: dt.datetime) -> str:
+    """What the sweep holding the store writes in ``LOCK_FILE`` (``holder_alive`` reads it)."""
+    return f"pid {pid} on host {host}, since {since:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def holder_alive(root: str | Path) -> bool | None:
+    """Is the sweep that last held the store's lock still running? True or False when it
+    ran on this host (its process exists or not), None when that cannot be told (no lock
+    file, another host, an unreadable note)."""
+    try:
+        note = (Path(root) / LOCK_FILE).read_text()
+    except OSError:
+        return None
+    match = re.match(r"pid (\d+) on host (\S+),", note)
+    if match is None or match.group(2) != socket.gethostname():
+        return None
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def is_store(root: str | Path) -> bool:

@@ -1,6 +1,7 @@
 """CLI: an Optuna (TPE) search with ASHA early stopping over the same trainable and store.
 
-    python sweeps/search.py --n-trials 50 --dataset shakespeare_char [--cluster cluster.yaml]
+    python sweeps/search.py --n-trials 50 --datasets shakespeare_char [--seeds K] [--dry-run]
+        [--cluster cluster.yaml]
 
 The study lives in a persistent Optuna storage (SQLite by default, ``RESULTS/optuna.db``)
 that ``optuna-dashboard sqlite:///RESULTS/optuna.db`` opens; every trial also lands in the
@@ -14,14 +15,16 @@ again runs the trials the study lacks).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from charlm.cli import OneLineParser, fail
+from charlm.cli import OneLineParser, deprecated_alias, fail
 from charlm.config import (
     SEED_MAX,
     ConfigError,
@@ -219,6 +222,17 @@ def asha_settings(
     return max_t, min(grace, max_t), reduction_factor
 
 
+def _one_dataset(text: str) -> str:
+    """--datasets of a search: one dataset (a search compares configs on one corpus)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if len(names) != 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a search runs on one dataset; give one name, and search each "
+            "dataset in its own run (--name to keep the studies apart)"
+        )
+    return names[0]
+
+
 def _parse(argv: list[str] | None):
     parser = OneLineParser(
         prog="python sweeps/search.py",
@@ -228,9 +242,12 @@ def _parse(argv: list[str] | None):
     add = parser.add_argument
     add("--n-trials", type=int, default=50, help="number of trials (default 50)")
     add(
-        "--dataset",
+        "--datasets",
+        dest="dataset",
+        metavar="NAME",
+        type=_one_dataset,
         default="shakespeare_char",
-        help="shakespeare_char, enwik8, text8 or a text file path",
+        help="the dataset searched on (one): shakespeare_char, enwik8, text8 or a text file path",
     )
     add(
         "--preset",
@@ -239,17 +256,29 @@ def _parse(argv: list[str] | None):
         help="baseline that fixes the other settings (default notebook)",
     )
     add("--max-iters", type=int, help="training steps per trial (default: the preset's)")
-    add("--seed", type=int, default=0, help="first training seed of every trial and the TPE seed")
     add(
-        "--seeds-per-trial",
+        "--seeds",
+        dest="seeds_per_trial",
         type=int,
         default=1,
         metavar="K",
-        help="seeds each sampled config trains, in lockstep in one trial; TPE and ASHA see "
-        "their mean val loss (default 1)",
+        help="seeds each sampled config trains (seeds FIRST..FIRST+K-1), in lockstep in one "
+        "trial; TPE and ASHA see their mean val loss (default 1)",
     )
+    add(
+        "--first-seed",
+        dest="seed",
+        type=int,
+        default=0,
+        metavar="FIRST",
+        help="first training seed of every trial, and the TPE sampler's seed",
+    )
+    deprecated_alias(parser, "--dataset", "--datasets")
+    deprecated_alias(parser, "--seeds-per-trial", "--seeds", metavar="K")
+    deprecated_alias(parser, "--seed", "--first-seed")
     add("--results", type=Path, default=Path("results"), help="result store (default results/)")
     add("--name", default="search", help="sweep name in the store and Optuna study name")
+    add("--data-dir", help="dataset cache (default: $CHARLM_DATA_DIR, else the user cache)")
     add(
         "--optuna-storage",
         help="Optuna storage URL (default sqlite:///RESULTS/optuna.db; "
@@ -267,9 +296,17 @@ def _parse(argv: list[str] | None):
         help="ASHA reduction factor (default: 3 when a trial has room for two rungs at that "
         "factor, else 2; see README)",
     )
+    add(
+        "--dry-run",
+        action="store_true",
+        help="print the search's compute estimate (trials, tokens, FLOPs, wall time; every "
+        "trial to its end, and as ASHA is expected to stop them), then exit without running",
+    )
     add_run_options(parser, gpus_help="GPUs per trial, fractions share a GPU (default 0)")
     parser.set_defaults(gpus_per_trial=0.0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_options(args, parser)
+    return args
 
 
 def quiet_optuna() -> None:
@@ -283,6 +320,8 @@ def quiet_optuna() -> None:
 def _base_trial(args) -> TrialSpec:
     """The preset's baseline on the chosen dataset, seed and length: what is not searched."""
     overrides = parse_overrides(args.overrides)
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
     searched = [name for name in overrides if name in SEARCH_SPACE]
     if searched:
         raise ConfigError(
@@ -319,17 +358,65 @@ def _url(args) -> str:
     return args.optuna_storage or f"sqlite:///{(args.results / 'optuna.db').resolve()}"
 
 
+def sampled_trials(base: TrialSpec, n_trials: int, seeds: int, seed: int) -> list[TrialSpec]:
+    """``n_trials`` configs drawn at random from SEARCH_SPACE (as TPE draws its first
+    trials), each with ``seeds`` seeds from the base's: what the dry run prices."""
+    import math
+    import random
+
+    draw = random.Random(seed)
+    sample: dict[str, Callable[..., Any]] = {
+        "choice": lambda values: draw.choice(values),
+        "randint": lambda low, high: draw.randrange(low, high),
+        "uniform": lambda low, high: draw.uniform(low, high),
+        "loguniform": lambda low, high: math.exp(draw.uniform(math.log(low), math.log(high))),
+    }
+    trials = []
+    for _ in range(n_trials):
+        values = {name: sample[kind](*args) for name, (kind, *args) in SEARCH_SPACE.items()}
+        for offset in range(seeds):
+            params = {**to_dict(base.model), **to_dict(base.train), **values}
+            params["seed"] = base.seed + offset
+            model, train = split_config(params)
+            trials.append(
+                dataclasses.replace(
+                    base, trial_id=trial_id(model, train), seed=train.seed, model=model, train=train
+                )
+            )
+    return trials
+
+
+def search_estimate(args, base: TrialSpec, resources: Resources):
+    """(the ``sweeps.estimate`` Estimate of ``sampled_trials``, the share of steps ASHA is
+    expected to train) for this search on this machine's CPUs (or --num-cpus)."""
+    import math
+    import os
+
+    from sweeps.estimate import asha_fraction, estimate
+
+    cpus = args.num_cpus or os.cpu_count() or 1
+    concurrent = max(1, math.floor(cpus / resources.cpus_per_trial))
+    if resources.max_concurrent:
+        concurrent = min(concurrent, resources.max_concurrent)
+    trials = sampled_trials(base, args.n_trials, args.seeds_per_trial, args.seed)
+    vocab = prepare_datasets([base])
+    result = estimate(trials, resources.cpus_per_trial, concurrent, vocab)
+    max_t, grace, factor = asha_settings(base.train.max_iters, base.train.eval_interval,
+                                         args.grace_period, args.reduction_factor)  # fmt: skip
+    fraction = asha_fraction(base.train.max_iters, base.train.eval_interval, max_t, grace, factor)
+    return result, fraction
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     try:
-        check_options(args)
         check_sweep_name(args.name, "--name")
         check_search_options(args.optuna_storage)
         last_seed = args.seed + args.seeds_per_trial - 1
         if last_seed > SEED_MAX:
             raise ConfigError(
-                f"--seed {args.seed} with --seeds-per-trial {args.seeds_per_trial}: the last "
-                f"seed {last_seed:,} is above {SEED_MAX:,} (numpy's seed range); give --seed "
+                f"--first-seed {args.seed} with --seeds {args.seeds_per_trial}: the last "
+                f"seed {last_seed:,} is above {SEED_MAX:,} (numpy's seed range); give --first-seed "
                 f"{SEED_MAX - args.seeds_per_trial + 1:,} or less."
             )
         check_search_space()
@@ -363,6 +450,12 @@ def main(argv: list[str] | None = None) -> int:
         check_settings(_url(args), redact(_url(args)), args.name, settings)
     except ConfigError as exc:
         fail(str(exc))
+    if args.dry_run:
+        from sweeps.estimate import format_search_estimate
+
+        result, fraction = search_estimate(args, base, resources)
+        print(format_search_estimate(result, args.seeds_per_trial, fraction))
+        return 0
     # One driver per store (sweeps.store.locked): on this machine before Ray starts, on a
     # cluster once connected (a cluster that refuses the run leaves no results directory).
     with contextlib.ExitStack() as held, interrupt.handling():
@@ -437,6 +530,7 @@ def _search(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from sweeps.estimate import format_search_estimate
     from sweeps.runner import run_trials
     from sweeps.search_study import StoreIdSearch
     from sweeps.study import optuna_storage
@@ -462,6 +556,10 @@ def _search(
         f"factor {factor:g}",
         flush=True,
     )
+    estimated, fraction = search_estimate(args, base, resources)
+    per_trial_s = (estimated.trial_seconds or 0.0) * fraction / args.n_trials
+    if args.cluster is None and args.address is None:  # priced on this machine's CPUs
+        print(format_search_estimate(estimated, k, fraction).split("\n", 1)[1], flush=True)
     return run_trials(
         connection,
         store,
@@ -471,6 +569,7 @@ def _search(
         resources=resources,
         describe=describe_search_trial,
         default_max_iters=base.train.max_iters,
+        default_estimate_s=per_trial_s,
         trainable=run_search_trial,
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=n_trials, reuse_actors=True

@@ -29,6 +29,7 @@ from charlm.cli import check_writable_dir
 from charlm.config import ConfigError
 from charlm.fsio import atomic_write, atomic_write_bytes
 from sweeps.schema import (
+    LOCK_FILE,
     MARKER,
     RUNS_DIR,
     TABLES,
@@ -36,6 +37,7 @@ from sweeps.schema import (
     compact_table,
     conform,
     is_store,
+    lock_note,
     mark_store,
     read_table,
     store_version,
@@ -54,7 +56,6 @@ __all__ = [
 ]
 
 MODELS_DIR = "models"
-LOCK_FILE = ".lock"
 RAY_DIR = "_ray"  # default checkpoint storage of the runs of this store
 # Columns of the trials row that only a trial's final report carries (null when stopped early).
 FINAL_ONLY_COLUMNS = (
@@ -124,8 +125,7 @@ def locked(root: Path) -> Iterator[None]:
             ) from None
         with suppress(OSError):  # a full disk: the lock holds without the note
             os.ftruncate(descriptor, 0)
-            os.pwrite(descriptor, f"pid {os.getpid()} on host {socket.gethostname()}, "
-                      f"since {_now():%Y-%m-%d %H:%M:%S} UTC".encode(), 0)  # fmt: skip
+            os.pwrite(descriptor, lock_note(os.getpid(), socket.gethostname(), _now()).encode(), 0)
         stale = root / RAY_DIR
         if stale.is_dir():
             for run in stale.iterdir():

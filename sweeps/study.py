@@ -109,8 +109,8 @@ def check_settings(url: str, shown: str, name: str, settings: dict[str, Any]) ->
         raise StudySettingsError(
             f"study {name!r} in {shown} ran with other settings: {'; '.join(differences)}; "
             "its configs would be compared with runs of another setup: run it with the "
-            "study's settings (same --preset, --dataset, --max-iters, --set, --seed, "
-            "--seeds-per-trial, ASHA options), or start a new study with --name."
+            "study's settings (same --preset, --datasets, --max-iters, --set, --first-seed, "
+            "--seeds, ASHA options), or start a new study with --name."
         )
 
 

@@ -9,11 +9,12 @@ import json
 import shutil
 import tempfile
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 from charlm.train import MODEL_FILE, train
-from sweeps.ablation import run_info
-from sweeps.grid import expand, load_grid
+from sweeps.ablation import planned_grid, run_info
+from sweeps.grid import TrialSpec, expand, load_grid
 from sweeps.options import Resources
 from sweeps.store import ResultStore, TrialRecord
 from testkit.tiny import tiny_params
@@ -30,15 +31,24 @@ factors:
 """
 
 
-def build_real_store(root: Path, grid_text: str = TINY_GRID) -> Path:
-    """Train every trial of ``grid_text`` and write it into a new store at ``root``."""
+def build_real_store(
+    root: Path, grid_text: str = TINY_GRID, state: Callable[[TrialSpec], str] | None = None
+) -> Path:
+    """Train the trials of ``grid_text`` and write them into a new store at ``root``, with
+    the run record (and its planned grid) a sweep writes. ``state`` (default: all
+    'finished') says what the store holds of each trial: 'finished' (its trials row),
+    'running' (only its curves, as a sweep writes a running trial) or 'pending' (nothing):
+    a store as a report taken mid-sweep sees it."""
     grid = root.parent / f"{root.name}-grid.yaml"
     grid.write_text(textwrap.dedent(grid_text))
     trials = expand(load_grid(grid))
     store = ResultStore(root)
-    store.write_run(run_info(trials[0].sweep, "ablation", "this process (no Ray)",
-                             Resources(), len(trials)))  # fmt: skip
+    info = run_info(trials[0].sweep, "ablation", "this process (no Ray)", Resources(), len(trials))
+    store.write_run({**info, **planned_grid(trials, {})})
     for trial in trials:
+        kept = state(trial) if state is not None else "finished"
+        if kept == "pending":
+            continue
         record = TrialRecord(trial.trial_id, trial.params()["columns"])
         with tempfile.TemporaryDirectory(prefix="charlm-trial-") as work:
             result = train(trial.model, trial.train, record.add_report, checkpoint_dir=work)
@@ -47,5 +57,8 @@ def build_real_store(root: Path, grid_text: str = TINY_GRID) -> Path:
             def copy_model(destination: Path, source: Path = source) -> None:
                 shutil.copyfile(source, destination)
 
-            store.write_trial(record, result.status, result.error, copy_model)
+            if kept == "finished":
+                store.write_trial(record, result.status, result.error, copy_model)
+            else:
+                store.write_progress(record)
     return root

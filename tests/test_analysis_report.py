@@ -9,10 +9,12 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from analysis import heatmaps
 from analysis.report import main
+from sweeps.schema import read_table
 from testkit.synthetic import trial_row, write_rows
 from testkit.tiny import tiny_store
 
@@ -210,3 +212,106 @@ def _exit_code(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as exc:
         return int(exc.code)
+
+
+# ---------------------------------------------------------------- a report taken mid-sweep
+
+
+def _mid_sweep(trial) -> str:
+    """n_layer=3 seed 0 finished, the baseline's seed 0 running, the rest not started."""
+    if trial.seed == 0 and (trial.factor, trial.level) == ("n_layer", "3"):
+        return "finished"
+    return "running" if trial.seed == 0 and trial.factor == "baseline" else "pending"
+
+
+@pytest.fixture(scope="module")
+def mid_sweep_store(tmp_path_factory):
+    from tests.realstore import build_real_store
+
+    return build_real_store(tmp_path_factory.mktemp("mid") / "results", state=_mid_sweep)
+
+
+def _markdown_table(text: str, caption: str) -> list[list[str]]:
+    """The rows of the Markdown table under ``**caption**`` (header first)."""
+    block = text[text.index(f"**{caption}") :].split("\n\n")[1]
+    return [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in block.splitlines() if not line.startswith("| ---")]  # fmt: skip
+
+
+def test_a_report_mid_sweep_shows_the_planned_grid_and_the_baseline(mid_sweep_store, tmp_path,
+                                                                    capsys):  # fmt: skip
+    out = tmp_path / "report"
+    assert main([str(mid_sweep_store), "--out", str(out), "--format", "png"]) == 0
+    printed = capsys.readouterr().out
+    counts = "1 of 6 planned trials finished (1 ok, 0 failed); 1 running, 4 not started"
+    assert f"note: Sweep tiny: {counts}." in printed
+    page = (out / "report.md").read_text()
+    settings = dict(_markdown_table(page, "Sweep tiny**")[1:])
+    # The baseline is the baseline's config (2 layers), though only n_layer=3 has finished.
+    assert settings["Baseline model"].startswith("2 layers, 2 heads, 16 wide, block 32")
+    trials = read_table(mid_sweep_store, "trials").table.to_pylist()
+    (finished,) = trials
+    assert finished["n_layer"] == 3
+    assert settings["Baseline parameters"] != f"{finished['n_params']:,}"
+    assert settings["Factors and levels"] == "n_layer: 1, 3"  # every planned level
+    assert settings["Seeds"] == "0, 1 (2 per config)"
+    assert settings["Trials"] == counts
+    grid = _markdown_table(page, f"Sweep tiny: planned grid, {counts}")
+    assert grid[0] == ["Dataset", "Factor", "Level", "Seeds", "Params", "Finished", "State"]
+    rows = {(row[1], row[2]): (row[4], row[5], row[6]) for row in grid[1:]}
+    assert rows == {
+        ("baseline", "baseline"): (settings["Baseline parameters"], "0 of 2", "running"),
+        ("n_layer", "1"): (rows[("n_layer", "1")][0], "0 of 2", "pending"),
+        ("n_layer", "3"): (f"{finished['n_params']:,}", "1 of 2", "pending"),
+    }
+    assert "no baseline trial has finished yet" in page
+    html_page = (out / "report.html").read_text()
+    assert "planned grid" in html_page and "<td>running</td>" in html_page
+
+
+def test_running_trials_of_a_sweep_that_is_gone_read_stopped(mid_sweep_store, tmp_path):
+    import socket
+    from datetime import datetime, timezone
+
+    from sweeps.schema import LOCK_FILE, lock_note
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    lock = mid_sweep_store / LOCK_FILE
+    lock.write_text(lock_note(int(gone.stdout), socket.gethostname(), datetime.now(timezone.utc)))
+    try:
+        out = tmp_path / "report"
+        assert main([str(mid_sweep_store), "--out", str(out), "--quiet"]) == 0
+        page = (out / "report.md").read_text()
+    finally:
+        lock.unlink()
+    assert (
+        "1 stopped before the end, 4 not started (no sweep writes this store now: run the "
+        "same command to finish)" in page
+    )
+    assert "| shakespeare_char | baseline | baseline | 0, 1 | 7,264 | 0 of 2 | stopped |" in page
+
+
+def test_level_states_follow_the_store():
+    from analysis.settings import level_states, trial_counts
+
+    planned = pd.DataFrame(
+        [("s", "d", factor, level, seed, f"{factor}{level}{seed}", 10, auto)
+         for factor, level, auto in (("baseline", "baseline", False), ("a", "1", False),
+                                     ("a", "2", False), ("a", "3", False), ("b", "1", True))
+         for seed in (0, 1)],
+        columns=["sweep", "dataset", "factor", "level", "seed", "trial_id", "n_params",
+                 "adaptive_seeds"],
+    )  # fmt: skip
+    trials = pd.DataFrame({"trial_id": ["baselinebaseline0", "baselinebaseline1", "a10", "b10"],
+                           "status": ["ok", "failed", "ok", "ok"]})  # fmt: skip
+    states = level_states(planned, trials, ["a20", "a11"], alive=None)
+    assert states["state"].tolist() == ["finished", "running", "running", "pending", "open"]
+    assert states[["ok", "failed", "running"]].values.tolist() == [
+        [1, 1, 0], [1, 0, 1], [0, 0, 1], [0, 0, 0], [1, 0, 0]
+    ]  # fmt: skip
+    assert trial_counts(states) == (
+        "4 of up to 10 planned trials finished (3 ok, 1 failed); 2 running, 4 not started"
+    )
+    gone = level_states(planned, trials, ["a20", "a11"], alive=False)
+    assert gone["state"].tolist() == ["finished", "stopped", "stopped", "pending", "open"]

@@ -44,8 +44,13 @@ def test_every_option_of_every_command_shows_its_default(monkeypatch):
         text = parser.format_help()
         assert "%%" not in text and "%(" not in text, prog
         for action in parser._actions:
-            if not action.option_strings or action.nargs == 0 or action.required:
-                continue  # positional, flag (store_true, --help) or required
+            if (
+                not action.option_strings
+                or action.nargs == 0
+                or action.required
+                or action.help == argparse.SUPPRESS
+            ):
+                continue  # positional, flag (store_true, --help), required, or hidden
             help_text = parser._get_formatter()._format_action(action)
             assert "default" in help_text, f"{prog} {action.option_strings[0]}: {help_text}"
 
@@ -231,3 +236,63 @@ def test_the_readme_points_at_what_ships():
     assert '".[dev,dashboard]"' in readme and "dashboard" in (REPO / "pyproject.toml").read_text()
     ignored = (REPO / ".gitignore").read_text().split()
     assert "runs/" in ignored and "results/" in ignored
+
+
+@pytest.mark.parametrize(
+    ("parse", "argv", "hint"),
+    [
+        (ablation.parse_args, ["--seed", "3"], "did you mean --seeds?"),
+        (ablation.parse_args, ["--dataset=text8"], "did you mean --datasets?"),
+        (search._parse, ["--seed-per-trial", "2"], "did you mean --seeds?"),  # old spelling's new
+        (search._parse, ["--datset", "x", "--nam", "y"],
+         "did you mean --datasets for --datset, --name for --nam?"),
+        (lambda argv: train_args.parser().parse_args(argv), ["--out", "x", "--max-iter", "3"],
+         "did you mean --max-iters?"),
+        (lambda argv: analysis_cli.parser().parse_args(argv), ["results", "--stric"],
+         "did you mean --strict?"),
+    ],
+)  # fmt: skip
+def test_a_misspelled_option_gets_the_closest_one_in_one_line(capsys, parse, argv, hint):
+    with pytest.raises(SystemExit) as info:
+        parse(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ")
+    assert hint in err and "unrecognized arguments" in err
+
+
+def test_an_option_far_from_every_other_gets_no_guess(capsys):
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["--zzzz"])
+    assert "did you mean" not in capsys.readouterr().err
+
+
+def test_both_sweep_clis_spell_datasets_and_seeds_alike(capsys):
+    args = search._parse(["--datasets", "text8", "--seeds", "2", "--first-seed", "4"])
+    assert (args.dataset, args.seeds_per_trial, args.seed) == ("text8", 2, 4)
+    assert capsys.readouterr().err == ""
+    parsers = {}
+    for name, parse in (("ablation", ablation.parse_args), ("search", search._parse)):
+        with pytest.raises(SystemExit):
+            parse(["--help"])
+        parsers[name] = capsys.readouterr().out
+    for flag in ("--datasets", "--seeds", "--results", "--name", "--data-dir", "--max-iters"):
+        assert all(f"{flag} " in text for text in parsers.values()), flag
+    assert "--dataset " not in parsers["search"] and "--seeds-per-trial" not in parsers["search"]
+
+
+def test_the_search_takes_its_old_spellings_with_a_note(capsys):
+    args = search._parse(["--dataset", "text8", "--seeds-per-trial", "3", "--seed", "1"])
+    assert (args.dataset, args.seeds_per_trial, args.seed) == ("text8", 3, 1)
+    notes = capsys.readouterr().err.splitlines()
+    assert notes == [
+        "note: --dataset is now spelled --datasets; --dataset will go away.",
+        "note: --seeds-per-trial is now spelled --seeds; --seeds-per-trial will go away.",
+        "note: --seed is now spelled --first-seed; --seed will go away.",
+    ]
+
+
+def test_a_search_runs_on_one_dataset(capsys):
+    with pytest.raises(SystemExit) as info:
+        search._parse(["--datasets", "text8,enwik8"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "a search runs on one dataset" in err and "--datasets" in err

@@ -116,13 +116,14 @@ def set_options(draw: st.DrawFn) -> list[str]:
 
 
 @st.composite
-def option_flags(draw: st.DrawFn, flags: list[str]) -> list[str]:
-    """A random subset of ``flags`` (OPTION_DOMAINS' keys), each with a drawn value."""
-    chosen = draw(st.lists(st.sampled_from(flags), max_size=4, unique=True))
+def option_flags(draw: st.DrawFn, flags: dict[str, str]) -> list[str]:
+    """A random subset of ``flags`` (flag -> its OPTION_DOMAINS destination), each with a
+    drawn value."""
+    chosen = draw(st.lists(st.sampled_from(sorted(flags)), max_size=4, unique=True))
     argv: list[str] = []
     for flag in chosen:
-        domain = OPTION_DOMAINS[flag]
-        value = draw(st.one_of(values(domain), st.sampled_from(["auto"] * (flag == "--seeds")
+        domain = OPTION_DOMAINS[flags[flag]]
+        value = draw(st.one_of(values(domain), st.sampled_from(["auto"] * (flags[flag] == "seeds")
                                                                or ["x"])))  # fmt: skip
         argv += [flag, flag_text(value)]
     return argv
@@ -263,7 +264,7 @@ def test_fuzz_charlm_train_arguments(tmp_path: Path, depth: str):
     _fuzz("train", argv(), body)
 
 
-def _sweep_argv(flags: list[str], extra: st.SearchStrategy[list[str]]):
+def _sweep_argv(flags: dict[str, str], extra: st.SearchStrategy[list[str]]):
     return st.tuples(option_flags(flags), set_options(), extra).map(lambda t: t[0] + t[1] + t[2])
 
 
@@ -274,12 +275,9 @@ def test_fuzz_ablation_arguments(tmp_path: Path, depth: str, monkeypatch: pytest
     paths = special_paths(tmp_path)
     planned: list[Any] = []
     monkeypatch.setattr(ablation, "_run", lambda trials, *rest: planned.append(trials) or 0)
-    flags = [
-        f
-        for f in OPTION_DOMAINS
-        if f
-        not in ("--n-trials", "--seeds-per-trial", "--seed", "--grace-period", "--reduction-factor")
-    ]
+    search_only = ("n_trials", "seeds_per_trial", "seed", "grace_period", "reduction_factor")
+    flags = {"--" + dest.replace("_", "-"): dest for dest in OPTION_DOMAINS
+             if dest not in search_only}  # fmt: skip
     extra = st.sampled_from([[], ["--factors", "n_head"], ["--factors", "dropout"],
                              *(["--datasets", path] for path in paths)])  # fmt: skip
 
@@ -303,9 +301,11 @@ def test_fuzz_search_arguments(tmp_path: Path, depth: str, monkeypatch: pytest.M
 
     bases: list[Any] = []
     monkeypatch.setattr(search, "_run", lambda args, base, *rest: bases.append(base) or 0)
-    flags = ["--n-trials", "--seeds-per-trial", "--seed", "--grace-period",
-             "--reduction-factor", "--max-iters", "--cpus-per-trial", "--gpus-per-trial",
-             "--max-concurrent", "--num-cpus", "--num-gpus"]  # fmt: skip
+    flags = {"--n-trials": "n_trials", "--seeds": "seeds_per_trial", "--first-seed": "seed",
+             "--grace-period": "grace_period", "--reduction-factor": "reduction_factor",
+             "--max-iters": "max_iters", "--cpus-per-trial": "cpus_per_trial",
+             "--gpus-per-trial": "gpus_per_trial", "--max-concurrent": "max_concurrent",
+             "--num-cpus": "num_cpus", "--num-gpus": "num_gpus"}  # fmt: skip
 
     def body(args: list[str]) -> None:
         results = tmp_path / f"results-{uuid.uuid4().hex}"

@@ -458,7 +458,8 @@ BAD_INPUT = [
      r"error: --results .*afile: exists and is not a directory; name a directory\."),
     ("seeds-0", "ablation", ["--seeds", "0"], r"error: --seeds 0: give a number of seeds >= 1\."),
     ("unknown-option", "ablation", ["--seed", "3"],
-     r"error: unrecognized arguments: --seed 3 \(see python sweeps/ablation\.py --help\)"),
+     r"error: unrecognized arguments: --seed 3; did you mean --seeds\? "
+     r"\(see python sweeps/ablation\.py --help\)"),
     ("storage-empty", "ablation", ["--storage", "", "--factors", "n_head"],
      r"error: --storage is empty: give a path or URI, "
      r"e\.g\. --storage s3://your-bucket/charlm \(S3 credentials on every node\) or --storage "
@@ -500,7 +501,7 @@ BAD_INPUT = [
      r"error: .*batch_size=0 is invalid: it must be a positive integer\."),
     ("search-weight_decay-negative", "search", ["--set", "weight_decay=-1"],
      r"error: .*weight_decay=-1(\.0)? is invalid: .*"),
-    ("search-unknown-dataset", "search", ["--dataset", "shakespeare"],
+    ("search-unknown-dataset", "search", ["--datasets", "shakespeare"],
      r"error: 1 invalid dataset in grid 'notebook': dataset='shakespeare' is unknown: .*"),
     ("search-malformed-cluster-yaml", "search", ["--cluster", "{tmp}/broken.yaml"],
      r"error: --cluster .*broken\.yaml: not valid YAML at line 2; fix the file\."),
@@ -609,12 +610,12 @@ BAD_INPUT = [
     ("probe-batch-cannot-fit-in-memory", "ablation",
      ["--set", "probe_batch_size=100000", "--factors", "n_head"],
      r"error: n_head=8: one trial needs about [\d,]+ MiB \(estimate\) but this machine .*"),
-    ("search-seed-beyond-numpy", "search", ["--seed", "4294967296"],
-     r"error: --seed 4294967296 is too large: it must be at most 4,294,967,295 \(numpy's seed "
-     r"range\)\."),
-    ("search-last-seed-beyond-numpy", "search", ["--seed", "4294967295", "--seeds-per-trial", "2"],
-     r"error: --seed 4294967295 with --seeds-per-trial 2: the last seed 4,294,967,296 is above "
-     r"4,294,967,295 \(numpy's seed range\); give --seed 4,294,967,294 or less\."),
+    ("search-seed-beyond-numpy", "search", ["--first-seed", "4294967296"],
+     r"error: --first-seed 4294967296 is too large: it must be at most 4,294,967,295 "
+     r"\(numpy's seed range\)\."),
+    ("search-last-seed-beyond-numpy", "search", ["--first-seed", "4294967295", "--seeds", "2"],
+     r"error: --first-seed 4294967295 with --seeds 2: the last seed 4,294,967,296 is above "
+     r"4,294,967,295 \(numpy's seed range\); give --first-seed 4,294,967,294 or less\."),
     ("search-n-trials-beyond-any-sweep", "search", ["--n-trials", "100000000"],
      r"error: --n-trials 100000000 is too large: it must be at most 100,000 .*"),
     ("search-warmup-longer-than-the-run", "search", ["--set", "warmup_iters=5000"],

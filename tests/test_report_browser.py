@@ -49,7 +49,7 @@ def test_the_report_starts_with_how_the_runs_were_set_up(report: Path):
     )
     assert settings["Evaluation"].startswith("every 10 steps (eval_interval); 2 batches")
     assert settings["Device used"] == "cpu (6 trials)"
-    assert settings["Trials"] == "6 (6 ok, 0 failed)"
+    assert settings["Trials"] == "6 of 6 planned trials finished (6 ok, 0 failed)"
     code = r"charlm-sweeps \S+, (git commit [0-9a-f]{40}(\+dirty)?|commit unknown)"
     assert re.match(code, settings["Code"]), settings["Code"]
     assert "this process (no Ray)" in settings["Machines"]

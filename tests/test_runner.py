@@ -140,6 +140,47 @@ def test_progress_line_prints_at_every_period_while_nothing_happens(capsys, monk
     assert len(lines) == 3 and all("0 running, 2 pending of 2" in line for line in lines)
 
 
+class _GridTrial:
+    def __init__(self, trial_id: str, status: str = "RUNNING"):
+        self.trial_id, self.status = f"tune-{trial_id}", status
+        self.config = {"trial": {"trial_id": trial_id,
+                                 "columns": {"factor": "n_layer", "level": trial_id}}}  # fmt: skip
+
+
+def test_the_eta_starts_from_the_estimate_and_follows_the_observed_speed(monkeypatch, capsys):
+    from sweeps import runner
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(runner.time, "monotonic", lambda: clock["now"])
+    estimates = {"a": 100.0, "b": 100.0, "c": 50.0}
+    progress = runner._ProgressCallback(3, {"a": 100, "b": 100, "c": 100}, None, period_s=0.0,
+                                        estimates=estimates, slots=2)  # fmt: skip
+    a, b, c = (_GridTrial(name) for name in "abc")
+    # Before anything ran: the estimates over two slots, (100 + 100 + 50) / 2 s.
+    assert progress._line([]).endswith("best val - | ETA 2m05s")
+    progress.on_trial_result(0, [a, b], a, {"step": 0, "val_loss": 4.17})
+    progress.on_trial_result(0, [a, b], b, {"step": 0, "val_loss": 4.17})
+    assert "best val - |" in capsys.readouterr().out  # step 0's loss ranks nothing
+    clock["now"] = 100.0  # halfway through, by the steps: twice as slow as estimated
+    progress.on_trial_result(0, [a, b], a, {"step": 50, "val_loss": 3.0})
+    # a and b have 2 x 100 - 100 s left each at the observed speed, c 2 x 50 s: 300 / 2 slots.
+    assert progress._line([a, b]).endswith("best val 3.0000 (n_layer=a) | ETA 2m30s")
+    clock["now"] = 200.0
+    progress.on_trial_complete(0, [a, b, c], a)
+    progress.on_trial_result(0, [b, c], c, {"step": 0, "val_loss": 4.17})
+    # b is 200 s in of its 200 s, c has 100 s left: the longest trial bounds the ETA.
+    assert progress._line([b, c]).endswith("ETA 1m40s")
+
+
+def test_a_search_eta_prices_every_trial_at_the_default_estimate(monkeypatch):
+    from sweeps import runner
+
+    monkeypatch.setattr(runner.time, "monotonic", lambda: 0.0)
+    progress = runner._ProgressCallback(10, {}, 100, period_s=0.0, default_estimate_s=30.0,
+                                        slots=2)  # fmt: skip
+    assert progress._line([]).endswith("ETA 2m30s")  # 10 x 30 s over 2 slots
+
+
 @pytest.mark.parametrize(("embedded", "reused"), [(True, True), (False, False)])
 def test_run_trials_lets_tune_reuse_actors_only_where_the_connection_allows(
     embedded: bool, reused: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

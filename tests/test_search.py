@@ -91,10 +91,10 @@ def test_labels_print_learning_rates_in_scientific_notation():
 
 def test_seeds_per_trial_zero_is_bad_input(tmp_path: Path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        search.main(["--seeds-per-trial", "0", "--results", str(tmp_path / "r")])
+        search.main(["--seeds", "0", "--results", str(tmp_path / "r")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: --seeds-per-trial 0: give a number of seeds >= 1."]
+    assert err == ["error: --seeds 0: give a number of seeds >= 1."]
     assert not (tmp_path / "r").exists()
 
 
@@ -141,7 +141,7 @@ def test_search_with_two_seeds_per_trial_end_to_end(tmp_path: Path, capsys, monk
     monkeypatch.setattr(search, "SEARCH_SPACE", TINY_SPACE)
     results = tmp_path / "results"
     code = search.main([
-        "--n-trials", "6", "--max-iters", "24", "--seeds-per-trial", "2", "--name", "tiny",
+        "--n-trials", "6", "--max-iters", "24", "--seeds", "2", "--name", "tiny",
         "--results", str(results), "--num-cpus", "2", "--cpus-per-trial", "2",
         "--max-concurrent", "1", *TINY_SETS,
     ])  # fmt: skip
@@ -335,3 +335,53 @@ def test_interrupted_search_says_so_writes_no_winner_and_fails_its_optuna_trials
     study = optuna.load_study(study_name="search", storage=f"sqlite:///{results / 'optuna.db'}")
     assert sum(trial.state in done for trial in study.trials) == 4
     assert (results / "best_grid.yaml").is_file()
+
+
+def test_the_winner_line_says_one_seed_has_no_stderr():
+    values = {"n_head": 4, "n_layer": 2}
+    one = Winner("c0ffee", ["a"], [0], "shakespeare_char", values, 2.69621, None, 3)
+    assert "final val loss 2.6962 (1 seed, no stderr);" in one.line(["n_head"], search.format_value)
+    assert "±" not in one.line(["n_head"], search.format_value)
+    two = Winner("c0ffee", ["a", "b"], [0, 1], "shakespeare_char", values, 2.5, 0.0123, 3)
+    assert "2.5000 ± 0.0123 (mean ± stderr over 2 seeds)" in two.line(
+        ["n_head"], search.format_value
+    )
+
+
+def test_asha_is_expected_to_train_a_share_of_the_steps():
+    from sweeps.estimate import asha_fraction
+
+    # The notebook preset: 3000 steps, evaluations every 500 (7 reports), rungs at 2 and 6
+    # reports (steps 500 and 2500); each keeps a third of the trials reaching it.
+    expected = (2 / 3 * 500 + 1 / 3 * 2 / 3 * 2500 + 1 / 9 * 3000) / 3000
+    assert asha_fraction(3000, 500, 7, 2, 3.0) == pytest.approx(expected)
+    assert asha_fraction(3000, 500, 2, 2, 3.0) == 1.0  # no rung before the end: no stopping
+
+
+def test_search_dry_run_prices_the_trials_and_writes_nothing(tmp_path: Path, capsys):
+    results = tmp_path / "results"
+    argv = ["--dry-run", "--n-trials", "4", "--seeds", "2", "--max-iters", "30"]
+    assert search.main([*argv, "--results", str(results)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("4 trials x 2 seeds, configs drawn at random from the search")
+    assert "load average" in lines[0] and "a trial takes" in lines[0]
+    upper, asha = lines[1:3]
+    assert "every trial to its last step (upper bound)" in upper and "wall time" in upper
+    assert "with ASHA stopping trials early (expected:" in asha
+    scale = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9}
+    found = [re.search(r"([\d.]+) ?([kMG]?) training tokens", line) for line in (upper, asha)]
+    counts = [float(match[1]) * scale[match[2]] for match in found if match]
+    assert 0 < counts[1] < counts[0]  # ASHA trains fewer tokens than the upper bound
+    assert not results.exists()
+
+
+def test_the_dry_run_samples_the_search_space_with_the_base_fixed():
+    base = search._base_trial(search._parse(["--max-iters", "30", "--first-seed", "5"]))
+    trials = search.sampled_trials(base, 6, 2, seed=0)
+    assert len(trials) == 12 and [t.seed for t in trials[:2]] == [5, 6]
+    for trial in trials:
+        assert trial.model.n_head in (1, 2, 4, 8) and 1 <= trial.model.n_layer <= 8
+        assert trial.model.n_embed % trial.model.n_head == 0
+        assert 1e-4 <= trial.train.learning_rate <= 3e-3
+        assert trial.train.max_iters == 30 and trial.train.batch_size == base.train.batch_size
+    assert trials == search.sampled_trials(base, 6, 2, seed=0)  # seeded

@@ -10,7 +10,7 @@ import pytest
 
 from sweeps import ablation
 from sweeps.grid import expand, load_grid
-from sweeps.schema import read_table
+from sweeps.schema import planned_trials, read_runs, read_table
 from testkit.tiny import tiny_params
 
 pytestmark = pytest.mark.ray
@@ -78,6 +78,14 @@ def test_tiny_grid_end_to_end_then_resume_runs_only_new_seeds(tmp_path: Path, ca
     for row in samples.itertuples():
         assert len(row.attention_entropy) == len(row.effective_span) == layers[row.trial_id]
     assert len(list((results / "models").glob("*.pt"))) == 10
+    # The run record holds the planned grid: every trial, its config and parameter count.
+    (plan,) = planned_trials(read_runs(results)).values()
+    by_id = {entry["trial_id"]: entry for entry in plan}
+    assert set(by_id) == expected
+    for row in trials.itertuples():
+        assert (by_id[row.trial_id]["n_params"], by_id[row.trial_id]["n_layer"]) == (
+            row.n_params, row.n_layer)  # fmt: skip
+    assert "results/report/report.html" in out.replace(str(results.parent) + "/", "")
 
     # The same command again: nothing runs (Ray is not even started).
     assert ablation.main(args) == 0
@@ -88,6 +96,7 @@ def test_tiny_grid_end_to_end_then_resume_runs_only_new_seeds(tmp_path: Path, ca
     assert "15 trials in the grid: 10 already" in capsys.readouterr().out
     trials = table(results, "trials")
     assert len(trials) == 15 and trials.trial_id.is_unique
+    assert len(planned_trials(read_runs(results))["tiny"]) == 15  # the newest run's plan
     assert sorted(trials.seed.value_counts().items()) == [(0, 5), (1, 5), (2, 5)]
 
 
