@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ import numpy as np
 
 from sweeps.grid import BASELINE, TrialSpec
 from sweeps.schema import read_table
+from sweeps.manytoone import judge, method_name
 from sweeps.sequential import Design, LevelResult, Progress, advance, noise_model
 
 if TYPE_CHECKING:
@@ -96,6 +98,22 @@ class SeedRounds:
             result[dataset] = advance(self.design, levels, metric(experiment.baseline), done_at)
         return result
 
+    def verdicts(self, fixed: Design) -> dict[str, dict[Level, LevelResult]]:
+        """Per dataset, every level's verdict as the report gives it: the design's looks
+        for --seeds auto, else ``fixed`` (one look, seed-blocked Dunnett) over the store."""
+        if self.design is not None and self.design.adaptive:
+            return {dataset: p.results for dataset, p in self.progress().items()}
+        _, values, _ = self._read()
+
+        def metric(by_seed: dict[int, TrialSpec]) -> dict[int, float]:
+            return {s: values[t.trial_id] for s, t in by_seed.items() if t.trial_id in values}
+
+        return {
+            dataset: judge(fixed, {k: metric(v) for k, v in experiment.levels.items()},
+                           metric(experiment.baseline))  # fmt: skip
+            for dataset, experiment in self.experiments.items()
+        }
+
     def next_round(self) -> list[TrialSpec]:
         """The trials to run now (empty: the sweep is complete); marks them as tried."""
         if self.design is None:
@@ -146,37 +164,43 @@ class SeedRounds:
 
 
 def format_verdicts(
-    results: dict[Level, LevelResult], design: Design, dataset: str, sweep: str
+    results: Mapping[Level, LevelResult], design: Design, dataset: str, sweep: str
 ) -> list[str]:
-    """A verdict table (one line per level) and the sweep's one-line summary."""
-    lines = [f"{'level':<24} {'verdict':<11} {'delta [interval]':>30} {'seeds':>5} {'needs':>6}"]
+    """One line per level (verdict, Δ [interval], adjusted p, seeds, seeds needed) and the
+    sweep's counts, in the order given: what the ablation CLI and ``python -m analysis``
+    print (``sweeps.manytoone.judge``'s results)."""
+    header = f"  {'level':<24} {'verdict':<11} {'delta [interval]':>30}  {'p (adj.)':<8} seeds"
+    lines = [header]
     counts: dict[str, int] = defaultdict(int)
-    for (factor, level), result in sorted(results.items()):
+    alpha = 1 - design.confidence
+    for (factor, level), result in results.items():
         counts[result.verdict] += 1
         interval = (
             f"{result.delta:+.4f} [{result.ci_low:+.4f}, {result.ci_high:+.4f}]"
             if math.isfinite(result.ci_low)
             else "-"
         )
-        needs = "" if result.needed is None else str(result.needed)
-        if result.verdict == "unresolved" and result.needed is None:
-            needs = "?"
+        p = result.p_adjusted
+        p_text = "-" if not math.isfinite(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
+        p_text += "*" if math.isfinite(p) and p < alpha else ""
+        needs = f" (needs {result.needed})" if result.needed is not None else ""
         lines.append(
-            f"{f'{factor}={level}'[:24]:<24} {result.verdict:<11} {interval:>30} "
-            f"{result.seeds:>5} {needs:>6}"
+            f"  {f'{factor}={level}'[:24]:<24} {result.verdict:<11} {interval:>30}  "
+            f"{p_text:<8} {result.seeds}{needs}"
         )
     lines.append(one_line(sweep, dataset, counts, design))
     return lines
 
 
-def one_line(sweep: str, dataset: str, counts: dict[str, int], design: Design) -> str:
-    """e.g. 'notebook/shakespeare_char: 3 better, 2 worse, 4 equivalent (±0.02), ...'."""
+def one_line(sweep: str, dataset: str, counts: Mapping[str, int], design: Design) -> str:
+    """e.g. 'verdicts notebook/shakespeare_char (dunnett, 95% familywise over 10 levels):
+    3 better, 2 worse, 4 equivalent (±0.02), 1 unresolved'."""
     parts = [f"{counts.get(v, 0)} {v}" for v in ("better", "worse")]
     parts.append(f"{counts.get('equivalent', 0)} equivalent (±{design.min_effect:g})")
     parts.append(f"{counts.get('unresolved', 0)} unresolved")
     return (
-        f"{sweep}/{Path(dataset).name}: {', '.join(parts)} vs the baseline "
-        f"({design.confidence:.0%} familywise)"
+        f"verdicts {sweep}/{Path(dataset).name} ({method_name(design)}, "
+        f"{design.confidence:.0%} familywise over {design.levels} levels): {', '.join(parts)}"
     )
 
 
