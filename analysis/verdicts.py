@@ -32,8 +32,8 @@ from sweeps.sequential import (
 __all__ = [
     "caption",
     "interval_text",
-    "p_text",
     "level_verdicts",
+    "p_text",
     "report_tables",
     "summary_lines",
     "unresolved_sentence",
@@ -162,10 +162,16 @@ def summary_lines(verdicts: pd.DataFrame) -> list[str]:
         )  # fmt: skip
         results = {
             (row.factor, row.level): LevelResult(
-                row.verdict, row.delta, row.ci_low, row.ci_high, row.n_pairs, row.seeds,
-                None if pd.isna(row.seeds_needed) else int(row.seeds_needed), row.p_adjusted,
+                row.verdict,
+                row.delta,
+                row.ci_low,
+                row.ci_high,
+                row.n_pairs,
+                row.seeds,
+                None if pd.isna(row.seeds_needed) else int(row.seeds_needed),
+                row.p_adjusted,
                 row.df,
-            )  # fmt: skip
+            )
             for row in rows.itertuples()
         }
         lines += format_verdicts(results, design, dataset, sweep)
@@ -192,7 +198,9 @@ def unresolved_sentence(verdicts: pd.DataFrame, command: str | None = None) -> s
         would = (f"`{fixed}` would (or `{auto}`, which adds seeds only where they matter)"
                  if fixed else f"`{auto}` would")  # fmt: skip
     names = ", ".join(unresolved["config"].head(4)) + (", ..." if len(unresolved) > 4 else "")
-    return f"The seeds cannot resolve {len(unresolved)} of {len(verdicts)} levels ({names}): {would}."
+    return (
+        f"The seeds cannot resolve {len(unresolved)} of {len(verdicts)} levels ({names}): {would}."
+    )
 
 
 def _with_option(command: str, flag: str, value: str) -> str:

@@ -403,9 +403,7 @@ def _run(
         except ConfigError as exc:
             fail(str(exc))
         try:
-            return _run_locked(
-                trials, rounds, args, resources, cluster, vocab_sizes, stack, design
-            )
+            return _run_locked(trials, rounds, args, resources, cluster, vocab_sizes, stack, design)
         except KeyboardInterrupt:  # a signal before Tune ran, or a second one
             return _interrupted(trials, [], args)
         finally:

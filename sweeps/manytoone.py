@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Hashable, Mapping
 from dataclasses import replace
 from functools import lru_cache
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -38,6 +39,7 @@ METHODS = {
     "dunnett": "Dunnett many-to-one, seed-blocked (Dunnett 1955)",
     "sequential": "repeated intervals over planned looks (--seeds auto; Jennison & Turnbull 2000)",
 }
+Key = TypeVar("Key", bound=Hashable)
 _QMC_SEED = 0  # the multivariate t's integration points: the same every call
 
 
@@ -48,9 +50,9 @@ def method_name(design: Design) -> str:
 
 def judge(
     design: Design,
-    levels: Mapping[Hashable, Mapping[int, float]],
+    levels: Mapping[Key, Mapping[int, float]],
     baseline: Mapping[int, float],
-) -> dict[Hashable, LevelResult]:
+) -> dict[Key, LevelResult]:
     """Every level (key -> {seed: metric}) against the baseline ({seed: metric}): the
     sequential rule for an adaptive design, else the seed-blocked Dunnett intervals."""
     if design.adaptive:
@@ -59,7 +61,7 @@ def judge(
 
 
 def _observations(
-    levels: Mapping[Hashable, Mapping[int, float]], baseline: Mapping[int, float]
+    levels: Mapping[Any, Mapping[int, float]], baseline: Mapping[int, float]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(group, seed, value) of every finite value; group 0 is the baseline."""
     groups, seeds, values = [], [], []
@@ -81,10 +83,11 @@ def _design_matrix(groups: np.ndarray, seeds: np.ndarray, n_levels: int) -> np.n
 
 
 def _fit(
-    levels: Mapping[Hashable, Mapping[int, float]], baseline: Mapping[int, float]
+    levels: Mapping[Any, Mapping[int, float]], baseline: Mapping[int, float]
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Seed-blocked OLS: the level - baseline contrasts, their covariance and residual df
-    (NaN when the data leave no residual degree of freedom)."""
+    (NaN when the data leave no residual degree of freedom). When some level shares no
+    seed with the others the blocks cannot be estimated: one-way (classic Dunnett)."""
     import statsmodels.api as sm
 
     k = len(levels)
@@ -93,8 +96,10 @@ def _fit(
     if not (groups == 0).any() or not present.all():
         return np.full(k, np.nan), np.full((k, k), np.nan), math.nan
     exog = _design_matrix(groups, seeds, k)
+    if np.linalg.matrix_rank(exog) < exog.shape[1]:  # a level shares no seed: no blocks
+        exog = exog[:, : k + 1]
     fit = sm.OLS(values, exog).fit()
-    if fit.df_resid < 1 or np.linalg.matrix_rank(exog) < exog.shape[1]:
+    if fit.df_resid < 1:
         return np.full(k, np.nan), np.full((k, k), np.nan), math.nan
     contrasts = slice(1, k + 1)
     return fit.params[contrasts], fit.cov_params()[contrasts, contrasts], float(fit.df_resid)
@@ -138,13 +143,13 @@ def _key(matrix: np.ndarray) -> tuple[tuple[float, ...], ...]:
 
 
 def many_to_one(
-    levels: Mapping[Hashable, Mapping[int, float]],
+    levels: Mapping[Key, Mapping[int, float]],
     baseline: Mapping[int, float],
     confidence: float,
     min_effect: float,
     *,
     p_values: bool = True,
-) -> dict[Hashable, LevelResult]:
+) -> dict[Key, LevelResult]:
     """Seed-blocked Dunnett verdicts of every level against the baseline (module doc).
     ``p_values=False`` skips the adjusted p-values (simulations need the intervals only).
     A level gets NaN intervals, and 'unresolved', when the fit has no residual df."""

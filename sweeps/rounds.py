@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sweeps.grid import BASELINE, TrialSpec
-from sweeps.schema import read_table
 from sweeps.manytoone import judge, method_name
+from sweeps.schema import read_table
 from sweeps.sequential import Design, LevelResult, Progress, advance, noise_model
 
 if TYPE_CHECKING:
@@ -109,8 +109,11 @@ class SeedRounds:
             return {s: values[t.trial_id] for s, t in by_seed.items() if t.trial_id in values}
 
         return {
-            dataset: judge(fixed, {k: metric(v) for k, v in experiment.levels.items()},
-                           metric(experiment.baseline))  # fmt: skip
+            dataset: judge(
+                fixed,
+                {k: metric(v) for k, v in experiment.levels.items()},
+                metric(experiment.baseline),
+            )
             for dataset, experiment in self.experiments.items()
         }
 

@@ -101,7 +101,7 @@ def test_report_is_self_contained(store, tmp_path, capsys, monkeypatch):
     assert "<style>" in page and "<script" not in page and "http" not in text
     assert "boom" in page and "non-finite loss at step 150" in page  # diverged trial listed
     assert "Factor ranking" in page and "Generated samples" in page
-    for name in ("summary.csv", "effects.csv", "ranking.csv", "table_base.tex", "table_base.md"):
+    for name in ("summary.csv", "verdicts.csv", "ranking.csv", "table_base.tex", "table_base.md"):
         assert (out / "tables" / name).is_file()
     assert (out / "final_info" / "base" / "baseline" / "final_info.json").is_file()
     # A second run replaces the earlier report.

@@ -92,8 +92,6 @@ def test_judge_keeps_the_sequential_rule_for_adaptive_designs():
     adaptive = judge(Design(levels=2, max_seeds=3), levels, baseline)
     fixed = judge(Design(levels=2, max_seeds=3, adaptive=False), levels, baseline)
     bonferroni = stats.ttest_rel(list(levels[0].values()), list(baseline.values()))
-    assert adaptive[0].ci_low == pytest.approx(
-        bonferroni.confidence_interval(1 - 0.05 / 2).low
-    )
+    assert adaptive[0].ci_low == pytest.approx(bonferroni.confidence_interval(1 - 0.05 / 2).low)
     assert adaptive[0].p_adjusted == pytest.approx(min(1.0, bonferroni.pvalue * 2))
     assert fixed[0].df == 2 * (3 - 1)  # pooled over the levels: 4 df, not 2
