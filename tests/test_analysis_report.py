@@ -89,14 +89,14 @@ def test_report_is_self_contained(store, tmp_path, capsys, monkeypatch):
         for stem in (
             "1_params_vs_loss",
             "2_factor_curves",
-            "3_loss_bars",
+            "3_deltas",
             "4_attention",
             "5_layer_similarity",
         ):
             assert f"{sweep}/{stem}.png" in figures
     assert "7_sweeps_compared.png" in figures
     assert "6_heatmaps/shakespeare_char_heads_layer1.png" in figures  # default: last layer
-    assert (out / "figures" / "base" / "3_loss_bars.svg").is_file()
+    assert (out / "figures" / "base" / "3_deltas.svg").is_file()
     text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
     assert "<style>" in page and "<script" not in page and "http" not in text
     assert "boom" in page and "non-finite loss at step 150" in page  # diverged trial listed
