@@ -34,13 +34,13 @@ __all__ = [
     "as_figure",
     "attention_over_training",
     "color_mapping",
+    "delta_forest",
+    "delta_forest_panel",
     "display_chars",
     "factor_curves",
     "head_heatmaps",
     "layer_heatmaps",
     "layer_similarity",
-    "delta_forest",
-    "delta_forest_panel",
     "params_vs_loss",
     "params_vs_loss_panel",
     "sweeps_compared",
@@ -343,7 +343,7 @@ def _point_labels(ax: Axes, rows: pd.DataFrame, metric: str, colors: Mapping[str
                 "alpha": 0.6,
                 "shrinkA": 0,
                 "shrinkB": 3,
-            },  # fmt: skip
+            },
         )
 
 
