@@ -319,7 +319,7 @@ def _point_labels(ax: Axes, rows: pd.DataFrame, metric: str, colors: Mapping[str
     points = finite[["n_params_mean", f"{metric}_mean"]].to_numpy(float)
     heights = ax.transAxes.inverted().transform(ax.transData.transform(points))[:, 1]
     order = np.lexsort((finite["config"].to_numpy(str), heights))
-    step = _LABEL_STEP_IN / (ax.get_position().height * ax.figure.get_figheight())
+    step = _LABEL_STEP_IN * ax.figure.dpi / ax.get_window_extent().height
     placed = np.clip(heights[order], step / 2, 1 - step / 2)
     for i in range(1, len(placed)):  # push up past the label below
         placed[i] = max(placed[i], placed[i - 1] + step)
