@@ -17,8 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.aggregate import _by_experiment, _seed_values, _sort_configs, config_label
-from sweeps.manytoone import METHODS, judge, method_name
-from sweeps.rounds import format_verdicts
+from sweeps.manytoone import METHODS, format_verdicts, judge, method_name
 from sweeps.sequential import (
     DEFAULT_CONFIDENCE,
     DEFAULT_MIN_EFFECT,

@@ -30,6 +30,7 @@ from charlm.data import check_block_size, load_dataset
 from charlm.text import format_clock, text_table
 from sweeps import interrupt
 from sweeps.grid import PRESETS, GridSpec, TrialSpec, expand, load_grid, parse_overrides
+from sweeps.manytoone import format_verdicts
 from sweeps.options import (
     Resources,
     add_run_options,
@@ -42,7 +43,7 @@ from sweeps.options import (
     local_node,
     node_types,
 )
-from sweeps.rounds import SeedRounds, format_verdicts
+from sweeps.rounds import SeedRounds
 from sweeps.schema import config_label, read_table
 from sweeps.sequential import (
     DEFAULT_CONFIDENCE,

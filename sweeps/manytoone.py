@@ -24,16 +24,18 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import defaultdict
 from collections.abc import Hashable, Mapping
 from dataclasses import replace
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
 from sweeps.sequential import Design, LevelResult, classify, evaluate, seeds_needed
 
-__all__ = ["METHODS", "judge", "many_to_one", "method_name"]
+__all__ = ["METHODS", "format_verdicts", "judge", "many_to_one", "method_name", "one_line"]
 
 METHODS = {
     "dunnett": "Dunnett many-to-one, seed-blocked (Dunnett 1955)",
@@ -187,3 +189,45 @@ def many_to_one(
             len(values), needed, p_adjusted=p, df=df,
         )  # fmt: skip
     return results
+
+
+def format_verdicts(
+    results: Mapping[tuple[str, str], LevelResult], design: Design, dataset: str, sweep: str
+) -> list[str]:
+    """One line per level (verdict, Δ [interval], adjusted p, seeds, seeds needed) and the
+    sweep's counts, in the order given: what the ablation CLI and ``python -m analysis``
+    print (``sweeps.manytoone.judge``'s results)."""
+    header = f"  {'level':<24} {'verdict':<11} {'delta [interval]':>30}  {'p (adj.)':<8} seeds"
+    lines = [header]
+    counts: dict[str, int] = defaultdict(int)
+    alpha = 1 - design.confidence
+    for (factor, level), result in results.items():
+        counts[result.verdict] += 1
+        interval = (
+            f"{result.delta:+.4f} [{result.ci_low:+.4f}, {result.ci_high:+.4f}]"
+            if math.isfinite(result.ci_low)
+            else "-"
+        )
+        p = result.p_adjusted
+        p_text = "-" if not math.isfinite(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
+        p_text += "*" if math.isfinite(p) and p < alpha else ""
+        needs = f" (needs {result.needed})" if result.needed is not None else ""
+        lines.append(
+            f"  {f'{factor}={level}'[:24]:<24} {result.verdict:<11} {interval:>30}  "
+            f"{p_text:<8} {result.seeds}{needs}"
+        )
+    lines.append(one_line(sweep, dataset, counts, design))
+    return lines
+
+
+def one_line(sweep: str, dataset: str, counts: Mapping[str, int], design: Design) -> str:
+    """e.g. 'verdicts notebook/shakespeare_char (dunnett, 95% familywise over 10 levels):
+    3 better, 2 worse, 4 equivalent (±0.02), 1 unresolved'."""
+    parts = [f"{counts.get(v, 0)} {v}" for v in ("better", "worse")]
+    parts.append(f"{counts.get('equivalent', 0)} equivalent (±{design.min_effect:g})")
+    parts.append(f"{counts.get('unresolved', 0)} unresolved")
+    return (
+        f"verdicts {sweep}/{Path(dataset).name} ({method_name(design)}, "
+        f"{design.confidence:.0%} familywise over {design.levels} level"
+        f"{'s' if design.levels != 1 else ''}): {', '.join(parts)}"
+    )

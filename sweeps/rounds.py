@@ -10,8 +10,6 @@ killed driver continues the design where the store stands. No Ray here.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,14 +17,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sweeps.grid import BASELINE, TrialSpec
-from sweeps.manytoone import judge, method_name
+from sweeps.manytoone import judge
 from sweeps.schema import read_table
 from sweeps.sequential import Design, LevelResult, Progress, advance, noise_model
 
 if TYPE_CHECKING:
     from sweeps.estimate import Estimate
 
-__all__ = ["SeedRounds", "auto_compute", "format_verdicts", "one_line"]
+__all__ = ["SeedRounds", "auto_compute"]
 
 Level = tuple[str, str]  # (factor, level)
 
@@ -164,47 +162,6 @@ class SeedRounds:
                     f"{progress.baseline_target} seeds"
                 )
         return "\n".join(lines)
-
-
-def format_verdicts(
-    results: Mapping[Level, LevelResult], design: Design, dataset: str, sweep: str
-) -> list[str]:
-    """One line per level (verdict, Δ [interval], adjusted p, seeds, seeds needed) and the
-    sweep's counts, in the order given: what the ablation CLI and ``python -m analysis``
-    print (``sweeps.manytoone.judge``'s results)."""
-    header = f"  {'level':<24} {'verdict':<11} {'delta [interval]':>30}  {'p (adj.)':<8} seeds"
-    lines = [header]
-    counts: dict[str, int] = defaultdict(int)
-    alpha = 1 - design.confidence
-    for (factor, level), result in results.items():
-        counts[result.verdict] += 1
-        interval = (
-            f"{result.delta:+.4f} [{result.ci_low:+.4f}, {result.ci_high:+.4f}]"
-            if math.isfinite(result.ci_low)
-            else "-"
-        )
-        p = result.p_adjusted
-        p_text = "-" if not math.isfinite(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
-        p_text += "*" if math.isfinite(p) and p < alpha else ""
-        needs = f" (needs {result.needed})" if result.needed is not None else ""
-        lines.append(
-            f"  {f'{factor}={level}'[:24]:<24} {result.verdict:<11} {interval:>30}  "
-            f"{p_text:<8} {result.seeds}{needs}"
-        )
-    lines.append(one_line(sweep, dataset, counts, design))
-    return lines
-
-
-def one_line(sweep: str, dataset: str, counts: Mapping[str, int], design: Design) -> str:
-    """e.g. 'verdicts notebook/shakespeare_char (dunnett, 95% familywise over 10 levels):
-    3 better, 2 worse, 4 equivalent (±0.02), 1 unresolved'."""
-    parts = [f"{counts.get(v, 0)} {v}" for v in ("better", "worse")]
-    parts.append(f"{counts.get('equivalent', 0)} equivalent (±{design.min_effect:g})")
-    parts.append(f"{counts.get('unresolved', 0)} unresolved")
-    return (
-        f"verdicts {sweep}/{Path(dataset).name} ({method_name(design)}, "
-        f"{design.confidence:.0%} familywise over {design.levels} levels): {', '.join(parts)}"
-    )
 
 
 def _observed(rounds: SeedRounds, dataset: str) -> tuple[list[float], list[float]] | None:
