@@ -150,7 +150,7 @@ def _span(values: pd.Series) -> str:
 
 def summary_lines(verdicts: pd.DataFrame) -> list[str]:
     """Per (sweep, dataset): one line per level (verdict, Δ [interval], adjusted p, seeds)
-    and a line of counts: ``sweeps.rounds.format_verdicts``, as the ablation CLI prints."""
+    and a line of counts: ``sweeps.manytoone.format_verdicts``, as the ablation CLI prints."""
     lines = []
     for (sweep, dataset), rows in verdicts.groupby(["sweep", "dataset"], sort=False):
         first = rows.iloc[0]
@@ -188,8 +188,9 @@ def unresolved_sentence(verdicts: pd.DataFrame, command: str | None = None) -> s
     sweep = unresolved["sweep"].iloc[0]
     base = command or f"python sweeps/ablation.py --name {sweep}"
     if (unresolved["method"] == "sequential").any():  # its design is fixed: a new sweep
-        more = f"{int(most)}" if pd.notna(most) else "20"
-        rerun = _with_option(_with_option(base, "--max-seeds", more), "--name", f"{sweep}-more")
+        rerun = _with_option(base, "--name", f"{sweep}-more")
+        if pd.notna(most):
+            rerun = _with_option(rerun, "--max-seeds", str(int(most)))
         would = f"`{rerun}` would"
     else:
         fixed = _with_option(base, "--seeds", str(int(most))) if pd.notna(most) else None
