@@ -605,6 +605,8 @@ def _print_verdicts(rounds: SeedRounds, sweep: str, design: Design | None) -> No
     shown = rounds.design if rounds.design is not None and rounds.design.adaptive else fixed
     progress = rounds.progress() if shown.adaptive else {}
     for dataset, results in rounds.verdicts(fixed).items():
+        if not results:  # a baseline-only grid
+            continue
         print("\n".join(format_verdicts(results, shown, dataset, sweep)))
         if dataset in progress and not progress[dataset].finished:
             print(f"{Path(dataset).name}: design not complete, "

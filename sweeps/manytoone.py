@@ -155,6 +155,8 @@ def many_to_one(
     """Seed-blocked Dunnett verdicts of every level against the baseline (module doc).
     ``p_values=False`` skips the adjusted p-values (simulations need the intervals only).
     A level gets NaN intervals, and 'unresolved', when the fit has no residual df."""
+    if not levels:  # a baseline-only grid: nothing to judge
+        return {}
     alpha = 1 - confidence
     delta, covariance, df = _fit(levels, baseline)
     with np.errstate(all="ignore"):

@@ -64,6 +64,10 @@ def test_p_below_alpha_exactly_when_the_interval_excludes_zero():
     assert 0 < agree < 200  # both sides of the line were checked
 
 
+def test_a_baseline_only_grid_has_nothing_to_judge():
+    assert many_to_one({}, {0: 2.9, 1: 2.8}, 0.95, 0.02) == {}
+
+
 def test_too_few_observations_leave_the_level_unresolved_without_an_interval():
     levels = {("dropout", "0.0"): {0: 2.8}}
     result = many_to_one(levels, {0: 2.9}, 0.95, 0.02)[("dropout", "0.0")]
