@@ -7,10 +7,11 @@ Never imports Ray. As a library (an offline script)::
     result = analyze("results/")  # load the store, aggregate over seeds
     print(result.summary[["sweep", "dataset", "config", "best_val_loss_mean",
                           "best_val_loss_stderr", "best_val_loss_n"]])
-    print(result.effects[["config", "test", "delta", "ci_low", "ci_high", "p_holm"]])
+    print(result.verdicts[["config", "method", "verdict", "delta", "ci_low", "ci_high",
+                           "p_adjusted"]])
     print(result.ranking[["sweep", "dataset", "rank", "factor", "effect"]])
-    print(to_markdown(paper_table(result.summary, result.effects)))
-    write_tables(result.summary, result.effects, result.ranking, "tables/")
+    print(to_markdown(paper_table(result.summary, result.verdicts)))
+    write_tables(result.summary, result.verdicts, result.ranking, "tables/")
 
 As a command: ``python -m analysis RESULTS_DIR --out REPORT_DIR`` (see analysis.report).
 """
@@ -26,7 +27,7 @@ _MODULES = {
     **dict.fromkeys(
         [
             "CONFIG_KEYS", "METRICS", "attention_summary", "baseline_configs",
-            "compare_to_baseline", "config_summary", "curve_summary", "failed_trials",
+            "config_summary", "curve_summary", "failed_trials",
             "holm", "rank_factors", "search_leaderboard",
         ],
         "analysis.aggregate",
@@ -40,6 +41,7 @@ _MODULES = {
     ),
     **dict.fromkeys(["CorruptStoreError", "Store", "StoreError", "load_store"], "analysis.load"),
     **dict.fromkeys(["Analysis", "Report", "analyze", "build_report"], "analysis.report"),
+    "level_verdicts": "analysis.verdicts",
 }  # fmt: skip
 
 
@@ -61,12 +63,12 @@ __all__ = [
     "attention_summary",
     "baseline_configs",
     "build_report",
-    "compare_to_baseline",
     "config_summary",
     "curve_summary",
     "failed_trials",
     "final_info",
     "holm",
+    "level_verdicts",
     "load_store",
     "paper_table",
     "rank_factors",

@@ -25,7 +25,6 @@ __all__ = [
     "METRICS",
     "attention_summary",
     "baseline_configs",
-    "compare_to_baseline",
     "config_label",
     "config_summary",
     "curve_summary",
@@ -166,110 +165,6 @@ def _by_experiment(values: dict[tuple, pd.Series]) -> dict[tuple, dict[tuple, pd
     for (sweep, dataset, factor, level), seeds in sorted(values.items(), key=lambda kv: kv[0][:2]):
         grouped.setdefault((sweep, dataset), {})[(factor, level)] = seeds
     return grouped
-
-
-def compare_to_baseline(
-    trials: pd.DataFrame,
-    metric: str = "best_val_loss",
-    confidence: float = 0.95,
-    alpha: float = 0.05,
-) -> pd.DataFrame:
-    """Each OFAT level against its sweep's baseline (same sweep and dataset).
-
-    Paired t-test (``scipy.stats.ttest_rel``) over the seeds both share when they share at
-    least two (the seed fixes data order and initialisation), else Welch's t-test
-    (``ttest_ind(equal_var=False)``) over all seeds; 'none' when either side has fewer than
-    two values. ``delta`` = level - baseline (negative: the level lowers the metric), with
-    its ``confidence`` interval. ``p_holm``: Holm's correction across all levels of one
-    (sweep, dataset). ``effect_size``: Cohen's d_z (mean difference / sd of differences)
-    when paired, Cohen's d (pooled sd) for Welch. Search sweeps are not compared.
-    """
-    rows = []
-    for (sweep, dataset), configs in _by_experiment(_seed_values(trials, metric)).items():
-        baselines = [seeds for (factor, _), seeds in configs.items() if factor == "baseline"]
-        if not baselines:
-            continue
-        base = baselines[0]
-        for (factor, level), values in configs.items():
-            if factor == "baseline":
-                continue
-            row = {"sweep": sweep, "dataset": dataset, "factor": factor, "level": level}
-            row.update(config=config_label(factor, level), metric=metric)
-            row.update(_compare(values, base, confidence))
-            rows.append(row)
-    columns = [
-        "sweep",
-        "dataset",
-        "factor",
-        "level",
-        "config",
-        "metric",
-        "test",
-        "n",
-        "n_baseline",
-        "n_pairs",
-        "mean",
-        "baseline_mean",
-        "delta",
-        "ci_low",
-        "ci_high",
-        "statistic",
-        "df",
-        "p_value",
-        "p_holm",
-        "significant",
-        "effect_size",
-        "effect_size_kind",
-    ]
-    effects = pd.DataFrame(rows, columns=columns)
-    if effects.empty:
-        return effects
-    effects["p_holm"] = np.nan
-    for _, index in effects.groupby(["sweep", "dataset"]).groups.items():
-        effects.loc[index, "p_holm"] = holm(effects.loc[index, "p_value"].to_numpy(float))
-    effects["significant"] = effects["p_holm"] < alpha
-    return _sort_configs(effects)
-
-
-def _compare(values: pd.Series, base: pd.Series, confidence: float) -> dict[str, Any]:
-    """One level vs the baseline; values and base are indexed by seed."""
-    shared = values.index.intersection(base.index)
-    out: dict[str, Any] = {
-        "n": len(values),
-        "n_baseline": len(base),
-        "n_pairs": len(shared),
-        "mean": values.mean(),
-        "baseline_mean": base.mean(),
-    }
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        if len(shared) >= 2:
-            level, baseline = values[shared].to_numpy(), base[shared].to_numpy()
-            result = stats.ttest_rel(level, baseline)
-            differences = level - baseline
-            delta = differences.mean()
-            effect, kind, test = delta / differences.std(ddof=1), "cohen_dz", "paired"
-        elif len(values) >= 2 and len(base) >= 2:
-            level, baseline = values.to_numpy(), base.to_numpy()
-            result = stats.ttest_ind(level, baseline, equal_var=False)
-            delta = level.mean() - baseline.mean()
-            n1, n2 = len(level), len(baseline)
-            pooled = math.sqrt(
-                ((n1 - 1) * level.var(ddof=1) + (n2 - 1) * baseline.var(ddof=1)) / (n1 + n2 - 2)
-            )
-            effect, kind, test = delta / pooled if pooled else math.nan, "cohen_d", "welch"
-        else:
-            delta = values.mean() - base.mean() if len(values) and len(base) else math.nan
-            out.update(test="none", delta=delta, ci_low=math.nan, ci_high=math.nan)
-            out.update(statistic=math.nan, df=math.nan, p_value=math.nan)
-            out.update(effect_size=math.nan, effect_size_kind=None)
-            return out
-        interval = result.confidence_interval(confidence)
-    out.update(test=test, delta=float(delta), ci_low=float(interval.low))
-    out.update(ci_high=float(interval.high), statistic=float(result.statistic))
-    out.update(df=float(result.df), p_value=float(result.pvalue))
-    out.update(effect_size=float(effect), effect_size_kind=kind)
-    return out
 
 
 def rank_factors(

@@ -36,7 +36,8 @@ def parser() -> OneLineParser:
         prog="python -m analysis",
         description=(
             "Turn a result store into a report: tables (mean ± stderr over seeds, Δ vs the "
-            "baseline with 95% CI and Holm-corrected p-values), figures (PNG/SVG), the "
+            "baseline with each level's verdict, simultaneous 95% CI and adjusted p), "
+            "figures (PNG/SVG), the "
             "factor ranking and generated samples, as REPORT_DIR/report.html (one file, "
             "figures embedded) and report.md. Works on a store that is still being written; "
             "failed and corrupt parts are named in the report."

@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.aggregate import CONFIG_KEYS, METRICS, _ok, config_summary
+from analysis.verdicts import caption as verdicts_caption
+from analysis.verdicts import interval_text, p_text
 from charlm.fsio import atomic_write_bytes
 from charlm.text import scaled
 from sweeps.schema import config_label
@@ -41,18 +43,30 @@ def _json_number(value: Any) -> Any:
     return value
 
 
+VERDICT_FIELDS = ("verdict", "delta", "ci_low", "ci_high", "p_adjusted", "method", "metric",
+                  "confidence", "min_effect")  # fmt: skip
+
+
 def final_info(
-    trials: pd.DataFrame, metrics: Sequence[str] = METRICS, summary: pd.DataFrame | None = None
+    trials: pd.DataFrame,
+    metrics: Sequence[str] = METRICS,
+    summary: pd.DataFrame | None = None,
+    verdicts: pd.DataFrame | None = None,
 ) -> dict[tuple, dict]:
     """Per (sweep, factor, level): the research templates' ``final_info.json`` content,
     ``{dataset: {"means": {"<m>_mean": x}, "stderrs": {"<m>_stderr": x},
-    "final_info_dict": {"<m>": [value per seed, by seed], "seed": [...]}}}`` over ok trials
-    (NaN -> null). Means and stderrs are config_summary's (pass ``summary`` to reuse one).
-    Search sweeps are left out (see search_leaderboard)."""
+    "final_info_dict": {"<m>": [value per seed, by seed], "seed": [...]},
+    "verdict": {VERDICT_FIELDS}}}`` over ok trials (NaN -> null; "verdict" for the levels
+    of ``verdicts``, the rows of level_verdicts). Means and stderrs are config_summary's
+    (pass ``summary`` to reuse one). Search sweeps are left out (see search_leaderboard)."""
     summary = config_summary(trials, metrics) if summary is None else summary
     ok = _ok(trials, metrics)
     ok = ok[ok["kind"].ne("search")].sort_values("seed")
     per_seed = ok.groupby(CONFIG_KEYS, sort=False)[[*metrics, "seed"]].agg(list)
+    judged = {} if verdicts is None else {
+        tuple(row[k] for k in CONFIG_KEYS): {f: _json_number(row[f]) for f in VERDICT_FIELDS}
+        for row in verdicts.to_dict("records")
+    }  # fmt: skip
     result: dict[tuple, dict] = {}
     for row in summary[summary["kind"].ne("search")].itertuples(index=False):
         key = (row.sweep, row.dataset, row.factor, row.level)
@@ -65,6 +79,8 @@ def final_info(
             "final_info_dict": {m: [_json_number(v) for v in values[m]] for m in metrics},
         }
         entry["final_info_dict"]["seed"] = [int(v) for v in values["seed"]]
+        if key in judged:
+            entry["verdict"] = judged[key]
         result.setdefault((row.sweep, row.factor, row.level), {})[row.dataset] = entry
     return result
 
@@ -75,11 +91,15 @@ def slug(name: str) -> str:
 
 
 def write_final_info(
-    trials: pd.DataFrame, out_dir: str | Path, summary: pd.DataFrame | None = None
+    trials: pd.DataFrame,
+    out_dir: str | Path,
+    summary: pd.DataFrame | None = None,
+    verdicts: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Write ``<out_dir>/<sweep>/<config>/final_info.json`` for every config; the paths."""
     paths = []
-    for (sweep, factor, level), content in final_info(trials, summary=summary).items():
+    for (sweep, factor, level), content in final_info(trials, summary=summary,
+                                                      verdicts=verdicts).items():  # fmt: skip
         path = Path(out_dir) / slug(sweep) / slug(config_label(factor, level)) / "final_info.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, (json.dumps(content, indent=2) + "\n").encode())
@@ -98,23 +118,15 @@ def format_params(value: float) -> str:
     return scaled(value, sep="", counts=True)
 
 
-def _format_p(p: float) -> str:
-    if p is None or not np.isfinite(p):
-        return "–"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
 def paper_table(
-    summary: pd.DataFrame, effects: pd.DataFrame, metric: str = "best_val_loss", digits: int = 4
+    summary: pd.DataFrame, verdicts: pd.DataFrame, metric: str = "best_val_loss", digits: int = 4
 ) -> pd.DataFrame:
     """The table of a paper, as strings: per config mean ± stderr of the losses, n, the
-    difference in ``metric`` from the baseline with its 95% CI, the Holm-adjusted p-value
-    (* when significant) and the parameter count. One row per config of ``summary``."""
-    merged = summary.merge(
-        effects[[*CONFIG_KEYS, "delta", "ci_low", "ci_high", "p_holm", "significant", "test"]],
-        on=CONFIG_KEYS,
-        how="left",
-    )
+    parameter count and, per level, its verdict, its difference in ``metric`` from the
+    baseline with the verdict's interval and the same method's adjusted p (* below alpha):
+    the rows of ``analysis.verdicts.level_verdicts``. One row per config of ``summary``."""
+    columns = ["verdict", "delta", "ci_low", "ci_high", "p_adjusted", "confidence"]
+    merged = summary.merge(verdicts[[*CONFIG_KEYS, *columns]], on=CONFIG_KEYS, how="left")
     names = {
         "best_val_loss": "Best val loss",
         "final_train_loss": "Final train loss",
@@ -131,25 +143,22 @@ def paper_table(
 
     rows = []
     for _, row in merged.iterrows():
-        delta = row.get("delta")
         if row["factor"] == "baseline":
-            change, p = "(baseline)", ""
-        elif delta is None or not np.isfinite(delta):
-            change, p = "–", "–"
-        elif not np.isfinite(row["ci_low"]):
-            change, p = f"{delta:+.{digits}f}", "–"
+            verdict, change, p = "(baseline)", "", ""
+        elif pd.isna(row["verdict"]):
+            verdict, change, p = "–", "–", "–"
         else:
-            change = (
-                f"{delta:+.{digits}f} [{row['ci_low']:+.{digits}f}, {row['ci_high']:+.{digits}f}]"
-            )
-            p = _format_p(row["p_holm"]) + ("*" if row["significant"] else "")
+            verdict = row["verdict"]
+            change = interval_text(row["delta"], row["ci_low"], row["ci_high"], digits)
+            p = p_text(row["p_adjusted"], 1 - row["confidence"])
         out = {"Dataset": row["dataset"], "Config": row["config"], "n": int(row["n_ok"])}
         if row["n_failed"]:
             out["n"] = f"{int(row['n_ok'])} (+{int(row['n_failed'])} failed)"
         for column, name in names.items():
             out[name] = mean_stderr(row, column)
-        out[f"Δ {names.get(metric, metric)} vs baseline [95% CI]"] = change
-        out["p (Holm)"] = p
+        out["Verdict"] = verdict
+        out[f"Δ {names.get(metric, metric)} vs baseline [interval]"] = change
+        out["p (adj.)"] = p
         out["Params"] = format_params(row["n_params_mean"])
         rows.append(out)
     return pd.DataFrame(rows)
@@ -205,26 +214,29 @@ def to_latex(table: pd.DataFrame, caption: str | None = None) -> str:
 
 def write_tables(
     summary: pd.DataFrame,
-    effects: pd.DataFrame,
+    verdicts: pd.DataFrame,
     ranking: pd.DataFrame,
     out_dir: str | Path,
     metric: str = "best_val_loss",
 ) -> list[Path]:
-    """Write the raw numbers (summary.csv, effects.csv, ranking.csv) and, per sweep, the
-    paper table as table_<sweep>.csv, .md and .tex into ``out_dir``; return the paths."""
+    """Write the raw numbers (summary.csv, verdicts.csv: one row per level with its verdict,
+    interval and adjusted p, ranking.csv) and, per sweep, the paper table as
+    table_<sweep>.csv, .md and .tex into ``out_dir``; return the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, frame in (("summary", summary), ("effects", effects), ("ranking", ranking)):
+    for name, frame in (("summary", summary), ("verdicts", verdicts), ("ranking", ranking)):
         path = out / f"{name}.csv"
         atomic_write_bytes(path, frame.to_csv(index=False).encode())
         paths.append(path)
     for sweep, rows in summary.groupby("sweep", sort=True):
-        table = paper_table(rows, effects, metric)
+        table = paper_table(rows, verdicts, metric)
         stem = out / f"table_{slug(sweep)}"
         atomic_write_bytes(stem.with_suffix(".csv"), table.to_csv(index=False).encode())
         atomic_write_bytes(stem.with_suffix(".md"), to_markdown(table).encode())
-        caption = f"Sweep {sweep}: mean ± standard error over seeds; Δ vs the baseline."
+        caption = f"Sweep {sweep}: mean ± standard error over seeds. " + verdicts_caption(
+            verdicts, sweep
+        )
         atomic_write_bytes(stem.with_suffix(".tex"), to_latex(table, caption).encode())
         paths += [stem.with_suffix(suffix) for suffix in (".csv", ".md", ".tex")]
     return paths

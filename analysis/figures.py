@@ -86,8 +86,10 @@ def figure_jobs(analysis: Analysis) -> list[FigureJob]:
                     curves, f"{s}/2_factor_curves", caption, plots.factor_curves, panels, "col"
                 )
             )
-        caption = f"{sweep}: final train and val loss per config"
-        jobs.append(_versions(rows, f"{s}/3_loss_bars", caption, plots.loss_bars))
+        judged = analysis.verdicts[analysis.verdicts["sweep"] == sweep]
+        if len(judged):
+            caption = f"{sweep}: each level's difference from the baseline, with its verdict"
+            jobs.append(_versions(judged, f"{s}/3_deltas", caption, plots.delta_forest))
     baseline_curves = analysis.curves[analysis.curves["factor"] == "baseline"]
     if baseline_curves["sweep"].nunique() > 1:
         draw_compared = partial(plots.sweeps_compared, colors=sweep_colors)

@@ -2,8 +2,8 @@
 
 As in rliable, a function that draws one panel takes ``ax=None`` and returns the Axes it
 drew on (a new figure's when ``ax`` is None), so panels compose into a figure of your
-own: ``params_vs_loss_panel``, ``loss_bars_panel``. A figure of several panels returns
-the Figure: figures 1 and 3 (``params_vs_loss``, ``loss_bars``: one panel per dataset),
+own: ``params_vs_loss_panel``, ``delta_forest_panel``. A figure of several panels returns
+the Figure: figures 1 and 3 (``params_vs_loss``, ``delta_forest``: one panel per dataset),
 2, 4, 5, 6 and 7. ``as_figure`` turns a one-panel call into its Figure. Figures are
 ``matplotlib.figure.Figure`` objects built with the object API (no pyplot state), so they
 work under any backend and in threads. Colours come from one mapping per factor or sweep
@@ -25,6 +25,7 @@ from matplotlib.axes import Axes
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.transforms import offset_copy
 
 from analysis.aggregate import config_label, level_order
 from charlm.text import scaled
@@ -33,13 +34,13 @@ __all__ = [
     "as_figure",
     "attention_over_training",
     "color_mapping",
+    "delta_forest",
+    "delta_forest_panel",
     "display_chars",
     "factor_curves",
     "head_heatmaps",
     "layer_heatmaps",
     "layer_similarity",
-    "loss_bars",
-    "loss_bars_panel",
     "params_vs_loss",
     "params_vs_loss_panel",
     "sweeps_compared",
@@ -113,16 +114,18 @@ def _grid(
     bottom: float = 0.55,
     gap: float = 0.95,
     right: float = 0.0,
+    left: float = 0.95,
 ) -> tuple[Figure, np.ndarray]:
     """A figure of n_rows x n_cols panels of about ``width`` x ``height`` inches, with
-    ``gap`` inches between rows, 1 inch between columns and ``right`` inches at the right.
+    ``gap`` inches between rows, 1 inch between columns, ``left`` and ``right`` inches at
+    the sides.
 
     Margins are fixed in inches instead of a layout engine: constrained layout redraws
     every text several times and doubled the cost of the report's figures; fixed gaps also
     let a row or column of panels be cut out cleanly (figures.save_figure's views).
     """
     n_rows, n_cols = max(n_rows, 1), max(n_cols, 1)
-    left, top, column_gap = 0.95, 0.8, 1.1
+    top, column_gap = 0.8, 1.1
     width = min(width, (PAGE_WIDTH_IN - right) / n_cols)  # never wider than the page
     fig_width, fig_height = width * n_cols + right, height * n_rows + top + bottom
     axes_width = (fig_width - left - 0.2 - right - (n_cols - 1) * column_gap) / n_cols
@@ -147,14 +150,15 @@ def _one_dataset_axes(
     height: float,
     bottom: float = 0.55,
     right: float = 0.0,
+    left: float = 0.95,
 ):
     """The axes to draw each dataset on: ``ax`` (one dataset only) or a new column of panels."""
     if ax is not None:
-        dataset, ax = _panel_axes(frame, ax, width, height, bottom, right)
+        dataset, ax = _panel_axes(frame, ax, width, height, bottom, right, left)
         return ax.figure, [(dataset, ax)]
     datasets = _datasets(frame)
     figure, axes = _grid(
-        max(len(datasets), 1), 1, width, height, bottom, gap=bottom + 0.4, right=right
+        max(len(datasets), 1), 1, width, height, bottom, gap=bottom + 0.4, right=right, left=left
     )
     return figure, list(zip(datasets, axes[:, 0], strict=False))
 
@@ -166,6 +170,7 @@ def _panel_axes(
     height: float,
     bottom: float = 0.55,
     right: float = 0.0,
+    left: float = 0.95,
 ) -> tuple[str, Axes]:
     """The one dataset of ``frame`` and the axes to draw it on: ``ax``, or the single panel
     of a new figure laid out as that dataset's row of the faceted figure."""
@@ -176,7 +181,7 @@ def _panel_axes(
             "pass one dataset's rows, or ax=None for one panel per dataset."
         )
     if ax is None:
-        ax = _grid(1, 1, width, height, bottom, gap=bottom + 0.4, right=right)[1][0, 0]
+        ax = _grid(1, 1, width, height, bottom, gap=bottom + 0.4, right=right, left=left)[1][0, 0]
     return (datasets[0] if datasets else ""), ax
 
 
@@ -231,6 +236,14 @@ def _min_span(ax: Axes, relative: float = 0.01, absolute: float = 1e-3) -> None:
         ax.set_ylim(bottom, bottom + span)
 
 
+def _label_height_in(n_labels: int) -> float:
+    """Panel height (inches) that stacks ``n_labels`` 8 pt labels without overlap."""
+    return max(4.0, n_labels * _LABEL_STEP_IN + 0.6)
+
+
+_LABEL_STEP_IN = 0.19  # vertical space per point label, inches (8 pt text and a gap)
+
+
 def params_vs_loss(
     summary: pd.DataFrame,
     *,
@@ -242,7 +255,10 @@ def params_vs_loss(
     them). ``summary``: config_summary rows. ``ax``: draw one dataset's rows into it (the
     Figure returned is ``ax``'s)."""
     colors = colors or color_mapping(summary["factor"])
-    figure, panels = _one_dataset_axes(summary, ax, 6.0, 4.0, right=1.6)
+    most = int(summary.groupby("dataset").size().max()) if len(summary) else 1
+    figure, panels = _one_dataset_axes(
+        summary, ax, 6.0, _label_height_in(most), bottom=1.1, right=2.0
+    )
     for dataset, axes in panels:
         rows = summary[summary["dataset"] == dataset]
         params_vs_loss_panel(rows, metric=metric, colors=colors, ax=axes)
@@ -256,11 +272,12 @@ def params_vs_loss_panel(
     colors: Mapping[str, str] | None = None,
     ax: Axes | None = None,
 ) -> Axes:
-    """One dataset's parameters (log x) vs ``metric``: mean with stderr bars, each point
-    labelled with its config, one colour per factor. ``rows``: config_summary rows of one
-    dataset. Draws on ``ax`` (a new figure when None) and returns it."""
+    """One dataset's parameters (log x) vs ``metric``: mean with stderr bars, one colour
+    per factor, each point's config in a column right of the axes (stacked so no two
+    overlap, a leader line to its point). ``rows``: config_summary rows of one dataset.
+    Draws on ``ax`` (a new figure when None) and returns it."""
     colors = colors or color_mapping(rows["factor"])
-    dataset, ax = _panel_axes(rows, ax, 6.0, 4.0, right=1.6)
+    dataset, ax = _panel_axes(rows, ax, 6.0, _label_height_in(len(rows)), 1.1, right=2.0)
     for factor, factor_rows in rows.groupby("factor", sort=True):
         ax.errorbar(
             factor_rows["n_params_mean"],
@@ -271,19 +288,13 @@ def params_vs_loss_panel(
             color=colors[factor],
             label=factor,
         )
-        for _, row in factor_rows.iterrows():
-            ax.annotate(
-                config_label(row["factor"], row["level"]),
-                (row["n_params_mean"], row[f"{metric}_mean"]),
-                xytext=(4, 4),
-                textcoords="offset points",
-                fontsize=MIN_FONT_PT,
-            )
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: scaled(x, sep="", counts=True)))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.margins(x=0.12)
+    ax.margins(x=0.12, y=0.08)
+    ax.autoscale_view()
+    _point_labels(ax, rows, metric, colors)
     ax.set_xlabel("parameters")
     ax.set_ylabel(_LABELS.get(metric, metric.replace("_", " ")))
     ax.set_title(f"{_sweep_name(rows)}{dataset}: parameters vs {metric.replace('_', ' ')}", y=1.0)
@@ -291,11 +302,49 @@ def params_vs_loss_panel(
         title="factor",
         fontsize=MIN_FONT_PT,
         title_fontsize=MIN_FONT_PT + 1,
-        loc="upper left",
-        bbox_to_anchor=(1.02, 1.0),
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.12),
+        ncols=min(4, rows["factor"].nunique()),
     )
     ax.grid(True, alpha=0.3)
     return ax
+
+
+def _point_labels(ax: Axes, rows: pd.DataFrame, metric: str, colors: Mapping[str, str]) -> None:
+    """Each point's config as a label right of the axes, in the points' vertical order,
+    spread to at least one label height apart, with a leader line to its point."""
+    finite = rows[np.isfinite(rows["n_params_mean"]) & np.isfinite(rows[f"{metric}_mean"])]
+    if finite.empty:
+        return
+    points = finite[["n_params_mean", f"{metric}_mean"]].to_numpy(float)
+    heights = ax.transAxes.inverted().transform(ax.transData.transform(points))[:, 1]
+    order = np.lexsort((finite["config"].to_numpy(str), heights))
+    step = _LABEL_STEP_IN * ax.figure.dpi / ax.get_window_extent().height
+    placed = np.clip(heights[order], step / 2, 1 - step / 2)
+    for i in range(1, len(placed)):  # push up past the label below
+        placed[i] = max(placed[i], placed[i - 1] + step)
+    placed[-1] = min(placed[-1], 1 - step / 2)
+    for i in range(len(placed) - 2, -1, -1):  # then down below the label above
+        placed[i] = min(placed[i], placed[i + 1] - step)
+    for (_, row), y in zip(finite.iloc[order].iterrows(), placed, strict=True):
+        ax.annotate(
+            row["config"],
+            (row["n_params_mean"], row[f"{metric}_mean"]),
+            xytext=(1.04, y),
+            textcoords="axes fraction",
+            va="center",
+            fontsize=MIN_FONT_PT,
+            color=colors[row["factor"]] if row["factor"] != "baseline" else "black",
+            annotation_clip=False,
+            arrowprops={
+                "arrowstyle": "-",
+                "color": colors[row["factor"]],
+                "lw": 0.6,
+                "alpha": 0.6,
+                "shrinkA": 0,
+                "shrinkB": 3,
+            },
+        )
 
 
 def _sweep_name(rows: pd.DataFrame) -> str:
@@ -303,117 +352,139 @@ def _sweep_name(rows: pd.DataFrame) -> str:
     return f"{sweeps[0]} / " if len(sweeps) == 1 else ""
 
 
+def _curve_columns(n_factors: int, n_datasets: int) -> int:
+    """Panels per row: one column per dataset; one dataset's factors wrap at 2-3 columns."""
+    if n_datasets > 1:
+        return n_datasets
+    return 1 if n_factors == 1 else 2 if n_factors in (2, 4) else 3
+
+
 def factor_curves(
     curves: pd.DataFrame, columns: Sequence[str] = ("train_loss", "val_loss")
 ) -> Figure:
-    """Figure 2: one panel per factor (rows) and dataset (columns): for the baseline (black)
-    and each level, the mean curve and stderr band of val loss (solid) and train loss
-    (dashed) over eval steps. ``curves``: curve_summary rows of one sweep."""
+    """Figure 2: one panel per factor and dataset (several datasets: a column each; one
+    dataset: its factors in rows of 2-3 panels): for the baseline (black) and each level,
+    the mean curve and stderr band of val loss (solid) and train loss (dashed) over eval
+    steps, the legend below its panel. ``curves``: curve_summary rows of one sweep."""
     datasets = _datasets(curves)
     factors = sorted(f for f in curves["factor"].unique() if f != "baseline")
-    figure, axes = _grid(len(factors), len(datasets), 4.2, 2.8, gap=0.55)
+    n_cols = _curve_columns(len(factors), len(datasets))
+    panels = [(f, d) for f in factors for d in datasets]
+    n_rows = math.ceil(len(panels) / n_cols)
+    entries = max((curves[curves["factor"] == f]["level"].nunique() for f in factors), default=1)
+    legend_in = 0.17 * math.ceil((entries + 1) / 2) + 0.5
+    figure, axes = _grid(n_rows, n_cols, 4.2, 2.6, bottom=0.15 + legend_in,
+                         gap=0.4 + legend_in)  # fmt: skip
     styles = [(column, "-" if column == "val_loss" else "--") for column in reversed(columns)]
-    for row, factor in enumerate(factors):
-        factor_rows = curves[curves["factor"] == factor]
-        colors = {"baseline": "black", **_level_colors(list(factor_rows["level"].unique()))}
-        for col, dataset in enumerate(datasets):
-            ax = axes[row, col]
-            rows = factor_rows[factor_rows["dataset"] == dataset]
-            base = curves[(curves["factor"] == "baseline") & (curves["dataset"] == dataset)]
-            series = [("baseline", "baseline", base)] + [
-                (level, config_label(factor, level), rows[rows["level"] == level])
-                for level in level_order(list(rows["level"].unique()))
-            ]
-            bands: list = []
-            for level, label, frame in series:
-                if frame.empty:
-                    continue
-                for column, linestyle in styles:
-                    _band(
-                        ax,
-                        bands,
-                        frame["step"],
-                        frame[f"{column}_mean"],
-                        frame[f"{column}_stderr"],
-                        colors[level],
-                        label if linestyle == "-" else f"_{label} ({column})",
-                        linestyle=linestyle,
-                    )
-            _add_bands(ax, bands)
-            ax.set_title(f"{factor} ({dataset}): val solid, train dashed", fontsize=9, y=1.0)
-            ax.set_ylabel("loss")
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=MIN_FONT_PT, loc="upper right")
-    _same_limits(axes)
+    used = []
+    for index, (factor, dataset) in enumerate(panels):
+        ax = axes.flat[index]
+        used.append(ax)
+        rows = curves[(curves["factor"] == factor) & (curves["dataset"] == dataset)]
+        colors = {"baseline": "black", **_level_colors(list(rows["level"].unique()))}
+        base = curves[(curves["factor"] == "baseline") & (curves["dataset"] == dataset)]
+        series = [("baseline", "baseline", base)] + [
+            (level, config_label(factor, level), rows[rows["level"] == level])
+            for level in level_order(list(rows["level"].unique()))
+        ]
+        bands: list = []
+        for level, label, frame in series:
+            for column, linestyle in styles if len(frame) else []:
+                _band(ax, bands, frame["step"], frame[f"{column}_mean"],
+                      frame[f"{column}_stderr"], colors[level],
+                      label if linestyle == "-" else f"_{label} ({column})",
+                      linestyle=linestyle)  # fmt: skip
+        _add_bands(ax, bands)
+        ax.set_title(f"{factor} ({dataset})", fontsize=9, y=1.0)
+        ax.set_ylabel("loss")
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=MIN_FONT_PT, loc="upper center", ncols=2, frameon=False,
+                  bbox_to_anchor=(0.5, 0.0), bbox_transform=offset_copy(
+                      ax.transAxes, figure, y=-30, units="points"))  # fmt: skip
+    for ax in axes.flat[len(panels) :]:
+        figure.delaxes(ax)
+    _same_limits(np.array(used), by_column=len(datasets) > 1, n_cols=n_cols)
     figure.suptitle(
-        f"{_sweep_name(curves)}loss curves per factor\n(mean ± stderr over seeds)", fontsize=10
+        f"{_sweep_name(curves)}loss curves per factor: val solid, train dashed\n"
+        "(mean ± stderr over seeds)",
+        fontsize=10,
+        y=1 - 0.12 / figure.get_figheight(),
+        va="top",
     )
     return figure
 
 
-def _same_limits(axes: np.ndarray) -> None:
-    """One x range for all panels and one y range per column, x tick labels on the bottom
-    row only. (Cheaper than sharex/sharey, whose autoscaling of every sibling on every
-    added band made figure 2 several times slower.)"""
-    x_low = min(ax.get_xlim()[0] for ax in axes.flat)
-    x_high = max(ax.get_xlim()[1] for ax in axes.flat)
-    for column in axes.T:
-        y_low = min(ax.get_ylim()[0] for ax in column)
-        y_high = max(ax.get_ylim()[1] for ax in column)
-        for ax in column:
+def _same_limits(axes: np.ndarray, by_column: bool, n_cols: int) -> None:
+    """One x range for all panels and one y range per column (by_column: per dataset),
+    else one for all. (Cheaper than sharex/sharey, whose autoscaling of every sibling on
+    every added band made figure 2 several times slower.)"""
+    x_low = min(ax.get_xlim()[0] for ax in axes)
+    x_high = max(ax.get_xlim()[1] for ax in axes)
+    groups = [axes[c::n_cols] for c in range(n_cols)] if by_column else [axes]
+    for group in groups:
+        y_low = min(ax.get_ylim()[0] for ax in group)
+        y_high = max(ax.get_ylim()[1] for ax in group)
+        for ax in group:
             ax.set_xlim(x_low, x_high)
             ax.set_ylim(y_low, y_high)
-    for ax in axes[:-1].flat:
-        ax.tick_params(labelbottom=False)
-    for ax in axes[-1]:
-        ax.set_xlabel("step")
 
 
-def loss_bars(summary: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
-    """Figure 3: one ``loss_bars_panel`` per dataset. ``summary``: config_summary rows (in
-    the order given). ``ax``: draw one dataset's rows into it (the Figure returned is
+def _label_width_in(labels: pd.Series) -> float:
+    """Left margin (inches) for 8 pt tick labels this long."""
+    longest = int(labels.astype(str).str.len().max()) if len(labels) else 0
+    return max(0.95, 0.3 + 0.065 * longest)
+
+
+VERDICT_COLORS = {"better": "#1a9850", "worse": "#d73027", "equivalent": "#4575b4",
+                  "unresolved": "#999999"}  # fmt: skip
+
+
+def delta_forest(verdicts: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
+    """Figure 3: one ``delta_forest_panel`` per dataset. ``verdicts``: level_verdicts rows
+    (in the order given). ``ax``: draw one dataset's rows into it (the Figure returned is
     ``ax``'s)."""
-    n_configs = summary.groupby("dataset").size().max() if len(summary) else 1
-    figure, panels = _one_dataset_axes(summary, ax, max(6.0, 0.3 * n_configs), 3.2, bottom=1.5)
+    most = int(verdicts.groupby("dataset").size().max()) if len(verdicts) else 1
+    figure, panels = _one_dataset_axes(verdicts, ax, 6.5, 1.0 + 0.3 * most, right=1.2,
+                                       left=_label_width_in(verdicts["config"]))  # fmt: skip
     for dataset, axes in panels:
-        loss_bars_panel(summary[summary["dataset"] == dataset], ax=axes)
+        delta_forest_panel(verdicts[verdicts["dataset"] == dataset], ax=axes)
     return figure
 
 
-def loss_bars_panel(rows: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
-    """One dataset's final train and val loss of every config, mean with stderr error bars.
-    ``rows``: config_summary rows of one dataset (in the order given). Draws on ``ax`` (a
-    new figure when None) and returns it."""
-    dataset, ax = _panel_axes(rows, ax, max(6.0, 0.3 * len(rows)), 3.2, bottom=1.5)
-    x = np.arange(len(rows))
-    for offset, column, color, name in (
-        (-0.2, "final_train_loss", "#9ecae1", "train"),
-        (0.2, "final_val_loss", "#3182bd", "val"),
-    ):
-        ax.bar(
-            x + offset,
-            rows[f"{column}_mean"],
-            width=0.4,
-            color=color,
-            label=name,
-            yerr=rows[f"{column}_stderr"].fillna(0),
-            capsize=2,
+def delta_forest_panel(rows: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
+    """One dataset's levels as a forest plot: Δ = level − baseline with the verdict's
+    simultaneous interval (the tables' numbers), 0 as a line, ±D shaded, each level's
+    verdict right of the axes in its colour. ``rows``: level_verdicts rows of one dataset."""
+    dataset, ax = _panel_axes(rows, ax, 6.5, 1.0 + 0.3 * len(rows), right=1.2,
+                              left=_label_width_in(rows["config"]))  # fmt: skip
+    y = np.arange(len(rows))[::-1]
+    delta = rows["delta"].to_numpy(float)
+    low, high = rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float)
+    colors = [VERDICT_COLORS.get(v, "black") for v in rows["verdict"]]
+    if len(rows):
+        margin = float(rows["min_effect"].iloc[0])
+        ax.axvspan(-margin, margin, color="#dddddd", alpha=0.6, lw=0)
+    ax.axvline(0.0, color="black", lw=0.8)
+    finite = np.isfinite(low) & np.isfinite(high)
+    line_colors = [c for c, keep in zip(colors, finite, strict=True) if keep]
+    ax.hlines(y[finite], low[finite], high[finite], colors=line_colors, lw=1.6)
+    for end in (low, high):  # the interval's caps
+        ax.scatter(end[finite], y[finite], marker="|", c=line_colors, s=60)
+    ax.scatter(delta, y, c=colors, zorder=3, s=22)
+    ax.set_yticks(y, list(rows["config"]), fontsize=MIN_FONT_PT)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    for position, verdict, color in zip(y, rows["verdict"], colors, strict=True):
+        ax.annotate(verdict, (1.02, position), xycoords=("axes fraction", "data"),
+                    va="center", fontsize=MIN_FONT_PT, color=color)  # fmt: skip
+    if len(rows):
+        first = rows.iloc[0]
+        ax.set_xlabel(
+            f"Δ {str(first.metric).replace('_', ' ')} vs baseline, simultaneous "
+            f"{first.confidence:.0%} interval ({first.method}); grey: ±{first.min_effect:g}"
         )
-    ax.set_xticks(
-        x,
-        [config_label(f, lv) for f, lv in zip(rows.factor, rows.level, strict=True)],
-        rotation=60,
-        ha="right",
-        fontsize=MIN_FONT_PT,
-    )
-    means = rows[["final_train_loss_mean", "final_val_loss_mean"]].to_numpy(float)
-    if np.isfinite(means).any():
-        low, high = np.nanmin(means), np.nanmax(means)
-        ax.set_ylim(low - 0.5 * (high - low) - 0.01, high + 0.35 * (high - low) + 0.01)
-    ax.set_ylabel("loss")
-    ax.set_title(f"{_sweep_name(rows)}{dataset}: final train and val loss per config", y=1.0)
-    ax.legend(loc="upper left", ncols=2)
-    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_title(f"{_sweep_name(rows)}{dataset}: difference from the baseline", y=1.0)
+    ax.grid(True, axis="x", alpha=0.3)
     return ax
 
 

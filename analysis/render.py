@@ -164,6 +164,9 @@ def build_sections(
     store = analysis.store
     trials = store.trials
     sections = [_setup_section(analysis)]
+    sentence = _unresolved_sentence(analysis)
+    if sentence:
+        sections[0].paragraphs.insert(0, sentence)
     overview = Section("Overview", anchor="overview")
     counts = pd.DataFrame(
         {
@@ -200,14 +203,9 @@ def build_sections(
     for sweep, rows in summary[summary["kind"].ne("search")].groupby("sweep", sort=True):
         section = Section(f"Sweep {sweep}")
         section.paragraphs.append(
-            f"Mean ± standard error over seeds; Δ = config − baseline in {metric} (paired "
-            "t-test over shared seeds, else Welch). The 95% confidence interval is per "
-            "comparison, not adjusted for multiple comparisons; the p-value is "
-            "Holm-adjusted across the levels of the sweep (* below 0.05). So an interval "
-            "that excludes 0 can sit next to an adjusted p above 0.05: read the p-value "
-            "for significance, the interval for size."
+            "Mean ± standard error over seeds. " + verdicts.caption(analysis.verdicts, sweep)
         )
-        section.tables.append(("", export.paper_table(rows, analysis.effects, metric)))
+        section.tables.append(("", export.paper_table(rows, analysis.verdicts, metric)))
         section.tables += verdicts.report_tables(analysis.verdicts, sweep)
         ranking = analysis.ranking[analysis.ranking["sweep"] == sweep]
         for dataset, dataset_ranking in ranking.groupby("dataset", sort=True):
@@ -269,6 +267,17 @@ def build_sections(
     files.links += [(str(p.relative_to(temp)), str(p.relative_to(temp))) for p in tables]
     sections.append(files)
     return sections
+
+
+def _unresolved_sentence(analysis: Analysis) -> str | None:
+    """verdicts.unresolved_sentence with the command the sweep's last run recorded."""
+    rows = analysis.verdicts
+    if rows.empty or not rows["verdict"].eq("unresolved").any():
+        return None
+    sweep = rows.loc[rows["verdict"].eq("unresolved"), "sweep"].iloc[0]
+    runs = [r for r in read_runs(analysis.store.root) if r.get("sweep") == sweep]
+    command = str(runs[-1]["command"]) if runs and runs[-1].get("command") else None
+    return verdicts.unresolved_sentence(rows[rows["sweep"] == sweep], command)
 
 
 def _setup_section(analysis: Analysis) -> Section:
@@ -429,15 +438,15 @@ def print_summary(report: Report, metric: str) -> None:
     )
     summary = analysis.summary[analysis.summary["kind"].ne("search")]
     for sweep, rows in summary.groupby("sweep", sort=True):
-        table = export.paper_table(rows, analysis.effects, metric)
+        table = export.paper_table(rows, analysis.verdicts, metric)
         keep = [c for c in table.columns if c not in ("Final train loss", "Final val loss")]
         print(f"\nsweep {sweep}")
         print(export.to_markdown(table[keep]), end="")
-        print(
-            "Δ: 95% CI per comparison (not adjusted); p: Holm-adjusted across the sweep's "
-            "levels (* below 0.05)."
-        )
+        print(verdicts.caption(analysis.verdicts, sweep))
     print("", *verdicts.summary_lines(analysis.verdicts), sep="\n")
+    sentence = _unresolved_sentence(analysis)
+    if sentence:
+        print(sentence)
     for note in report.missing:
         print(f"note: {note}")
     figures = len(report.figures)

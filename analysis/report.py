@@ -54,7 +54,6 @@ class Analysis:
 
     store: Store
     summary: pd.DataFrame
-    effects: pd.DataFrame
     ranking: pd.DataFrame
     failed: pd.DataFrame
     leaderboard: pd.DataFrame
@@ -63,7 +62,8 @@ class Analysis:
     predictors: predictor_report.Predictors | None = None  # set by add_attention
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds per phase
-    verdicts: pd.DataFrame = field(default_factory=pd.DataFrame)  # analysis.verdicts
+    # one row per ablation level: its verdict, interval and adjusted p (analysis.verdicts)
+    verdicts: pd.DataFrame = field(default_factory=pd.DataFrame)
     levels: pd.DataFrame = field(default_factory=pd.DataFrame)  # settings.level_states
 
 
@@ -113,7 +113,6 @@ def analyze(
     result = Analysis(
         store=store,
         summary=aggregate.config_summary(trials),
-        effects=aggregate.compare_to_baseline(trials, metric),
         ranking=aggregate.rank_factors(trials, metric, n_resamples=n_resamples),
         failed=aggregate.failed_trials(trials),
         leaderboard=aggregate.search_leaderboard(trials, metric),
@@ -121,7 +120,7 @@ def analyze(
         attention=aggregate.attention_summary(store.attention, ablation),  # empty for now
         timings=watch.wall,
         cpu_timings=watch.cpu,
-        verdicts=verdicts.level_verdicts(trials, store.root),
+        verdicts=verdicts.level_verdicts(trials, store.root, metric),
         levels=settings.level_states(
             store.planned, trials, store.in_progress, holder_alive(store.root)
         ),
@@ -293,15 +292,16 @@ def build_report(
 
 def _write_tables(analysis: Analysis, temp: Path, metric: str) -> list[Path]:
     tables = export.write_tables(
-        analysis.summary, analysis.effects, analysis.ranking, temp / "tables", metric
+        analysis.summary, analysis.verdicts, analysis.ranking, temp / "tables", metric
     )
     analysis.failed.to_csv(temp / "tables" / "failed_trials.csv", index=False)
     tables.append(temp / "tables" / "failed_trials.csv")
-    tables.append(verdicts.write_csv(analysis.verdicts, temp / "tables"))
     if len(analysis.leaderboard):
         analysis.leaderboard.to_csv(temp / "tables" / "search_leaderboard.csv", index=False)
         tables.append(temp / "tables" / "search_leaderboard.csv")
-    tables += export.write_final_info(analysis.store.trials, temp / "final_info", analysis.summary)
+    tables += export.write_final_info(
+        analysis.store.trials, temp / "final_info", analysis.summary, analysis.verdicts
+    )
     return tables
 
 

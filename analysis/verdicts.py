@@ -1,10 +1,11 @@
-"""Verdicts per ablation level against its baseline: better / worse / equivalent / unresolved.
+"""Verdicts per ablation level against its baseline: better / worse / equivalent / unresolved,
+each with its interval and adjusted p-value: the one frame every table, file and summary
+of a level shows.
 
-The rule is ``sweeps.sequential``'s (pure statistics shared with the ``--seeds auto``
-driver, imported like the store format): the paired t-interval of level - baseline in
-best_val_loss over the seeds both have, at the level the sweep's design fixes. A sweep run
-with ``--seeds auto`` is judged by its recorded design (RESULTS/designs.json); any other
-ablation sweep as a one-look fixed-seed design with Bonferroni over its levels, and
+The rule is ``sweeps.manytoone.judge`` (pure statistics shared with the ablation CLI,
+imported like the store format): a sweep run with ``--seeds auto`` is judged by its
+recorded design (RESULTS/designs.json, repeated intervals); any other ablation sweep by
+seed-blocked Dunnett intervals over its levels (one family per sweep and dataset), with
 ±D from ``--min-effect`` if it was recorded, else the default. No Ray.
 """
 
@@ -15,35 +16,49 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.aggregate import _by_experiment, _seed_values, config_label
+from analysis.aggregate import _by_experiment, _seed_values, _sort_configs, config_label
+from sweeps.manytoone import METHODS, format_verdicts, judge, method_name
 from sweeps.sequential import (
     DEFAULT_CONFIDENCE,
     DEFAULT_MIN_EFFECT,
     METRIC,
     Design,
     DesignError,
-    evaluate,
+    LevelResult,
     load_designs,
 )
 
-__all__ = ["level_verdicts", "report_tables", "summary_lines", "write_csv"]
+__all__ = [
+    "caption",
+    "interval_text",
+    "level_verdicts",
+    "p_text",
+    "report_tables",
+    "summary_lines",
+    "unresolved_sentence",
+]
 
 COLUMNS = [
-    "sweep", "dataset", "factor", "level", "config", "verdict", "delta", "ci_low", "ci_high",
-    "seeds", "n_pairs", "seeds_needed", "design", "min_effect", "confidence", "interval_level",
+    "sweep", "dataset", "factor", "level", "config", "metric", "method", "verdict", "delta",
+    "ci_low", "ci_high", "p_adjusted", "df", "seeds", "n_pairs", "seeds_needed", "design",
+    "levels", "min_effect", "confidence",
 ]  # fmt: skip
 
 
-def level_verdicts(trials: pd.DataFrame, root: Path | None = None) -> pd.DataFrame:
-    """One row per ablation level (COLUMNS); ``attrs["notes"]`` holds notes for the report
-    (an unreadable designs.json: its sweeps are then judged as fixed-seed ones)."""
+def level_verdicts(
+    trials: pd.DataFrame, root: Path | None = None, metric: str = METRIC
+) -> pd.DataFrame:
+    """One row per ablation level (COLUMNS), in reading order; ``method`` names the rule
+    (``sweeps.manytoone.METHODS``), ``levels`` the family's size; ``attrs["notes"]`` holds
+    notes for the report (an unreadable designs.json: its sweeps are then judged as
+    fixed-seed ones)."""
     notes: list[str] = []
     try:
         designs = load_designs(root) if root is not None else {}
     except DesignError as exc:
         designs, notes = {}, [str(exc)]
     rows = []
-    for (sweep, dataset), configs in _by_experiment(_seed_values(trials, METRIC)).items():
+    for (sweep, dataset), configs in _by_experiment(_seed_values(trials, metric)).items():
         base = next((s for (f, _), s in configs.items() if f == "baseline"), None)
         levels = {key: s for key, s in configs.items() if key[0] != "baseline"}
         if base is None or not levels:
@@ -58,51 +73,73 @@ def level_verdicts(trials: pd.DataFrame, root: Path | None = None) -> pd.DataFra
                 confidence=design.confidence if design else DEFAULT_CONFIDENCE,
                 adaptive=False,
             )
-        for (factor, level), values in levels.items():
-            result = evaluate(design, values.to_dict(), base.to_dict())
+        results = judge(design, {k: v.to_dict() for k, v in levels.items()}, base.to_dict())
+        for (factor, level), result in results.items():
             rows.append(
-                [sweep, dataset, factor, level, config_label(factor, level), result.verdict,
-                 result.delta, result.ci_low, result.ci_high, result.seeds, result.n_pairs,
-                 result.needed, "auto" if design.adaptive else "fixed", design.min_effect,
-                 design.confidence, 1 - design.alpha]
+                [sweep, dataset, factor, level, config_label(factor, level), metric,
+                 method_name(design), result.verdict, result.delta, result.ci_low,
+                 result.ci_high, result.p_adjusted, result.df, result.seeds, result.n_pairs,
+                 result.needed, "auto" if design.adaptive else "fixed", len(levels),
+                 design.min_effect, design.confidence]
             )  # fmt: skip
-    frame = pd.DataFrame(rows, columns=COLUMNS)
+    frame = _sort_configs(pd.DataFrame(rows, columns=COLUMNS))
     frame["seeds_needed"] = frame["seeds_needed"].astype("Int64")
     frame.attrs["notes"] = notes
     return frame
 
 
-def _interval(row: pd.Series) -> str:
-    if not math.isfinite(row.ci_low):
-        return f"{row.delta:+.4f}" if math.isfinite(row.delta) else "–"
-    return f"{row.delta:+.4f} [{row.ci_low:+.4f}, {row.ci_high:+.4f}]"
+def interval_text(delta: float, low: float, high: float, digits: int = 4) -> str:
+    """'+0.4305 [+0.4128, +0.4482]', the difference alone without an interval, or '–'."""
+    if not math.isfinite(delta):
+        return "–"
+    if not math.isfinite(low):
+        return f"{delta:+.{digits}f}"
+    return f"{delta:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def p_text(p: float, alpha: float) -> str:
+    """The adjusted p as tables print it, * below alpha ('–' when there is none)."""
+    if not math.isfinite(p):
+        return "–"
+    return ("<0.001" if p < 0.001 else f"{p:.3f}") + ("*" if p < alpha else "")
+
+
+def caption(verdicts: pd.DataFrame, sweep: str) -> str:
+    """What a sweep's verdicts mean, in one paragraph: the method, its family, D."""
+    rows = verdicts[verdicts["sweep"] == sweep]
+    if rows.empty:
+        return ""
+    first = rows.iloc[0]
+    family = (
+        f"one family per dataset: its {first.levels} non-baseline levels"
+        if first.method == "dunnett"
+        else "one family per dataset: its levels and the design's looks"
+    )
+    return (
+        f"Verdict, Δ = level − baseline in {first.metric} with its simultaneous "
+        f"{first.confidence:.0%} interval, and p adjusted by the same method: "
+        f"{METHODS[first.method]}; {family}. better / worse: the interval excludes 0 "
+        f"(exactly when p < {1 - first.confidence:.2g}, marked *); equivalent: it lies "
+        f"inside ±{first.min_effect:g}; else unresolved ('seeds needed': 80% power, paired "
+        "t-test at the Bonferroni level, statsmodels TTestPower)."
+    )
 
 
 def report_tables(verdicts: pd.DataFrame, sweep: str) -> list[tuple[str, pd.DataFrame]]:
-    """The report's verdict table(s) of one sweep, one per dataset, with their captions."""
+    """Unresolved levels' seeds needed, per dataset of ``sweep`` (the verdicts themselves
+    are columns of the sweep's main table, export.paper_table)."""
     tables = []
-    for dataset, rows in verdicts[verdicts["sweep"] == sweep].groupby("dataset", sort=True):
-        first = rows.iloc[0]
-        caption = (
-            f"Verdicts ({Path(dataset).name}, {first.design} seeds): level − baseline in "
-            f"{METRIC}, paired by seed, interval at {first.interval_level:.4%} so that all "
-            f"verdicts hold together with {first.confidence:.0%} confidence (Bonferroni over "
-            f"levels{' and looks' if first.design == 'auto' else ''}); equivalent = inside "
-            f"±{first.min_effect:g}; 'seeds needed': 80% power (statsmodels TTestPower)"
-        )
+    rows = verdicts[(verdicts["sweep"] == sweep) & (verdicts["verdict"] == "unresolved")]
+    for dataset, part in rows.groupby("dataset", sort=True):
         table = pd.DataFrame(
             {
-                "Config": rows["config"].to_numpy(),
-                "Verdict": rows["verdict"].to_numpy(),
-                "Δ [interval]": [_interval(row) for row in rows.itertuples()],
-                "Seeds": rows["seeds"].to_numpy(),
-                "Seeds needed": [
-                    ("–" if pd.isna(n) else str(n)) if v == "unresolved" else ""
-                    for v, n in zip(rows["verdict"], rows["seeds_needed"], strict=True)
-                ],
+                "Config": part["config"].to_numpy(),
+                "Seeds": part["seeds"].to_numpy(),
+                "Seeds needed": ["–" if pd.isna(n) else str(n) for n in part["seeds_needed"]],
             }
         )
-        tables.append((caption, table))
+        tables.append((f"Unresolved levels ({Path(dataset).name}): seeds that would resolve "
+                       "them", table))  # fmt: skip
     return tables
 
 
@@ -112,28 +149,66 @@ def _span(values: pd.Series) -> str:
 
 
 def summary_lines(verdicts: pd.DataFrame) -> list[str]:
-    """One line per (sweep, dataset): counts of each verdict and the seeds per level."""
+    """Per (sweep, dataset): one line per level (verdict, Δ [interval], adjusted p, seeds)
+    and a line of counts: ``sweeps.manytoone.format_verdicts``, as the ablation CLI prints."""
     lines = []
-    for (sweep, dataset), rows in verdicts.groupby(["sweep", "dataset"], sort=True):
-        counts = rows["verdict"].value_counts()
+    for (sweep, dataset), rows in verdicts.groupby(["sweep", "dataset"], sort=False):
         first = rows.iloc[0]
-        unresolved = rows[rows["verdict"] == "unresolved"]
-        needs = ""
-        if len(unresolved):
-            most = unresolved["seeds_needed"].max()
-            needs = f" (would need up to {most} seeds)" if pd.notna(most) else ""
-        lines.append(
-            f"verdicts {sweep}/{Path(dataset).name} ({first.design} seeds, "
-            f"{first.confidence:.0%} familywise): {counts.get('better', 0)} better, "
-            f"{counts.get('worse', 0)} worse, {counts.get('equivalent', 0)} equivalent "
-            f"(±{first.min_effect:g}), {counts.get('unresolved', 0)} unresolved{needs}; "
-            f"{_span(rows['seeds'])} seeds per level"
-        )
+        design = Design(
+            levels=int(first.levels), min_effect=float(first.min_effect),
+            max_seeds=max(2, int(rows["seeds"].max())), confidence=float(first.confidence),
+            adaptive=first.method == "sequential",
+        )  # fmt: skip
+        results = {
+            (row.factor, row.level): LevelResult(
+                row.verdict,
+                row.delta,
+                row.ci_low,
+                row.ci_high,
+                row.n_pairs,
+                row.seeds,
+                None if pd.isna(row.seeds_needed) else int(row.seeds_needed),
+                row.p_adjusted,
+                row.df,
+            )
+            for row in rows.itertuples()
+        }
+        lines += format_verdicts(results, design, dataset, sweep)
+        lines[-1] += f"; {_span(rows['seeds'])} seeds per level"
     return lines
 
 
-def write_csv(verdicts: pd.DataFrame, directory: Path) -> Path:
-    """verdicts.csv in ``directory`` (the report's tables)."""
-    path = directory / "verdicts.csv"
-    verdicts.to_csv(path, index=False)
-    return path
+def unresolved_sentence(verdicts: pd.DataFrame, command: str | None = None) -> str | None:
+    """One sentence for the top of the report when some level is unresolved: how many,
+    and the command that would resolve them (``--seeds auto``, or the seeds needed)."""
+    unresolved = verdicts[verdicts["verdict"] == "unresolved"]
+    if unresolved.empty:
+        return None
+    most = unresolved["seeds_needed"].max()
+    sweep = unresolved["sweep"].iloc[0]
+    base = command or f"python sweeps/ablation.py --name {sweep}"
+    if (unresolved["method"] == "sequential").any():  # its design is fixed: a new sweep
+        rerun = _with_option(base, "--name", f"{sweep}-more")
+        if pd.notna(most):
+            rerun = _with_option(rerun, "--max-seeds", str(int(most)))
+        would = f"`{rerun}` would"
+    else:
+        fixed = _with_option(base, "--seeds", str(int(most))) if pd.notna(most) else None
+        auto = _with_option(base, "--seeds", "auto")
+        would = (f"`{fixed}` would (or `{auto}`, which adds seeds only where they matter)"
+                 if fixed else f"`{auto}` would")  # fmt: skip
+    names = ", ".join(unresolved["config"].head(4)) + (", ..." if len(unresolved) > 4 else "")
+    return (
+        f"The seeds cannot resolve {len(unresolved)} of {len(verdicts)} levels ({names}): {would}."
+    )
+
+
+def _with_option(command: str, flag: str, value: str) -> str:
+    """``command`` with ``flag``'s value replaced by ``value`` (or the option added)."""
+    words = command.split()
+    for i, word in enumerate(words):
+        if word == flag and i + 1 < len(words):
+            return " ".join([*words[: i + 1], value, *words[i + 2 :]])
+        if word.startswith(f"{flag}="):
+            return " ".join([*words[:i], f"{flag} {value}", *words[i + 1 :]])
+    return " ".join([*words, flag, value])

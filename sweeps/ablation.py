@@ -30,6 +30,7 @@ from charlm.data import check_block_size, load_dataset
 from charlm.text import format_clock, text_table
 from sweeps import interrupt
 from sweeps.grid import PRESETS, GridSpec, TrialSpec, expand, load_grid, parse_overrides
+from sweeps.manytoone import format_verdicts
 from sweeps.options import (
     Resources,
     add_run_options,
@@ -42,7 +43,7 @@ from sweeps.options import (
     local_node,
     node_types,
 )
-from sweeps.rounds import SeedRounds, format_verdicts
+from sweeps.rounds import SeedRounds
 from sweeps.schema import PLAN_KEY, StoreVersionError, config_label, read_table
 from sweeps.sequential import (
     DEFAULT_CONFIDENCE,
@@ -397,7 +398,7 @@ def _run(
     rounds = SeedRounds(trials, args.results, adaptive)
     todo = _todo(SeedRounds(trials, args.results, adaptive), trials, args.results, announce=True)
     if not todo:
-        _print_verdicts(rounds, trials[0].sweep)
+        _print_verdicts(rounds, trials[0].sweep, design)
         return 0
     with contextlib.ExitStack() as stack:
         try:
@@ -406,7 +407,7 @@ def _run(
         except ConfigError as exc:
             fail(str(exc))
         try:
-            return _run_locked(trials, rounds, args, resources, cluster, vocab_sizes, stack)
+            return _run_locked(trials, rounds, args, resources, cluster, vocab_sizes, stack, design)
         except KeyboardInterrupt:  # a signal before Tune ran, or a second one
             return _interrupted(trials, [], args)
         finally:
@@ -470,6 +471,7 @@ def _run_locked(
     cluster: dict[str, Any] | None,
     vocab_sizes: dict[str, int],
     stack,
+    design: Design | None,
 ) -> int:
     import ray
 
@@ -548,7 +550,7 @@ def _run_locked(
     ids = {t.trial_id for t in trials}
     rows = [r for r in _store_rows(args.results) if r["trial_id"] in ids]
     print(summary_table(rows))
-    _print_verdicts(rounds, trials[0].sweep)
+    _print_verdicts(rounds, trials[0].sweep, design)
     print(
         f"{len(outcome.ok)} trials finished, {len(outcome.failed)} failed in "
         f"{format_clock(outcome.wall_time_s)}; results in {args.results} "
@@ -619,14 +621,21 @@ def planned_grid(
     return {PLAN_KEY: plan, "adaptive_seeds": adaptive}
 
 
-def _print_verdicts(rounds: SeedRounds, sweep: str) -> None:
-    if rounds.design is None:
-        return
-    for dataset, progress in rounds.progress().items():
-        print("\n".join(format_verdicts(progress.results, rounds.design, dataset, sweep)))
-        if not progress.finished:
-            print(f"{Path(dataset).name}: design not complete, {len(progress.targets)} level(s) "
-                  "still open (failed trials): run the same command again")  # fmt: skip
+def _print_verdicts(rounds: SeedRounds, sweep: str, design: Design | None) -> None:
+    """Each level's verdict, as ``python -m analysis`` prints it (sweeps.manytoone.judge)."""
+    levels = {(t.dataset, t.factor, t.level) for t in rounds.trials if t.factor != "baseline"}
+    fixed = design or Design(levels=max(1, len(levels) // max(1, len(rounds.experiments))),
+                             adaptive=False)  # fmt: skip
+    shown = rounds.design if rounds.design is not None and rounds.design.adaptive else fixed
+    progress = rounds.progress() if shown.adaptive else {}
+    for dataset, results in rounds.verdicts(fixed).items():
+        if not results:  # a baseline-only grid
+            continue
+        print("\n".join(format_verdicts(results, shown, dataset, sweep)))
+        if dataset in progress and not progress[dataset].finished:
+            print(f"{Path(dataset).name}: design not complete, "
+                  f"{len(progress[dataset].targets)} level(s) still open (failed trials): run "
+                  "the same command again")  # fmt: skip
 
 
 def _store_rows(root: Path) -> list[dict[str, Any]]:

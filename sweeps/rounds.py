@@ -10,7 +10,6 @@ killed driver continues the design where the store stands. No Ray here.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,13 +17,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sweeps.grid import BASELINE, TrialSpec
+from sweeps.manytoone import judge
 from sweeps.schema import read_table
 from sweeps.sequential import Design, LevelResult, Progress, advance, noise_model
 
 if TYPE_CHECKING:
     from sweeps.estimate import Estimate
 
-__all__ = ["SeedRounds", "auto_compute", "format_verdicts", "one_line"]
+__all__ = ["SeedRounds", "auto_compute"]
 
 Level = tuple[str, str]  # (factor, level)
 
@@ -96,6 +96,25 @@ class SeedRounds:
             result[dataset] = advance(self.design, levels, metric(experiment.baseline), done_at)
         return result
 
+    def verdicts(self, fixed: Design) -> dict[str, dict[Level, LevelResult]]:
+        """Per dataset, every level's verdict as the report gives it: the design's looks
+        for --seeds auto, else ``fixed`` (one look, seed-blocked Dunnett) over the store."""
+        if self.design is not None and self.design.adaptive:
+            return {dataset: p.results for dataset, p in self.progress().items()}
+        _, values, _ = self._read()
+
+        def metric(by_seed: dict[int, TrialSpec]) -> dict[int, float]:
+            return {s: values[t.trial_id] for s, t in by_seed.items() if t.trial_id in values}
+
+        return {
+            dataset: judge(
+                fixed,
+                {k: metric(v) for k, v in experiment.levels.items()},
+                metric(experiment.baseline),
+            )
+            for dataset, experiment in self.experiments.items()
+        }
+
     def next_round(self) -> list[TrialSpec]:
         """The trials to run now (empty: the sweep is complete); marks them as tried."""
         if self.design is None:
@@ -143,41 +162,6 @@ class SeedRounds:
                     f"{progress.baseline_target} seeds"
                 )
         return "\n".join(lines)
-
-
-def format_verdicts(
-    results: dict[Level, LevelResult], design: Design, dataset: str, sweep: str
-) -> list[str]:
-    """A verdict table (one line per level) and the sweep's one-line summary."""
-    lines = [f"{'level':<24} {'verdict':<11} {'delta [interval]':>30} {'seeds':>5} {'needs':>6}"]
-    counts: dict[str, int] = defaultdict(int)
-    for (factor, level), result in sorted(results.items()):
-        counts[result.verdict] += 1
-        interval = (
-            f"{result.delta:+.4f} [{result.ci_low:+.4f}, {result.ci_high:+.4f}]"
-            if math.isfinite(result.ci_low)
-            else "-"
-        )
-        needs = "" if result.needed is None else str(result.needed)
-        if result.verdict == "unresolved" and result.needed is None:
-            needs = "?"
-        lines.append(
-            f"{f'{factor}={level}'[:24]:<24} {result.verdict:<11} {interval:>30} "
-            f"{result.seeds:>5} {needs:>6}"
-        )
-    lines.append(one_line(sweep, dataset, counts, design))
-    return lines
-
-
-def one_line(sweep: str, dataset: str, counts: dict[str, int], design: Design) -> str:
-    """e.g. 'notebook/shakespeare_char: 3 better, 2 worse, 4 equivalent (±0.02), ...'."""
-    parts = [f"{counts.get(v, 0)} {v}" for v in ("better", "worse")]
-    parts.append(f"{counts.get('equivalent', 0)} equivalent (±{design.min_effect:g})")
-    parts.append(f"{counts.get('unresolved', 0)} unresolved")
-    return (
-        f"{sweep}/{Path(dataset).name}: {', '.join(parts)} vs the baseline "
-        f"({design.confidence:.0%} familywise)"
-    )
 
 
 def _observed(rounds: SeedRounds, dataset: str) -> tuple[list[float], list[float]] | None:

@@ -248,6 +248,8 @@ class LevelResult:
     n_pairs: int
     seeds: int  # the level's seeds (ok trials) that entered
     needed: int | None = None  # for 'unresolved': seeds the power calculation asks for
+    p_adjusted: float = math.nan  # the method's familywise-adjusted p (< alpha: excludes 0)
+    df: float = math.nan  # degrees of freedom of the interval
 
 
 def evaluate(
@@ -268,11 +270,15 @@ def evaluate(
     sem = float(stats.sem(differences)) if n >= 2 else math.nan
     low, high = intervals(np.array(delta), np.array(sem), np.array(n), design.alpha)
     verdict = str(classify(low, high, design.min_effect))
-    needed = None
+    needed, p = None, math.nan
+    if n >= 2 and sem > 0:
+        # Bonferroni over looks x levels: below 1 - confidence iff the interval excludes 0
+        p = min(1.0, float(stats.ttest_1samp(differences, 0.0).pvalue) * design.looks
+                * design.levels)  # fmt: skip
     if verdict == "unresolved" and n >= 2:
         needed = seeds_needed(delta, float(np.std(differences, ddof=1)), design, n)
     used = sum(1 for s in level if upto is None or s < upto)
-    return LevelResult(verdict, delta, float(low), float(high), n, used, needed)
+    return LevelResult(verdict, delta, float(low), float(high), n, used, needed, p, n - 1.0)
 
 
 # ---------------------------------------------------------------- the design's progress

@@ -12,6 +12,7 @@ import pytest
 from scipy import stats
 
 from analysis import aggregate, export, load_store
+from analysis.verdicts import level_verdicts
 from testkit.synthetic import init_store, trial_row, write_rows
 
 BASE = [1.50, 1.60, 1.55]  # seeds 0, 1, 2
@@ -86,37 +87,11 @@ def test_config_summary_mean_stderr_n_and_failed_count(store):
     assert list(summary.index) == ["baseline", "n_embed=128", "n_layer=8"]
 
 
-def test_paired_comparison_equals_hand_computation(store):
-    effects = aggregate.compare_to_baseline(load_store(store).trials).set_index("config")
-    row = effects.loc["n_embed=128"]
-    d = np.array(WIDE) - np.array(BASE)
-    n, mean, sd = len(d), d.mean(), d.std(ddof=1)
-    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
-    t = mean / (sd / math.sqrt(n))
-    assert row["test"] == "paired" and row["n_pairs"] == 3
-    assert row["delta"] == pytest.approx(mean)
-    assert (row["ci_low"], row["ci_high"]) == pytest.approx((mean - half, mean + half))
-    assert row["p_value"] == pytest.approx(2 * stats.t.sf(abs(t), n - 1))
-    assert row["effect_size"] == pytest.approx(mean / sd)
-    assert row["effect_size_kind"] == "cohen_dz"
-
-
-def test_welch_when_seeds_do_not_match(store):
-    row = aggregate.compare_to_baseline(load_store(store).trials).set_index("config")
-    row = row.loc["n_layer=8"]
-    x, y = np.array(DEEP), np.array(BASE)
-    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
-    se = math.sqrt(vx + vy)
-    df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
-    delta = x.mean() - y.mean()
-    half = stats.t.ppf(0.975, df) * se
-    pooled = math.sqrt((3 * x.var(ddof=1) + 2 * y.var(ddof=1)) / 5)
-    assert row["test"] == "welch" and row["n_pairs"] == 0
-    assert row["df"] == pytest.approx(df)
-    assert row["delta"] == pytest.approx(delta)
-    assert (row["ci_low"], row["ci_high"]) == pytest.approx((delta - half, delta + half))
-    assert row["p_value"] == pytest.approx(2 * stats.t.sf(abs(delta / se), df))
-    assert row["effect_size"] == pytest.approx(delta / pooled)
+def test_levels_without_shared_seeds_get_the_one_way_dunnett_interval(store):
+    verdicts = level_verdicts(load_store(store).trials).set_index("config")
+    deep = verdicts.loc["n_layer=8"]
+    assert deep["n_pairs"] == 0 and np.isfinite(deep["ci_low"])
+    assert deep["delta"] == pytest.approx(np.mean(DEEP) - np.mean(BASE))
 
 
 def test_holm_correction_by_hand(store):
@@ -124,9 +99,6 @@ def test_holm_correction_by_hand(store):
     adjusted = aggregate.holm([0.2, math.nan, 0.001])
     assert adjusted[1] != adjusted[1]  # NaN stays NaN and is not counted
     assert adjusted[[0, 2]] == pytest.approx([0.2, 0.002])
-    effects = aggregate.compare_to_baseline(load_store(store).trials)
-    assert effects["p_holm"].to_numpy() == pytest.approx(aggregate.holm(effects["p_value"]))
-    assert effects["significant"].tolist() == (effects["p_holm"] < 0.05).tolist()
 
 
 def test_rank_factors_on_seed_averaged_results(store):
@@ -208,14 +180,15 @@ def test_curve_and_attention_summaries_by_hand(tmp_path):
 def test_paper_table_markdown_and_latex(store):
     trials = load_store(store).trials
     summary = aggregate.config_summary(trials)
-    effects = aggregate.compare_to_baseline(trials)
+    effects = level_verdicts(trials)
     table = export.paper_table(summary, effects).set_index("Config")
     assert table.loc["baseline", "Best val loss"] == (
         f"{np.mean(BASE):.4f} ± {np.std(BASE, ddof=1) / math.sqrt(3):.4f}"
     )
     assert table.loc["n_embed=128", "n"] == "3 (+1 failed)"
     delta = effects.set_index("config").loc["n_embed=128"]
-    change = table.loc["n_embed=128", "Δ Best val loss vs baseline [95% CI]"]
+    change = table.loc["n_embed=128", "Δ Best val loss vs baseline [interval]"]
+    assert table.loc["n_embed=128", "Verdict"] == delta["verdict"]
     assert change.startswith(f"{delta['delta']:+.4f} [{delta['ci_low']:+.4f}, ")
     latex = export.to_latex(export.paper_table(summary, effects), caption="A_B")
     assert r"$\pm$" in latex and r"\toprule" in latex and r"n\_embed=128" in latex

@@ -7,12 +7,16 @@ import matplotlib
 matplotlib.use("Agg")
 
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.container import BarContainer, ErrorbarContainer
+from matplotlib.collections import LineCollection
+from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
 from analysis import aggregate, figures, load_store, plots
+from analysis.verdicts import level_verdicts
+from testkit.synthetic import init_store, trial_row, write_rows
 from testkit.tiny import tiny_store
 
 
@@ -24,6 +28,7 @@ def tables(tmp_path_factory):
     trials = store.trials
     baselines = aggregate.baseline_configs(trials)
     return {
+        "verdicts": level_verdicts(trials),
         "summary": aggregate.config_summary(trials),
         "curves": aggregate.curve_summary(store.curves, trials),
         "attention": aggregate.attention_summary(store.attention, trials, baselines),
@@ -70,7 +75,8 @@ def test_factor_curves(tables):
     figure = plots.factor_curves(curves)
     assert len(figure.axes) == 2  # one panel per factor
     ax = figure.axes[0]
-    assert ax.get_title() == "n_embed (shakespeare_char): val solid, train dashed"
+    assert ax.get_title() == "n_embed (shakespeare_char)"
+    assert "val solid, train dashed" in figure.get_suptitle()
     assert ax.get_ylabel() == "loss"
     assert figure.axes[-1].get_xlabel() == "step"
     lines = ax.get_lines()
@@ -90,16 +96,70 @@ def test_factor_curves(tables):
     assert len(plots.factor_curves(_one(tables["curves"])).axes) == 4  # x 2 datasets
 
 
-def test_loss_bars(tables):
-    summary = _one(tables["summary"], dataset="enwik8")
-    (ax,) = plots.loss_bars(summary).axes
-    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
-    assert [c.get_label() for c in bars] == ["train", "val"]
-    assert all(len(c.patches) == len(summary) for c in bars)
-    assert sum(isinstance(c, ErrorbarContainer) for c in ax.containers) == 2
-    heights = [p.get_height() for p in bars[1].patches]
-    np.testing.assert_allclose(heights, summary["final_val_loss_mean"])
-    assert [t.get_text() for t in ax.get_xticklabels()] == list(summary["config"])
+def test_delta_forest_shows_the_verdicts_numbers(tables):
+    verdicts = _one(tables["verdicts"], dataset="enwik8")
+    (ax,) = plots.delta_forest(verdicts).axes
+    (intervals,) = [c for c in ax.collections if isinstance(c, LineCollection)]
+    ends = sorted((seg[0][0], seg[1][0]) for seg in intervals.get_segments())
+    expected = zip(verdicts["ci_low"], verdicts["ci_high"], strict=True)
+    np.testing.assert_allclose(ends, sorted(expected))
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(verdicts["config"])
+    assert [t.get_text() for t in ax.texts] == list(verdicts["verdict"])
+    assert "dunnett" in ax.get_xlabel() and "±0.02" in ax.get_xlabel()
+
+
+def test_forest_title_and_labels_lie_inside_the_figure(tables):
+    verdicts = _one(tables["verdicts"], dataset="enwik8").copy()
+    verdicts["config"] = "learning_rate=0.000316"  # long labels
+    figure = plots.delta_forest(verdicts)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    page = figure.bbox
+    (ax,) = figure.axes
+    for text in [ax.title, *ax.get_yticklabels(), *ax.texts]:
+        box = text.get_window_extent(renderer)
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 and box.y1 <= page.y1, text
+
+
+def test_point_labels_never_overlap_when_many_configs_share_a_size(tmp_path):
+    """Nine configs at the same parameter count and nearly the same loss (as the
+    notebook's seven at ~200k): every label's box is clear of every other."""
+    init_store(tmp_path)
+    rows = [trial_row(f"t{i}-{s}", factor=f"f{i % 4}", level=str(i), seed=s,
+                      best_val_loss=2.93 + 0.001 * i + 0.0005 * s, n_params=201_000)
+            for i in range(9) for s in range(2)]  # fmt: skip
+    rows += [trial_row(f"b{s}", seed=s, best_val_loss=2.931, n_params=201_000) for s in range(2)]
+    write_rows(tmp_path, "trials", rows, "t")
+    summary = aggregate.config_summary(load_store(tmp_path).trials)
+    figure = plots.params_vs_loss(summary)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    (ax,) = figure.axes
+    boxes = [t.get_window_extent(canvas.get_renderer()) for t in ax.texts]
+    assert len(boxes) == 10
+    for i, first in enumerate(boxes):
+        assert figure.bbox.x0 <= first.x0 and first.x1 <= figure.bbox.x1
+        for second in boxes[i + 1 :]:
+            assert not first.overlaps(second), (first, second)
+    _page_checks(figure)
+
+
+def test_factor_curves_use_the_width_and_keep_legends_off_the_data(tables):
+    curves = _one(tables["curves"], dataset="shakespeare_char")
+    extra = curves[curves["factor"] != "baseline"].assign(factor="dropout")
+    more = pd.concat([curves, extra, extra.assign(factor="n_head")])
+    figure = plots.factor_curves(more)
+    assert len(figure.axes) == 4
+    assert len({round(ax.get_position().x0, 3) for ax in figure.axes}) == 2  # 2 x 2 panels
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    for ax in figure.axes:
+        legend = ax.get_legend().get_window_extent(renderer)
+        assert all(not legend.overlaps(other.get_window_extent(renderer))
+                   for other in figure.axes), ax.get_title()  # fmt: skip
+    _page_checks(figure)
 
 
 def test_panels_draw_into_a_figure_of_your_own(tables):
@@ -108,7 +168,8 @@ def test_panels_draw_into_a_figure_of_your_own(tables):
     own = Figure()
     left, right = own.subplots(1, 2)
     assert plots.params_vs_loss_panel(summary, ax=left) is left
-    assert plots.loss_bars_panel(summary, ax=right) is right
+    verdicts = _one(tables["verdicts"], dataset="shakespeare_char")
+    assert plots.delta_forest_panel(verdicts, ax=right) is right
     assert own.axes == [left, right]  # nothing added to the figure, nothing drawn elsewhere
     assert (left.get_xlabel(), left.get_ylabel()) == ("parameters", "best val loss")
     assert _legend(left) == ["baseline", "n_embed", "n_layer"]
@@ -118,12 +179,9 @@ def test_panels_draw_into_a_figure_of_your_own(tables):
         np.sort(np.concatenate([np.asarray(c.lines[0].get_ydata(), float) for c in errorbars])),
         np.sort(summary["best_val_loss_mean"].to_numpy(float)),
     )
-    bars = [c for c in right.containers if isinstance(c, BarContainer)]
-    assert [c.get_label() for c in bars] == ["train", "val"]
-    assert sum(isinstance(c, ErrorbarContainer) for c in right.containers) == 2
-    assert [t.get_text() for t in right.get_xticklabels()] == list(summary["config"])
+    assert [t.get_text() for t in right.get_yticklabels()] == list(verdicts["config"])
     assert "shakespeare_char" in right.get_title()
-    alone = plots.loss_bars_panel(summary)  # ax=None: the panel of a new figure
+    alone = plots.delta_forest_panel(verdicts)  # ax=None: the panel of a new figure
     assert alone.figure is not own and alone.figure.axes == [alone]
     with pytest.raises(ValueError, match="2 datasets"):
         plots.params_vs_loss_panel(_one(tables["summary"]), ax=left)
@@ -178,7 +236,7 @@ def test_heatmaps_from_constructed_maps():
 
 
 def test_save_figure_writes_each_format(tmp_path, tables):
-    figure = plots.loss_bars(_one(tables["summary"], dataset="enwik8"))
+    figure = plots.params_vs_loss(_one(tables["summary"], dataset="enwik8"))
     paths = figures.save_figure(figure, tmp_path / "bars", ("png", "svg"))
     assert [p.name for p in paths] == ["bars.png", "bars.svg"]
     assert paths[0].read_bytes()[:4] == b"\x89PNG"
@@ -211,7 +269,7 @@ def test_every_figure_fits_the_page_with_readable_text(tables):
     figures = [
         plots.params_vs_loss(_one(tables["summary"])),
         plots.factor_curves(curves),
-        plots.loss_bars(_one(tables["summary"])),
+        plots.delta_forest(_one(tables["verdicts"])),
         plots.attention_over_training(_one(tables["attention"])),
         plots.layer_similarity(_one(tables["attention"])),
         plots.sweeps_compared(tables["curves"][tables["curves"]["factor"] == "baseline"]),

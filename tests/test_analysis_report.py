@@ -91,19 +91,19 @@ def test_report_is_self_contained(store, tmp_path, capsys, monkeypatch):
         for stem in (
             "1_params_vs_loss",
             "2_factor_curves",
-            "3_loss_bars",
+            "3_deltas",
             "4_attention",
             "5_layer_similarity",
         ):
             assert f"{sweep}/{stem}.png" in figures
     assert "7_sweeps_compared.png" in figures
     assert "6_heatmaps/shakespeare_char_heads_layer1.png" in figures  # default: last layer
-    assert (out / "figures" / "base" / "3_loss_bars.svg").is_file()
+    assert (out / "figures" / "base" / "3_deltas.svg").is_file()
     text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
     assert "<style>" in page and "<script" not in page and "http" not in text
     assert "boom" in page and "non-finite loss at step 150" in page  # diverged trial listed
     assert "Factor ranking" in page and "Generated samples" in page
-    for name in ("summary.csv", "effects.csv", "ranking.csv", "table_base.tex", "table_base.md"):
+    for name in ("summary.csv", "verdicts.csv", "ranking.csv", "table_base.tex", "table_base.md"):
         assert (out / "tables" / name).is_file()
     assert (out / "final_info" / "base" / "baseline" / "final_info.json").is_file()
     # A second run replaces the earlier report.
@@ -226,7 +226,7 @@ def _mid_sweep(trial) -> str:
 
 @pytest.fixture(scope="module")
 def mid_sweep_store(tmp_path_factory):
-    from tests.realstore import build_real_store
+    from testkit.realstore import build_real_store
 
     return build_real_store(tmp_path_factory.mktemp("mid") / "results", state=_mid_sweep)
 

@@ -51,7 +51,8 @@ def test_auto_rounds_survive_a_driver_killed_between_rounds(tmp_path: Path, driv
         ("baseline", [0, 1, 2, 3]), ("dropout", [0, 1, 2, 3]),
     ]  # fmt: skip
     assert "design complete, 0 of 1 levels resolved" in second.out
-    verdict = "auto/shakespeare_char: 0 better, 0 worse, 0 equivalent (±1e-06), 1 unresolved"
+    verdict = ("verdicts auto/shakespeare_char (sequential, 100% familywise over 1 level): "
+               "0 better, 0 worse, 0 equivalent (±1e-06), 1 unresolved")  # fmt: skip
     assert verdict in second.out
     assert load_designs(results)["auto"] == Design(
         levels=1, min_effect=1e-6, max_seeds=4, confidence=0.999999

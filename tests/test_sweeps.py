@@ -58,6 +58,13 @@ def test_tiny_grid_end_to_end_then_resume_runs_only_new_seeds(tmp_path: Path, ca
         (("n_layer", "2"), 2), (("n_layer", "3"), 2),
     ]  # fmt: skip
     assert set(trials.device) == {"cpu"} and set(trials.attempts) == {1}
+    # the end-of-run verdicts are python -m analysis's, line for line (one rule: judge)
+    from analysis.load import load_store
+    from analysis.verdicts import level_verdicts, summary_lines
+
+    lines = summary_lines(level_verdicts(load_store(results).trials, results))
+    assert "(dunnett, 95% familywise over 4 levels)" in lines[-1]
+    assert all(line in out for line in lines[:-1]) and lines[-1].split(";")[0] in out
     assert (trials.best_val_loss < trials.final_val_loss + 1e-9).all()
     assert trials.kind.unique().tolist() == ["ablation"]
     # The embedded local Ray lets Tune reuse trial actors (runner.Connection): the later
