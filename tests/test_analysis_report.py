@@ -226,7 +226,7 @@ def _mid_sweep(trial) -> str:
 
 @pytest.fixture(scope="module")
 def mid_sweep_store(tmp_path_factory):
-    from tests.realstore import build_real_store
+    from testkit.realstore import build_real_store
 
     return build_real_store(tmp_path_factory.mktemp("mid") / "results", state=_mid_sweep)
 
