@@ -180,9 +180,9 @@ def train(
     """Train one model and return its TrialResult: ``train_steps`` run to the end, each
     evaluation's metrics passed to ``report``.
 
-    ``report(metrics)`` gets one flat dict per evaluation: step, tokens_seen, elapsed_s, lr,
-    train_loss, val_loss, best_val_loss, tokens_per_s, attention (per layer/head rows, when
-    probed), final; the last one also carries the final metrics and the sample.
+    ``report(metrics)`` gets one flat dict per evaluation: its curve point
+    (``charlm.results.CurvePoint``), attention (per layer/head rows, when probed), final;
+    the last one also carries the final metrics (``TrialResult.summary``) and the sample.
     With ``checkpoint_dir``, a checkpoint (``ckpt.pt``: model, optimizer, step, RNG states,
     history) is written at every evaluation before reporting, and ``model.pt`` (weights,
     config and vocab) at the end. ``resume_from`` (a checkpoint file or directory) continues
