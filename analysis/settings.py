@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.aggregate import level_order
+from sweeps.grid import SEARCH_SPACE
 
 __all__ = ["level_states", "planned_grid_table", "setup_table", "trial_counts"]
 
@@ -262,8 +263,7 @@ def setup_table(
         settings.append(("Trials", f"{len(rows)} ({ok} ok, {len(rows) - ok} failed)"))
     base = _baseline(plan, search)
     if search:
-        model_fields = ["n_layer", "n_head", "n_embed", "block_size", "dropout", "learning_rate"]
-        searched = [c for c in model_fields if c in rows and len(_distinct(rows[c])) > 1]
+        searched = [c for c in SEARCH_SPACE if c in rows and len(_distinct(rows[c])) > 1]
         settings.append(("Searched", ", ".join(searched) or "–"))
     elif base.empty:
         unknown = (

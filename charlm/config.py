@@ -13,6 +13,7 @@ import math
 import os
 import stat
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -339,19 +340,24 @@ def config_fields(cls: type[ModelConfig] | type[TrainConfig]) -> tuple[str, ...]
     return tuple(field.name for field in dataclasses.fields(cls))
 
 
-def field_types(cls: type[ModelConfig] | type[TrainConfig]) -> dict[str, type]:
-    """Each field's value type (int, float, bool or str; ``None`` aside), from its annotation.
+def field_types(cls: type, names: Iterable[str] | None = None) -> dict[str, type]:
+    """Each field's value type (int, float, bool or str; ``None`` aside), from its annotation,
+    for a dataclass or TypedDict ``cls`` (``names``: only those fields), in declaration order.
 
     The one source of the store's column types and the grid's value parsing.
     """
     hints = typing.get_type_hints(cls)
+    if names is None:
+        names = (
+            [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else hints
+        )
     types = {}
-    for field in dataclasses.fields(cls):
-        hint = hints[field.name]
+    for name in hints if names is None else names:
+        hint = hints[name]
         members = [arg for arg in typing.get_args(hint) if arg is not type(None)] or [hint]
         if len(members) != 1 or members[0] not in (int, float, bool, str):
-            raise TypeError(f"{cls.__name__}.{field.name}: {hint} is not a plain scalar type")
-        types[field.name] = members[0]
+            raise TypeError(f"{cls.__name__}.{name}: {hint} is not a plain scalar type")
+        types[name] = members[0]
     return types
 
 

@@ -19,7 +19,6 @@ import sys
 import time
 from collections.abc import Callable, Generator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from charlm.evaluation import Evaluator
 from charlm.fsio import atomic_write, atomic_write_bytes
 from charlm.model import GPT
 from charlm.probes import probe_metrics
+from charlm.results import CurvePoint, TrialResult
 from charlm.sample import generate_text, quality_metrics, sample_attention, word_set
 from charlm.train_args import parse as parse_train_args
 from charlm.versions import upgrade
@@ -83,71 +83,6 @@ RESUMABLE_FIELDS = (
 )  # fmt: skip
 
 Report = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class TrialResult:
-    """Everything one run produced. ``status`` is 'ok' or 'failed' (then ``error`` says why)."""
-
-    model_config: ModelConfig
-    train_config: TrainConfig
-    status: str = "ok"
-    error: str | None = None
-    device: str = "cpu"
-    eval_mode: str = "sampled"
-    train_eval_mode: str = "sampled"
-    val_eval_windows: int = 0  # windows per evaluation (exact: all of the split's)
-    train_eval_windows: int = 0  # at most, per evaluation (sampled: stopped at the target)
-    train_loss_target_stderr: float | None = None
-    num_threads: int | None = None
-    n_params: int = 0
-    last_step: int = 0
-    tokens_seen: int = 0
-    best_val_loss: float | None = None
-    final_train_loss: float | None = None
-    final_val_loss: float | None = None
-    final_train_loss_stderr: float | None = None
-    final_val_loss_stderr: float | None = None
-    train_time_s: float = 0.0
-    # Where the run's time went: set-up (dataset, model, optimizer, resume), training steps,
-    # evaluation, probes, checkpoint writes and the final sample (generation and metrics).
-    setup_s: float = 0.0
-    steps_s: float = 0.0
-    eval_s: float = 0.0
-    probe_s: float = 0.0
-    checkpoint_s: float = 0.0
-    sample_s: float = 0.0
-    train_tokens_per_s: float | None = None
-    inference_tokens_per_s: float | None = None
-    curve: list[dict[str, Any]] = field(default_factory=list)
-    attention: list[dict[str, Any]] = field(default_factory=list)
-    sample: dict[str, Any] | None = None
-
-    def summary(self) -> dict[str, Any]:
-        """The scalar outcome of the run (no curve, attention rows or configs)."""
-        return {
-            key: getattr(self, key)
-            for key in (
-                "status", "error", "device", "eval_mode", "train_eval_mode",
-                "val_eval_windows", "train_eval_windows", "train_loss_target_stderr",
-                "num_threads", "n_params", "last_step", "tokens_seen", "best_val_loss",
-                "final_train_loss", "final_val_loss", "final_train_loss_stderr",
-                "final_val_loss_stderr", "train_time_s", "train_tokens_per_s",
-                "inference_tokens_per_s", "setup_s", "steps_s", "eval_s", "probe_s",
-                "checkpoint_s", "sample_s",
-            )
-        }  # fmt: skip
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict: summary, both configs, curve, attention rows and sample."""
-        return {
-            **self.summary(),
-            "model_config": to_dict(self.model_config),
-            "train_config": to_dict(self.train_config),
-            "curve": self.curve,
-            "attention": self.attention,
-            "sample": self.sample,
-        }
 
 
 def resolve_device(requested: str) -> str:
@@ -245,9 +180,9 @@ def train(
     """Train one model and return its TrialResult: ``train_steps`` run to the end, each
     evaluation's metrics passed to ``report``.
 
-    ``report(metrics)`` gets one flat dict per evaluation: step, tokens_seen, elapsed_s, lr,
-    train_loss, val_loss, best_val_loss, tokens_per_s, attention (per layer/head rows, when
-    probed), final; the last one also carries the final metrics and the sample.
+    ``report(metrics)`` gets one flat dict per evaluation: its curve point
+    (``charlm.results.CurvePoint``), attention (per layer/head rows, when probed), final;
+    the last one also carries the final metrics (``TrialResult.summary``) and the sample.
     With ``checkpoint_dir``, a checkpoint (``ckpt.pt``: model, optimizer, step, RNG states,
     history) is written at every evaluation before reporting, and ``model.pt`` (weights,
     config and vocab) at the end. ``resume_from`` (a checkpoint file or directory) continues
@@ -391,7 +326,7 @@ def train_steps(
                 yield _fail(result, step, wall_start)
                 return result
             best_val = min(best_val, losses["val"])
-            point: dict[str, Any] = {
+            point: CurvePoint = {
                 "step": step,
                 "tokens_seen": step * tokens_per_step,
                 "elapsed_s": prior_elapsed + time.perf_counter() - run_start,

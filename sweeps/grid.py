@@ -48,6 +48,7 @@ __all__ = [
     "MACHINE_FIELDS",
     "MAX_TRIALS",
     "PRESETS",
+    "SEARCH_SPACE",
     "GridError",
     "GridSpec",
     "TrialSpec",
@@ -389,6 +390,18 @@ PRESETS: dict[str, GridSpec] = {
     ),
 }
 DEFAULT_PRESET = "notebook"
+
+# What sweeps/search.py samples (and analysis names as searched): ranges of the five OFAT
+# factors and the learning rate, as (Ray Tune sampler, arguments). Every n_embed choice is a
+# multiple of every n_head choice, so each sampled config is valid.
+SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
+    "n_head": ("choice", [1, 2, 4, 8]),
+    "n_layer": ("randint", 1, 9),
+    "n_embed": ("choice", [32, 64, 96, 128, 192, 256]),
+    "dropout": ("uniform", 0.0, 0.3),
+    "block_size": ("choice", [32, 64, 128, 256]),
+    "learning_rate": ("loguniform", 1e-4, 3e-3),
+}
 
 
 # ---------------------------------------------------------------- YAML

@@ -12,7 +12,9 @@ Bumping the version (e.g. adding columns): add the columns to the schemas below,
 version ``old`` wrote it) -> the table as the new version writes it (for added columns:
 append them as nulls with ``add_null_columns``).
 
-This module imports pyarrow and charlm's config only: analysis imports it without Ray.
+This module imports pyarrow and charlm's config and results declarations only (no torch):
+analysis imports it without Ray. The trials table's metric columns and the curves table come
+from ``charlm.results``; a column added there still needs a version step here.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import pyarrow.parquet as pq
 
 from charlm.config import ModelConfig, TrainConfig, field_types
 from charlm.fsio import atomic_write, atomic_write_bytes
+from charlm.results import curve_types, metrics
 from charlm.versions import FormatVersionError, check_version, upgrade
 
 __all__ = [
@@ -112,6 +115,27 @@ def _config_columns() -> list[pa.Field]:
     return columns
 
 
+# Trials columns the sweep's driver fills (not the run's ``TrialResult``), each after the
+# metric it follows in the file layout: whether ASHA stopped the trial, and the seconds of
+# imports in the trial's process (0 when a reused Ray actor had them already).
+_DRIVER_COLUMNS = {
+    "error": pa.field("early_stopped", pa.bool_()),
+    "sample_s": pa.field("import_s", pa.float64()),
+}
+
+
+def _metric_columns() -> list[pa.Field]:
+    """The trials columns of the run's metrics (``charlm.results.TrialResult``, in its
+    order), with the driver's columns among them."""
+    columns = []
+    for name, (kind, spec) in metrics().items():
+        if spec.column:
+            columns.append(pa.field(name, _ARROW_TYPES[kind]))
+        if name in _DRIVER_COLUMNS:
+            columns.append(_DRIVER_COLUMNS[name])
+    return columns
+
+
 _TS = pa.timestamp("us", tz="UTC")
 
 TRIALS = pa.schema(
@@ -127,35 +151,7 @@ TRIALS = pa.schema(
         pa.field("seed", pa.int64()),
         pa.field("config_id", pa.string()),  # shared by the seeds of one search config
         *_config_columns(),
-        pa.field("n_params", pa.int64()),
-        pa.field("status", pa.string()),  # 'ok' | 'failed'
-        pa.field("error", pa.string()),
-        pa.field("early_stopped", pa.bool_()),
-        pa.field("best_val_loss", pa.float64()),
-        pa.field("final_train_loss", pa.float64()),
-        pa.field("final_val_loss", pa.float64()),
-        pa.field("last_step", pa.int64()),
-        pa.field("train_time_s", pa.float64()),
-        pa.field("train_tokens_per_s", pa.float64()),
-        pa.field("inference_tokens_per_s", pa.float64()),
-        pa.field("eval_mode", pa.string()),  # how val loss was measured: 'exact' | 'sampled'
-        pa.field("train_eval_mode", pa.string()),  # the same for train loss
-        pa.field("val_eval_windows", pa.int64()),  # windows per evaluation of val
-        pa.field("train_eval_windows", pa.int64()),  # at most, per evaluation of train
-        pa.field("train_loss_target_stderr", pa.float64()),  # train sample stops there
-        pa.field("final_train_loss_stderr", pa.float64()),  # null: exact (no sampling error)
-        pa.field("final_val_loss_stderr", pa.float64()),
-        # Where the trial's time went (seconds): set-up in train() (dataset, model,
-        # optimizer), training steps, evaluation, probes, checkpoints, the final sample, and
-        # imports in the trial's process (0 when a reused Ray actor had them already).
-        pa.field("setup_s", pa.float64()),
-        pa.field("steps_s", pa.float64()),
-        pa.field("eval_s", pa.float64()),
-        pa.field("probe_s", pa.float64()),
-        pa.field("checkpoint_s", pa.float64()),
-        pa.field("sample_s", pa.float64()),
-        pa.field("import_s", pa.float64()),
-        pa.field("device", pa.string()),
+        *_metric_columns(),
         pa.field("attempts", pa.int64()),  # 1 + retries after failures (e.g. a lost node)
         pa.field("started_at", _TS),
         pa.field("finished_at", _TS),
@@ -165,18 +161,7 @@ TRIALS = pa.schema(
 CURVES = pa.schema(
     [
         pa.field("trial_id", pa.string(), nullable=False),
-        pa.field("step", pa.int64()),
-        pa.field("tokens_seen", pa.int64()),
-        pa.field("elapsed_s", pa.float64()),
-        pa.field("lr", pa.float64()),
-        pa.field("train_loss", pa.float64()),
-        pa.field("val_loss", pa.float64()),
-        pa.field("best_val_loss", pa.float64()),
-        pa.field("tokens_per_s", pa.float64()),
-        pa.field("train_loss_stderr", pa.float64()),  # null where the split is exact
-        pa.field("val_loss_stderr", pa.float64()),
-        pa.field("train_eval_windows", pa.int64()),  # windows read at this evaluation
-        pa.field("val_eval_windows", pa.int64()),
+        *(pa.field(name, _ARROW_TYPES[kind]) for name, kind in curve_types().items()),
     ]
 )
 

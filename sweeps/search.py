@@ -40,6 +40,7 @@ from sweeps.ablation import prepare_datasets, run_info
 from sweeps.grid import (
     MACHINE_FIELDS,
     PRESETS,
+    SEARCH_SPACE,
     TrialSpec,
     config_id,
     dataset_identity,
@@ -84,16 +85,6 @@ __all__ = [
     "study_settings",
 ]
 
-# Ranges of the five OFAT factors and the learning rate. Every n_embed choice is a
-# multiple of every n_head choice, so each sampled config is valid.
-SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
-    "n_head": ("choice", [1, 2, 4, 8]),
-    "n_layer": ("randint", 1, 9),
-    "n_embed": ("choice", [32, 64, 96, 128, 192, 256]),
-    "dropout": ("uniform", 0.0, 0.3),
-    "block_size": ("choice", [32, 64, 128, 256]),
-    "learning_rate": ("loguniform", 1e-4, 3e-3),
-}
 BASE_KEY = "base"
 MIN_EVALUATIONS = 4
 BEST_GRID_FILE = "best_grid.yaml"

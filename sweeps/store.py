@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from charlm.cli import check_writable_dir
 from charlm.config import ConfigError
 from charlm.fsio import atomic_write, atomic_write_bytes
+from charlm.results import curve_types, metrics
 from sweeps.schema import (
     LOCK_FILE,
     MARKER,
@@ -57,12 +58,6 @@ __all__ = [
 
 MODELS_DIR = "models"
 RAY_DIR = "_ray"  # default checkpoint storage of the runs of this store
-# Columns of the trials row that only a trial's final report carries (null when stopped early).
-FINAL_ONLY_COLUMNS = (
-    "train_eval_mode", "val_eval_windows", "train_eval_windows", "train_loss_target_stderr",
-    "final_train_loss_stderr", "final_val_loss_stderr", "setup_s", "steps_s", "eval_s",
-    "probe_s", "checkpoint_s", "sample_s", "import_s",
-)  # fmt: skip
 
 
 class ResultsDirError(StoreError, ConfigError):
@@ -185,12 +180,7 @@ class TrialRecord:
         curve point, the attention rows) or its last one (the final metrics)."""
         self.last = result
         if "val_loss" in result:
-            self.curve[result["step"]] = {
-                key: result.get(key)
-                for key in ("step", "tokens_seen", "elapsed_s", "lr", "train_loss",
-                            "val_loss", "best_val_loss", "tokens_per_s", "train_loss_stderr",
-                            "val_loss_stderr", "train_eval_windows", "val_eval_windows")
-            }  # fmt: skip
+            self.curve[result["step"]] = {key: result.get(key) for key in curve_types()}
         for row in result.get("attention") or []:
             self.attention[(row["step"], row["layer"], row["head"])] = row
         if result.get("final"):
@@ -273,22 +263,14 @@ class ResultStore:
         best = min((p["val_loss"] for p in curve), default=None)
         row = {
             **record.columns,
+            **_reported(final, last),
             "trial_id": record.trial_id,
             "status": status,
             "error": error,
             "early_stopped": status == "ok" and not final,
             "best_val_loss": final.get("best_val_loss", best),
-            "final_train_loss": final.get("final_train_loss", last.get("train_loss")),
-            "final_val_loss": final.get("final_val_loss", last.get("val_loss")),
-            "last_step": final.get("last_step", last.get("step")),
-            "n_params": final.get("n_params", last.get("n_params")),
-            "train_time_s": final.get("train_time_s", last.get("elapsed_s")),
-            "train_tokens_per_s": final.get("train_tokens_per_s"),
-            "inference_tokens_per_s": final.get("inference_tokens_per_s"),
-            "eval_mode": final.get("eval_mode", last.get("eval_mode")),
-            **{key: final.get(key) for key in FINAL_ONLY_COLUMNS},
+            "import_s": final.get("import_s"),
             "num_threads": final.get("num_threads", record.columns.get("num_threads")),
-            "device": final.get("device", last.get("device")),
             "attempts": record.attempts,
             "started_at": record.started_at,
             "finished_at": (
@@ -298,6 +280,16 @@ class ResultStore:
             ),
         }
         self.write_rows("trials", record.trial_id, [row])
+
+
+def _reported(final: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
+    """The run's metric columns (``charlm.results.TrialResult``) from its final report; a
+    trial stopped before that (ASHA) has its last report's stand-ins, else nulls."""
+    return {
+        name: final.get(name, last.get(spec.stand_in)) if spec.stand_in else final.get(name)
+        for name, (_, spec) in metrics().items()
+        if spec.column
+    }
 
 
 def _readable(path: Path) -> bool:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from sweeps.schema import MARKER, SCHEMA_VERSION, StoreError, is_store, read_table
+from charlm.config import ModelConfig, TrainConfig
+from charlm.results import TrialResult, curve_types, metrics
+from sweeps.schema import MARKER, SCHEMA_VERSION, SCHEMAS, StoreError, is_store, read_table
 from sweeps.store import ResultStore, TrialRecord, check_results_dir, trial_statuses
 
 
@@ -80,3 +85,53 @@ def test_compaction_keeps_every_trial_once_and_newer_rows_win(tmp_path: Path):
     rerun.curve = {0: curve_point(0)}
     store.write_trial(rerun, "ok", None)
     assert trial_statuses(store.root)[0]["t00"] == "ok"
+
+
+def test_store_columns_are_the_declared_metrics_and_curve_keys():
+    declared = [name for name, (_, spec) in metrics().items() if spec.column]
+    trials = SCHEMAS["trials"].names
+    metric_columns = trials[trials.index("n_params") : trials.index("attempts")]
+    assert [c for c in metric_columns if c not in ("early_stopped", "import_s")] == declared
+    assert SCHEMAS["curves"].names == ["trial_id", *curve_types()]
+    summary = TrialResult(ModelConfig(), TrainConfig()).summary()
+    assert list(summary) == list(metrics())
+
+
+GROWN = """
+import dataclasses, json, sys
+import charlm.results as results
+
+@dataclasses.dataclass
+class Grown(results.TrialResult):
+    grad_norm: float | None = results.metric(None)
+    peak_mb: float = results.metric(0.0, stand_in="peak_mb")
+
+results.TrialResult = Grown
+from charlm.config import ModelConfig, TrainConfig
+from sweeps.schema import SCHEMAS, read_table
+from sweeps.store import ResultStore, TrialRecord
+
+store = ResultStore(sys.argv[1])
+done, stopped = TrialRecord("done", {"sweep": "s"}), TrialRecord("stopped", {"sweep": "s"})
+done.add_report({"step": 0, "val_loss": 2.0, "grad_norm": 0.5, "peak_mb": 9.0, "final": True})
+stopped.add_report({"step": 0, "val_loss": 2.0, "grad_norm": 0.5, "peak_mb": 7.0})
+store.write_trial(done, "ok", None)
+store.write_trial(stopped, "ok", None)
+rows = read_table(sys.argv[1], "trials").table.to_pylist()
+print(json.dumps({
+    "summary": list(Grown(ModelConfig(), TrainConfig()).summary()),
+    "types": {n: str(SCHEMAS["trials"].field(n).type) for n in ("grad_norm", "peak_mb")},
+    "rows": {r["trial_id"]: [r["grad_norm"], r["peak_mb"], r["early_stopped"]] for r in rows},
+}))
+"""
+
+
+def test_a_metric_declared_once_reaches_summary_schema_and_store_row(tmp_path: Path):
+    """One field added to TrialResult (in a child process: the schema is built at import)."""
+    done = subprocess.run([sys.executable, "-c", GROWN, str(tmp_path / "results")],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    out = json.loads(done.stdout)
+    assert out["summary"][-2:] == ["grad_norm", "peak_mb"]
+    assert out["types"] == {"grad_norm": "double", "peak_mb": "double"}
+    # stopped early: a metric with a stand-in takes the last report's value, the others null
+    assert out["rows"] == {"done": [0.5, 9.0, False], "stopped": [None, 7.0, True]}

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from charlm.config import ConfigError, ModelConfig, TrainConfig
+from charlm.results import curve_types
 from charlm.train import CHECKPOINT_FILE, MODEL_FILE, load_model, lr_at, main, train
 from testkit import tiny
 
@@ -38,10 +39,10 @@ def test_reports_every_eval_and_returns_all_metrics():
     reports = []
     result = train(TINY_MODEL, tiny_train(), reports.append)
     assert [r["step"] for r in reports] == [0, 10, 20]
-    for report in reports:
-        for key in ("step", "tokens_seen", "elapsed_s", "lr", "train_loss", "val_loss",
-                    "best_val_loss", "tokens_per_s", "attention", "final"):  # fmt: skip
-            assert key in report
+    for report in reports:  # each curve point as declared, in column order, then the rest
+        assert list(report)[: len(curve_types())] == list(curve_types())
+        assert "attention" in report and "final" in report
+    assert [list(point) for point in result.curve] == [list(curve_types())] * 3
     assert reports[1]["tokens_seen"] == 10 * 8 * 16
     assert [r["final"] for r in reports] == [False, False, True]
     final = reports[-1]
