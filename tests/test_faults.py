@@ -161,7 +161,9 @@ def test_resume_only_what_can_be_resumed(tmp_path: Path):
     checkpoint = out / "ckpt.pt"
     before = checkpoint.read_bytes()
 
-    done = _train(out, "--max-iters", "5", "--lr-decay-iters", "20", "--resume")
+    done = _train(
+        out, "--max-iters", "5", "--eval-interval", "5", "--lr-decay-iters", "20", "--resume"
+    )
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == (
         f"error: --resume: the checkpoint {checkpoint} cannot be resumed by this run: "
