@@ -522,6 +522,7 @@ def _run_locked(
             max_iters={t.trial_id: t.train.max_iters for t in todo},
             max_failures=args.max_failures,
             waiting=waiting,
+            state_every_s=args.state_every,
         )
         outcome.ok += result.ok
         outcome.failed.update(result.failed)

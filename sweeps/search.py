@@ -405,6 +405,7 @@ def _run(args, base: TrialSpec, resources: Resources, held: contextlib.ExitStack
                 num_samples=args.n_trials,
                 reuse_actors=True,
             ),
+            state_every_s=args.state_every,
         )
     finally:
         ray.shutdown()
