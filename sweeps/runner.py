@@ -315,7 +315,11 @@ def _members(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _error_line(trial) -> str:
-    text = trial.get_error() or ""
+    """The last line of the trial's error: from the driver's own copy (Tune writes it there
+    first; its copy in the storage waits for the next experiment-state upload)."""
+    local = Path(trial.error_file) if trial.error_file else None
+    text = local.read_text(errors="replace") if local and local.is_file() else ""
+    text = text or trial.get_error() or ""
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
     return redact(lines[-1]) if lines else "trial failed (no error text)"
 
