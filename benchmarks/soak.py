@@ -6,8 +6,9 @@ node SIGKILLed every 30 s (and replaced at once). Nothing may be lost.
     python benchmarks/soak.py --workers 1 --worker-cpus 2   # every kill takes the whole cluster
 
 What runs and what counts as lost: testkit/soak.py (the slow test runs the same soak).
-Prints trials finished, retries, nodes killed, S3 objects written and rows lost. Exit
-status 0 when nothing was lost and the store was readable at every moment, else 1.
+Prints trials finished, retries, nodes killed, S3 objects written, S3 requests by
+operation (and per minute) and rows lost. Exit status 0 when nothing was lost and the
+store was readable at every moment, else 1.
 """
 
 from __future__ import annotations

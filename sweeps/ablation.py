@@ -534,6 +534,7 @@ def _run_locked(
             max_failures=args.max_failures,
             waiting=waiting,
             estimates=seconds,
+            state_every_s=args.state_every,
         )
         outcome.ok += result.ok
         outcome.failed.update(result.failed)

@@ -23,6 +23,7 @@ from charlm.text import short_repr
 from sweeps.grid import MAX_TRIALS, safe_load_unique
 
 __all__ = [
+    "DEFAULT_STATE_EVERY_S",
     "OPTION_DOMAINS",
     "SAFE_NAME",
     "ClusterError",
@@ -51,6 +52,8 @@ _EPSILON = 1e-9
 _TRIALS = "a sweep plans at most that many trials"
 _SEED = domains(TrainConfig)["seed"]
 _ONE_MACHINE = 1e6  # the embedded Ray is this one machine: more CPUs or GPUs is a typo
+# Seconds between uploads of Tune's experiment state (--state-every).
+DEFAULT_STATE_EVERY_S = 300.0
 # The domain of every numeric option of the sweep CLIs, by destination (the two CLIs spell
 # some differently: the search's --seeds is seeds_per_trial): checked (``check_options``)
 # before anything else, so a later check never sees a NaN or a 300-digit number.
@@ -86,6 +89,9 @@ OPTION_DOMAINS: dict[str, Domain] = {
                      fix="give a seed >= 0"),
     "grace_period": Domain(int, low=1, optional=True,
                              fix="give a number of evaluations >= 1 (default 2)"),
+    "state_every": Domain(float, low=1, high=86400, high_reason="a day between uploads "
+                          "of the experiment state", fix="give a number of seconds >= 1 "
+                          f"(default {DEFAULT_STATE_EVERY_S:g})"),
     "reduction_factor": Domain(float, low=1, low_open=True, optional=True,
                                  fix="ASHA needs a factor > 1 (default 2 or 3, see README)"),
 }  # fmt: skip
@@ -149,6 +155,15 @@ def add_run_options(parser: argparse.ArgumentParser, *, gpus_help: str) -> None:
         action="append",
         metavar="FIELD=VALUE",
         help="set a config field for every trial, e.g. --set eval_iters=20 (repeatable)",
+    )
+    add(
+        "--state-every",
+        type=float,
+        default=DEFAULT_STATE_EVERY_S,
+        metavar="SECONDS",
+        help="seconds between uploads of Tune's experiment state to the checkpoint storage "
+        f"(default {DEFAULT_STATE_EVERY_S:g}; each upload costs S3 requests in proportion to "
+        "the trials queued; trial checkpoints go up as trials report them)",
     )
     add("--verbose", action="store_true", help="show Ray's own logs")
 

@@ -33,7 +33,7 @@ from charlm.fsio import atomic_write
 from charlm.text import format_clock
 from charlm.train import MODEL_FILE
 from sweeps import interrupt
-from sweeps.options import ClusterError, Resources, load_cluster_config
+from sweeps.options import DEFAULT_STATE_EVERY_S, ClusterError, Resources, load_cluster_config
 from sweeps.schema import config_label
 from sweeps.storage import (
     EXAMPLE,
@@ -411,6 +411,28 @@ def _model_copier(checkpoint: tune.Checkpoint, subdir: str) -> Callable[[Path], 
     return copy_model
 
 
+class _KeepLatestCheckpoint(tune.Callback):
+    """Driver side: a trial's previous checkpoint is deleted once it reported a newer one.
+
+    What ``CheckpointConfig(num_to_keep=1)`` does, without its cost: with it, Tune uploads
+    the whole experiment directory (a directory per trial, pending ones too) after every
+    trial checkpoint, so the S3 requests grew with the queue, not with the work
+    (benchmarks/s3_requests.py). A retried trial resumes from its newest checkpoint, which
+    is kept. Tune's experiment state may still name a deleted one until its next upload;
+    nothing restores from it (every run is a fresh experiment).
+    """
+
+    def __init__(self) -> None:
+        self.latest: dict[str, tune.Checkpoint] = {}
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        previous = self.latest.get(trial.trial_id)
+        self.latest[trial.trial_id] = checkpoint
+        if previous is not None and previous.path != checkpoint.path:
+            with contextlib.suppress(OSError):  # gone already: nothing to free
+                previous.filesystem.delete_dir(previous.path)
+
+
 class _ProgressCallback(tune.Callback):
     """A concise live view: pending/running/done/failed, best val loss so far, ETA.
 
@@ -595,6 +617,7 @@ def run_trials(
     waiting: str | None = None,
     estimates: dict[str, float] | None = None,
     default_estimate_s: float | None = None,
+    state_every_s: float = DEFAULT_STATE_EVERY_S,
 ) -> SweepOutcome:
     """Run the trials of ``param_space`` on ``connection``'s Ray and store every result.
 
@@ -608,15 +631,18 @@ def run_trials(
     (``RESULTS/_ray``) the runs of drivers that are gone are removed first, and this run's
     own when it ends (the store holds the results). After SIGINT/SIGTERM (see
     ``sweeps.interrupt``) every trial is stopped, finished ones are stored, and the others
-    are listed in ``outcome.interrupted``.
+    are listed in ``outcome.interrupted``. Tune's experiment state (trial statuses, for
+    ``Tuner.restore``, which no CLI uses) is uploaded every ``state_every_s`` seconds.
     """
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = f"{state_every_s:g}"
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # A failed trial's last report has no val_loss; schedulers must not reject it.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # sweeps.interrupt handles it
     outcome = SweepOutcome()
-    callbacks: list[tune.Callback] = [_StoreCallback(store, describe, outcome)]
+    callbacks: list[tune.Callback] = [_StoreCallback(store, describe, outcome),
+                                      _KeepLatestCheckpoint()]  # fmt: skip
     if progress:
         view = _ProgressCallback(
             total, max_iters or {}, default_max_iters, progress_period_s, waiting, describe,
@@ -642,7 +668,6 @@ def run_trials(
             name=run_name,
             storage_path=storage_path,
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=callbacks,
             stop=_InterruptStopper(),
             verbose=0,

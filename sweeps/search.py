@@ -565,6 +565,7 @@ def _search(
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=n_trials, reuse_actors=True
         ),
+        state_every_s=args.state_every,
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -31,6 +32,7 @@ import tempfile
 import textwrap
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -270,6 +272,29 @@ def _shared_data() -> Path:
     return REPO.parent / "shared" / "data"
 
 
+_REQUEST = re.compile(r'"(GET|PUT|HEAD|POST|DELETE) (/\S*) HTTP')
+_TRIAL_DIR = re.compile(r"/[A-Za-z_]+_[0-9a-f]{5}_\d{5}_[^/]*")  # Tune's trial directory
+_VARYING = re.compile(
+    r"[0-9a-f]{16,}|\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d|\d{8}-\d{6}-\d+|checkpoint_\d+"
+)
+
+
+def by_operation(requests: Counter[tuple[str, str]]) -> Counter[str]:
+    """``MotoS3.requests`` summed by operation (GET, PUT, HEAD, POST, DELETE)."""
+    counts: Counter[str] = Counter()
+    for (operation, _), count in requests.items():
+        counts[operation] += count
+    return counts
+
+
+def rates_line(requests: Counter[tuple[str, str]], seconds: float) -> str:
+    """'N in S s, R/min: PUT n (r/min), HEAD ...': ``requests`` over ``seconds``."""
+    operations = by_operation(requests)
+    total, minutes = sum(operations.values()), max(seconds, 1e-9) / 60
+    parts = ", ".join(f"{op} {n} ({n / minutes:.0f}/min)" for op, n in operations.most_common())
+    return f"{total} in {seconds:.0f} s, {total / minutes:.0f}/min: {parts}"
+
+
 @dataclass
 class MotoS3:
     """moto's S3 server on 127.0.0.1 in its own process, with one bucket."""
@@ -329,6 +354,18 @@ class MotoS3:
             .paginate(Bucket=self.bucket, Prefix=prefix)
         )
         return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+    def requests(self) -> Counter[tuple[str, str]]:
+        """Requests the server answered so far, by (operation, path): a trial's directory is
+        shown as '<trial>'; ids, dates and checkpoint numbers as '*'."""
+        counts: Counter[tuple[str, str]] = Counter()
+        for line in self.log.read_text(errors="replace").splitlines():
+            request = _REQUEST.search(line)
+            if request:
+                path = _TRIAL_DIR.sub("/<trial>", request.group(2).split("?")[0])
+                path = _VARYING.sub("*", path)
+                counts[(request.group(1), path)] += 1
+        return counts
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

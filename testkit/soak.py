@@ -15,10 +15,11 @@ in its own process; every ``--kill-every`` seconds this process SIGKILLs the old
 node's namespace (every process of the node at once) and starts a fresh node, so with two
 nodes each lives about twice that; a thread reads the whole store in a loop meanwhile.
 
-Prints trials finished, retries, nodes killed, S3 objects written and rows lost. A row is
-lost when a (config, seed) of the grid has no ``trials`` row, has more than one, or its
-curve misses or repeats an eval step; a failed trial (retries exhausted) is counted apart,
-not as lost: running the same command again runs it. Exit status 0 when nothing was lost
+Prints trials finished, retries, nodes killed, S3 objects written, S3 requests by
+operation and per minute, and rows lost. A row is lost when a (config, seed) of the grid
+has no ``trials`` row, has more than one, or its curve misses or repeats an eval step; a
+failed trial (retries exhausted) is counted apart, not as lost: running the same command
+again runs it. Exit status 0 when nothing was lost
 and the store was readable at every moment, else 1.
 """
 
@@ -60,6 +61,7 @@ class SoakResult:
     node_start_failures: int = 0
     s3_objects_written: int = 0
     s3_objects_left: int = 0
+    s3_requests: str = ""  # by operation and per minute (testkit.sharenothing.rates_line)
     rows_lost: int = 0
     not_run: int = 0  # trials without a row when the soak was stopped early
     store_reads: int = 0
@@ -74,6 +76,7 @@ class SoakResult:
             f"worker nodes killed: {self.kills} (failed node starts: {self.node_start_failures})",
             f"S3 objects written: {self.s3_objects_written} ({self.s3_objects_left} left "
             "under the prefix: the last checkpoint of each trial and Tune's state)",
+            f"S3 requests: {self.s3_requests}",
             f"rows lost: {self.rows_lost}",
             *(
                 [f"not run (the soak was stopped before they finished): {self.not_run}"]
@@ -151,7 +154,12 @@ def run_soak(
     what the store holds is counted (trials it lacks are ``not_run``, not lost)."""
     from sweeps.grid import expand, load_grid
     from sweeps.schema import read_table
-    from testkit.sharenothing import MotoS3, ShareNothingCluster, namespaces_unavailable
+    from testkit.sharenothing import (
+        MotoS3,
+        ShareNothingCluster,
+        namespaces_unavailable,
+        rates_line,
+    )
 
     work.mkdir(parents=True, exist_ok=True)
     unavailable = namespaces_unavailable()
@@ -220,6 +228,7 @@ def run_soak(
             result.s3_objects_left = len(moto.keys(S3_PREFIX))
         moto.stop()
         result.s3_objects_written = _objects_written(work / "moto.log")
+        result.s3_requests = rates_line(moto.requests(), time.monotonic() - start)
     result.wall_time_s = time.monotonic() - start
     result.store_reads, result.unreadable = watcher.reads, watcher.unreadable
     steps = list(range(0, max_iters + 1, eval_interval))

@@ -526,6 +526,11 @@ BAD_INPUT = [
      r"add nodes with CPUs\."),
     ("num-cpus-negative", "ablation", ["--num-cpus", "-2"],
      r"error: --num-cpus -2: give a number in \[0, 1e\+06\] \(default: all\)\."),
+    # Issue 25: the experiment state's upload period, a domain of the shared run options.
+    ("state-every-0", "ablation", ["--state-every", "0"],
+     r"error: --state-every 0: give a number of seconds >= 1 \(default 300\)\."),
+    ("search-state-every-nan", "search", ["--state-every", "nan"],
+     r"error: --state-every nan: give a number of seconds >= 1 \(default 300\)\."),
     ("max-failures-negative", "ablation", ["--max-failures", "-1"],
      r"error: --max-failures -1: give a number of retries >= 0 \(e\.g\. 3\); a negative number "
      r"would retry a failing trial forever\."),

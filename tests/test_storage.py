@@ -45,8 +45,14 @@ def test_ablation_checkpoints_to_s3_and_no_secret_lands_anywhere(moto: MotoS3, t
     assert len(trials) == 2 and set(trials.status) == {"ok"}
     assert len(list((results / "models").glob("*.pt"))) == 2
     keys = moto.keys("ablation/")
-    # Each trial's last checkpoint stays in the user's storage (Tune keeps one).
+    # Each trial's last checkpoint stays in the user's storage (the driver deletes the others).
     assert sum(key.endswith("/ckpt.pt") for key in keys) == 2, keys
+    # Tune's experiment state goes up when the run starts and ends (--state-every 300 s),
+    # not after each of the 6 trial checkpoints.
+    state_uploads = sum(count for (operation, path), count in moto.requests().items()
+                        if operation == "PUT" and path.startswith("/charlm/ablation/")
+                        and "/experiment_state-" in path)  # fmt: skip
+    assert 1 <= state_uploads <= 2, state_uploads
     assert not (results / "_ray").exists()  # nothing of the run on the driver's disk
     for secret in (moto.secret_key, moto.access_key):
         assert secret not in process.stdout and secret not in process.stderr

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,32 @@ from sweeps.schema import read_table
 from sweeps.search import BASE_KEY, describe_search_trial, run_search_trial
 from sweeps.store import ResultStore
 from testkit.tiny import TINY_PARAMS, tiny_model, tiny_train
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A trial's process: import the trainable, train the tiny config; say what was imported when.
+_TRIAL_PROCESS = """
+import sys
+import sweeps.trainable
+from charlm import probes
+from charlm.train import train_steps
+from testkit.tiny import tiny_model, tiny_train
+
+at_import = "sklearn" in sys.modules
+at_first_silhouette = []
+silhouette = probes.hidden_silhouette
+
+def watched(*args, **kwargs):
+    at_first_silhouette.append("sklearn" in sys.modules)
+    return silhouette(*args, **kwargs)
+
+probes.hidden_silhouette = watched
+for _ in train_steps(tiny_model(), tiny_train(max_iters=4, eval_interval=2)):
+    pass
+heavy = {"analysis", "matplotlib", "sklearn"}
+loaded = sorted({name.split(".")[0] for name in sys.modules} & heavy)
+print(at_import, at_first_silhouette[:1], loaded)
+"""
 
 
 def test_lockstep_seeds_train_exactly_as_alone_with_dropout():
@@ -41,6 +69,16 @@ def test_lockstep_seeds_train_exactly_as_alone_with_dropout():
         assert [m["val_loss"] for m in reports[index]] == [p["val_loss"] for p in result.curve]
         assert [m["step"] for m in reports[index]] == [0, 4, 8, 12]
     assert alone[0].final_val_loss != alone[1].final_val_loss  # the seeds differ
+
+
+def test_a_trial_process_imports_scikit_learn_at_its_first_silhouette_and_no_analysis():
+    """What a fresh trial process pays for: scikit-learn only once a silhouette is computed,
+    never the analysis package or matplotlib."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.run([sys.executable, "-c", _TRIAL_PROCESS], capture_output=True,
+                             text=True, cwd=REPO, env=env, timeout=300)  # fmt: skip
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert process.stdout.split("\n")[-2] == "False [False] ['sklearn']"
 
 
 @pytest.mark.ray
