@@ -37,8 +37,10 @@ if TYPE_CHECKING:
     from sweeps.runner import Connection
 
 __all__ = [
+    "MemoryRow",
     "Placement",
     "RunOptions",
+    "check_local_memory",
     "check_placement",
     "connect_driver",
     "finished_line",

@@ -550,13 +550,20 @@ def _search(
 ) -> SweepOutcome:
     """Run ``n_trials`` more trials of the study; the runner's SweepOutcome."""
     from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
 
     from sweeps.estimate import format_search_estimate
     from sweeps.runner import run_trials
+    from sweeps.search_study import StoreIdSearch
+    from sweeps.study import optuna_storage
 
     store.write_run(run_info(args.name, "search", connection.description, resources, n_trials))
     max_t, grace, factor = asha_settings(base.train.max_iters, base.train.eval_interval,
                                          args.grace_period, args.reduction_factor)  # fmt: skip
+    searcher = StoreIdSearch(metric="val_loss", mode="min", study_name=args.name,
+                             seed=args.seed, storage=optuna_storage(args.url))  # fmt: skip
+    scheduler = ASHAScheduler(metric="val_loss", mode="min", max_t=max_t,
+                              grace_period=grace, reduction_factor=factor)  # fmt: skip
     base_values = {"params": {**to_dict(base.model), **to_dict(base.train)},
                    "sweep": args.name, "seeds_per_trial": args.seeds_per_trial,
                    "dataset_sha256": dataset_sha256(base.dataset)}  # fmt: skip
@@ -586,31 +593,9 @@ def _search(
         default_estimate_s=per_trial_s,
         trainable=run_search_trial,
         tune_config=tune.TuneConfig(
-            search_alg=_searcher(args),
-            scheduler=_scheduler(args, base),
-            num_samples=n_trials,
-            reuse_actors=True,
+            search_alg=searcher, scheduler=scheduler, num_samples=n_trials, reuse_actors=True
         ),
     )
-
-
-def _searcher(args: SearchOptions) -> Any:
-    """Tune's Optuna searcher (TPE) on the study's storage, tagging trials with store ids."""
-    from sweeps.search_study import StoreIdSearch
-    from sweeps.study import optuna_storage
-
-    return StoreIdSearch(metric="val_loss", mode="min", study_name=args.name,
-                         seed=args.seed, storage=optuna_storage(args.url))  # fmt: skip
-
-
-def _scheduler(args: SearchOptions, base: TrialSpec) -> Any:
-    """ASHA, its rungs counted in reports (``asha_settings``)."""
-    from ray.tune.schedulers import ASHAScheduler
-
-    max_t, grace, factor = asha_settings(base.train.max_iters, base.train.eval_interval,
-                                         args.grace_period, args.reduction_factor)  # fmt: skip
-    return ASHAScheduler(metric="val_loss", mode="min", max_t=max_t,
-                         grace_period=grace, reduction_factor=factor)  # fmt: skip
 
 
 def _interrupted(
