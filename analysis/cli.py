@@ -9,6 +9,7 @@ replaced); SIGINT/SIGTERM stop the figure workers, remove the unfinished report 
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import signal
@@ -202,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _disk_error(exc, out)
 
 
-def _report(args, formats: list[str], out: Path) -> int:
+def _report(args: argparse.Namespace, formats: list[str], out: Path) -> int:
     from analysis.load import CorruptStoreError
     from analysis.report import build_report, print_summary
 

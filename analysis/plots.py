@@ -24,6 +24,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from matplotlib.transforms import offset_copy
 
@@ -151,11 +152,11 @@ def _one_dataset_axes(
     bottom: float = 0.55,
     right: float = 0.0,
     left: float = 0.95,
-):
+) -> tuple[Figure, list[tuple[str, Axes]]]:
     """The axes to draw each dataset on: ``ax`` (one dataset only) or a new column of panels."""
     if ax is not None:
         dataset, ax = _panel_axes(frame, ax, width, height, bottom, right, left)
-        return ax.figure, [(dataset, ax)]
+        return cast(Figure, ax.figure), [(dataset, ax)]
     datasets = _datasets(frame)
     figure, axes = _grid(
         max(len(datasets), 1), 1, width, height, bottom, gap=bottom + 0.4, right=right, left=left
@@ -190,7 +191,16 @@ def as_figure(plot: Callable[..., Axes], *args: Any, **kwargs: Any) -> Figure:
     return cast(Figure, plot(*args, **kwargs).figure)
 
 
-def _band(ax: Axes, bands: list, x, mean, stderr, color, label: str | None, **line) -> None:
+def _band(
+    ax: Axes,
+    bands: list[Any],
+    x: Any,
+    mean: Any,
+    stderr: Any,
+    color: Any,
+    label: str | None,
+    **line: Any,
+) -> None:
     """A mean line now, and its mean ± stderr band queued in ``bands`` for _add_bands."""
     x, mean, stderr = np.asarray(x, float), np.asarray(mean, float), np.asarray(stderr, float)
     ax.plot(x, mean, color=color, label=label, **line)
@@ -566,7 +576,9 @@ def display_chars(chars: Sequence[str]) -> list[str]:
 _CELL_IN = 0.125  # a heatmap cell holds one 8-pt character label (9 pt a row)
 
 
-def _heatmap(ax: Axes, matrix: np.ndarray, labels: list[str], title: str, vmax: float, side: float):
+def _heatmap(
+    ax: Axes, matrix: np.ndarray, labels: list[str], title: str, vmax: float, side: float
+) -> AxesImage:
     image = ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=vmax)
     # Every character while a cell can hold its label, else every k-th.
     every = max(1, math.ceil(len(labels) * _CELL_IN / side - 1e-9))

@@ -53,8 +53,9 @@ from charlm.data import get_batch, load_dataset
 from charlm.model import GPT
 from charlm.sample import generate_text
 from charlm.train import lr_at
-from sweeps.ablation import param_space, prepare_datasets, schedule_trials
+from sweeps.ablation import param_space, schedule_trials
 from sweeps.grid import PRESETS, TrialSpec, expand
+from sweeps.launch import prepare_datasets
 from sweeps.runner import Resources, connect, run_trials
 from sweeps.schema import read_table
 from sweeps.store import ResultStore

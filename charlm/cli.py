@@ -99,13 +99,19 @@ class OneLineParser(argparse.ArgumentParser):
         fail(f"{message} (see {self.prog} --help)")
 
 
-def deprecated_alias(parser: argparse.ArgumentParser, old: str, new: str, **kwargs) -> None:
+def deprecated_alias(parser: argparse.ArgumentParser, old: str, new: str, **kwargs: Any) -> None:
     """Accept ``old`` as a hidden spelling of the option ``new`` (its destination), with a
     one-line note on stderr naming the new spelling; ``--help`` shows only ``new``."""
     target = next(a for a in parser._actions if new in a.option_strings)
 
     class _Alias(argparse.Action):
-        def __call__(self, parser, namespace, values, option_string=None):
+        def __call__(
+            self,
+            parser: argparse.ArgumentParser,
+            namespace: argparse.Namespace,
+            values: Any,
+            option_string: str | None = None,
+        ) -> None:
             print(f"note: {old} is now spelled {new}; {old} will go away.", file=sys.stderr)
             setattr(namespace, self.dest, values)
 

@@ -14,6 +14,7 @@ SIGINT/SIGTERM.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import math
@@ -21,26 +22,38 @@ import os
 import statistics
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from charlm.cli import OneLineParser, fail
 from charlm.config import ConfigError
-from charlm.data import check_block_size, load_dataset
-from charlm.text import format_clock, text_table
+from charlm.text import text_table
 from sweeps import interrupt
 from sweeps.grid import PRESETS, GridSpec, TrialSpec, expand, load_grid, parse_overrides
+from sweeps.launch import (
+    MemoryRow,
+    Placement,
+    RunOptions,
+    check_local_memory,
+    check_placement,
+    connect_driver,
+    finished_line,
+    local_concurrency,
+    lock_cluster,
+    lock_embedded,
+    prepare_datasets,
+    report_interrupt,
+    run_info,
+)
 from sweeps.manytoone import format_verdicts
 from sweeps.options import (
     Resources,
     add_run_options,
-    available_memory_bytes,
     check_memory,
     check_options,
     check_sweep_name,
     check_trial_resources,
-    load_cluster_config,
-    local_node,
     node_types,
 )
 from sweeps.rounds import SeedRounds
@@ -52,25 +65,50 @@ from sweeps.sequential import (
     Design,
     record_design,
 )
-from sweeps.storage import check_storage
-from sweeps.store import (
-    ResultStore,
-    check_results_dir,
-    locked,
-    set_aside_unreadable,
-    trial_statuses,
-)
+from sweeps.store import ResultStore, set_aside_unreadable, trial_statuses
+
+if TYPE_CHECKING:
+    from sweeps.runner import Connection, SweepOutcome
 
 __all__ = [
+    "AblationOptions",
     "main",
     "param_space",
     "parse_args",
     "plan_trials",
     "planned_grid",
-    "prepare_datasets",
-    "run_info",
     "summary_table",
 ]
+
+
+@dataclass(frozen=True)
+class AblationOptions(RunOptions):
+    """The ablation CLI's options: the run options and what picks the grid and its seeds."""
+
+    preset: str
+    grid: str | None
+    factors: list[str] | None
+    datasets: list[str] | None
+    seeds: int | str | None
+    min_effect: float | None
+    max_seeds: int | None
+    confidence: float | None
+    max_iters: int | None
+    max_failures: int
+
+
+@dataclass
+class _Plan:
+    """A checked sweep: its trials, where they run, its design and the datasets' vocabularies."""
+
+    trials: list[TrialSpec]
+    placement: Placement
+    design: Design | None
+    vocab_sizes: dict[str, int]
+
+    @property
+    def sweep(self) -> str:
+        return self.trials[0].sweep
 
 
 def _csv(text: str) -> list[str]:
@@ -88,13 +126,27 @@ def _seeds_arg(text: str) -> int | str:
         ) from None
 
 
-def parse_args(argv: list[str] | None = None):
+def parse_args(argv: list[str] | None = None) -> AblationOptions:
+    """The command line's options, checked (a bad one is one line, exit 2)."""
     parser = OneLineParser(
         prog="python sweeps/ablation.py",
         description="Run a one-factor-at-a-time ablation grid (baseline + one factor changed "
         "at a time) with seed replicates on Ray Tune; every trial lands in a Parquet result "
         "store. Re-running the same command runs only what the store lacks.",
     )
+    _add_grid_options(parser)
+    _add_seed_options(parser)
+    _add_store_options(parser)
+    add_run_options(
+        parser,
+        gpus_help="GPUs per trial, fractions share a GPU (default: 1 when the cluster has GPUs)",
+    )
+    args = parser.parse_args(argv)
+    check_options(args, parser)
+    return AblationOptions.from_args(args)
+
+
+def _add_grid_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add(
         "--preset",
@@ -109,6 +161,10 @@ def parse_args(argv: list[str] | None = None):
         type=_csv,
         help="comma-separated: shakespeare_char, enwik8, text8 or text file paths",
     )
+
+
+def _add_seed_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
     add(
         "--seeds",
         type=_seeds_arg,
@@ -136,6 +192,10 @@ def parse_args(argv: list[str] | None = None):
         help="familywise confidence of the verdicts, over all levels and looks "
         f"(default {DEFAULT_CONFIDENCE:g})",
     )
+
+
+def _add_store_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
     add(
         "--max-iters",
         type=int,
@@ -157,78 +217,29 @@ def parse_args(argv: list[str] | None = None):
         action="store_true",
         help="print the trials and a compute estimate, then exit without running",
     )
-    add_run_options(
-        parser,
-        gpus_help="GPUs per trial, fractions share a GPU (default: 1 when the cluster has GPUs)",
-    )
-    args = parser.parse_args(argv)
-    check_options(args, parser)
-    return args
 
 
-def plan_trials(args) -> list[TrialSpec]:
+def plan_trials(opts: AblationOptions) -> list[TrialSpec]:
     """The grid's trials after the CLI's filters and overrides; raises GridError/ConfigError."""
-    spec: GridSpec = load_grid(args.grid) if args.grid else PRESETS[args.preset]
-    if args.name:
-        check_sweep_name(args.name, "--name")
+    spec: GridSpec = load_grid(opts.grid) if opts.grid else PRESETS[opts.preset]
+    if opts.name:
+        check_sweep_name(opts.name, "--name")
     else:
         check_sweep_name(spec.name, f"grid file {spec.source}: name" if spec.source else "name")
-    overrides = parse_overrides(args.overrides)
-    if args.data_dir:
-        overrides["data_dir"] = args.data_dir
+    overrides = parse_overrides(opts.overrides)
+    if opts.data_dir:
+        overrides["data_dir"] = opts.data_dir
     trials = expand(
         spec,
-        factors=args.factors,
-        datasets=args.datasets,
-        seeds=args.max_seeds or DEFAULT_MAX_SEEDS if args.seeds == "auto" else args.seeds,
-        max_iters=args.max_iters,
+        factors=opts.factors,
+        datasets=opts.datasets,
+        seeds=(opts.max_seeds or DEFAULT_MAX_SEEDS) if isinstance(opts.seeds, str) else opts.seeds,
+        max_iters=opts.max_iters,
         overrides=overrides or None,
     )
-    if args.name:
-        trials = [_renamed(trial, args.name) for trial in trials]
+    if opts.name:
+        trials = [dataclasses.replace(trial, sweep=opts.name) for trial in trials]
     return trials
-
-
-def _renamed(trial: TrialSpec, name: str) -> TrialSpec:
-    return dataclasses.replace(trial, sweep=name)
-
-
-def prepare_datasets(trials: list[TrialSpec]) -> dict[str, int]:
-    """Fetch and encode each dataset once on the driver; check every block size against it.
-
-    Returns the vocabulary size per dataset. All block-size and vocab_size problems are
-    reported together.
-    """
-    vocab_sizes: dict[str, int] = {}
-    problems: list[str] = []
-    checked: set[tuple[str, int]] = set()  # (dataset, block_size) seen
-    vocab_checked: set[tuple[str, int]] = set()
-    for trial in trials:
-        data = load_dataset(trial.dataset, trial.train.data_dir)
-        vocab_sizes[trial.dataset] = data.vocab_size
-        vocab = trial.model.vocab_size
-        if (
-            vocab is not None
-            and vocab != data.vocab_size
-            and ((trial.dataset, vocab) not in vocab_checked)
-        ):
-            vocab_checked.add((trial.dataset, vocab))
-            problems.append(
-                f"{config_label(trial.factor, trial.level)}: vocab_size={vocab} does not match "
-                f"{Path(trial.dataset).name}'s vocabulary of {data.vocab_size}: leave "
-                "vocab_size unset to take it from the dataset."
-            )
-        key = (trial.dataset, trial.model.block_size)
-        if key in checked:
-            continue
-        checked.add(key)
-        try:
-            check_block_size(data, trial.model.block_size)
-        except ConfigError as exc:
-            problems.append(f"{config_label(trial.factor, trial.level)}: {exc}")
-    if problems:
-        raise ConfigError("; ".join(problems))
-    return vocab_sizes
 
 
 def summary_table(store_rows: list[dict[str, Any]]) -> str:
@@ -259,87 +270,71 @@ def param_space(trials: list[TrialSpec], cpus: dict[str, float] | None = None) -
     }
 
 
-def _dry_run(
-    trials: list[TrialSpec], vocab_sizes: dict[str, int], args, design: Design | None
-) -> None:
+def _dry_run(opts: AblationOptions, plan: _Plan) -> None:
     from sweeps.estimate import estimate, format_table
 
-    cpus = args.num_cpus or os.cpu_count() or 1
-    concurrent = max(1, math.floor(cpus / args.cpus_per_trial))
-    if args.max_concurrent:
-        concurrent = min(concurrent, args.max_concurrent)
-    result = estimate(trials, args.cpus_per_trial, concurrent, vocab_sizes)
-    print(format_table(trials, result))
-    if design is not None and design.adaptive:
+    result = estimate(plan.trials, opts.cpus_per_trial, local_concurrency(opts), plan.vocab_sizes)
+    print(format_table(plan.trials, result))
+    if plan.design is not None and plan.design.adaptive:
         from sweeps.rounds import auto_compute
 
-        print(auto_compute(trials, result, design, args.results))
+        print(auto_compute(plan.trials, result, plan.design, opts.results))
 
 
-def design_of(args, trials: list[TrialSpec]) -> Design | None:
+def design_of(opts: AblationOptions, trials: list[TrialSpec]) -> Design | None:
     """The sweep's design: adaptive for --seeds auto, the one-look design of a fixed-seed
     sweep given --min-effect or --confidence, else None (nothing to record)."""
-    auto = args.seeds == "auto"
-    if args.max_seeds is not None and not auto:
-        raise ConfigError(f"--max-seeds {args.max_seeds} needs --seeds auto: add it, or drop "
+    auto = opts.seeds == "auto"
+    if opts.max_seeds is not None and not auto:
+        raise ConfigError(f"--max-seeds {opts.max_seeds} needs --seeds auto: add it, or drop "
                           "--max-seeds and give --seeds N.")  # fmt: skip
-    if not auto and args.min_effect is None and args.confidence is None:
+    if not auto and opts.min_effect is None and opts.confidence is None:
         return None
     datasets = {t.dataset for t in trials}
     levels = len({(t.dataset, t.factor, t.level) for t in trials if t.factor != "baseline"})
     return Design(
         levels=levels // max(1, len(datasets)),
-        min_effect=DEFAULT_MIN_EFFECT if args.min_effect is None else args.min_effect,
+        min_effect=DEFAULT_MIN_EFFECT if opts.min_effect is None else opts.min_effect,
         max_seeds=max(2, max(t.seed for t in trials) + 1),
-        confidence=DEFAULT_CONFIDENCE if args.confidence is None else args.confidence,
+        confidence=DEFAULT_CONFIDENCE if opts.confidence is None else opts.confidence,
         adaptive=auto,
     )
 
 
+def _check(opts: AblationOptions) -> _Plan:
+    """Everything checked before a sweep runs (or a dry run prints); raises ConfigError."""
+    trials = plan_trials(opts)
+    placement = check_placement(opts)
+    design = design_of(opts, trials)
+    vocab_sizes = prepare_datasets(trials)
+    if placement.node is not None:  # this machine is the whole cluster
+        per_node = _per_node(placement.node, placement.resources, len(trials))
+        check_local_memory(_memory_rows(trials, vocab_sizes), per_node)
+    if design is not None and not opts.dry_run:
+        ResultStore(opts.results)  # the design is recorded inside a store
+        record_design(opts.results, trials[0].sweep, design)
+    return _Plan(trials, placement, design, vocab_sizes)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    opts = parse_args(argv)
     try:
-        trials = plan_trials(args)
-        check_results_dir(args.results)
-        resources = Resources(args.cpus_per_trial, args.gpus_per_trial or 0.0, args.max_concurrent)
-        cluster = load_cluster_config(args.cluster) if args.cluster else None
-        embedded = args.cluster is None and args.address is None
-        check_storage(args.storage, args.results, cluster_config=cluster, cluster=args.cluster,
-                      embedded=embedded)  # fmt: skip
-        if embedded:  # this machine is the whole cluster: check before Ray starts
-            node = local_node(args.num_cpus, args.num_gpus)
-            if args.gpus_per_trial is None and node["GPU"] > 0:
-                resources = dataclasses.replace(resources, gpus_per_trial=1.0)
-            check_trial_resources(
-                resources.cpus_per_trial, resources.gpus_per_trial, [node], "this machine"
-            )
-        design = design_of(args, trials)
-        vocab_sizes = prepare_datasets(trials)
-        if embedded:
-            check_memory(
-                _memory_rows(trials, vocab_sizes),
-                _per_node(node, resources, len(trials)),
-                available_memory_bytes(),
-                "this machine (MemAvailable)",
-            )
-        if design is not None and not args.dry_run:
-            ResultStore(args.results)  # the design is recorded inside a store
-            record_design(args.results, trials[0].sweep, design)
+        plan = _check(opts)
     except ConfigError as exc:
         fail(str(exc))
-    if args.dry_run:
-        _dry_run(trials, vocab_sizes, args, design)
+    if opts.dry_run:
+        _dry_run(opts, plan)
         return 0
     with interrupt.handling():
         try:
-            return _run(trials, args, resources, cluster, vocab_sizes, design)
+            return _run(opts, plan)
         except StoreVersionError as exc:  # one file of a newer charlm-sweeps in the store
             fail(str(exc))
         except OSError as exc:
-            return _disk_error(exc, args.results)
+            return _disk_error(exc, opts.results)
 
 
-def _memory_rows(trials: list[TrialSpec], vocab_sizes: dict[str, int]):
+def _memory_rows(trials: list[TrialSpec], vocab_sizes: dict[str, int]) -> list[MemoryRow]:
     return [
         (config_label(t.factor, t.level), t.model, t.train, vocab_sizes[t.dataset]) for t in trials
     ]
@@ -382,34 +377,22 @@ def _disk_full_error(failed: dict[str, str]) -> str | None:
     return None
 
 
-def _run(
-    trials: list[TrialSpec],
-    args,
-    resources: Resources,
-    cluster: dict[str, Any] | None,
-    vocab_sizes: dict[str, int],
-    design: Design | None,
-) -> int:
-    import contextlib
-
+def _run(opts: AblationOptions, plan: _Plan) -> int:
     import ray
 
-    adaptive = design if design is not None and design.adaptive else None
-    rounds = SeedRounds(trials, args.results, adaptive)
-    todo = _todo(SeedRounds(trials, args.results, adaptive), trials, args.results, announce=True)
+    adaptive = plan.design if plan.design is not None and plan.design.adaptive else None
+    rounds = SeedRounds(plan.trials, opts.results, adaptive)
+    todo = _todo(SeedRounds(plan.trials, opts.results, adaptive), plan.trials, opts.results,
+                 announce=True)  # fmt: skip
     if not todo:
-        _print_verdicts(rounds, trials[0].sweep, design)
+        _print_verdicts(rounds, plan.sweep, plan.design)
         return 0
     with contextlib.ExitStack() as stack:
+        lock_embedded(opts, stack)
         try:
-            if args.cluster is None and args.address is None:
-                stack.enter_context(locked(args.results))
-        except ConfigError as exc:
-            fail(str(exc))
-        try:
-            return _run_locked(trials, rounds, args, resources, cluster, vocab_sizes, stack, design)
+            return _run_locked(opts, plan, rounds, stack)
         except KeyboardInterrupt:  # a signal before Tune ran, or a second one
-            return _interrupted(trials, [], args)
+            return _interrupted(opts, plan.trials, [])
         finally:
             ray.shutdown()
 
@@ -463,78 +446,111 @@ def schedule_trials(
     return order, widened, schedule.describe(), schedule.seconds
 
 
+@dataclass
+class _Launch:
+    """A connected, locked sweep: where it runs, what each trial gets, the trials of its
+    first round, and the line saying which trials wait for a node to scale up."""
+
+    connection: Connection
+    resources: Resources
+    todo: list[TrialSpec]
+    waiting: str | None = None
+
+
 def _run_locked(
-    trials: list[TrialSpec],
-    rounds: SeedRounds,
-    args,
-    resources: Resources,
-    cluster: dict[str, Any] | None,
-    vocab_sizes: dict[str, int],
-    stack,
-    design: Design | None,
+    opts: AblationOptions, plan: _Plan, rounds: SeedRounds, stack: contextlib.ExitStack
 ) -> int:
     import ray
 
-    from sweeps.runner import SweepOutcome, connect, run_trials
-
-    try:
-        connection = connect(
-            args.cluster, address=args.address, num_cpus=args.num_cpus,
-            num_gpus=args.num_gpus, verbose=args.verbose, results=args.results,
-            storage=args.storage,
-        )  # fmt: skip
-    except ConfigError as exc:
-        fail(str(exc))
-    interrupt.install()  # ray.init replaced the SIGTERM handler
-    waiting = None
-    todo = rounds.next_round()  # under the store lock (embedded: taken before connecting)
-    if args.cluster is not None or args.address is not None:
-        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-        if args.gpus_per_trial is None and any(n.get("GPU", 0) > 0 for n in nodes):
-            resources = dataclasses.replace(resources, gpus_per_trial=1.0)
-        try:
-            waiting = check_trial_resources(
-                resources.cpus_per_trial, resources.gpus_per_trial, nodes, "the cluster",
-                node_types(cluster),
-            )  # fmt: skip
-            fits = [n for n in nodes if n.get("CPU", 0) >= resources.cpus_per_trial]
-            if fits and not waiting:
-                largest = max(fits, key=lambda n: n.get("memory", 0))
-                check_memory(
-                    _memory_rows(todo or trials, vocab_sizes),
-                    _per_node(largest, resources, len(todo)),
-                    largest.get("memory", math.inf),
-                    "the largest node (Ray's memory resource)",
-                )
-            stack.enter_context(locked(args.results))
-        except ConfigError as exc:
-            ray.shutdown()
-            fail(str(exc))
-        rounds.tried.clear()
-        todo = rounds.next_round()  # what another driver finished before the lock
-    elif args.gpus_per_trial is None and ray.cluster_resources().get("GPU", 0) > 0:
-        resources = dataclasses.replace(resources, gpus_per_trial=1.0)
-    print(f"running on {connection.description}; {resources.cpus_per_trial:g} CPU and "
+    launch = _connect(opts, plan, rounds, stack)
+    resources = launch.resources
+    print(f"running on {launch.connection.description}; {resources.cpus_per_trial:g} CPU and "
           f"{resources.gpus_per_trial:g} GPU per trial", flush=True)  # fmt: skip
-    store = ResultStore(args.results)
-    info = run_info(todo[0].sweep, "ablation", connection.description, resources, len(todo))
-    store.write_run({**info, **planned_grid(trials, vocab_sizes, adaptive=bool(rounds.design))})
+    store = ResultStore(opts.results)
+    info = run_info(plan.sweep, "ablation", launch.connection.description, resources,
+                    len(launch.todo))  # fmt: skip
+    store.write_run(
+        {**info, **planned_grid(plan.trials, plan.vocab_sizes, adaptive=bool(rounds.design))}
+    )
+    outcome = _run_rounds(opts, plan, rounds, launch, store)
+    ray.shutdown()
+    if interrupt.requested():
+        return _interrupted(opts, plan.trials, outcome.ok)
+    return _finish(opts, plan, rounds, outcome)
+
+
+def _connect(
+    opts: AblationOptions, plan: _Plan, rounds: SeedRounds, stack: contextlib.ExitStack
+) -> _Launch:
+    """Connect to Ray; on a cluster, check what a trial asks of its nodes, then take the
+    store's lock (embedded: taken before connecting). The first round is read under it."""
+    import ray
+
+    connection = connect_driver(opts, "sweeps/ablation.py")
+    resources = plan.placement.resources
+    if opts.embedded:
+        if opts.gpus_per_trial is None and ray.cluster_resources().get("GPU", 0) > 0:
+            resources = dataclasses.replace(resources, gpus_per_trial=1.0)
+        return _Launch(connection, resources, rounds.next_round())
+    todo = rounds.next_round()
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if opts.gpus_per_trial is None and any(n.get("GPU", 0) > 0 for n in nodes):
+        resources = dataclasses.replace(resources, gpus_per_trial=1.0)
+    try:
+        waiting = _check_cluster(plan, resources, nodes, todo)
+    except ConfigError as exc:
+        ray.shutdown()
+        fail(str(exc))
+    lock_cluster(opts, stack)
+    rounds.tried.clear()
+    todo = rounds.next_round()  # what another driver finished before the lock
+    return _Launch(connection, resources, todo, waiting)
+
+
+def _check_cluster(
+    plan: _Plan, resources: Resources, nodes: list[dict[str, float]], todo: list[TrialSpec]
+) -> str | None:
+    """What a trial asks of the cluster's nodes, and its memory on the largest node that
+    fits it; the line saying which trials wait for a node to scale up (None: none wait)."""
+    waiting = check_trial_resources(
+        resources.cpus_per_trial, resources.gpus_per_trial, nodes, "the cluster",
+        node_types(plan.placement.cluster),
+    )  # fmt: skip
+    fits = [n for n in nodes if n.get("CPU", 0) >= resources.cpus_per_trial]
+    if fits and not waiting:
+        largest = max(fits, key=lambda n: n.get("memory", 0))
+        check_memory(
+            _memory_rows(todo or plan.trials, plan.vocab_sizes),
+            _per_node(largest, resources, len(todo)),
+            largest.get("memory", math.inf),
+            "the largest node (Ray's memory resource)",
+        )
+    return waiting
+
+
+def _run_rounds(
+    opts: AblationOptions, plan: _Plan, rounds: SeedRounds, launch: _Launch, store: ResultStore
+) -> SweepOutcome:
+    """Run the rounds: one for fixed seeds; --seeds auto adds rounds until resolved."""
+    from sweeps.runner import SweepOutcome, run_trials
+
     outcome = SweepOutcome()
-    while todo:  # one round for fixed seeds; --seeds auto adds rounds until resolved
-        todo, widened, line, seconds = schedule_trials(todo, resources, vocab_sizes)
+    todo = launch.todo
+    while todo:
+        todo, widened, line, seconds = schedule_trials(todo, launch.resources, plan.vocab_sizes)
         print(line, flush=True)
         result = run_trials(
-            connection,
+            launch.connection,
             store,
             param_space(todo, widened),
             name=todo[0].sweep,
             total=len(todo),
-            resources=resources,
+            resources=launch.resources,
             max_iters={t.trial_id: t.train.max_iters for t in todo},
-            max_failures=args.max_failures,
-            waiting=waiting,
+            max_failures=opts.max_failures,
+            waiting=launch.waiting,
             estimates=seconds,
-            state_every_s=args.state_every,
+            state_every_s=opts.state_every,
         )
         outcome.ok += result.ok
         outcome.failed.update(result.failed)
@@ -545,19 +561,18 @@ def _run_locked(
         if rounds.design:
             print(rounds.look_line() + (f"; next round: {len(todo)} trials" if todo else ""),
                   flush=True)  # fmt: skip
-    ray.shutdown()
-    if interrupt.requested():
-        return _interrupted(trials, outcome.ok, args)
-    ids = {t.trial_id for t in trials}
-    rows = [r for r in _store_rows(args.results) if r["trial_id"] in ids]
+    return outcome
+
+
+def _finish(opts: AblationOptions, plan: _Plan, rounds: SeedRounds, outcome: SweepOutcome) -> int:
+    """The finished sweep's summary: its table, verdicts, last line and failures."""
+    ids = {t.trial_id for t in plan.trials}
+    rows = [r for r in _store_rows(opts.results) if r["trial_id"] in ids]
     print(summary_table(rows))
-    _print_verdicts(rounds, trials[0].sweep, design)
-    print(
-        f"{len(outcome.ok)} trials finished, {len(outcome.failed)} failed in "
-        f"{format_clock(outcome.wall_time_s)}; results in {args.results} "
-        f"(report: python -m analysis {args.results}, which writes "
-        f"{args.results / 'report' / 'report.html'})"
-    )
+    _print_verdicts(rounds, plan.sweep, plan.design)
+    line = finished_line(len(outcome.ok), len(outcome.failed), outcome.wall_time_s, opts.results)
+    print(f"{line} (report: python -m analysis {opts.results}, which writes "
+          f"{opts.results / 'report' / 'report.html'})")  # fmt: skip
     for trial_id, error in outcome.failed.items():
         print(f"failed: {trial_id}: {error}", file=sys.stderr)
     full = _disk_full_error(outcome.failed)
@@ -570,36 +585,16 @@ def _run_locked(
     return 1 if outcome.failed else 0
 
 
-def _interrupted(trials: list[TrialSpec], finished_now: list[str], args) -> int:
+def _interrupted(opts: AblationOptions, trials: list[TrialSpec], finished_now: list[str]) -> int:
     """The summary of a sweep stopped by SIGINT/SIGTERM; exit 128 + the signal number."""
-    statuses, _ = trial_statuses(args.results) if args.results.is_dir() else ({}, [])
+    statuses, _ = trial_statuses(opts.results) if opts.results.is_dir() else ({}, [])
     done = sum(1 for t in trials if statuses.get(t.trial_id) == "ok")
     failed = sum(1 for t in trials if statuses.get(t.trial_id) == "failed")
-    print(
-        f"interrupted by {interrupt.signal_name()}: {len(finished_now)} trials finished in this "
-        f"run; {done} of {len(trials)} are in {args.results} ({failed} failed), "
-        f"{len(trials) - done - failed} not finished. To continue, run the same command "
-        "again: it runs only what the store lacks.",
-        flush=True,
+    return report_interrupt(
+        f"{len(finished_now)} trials finished in this run; {done} of {len(trials)} are in "
+        f"{opts.results} ({failed} failed), {len(trials) - done - failed} not finished. To "
+        "continue, run the same command again: it runs only what the store lacks."
     )
-    return interrupt.exit_code()
-
-
-def run_info(
-    sweep: str, kind: str, where: str, resources: Resources, n_trials: int
-) -> dict[str, Any]:
-    """What the store records about this command run (the report's set-up section)."""
-    from charlm.provenance import provenance
-
-    return {
-        "sweep": sweep,
-        "kind": kind,
-        "trials_to_run": n_trials,
-        "ray_cluster": where,
-        "cpus_per_trial": resources.cpus_per_trial,
-        "gpus_per_trial": resources.gpus_per_trial,
-        **provenance(),
-    }
 
 
 def planned_grid(

@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import tune
@@ -48,6 +48,10 @@ from sweeps.storage import (
 )
 from sweeps.store import ResultStore, TrialRecord
 from sweeps.trainable import PREVIOUS_FAILURE, error_line, member_dir, run_trial
+
+if TYPE_CHECKING:
+    from ray.tune.execution.placement_groups import PlacementGroupFactory
+    from ray.tune.experiment import Trial
 
 __all__ = [
     "ClusterError",
@@ -273,7 +277,7 @@ def _node_label(node: dict[str, Any]) -> str:
 # ------------------------------------------------------------------ running
 
 
-def trial_resources(config: dict[str, Any], default: dict[str, float]):
+def trial_resources(config: dict[str, Any], default: dict[str, float]) -> PlacementGroupFactory:
     """Ray's resource request of one trial: ``default``, with the CPUs its config names
     (``config["trial"]["cpus"]``, set by the schedule for the tail) when it names some."""
     from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
@@ -299,7 +303,9 @@ class SweepOutcome:
 Describe = Callable[[dict[str, Any], dict[str, Any] | None], list[tuple[str, dict[str, Any]]]]
 
 
-def describe_grid_trial(config: dict[str, Any], result: dict[str, Any] | None):
+def describe_grid_trial(
+    config: dict[str, Any], result: dict[str, Any] | None
+) -> list[tuple[str, dict[str, Any]]]:
     """[(trial_id, store columns)] of a grid trial: both travel in its config."""
     return [(config["trial"]["trial_id"], config["trial"]["columns"])]
 
@@ -314,13 +320,13 @@ def _members(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [{**stamps, **member} for member in result["members"]]
 
 
-def _error_line(trial) -> str:
+def _error_line(trial: Trial) -> str:
     """The line of the trial's latest failure: from its local error file, written when the
     failure is handled (the copy in storage that ``get_error`` reads is synced later)."""
     local = Path(trial.error_file) if trial.error_file else None
     if local is not None and local.is_file():
         return error_line(local.read_text(errors="replace"))
-    return error_line(trial.get_error() or "")
+    return error_line(str(trial.get_error() or ""))
 
 
 class _StoreCallback(tune.Callback):
@@ -330,7 +336,7 @@ class _StoreCallback(tune.Callback):
         self.store, self.describe, self.outcome = store, describe, outcome
         self.records: dict[str, list[TrialRecord]] = {}
 
-    def _records(self, trial, result: dict[str, Any] | None = None) -> list[TrialRecord]:
+    def _records(self, trial: Trial, result: dict[str, Any] | None = None) -> list[TrialRecord]:
         if trial.trial_id not in self.records:
             records = []
             for trial_id, columns in self.describe(trial.config, result):
@@ -343,13 +349,17 @@ class _StoreCallback(tune.Callback):
             self.records[trial.trial_id] = records
         return self.records[trial.trial_id]
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
+    ) -> None:
         records = self._records(trial, result)
         for record, metrics in zip(records, _members(result), strict=True):
             record.add_report(metrics)
             self.store.write_progress(record)
 
-    def on_trial_recover(self, iteration, trials, trial, **info):
+    def on_trial_recover(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
         records = self._records(trial)
         for record in records:
             record.attempts += 1
@@ -359,7 +369,9 @@ class _StoreCallback(tune.Callback):
         trial.config[PREVIOUS_FAILURE] = {"error": _error_line(trial),
                                           "step": (last or {}).get("step")}  # fmt: skip
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
+    def on_trial_complete(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
         records = self._records(trial)
         for index, record in enumerate(records):
             if self._interrupted(record):
@@ -375,7 +387,9 @@ class _StoreCallback(tune.Callback):
             self.store.write_trial(record, status, error, copy_model)
             self._count(record, status, error)
 
-    def on_trial_error(self, iteration, trials, trial, **info):
+    def on_trial_error(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
         records = [r for r in self._records(trial) if not self._interrupted(r)]
         error = _error_line(trial)
         for record in records:
@@ -425,10 +439,21 @@ class _KeepLatestCheckpoint(tune.Callback):
     def __init__(self) -> None:
         self.latest: dict[str, tune.Checkpoint] = {}
 
-    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+    def on_checkpoint(
+        self,
+        iteration: int,
+        trials: list[Trial],
+        trial: Trial,
+        checkpoint: tune.Checkpoint,
+        **info: Any,
+    ) -> None:
         previous = self.latest.get(trial.trial_id)
         self.latest[trial.trial_id] = checkpoint
-        if previous is not None and previous.path != checkpoint.path:
+        if (
+            previous is not None
+            and previous.filesystem is not None
+            and (previous.path != checkpoint.path)
+        ):
             with contextlib.suppress(OSError):  # gone already: nothing to free
                 previous.filesystem.delete_dir(previous.path)
 
@@ -475,7 +500,7 @@ class _ProgressCallback(tune.Callback):
         self.best: tuple[float, str] | None = None
         self.done = self.failed = 0
 
-    def _estimate(self, trial) -> float | None:
+    def _estimate(self, trial: Trial) -> float | None:
         own_id = trial.config.get("trial", {}).get("trial_id")
         return self.estimates.get(own_id, self.default_estimate_s)
 
@@ -511,7 +536,7 @@ class _ProgressCallback(tune.Callback):
         left = running + [estimate * ratio for estimate in pending]
         return max(sum(left) / self.slots, max(left, default=0.0))
 
-    def _line(self, trials) -> str:
+    def _line(self, trials: list[Trial]) -> str:
         finished = self.done + self.failed
         running = min(sum(1 for t in trials if t.status == "RUNNING"), self.total - finished)
         pending = self.total - finished - running
@@ -531,7 +556,7 @@ class _ProgressCallback(tune.Callback):
             line += f" | {self.waiting}"
         return line
 
-    def _maybe_print(self, trials, force: bool = False) -> None:
+    def _maybe_print(self, trials: list[Trial], force: bool = False) -> None:
         """Print a line every ``period_s``, and at once when a trial ends; at most one line
         per second of the elapsed-time stamp: a line due in the same second as the last
         one waits for the next second (on_step_end), the newest state replacing it."""
@@ -545,7 +570,9 @@ class _ProgressCallback(tune.Callback):
         self.last_print, self.last_stamp, self.pending = now, stamp, False
         print(self._line(trials), flush=True)  # stdout at call time: Tune pickles callbacks
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
+    ) -> None:
         if trial.trial_id not in self.seen:
             self.seen[trial.trial_id] = (time.monotonic(), self._estimate(trial))
             own_id = trial.config.get("trial", {}).get("trial_id")
@@ -565,7 +592,7 @@ class _ProgressCallback(tune.Callback):
             self.best = (val, self._label(trial.config, result))
         self._maybe_print(trials)
 
-    def _ended(self, trial) -> None:
+    def _ended(self, trial: Trial) -> None:
         """A trial ended: its observed time against its estimate corrects the ETA."""
         first, estimate = self.seen.get(trial.trial_id, (None, None))
         if first is not None and estimate:
@@ -580,19 +607,23 @@ class _ProgressCallback(tune.Callback):
             return "trial " + "+".join(trial_id for trial_id, _ in rows)
         return config_label(columns.get("factor", "?"), columns.get("level", "?"))
 
-    def on_step_end(self, iteration, trials, **info):
+    def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         self._maybe_print(trials)  # also while nothing runs: the user sees it is waiting
 
-    def on_experiment_end(self, trials, **info):
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         if self.pending:  # printed unless its second is taken; the summary follows anyway
             self._maybe_print(trials, force=True)
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
+    def on_trial_complete(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
         self.done += 1
         self._ended(trial)
         self._maybe_print(trials, force=True)
 
-    def on_trial_error(self, iteration, trials, trial, **info):
+    def on_trial_error(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
         self.failed += 1
         self._ended(trial)
         self._maybe_print(trials, force=True)

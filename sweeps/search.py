@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from charlm.cli import OneLineParser, deprecated_alias, fail
 from charlm.config import (
@@ -34,9 +34,7 @@ from charlm.config import (
     split_config,
     to_dict,
 )
-from charlm.text import format_clock
 from sweeps import interrupt
-from sweeps.ablation import prepare_datasets, run_info
 from sweeps.grid import (
     MACHINE_FIELDS,
     PRESETS,
@@ -50,28 +48,39 @@ from sweeps.grid import (
     trial_columns,
     trial_id,
 )
+from sweeps.launch import (
+    Placement,
+    RunOptions,
+    check_local_memory,
+    check_placement,
+    connect_driver,
+    finished_line,
+    local_concurrency,
+    lock_cluster,
+    lock_embedded,
+    prepare_datasets,
+    report_interrupt,
+    run_info,
+)
 from sweeps.options import (
     Resources,
     add_run_options,
-    available_memory_bytes,
-    check_memory,
     check_options,
     check_search_options,
     check_sweep_name,
-    check_trial_resources,
-    load_cluster_config,
-    local_node,
 )
-from sweeps.storage import check_storage, redact
-from sweeps.store import (
-    ResultStore,
-    StoreBusyError,
-    check_results_dir,
-    locked,
-)
+from sweeps.storage import redact
+from sweeps.store import ResultStore
+
+if TYPE_CHECKING:
+    import optuna
+
+    from sweeps.estimate import Estimate
+    from sweeps.runner import Connection, SweepOutcome
 
 __all__ = [
     "SEARCH_SPACE",
+    "SearchOptions",
     "SeedTrial",
     "asha_settings",
     "check_search_space",
@@ -88,6 +97,28 @@ __all__ = [
 BASE_KEY = "base"
 MIN_EVALUATIONS = 4
 BEST_GRID_FILE = "best_grid.yaml"
+
+
+@dataclass(frozen=True)
+class SearchOptions(RunOptions):
+    """The search CLI's options: the run options and what the study samples and stops."""
+
+    name: str
+    gpus_per_trial: float
+    n_trials: int
+    dataset: str
+    preset: str
+    max_iters: int | None
+    seeds_per_trial: int
+    seed: int
+    optuna_storage: str | None
+    grace_period: int | None
+    reduction_factor: float | None
+
+    @property
+    def url(self) -> str:
+        """The study's Optuna storage URL (default: ``RESULTS/optuna.db``)."""
+        return self.optuna_storage or f"sqlite:///{(self.results / 'optuna.db').resolve()}"
 
 
 def check_search_space(space: dict[str, tuple[Any, ...]] = SEARCH_SPACE) -> None:
@@ -166,7 +197,9 @@ def search_params(config: dict[str, Any]) -> list[SeedTrial]:
     return trials
 
 
-def describe_search_trial(config: dict[str, Any], result: dict[str, Any] | None):
+def describe_search_trial(
+    config: dict[str, Any], result: dict[str, Any] | None
+) -> list[tuple[str, dict[str, Any]]]:
     """The runner's ``describe`` for search trials: one store row per seed."""
     return [(seed.trial_id, seed.columns) for seed in search_params(config)]
 
@@ -224,12 +257,25 @@ def _one_dataset(text: str) -> str:
     return names[0]
 
 
-def _parse(argv: list[str] | None):
+def _parse(argv: list[str] | None) -> SearchOptions:
     parser = OneLineParser(
         prog="python sweeps/search.py",
         description="Optuna TPE search with ASHA early stopping over n_head, n_layer, n_embed, "
         "dropout, block_size and the learning rate, on Ray Tune, into the result store.",
     )
+    _add_trial_options(parser)
+    deprecated_alias(parser, "--dataset", "--datasets")
+    deprecated_alias(parser, "--seeds-per-trial", "--seeds", metavar="K")
+    deprecated_alias(parser, "--seed", "--first-seed")
+    _add_study_options(parser)
+    add_run_options(parser, gpus_help="GPUs per trial, fractions share a GPU (default 0)")
+    parser.set_defaults(gpus_per_trial=0.0)
+    args = parser.parse_args(argv)
+    check_options(args, parser)
+    return SearchOptions.from_args(args)
+
+
+def _add_trial_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--n-trials", type=int, default=50, help="number of trials (default 50)")
     add(
@@ -264,9 +310,10 @@ def _parse(argv: list[str] | None):
         metavar="FIRST",
         help="first training seed of every trial, and the TPE sampler's seed",
     )
-    deprecated_alias(parser, "--dataset", "--datasets")
-    deprecated_alias(parser, "--seeds-per-trial", "--seeds", metavar="K")
-    deprecated_alias(parser, "--seed", "--first-seed")
+
+
+def _add_study_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
     add("--results", type=Path, default=Path("results"), help="result store (default results/)")
     add("--name", default="search", help="sweep name in the store and Optuna study name")
     add("--data-dir", help="dataset cache (default: $CHARLM_DATA_DIR, else the user cache)")
@@ -293,11 +340,6 @@ def _parse(argv: list[str] | None):
         help="print the search's compute estimate (trials, tokens, FLOPs, wall time; every "
         "trial to its end, and as ASHA is expected to stop them), then exit without running",
     )
-    add_run_options(parser, gpus_help="GPUs per trial, fractions share a GPU (default 0)")
-    parser.set_defaults(gpus_per_trial=0.0)
-    args = parser.parse_args(argv)
-    check_options(args, parser)
-    return args
 
 
 def quiet_optuna() -> None:
@@ -308,7 +350,7 @@ def quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _base_trial(args) -> TrialSpec:
+def _base_trial(args: SearchOptions) -> TrialSpec:
     """The preset's baseline on the chosen dataset, seed and length: what is not searched."""
     overrides = parse_overrides(args.overrides)
     if args.data_dir:
@@ -345,10 +387,6 @@ def study_settings(
             "asha_grace_period": grace, "asha_reduction_factor": factor}  # fmt: skip
 
 
-def _url(args) -> str:
-    return args.optuna_storage or f"sqlite:///{(args.results / 'optuna.db').resolve()}"
-
-
 def sampled_trials(base: TrialSpec, n_trials: int, seeds: int, seed: int) -> list[TrialSpec]:
     """``n_trials`` configs drawn at random from SEARCH_SPACE (as TPE draws its first
     trials), each with ``seeds`` seeds from the base's: what the dry run prices."""
@@ -377,18 +415,14 @@ def sampled_trials(base: TrialSpec, n_trials: int, seeds: int, seed: int) -> lis
     return trials
 
 
-def search_estimate(args, base: TrialSpec, resources: Resources):
+def search_estimate(
+    args: SearchOptions, base: TrialSpec, resources: Resources
+) -> tuple[Estimate, float]:
     """(the ``sweeps.estimate`` Estimate of ``sampled_trials``, the share of steps ASHA is
     expected to train) for this search on this machine's CPUs (or --num-cpus)."""
-    import math
-    import os
-
     from sweeps.estimate import asha_fraction, estimate
 
-    cpus = args.num_cpus or os.cpu_count() or 1
-    concurrent = max(1, math.floor(cpus / resources.cpus_per_trial))
-    if resources.max_concurrent:
-        concurrent = min(concurrent, resources.max_concurrent)
+    concurrent = local_concurrency(args)
     trials = sampled_trials(base, args.n_trials, args.seeds_per_trial, args.seed)
     vocab = prepare_datasets([base])
     result = estimate(trials, resources.cpus_per_trial, concurrent, vocab)
@@ -398,68 +432,63 @@ def search_estimate(args, base: TrialSpec, resources: Resources):
     return result, fraction
 
 
+def _check(args: SearchOptions) -> tuple[TrialSpec, Placement, dict[str, Any]]:
+    """Everything checked before a search runs (or a dry run prints): its base trial, where
+    it runs, and the study's settings (those of an existing study must match). Raises
+    ConfigError."""
+    check_sweep_name(args.name, "--name")
+    check_search_options(args.optuna_storage)
+    last_seed = args.seed + args.seeds_per_trial - 1
+    if last_seed > SEED_MAX:
+        raise ConfigError(
+            f"--first-seed {args.seed} with --seeds {args.seeds_per_trial}: the last "
+            f"seed {last_seed:,} is above {SEED_MAX:,} (numpy's seed range); give --first-seed "
+            f"{SEED_MAX - args.seeds_per_trial + 1:,} or less."
+        )
+    check_search_space()
+    base = _base_trial(args)
+    placement = check_placement(args)
+    asha = asha_settings(base.train.max_iters, base.train.eval_interval,
+                         args.grace_period, args.reduction_factor)  # fmt: skip
+    settings = study_settings(base, args.seeds_per_trial, asha)
+    largest = _largest(base)
+    vocab_sizes = prepare_datasets([largest])
+    if args.embedded:
+        vocab = vocab_sizes[largest.dataset]
+        check_local_memory([("search's largest config", largest.model, largest.train, vocab)], 1)
+    else:  # before the lock writes
+        from sweeps.runner import check_reachable, head_address  # Ray: only with a cluster
+
+        cluster_file = args.cluster or "cluster.yaml"
+        address = args.address or head_address(placement.cluster or {}, cluster_file)
+        check_reachable(address, cluster_file, "sweeps/search.py")
+    from sweeps.study import check_settings  # Optuna: once everything else is checked
+
+    check_settings(args.url, redact(args.url), args.name, settings)
+    return base, placement, settings
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     try:
-        check_sweep_name(args.name, "--name")
-        check_search_options(args.optuna_storage)
-        last_seed = args.seed + args.seeds_per_trial - 1
-        if last_seed > SEED_MAX:
-            raise ConfigError(
-                f"--first-seed {args.seed} with --seeds {args.seeds_per_trial}: the last "
-                f"seed {last_seed:,} is above {SEED_MAX:,} (numpy's seed range); give --first-seed "
-                f"{SEED_MAX - args.seeds_per_trial + 1:,} or less."
-            )
-        check_search_space()
-        base = _base_trial(args)
-        check_results_dir(args.results)
-        asha = asha_settings(base.train.max_iters, base.train.eval_interval,
-                             args.grace_period, args.reduction_factor)  # fmt: skip
-        settings = study_settings(base, args.seeds_per_trial, asha)
-        resources = Resources(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent)
-        cluster = load_cluster_config(args.cluster) if args.cluster else None
-        check_storage(args.storage, args.results, cluster_config=cluster, cluster=args.cluster,
-                      embedded=args.cluster is None and args.address is None)  # fmt: skip
-        if args.cluster is None and args.address is None:
-            check_trial_resources(
-                resources.cpus_per_trial, resources.gpus_per_trial,
-                [local_node(args.num_cpus, args.num_gpus)], "this machine",
-            )  # fmt: skip
-        largest = _largest(base)
-        vocab_sizes = prepare_datasets([largest])
-        if args.cluster is None and args.address is None:
-            vocab = vocab_sizes[largest.dataset]
-            check_memory([("search's largest config", largest.model, largest.train, vocab)],
-                         1, available_memory_bytes(), "this machine (MemAvailable)")  # fmt: skip
-        if args.cluster is not None or args.address is not None:  # before the lock writes
-            from sweeps.runner import check_reachable, head_address  # Ray: only with a cluster
-
-            address = args.address or head_address(cluster or {}, args.cluster)
-            check_reachable(address, args.cluster or "cluster.yaml", "sweeps/search.py")
-        from sweeps.study import check_settings  # Optuna: once everything else is checked
-
-        check_settings(_url(args), redact(_url(args)), args.name, settings)
+        base, placement, settings = _check(args)
     except ConfigError as exc:
         fail(str(exc))
     if args.dry_run:
         from sweeps.estimate import format_search_estimate
 
-        result, fraction = search_estimate(args, base, resources)
+        result, fraction = search_estimate(args, base, placement.resources)
         print(format_search_estimate(result, args.seeds_per_trial, fraction))
         return 0
     # One driver per store (sweeps.store.locked): on this machine before Ray starts, on a
     # cluster once connected (a cluster that refuses the run leaves no results directory).
     with contextlib.ExitStack() as held, interrupt.handling():
-        if args.cluster is None and args.address is None:
-            try:
-                held.enter_context(locked(args.results))
-            except StoreBusyError as exc:
-                fail(str(exc))
-        return _run(args, base, resources, held, settings)
+        lock_embedded(args, held)
+        return _run(args, base, placement.resources, held, settings)
 
 
 def _run(
-    args,
+    args: SearchOptions,
     base: TrialSpec,
     resources: Resources,
     held: contextlib.ExitStack,
@@ -467,26 +496,17 @@ def _run(
 ) -> int:
     import ray
 
-    from sweeps.runner import SweepOutcome, connect
     from sweeps.study import open_study
 
     if not args.verbose:
         quiet_optuna()
-    try:
-        connection = connect(args.cluster, address=args.address, num_cpus=args.num_cpus,
-                             num_gpus=args.num_gpus, verbose=args.verbose,
-                             script="sweeps/search.py", results=args.results,
-                             storage=args.storage)  # fmt: skip
-        interrupt.install()  # ray.init replaced the SIGTERM handler
-        if args.cluster is not None or args.address is not None:
-            held.enter_context(locked(args.results))
-    except ConfigError as exc:
-        fail(str(exc))
+    connection = connect_driver(args, "sweeps/search.py")
+    lock_cluster(args, held)
     study = None
     outcome: SweepOutcome | None = None
     try:
         store = ResultStore(args.results)  # the marker first: optuna.db lives in the store
-        study, done, abandoned = open_study(_url(args), args.name, settings)
+        study, done, abandoned = open_study(args.url, args.name, settings)
         if abandoned:
             print(f"study {args.name!r}: {abandoned} trials left RUNNING by a driver that is "
                   "gone are now marked FAILED")  # fmt: skip
@@ -504,19 +524,21 @@ def _run(
         return _interrupted(args, study, outcome)
     k = args.seeds_per_trial
     # Counts of store rows; every seed of a trial shares its fate, so / k counts trials.
-    print(
-        f"{len(outcome.ok) // k} trials finished ({len(outcome.early_stopped) // k} stopped "
-        f"early by ASHA), {len(outcome.failed) // k} failed in "
-        f"{format_clock(outcome.wall_time_s)}; "
-        f"results in {args.results}; study: optuna-dashboard {redact(_url(args))}"
-    )
+    line = finished_line(len(outcome.ok) // k, len(outcome.failed) // k, outcome.wall_time_s,
+                         args.results, early_stopped=len(outcome.early_stopped) // k)  # fmt: skip
+    print(f"{line}; study: optuna-dashboard {redact(args.url)}")
     _announce_winner(args)
     return 1 if outcome.failed else 0
 
 
 def _search(
-    args, base: TrialSpec, resources: Resources, connection, store: ResultStore, n_trials: int
-):
+    args: SearchOptions,
+    base: TrialSpec,
+    resources: Resources,
+    connection: Connection,
+    store: ResultStore,
+    n_trials: int,
+) -> SweepOutcome:
     """Run ``n_trials`` more trials of the study; the runner's SweepOutcome."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -527,11 +549,10 @@ def _search(
     from sweeps.study import optuna_storage
 
     store.write_run(run_info(args.name, "search", connection.description, resources, n_trials))
-    url = _url(args)
     max_t, grace, factor = asha_settings(base.train.max_iters, base.train.eval_interval,
                                          args.grace_period, args.reduction_factor)  # fmt: skip
     searcher = StoreIdSearch(metric="val_loss", mode="min", study_name=args.name,
-                             seed=args.seed, storage=optuna_storage(url))  # fmt: skip
+                             seed=args.seed, storage=optuna_storage(args.url))  # fmt: skip
     scheduler = ASHAScheduler(metric="val_loss", mode="min", max_t=max_t,
                               grace_period=grace, reduction_factor=factor)  # fmt: skip
     base_values = {"params": {**to_dict(base.model), **to_dict(base.train)},
@@ -542,14 +563,14 @@ def _search(
     print(
         f"searching on {connection.description}: {n_trials} trials x {k} "
         f"seed{'s' * (k != 1)}{more if n_trials != args.n_trials else ''}, study "
-        f"{args.name!r} in {redact(url)}; ASHA: {max_t} reports per trial (step 0, then "
+        f"{args.name!r} in {redact(args.url)}; ASHA: {max_t} reports per trial (step 0, then "
         f"every {base.train.eval_interval} steps), grace period {grace}, reduction "
         f"factor {factor:g}",
         flush=True,
     )
     estimated, fraction = search_estimate(args, base, resources)
     per_trial_s = (estimated.trial_seconds or 0.0) * fraction / args.n_trials
-    if args.cluster is None and args.address is None:  # priced on this machine's CPUs
+    if args.embedded:  # priced on this machine's CPUs
         print(format_search_estimate(estimated, k, fraction).split("\n", 1)[1], flush=True)
     return run_trials(
         connection,
@@ -569,7 +590,9 @@ def _search(
     )
 
 
-def _interrupted(args, study, outcome) -> int:
+def _interrupted(
+    args: SearchOptions, study: optuna.Study | None, outcome: SweepOutcome | None
+) -> int:
     """The summary of a search stopped by SIGINT/SIGTERM: its unfinished Optuna trials
     marked FAILED, no winner from a partial search; exit 128 + the signal number."""
     from sweeps.study import fail_abandoned, finished_trials
@@ -578,18 +601,15 @@ def _interrupted(args, study, outcome) -> int:
     now = len(outcome.ok) // k if outcome is not None else 0
     failed = fail_abandoned(study, own=True) if study is not None else 0
     done = finished_trials(study) if study is not None else 0
-    print(
-        f"interrupted by {interrupt.signal_name()}: {now} trials finished in this run; study "
-        f"{args.name!r} has {done} of {args.n_trials} ({failed} unfinished trials marked "
-        "FAILED); no winner and no best_grid.yaml from a partial search. To continue, run "
-        f"the same command again: it runs the {max(0, args.n_trials - done)} trials the "
-        "study lacks.",
-        flush=True,
+    return report_interrupt(
+        f"{now} trials finished in this run; study {args.name!r} has {done} of "
+        f"{args.n_trials} ({failed} unfinished trials marked FAILED); no winner and no "
+        "best_grid.yaml from a partial search. To continue, run the same command again: it "
+        f"runs the {max(0, args.n_trials - done)} trials the study lacks."
     )
-    return interrupt.exit_code()
 
 
-def _announce_winner(args) -> None:
+def _announce_winner(args: SearchOptions) -> None:
     """Print the winner and write RESULTS/best_grid.yaml around it."""
     from sweeps.best_grid import best_grid, find_winner, write_best_grid
 

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from charlm.train import MODEL_FILE, train
-from sweeps.ablation import planned_grid, run_info
+from sweeps.ablation import planned_grid
 from sweeps.grid import TrialSpec, expand, load_grid
+from sweeps.launch import run_info
 from sweeps.options import Resources
 from sweeps.store import ResultStore, TrialRecord
 from testkit.tiny import tiny_params

@@ -16,7 +16,7 @@ import pytest
 
 from analysis import cli as analysis_cli
 from charlm import train_args
-from sweeps import ablation, search
+from sweeps import ablation, launch, search
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -208,7 +208,7 @@ def test_the_sweep_records_its_code_and_settings(tmp_path):
     from sweeps.store import ResultStore
 
     store = ResultStore(tmp_path / "results")
-    store.write_run(ablation.run_info("grid", "ablation", "embedded local Ray", Resources(), 4))
+    store.write_run(launch.run_info("grid", "ablation", "embedded local Ray", Resources(), 4))
     (run,) = read_runs(store.root)
     assert run["sweep"] == "grid" and run["trials_to_run"] == 4
     assert run["git_commit"] == git_commit()

@@ -274,7 +274,7 @@ def test_fuzz_ablation_arguments(tmp_path: Path, depth: str, monkeypatch: pytest
 
     paths = special_paths(tmp_path)
     planned: list[Any] = []
-    monkeypatch.setattr(ablation, "_run", lambda trials, *rest: planned.append(trials) or 0)
+    monkeypatch.setattr(ablation, "_run", lambda opts, plan: planned.append(plan.trials) or 0)
     search_only = ("n_trials", "seeds_per_trial", "seed", "grace_period", "reduction_factor")
     flags = {"--" + dest.replace("_", "-"): dest for dest in OPTION_DOMAINS
              if dest not in search_only}  # fmt: skip
