@@ -93,7 +93,8 @@ OPTION_DOMAINS: dict[str, Domain] = {
                           "of the experiment state", fix="give a number of seconds >= 1 "
                           f"(default {DEFAULT_STATE_EVERY_S:g})"),
     "reduction_factor": Domain(float, low=1, low_open=True, optional=True,
-                                 fix="ASHA needs a factor > 1 (default 2 or 3, see README)"),
+                                 fix="ASHA needs a factor > 1 (default 2 or 3, see "
+                                 "docs/commands.md)"),
 }  # fmt: skip
 
 

@@ -332,7 +332,7 @@ def _add_study_options(parser: argparse.ArgumentParser) -> None:
         "--reduction-factor",
         type=float,
         help="ASHA reduction factor (default: 3 when a trial has room for two rungs at that "
-        "factor, else 2; see README)",
+        "factor, else 2; see docs/commands.md)",
     )
     add(
         "--dry-run",

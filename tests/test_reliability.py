@@ -398,7 +398,7 @@ def _tree(root: Path) -> dict[str, tuple[int, bytes]] | None:
 
 # (id, CLI, arguments, expected message: a regex matched against the whole line). In the
 # arguments, {tmp} is the test's directory; every case gets --results {tmp}/results unless
-# it names its own. These are the rows of the README's bad-input table.
+# it names its own. These are the rows of docs/bad-input.md's table.
 BAD_INPUT = [
     ("n_embed-not-divisible", "ablation", ["--set", "n_embed=10", "--factors", "dropout"],
      r"error: 1 invalid grid level in grid 'notebook': baseline: n_embed=10 is not divisible "
@@ -553,7 +553,8 @@ BAD_INPUT = [
     ("search-grace-period-0", "search", ["--grace-period", "0"],
      r"error: --grace-period 0: give a number of evaluations >= 1 \(default 2\)\."),
     ("search-reduction-factor-1", "search", ["--reduction-factor", "1"],
-     r"error: --reduction-factor 1: ASHA needs a factor > 1 \(default 2 or 3, see README\)\."),
+     r"error: --reduction-factor 1: ASHA needs a factor > 1 \(default 2 or 3, see "
+     r"docs/commands\.md\)\."),
     ("search-bad-optuna-storage", "search", ["--optuna-storage", "redis://localhost/0"],
      r"error: --optuna-storage redis://\.\.\.: not a database URL Optuna can open; use one of "
      r"sqlite://, .* or a journal file path ending in \.log\."),
@@ -854,9 +855,10 @@ def test_cluster_yaml_keeps_ray_ports_private_and_says_how_to_reach_them():
     assert "ray dashboard cluster.yaml" in text and "ray attach cluster.yaml -p 10001" in text
     for port in ("6379", "8265", "10001"):
         assert port in text
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "clusters.md").read_text()
     assert "ray dashboard" in readme and re.search(r"SSH|ssh", readme), (
-        "README must say how to reach the dashboard/client ports (SSH tunnel, `ray dashboard`)"
+        "docs/clusters.md must say how to reach the dashboard/client ports (SSH tunnel, "
+        "`ray dashboard`)"
     )
 
 
