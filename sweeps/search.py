@@ -415,6 +415,12 @@ def sampled_trials(base: TrialSpec, n_trials: int, seeds: int, seed: int) -> lis
     return trials
 
 
+def _asha(args: SearchOptions, base: TrialSpec) -> tuple[int, int, float]:
+    """This search's ASHA settings (``asha_settings`` of its base trial and options)."""
+    return asha_settings(base.train.max_iters, base.train.eval_interval, args.grace_period,
+                         args.reduction_factor)  # fmt: skip
+
+
 def search_estimate(
     args: SearchOptions, base: TrialSpec, resources: Resources
 ) -> tuple[Estimate, float]:
@@ -426,8 +432,7 @@ def search_estimate(
     trials = sampled_trials(base, args.n_trials, args.seeds_per_trial, args.seed)
     vocab = prepare_datasets([base])
     result = estimate(trials, resources.cpus_per_trial, concurrent, vocab)
-    max_t, grace, factor = asha_settings(base.train.max_iters, base.train.eval_interval,
-                                         args.grace_period, args.reduction_factor)  # fmt: skip
+    max_t, grace, factor = _asha(args, base)
     fraction = asha_fraction(base.train.max_iters, base.train.eval_interval, max_t, grace, factor)
     return result, fraction
 
@@ -448,9 +453,7 @@ def _check(args: SearchOptions) -> tuple[TrialSpec, Placement, dict[str, Any]]:
     check_search_space()
     base = _base_trial(args)
     placement = check_placement(args)
-    asha = asha_settings(base.train.max_iters, base.train.eval_interval,
-                         args.grace_period, args.reduction_factor)  # fmt: skip
-    settings = study_settings(base, args.seeds_per_trial, asha)
+    settings = study_settings(base, args.seeds_per_trial, _asha(args, base))
     largest = _largest(base)
     vocab_sizes = prepare_datasets([largest])
     if args.embedded:
@@ -549,8 +552,7 @@ def _search(
     from sweeps.study import optuna_storage
 
     store.write_run(run_info(args.name, "search", connection.description, resources, n_trials))
-    max_t, grace, factor = asha_settings(base.train.max_iters, base.train.eval_interval,
-                                         args.grace_period, args.reduction_factor)  # fmt: skip
+    max_t, grace, factor = _asha(args, base)
     searcher = StoreIdSearch(metric="val_loss", mode="min", study_name=args.name,
                              seed=args.seed, storage=optuna_storage(args.url))  # fmt: skip
     scheduler = ASHAScheduler(metric="val_loss", mode="min", max_t=max_t,
@@ -568,9 +570,10 @@ def _search(
         f"factor {factor:g}",
         flush=True,
     )
-    estimated, fraction = search_estimate(args, base, resources)
-    per_trial_s = (estimated.trial_seconds or 0.0) * fraction / args.n_trials
+    per_trial_s = None  # on a cluster this machine's timings say nothing: the ETA learns
     if args.embedded:  # priced on this machine's CPUs
+        estimated, fraction = search_estimate(args, base, resources)
+        per_trial_s = (estimated.trial_seconds or 0.0) * fraction / args.n_trials
         print(format_search_estimate(estimated, k, fraction).split("\n", 1)[1], flush=True)
     return run_trials(
         connection,
