@@ -7,7 +7,8 @@ node SIGKILLed every 30 s (and replaced at once). Nothing may be lost.
 
 What runs and what counts as lost: testkit/soak.py (the slow test runs the same soak).
 Prints trials finished, retries, nodes killed, S3 objects written, S3 requests by
-operation (and per minute) and rows lost. Exit status 0 when nothing was lost and the
+operation (and per minute), the trials' median start-up (import + set-up, from the store)
+and rows lost. Exit status 0 when nothing was lost and the
 store was readable at every moment, else 1.
 """
 
@@ -24,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from testkit.soak import run_soak
+from testkit.soak import SoakSettings, run_soak
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,12 +64,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.kill_every:g}s; "
           f"work dir {work}", flush=True)  # fmt: skip
     try:
-        result = run_soak(
-            work, trials=args.trials, kill_every_s=args.kill_every, max_iters=args.max_iters,
+        settings = SoakSettings(
+            trials=args.trials, kill_every_s=args.kill_every, max_iters=args.max_iters,
             eval_interval=args.eval_interval, workers=args.workers, worker_cpus=args.worker_cpus,
-            max_failures=args.max_failures, timeout_s=60 * args.minutes, stop=stop,
-            log=lambda line: print(line, flush=True),
+            max_failures=args.max_failures, timeout_s=60 * args.minutes,
         )  # fmt: skip
+        result = run_soak(work, settings, stop=stop, log=lambda line: print(line, flush=True))
     finally:
         if args.work is None and not args.keep:
             shutil.rmtree(work, ignore_errors=True)

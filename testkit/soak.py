@@ -16,7 +16,8 @@ node's namespace (every process of the node at once) and starts a fresh node, so
 nodes each lives about twice that; a thread reads the whole store in a loop meanwhile.
 
 Prints trials finished, retries, nodes killed, S3 objects written, S3 requests by
-operation and per minute, and rows lost. A row is lost when a (config, seed) of the grid
+operation and per minute, the trials' median start-up (the store's ``import_s`` +
+``setup_s``) and rows lost. A row is lost when a (config, seed) of the grid
 has no ``trials`` row, has more than one, or its curve misses or repeats an eval step; a
 failed trial (retries exhausted) is counted apart, not as lost: running the same command
 again runs it. Exit status 0 when nothing was lost
@@ -29,11 +30,13 @@ import contextlib
 import math
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +65,7 @@ class SoakResult:
     s3_objects_written: int = 0
     s3_objects_left: int = 0
     s3_requests: str = ""  # by operation and per minute (testkit.sharenothing.rates_line)
+    startup: str = ""  # median import_s and setup_s of the trials (each on a fresh process)
     rows_lost: int = 0
     not_run: int = 0  # trials without a row when the soak was stopped early
     store_reads: int = 0
@@ -77,6 +81,7 @@ class SoakResult:
             f"S3 objects written: {self.s3_objects_written} ({self.s3_objects_left} left "
             "under the prefix: the last checkpoint of each trial and Tune's state)",
             f"S3 requests: {self.s3_requests}",
+            f"trial start-up on a fresh worker process: {self.startup}",
             f"rows lost: {self.rows_lost}",
             *(
                 [f"not run (the soak was stopped before they finished): {self.not_run}"]
@@ -89,14 +94,17 @@ class SoakResult:
         ]
 
 
-def write_grid(path: Path, trials: int, max_iters: int, eval_interval: int) -> Path:
+def write_grid(path: Path, settings: SoakSettings) -> Path:
     configs = 1 + sum(len(levels) for levels in FACTORS.values())
-    if trials % configs:
-        raise SystemExit(f"--trials {trials}: give a multiple of {configs} (configs x seeds)")
+    if settings.trials % configs:
+        raise SystemExit(
+            f"--trials {settings.trials}: give a multiple of {configs} (configs x seeds)"
+        )
     from testkit.tiny import tiny_params  # testkit/tiny.py: the tests' tiny config
 
-    grid = {"name": "soak", "datasets": ["shakespeare_char"], "seeds": trials // configs,
-            "baseline": tiny_params(max_iters=max_iters, eval_interval=eval_interval),
+    grid = {"name": "soak", "datasets": ["shakespeare_char"], "seeds": settings.trials // configs,
+            "baseline": tiny_params(max_iters=settings.max_iters,
+                                    eval_interval=settings.eval_interval),
             "factors": FACTORS}  # fmt: skip
     path.write_text(yaml.safe_dump(grid, sort_keys=False))
     return path
@@ -135,23 +143,30 @@ def _objects_written(moto_log: Path) -> int:
     return written
 
 
+@dataclass(frozen=True)
+class SoakSettings:
+    """The soak's size: ``benchmarks/soak.py``'s flags."""
+
+    trials: int = 200
+    kill_every_s: float = 30.0
+    max_iters: int = 60
+    eval_interval: int = 20
+    workers: int = 2
+    worker_cpus: int = 1
+    max_failures: int = 10
+    timeout_s: float = 4 * 3600.0
+
+
 def run_soak(
     work: Path,
+    settings: SoakSettings,
     *,
-    trials: int = 200,
-    kill_every_s: float = 30.0,
-    max_iters: int = 60,
-    eval_interval: int = 20,
-    workers: int = 2,
-    worker_cpus: int = 1,
-    max_failures: int = 10,
-    timeout_s: float = 4 * 3600.0,
     stop: threading.Event | None = None,
-    log=print,
+    log: Callable[[str], object] = print,
 ) -> SoakResult:
     """Run the soak in ``work`` (grid, store, driver logs) and return what it saw. After
-    ``timeout_s``, or once ``stop`` is set, the driver is stopped as Ctrl-C stops it and
-    what the store holds is counted (trials it lacks are ``not_run``, not lost)."""
+    ``settings.timeout_s``, or once ``stop`` is set, the driver is stopped as Ctrl-C stops it
+    and what the store holds is counted (trials it lacks are ``not_run``, not lost)."""
     from sweeps.grid import expand, load_grid
     from sweeps.schema import read_table
     from testkit.sharenothing import (
@@ -165,7 +180,7 @@ def run_soak(
     unavailable = namespaces_unavailable()
     if unavailable:
         raise SystemExit(f"soak: {unavailable}")
-    grid = write_grid(work / "grid.yaml", trials, max_iters, eval_interval)
+    grid = write_grid(work / "grid.yaml", settings)
     results = work / "results"
     expected = {t.trial_id for t in expand(load_grid(grid))}
     result = SoakResult(trials=len(expected))
@@ -173,16 +188,16 @@ def run_soak(
     start = time.monotonic()
     moto = MotoS3(log=work / "moto.log", bucket=BUCKET).start()
     cluster = ShareNothingCluster(root=work, hidden=[work], node_env=moto.env,
-                                  worker_cpus=worker_cpus)  # fmt: skip
+                                  worker_cpus=settings.worker_cpus)  # fmt: skip
     watcher = _Watcher(results)
     driver = None
     try:
-        cluster.start(workers=workers)
+        cluster.start(workers=settings.workers)
         log(f"share-nothing cluster up in {time.monotonic() - start:.0f}s at {cluster.address}; "
             f"S3 at {moto.endpoint}")  # fmt: skip
         command = [
             sys.executable, str(ABLATION), "--address", cluster.address, "--grid", str(grid),
-            "--results", str(results), "--max-failures", str(max_failures),
+            "--results", str(results), "--max-failures", str(settings.max_failures),
             "--storage", moto.uri(S3_PREFIX),
         ]  # fmt: skip
         env = cluster.driver_env(**moto.env)
@@ -192,8 +207,8 @@ def run_soak(
         next_kill = math.inf  # the clock starts once the sweep runs (the probe is done)
         while driver.poll() is None:
             if next_kill == math.inf and "running on" in (work / "driver.out").read_text():
-                next_kill = time.monotonic() + kill_every_s
-            if time.monotonic() - start > timeout_s or stop.is_set():
+                next_kill = time.monotonic() + settings.kill_every_s
+            if time.monotonic() - start > settings.timeout_s or stop.is_set():
                 log(f"[{time.monotonic() - start:5.0f}s] stopping the driver (time limit or "
                     "signal); counting what the store holds")  # fmt: skip
                 driver.send_signal(signal.SIGINT)
@@ -206,14 +221,14 @@ def run_soak(
                 elapsed = time.monotonic() - start
                 log(f"[{elapsed:5.0f}s] killed a worker node (kill {result.kills}); "
                     f"{done}/{len(expected)} trials in the store")  # fmt: skip
-            if len(cluster.workers) < workers:
+            if len(cluster.workers) < settings.workers:
                 try:
                     cluster.add_worker()
                 except RuntimeError:  # a loaded machine: Ray's 30 s registration window
                     result.node_start_failures += 1
                     log("a fresh worker node did not start (3 attempts); trying again")
                     continue
-                next_kill = time.monotonic() + kill_every_s
+                next_kill = time.monotonic() + settings.kill_every_s
             time.sleep(0.5)
         result.exit_code = driver.returncode
     finally:
@@ -231,9 +246,28 @@ def run_soak(
         result.s3_requests = rates_line(moto.requests(), time.monotonic() - start)
     result.wall_time_s = time.monotonic() - start
     result.store_reads, result.unreadable = watcher.reads, watcher.unreadable
-    steps = list(range(0, max_iters + 1, eval_interval))
+    steps = list(range(0, settings.max_iters + 1, settings.eval_interval))
     return tally(
-        results, expected, steps, result, stopped=stop.is_set() or result.wall_time_s > timeout_s
+        results,
+        expected,
+        steps,
+        result,
+        stopped=stop.is_set() or result.wall_time_s > settings.timeout_s,
+    )
+
+
+def startup_line(rows: list[dict]) -> str:
+    """Median import + set-up over the ok trials that paid their process's imports (the store's
+    ``import_s`` is 0 on a reused actor; a cluster reuses none)."""
+    fresh = [r for r in rows if r["status"] == "ok" and (r["import_s"] or 0) > 0]
+    if not fresh:
+        return "no ok trial on a fresh process"
+    imports = statistics.median(r["import_s"] for r in fresh)
+    setup = statistics.median(r["setup_s"] for r in fresh)
+    both = statistics.median(r["import_s"] + r["setup_s"] for r in fresh)
+    return (
+        f"median import {imports:.2f} s + set-up {setup:.2f} s; import + set-up {both:.2f} s "
+        f"({len(fresh)} trials)"
     )
 
 
@@ -245,7 +279,9 @@ def tally(
     row whose curve misses or repeats an eval step, or a curve that repeats a step, is lost."""
     from sweeps.schema import read_table
 
-    rows = read_table(results, "trials", columns=["trial_id", "status", "attempts"])
+    rows = read_table(
+        results, "trials", columns=["trial_id", "status", "attempts", "import_s", "setup_s"]
+    )
     curves = read_table(results, "curves", columns=["trial_id", "step"])
     result.unreadable += [f"final read: {path}" for path, _ in rows.corrupt + curves.corrupt]
     trial_rows = rows.table.to_pylist()
@@ -253,6 +289,7 @@ def tally(
     by_trial: dict[str, list[int]] = {}
     for row in curves.table.to_pylist():
         by_trial.setdefault(row["trial_id"], []).append(row["step"])
+    result.startup = startup_line(trial_rows)
     for row in trial_rows:
         result.ok += row["status"] == "ok"
         result.failed += row["status"] == "failed"

@@ -887,11 +887,11 @@ def test_soak_200_trials_with_a_worker_node_killed_every_30s_loses_nothing(tmp_p
     """The soak of benchmarks/soak.py as a test (share-nothing cluster, S3 checkpoints; an
     hour or more on a busy 2-core machine): `pytest -m slow`."""
     from testkit.sharenothing import namespaces_unavailable
-    from testkit.soak import run_soak
+    from testkit.soak import SoakSettings, run_soak
 
     if reason := namespaces_unavailable():
         pytest.skip(reason)
-    result = run_soak(tmp_path / "soak", trials=200, kill_every_s=30.0)
+    result = run_soak(tmp_path / "soak", SoakSettings(trials=200, kill_every_s=30.0))
     print("\n".join(result.lines()))
     assert result.rows_lost == 0 and result.unreadable == [] and result.exit_code == 0
     assert result.ok == 200 and result.kills >= 1 and result.retries >= 1
