@@ -2,6 +2,9 @@
 
     python benchmarks/sweep_overhead.py [--trials 4] [--max-iters 280] [--rounds 2]
 
+The same work both ways, so the ratio is the service's own cost (``grid_wall.py`` answers the
+other question: the whole grid against the loop a user would write, with its own evaluation).
+
 1. The same trials through a plain loop (``charlm.train.train``, one at a time, all
    cores) and through the service (Ray Tune + store callback, one trial at a time with
    all cores): the wall-time ratio service / loop (target: under 1.10 for 30 s trials),
