@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 
 from analysis.export import format_params, slug
 from analysis.figures import save_figure
-from analysis.plots import as_figure
+from analysis.plots import _label, as_figure
 from charlm.config import ModelConfig, TrainConfig, config_fields
 from charlm.text import mean_stderr
 
@@ -186,9 +186,7 @@ def loss_vs_params(rows: pd.DataFrame, configs: pd.DataFrame, params: list[str])
                        edgecolors="black", linewidths=1.5, label="winner")  # fmt: skip
         if param in ("learning_rate", "min_lr"):
             ax.set_xscale("log")
-        ax.set_xlabel(param)
-        ax.set_ylabel("final val loss")
-        ax.grid(True, alpha=0.3)
+        _label(ax, "final val loss", param)
     for ax in axes[n:]:
         ax.set_visible(False)
     axes[0].legend(fontsize=7)
@@ -210,9 +208,7 @@ def best_so_far(configs: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
                    label="stopped early by ASHA")  # fmt: skip
     running = configs["mean"].where(configs["complete"]).cummin()
     ax.step(configs["trial_number"], running, where="post", color="#d62728", label="best so far")
-    ax.set_xlabel("trial number (start order)")
-    ax.set_ylabel("final val loss")
-    ax.grid(True, alpha=0.3)
+    _label(ax, "final val loss", "trial number (start order)")
     ax.legend(fontsize=7)
     return ax
 
