@@ -21,8 +21,10 @@ from typing import Any, cast
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.collections import PolyCollection
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
@@ -47,28 +49,9 @@ __all__ = [
     "sweeps_compared",
 ]
 
-_PALETTE = (
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#bcbd22",
-    "#17becf",
-    "#aec7e8",
-    "#ffbb78",
-    "#98df8a",
-    "#ff9896",
-    "#c5b0d5",
-    "#c49c94",
-    "#f7b6d2",
-    "#c7c7c7",
-    "#dbdb8d",
-    "#9edae5",
-)
+_TAB20 = colormaps["tab20"](np.arange(20))
+# tab10, then its lighter shades: 20 distinct colours
+_PALETTE = tuple(to_hex(c) for c in (*_TAB20[0::2], *_TAB20[1::2]))
 # The report page shows a figure at its natural size (100 dpi) up to this width: figures
 # are drawn no wider, so no text is scaled down below MIN_FONT_PT on the page.
 PAGE_WIDTH_IN = 11.5
@@ -95,8 +78,6 @@ def color_mapping(
 
 
 def _level_colors(levels: Sequence[str]) -> dict[str, tuple]:
-    from matplotlib import colormaps
-
     ordered = level_order(levels)
     cmap = colormaps["viridis"]
     positions = np.linspace(0.0, 0.85, max(len(ordered), 1))

@@ -2,7 +2,7 @@
 figures under the research templates' file names (``--template-names``).
 
 report.py calls four functions: ``compute`` (after the attention rows are read),
-``figure_specs`` (figures for its workers), ``write_tables`` and ``section``; and
+``figure_jobs`` (figures for its workers), ``write_tables`` and ``section``; and
 ``write_template_figures`` at the end when asked to.
 """
 
@@ -19,14 +19,14 @@ import pandas as pd
 
 from analysis import predictor_plots, predictors
 from analysis.export import slug
-from analysis.figures import save_figure
+from analysis.figures import FigureJob, dataset_job, figure_entries, save_figure
 from analysis.plots import as_figure
 
 __all__ = [
     "TEMPLATE_NAMES",
     "Predictors",
     "compute",
-    "figure_specs",
+    "figure_jobs",
     "layer_trials",
     "section",
     "write_tables",
@@ -88,23 +88,14 @@ def compute(
     return Predictors(metrics, correlations, configs, silhouette, notes)
 
 
-def figure_specs(result: Predictors, curves: pd.DataFrame, trials: pd.DataFrame) -> list[tuple]:
-    """The section's figures as figures.FigureJob fields (stem, caption, draw, cost,
-    views): per sweep the correlation figure (a view per dataset) and the cluster_quality
-    figure, and one training_dynamics figure of every ok run."""
-    specs: list[tuple] = []
+def figure_jobs(result: Predictors, curves: pd.DataFrame, trials: pd.DataFrame) -> list[FigureJob]:
+    """The section's figures: per sweep the correlation figure (a view per dataset) and
+    the cluster_quality figure, and one training_dynamics figure of every ok run."""
+    jobs = []
     for sweep, rows in result.correlations.groupby("sweep", sort=True):
         caption = f"{sweep}: Spearman correlation of final metrics with outcomes"
-        datasets = sorted(rows["dataset"].unique())
-        views = (
-            []
-            if len(datasets) < 2
-            else [(slug(d), f"{caption} ({d})", "row", i) for i, d in enumerate(datasets)]
-        )
-        draw = partial(predictor_plots.correlation_figure, rows)
-        specs.append(
-            (f"predictors/{slug(sweep)}_correlations", caption, draw, len(datasets), views)
-        )
+        stem = f"predictors/{slug(sweep)}_correlations"
+        jobs.append(dataset_job(rows, stem, caption, predictor_plots.correlation_figure))
     for sweep, rows in result.silhouette.groupby("sweep", sort=True):
         caption = (
             f"{sweep}: cluster quality (silhouette per layer), baseline and each level of "
@@ -112,7 +103,7 @@ def figure_specs(result: Predictors, curves: pd.DataFrame, trials: pd.DataFrame)
         )
         draw = partial(predictor_plots.cluster_quality, rows)
         cost = rows[["dataset", "config"]].drop_duplicates().shape[0]
-        specs.append((f"predictors/{slug(sweep)}_cluster_quality", caption, draw, cost, []))
+        jobs.append(FigureJob(f"predictors/{slug(sweep)}_cluster_quality", caption, draw, cost))
     ok = trials[trials["status"].eq("ok") & trials["kind"].ne("search")]
     frame = curves[curves["trial_id"].astype(str).isin(set(ok["trial_id"].astype(str)))]
     if len(frame):
@@ -122,8 +113,8 @@ def figure_specs(result: Predictors, curves: pd.DataFrame, trials: pd.DataFrame)
             frame[["trial_id", "step", "train_loss", "val_loss"]], ok[columns],
         )  # fmt: skip
         caption = "training dynamics: train and val loss of every run"
-        specs.append(("predictors/training_dynamics", caption, draw, 2, []))
-    return specs
+        jobs.append(FigureJob("predictors/training_dynamics", caption, draw, 2))
+    return jobs
 
 
 def write_tables(result: Predictors, directory: Path) -> list[Path]:
@@ -139,9 +130,11 @@ def _fmt(value: float, digits: int = 3) -> str:
     return "–" if pd.isna(value) else f"{value:+.{digits}f}"
 
 
-def section(result: Predictors, specs: Sequence[tuple], formats: Sequence[str]) -> dict[str, Any]:
+def section(
+    result: Predictors, jobs: Sequence[FigureJob], formats: Sequence[str]
+) -> dict[str, Any]:
     """The section's title, paragraphs, tables and figure entries (render.Section
-    fields). ``specs``: what ``figure_specs`` returned."""
+    fields). ``jobs``: what ``figure_jobs`` returned."""
     paragraphs = [
         "Across the finished trials of each sweep and dataset (every seed one observation): "
         "Spearman's rank correlation (scipy.stats.spearmanr) of each trial's final probe "
@@ -183,14 +176,7 @@ def section(result: Predictors, specs: Sequence[tuple], formats: Sequence[str]) 
         paragraphs.append(
             f"No correlations: fewer than {predictors.MIN_N} finished trials with both values."
         )
-    image = "png" if "png" in formats else formats[0]
-    figures = []
-    for stem, caption, _, _, views in specs:
-        for suffix, view_caption, *_ in [("", caption), *views]:
-            name = f"{stem}_{suffix}" if suffix else stem
-            figures.append(
-                (view_caption, f"figures/{name}.{image}", [f"figures/{name}.{f}" for f in formats])
-            )
+    figures = [e for job in jobs for e in figure_entries(job.stem, job.caption, formats, job.views)]
     return {"title": SECTION_TITLE, "paragraphs": paragraphs, "tables": tables, "figures": figures}
 
 
