@@ -171,6 +171,9 @@ def _by_experiment(values: dict[tuple, pd.Series]) -> dict[tuple, dict[tuple, pd
     return grouped
 
 
+_INTERVAL = ("effect_stderr", "effect_ci_low", "effect_ci_high")  # of rank_factors' effect
+
+
 def rank_factors(
     trials: pd.DataFrame,
     metric: str = "best_val_loss",
@@ -210,9 +213,7 @@ def rank_factors(
                 "best_level": best_level,
                 "best_delta": deltas[best_level],
                 "n_levels": len(levels),
-                "effect_stderr": math.nan,
-                "effect_ci_low": math.nan,
-                "effect_ci_high": math.nan,
+                **dict.fromkeys(_INTERVAL, math.nan),
             }
             if min(len(s) for s in samples) >= 2 and n_resamples > 0:
                 with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -230,20 +231,8 @@ def rank_factors(
                 row["effect_ci_low"] = float(boot.confidence_interval.low)
                 row["effect_ci_high"] = float(boot.confidence_interval.high)
             rows.append(row)
-    columns = [
-        "sweep",
-        "dataset",
-        "rank",
-        "factor",
-        "metric",
-        "effect",
-        "effect_stderr",
-        "effect_ci_low",
-        "effect_ci_high",
-        "best_level",
-        "best_delta",
-        "n_levels",
-    ]
+    columns = ["sweep", "dataset", "rank", "factor", "metric", "effect", *_INTERVAL]
+    columns += ["best_level", "best_delta", "n_levels"]
     ranking = pd.DataFrame(rows, columns=[c for c in columns if c != "rank"])
     ranking = ranking.sort_values(["sweep", "dataset", "effect"], ascending=[True, True, False])
     ranking.insert(2, "rank", ranking.groupby(["sweep", "dataset"]).cumcount() + 1)
@@ -348,20 +337,8 @@ def failed_trials(trials: pd.DataFrame) -> pd.DataFrame:
     failed["diverged"] = step.notna()
     failed["diverged_at_step"] = pd.to_numeric(step).astype("Int64")
     failed["config"] = config_labels(failed)
-    columns = [
-        "trial_id",
-        "sweep",
-        "dataset",
-        "factor",
-        "level",
-        "config",
-        "seed",
-        "error",
-        "diverged",
-        "diverged_at_step",
-        "last_step",
-    ]
-    return _sort_configs(failed[columns])
+    columns = ["trial_id", *CONFIG_KEYS, "config", "seed", "error"]
+    return _sort_configs(failed[[*columns, "diverged", "diverged_at_step", "last_step"]])
 
 
 def search_leaderboard(trials: pd.DataFrame, metric: str = "best_val_loss") -> pd.DataFrame:

@@ -179,24 +179,20 @@ def _draw_and_save(job: FigureJob, directory: Path, formats: Sequence[str]) -> l
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _draw_and_save_views(job, directory, formats)
+        figure = job.draw()
+        views = {}
+        for suffix, _, axis, index in job.views:
+            span = "rowspan" if axis == "row" else "colspan"
+            views[suffix] = [
+                ax
+                for ax in figure.axes
+                if ax.get_subplotspec() is not None
+                and getattr(ax.get_subplotspec(), span).start == index
+            ]
+        return save_figure(figure, directory / job.stem, formats, views=views)
     finally:
         if enabled:
             gc.enable()
-
-
-def _draw_and_save_views(job: FigureJob, directory: Path, formats: Sequence[str]) -> list[Path]:
-    figure = job.draw()
-    views = {}
-    for suffix, _, axis, index in job.views:
-        span = "rowspan" if axis == "row" else "colspan"
-        views[suffix] = [
-            ax
-            for ax in figure.axes
-            if ax.get_subplotspec() is not None
-            and getattr(ax.get_subplotspec(), span).start == index
-        ]
-    return save_figure(figure, directory / job.stem, formats, views=views)
 
 
 _PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies

@@ -190,12 +190,6 @@ def _label(ax: Axes, ylabel: str, xlabel: str = "step") -> None:
     ax.grid(True, alpha=0.3)
 
 
-def _few_ticks(ax: Axes) -> None:
-    """At most ~5 ticks per axis: tick labels are most of a panel's drawing time."""
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-    ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
-
-
 def _add_bands(ax: Axes, bands: list) -> None:
     """All stderr bands of a panel as one PolyCollection (a fill_between per band was most
     of figure 2's drawing time)."""
@@ -209,7 +203,9 @@ def _add_bands(ax: Axes, bands: list) -> None:
         ax.add_collection(polygons, autolim=True)
         ax.autoscale_view()
     _min_span(ax)
-    _few_ticks(ax)
+    # At most ~5 ticks per axis: tick labels are most of a panel's drawing time.
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
 
 
 def _min_span(ax: Axes, relative: float = 0.01, absolute: float = 1e-3) -> None:

@@ -23,7 +23,6 @@ from analysis.figures import FigureJob, dataset_job, figure_entries, save_figure
 from analysis.plots import as_figure
 
 __all__ = [
-    "TEMPLATE_NAMES",
     "Predictors",
     "compute",
     "figure_jobs",
@@ -33,15 +32,6 @@ __all__ = [
     "write_template_figures",
 ]
 
-# The research templates' figure files (the per-dataset ones with {dataset} filled in).
-TEMPLATE_NAMES = (
-    "train_loss_{dataset}.png",
-    "val_loss_{dataset}.png",
-    "attention_metrics_{dataset}.png",
-    "layer_similarity_{dataset}.png",
-    "cluster_quality.png",
-    "training_dynamics.png",
-)
 SECTION_TITLE = "What predicts a good model"
 
 

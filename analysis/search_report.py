@@ -99,9 +99,7 @@ def search_configs(rows: pd.DataFrame, params: list[str]) -> pd.DataFrame:
                 "complete": bool(complete and len(values) == len(group)),
                 "early_stopped": bool(ok["early_stopped"].fillna(False).any()),
                 "failed": bool(group["status"].eq("failed").any()),
-                "n_params": group["n_params"].dropna().iloc[0]
-                if group["n_params"].notna().any()
-                else math.nan,
+                "n_params": next(iter(group["n_params"].dropna()), math.nan),
                 "trial_ids": list(group["trial_id"].astype(str)),
                 "started_at": group["started_at"].min(),
             }

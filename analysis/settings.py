@@ -31,8 +31,6 @@ from sweeps.grid import SEARCH_SPACE
 
 __all__ = ["level_states", "planned_grid_table", "setup_table", "trial_counts"]
 
-STATES = ("finished", "running", "stopped", "open", "pending")
-
 
 def _text(value: Any) -> str:
     if value is None or (isinstance(value, float) and pd.isna(value)):
