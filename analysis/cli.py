@@ -49,7 +49,6 @@ def parser() -> OneLineParser:
     add(
         "--out",
         metavar="REPORT_DIR",
-        default=None,
         help="where to write the report (default: RESULTS_DIR/report; an earlier report "
         "there is replaced, a directory holding other files is refused)",
     )

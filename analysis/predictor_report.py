@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import predictor_plots, predictors
+from analysis import plots, predictor_plots, predictors
 from analysis.export import slug
 from analysis.figures import FigureJob, dataset_job, figure_entries, save_figure
 from analysis.plots import as_figure
@@ -171,19 +171,15 @@ def section(
 
 
 def write_template_figures(
-    out: Path,
-    figures_dir: Path,
-    curves: pd.DataFrame,
-    attention: pd.DataFrame,
-    result: Predictors | None,
+    out: Path, curves: pd.DataFrame, attention: pd.DataFrame, result: Predictors | None
 ) -> tuple[list[Path], list[str]]:
     """The research templates' figure files at the top of the report directory ``out``:
     per dataset train_loss_/val_loss_ (every config of every sweep), attention_metrics_
     and layer_similarity_ (the baseline of the first sweep, by name, that has the
     dataset), then cluster_quality.png (the first sweep's) and training_dynamics.png,
-    copied from the report's figures. Returns the files and notes on what is missing."""
-    from analysis import plots
-
+    copied from the report's figures (``out``/figures). Returns the files and notes on what
+    is missing."""
+    figures_dir = out / "figures"
     written, notes = [], []
     for dataset, rows in curves.groupby("dataset", sort=True):
         for column in ("train_loss", "val_loss"):

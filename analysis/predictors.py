@@ -162,10 +162,7 @@ def _intervals(
                 method="BCa",
                 rng=seed,
             )
-        low, high = (
-            np.atleast_1d(result.confidence_interval.low),
-            np.atleast_1d(result.confidence_interval.high),
-        )
+        low, high = map(np.atleast_1d, result.confidence_interval)
         return {
             pair: (float(low[k]), float(high[k]), "bootstrap BCa") for k, pair in enumerate(pairs)
         }

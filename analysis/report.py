@@ -313,7 +313,7 @@ def _write_report(
     watch.lap("figures (wait)")
     if options.template_names:
         written, notes = predictor_report.write_template_figures(
-            temp, temp / "figures", analysis.curves, analysis.attention, analysis.predictors
+            temp, analysis.curves, analysis.attention, analysis.predictors
         )
         figures += written
         missing += notes
