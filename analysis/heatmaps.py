@@ -97,11 +97,8 @@ def capture_heatmaps(
     for row in found.to_dict("records"):
         dataset, trial_id = row["dataset"], row["trial_id"]
         sample = samples[samples["trial_id"].astype(str) == trial_id]
-        chosen = (
-            text
-            if text is not None
-            else (sample["text"].iloc[0][:HEATMAP_CHARS] if len(sample) else None)
-        )
+        first = sample["text"].iloc[0][:HEATMAP_CHARS] if len(sample) else None
+        chosen = text if text is not None else first
         if not chosen:
             missing.append(f"No heatmap text for {dataset} (no sample): pass --heatmap-text.")
             continue
