@@ -40,7 +40,9 @@ _MODULES = {
         "analysis.export",
     ),
     **dict.fromkeys(["CorruptStoreError", "Store", "StoreError", "load_store"], "analysis.load"),
-    **dict.fromkeys(["Analysis", "Report", "analyze", "build_report"], "analysis.report"),
+    **dict.fromkeys(
+        ["Analysis", "Report", "ReportOptions", "analyze", "build_report"], "analysis.report"
+    ),
     "level_verdicts": "analysis.verdicts",
 }  # fmt: skip
 
@@ -51,30 +53,4 @@ def __getattr__(name: str) -> Any:
     return getattr(import_module(_MODULES[name]), name)
 
 
-__all__ = [
-    "CONFIG_KEYS",
-    "METRICS",
-    "Analysis",
-    "CorruptStoreError",
-    "Report",
-    "Store",
-    "StoreError",
-    "analyze",
-    "attention_summary",
-    "baseline_configs",
-    "build_report",
-    "config_summary",
-    "curve_summary",
-    "failed_trials",
-    "final_info",
-    "holm",
-    "level_verdicts",
-    "load_store",
-    "paper_table",
-    "rank_factors",
-    "search_leaderboard",
-    "to_latex",
-    "to_markdown",
-    "write_final_info",
-    "write_tables",
-]
+__all__ = sorted(_MODULES)

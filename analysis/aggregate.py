@@ -114,24 +114,28 @@ def config_summary(trials: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd
             n_unfinished=("n_unfinished", "sum"),
         )
     )
-    ok = _ok(trials, metrics)
-    grouped = ok.groupby(CONFIG_KEYS, sort=False)
-    values = grouped[list(metrics)].agg(["mean", "sem", "count"])
-    values.columns = [
-        f"{metric}_{'stderr' if stat == 'sem' else 'n' if stat == 'count' else stat}"
-        for metric, stat in values.columns
-    ]
+    grouped = _ok(trials, metrics).groupby(CONFIG_KEYS, sort=False)
+    values = _mean_stderr_n(grouped, metrics)
     seeds = grouped["seed"].agg(lambda s: sorted(int(v) for v in s.dropna())).rename("seeds")
     summary = counts.join(seeds).join(values).reset_index()
     for metric in metrics:
         summary[f"{metric}_n"] = summary[f"{metric}_n"].fillna(0).astype(int)
     summary["seeds"] = summary["seeds"].apply(lambda s: s if isinstance(s, list) else [])
-    summary.insert(
-        4,
-        "config",
-        [config_label(f, lv) for f, lv in zip(summary.factor, summary.level, strict=True)],
-    )
+    summary.insert(4, "config", config_labels(summary))
     return _sort_configs(summary)
+
+
+def _mean_stderr_n(grouped: Any, columns: Sequence[str]) -> pd.DataFrame:
+    """Per group of a groupby: ``<column>_mean``, ``_stderr`` (sem) and ``_n`` (count)."""
+    values = grouped[list(columns)].agg(["mean", "sem", "count"])
+    names = {"sem": "stderr", "count": "n"}
+    values.columns = [f"{column}_{names.get(stat, stat)}" for column, stat in values.columns]
+    return values
+
+
+def config_labels(frame: pd.DataFrame) -> list[str]:
+    """Each row's config label (``config_label`` of its factor and level)."""
+    return [config_label(f, lv) for f, lv in zip(frame["factor"], frame["level"], strict=True)]
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
@@ -165,6 +169,9 @@ def _by_experiment(values: dict[tuple, pd.Series]) -> dict[tuple, dict[tuple, pd
     for (sweep, dataset, factor, level), seeds in sorted(values.items(), key=lambda kv: kv[0][:2]):
         grouped.setdefault((sweep, dataset), {})[(factor, level)] = seeds
     return grouped
+
+
+_INTERVAL = ("effect_stderr", "effect_ci_low", "effect_ci_high")  # of rank_factors' effect
 
 
 def rank_factors(
@@ -206,9 +213,7 @@ def rank_factors(
                 "best_level": best_level,
                 "best_delta": deltas[best_level],
                 "n_levels": len(levels),
-                "effect_stderr": math.nan,
-                "effect_ci_low": math.nan,
-                "effect_ci_high": math.nan,
+                **dict.fromkeys(_INTERVAL, math.nan),
             }
             if min(len(s) for s in samples) >= 2 and n_resamples > 0:
                 with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -226,20 +231,8 @@ def rank_factors(
                 row["effect_ci_low"] = float(boot.confidence_interval.low)
                 row["effect_ci_high"] = float(boot.confidence_interval.high)
             rows.append(row)
-    columns = [
-        "sweep",
-        "dataset",
-        "rank",
-        "factor",
-        "metric",
-        "effect",
-        "effect_stderr",
-        "effect_ci_low",
-        "effect_ci_high",
-        "best_level",
-        "best_delta",
-        "n_levels",
-    ]
+    columns = ["sweep", "dataset", "rank", "factor", "metric", "effect", *_INTERVAL]
+    columns += ["best_level", "best_delta", "n_levels"]
     ranking = pd.DataFrame(rows, columns=[c for c in columns if c != "rank"])
     ranking = ranking.sort_values(["sweep", "dataset", "effect"], ascending=[True, True, False])
     ranking.insert(2, "rank", ranking.groupby(["sweep", "dataset"]).cumcount() + 1)
@@ -283,15 +276,9 @@ def _config_codes(
 
 
 def _finish(aggregated: pd.DataFrame, keys: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    aggregated.columns = [
-        f"{column}_{'stderr' if stat == 'sem' else 'n' if stat == 'count' else stat}"
-        for column, stat in aggregated.columns
-    ]
     aggregated = aggregated.reset_index()
     out = keys.merge(aggregated, on="config_index").drop(columns="config_index")
-    out.insert(
-        4, "config", [config_label(f, lv) for f, lv in zip(out.factor, out.level, strict=True)]
-    )
+    out.insert(4, "config", config_labels(out))
     return out.sort_values([*CONFIG_KEYS, *by[1:]], kind="stable").reset_index(drop=True)
 
 
@@ -314,8 +301,7 @@ def curve_summary(
     frame["step"] = curves["step"].to_numpy()
     frame = frame[index >= 0]
     by = ["config_index", "step"]
-    aggregated = frame.groupby(by, sort=True)[list(columns)].agg(["mean", "sem", "count"])
-    return _finish(aggregated, keys, by)
+    return _finish(_mean_stderr_n(frame.groupby(by, sort=True), columns), keys, by)
 
 
 def attention_summary(
@@ -339,8 +325,7 @@ def attention_summary(
     frame["layer"] = attention["layer"].to_numpy()[keep]
     per_trial = frame.groupby(["config_index", "trial", "step", "layer"], sort=False).mean()
     by = ["config_index", "step", "layer"]
-    aggregated = per_trial.groupby(by, sort=True)[list(metrics)].agg(["mean", "sem", "count"])
-    return _finish(aggregated, keys, by)
+    return _finish(_mean_stderr_n(per_trial.groupby(by, sort=True), metrics), keys, by)
 
 
 def failed_trials(trials: pd.DataFrame) -> pd.DataFrame:
@@ -351,23 +336,9 @@ def failed_trials(trials: pd.DataFrame) -> pd.DataFrame:
     step = errors.str.extract(r"non-finite loss at step (\d+)", expand=False)
     failed["diverged"] = step.notna()
     failed["diverged_at_step"] = pd.to_numeric(step).astype("Int64")
-    failed["config"] = [
-        config_label(f, lv) for f, lv in zip(failed.factor, failed.level, strict=True)
-    ]
-    columns = [
-        "trial_id",
-        "sweep",
-        "dataset",
-        "factor",
-        "level",
-        "config",
-        "seed",
-        "error",
-        "diverged",
-        "diverged_at_step",
-        "last_step",
-    ]
-    return _sort_configs(failed[columns])
+    failed["config"] = config_labels(failed)
+    columns = ["trial_id", *CONFIG_KEYS, "config", "seed", "error"]
+    return _sort_configs(failed[[*columns, "diverged", "diverged_at_step", "last_step"]])
 
 
 def search_leaderboard(trials: pd.DataFrame, metric: str = "best_val_loss") -> pd.DataFrame:

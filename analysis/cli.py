@@ -49,7 +49,6 @@ def parser() -> OneLineParser:
     add(
         "--out",
         metavar="REPORT_DIR",
-        default=None,
         help="where to write the report (default: RESULTS_DIR/report; an earlier report "
         "there is replaced, a directory holding other files is refused)",
     )
@@ -205,22 +204,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report(args: argparse.Namespace, formats: list[str], out: Path) -> int:
     from analysis.load import CorruptStoreError
-    from analysis.report import build_report, print_summary
+    from analysis.report import ReportOptions, build_report, print_summary
 
+    options = ReportOptions(
+        formats=formats,
+        strict=args.strict,
+        sweeps=args.sweep,
+        datasets=args.dataset,
+        heatmap_text=args.heatmap_text,
+        heatmap_layer=args.heatmap_layer,
+        metric=args.metric,
+        jobs=args.jobs,
+        template_names=args.template_names,
+    )
     try:
-        report = build_report(
-            args.results_dir,
-            out,
-            formats=formats,
-            strict=args.strict,
-            sweeps=args.sweep,
-            datasets=args.dataset,
-            heatmap_text=args.heatmap_text,
-            heatmap_layer=args.heatmap_layer,
-            metric=args.metric,
-            jobs=args.jobs,
-            template_names=args.template_names,
-        )
+        report = build_report(args.results_dir, out, options)
     except (CorruptStoreError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

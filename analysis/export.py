@@ -107,10 +107,6 @@ def write_final_info(
     return paths
 
 
-def _format_number(value: float, digits: int) -> str:
-    return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
-
-
 def format_params(value: float) -> str:
     """A parameter (or any) count as tables print it: 201.34k, 5.53M, 812."""
     if value is None or not np.isfinite(value):
@@ -137,9 +133,8 @@ def paper_table(
         mean, stderr = row[f"{column}_mean"], row[f"{column}_stderr"]
         if not np.isfinite(mean):
             return "–"
-        if not np.isfinite(stderr):
-            return _format_number(mean, digits)
-        return f"{mean:.{digits}f} ± {stderr:.{digits}f}"
+        text = f"{mean:.{digits}f}"
+        return f"{text} ± {stderr:.{digits}f}" if np.isfinite(stderr) else text
 
     rows = []
     for _, row in merged.iterrows():

@@ -46,6 +46,8 @@ __all__ = [
     "FigureJob",
     "Rendering",
     "attention_jobs",
+    "dataset_job",
+    "figure_entries",
     "figure_jobs",
     "heatmap_jobs",
     "save_figure",
@@ -78,23 +80,23 @@ def figure_jobs(analysis: Analysis) -> list[FigureJob]:
         curves = analysis.curves[analysis.curves["sweep"] == sweep]
         draw_params = partial(plots.params_vs_loss, colors=factor_colors)
         caption = f"{sweep}: parameters vs best val loss"
-        jobs.append(_versions(rows, f"{s}/1_params_vs_loss", caption, draw_params))
+        jobs.append(dataset_job(rows, f"{s}/1_params_vs_loss", caption, draw_params))
         if len(curves) and curves["factor"].ne("baseline").any():
             caption, panels = f"{sweep}: loss curves per factor", curves["factor"].nunique()
             jobs.append(
-                _versions(
+                dataset_job(
                     curves, f"{s}/2_factor_curves", caption, plots.factor_curves, panels, "col"
                 )
             )
         judged = analysis.verdicts[analysis.verdicts["sweep"] == sweep]
         if len(judged):
             caption = f"{sweep}: each level's difference from the baseline, with its verdict"
-            jobs.append(_versions(judged, f"{s}/3_deltas", caption, plots.delta_forest))
+            jobs.append(dataset_job(judged, f"{s}/3_deltas", caption, plots.delta_forest))
     baseline_curves = analysis.curves[analysis.curves["factor"] == "baseline"]
     if baseline_curves["sweep"].nunique() > 1:
         draw_compared = partial(plots.sweeps_compared, colors=sweep_colors)
         caption = "sweeps compared: baseline configs"
-        jobs.append(_versions(baseline_curves, "7_sweeps_compared", caption, draw_compared))
+        jobs.append(dataset_job(baseline_curves, "7_sweeps_compared", caption, draw_compared))
     return jobs
 
 
@@ -129,17 +131,17 @@ def attention_jobs(analysis: Analysis) -> list[FigureJob]:
         s = slug(sweep)
         caption = f"{sweep}: attention entropy and span per layer (baseline)"
         jobs.append(
-            _versions(attention, f"{s}/4_attention", caption, plots.attention_over_training)
+            dataset_job(attention, f"{s}/4_attention", caption, plots.attention_over_training)
         )
         if attention["attention_js_next_n"].gt(0).any():
             caption = f"{sweep}: adjacent-layer similarity (baseline)"
             jobs.append(
-                _versions(attention, f"{s}/5_layer_similarity", caption, plots.layer_similarity)
+                dataset_job(attention, f"{s}/5_layer_similarity", caption, plots.layer_similarity)
             )
     return jobs
 
 
-def _versions(
+def dataset_job(
     frame: pd.DataFrame,
     stem: str,
     caption: str,
@@ -156,6 +158,20 @@ def _versions(
     return FigureJob(stem, caption, partial(draw, frame), panels * len(datasets), views)
 
 
+def figure_entries(
+    stem: str, caption: str, formats: Sequence[str], views: Sequence[tuple] = ()
+) -> list[tuple[str, str, list[str]]]:
+    """The report's entries of a figure and its views (FigureJob.views): caption, the image
+    shown (PNG if written) and links to every format, paths inside the report."""
+    image = "png" if "png" in formats else formats[0]
+    entries = []
+    for suffix, view_caption, *_ in [("", caption), *views]:
+        name = f"{stem}_{suffix}" if suffix else stem
+        links = [f"figures/{name}.{fmt}" for fmt in formats]
+        entries.append((view_caption, f"figures/{name}.{image}", links))
+    return entries
+
+
 def _draw_and_save(job: FigureJob, directory: Path, formats: Sequence[str]) -> list[Path]:
     # A figure is thousands of small objects in reference cycles: the garbage collector
     # ran over and over while one was built and drawn (5% of the figures' CPU time). It is
@@ -163,24 +179,20 @@ def _draw_and_save(job: FigureJob, directory: Path, formats: Sequence[str]) -> l
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _draw_and_save_views(job, directory, formats)
+        figure = job.draw()
+        views = {}
+        for suffix, _, axis, index in job.views:
+            span = "rowspan" if axis == "row" else "colspan"
+            views[suffix] = [
+                ax
+                for ax in figure.axes
+                if ax.get_subplotspec() is not None
+                and getattr(ax.get_subplotspec(), span).start == index
+            ]
+        return save_figure(figure, directory / job.stem, formats, views=views)
     finally:
         if enabled:
             gc.enable()
-
-
-def _draw_and_save_views(job: FigureJob, directory: Path, formats: Sequence[str]) -> list[Path]:
-    figure = job.draw()
-    views = {}
-    for suffix, _, axis, index in job.views:
-        span = "rowspan" if axis == "row" else "colspan"
-        views[suffix] = [
-            ax
-            for ax in figure.axes
-            if ax.get_subplotspec() is not None
-            and getattr(ax.get_subplotspec(), span).start == index
-        ]
-    return save_figure(figure, directory / job.stem, formats, views=views)
 
 
 _PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies

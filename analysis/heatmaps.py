@@ -82,24 +82,21 @@ def capture_heatmaps(
     """Capture attention of the best trial's model per dataset. A model file that cannot be
     loaded is named in ``missing`` and its heatmaps skipped (``strict``: StoreError). A bad
     --heatmap-layer raises StoreError (build_report then removes its unfinished output)."""
-    trials = analysis.store.trials
-    ok = trials[trials["status"].eq("ok") & trials["best_val_loss"].notna()]
+    trials, samples = analysis.store.trials, analysis.store.samples
     models = analysis.store.root / "models"
     saved = {p.stem for p in models.glob("*.pt")} if models.is_dir() else set()
-    found = []
-    for dataset, rows in ok[ok["trial_id"].isin(saved)].groupby("dataset", sort=True):
-        found.append((dataset, rows.sort_values("best_val_loss")["trial_id"].iloc[0]))
-    if not found:
-        if not trials.empty:
-            missing.append(
-                f"No trained model under {models.name}/ (models/<trial_id>.pt): attention "
-                "heatmaps (figure 6) are skipped."
-            )
-        return []
+    ok = trials[trials["status"].eq("ok") & trials["best_val_loss"].notna()]
+    best = ok[ok["trial_id"].isin(saved)].sort_values("best_val_loss", kind="stable")
+    found = best.drop_duplicates("dataset").sort_values("dataset")
+    if found.empty and not trials.empty:
+        missing.append(
+            f"No trained model under {models.name}/ (models/<trial_id>.pt): attention "
+            "heatmaps (figure 6) are skipped."
+        )
     result = []
-    for dataset, trial_id in found:
-        row = trials[trials["trial_id"].eq(trial_id)].iloc[0]
-        sample = analysis.store.samples[analysis.store.samples["trial_id"].astype(str) == trial_id]
+    for row in found.to_dict("records"):
+        dataset, trial_id = row["dataset"], row["trial_id"]
+        sample = samples[samples["trial_id"].astype(str) == trial_id]
         first = sample["text"].iloc[0][:HEATMAP_CHARS] if len(sample) else None
         chosen = text if text is not None else first
         if not chosen:
@@ -114,19 +111,7 @@ def capture_heatmaps(
             missing.append(f"Heatmap for {dataset} skipped: {exc}")
             continue
         except Exception as exc:  # torn, not a model file, or a pickle weights_only refuses
-            path = models / f"{trial_id}.pt"
-            message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
-            first_line = message.splitlines()[0] if message else ""
-            reason = re.split(r"(?<=\w)\. ", first_line)[0][:200]
-            reason = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
-            if strict:
-                raise StoreError(
-                    f"unreadable model file {path} ({reason}); move it away, or drop --strict "
-                    "to skip its heatmaps."
-                ) from None
-            missing.append(
-                f"Heatmap for {dataset} skipped: unreadable model file {path} ({reason})."
-            )
+            missing.append(_unreadable(models / f"{trial_id}.pt", dataset, exc, strict))
             continue
         chosen_layer = len(maps) - 1 if layer is None else layer
         if not 0 <= chosen_layer < len(maps):
@@ -134,8 +119,20 @@ def capture_heatmaps(
                 f"--heatmap-layer {layer}: the model of trial {trial_id} has {len(maps)} "
                 f"layers; give a layer from 0 to {len(maps) - 1}."
             )
-        label = config_label(row["factor"], row["level"])
-        result.append(
-            Heatmaps(dataset, trial_id, f"{row['sweep']} / {label}", chosen_layer, maps, chars)
-        )
+        config = f"{row['sweep']} / {config_label(row['factor'], row['level'])}"
+        result.append(Heatmaps(dataset, trial_id, config, chosen_layer, maps, chars))
     return result
+
+
+def _unreadable(path: Path, dataset: str, exc: Exception, strict: bool) -> str:
+    """The note on a model file that would not load (``strict``: StoreError instead)."""
+    message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    first_line = message.splitlines()[0] if message else ""
+    reason = re.split(r"(?<=\w)\. ", first_line)[0][:200]
+    reason = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+    if strict:
+        raise StoreError(
+            f"unreadable model file {path} ({reason}); move it away, or drop --strict "
+            "to skip its heatmaps."
+        ) from None
+    return f"Heatmap for {dataset} skipped: unreadable model file {path} ({reason})."

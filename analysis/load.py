@@ -104,75 +104,52 @@ def load_store(
     unknown = sorted(set(tables) - set(TABLES))
     if unknown:
         raise StoreError(f"unknown table(s) {', '.join(unknown)}: tables are {', '.join(TABLES)}")
-    corrupt: list[tuple[Path, str]] = []
-    duplicates: dict[str, int] = {}
-    frames: dict[str, pd.DataFrame] = {}
-    file_counts: dict[str, int] = {}
+    store = Store(path, **{table: _empty(table) for table in TABLES})
     for table in TABLES:
-        wanted = table == "trials" or table in tables
-        columns = list(ATTENTION_COLUMNS) if table == "attention" else None
-        if not wanted:
-            frames[table] = _empty(table, columns)
-            continue
-        read = read_table(path, table, columns, read_dictionary=["trial_id"])
-        arrow_table = read.table
-        if table == "attention" and attention == "baselines":
-            trials_frame = frames["trials"]
-            baseline = trials_frame["factor"].fillna("baseline").eq("baseline")
-            wanted_ids = trials_frame.loc[baseline, "trial_id"]
-            value_set = pa.array(wanted_ids.astype(str).unique(), pa.string())
-            arrow_table = arrow_table.filter(_is_in(arrow_table["trial_id"], value_set))
-        elif table == "attention" and attention == "report":
-            arrow_table = arrow_table.filter(
-                _report_rows(arrow_table, frames["trials"], layer_trials)
-            )
-        file_counts[table] = sum(1 for _ in (path / table).glob("*.parquet"))
-        for bad_path, reason in read.corrupt:
-            if strict:
-                raise CorruptStoreError(
-                    f"corrupt store file {bad_path}: {reason} (remove it, or run without "
-                    "--strict to skip it)"
-                )
-            warnings.warn(f"skipped corrupt store file {bad_path}: {reason}", stacklevel=2)
-        corrupt.extend(read.corrupt)
-        frame = arrow_table.to_pandas(split_blocks=True)  # no block consolidation: faster
-        frame, dropped = _deduplicate(table, frame)
-        duplicates[table] = dropped
-        frames[table] = frame
-
-    trials = frames["trials"]
-    trial_ids = set(trials["trial_id"].astype(str))
-    curve_ids = set(frames["curves"]["trial_id"].astype(str).unique())
-    in_progress = sorted(curve_ids - trial_ids)
+        if table == "trials" or table in tables:
+            _read_into(store, table, strict, attention, layer_trials)
+    trials = store.trials
+    curve_ids = set(store.curves["trial_id"].astype(str).unique())
+    store.in_progress = sorted(curve_ids - set(trials["trial_id"].astype(str)))
     trials["trial_id"] = trials["trial_id"].astype(str)
     trials["kind"] = trials["kind"].fillna("ablation")
     trials["factor"] = trials["factor"].fillna("baseline")
     trials["level"] = trials["level"].fillna("")
-    planned = _planned(path)
+    store.planned = _planned(path)
     if sweeps is not None or datasets is not None:
-        trials = _select(trials, "sweep", sweeps, planned)
-        trials = _select(trials, "dataset", datasets, planned)
-        planned = planned[planned["sweep"].isin(sweeps or planned["sweep"])]
-        planned = planned[planned["dataset"].isin(datasets or planned["dataset"])]
-        keep = set(trials["trial_id"])
-        for table in ("curves", "attention", "samples"):
-            frame = frames[table]
-            frame = frame[frame["trial_id"].isin(keep)].reset_index(drop=True)
-            frame["trial_id"] = frame["trial_id"].cat.remove_unused_categories()
-            frames[table] = frame
-        in_progress = [t for t in in_progress if t in set(planned["trial_id"])]
-    return Store(
-        root=path,
-        trials=trials.reset_index(drop=True),
-        curves=frames["curves"],
-        attention=frames["attention"],
-        samples=frames["samples"],
-        corrupt=corrupt,
-        duplicates=duplicates,
-        in_progress=in_progress,
-        file_counts=file_counts,
-        planned=planned.reset_index(drop=True),
-    )
+        _select(store, sweeps, datasets)
+    store.trials = store.trials.reset_index(drop=True)
+    store.planned = store.planned.reset_index(drop=True)
+    return store
+
+
+def _read_into(
+    store: Store, table: str, strict: bool, attention: str, layer_trials: Sequence[str]
+) -> None:
+    """Read one table of the store into ``store`` (corrupt files, duplicates, file count);
+    attention rows as ``load_store``'s ``attention`` says."""
+    columns = list(ATTENTION_COLUMNS) if table == "attention" else None
+    read = read_table(store.root, table, columns, read_dictionary=["trial_id"])
+    arrow_table = read.table
+    if table == "attention" and attention == "baselines":
+        trials = store.trials
+        wanted = trials.loc[trials["factor"].fillna("baseline").eq("baseline"), "trial_id"]
+        value_set = pa.array(wanted.astype(str).unique(), pa.string())
+        arrow_table = arrow_table.filter(_is_in(arrow_table["trial_id"], value_set))
+    elif table == "attention" and attention == "report":
+        arrow_table = arrow_table.filter(_report_rows(arrow_table, store.trials, layer_trials))
+    store.file_counts[table] = sum(1 for _ in (store.root / table).glob("*.parquet"))
+    for bad_path, reason in read.corrupt:
+        if strict:
+            raise CorruptStoreError(
+                f"corrupt store file {bad_path}: {reason} (remove it, or run without "
+                "--strict to skip it)"
+            )
+        warnings.warn(f"skipped corrupt store file {bad_path}: {reason}", stacklevel=3)
+    store.corrupt.extend(read.corrupt)
+    frame = arrow_table.to_pandas(split_blocks=True)  # no block consolidation: faster
+    frame, store.duplicates[table] = _deduplicate(table, frame)
+    setattr(store, table, frame)
 
 
 def _planned(root: Path) -> pd.DataFrame:
@@ -217,27 +194,38 @@ def _report_rows(
     return keep_all[codes] | (steps == last[codes]) | (keep_layers[codes] & first_head)
 
 
-def _empty(table: str, columns: list[str] | None) -> pd.DataFrame:
+def _empty(table: str) -> pd.DataFrame:
     schema = SCHEMAS[table]
-    names = columns or schema.names
+    names = list(ATTENTION_COLUMNS) if table == "attention" else schema.names
     frame = schema.empty_table().select(names).to_pandas()
     frame["trial_id"] = frame["trial_id"].astype("category")
     return frame
 
 
-def _select(
-    trials: pd.DataFrame, column: str, names: Sequence[str] | None, planned: pd.DataFrame
-) -> pd.DataFrame:
-    if names is None:
-        return trials
-    present = sorted({*trials[column].dropna().unique(), *planned[column].dropna().unique()})
-    missing = [name for name in names if name not in present]
-    if missing:
-        raise StoreError(
-            f"--{column} {', '.join(missing)}: not in the store; it has "
-            f"{', '.join(present) or 'no ' + column + 's'}."
-        )
-    return trials[trials[column].isin(names)]
+def _select(store: Store, sweeps: Sequence[str] | None, datasets: Sequence[str] | None) -> None:
+    """Keep only the named sweeps and datasets' rows (StoreError for a name not in the
+    store's trials or planned grids)."""
+    trials, planned = store.trials, store.planned
+    for column, names in (("sweep", sweeps), ("dataset", datasets)):
+        if names is None:
+            continue
+        present = sorted({*trials[column].dropna().unique(), *planned[column].dropna().unique()})
+        missing = [name for name in names if name not in present]
+        if missing:
+            raise StoreError(
+                f"--{column} {', '.join(missing)}: not in the store; it has "
+                f"{', '.join(present) or 'no ' + column + 's'}."
+            )
+        trials = trials[trials[column].isin(names)]
+    planned = planned[planned["sweep"].isin(sweeps or planned["sweep"])]
+    store.planned = planned[planned["dataset"].isin(datasets or planned["dataset"])]
+    store.trials, keep = trials, set(trials["trial_id"])
+    for table in ("curves", "attention", "samples"):
+        frame = getattr(store, table)
+        frame = frame[frame["trial_id"].isin(keep)].reset_index(drop=True)
+        frame["trial_id"] = frame["trial_id"].cat.remove_unused_categories()
+        setattr(store, table, frame)
+    store.in_progress = [t for t in store.in_progress if t in set(store.planned["trial_id"])]
 
 
 def _deduplicate(table: str, frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:

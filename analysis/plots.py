@@ -21,8 +21,10 @@ from typing import Any, cast
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.collections import PolyCollection
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
@@ -47,28 +49,9 @@ __all__ = [
     "sweeps_compared",
 ]
 
-_PALETTE = (
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#bcbd22",
-    "#17becf",
-    "#aec7e8",
-    "#ffbb78",
-    "#98df8a",
-    "#ff9896",
-    "#c5b0d5",
-    "#c49c94",
-    "#f7b6d2",
-    "#c7c7c7",
-    "#dbdb8d",
-    "#9edae5",
-)
+_TAB20 = colormaps["tab20"](np.arange(20))
+# tab10, then its lighter shades: 20 distinct colours
+_PALETTE = tuple(to_hex(c) for c in (*_TAB20[0::2], *_TAB20[1::2]))
 # The report page shows a figure at its natural size (100 dpi) up to this width: figures
 # are drawn no wider, so no text is scaled down below MIN_FONT_PT on the page.
 PAGE_WIDTH_IN = 11.5
@@ -95,8 +78,6 @@ def color_mapping(
 
 
 def _level_colors(levels: Sequence[str]) -> dict[str, tuple]:
-    from matplotlib import colormaps
-
     ordered = level_order(levels)
     cmap = colormaps["viridis"]
     positions = np.linspace(0.0, 0.85, max(len(ordered), 1))
@@ -145,33 +126,27 @@ def _grid(
 
 
 def _one_dataset_axes(
-    frame: pd.DataFrame,
-    ax: Axes | None,
-    width: float,
-    height: float,
-    bottom: float = 0.55,
-    right: float = 0.0,
-    left: float = 0.95,
+    frame: pd.DataFrame, ax: Axes | None, *size: float, **margins: float
 ) -> tuple[Figure, list[tuple[str, Axes]]]:
-    """The axes to draw each dataset on: ``ax`` (one dataset only) or a new column of panels."""
+    """The axes to draw each dataset on: ``ax`` (one dataset only) or a new column of
+    panels (``size``: width, height; ``margins``: bottom, right, left as _grid's)."""
     if ax is not None:
-        dataset, ax = _panel_axes(frame, ax, width, height, bottom, right, left)
+        dataset, ax = _panel_axes(frame, ax, *size, **margins)
         return cast(Figure, ax.figure), [(dataset, ax)]
     datasets = _datasets(frame)
-    figure, axes = _grid(
-        max(len(datasets), 1), 1, width, height, bottom, gap=bottom + 0.4, right=right, left=left
-    )
+    figure, axes = _dataset_column(len(datasets), *size, **margins)
     return figure, list(zip(datasets, axes[:, 0], strict=False))
 
 
+def _dataset_column(
+    n_rows: int, width: float, height: float, bottom: float = 0.55, **margins: float
+) -> tuple[Figure, np.ndarray]:
+    """_grid's one column of dataset panels, ``bottom`` + 0.4 inches between rows."""
+    return _grid(n_rows, 1, width, height, bottom, gap=bottom + 0.4, **margins)
+
+
 def _panel_axes(
-    frame: pd.DataFrame,
-    ax: Axes | None,
-    width: float,
-    height: float,
-    bottom: float = 0.55,
-    right: float = 0.0,
-    left: float = 0.95,
+    frame: pd.DataFrame, ax: Axes | None, *size: float, **margins: float
 ) -> tuple[str, Axes]:
     """The one dataset of ``frame`` and the axes to draw it on: ``ax``, or the single panel
     of a new figure laid out as that dataset's row of the faceted figure."""
@@ -182,7 +157,7 @@ def _panel_axes(
             "pass one dataset's rows, or ax=None for one panel per dataset."
         )
     if ax is None:
-        ax = _grid(1, 1, width, height, bottom, gap=bottom + 0.4, right=right, left=left)[1][0, 0]
+        ax = _dataset_column(1, *size, **margins)[1][0, 0]
     return (datasets[0] if datasets else ""), ax
 
 
@@ -191,29 +166,28 @@ def as_figure(plot: Callable[..., Axes], *args: Any, **kwargs: Any) -> Figure:
     return cast(Figure, plot(*args, **kwargs).figure)
 
 
-def _band(
-    ax: Axes,
-    bands: list[Any],
-    x: Any,
-    mean: Any,
-    stderr: Any,
-    color: Any,
-    label: str | None,
-    **line: Any,
-) -> None:
-    """A mean line now, and its mean ± stderr band queued in ``bands`` for _add_bands."""
-    x, mean, stderr = np.asarray(x, float), np.asarray(mean, float), np.asarray(stderr, float)
-    ax.plot(x, mean, color=color, label=label, **line)
-    finite = np.isfinite(mean) & np.isfinite(stderr)
-    if finite.any():
-        xs, low, high = x[finite], (mean - stderr)[finite], (mean + stderr)[finite]
-        bands.append((np.column_stack([np.r_[xs, xs[::-1]], np.r_[high, low[::-1]]]), color))
+def _bands(ax: Axes, series: Sequence[tuple[pd.DataFrame, str, Any, str, str]]) -> None:
+    """Per (rows, column, colour, label, linestyle) of ``series``: the mean line of
+    ``column`` over the rows' steps and its mean ± stderr band; then the panel's bands
+    (_add_bands)."""
+    bands = []
+    for rows, column, color, label, linestyle in series:
+        x = rows["step"].to_numpy(float)
+        mean = rows[f"{column}_mean"].to_numpy(float)
+        stderr = rows[f"{column}_stderr"].to_numpy(float)
+        ax.plot(x, mean, color=color, label=label, linestyle=linestyle)
+        finite = np.isfinite(mean) & np.isfinite(stderr)
+        if finite.any():
+            xs, low, high = x[finite], (mean - stderr)[finite], (mean + stderr)[finite]
+            bands.append((np.column_stack([np.r_[xs, xs[::-1]], np.r_[high, low[::-1]]]), color))
+    _add_bands(ax, bands)
 
 
-def _few_ticks(ax: Axes) -> None:
-    """At most ~5 ticks per axis: tick labels are most of a panel's drawing time."""
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-    ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+def _label(ax: Axes, ylabel: str, xlabel: str = "step") -> None:
+    """Axis labels and the light grid every panel has."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
 
 
 def _add_bands(ax: Axes, bands: list) -> None:
@@ -229,7 +203,9 @@ def _add_bands(ax: Axes, bands: list) -> None:
         ax.add_collection(polygons, autolim=True)
         ax.autoscale_view()
     _min_span(ax)
-    _few_ticks(ax)
+    # At most ~5 ticks per axis: tick labels are most of a panel's drawing time.
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
 
 
 def _min_span(ax: Axes, relative: float = 0.01, absolute: float = 1e-3) -> None:
@@ -305,8 +281,7 @@ def params_vs_loss_panel(
     ax.margins(x=0.12, y=0.08)
     ax.autoscale_view()
     _point_labels(ax, rows, metric, colors)
-    ax.set_xlabel("parameters")
-    ax.set_ylabel(_LABELS.get(metric, metric.replace("_", " ")))
+    _label(ax, _LABELS.get(metric, metric.replace("_", " ")), "parameters")
     ax.set_title(f"{_sweep_name(rows)}{dataset}: parameters vs {metric.replace('_', ' ')}", y=1.0)
     ax.legend(
         title="factor",
@@ -316,7 +291,6 @@ def params_vs_loss_panel(
         bbox_to_anchor=(0.5, -0.12),
         ncols=min(4, rows["factor"].nunique()),
     )
-    ax.grid(True, alpha=0.3)
     return ax
 
 
@@ -386,10 +360,7 @@ def factor_curves(
     figure, axes = _grid(n_rows, n_cols, 4.2, 2.6, bottom=0.15 + legend_in,
                          gap=0.4 + legend_in)  # fmt: skip
     styles = [(column, "-" if column == "val_loss" else "--") for column in reversed(columns)]
-    used = []
-    for index, (factor, dataset) in enumerate(panels):
-        ax = axes.flat[index]
-        used.append(ax)
+    for ax, (factor, dataset) in zip(axes.flat, panels, strict=False):
         rows = curves[(curves["factor"] == factor) & (curves["dataset"] == dataset)]
         colors = {"baseline": "black", **_level_colors(list(rows["level"].unique()))}
         base = curves[(curves["factor"] == "baseline") & (curves["dataset"] == dataset)]
@@ -397,24 +368,21 @@ def factor_curves(
             (level, config_label(factor, level), rows[rows["level"] == level])
             for level in level_order(list(rows["level"].unique()))
         ]
-        bands: list = []
-        for level, label, frame in series:
-            for column, linestyle in styles if len(frame) else []:
-                _band(ax, bands, frame["step"], frame[f"{column}_mean"],
-                      frame[f"{column}_stderr"], colors[level],
-                      label if linestyle == "-" else f"_{label} ({column})",
-                      linestyle=linestyle)  # fmt: skip
-        _add_bands(ax, bands)
+        lines = [
+            (frame, column, colors[level], label if style == "-" else f"_{label} ({column})", style)
+            for level, label, frame in series
+            if len(frame)
+            for column, style in styles
+        ]
+        _bands(ax, lines)
         ax.set_title(f"{factor} ({dataset})", fontsize=9, y=1.0)
-        ax.set_ylabel("loss")
-        ax.set_xlabel("step")
-        ax.grid(True, alpha=0.3)
+        _label(ax, "loss")
         ax.legend(fontsize=MIN_FONT_PT, loc="upper center", ncols=2, frameon=False,
                   bbox_to_anchor=(0.5, 0.0), bbox_transform=offset_copy(
                       ax.transAxes, figure, y=-30, units="points"))  # fmt: skip
     for ax in axes.flat[len(panels) :]:
         figure.delaxes(ax)
-    _same_limits(np.array(used), by_column=len(datasets) > 1, n_cols=n_cols)
+    _same_limits(axes.flat[: len(panels)], by_column=len(datasets) > 1, n_cols=n_cols)
     figure.suptitle(
         f"{_sweep_name(curves)}loss curves per factor: val solid, train dashed\n"
         "(mean ± stderr over seeds)",
@@ -511,26 +479,13 @@ def _per_layer(attention: pd.DataFrame, metrics: Sequence[str], title: str, pair
         if pairs:
             layers = layers[:-1]
         configs = ", ".join(sorted(rows["config"].unique()))
+        name = "layers {}–{}" if pairs else "layer {}"
+        parts = [(rows[rows["layer"] == n], colors[str(n)], name.format(n, n + 1)) for n in layers]
         for col, metric in enumerate(metrics):
             ax = axes[row, col]
-            bands: list = []
-            for layer in layers:
-                layer_rows = rows[rows["layer"] == layer]
-                label = f"layers {layer}–{layer + 1}" if pairs else f"layer {layer}"
-                _band(
-                    ax,
-                    bands,
-                    layer_rows["step"],
-                    layer_rows[f"{metric}_mean"],
-                    layer_rows[f"{metric}_stderr"],
-                    colors[str(layer)],
-                    label,
-                )
-            _add_bands(ax, bands)
+            _bands(ax, [(part, metric, color, label, "-") for part, color, label in parts])
             ax.set_title(f"{dataset} ({configs})", fontsize=9, y=1.0)
-            ax.set_xlabel("step")
-            ax.set_ylabel(_LABELS.get(metric, metric))
-            ax.grid(True, alpha=0.3)
+            _label(ax, _LABELS.get(metric, metric))
             for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
                 legend.setdefault(label, handle)
     if legend:
@@ -673,22 +628,10 @@ def sweeps_compared(
         rows = curves[curves["dataset"] == dataset]
         for col, column in enumerate(columns):
             ax = axes[row, col]
-            bands: list = []
-            for sweep, sweep_rows in rows.groupby("sweep", sort=True):
-                _band(
-                    ax,
-                    bands,
-                    sweep_rows["step"],
-                    sweep_rows[f"{column}_mean"],
-                    sweep_rows[f"{column}_stderr"],
-                    colors[sweep],
-                    sweep,
-                )
-            _add_bands(ax, bands)
+            groups = rows.groupby("sweep", sort=True)
+            _bands(ax, [(part, column, colors[sweep], sweep, "-") for sweep, part in groups])
             ax.set_title(f"{dataset}: {_LABELS.get(column, column)}", fontsize=9, y=1.0)
-            ax.set_xlabel("step")
-            ax.set_ylabel(_LABELS.get(column, column))
-            ax.grid(True, alpha=0.3)
+            _label(ax, _LABELS.get(column, column))
             ax.legend(
                 title="sweep (baseline config)",
                 fontsize=MIN_FONT_PT,

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from analysis.aggregate import level_order
-from analysis.plots import _add_bands, _band, _level_colors, color_mapping
+from analysis.plots import _bands, _label, _level_colors, color_mapping
 
 __all__ = [
     "cluster_quality",
@@ -47,17 +47,12 @@ def cluster_quality_panel(rows: pd.DataFrame, ax: Axes | None = None, legend: bo
     ax = ax if ax is not None else _new_axes(4.5, 3.2)
     layers = sorted(int(layer) for layer in rows["layer"].unique())
     colors = _level_colors([str(layer) for layer in layers])
-    bands: list = []
-    for layer in layers:
-        layer_rows = rows[rows["layer"] == layer].sort_values("step")
-        _band(
-            ax, bands, layer_rows["step"], layer_rows["silhouette_mean"],
-            layer_rows["silhouette_stderr"], colors[str(layer)], f"layer {layer}",
-        )  # fmt: skip
-    _add_bands(ax, bands)
-    ax.set_xlabel("step")
-    ax.set_ylabel("silhouette (k-means, k=8)")
-    ax.grid(True, alpha=0.3)
+    rows = rows.sort_values("step", kind="stable")
+    series = [
+        (rows[rows["layer"] == n], "silhouette", colors[str(n)], f"layer {n}", "-") for n in layers
+    ]
+    _bands(ax, series)
+    _label(ax, "silhouette (k-means, k=8)")
     if legend:
         ax.legend(fontsize=7, loc="lower right")
     return ax
@@ -150,15 +145,13 @@ def training_dynamics(curves: pd.DataFrame, trials: pd.DataFrame, ax: Axes | Non
         )  # fmt: skip
         ax.add_collection(lines, autolim=True)
     ax.autoscale_view()
+    _label(ax, "loss")
     handles = [Line2D([], [], color=colors[name], label=name) for name in sorted(colors)]
     handles += [
         Line2D([], [], color="black", linestyle="-", label="val loss"),
         Line2D([], [], color="black", linestyle="--", label="train loss"),
     ]
     ax.legend(handles=handles, fontsize=7, loc="upper right", ncols=2 if len(handles) > 8 else 1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.grid(True, alpha=0.3)
     ax.set_title(f"training dynamics: train and val loss of {runs} runs", fontsize=10)
     return ax
 
@@ -174,19 +167,8 @@ def loss_by_config(
     names = (curves["sweep"].astype(str) + " / " if several else "") + curves["config"].astype(str)
     frame = curves.assign(name=names.to_numpy())
     colors = color_mapping(frame["name"].unique(), reserved={"baseline": "black"})
-    bands: list = []
-    for name, rows in frame.groupby("name", sort=True):
-        rows = rows.sort_values("step")
-        _band(
-            ax,
-            bands,
-            rows["step"],
-            rows[f"{column}_mean"],
-            rows[f"{column}_stderr"],
-            colors[name],
-            name,
-        )
-    _add_bands(ax, bands)
+    groups = frame.sort_values("step", kind="stable").groupby("name", sort=True)
+    _bands(ax, [(rows, column, colors[name], name, "-") for name, rows in groups])
     if frame["name"].nunique() <= 2 * _MAX_LEGEND:
         ax.legend(
             fontsize=6, loc="upper right", ncols=2 if frame["name"].nunique() > _MAX_LEGEND else 1
@@ -194,9 +176,7 @@ def loss_by_config(
     dataset = curves["dataset"].iloc[0] if len(curves) else ""
     label = column.replace("_", " ")
     ax.set_title(f"{dataset}: {label} per config (mean ± stderr over seeds)", fontsize=10)
-    ax.set_xlabel("step")
-    ax.set_ylabel(label)
-    ax.grid(True, alpha=0.3)
+    _label(ax, label)
     return ax
 
 
@@ -210,21 +190,13 @@ def correlation_heatmap(
     dataset, coloured from -1 (blue) to +1 (red), each cell with rho, its CI and * when
     the Holm-corrected p is below 0.05; grey: not computed. ``correlations``:
     ``predictors.correlations`` rows of one (sweep, dataset)."""
-    predictors = (
-        list(predictors)
-        if predictors is not None
-        else list(dict.fromkeys(correlations["predictor"]))
-    )
-    outcomes = (
-        list(outcomes) if outcomes is not None else list(dict.fromkeys(correlations["outcome"]))
-    )
-    ax = (
-        ax
-        if ax is not None
-        else _new_axes(
-            1.6 * len(outcomes) + 2.4, 0.62 * len(predictors) + 1.6, left=2.3, bottom=0.9
-        )
-    )
+    if predictors is None:
+        predictors = list(dict.fromkeys(correlations["predictor"]))
+    if outcomes is None:
+        outcomes = list(dict.fromkeys(correlations["outcome"]))
+    if ax is None:
+        height = 0.62 * len(predictors) + 1.6
+        ax = _new_axes(1.6 * len(outcomes) + 2.4, height, left=2.3, bottom=0.9)
     matrix = np.full((len(predictors), len(outcomes)), np.nan)
     cells = {(r.predictor, r.outcome): r for r in correlations.itertuples()}
     labels_p = {r.predictor: r.predictor_label for r in correlations.itertuples()}

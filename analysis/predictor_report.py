@@ -2,7 +2,7 @@
 figures under the research templates' file names (``--template-names``).
 
 report.py calls four functions: ``compute`` (after the attention rows are read),
-``figure_specs`` (figures for its workers), ``write_tables`` and ``section``; and
+``figure_jobs`` (figures for its workers), ``write_tables`` and ``section``; and
 ``write_template_figures`` at the end when asked to.
 """
 
@@ -17,31 +17,21 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import predictor_plots, predictors
+from analysis import plots, predictor_plots, predictors
 from analysis.export import slug
-from analysis.figures import save_figure
+from analysis.figures import FigureJob, dataset_job, figure_entries, save_figure
 from analysis.plots import as_figure
 
 __all__ = [
-    "TEMPLATE_NAMES",
     "Predictors",
     "compute",
-    "figure_specs",
+    "figure_jobs",
     "layer_trials",
     "section",
     "write_tables",
     "write_template_figures",
 ]
 
-# The research templates' figure files (the per-dataset ones with {dataset} filled in).
-TEMPLATE_NAMES = (
-    "train_loss_{dataset}.png",
-    "val_loss_{dataset}.png",
-    "attention_metrics_{dataset}.png",
-    "layer_similarity_{dataset}.png",
-    "cluster_quality.png",
-    "training_dynamics.png",
-)
 SECTION_TITLE = "What predicts a good model"
 
 
@@ -88,23 +78,14 @@ def compute(
     return Predictors(metrics, correlations, configs, silhouette, notes)
 
 
-def figure_specs(result: Predictors, curves: pd.DataFrame, trials: pd.DataFrame) -> list[tuple]:
-    """The section's figures as figures.FigureJob fields (stem, caption, draw, cost,
-    views): per sweep the correlation figure (a view per dataset) and the cluster_quality
-    figure, and one training_dynamics figure of every ok run."""
-    specs: list[tuple] = []
+def figure_jobs(result: Predictors, curves: pd.DataFrame, trials: pd.DataFrame) -> list[FigureJob]:
+    """The section's figures: per sweep the correlation figure (a view per dataset) and
+    the cluster_quality figure, and one training_dynamics figure of every ok run."""
+    jobs = []
     for sweep, rows in result.correlations.groupby("sweep", sort=True):
         caption = f"{sweep}: Spearman correlation of final metrics with outcomes"
-        datasets = sorted(rows["dataset"].unique())
-        views = (
-            []
-            if len(datasets) < 2
-            else [(slug(d), f"{caption} ({d})", "row", i) for i, d in enumerate(datasets)]
-        )
-        draw = partial(predictor_plots.correlation_figure, rows)
-        specs.append(
-            (f"predictors/{slug(sweep)}_correlations", caption, draw, len(datasets), views)
-        )
+        stem = f"predictors/{slug(sweep)}_correlations"
+        jobs.append(dataset_job(rows, stem, caption, predictor_plots.correlation_figure))
     for sweep, rows in result.silhouette.groupby("sweep", sort=True):
         caption = (
             f"{sweep}: cluster quality (silhouette per layer), baseline and each level of "
@@ -112,7 +93,7 @@ def figure_specs(result: Predictors, curves: pd.DataFrame, trials: pd.DataFrame)
         )
         draw = partial(predictor_plots.cluster_quality, rows)
         cost = rows[["dataset", "config"]].drop_duplicates().shape[0]
-        specs.append((f"predictors/{slug(sweep)}_cluster_quality", caption, draw, cost, []))
+        jobs.append(FigureJob(f"predictors/{slug(sweep)}_cluster_quality", caption, draw, cost))
     ok = trials[trials["status"].eq("ok") & trials["kind"].ne("search")]
     frame = curves[curves["trial_id"].astype(str).isin(set(ok["trial_id"].astype(str)))]
     if len(frame):
@@ -122,8 +103,8 @@ def figure_specs(result: Predictors, curves: pd.DataFrame, trials: pd.DataFrame)
             frame[["trial_id", "step", "train_loss", "val_loss"]], ok[columns],
         )  # fmt: skip
         caption = "training dynamics: train and val loss of every run"
-        specs.append(("predictors/training_dynamics", caption, draw, 2, []))
-    return specs
+        jobs.append(FigureJob("predictors/training_dynamics", caption, draw, 2))
+    return jobs
 
 
 def write_tables(result: Predictors, directory: Path) -> list[Path]:
@@ -139,9 +120,11 @@ def _fmt(value: float, digits: int = 3) -> str:
     return "–" if pd.isna(value) else f"{value:+.{digits}f}"
 
 
-def section(result: Predictors, specs: Sequence[tuple], formats: Sequence[str]) -> dict[str, Any]:
+def section(
+    result: Predictors, jobs: Sequence[FigureJob], formats: Sequence[str]
+) -> dict[str, Any]:
     """The section's title, paragraphs, tables and figure entries (render.Section
-    fields). ``specs``: what ``figure_specs`` returned."""
+    fields). ``jobs``: what ``figure_jobs`` returned."""
     paragraphs = [
         "Across the finished trials of each sweep and dataset (every seed one observation): "
         "Spearman's rank correlation (scipy.stats.spearmanr) of each trial's final probe "
@@ -183,31 +166,20 @@ def section(result: Predictors, specs: Sequence[tuple], formats: Sequence[str]) 
         paragraphs.append(
             f"No correlations: fewer than {predictors.MIN_N} finished trials with both values."
         )
-    image = "png" if "png" in formats else formats[0]
-    figures = []
-    for stem, caption, _, _, views in specs:
-        for suffix, view_caption, *_ in [("", caption), *views]:
-            name = f"{stem}_{suffix}" if suffix else stem
-            figures.append(
-                (view_caption, f"figures/{name}.{image}", [f"figures/{name}.{f}" for f in formats])
-            )
+    figures = [e for job in jobs for e in figure_entries(job.stem, job.caption, formats, job.views)]
     return {"title": SECTION_TITLE, "paragraphs": paragraphs, "tables": tables, "figures": figures}
 
 
 def write_template_figures(
-    out: Path,
-    figures_dir: Path,
-    curves: pd.DataFrame,
-    attention: pd.DataFrame,
-    result: Predictors | None,
+    out: Path, curves: pd.DataFrame, attention: pd.DataFrame, result: Predictors | None
 ) -> tuple[list[Path], list[str]]:
     """The research templates' figure files at the top of the report directory ``out``:
     per dataset train_loss_/val_loss_ (every config of every sweep), attention_metrics_
     and layer_similarity_ (the baseline of the first sweep, by name, that has the
     dataset), then cluster_quality.png (the first sweep's) and training_dynamics.png,
-    copied from the report's figures. Returns the files and notes on what is missing."""
-    from analysis import plots
-
+    copied from the report's figures (``out``/figures). Returns the files and notes on what
+    is missing."""
+    figures_dir = out / "figures"
     written, notes = [], []
     for dataset, rows in curves.groupby("dataset", sort=True):
         for column in ("train_loss", "val_loss"):

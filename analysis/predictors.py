@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.aggregate import CONFIG_KEYS, attention_summary, config_label, holm
+from analysis.aggregate import CONFIG_KEYS, attention_summary, config_labels, holm
 
 __all__ = [
     "BOOTSTRAP_MAX_N",
@@ -105,7 +105,7 @@ def trial_metrics(
     ok = trials[trials["status"].eq("ok")]
     frame = ok[["trial_id", *CONFIG_KEYS, "seed", "best_val_loss"]].copy()
     frame["trial_id"] = frame["trial_id"].astype(str)
-    frame["config"] = [config_label(f, lv) for f, lv in zip(frame.factor, frame.level, strict=True)]
+    frame["config"] = config_labels(frame)
     frame = frame.merge(final_attention(attention), on="trial_id", how="left")
     sample = pd.DataFrame({"trial_id": samples["trial_id"].astype(str)})
     for column in ("coherence", "distinct_2", "known_word_share"):
@@ -162,10 +162,7 @@ def _intervals(
                 method="BCa",
                 rng=seed,
             )
-        low, high = (
-            np.atleast_1d(result.confidence_interval.low),
-            np.atleast_1d(result.confidence_interval.high),
-        )
+        low, high = map(np.atleast_1d, result.confidence_interval)
         return {
             pair: (float(low[k]), float(high[k]), "bootstrap BCa") for k, pair in enumerate(pairs)
         }
@@ -194,35 +191,19 @@ def correlations(
     dataset), ``ci_low``/``ci_high`` (the ``confidence`` interval) and ``ci_method``
     (see the module docstring), plus the metrics' labels.
     """
-    predictor_names, outcome_names = list(predictors), list(outcomes)
     labels = {**PREDICTORS, **OUTCOMES}
-    if isinstance(predictors, Mapping):
-        labels.update(predictors)
-    if isinstance(outcomes, Mapping):
-        labels.update(outcomes)
+    for names in (predictors, outcomes):
+        if isinstance(names, Mapping):
+            labels.update(names)
     columns = [
         "sweep", "dataset", "predictor", "outcome", "predictor_label", "outcome_label", "n",
         "rho", "p_value", "p_holm", "ci_low", "ci_high", "ci_method",
     ]  # fmt: skip
     rows = []
     for (sweep, dataset), group in metrics.groupby(["sweep", "dataset"], sort=True):
-        by_mask: dict[bytes, list[tuple[str, str]]] = {}
-        masks: dict[bytes, np.ndarray] = {}
-        for p in predictor_names:
-            for o in outcome_names:
-                if p not in group or o not in group:
-                    continue
-                mask = group[p].notna().to_numpy() & group[o].notna().to_numpy()
-                if mask.sum() < MIN_N:
-                    continue
-                x, y = group.loc[mask, p], group.loc[mask, o]
-                if x.nunique() < 2 or y.nunique() < 2:
-                    continue
-                by_mask.setdefault(mask.tobytes(), []).append((p, o))
-                masks[mask.tobytes()] = mask
         found = []
-        for key, pairs in by_mask.items():
-            data = group.loc[masks[key]]
+        for mask, pairs in _pairs_by_rows(group, list(predictors), list(outcomes)).items():
+            data = group.loc[np.frombuffer(mask, dtype=bool)]
             intervals = _intervals(data, pairs, confidence, n_resamples, seed)
             for p, o in pairs:
                 fit = stats.spearmanr(data[p], data[o])
@@ -235,16 +216,31 @@ def correlations(
                         "ci_low": low, "ci_high": high, "ci_method": method,
                     }
                 )  # fmt: skip
-        order = {
-            (p, o): i
-            for i, (p, o) in enumerate((p, o) for p in predictor_names for o in outcome_names)
-        }
-        found.sort(key=lambda row: order[(row["predictor"], row["outcome"])])
+        order = [(p, o) for p in predictors for o in outcomes]
+        found.sort(key=lambda row: order.index((row["predictor"], row["outcome"])))
         adjusted = holm([row["p_value"] for row in found])
         for row, p_holm in zip(found, adjusted, strict=True):
             row["p_holm"] = float(p_holm)
         rows += found
     return pd.DataFrame(rows, columns=columns)
+
+
+def _pairs_by_rows(
+    group: pd.DataFrame, predictors: list[str], outcomes: list[str]
+) -> dict[bytes, list[tuple[str, str]]]:
+    """The (predictor, outcome) pairs worth a correlation (at least MIN_N rows with both
+    values, neither constant), grouped by those rows (a boolean mask's bytes): one
+    bootstrap serves the pairs of one set of rows."""
+    by_mask: dict[bytes, list[tuple[str, str]]] = {}
+    for p in predictors:
+        for o in outcomes:
+            if p not in group or o not in group:
+                continue
+            mask = group[p].notna().to_numpy() & group[o].notna().to_numpy()
+            enough = mask.sum() >= MIN_N
+            if enough and group.loc[mask, p].nunique() > 1 and group.loc[mask, o].nunique() > 1:
+                by_mask.setdefault(mask.tobytes(), []).append((p, o))
+    return by_mask
 
 
 def cluster_factors(

@@ -18,12 +18,11 @@ import pandas as pd
 from analysis import aggregate, export, settings, verdicts
 from analysis.aggregate import CONFIG_KEYS
 from analysis.export import slug
+from analysis.figures import FigureJob, figure_entries
 from analysis.search_report import search_section
 from sweeps.schema import read_runs
 
 if TYPE_CHECKING:
-    from analysis.figures import FigureJob
-    from analysis.heatmaps import Heatmaps
     from analysis.report import Analysis, Report
 
 __all__ = [
@@ -52,6 +51,32 @@ class Section:
 
 def missing_notes(analysis: Analysis) -> list[str]:
     """What the report cannot show, each as a sentence."""
+    store = analysis.store
+    ablation = store.trials[store.trials["kind"].ne("search")]
+    notes = _progress_notes(analysis) + _baseline_notes(analysis.levels, ablation)
+    single = analysis.summary[analysis.summary["best_val_loss_n"].eq(1)]
+    if len(single):
+        notes.append(
+            f"{len(single)} config(s) have a single finished seed: no standard error or test."
+        )
+    if store.attention.empty and not ablation.empty:  # attention is read for baselines only
+        notes.append(
+            "No attention rows for the sweeps' baselines: attention figures (4, 5) are skipped."
+        )
+    if store.samples.empty and not store.trials.empty:
+        notes.append("No samples in the store: the samples section is empty.")
+    dropped = {table: n for table, n in store.duplicates.items() if n}
+    if dropped:
+        notes.append(
+            "Duplicate rows dropped (newest kept): "
+            + ", ".join(f"{n} in {table}" for table, n in dropped.items())
+            + "."
+        )
+    return notes + analysis.verdicts.attrs.get("notes", [])
+
+
+def _progress_notes(analysis: Analysis) -> list[str]:
+    """Trials the statistics leave out: unfinished, in progress, failed, corrupt files."""
     store, notes = analysis.store, []
     if store.trials.empty:
         notes.append("The store has no trials rows yet: no tables or figures of results.")
@@ -80,50 +105,28 @@ def missing_notes(analysis: Analysis) -> list[str]:
             f"{len(analysis.failed)} failed trial(s) ({diverged} diverged) are left out of "
             "the statistics (listed below)."
         )
-    ablation = store.trials[store.trials["kind"].ne("search")]
-    levels = analysis.levels
-    planned_baselines = (
-        set(levels.loc[levels["factor"].eq("baseline"), ["sweep", "dataset"]].itertuples(
-            index=False, name=None))
-        if len(levels)
-        else set()
-    )  # fmt: skip
-    for sweep, rows in ablation.groupby("sweep"):
-        for dataset, dataset_rows in rows.groupby("dataset"):
-            if (sweep, dataset) in planned_baselines and not dataset_rows["factor"].eq(
-                "baseline"
-            ).any():
-                notes.append(
-                    f"Sweep {sweep} ({dataset}): no baseline trial has finished yet: no "
-                    "comparisons until one does."
-                )
-            elif not dataset_rows["factor"].eq("baseline").any():
-                notes.append(f"Sweep {sweep} ({dataset}) has no baseline trials: no comparisons.")
-            elif not (
-                dataset_rows["factor"].eq("baseline") & dataset_rows["status"].eq("ok")
-            ).any():
-                notes.append(
-                    f"Sweep {sweep} ({dataset}): no baseline trial finished: no comparisons."
-                )
-    single = analysis.summary[analysis.summary["best_val_loss_n"].eq(1)]
-    if len(single):
-        notes.append(
-            f"{len(single)} config(s) have a single finished seed: no standard error or test."
-        )
-    if store.attention.empty and not ablation.empty:  # attention is read for baselines only
-        notes.append(
-            "No attention rows for the sweeps' baselines: attention figures (4, 5) are skipped."
-        )
-    if store.samples.empty and not store.trials.empty:
-        notes.append("No samples in the store: the samples section is empty.")
-    dropped = {table: n for table, n in store.duplicates.items() if n}
-    if dropped:
-        notes.append(
-            "Duplicate rows dropped (newest kept): "
-            + ", ".join(f"{n} in {table}" for table, n in dropped.items())
-            + "."
-        )
-    return notes + analysis.verdicts.attrs.get("notes", [])
+    return notes
+
+
+def _baseline_notes(levels: pd.DataFrame, ablation: pd.DataFrame) -> list[str]:
+    """Per ablation sweep and dataset without a finished baseline: no comparisons."""
+    planned = set()
+    if len(levels):
+        baselines = levels.loc[levels["factor"].eq("baseline"), ["sweep", "dataset"]]
+        planned = set(baselines.itertuples(index=False, name=None))
+    notes = []
+    for (sweep, dataset), rows in ablation.groupby(["sweep", "dataset"]):
+        baseline = rows["factor"].eq("baseline")
+        if not baseline.any() and (sweep, dataset) in planned:
+            notes.append(
+                f"Sweep {sweep} ({dataset}): no baseline trial has finished yet: no "
+                "comparisons until one does."
+            )
+        elif not baseline.any():
+            notes.append(f"Sweep {sweep} ({dataset}) has no baseline trials: no comparisons.")
+        elif not (baseline & rows["status"].eq("ok")).any():
+            notes.append(f"Sweep {sweep} ({dataset}): no baseline trial finished: no comparisons.")
+    return notes
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -156,18 +159,62 @@ def build_sections(
     jobs: list[FigureJob],
     formats: Sequence[str],
     missing: list[str],
-    heatmaps: list[Heatmaps],
     tables: list[Path],
     temp: Path,
     metric: str,
 ) -> list[Section]:
-    store = analysis.store
-    trials = store.trials
-    sections = [_setup_section(analysis)]
+    """The report's sections in order; ``jobs``: every figure drawn (their entries go to
+    the section of their sweep, or of their kind), ``tables``: the table files written
+    under ``temp`` (the report being built)."""
+    figures: dict[str, list[tuple[str, str, list[str]]]] = {}
+    for job in sorted(jobs, key=lambda job: job.stem):
+        entries = figure_entries(job.stem, job.caption, formats, job.views)
+        figures.setdefault(job.stem.split("/")[0], []).extend(entries)
+    sections = [_setup_section(analysis), _overview_section(analysis, missing)]
     sentence = _unresolved_sentence(analysis)
     if sentence:
         sections[0].paragraphs.insert(0, sentence)
-    overview = Section("Overview", anchor="overview")
+    summary = analysis.summary
+    for sweep, rows in summary[summary["kind"].ne("search")].groupby("sweep", sort=True):
+        sections.append(_sweep_section(analysis, sweep, rows, metric))
+        sections[-1].figures += figures.get(slug(sweep), [])
+    if "7_sweeps_compared" in figures:
+        sections.append(Section("Sweeps compared", figures=figures["7_sweeps_compared"]))
+    if len(analysis.leaderboard):
+        sections.append(Section(**search_section(analysis.store.trials, temp / "figures", formats)))
+    heat = Section("Attention heatmaps", figures=figures.get("6_heatmaps", []))
+    if not heat.figures:
+        heat.paragraphs.append("No heatmaps: see 'What is missing' in the overview.")
+    failed = analysis.failed[["trial_id", "sweep", "dataset", "config", "seed", "error"]]
+    corrupt = analysis.store.corrupt
+    files = pd.DataFrame({"File": [str(p) for p, _ in corrupt], "Reason": [r for _, r in corrupt]})
+    links = [(str(p.relative_to(temp)), str(p.relative_to(temp))) for p in tables]
+    exported = (
+        "Tables as CSV, Markdown and LaTeX (paste into a paper), and final_info.json per "
+        "config in the research templates' format."
+    )
+    return [
+        *sections,
+        heat,
+        _samples_section(analysis),
+        _listing("Failed trials", ("Left out of the statistics", failed.fillna("–"))),
+        _listing(
+            "Corrupt store files", ("", files), "These files could not be read and were skipped:"
+        ),
+        Section("Exported files", paragraphs=[exported], links=links),
+    ]
+
+
+def _listing(title: str, table: tuple[str, pd.DataFrame], intro: str | None = None) -> Section:
+    """A section of one table (after ``intro``), or 'None.' when the table is empty."""
+    if table[1].empty:
+        return Section(title, paragraphs=["None."])
+    return Section(title, paragraphs=[intro] if intro else [], tables=[table])
+
+
+def _overview_section(analysis: Analysis, missing: list[str]) -> Section:
+    """Trial counts in one table, then what is missing or left out."""
+    store, trials = analysis.store, analysis.store.trials
     counts = pd.DataFrame(
         {
             "Trials": [len(trials)],
@@ -181,92 +228,26 @@ def build_sections(
             "Datasets": [", ".join(sorted(trials["dataset"].dropna().unique())) or "–"],
         }
     )
-    overview.tables.append(("", counts))
+    overview = Section("Overview", anchor="overview", tables=[("", counts)])
     if missing:
         overview.paragraphs.append("What is missing or left out:")
         overview.paragraphs += [f"• {note}" for note in missing]
-    sections.append(overview)
+    return overview
 
-    figure_index: dict[str, list[FigureJob]] = {}
-    for job in sorted(jobs, key=lambda job: job.stem):
-        figure_index.setdefault(job.stem.split("/")[0], []).append(job)
-    image = "png" if "png" in formats else formats[0]
 
-    def entry(stem: str, caption: str) -> tuple[str, str, list[str]]:
-        return (caption, f"figures/{stem}.{image}", [f"figures/{stem}.{f}" for f in formats])
-
-    def figure_entry(job: FigureJob) -> list[tuple[str, str, list[str]]]:
-        views = [entry(f"{job.stem}_{suffix}", caption) for suffix, caption, _, _ in job.views]
-        return [entry(job.stem, job.caption), *views]
-
-    summary = analysis.summary
-    for sweep, rows in summary[summary["kind"].ne("search")].groupby("sweep", sort=True):
-        section = Section(f"Sweep {sweep}")
-        section.paragraphs.append(
-            "Mean ± standard error over seeds. " + verdicts.caption(analysis.verdicts, sweep)
-        )
-        section.tables.append(("", export.paper_table(rows, analysis.verdicts, metric)))
-        section.tables += verdicts.report_tables(analysis.verdicts, sweep)
-        ranking = analysis.ranking[analysis.ranking["sweep"] == sweep]
-        for dataset, dataset_ranking in ranking.groupby("dataset", sort=True):
-            section.tables.append(
-                (
-                    f"Factor ranking ({dataset}): how much each factor moves {metric}, "
-                    "seed-averaged",
-                    _ranking_table(dataset_ranking),
-                )
-            )
-        section.figures += [
-            e for job in figure_index.get(slug(sweep), []) for e in figure_entry(job)
-        ]
-        sections.append(section)
-
-    if "7_sweeps_compared" in figure_index:
-        compared = Section("Sweeps compared")
-        compared.figures += [
-            e for job in figure_index["7_sweeps_compared"] for e in figure_entry(job)
-        ]
-        sections.append(compared)
-
-    if len(analysis.leaderboard):
-        sections.append(Section(**vars(search_section(trials, temp / "figures", formats))))
-
-    heat = Section("Attention heatmaps")
-    if heatmaps:
-        heat.figures += [e for job in figure_index.get("6_heatmaps", []) for e in figure_entry(job)]
-    else:
-        heat.paragraphs.append("No heatmaps: see 'What is missing' in the overview.")
-    sections.append(heat)
-
-    sections.append(_samples_section(analysis))
-
-    failed = Section("Failed trials")
-    if len(analysis.failed):
-        shown = analysis.failed[["trial_id", "sweep", "dataset", "config", "seed", "error"]]
-        failed.tables.append(("Left out of the statistics", shown.fillna("–")))
-    else:
-        failed.paragraphs.append("None.")
-    sections.append(failed)
-
-    corrupt = Section("Corrupt store files")
-    if store.corrupt:
-        frame = pd.DataFrame(
-            {"File": [str(p) for p, _ in store.corrupt], "Reason": [r for _, r in store.corrupt]}
-        )
-        corrupt.paragraphs.append("These files could not be read and were skipped:")
-        corrupt.tables.append(("", frame))
-    else:
-        corrupt.paragraphs.append("None.")
-    sections.append(corrupt)
-
-    files = Section("Exported files")
-    files.paragraphs.append(
-        "Tables as CSV, Markdown and LaTeX (paste into a paper), and final_info.json per "
-        "config in the research templates' format."
+def _sweep_section(analysis: Analysis, sweep: str, rows: pd.DataFrame, metric: str) -> Section:
+    """An ablation sweep's table (with its verdicts) and factor ranking per dataset."""
+    section = Section(f"Sweep {sweep}")
+    section.paragraphs.append(
+        "Mean ± standard error over seeds. " + verdicts.caption(analysis.verdicts, sweep)
     )
-    files.links += [(str(p.relative_to(temp)), str(p.relative_to(temp))) for p in tables]
-    sections.append(files)
-    return sections
+    section.tables.append(("", export.paper_table(rows, analysis.verdicts, metric)))
+    section.tables += verdicts.report_tables(analysis.verdicts, sweep)
+    ranking = analysis.ranking[analysis.ranking["sweep"] == sweep]
+    for dataset, part in ranking.groupby("dataset", sort=True):
+        caption = f"Factor ranking ({dataset}): how much each factor moves {metric}, seed-averaged"
+        section.tables.append((caption, _ranking_table(part)))
+    return section
 
 
 def _unresolved_sentence(analysis: Analysis) -> str | None:

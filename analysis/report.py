@@ -31,7 +31,7 @@ except ImportError:  # Windows: CPU time of this process only
 
 from analysis import aggregate, export, predictor_report, settings, verdicts
 from analysis.cli import FORMATS, REPORT_MARKER, check_out_dir
-from analysis.figures import FigureJob, Rendering, attention_jobs, figure_jobs, heatmap_jobs
+from analysis.figures import Rendering, attention_jobs, figure_jobs, heatmap_jobs
 from analysis.heatmaps import capture_heatmaps
 from analysis.load import Store, StoreError, check_store, load_store
 from analysis.render import (
@@ -45,7 +45,15 @@ from analysis.render import (
 from charlm.fsio import fsync_dir, fsync_tree
 from sweeps.schema import holder_alive
 
-__all__ = ["Analysis", "Report", "analyze", "build_report", "main", "print_summary"]
+__all__ = [
+    "Analysis",
+    "Report",
+    "ReportOptions",
+    "analyze",
+    "build_report",
+    "main",
+    "print_summary",
+]
 
 
 @dataclass
@@ -178,34 +186,38 @@ class Report:
     cpu_timings: dict[str, float]  # CPU seconds per phase, figure workers included
 
 
+@dataclass
+class ReportOptions:
+    """What build_report reads, draws and writes (``python -m analysis``'s options)."""
+
+    formats: Sequence[str] = ("png", "svg")
+    strict: bool = False
+    sweeps: Sequence[str] | None = None
+    datasets: Sequence[str] | None = None
+    heatmap_text: str | None = None
+    heatmap_layer: int | None = None
+    metric: str = "best_val_loss"
+    jobs: int | None = None  # processes drawing figures (default: the CPU count, at most 4)
+    template_names: bool = False  # also the research templates' figure files (PNG)
+
+
 def build_report(
-    root: str | Path,
-    out_dir: str | Path | None = None,
-    *,
-    formats: Sequence[str] = ("png", "svg"),
-    strict: bool = False,
-    sweeps: Sequence[str] | None = None,
-    datasets: Sequence[str] | None = None,
-    heatmap_text: str | None = None,
-    heatmap_layer: int | None = None,
-    metric: str = "best_val_loss",
-    jobs: int | None = None,
-    template_names: bool = False,
+    root: str | Path, out_dir: str | Path | None = None, options: ReportOptions | None = None
 ) -> Report:
     """Write the report of the store at ``root`` into ``out_dir`` (default
     ``<root>/report``, replaced if it holds an earlier report). Raises StoreError (a
-    ValueError) for bad input before anything is written. ``jobs``: processes drawing
-    figures (default: the CPU count, at most 4). ``template_names``: also write the
-    research templates' figure files (PNG) at the top of ``out_dir``."""
+    ValueError) for bad input before anything is written. ``options.template_names``: also
+    write the research templates' figure files (PNG) at the top of ``out_dir``."""
+    options = options or ReportOptions()
     root = check_store(root)
-    jobs_n = jobs if jobs is not None else min(4, os.cpu_count() or 1)
     out = check_out_dir(root, out_dir)
+    formats = options.formats
     bad = [fmt for fmt in formats if fmt not in FORMATS]
     if bad or not formats:
         raise StoreError(
             f"--format {','.join(formats)}: use a comma-separated subset of {','.join(FORMATS)}."
         )
-    if template_names and "png" not in formats:
+    if options.template_names and "png" not in formats:
         raise StoreError(
             f"--template-names writes PNG files but --format is {','.join(formats)}: "
             "add png to --format."
@@ -214,80 +226,101 @@ def build_report(
         warnings.simplefilter("ignore")  # corrupt files are listed from store.corrupt
         analysis = analyze(
             root,
-            sweeps=sweeps,
-            datasets=datasets,
-            strict=strict,
-            metric=metric,
+            sweeps=options.sweeps,
+            datasets=options.datasets,
+            strict=options.strict,
+            metric=options.metric,
             attention=False,
         )
     watch = _Stopwatch()
     temp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(temp, ignore_errors=True)
-    rendering = Rendering(temp / "figures", formats, jobs_n)
+    jobs = options.jobs if options.jobs is not None else min(4, os.cpu_count() or 1)
+    rendering = Rendering(temp / "figures", formats, jobs)
     try:
-        temp.mkdir(parents=True)
-        (temp / REPORT_MARKER).write_text("written by python -m analysis\n")
-        # Workers (forked before torch is imported) draw the first figures while this
-        # process captures the heatmaps, reads the attention table (the largest) and
-        # writes the tables and pages. A bad --heatmap-layer still leaves nothing behind.
-        rendering.submit(figure_jobs(analysis))
-        watch.lap("figures started")
-        heatmap_notes: list[str] = []
-        heatmaps = capture_heatmaps(analysis, heatmap_text, heatmap_layer, heatmap_notes, strict)
-        rendering.submit(heatmap_jobs(heatmaps))
-        watch.lap("heatmap capture")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            add_attention(analysis, sweeps=sweeps, datasets=datasets, strict=strict)
-        rendering.submit(attention_jobs(analysis))
-        assert analysis.predictors is not None  # set by add_attention
-        predictor_specs = predictor_report.figure_specs(
-            analysis.predictors, analysis.store.curves, analysis.store.trials
-        )
-        rendering.submit([FigureJob(*spec) for spec in predictor_specs])
-        watch.lap("attention read")
-        missing = missing_notes(analysis) + heatmap_notes
-        tables = _write_tables(analysis, temp, metric)
-        tables += predictor_report.write_tables(analysis.predictors, temp / "tables")
-        watch.lap("tables")
-        sections = build_sections(
-            analysis, rendering.jobs, formats, missing, heatmaps, tables, temp, metric
-        )
-        at = next(i for i, s in enumerate(sections) if s.title == "Attention heatmaps")
-        predictors = predictor_report.section(analysis.predictors, predictor_specs, formats)
-        sections.insert(at, Section(**predictors))
-        (temp / "report.md").write_text(render_markdown(sections, analysis))
-        watch.lap("report")
-        figures = rendering.results()
-        watch.lap("figures (wait)")
-        if template_names:
-            written, notes = predictor_report.write_template_figures(
-                temp, temp / "figures", analysis.curves, analysis.attention, analysis.predictors
-            )
-            figures += written
-            missing += notes
-            watch.lap("template figures")
-        # One file to mail: the figures are embedded (their files stay beside it).
-        (temp / "report.html").write_text(render_html(sections, analysis, temp))
+        figures, tables, missing = _write_report(analysis, temp, rendering, options, watch)
         _move_into_place(temp, out)
     except BaseException:
         rendering.close(terminate=True)
         shutil.rmtree(temp, ignore_errors=True)
         raise
-    moved = [out / path.relative_to(temp) for path in figures]
-    moved_tables = [out / path.relative_to(temp) for path in tables]
     return Report(
         out,
         out / "report.html",
         out / "report.md",
-        moved,
-        moved_tables,
+        [out / path.relative_to(temp) for path in figures],
+        [out / path.relative_to(temp) for path in tables],
         missing,
         analysis,
-        # "attention" is inside "attention read": not counted twice
-        {**{k: v for k, v in analysis.timings.items() if k != "attention"}, **watch.wall},
-        {**{k: v for k, v in analysis.cpu_timings.items() if k != "attention"}, **watch.cpu},
+        _phases(analysis.timings, watch.wall),
+        _phases(analysis.cpu_timings, watch.cpu),
     )
+
+
+def _phases(analysis: dict[str, float], report: dict[str, float]) -> dict[str, float]:
+    """The seconds of each phase, without analyze's "attention" (inside "attention read")."""
+    return {**{k: v for k, v in analysis.items() if k != "attention"}, **report}
+
+
+def _write_report(
+    analysis: Analysis,
+    temp: Path,
+    rendering: Rendering,
+    options: ReportOptions,
+    watch: _Stopwatch,
+) -> tuple[list[Path], list[Path], list[str]]:
+    """The report's files in ``temp``: the figures (drawn by ``rendering``), tables and
+    pages; returns the figure and table files and what the report cannot show."""
+    temp.mkdir(parents=True)
+    (temp / REPORT_MARKER).write_text("written by python -m analysis\n")
+    # Workers (forked before torch is imported) draw the first figures while this
+    # process captures the heatmaps, reads the attention table (the largest) and
+    # writes the tables and pages. A bad --heatmap-layer still leaves nothing behind.
+    rendering.submit(figure_jobs(analysis))
+    watch.lap("figures started")
+    heatmap_notes: list[str] = []
+    heatmaps = capture_heatmaps(
+        analysis, options.heatmap_text, options.heatmap_layer, heatmap_notes, options.strict
+    )
+    rendering.submit(heatmap_jobs(heatmaps))
+    watch.lap("heatmap capture")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        add_attention(
+            analysis, sweeps=options.sweeps, datasets=options.datasets, strict=options.strict
+        )
+    rendering.submit(attention_jobs(analysis))
+    assert analysis.predictors is not None  # set by add_attention
+    predictor_jobs = predictor_report.figure_jobs(
+        analysis.predictors, analysis.store.curves, analysis.store.trials
+    )
+    rendering.submit(predictor_jobs)
+    watch.lap("attention read")
+    missing = missing_notes(analysis) + heatmap_notes
+    tables = _write_tables(analysis, temp, options.metric)
+    tables += predictor_report.write_tables(analysis.predictors, temp / "tables")
+    watch.lap("tables")
+    formats = options.formats
+    sections = build_sections(
+        analysis, rendering.jobs, formats, missing, tables, temp, options.metric
+    )
+    at = next(i for i, s in enumerate(sections) if s.title == "Attention heatmaps")
+    predictors = predictor_report.section(analysis.predictors, predictor_jobs, formats)
+    sections.insert(at, Section(**predictors))
+    (temp / "report.md").write_text(render_markdown(sections, analysis))
+    watch.lap("report")
+    figures = rendering.results()
+    watch.lap("figures (wait)")
+    if options.template_names:
+        written, notes = predictor_report.write_template_figures(
+            temp, analysis.curves, analysis.attention, analysis.predictors
+        )
+        figures += written
+        missing += notes
+        watch.lap("template figures")
+    # One file to mail: the figures are embedded (their files stay beside it).
+    (temp / "report.html").write_text(render_html(sections, analysis, temp))
+    return figures, tables, missing
 
 
 def _write_tables(analysis: Analysis, temp: Path, metric: str) -> list[Path]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,13 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from analysis.export import format_params, slug
-from analysis.figures import save_figure
-from analysis.plots import as_figure
+from analysis.figures import figure_entries, save_figure
+from analysis.plots import _label, as_figure
 from charlm.config import ModelConfig, TrainConfig, config_fields
 from charlm.text import mean_stderr
 
 __all__ = [
     "SEARCH_METRIC",
-    "SearchSection",
     "best_so_far",
     "format_param",
     "loss_vs_params",
@@ -101,9 +99,7 @@ def search_configs(rows: pd.DataFrame, params: list[str]) -> pd.DataFrame:
                 "complete": bool(complete and len(values) == len(group)),
                 "early_stopped": bool(ok["early_stopped"].fillna(False).any()),
                 "failed": bool(group["status"].eq("failed").any()),
-                "n_params": group["n_params"].dropna().iloc[0]
-                if group["n_params"].notna().any()
-                else math.nan,
+                "n_params": next(iter(group["n_params"].dropna()), math.nan),
                 "trial_ids": list(group["trial_id"].astype(str)),
                 "started_at": group["started_at"].min(),
             }
@@ -186,9 +182,7 @@ def loss_vs_params(rows: pd.DataFrame, configs: pd.DataFrame, params: list[str])
                        edgecolors="black", linewidths=1.5, label="winner")  # fmt: skip
         if param in ("learning_rate", "min_lr"):
             ax.set_xscale("log")
-        ax.set_xlabel(param)
-        ax.set_ylabel("final val loss")
-        ax.grid(True, alpha=0.3)
+        _label(ax, "final val loss", param)
     for ax in axes[n:]:
         ax.set_visible(False)
     axes[0].legend(fontsize=7)
@@ -210,24 +204,12 @@ def best_so_far(configs: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
                    label="stopped early by ASHA")  # fmt: skip
     running = configs["mean"].where(configs["complete"]).cummin()
     ax.step(configs["trial_number"], running, where="post", color="#d62728", label="best so far")
-    ax.set_xlabel("trial number (start order)")
-    ax.set_ylabel("final val loss")
-    ax.grid(True, alpha=0.3)
+    _label(ax, "final val loss", "trial number (start order)")
     ax.legend(fontsize=7)
     return ax
 
 
 # ---------------------------------------------------------------- section
-
-
-@dataclass
-class SearchSection:
-    """What the report shows for search sweeps (report.py turns it into its section)."""
-
-    title: str = "Search sweeps"
-    paragraphs: list[str] = field(default_factory=list)
-    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
-    figures: list[tuple[str, str, list[str]]] = field(default_factory=list)  # caption, img, links
 
 
 def _top_table(configs: pd.DataFrame, params: list[str]) -> pd.DataFrame:
@@ -250,16 +232,17 @@ def _top_table(configs: pd.DataFrame, params: list[str]) -> pd.DataFrame:
 
 def search_section(
     trials: pd.DataFrame, figures_dir: Path, formats: Sequence[str]
-) -> SearchSection:
-    """The section for every search sweep and dataset in ``trials`` (the store's trials
-    rows), its figures written under ``figures_dir`` (``figures/`` of the report)."""
-    section = SearchSection()
-    section.paragraphs.append(
+) -> dict[str, Any]:
+    """The section (render.Section fields) for every search sweep and dataset in
+    ``trials`` (the store's trials rows), its figures written under ``figures_dir``
+    (``figures/`` of the report)."""
+    paragraphs = [
         "Each searched config trained one or more seeds; its score is the mean final val "
         "loss over them (what TPE minimised), ± standard error (scipy.stats.sem). Only "
         "configs whose seeds all ran to the end are ranked."
-    )
-    image = "png" if "png" in formats else formats[0]
+    ]
+    tables: list[tuple[str, pd.DataFrame]] = []
+    figures: list[tuple[str, str, list[str]]] = []
     search = trials[trials["kind"].eq("search")]
     for (sweep, dataset), rows in search.groupby(["sweep", "dataset"], sort=True):
         params = searched_params(rows)
@@ -267,7 +250,7 @@ def search_section(
         if configs.empty:
             continue
         ranked = configs[configs["complete"]].sort_values("rank")
-        section.paragraphs.append(
+        paragraphs.append(
             f"Sweep {sweep} ({dataset}): {len(configs)} configs, "
             f"{int(configs['n_seeds'].max())} seed(s) each; {len(ranked)} ran to the end, "
             f"{int(configs['early_stopped'].sum())} stopped early by ASHA, "
@@ -277,23 +260,21 @@ def search_section(
             winner = ranked.iloc[0]
             values = ", ".join(f"{p}={format_param(p, winner[p])}" for p in params)
             loss = mean_stderr(winner["mean"], winner["stderr"], int(winner["n"]))
-            section.paragraphs.append(
+            paragraphs.append(
                 f"Winner of {sweep} ({dataset}): config {winner['config_id']} ({values}): "
                 f"final val loss {loss}; store trials "
                 f"{', '.join(winner['trial_ids'])}."
             )
-            section.tables.append(
-                (f"{sweep} ({dataset}): top configs", _top_table(configs, params))
-            )
+            tables.append((f"{sweep} ({dataset}): top configs", _top_table(configs, params)))
         importances = param_importances(configs, params)
         if len(importances):
-            section.tables.append((
+            tables.append((
                 f"{sweep} ({dataset}): parameter importances (fANOVA on seed means)",
                 pd.DataFrame({"Parameter": importances.index,
                               "Importance": [f"{v:.3f}" for v in importances]}),
             ))  # fmt: skip
         else:
-            section.paragraphs.append(
+            paragraphs.append(
                 f"{sweep} ({dataset}): parameter importances need 3 or more configs that ran "
                 "to the end."
             )
@@ -309,7 +290,5 @@ def search_section(
             if figure is None:
                 continue
             save_figure(figure, figures_dir / name, formats)
-            section.figures.append(
-                (caption, f"figures/{name}.{image}", [f"figures/{name}.{f}" for f in formats])
-            )
-    return section
+            figures += figure_entries(name, caption, formats)
+    return dict(title="Search sweeps", paragraphs=paragraphs, tables=tables, figures=figures)

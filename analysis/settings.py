@@ -31,8 +31,6 @@ from sweeps.grid import SEARCH_SPACE
 
 __all__ = ["level_states", "planned_grid_table", "setup_table", "trial_counts"]
 
-STATES = ("finished", "running", "stopped", "open", "pending")
-
 
 def _text(value: Any) -> str:
     if value is None or (isinstance(value, float) and pd.isna(value)):
@@ -72,18 +70,13 @@ def _one(frame: pd.DataFrame, column: str) -> Any:
 
 def _schedule(frame: pd.DataFrame) -> str:
     """The learning-rate schedule in words, with the defaults (None) resolved."""
-    lr, warmup, max_iters = (
-        _one(frame, "learning_rate"),
-        _one(frame, "warmup_iters"),
-        _one(frame, "max_iters"),
-    )
+    lr, warmup, max_iters = (_one(frame, c) for c in ("learning_rate", "warmup_iters", "max_iters"))
     if lr is None or warmup is None or max_iters is None:
         return (
             f"AdamW; peak {_values(frame, 'learning_rate')}, warm-up "
             f"{_values(frame, 'warmup_iters')} steps (differs between trials)"
         )
-    min_lr = _one(frame, "min_lr")
-    decay = _one(frame, "lr_decay_iters")
+    min_lr, decay = _one(frame, "min_lr"), _one(frame, "lr_decay_iters")
     min_lr = lr / 10 if min_lr is None else min_lr
     decay = max_iters if decay is None else decay
     return (

@@ -159,19 +159,15 @@ def summary_lines(verdicts: pd.DataFrame) -> list[str]:
             max_seeds=max(2, int(rows["seeds"].max())), confidence=float(first.confidence),
             adaptive=first.method == "sequential",
         )  # fmt: skip
+        fields = ["verdict", "delta", "ci_low", "ci_high", "n_pairs", "seeds"]
         results = {
-            (row.factor, row.level): LevelResult(
-                row.verdict,
-                row.delta,
-                row.ci_low,
-                row.ci_high,
-                row.n_pairs,
-                row.seeds,
-                None if pd.isna(row.seeds_needed) else int(row.seeds_needed),
-                row.p_adjusted,
-                row.df,
+            (row["factor"], row["level"]): LevelResult(
+                **{f: row[f] for f in fields},
+                needed=None if pd.isna(row["seeds_needed"]) else int(row["seeds_needed"]),
+                p_adjusted=row["p_adjusted"],
+                df=row["df"],
             )
-            for row in rows.itertuples()
+            for row in rows.to_dict("records")
         }
         lines += format_verdicts(results, design, dataset, sweep)
         lines[-1] += f"; {_span(rows['seeds'])} seeds per level"

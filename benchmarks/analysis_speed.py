@@ -32,7 +32,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from analysis.report import build_report
+from analysis.report import ReportOptions, build_report
 from charlm.text import text_table
 from sweeps.schema import MARKER, compact_store, read_table
 from sweeps.store import MODELS_DIR
@@ -146,7 +146,7 @@ def main() -> None:
         out = root.parent / "report"
         shutil.rmtree(out, ignore_errors=True)
         start, machine, ours = time.perf_counter(), _busy_cpu_seconds(), _own_cpu_seconds()
-        report = build_report(root, out, formats=args.formats.split(","), jobs=args.jobs)
+        report = build_report(root, out, ReportOptions(args.formats.split(","), jobs=args.jobs))
         total, cpu = time.perf_counter() - start, sum(report.cpu_timings.values())
         store = report.analysis.store
         print(

@@ -16,7 +16,7 @@ from scipy import stats
 from analysis import predictor_plots, predictors
 from analysis.aggregate import holm
 from analysis.load import load_store
-from analysis.report import build_report, main
+from analysis.report import ReportOptions, build_report, main
 from sweeps.schema import ADDED_COLUMNS, MARKER, SCHEMAS
 from testkit.tiny import tiny_store
 
@@ -187,7 +187,7 @@ def test_a_version_1_store_still_reads_and_reports(tmp_path: Path):
     assert loaded.samples["coherence"].isna().all()
     assert loaded.samples["attention_entropy"].isna().all()
     assert set(SCHEMAS["samples"].names) <= set(loaded.samples.columns)
-    report = build_report(root, tmp_path / "report", jobs=1, template_names=True)
+    report = build_report(root, tmp_path / "report", ReportOptions(jobs=1, template_names=True))
     markdown = report.markdown.read_text()
     assert "## What predicts a good model" in markdown
     assert "No silhouette values (a store written before schema version 2)" in markdown

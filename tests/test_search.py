@@ -134,7 +134,7 @@ def test_search_with_two_seeds_per_trial_end_to_end(tmp_path: Path, capsys, monk
     the report names the winner."""
     import optuna
 
-    from analysis.report import build_report
+    from analysis.report import ReportOptions, build_report
     from sweeps import ablation
     from sweeps.best_grid import find_winner
 
@@ -201,7 +201,7 @@ def test_search_with_two_seeds_per_trial_end_to_end(tmp_path: Path, capsys, monk
     assert f"{len(expected)} trials: {len(expected) // 3} configs x 3 seeds" in dry
     assert all(t.trial_id in dry for t in expected)
 
-    report = build_report(results, tmp_path / "report", formats=("png",), jobs=1)
+    report = build_report(results, tmp_path / "report", ReportOptions(formats=("png",), jobs=1))
     page = report.html.read_text()
     assert f"Winner of tiny (shakespeare_char): config {winner.config_id}" in page
     assert "No attention rows" not in page
