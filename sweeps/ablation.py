@@ -256,18 +256,12 @@ def summary_table(store_rows: list[dict[str, Any]]) -> str:
     return "\n".join(text_table(header, rows, right={3, 4, 5}))
 
 
-def param_space(trials: list[TrialSpec], cpus: dict[str, float] | None = None) -> dict[str, Any]:
+def param_space(trials: list[TrialSpec]) -> dict[str, Any]:
     """Tune's param_space: one grid entry per trial (``TrialSpec.params()``), in the order
-    given (Tune starts them in that order); ``cpus`` gives a trial's CPUs where it differs
-    from the run's default."""
+    given (Tune starts them in that order)."""
     from ray import tune
 
-    cpus = cpus or {}
-    return {
-        "trial": tune.grid_search(
-            [{**trial.params(), "cpus": cpus.get(trial.trial_id)} for trial in trials]
-        )
-    }
+    return {"trial": tune.grid_search([trial.params() for trial in trials])}
 
 
 def _dry_run(opts: AblationOptions, plan: _Plan) -> None:
@@ -420,30 +414,19 @@ def _todo(
 
 def schedule_trials(
     todo: list[TrialSpec], resources: Resources, vocab_sizes: dict[str, int]
-) -> tuple[list[TrialSpec], dict[str, float], str, dict[str, float]]:
-    """The trials in start order (longest first), the CPUs of the widened tail, a line
-    saying so (``sweeps.schedule``), and each trial's estimated seconds (for the progress
-    line's ETA); on the connected Ray."""
+) -> tuple[list[TrialSpec], str, dict[str, float]]:
+    """The trials in start order (longest first), a line saying so (``sweeps.schedule``),
+    and each trial's estimated seconds (for the progress line's ETA); on the connected Ray."""
     import ray
 
     from sweeps.schedule import plan_grid
 
-    cores = ray.cluster_resources().get("CPU", 1.0)
-    node_cpus = max(
-        (node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")),
-        default=cores,
-    )
     schedule = plan_grid(
-        todo, cores, base_cpus=resources.cpus_per_trial, max_cpus=node_cpus,
+        todo, ray.cluster_resources().get("CPU", 1.0), base_cpus=resources.cpus_per_trial,
         max_concurrent=resources.max_concurrent, vocab_sizes=vocab_sizes,
-        widen=resources.gpus_per_trial == 0,
     )  # fmt: skip
     by_id = {trial.trial_id: trial for trial in todo}
-    widened = {
-        trial: cpus for trial, cpus in schedule.cpus.items() if cpus != resources.cpus_per_trial
-    }
-    order = [by_id[trial] for trial in schedule.order]
-    return order, widened, schedule.describe(), schedule.seconds
+    return [by_id[trial] for trial in schedule.order], schedule.describe(), schedule.seconds
 
 
 @dataclass
@@ -532,26 +515,20 @@ def _run_rounds(
     opts: AblationOptions, plan: _Plan, rounds: SeedRounds, launch: _Launch, store: ResultStore
 ) -> SweepOutcome:
     """Run the rounds: one for fixed seeds; --seeds auto adds rounds until resolved."""
-    from sweeps.runner import SweepOutcome, run_trials
+    from sweeps.runner import RunSettings, SweepOutcome, run_trials
 
     outcome = SweepOutcome()
     todo = launch.todo
     while todo:
-        todo, widened, line, seconds = schedule_trials(todo, launch.resources, plan.vocab_sizes)
+        todo, line, seconds = schedule_trials(todo, launch.resources, plan.vocab_sizes)
         print(line, flush=True)
-        result = run_trials(
-            launch.connection,
-            store,
-            param_space(todo, widened),
-            name=todo[0].sweep,
-            total=len(todo),
-            resources=launch.resources,
+        settings = RunSettings(
+            name=todo[0].sweep, total=len(todo), resources=launch.resources,
             max_iters={t.trial_id: t.train.max_iters for t in todo},
-            max_failures=opts.max_failures,
-            waiting=launch.waiting,
-            estimates=seconds,
+            max_failures=opts.max_failures, waiting=launch.waiting, estimates=seconds,
             state_every_s=opts.state_every,
-        )
+        )  # fmt: skip
+        result = run_trials(launch.connection, store, param_space(todo), settings)
         outcome.ok += result.ok
         outcome.failed.update(result.failed)
         outcome.wall_time_s += result.wall_time_s

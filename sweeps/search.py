@@ -547,7 +547,7 @@ def _search(
     from ray.tune.schedulers import ASHAScheduler
 
     from sweeps.estimate import format_search_estimate
-    from sweeps.runner import run_trials
+    from sweeps.runner import RunSettings, run_trials
     from sweeps.search_study import StoreIdSearch
     from sweeps.study import optuna_storage
 
@@ -575,22 +575,15 @@ def _search(
         estimated, fraction = search_estimate(args, base, resources)
         per_trial_s = (estimated.trial_seconds or 0.0) * fraction / args.n_trials
         print(format_search_estimate(estimated, k, fraction).split("\n", 1)[1], flush=True)
-    return run_trials(
-        connection,
-        store,
-        {**_tune_space(), BASE_KEY: base_values},
-        name=args.name,
-        total=n_trials,
-        resources=resources,
-        describe=describe_search_trial,
-        default_max_iters=base.train.max_iters,
-        default_estimate_s=per_trial_s,
-        trainable=run_search_trial,
+    settings = RunSettings(
+        name=args.name, total=n_trials, resources=resources, describe=describe_search_trial,
+        trainable=run_search_trial, default_max_iters=base.train.max_iters,
+        default_estimate_s=per_trial_s, state_every_s=args.state_every,
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=n_trials, reuse_actors=True
         ),
-        state_every_s=args.state_every,
-    )
+    )  # fmt: skip
+    return run_trials(connection, store, {**_tune_space(), BASE_KEY: base_values}, settings)
 
 
 def _interrupted(
