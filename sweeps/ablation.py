@@ -302,7 +302,7 @@ def _check(opts: AblationOptions) -> _Plan:
     design = design_of(opts, trials)
     vocab_sizes = prepare_datasets(trials)
     if placement.node is not None:  # this machine is the whole cluster
-        per_node = _per_node(placement.node, placement.resources, len(trials))
+        per_node = min(placement.resources.slots(placement.node), len(trials))
         check_local_memory(_memory_rows(trials, vocab_sizes), per_node)
     if design is not None and not opts.dry_run:
         ResultStore(opts.results)  # the design is recorded inside a store
@@ -332,14 +332,6 @@ def _memory_rows(trials: list[TrialSpec], vocab_sizes: dict[str, int]) -> list[M
     return [
         (config_label(t.factor, t.level), t.model, t.train, vocab_sizes[t.dataset]) for t in trials
     ]
-
-
-def _per_node(node: dict[str, float], resources: Resources, n_trials: int) -> int:
-    """How many trials Ray may run at once on ``node``."""
-    fit = math.floor(node.get("CPU", 0) / resources.cpus_per_trial + 1e-9)
-    if resources.gpus_per_trial > 0:
-        fit = min(fit, math.floor(node.get("GPU", 0) / resources.gpus_per_trial + 1e-9))
-    return max(1, min(fit, resources.max_concurrent or fit, n_trials))
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
@@ -421,10 +413,8 @@ def schedule_trials(
 
     from sweeps.schedule import plan_grid
 
-    schedule = plan_grid(
-        todo, ray.cluster_resources().get("CPU", 1.0), base_cpus=resources.cpus_per_trial,
-        max_concurrent=resources.max_concurrent, vocab_sizes=vocab_sizes,
-    )  # fmt: skip
+    schedule = plan_grid(todo, resources.slots(ray.cluster_resources()),
+                         base_cpus=resources.cpus_per_trial, vocab_sizes=vocab_sizes)  # fmt: skip
     by_id = {trial.trial_id: trial for trial in todo}
     return [by_id[trial] for trial in schedule.order], schedule.describe(), schedule.seconds
 
@@ -504,7 +494,7 @@ def _check_cluster(
         largest = max(fits, key=lambda n: n.get("memory", 0))
         check_memory(
             _memory_rows(todo or plan.trials, plan.vocab_sizes),
-            _per_node(largest, resources, len(todo)),
+            min(resources.slots(largest), max(1, len(todo))),
             largest.get("memory", math.inf),
             "the largest node (Ray's memory resource)",
         )

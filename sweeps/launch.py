@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,9 +126,8 @@ def check_local_memory(rows: list[MemoryRow], per_node: int) -> None:
 def local_concurrency(opts: RunOptions) -> int:
     """How many trials run at once on this machine's CPUs (or --num-cpus): what a dry run
     prices."""
-    cpus = opts.num_cpus or os.cpu_count() or 1
-    concurrent = max(1, math.floor(cpus / opts.cpus_per_trial))
-    return min(concurrent, opts.max_concurrent) if opts.max_concurrent else concurrent
+    resources = Resources(opts.cpus_per_trial, max_concurrent=opts.max_concurrent)
+    return resources.slots({"CPU": opts.num_cpus or os.cpu_count() or 1})
 
 
 def lock_embedded(opts: RunOptions, stack: contextlib.ExitStack) -> None:

@@ -462,3 +462,11 @@ class Resources:
 
     def as_ray(self) -> dict[str, float]:
         return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
+
+    def slots(self, node: Mapping[str, float]) -> int:
+        """How many trials run at once on ``node`` (Ray resource names to amounts: a
+        machine, or the whole cluster), at least one."""
+        fit = math.floor(node.get("CPU", 0.0) / self.cpus_per_trial + _EPSILON)
+        if self.gpus_per_trial > 0:
+            fit = min(fit, math.floor(node.get("GPU", 0.0) / self.gpus_per_trial + _EPSILON))
+        return max(1, min(fit, self.max_concurrent or fit))

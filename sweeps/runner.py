@@ -33,7 +33,7 @@ from charlm.text import format_clock
 from charlm.train import MODEL_FILE
 from sweeps import interrupt
 from sweeps.options import DEFAULT_STATE_EVERY_S, ClusterError, Resources, load_cluster_config
-from sweeps.schema import config_label
+from sweeps.schema import config_label, pid_alive
 from sweeps.storage import (
     EXAMPLE,
     Storage,
@@ -655,7 +655,7 @@ def run_trials(
     callbacks: list[tune.Callback] = [_StoreCallback(store, run.describe, outcome),
                                       _KeepLatestCheckpoint()]  # fmt: skip
     if run.progress:
-        callbacks.append(_ProgressCallback(run, slots=_slots(run.resources)))
+        callbacks.append(_ProgressCallback(run, run.resources.slots(ray.cluster_resources())))
     storage_path = connection.storage.location
     if connection.storage.default:
         remove_leftover_runs(Path(storage_path))
@@ -700,16 +700,6 @@ def _tune_config(run: RunSettings, connection: Connection) -> tune.TuneConfig:
     if run.resources.max_concurrent is not None:
         config.max_concurrent_trials = run.resources.max_concurrent
     return config
-
-
-def _slots(resources: Resources) -> int:
-    """How many trials the connected Ray runs at once with ``resources`` per trial."""
-    cluster = ray.cluster_resources()
-    slots = math.floor(cluster.get("CPU", 1.0) / max(resources.cpus_per_trial, 1e-9) + 1e-9)
-    if resources.gpus_per_trial > 0:
-        gpu_slots = cluster.get("GPU", 0.0) / resources.gpus_per_trial + 1e-9
-        slots = min(slots, math.floor(gpu_slots))
-    return max(1, min(slots, resources.max_concurrent or slots))
 
 
 class _InterruptStopper(tune.Stopper):
@@ -807,19 +797,7 @@ def remove_leftover_runs(storage: Path) -> list[Path]:
         return removed
     for entry in storage.iterdir():
         match = _RUN_DIR.fullmatch(entry.name)
-        if match and entry.is_dir() and not _alive(int(match.group(1))):
+        if match and entry.is_dir() and not pid_alive(int(match.group(1))):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -76,19 +75,15 @@ def plan_schedule(
 
 def plan_grid(
     trials: Sequence[TrialSpec],
-    cores: float,
+    slots: int,
     *,
     base_cpus: float = 1.0,
-    max_concurrent: int | None = None,
     vocab_sizes: Mapping[str, int] | None = None,
 ) -> Schedule:
-    """``plan_schedule`` for grid trials on ``cores`` CPUs, with times from the dry run's
+    """``plan_schedule`` for grid trials, ``slots`` at once, with times from the dry run's
     estimate (timed here, a few seconds)."""
     from sweeps.estimate import estimate, load_text
 
-    slots = max(1, math.floor(cores / base_cpus))
-    if max_concurrent is not None:
-        slots = min(slots, max_concurrent)
     result = estimate(trials, base_cpus, slots, vocab_sizes, budget_s=0.3, total_budget_s=3.0)
     seconds = {}
     for trial in trials:
