@@ -30,7 +30,7 @@ from charlm.cli import OneLineParser, fail
 from charlm.config import ConfigError
 from charlm.text import text_table
 from sweeps import interrupt
-from sweeps.grid import PRESETS, GridSpec, TrialSpec, expand, load_grid, parse_overrides
+from sweeps.grid import PRESETS, GridSpec, TrialSpec, expand, load_grid
 from sweeps.launch import (
     MemoryRow,
     Placement,
@@ -201,11 +201,7 @@ def _add_store_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="shorten every trial to N steps (each still evaluates at its end)",
     )
-    add(
-        "--results", default="results", type=Path, help="result store directory (default: results/)"
-    )
     add("--name", help="sweep name in the store (default: the grid's name)")
-    add("--data-dir", help="dataset cache (default: $CHARLM_DATA_DIR, else the user cache)")
     add(
         "--max-failures",
         type=int,
@@ -226,9 +222,7 @@ def plan_trials(opts: AblationOptions) -> list[TrialSpec]:
         check_sweep_name(opts.name, "--name")
     else:
         check_sweep_name(spec.name, f"grid file {spec.source}: name" if spec.source else "name")
-    overrides = parse_overrides(opts.overrides)
-    if opts.data_dir:
-        overrides["data_dir"] = opts.data_dir
+    overrides = opts.overrides_dict()
     trials = expand(
         spec,
         factors=opts.factors,

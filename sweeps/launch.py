@@ -19,7 +19,7 @@ from charlm.config import ConfigError, ModelConfig, TrainConfig
 from charlm.data import check_block_size, load_dataset
 from charlm.text import format_clock
 from sweeps import interrupt
-from sweeps.grid import TrialSpec
+from sweeps.grid import TrialSpec, parse_overrides
 from sweeps.options import (
     Resources,
     available_memory_bytes,
@@ -81,6 +81,13 @@ class RunOptions:
     def from_args(cls: type[_Options], args: argparse.Namespace) -> _Options:
         """The options of ``args`` (already checked by ``sweeps.options.check_options``)."""
         return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
+
+    def overrides_dict(self) -> dict[str, Any]:
+        """The --set overrides (``sweeps.grid.parse_overrides``), with --data-dir's."""
+        overrides = parse_overrides(self.overrides)
+        if self.data_dir:
+            overrides["data_dir"] = self.data_dir
+        return overrides
 
     @property
     def embedded(self) -> bool:

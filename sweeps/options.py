@@ -121,10 +121,13 @@ def check_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 
 def add_run_options(parser: argparse.ArgumentParser, *, gpus_help: str) -> None:
-    """The options every sweep CLI shares: where it runs (a cluster or an embedded Ray),
+    """The options every sweep CLI shares: the result store, the dataset cache, where it
+    runs (a cluster or an embedded Ray),
     what a trial gets, where checkpoints go, ``--set`` and ``--verbose``. ``gpus_help`` says
     what ``--gpus-per-trial`` defaults to (None: the CLI decides)."""
     add = parser.add_argument
+    add("--results", type=Path, default=Path("results"), help="result store directory")
+    add("--data-dir", help="dataset cache (default: $CHARLM_DATA_DIR, else the user cache)")
     add(
         "--cluster",
         metavar="YAML",
