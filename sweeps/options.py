@@ -195,10 +195,7 @@ def check_sweep_name(name: str, option: str) -> None:
 def local_node(num_cpus: float | None, num_gpus: float | None) -> dict[str, float]:
     """The resources the embedded local Ray will have: the counts given, else this machine's
     CPUs (those this process may run on) and NVIDIA GPUs (CUDA_VISIBLE_DEVICES, else the
-    driver's list in /proc)."""
-    for option, value in (("--num-cpus", num_cpus), ("--num-gpus", num_gpus)):
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise ConfigError(f"{option} {value:g}: give a number >= 0 (default: all).")
+    driver's list in /proc). The counts given are checked already (``OPTION_DOMAINS``)."""
     if num_cpus is None:
         num_cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                          else os.cpu_count() or 1)  # fmt: skip
