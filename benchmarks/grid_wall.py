@@ -7,9 +7,9 @@ Runs the notebook preset shortened to ``--steps`` steps x ``--seeds`` seeds (22 
 default) twice, back to back in one process:
 
 1. **The service**, as ``python sweeps/ablation.py`` runs it: an embedded Ray on ``--cores``
-   CPUs, the trials longest first with the tail widened onto free CPUs (``sweeps.schedule``),
-   one CPU per trial, evaluation within its budget (``charlm.evaluation``), probes, samples,
-   checkpoints and the Parquet store. Timed from Ray's start to its shutdown.
+   CPUs, the trials longest first (``sweeps.schedule``), one CPU per trial, evaluation
+   within its budget (``charlm.evaluation``), probes, samples, checkpoints and the Parquet
+   store. Timed from Ray's start to its shutdown.
 2. **The notebook loop**: the same trainings (same configs, seeds, batches and
    initialisation) one after the other with all threads, evaluating as the notebook does:
    ``eval_iters`` (200) fresh random batches per split at every evaluation, and a 300-token
@@ -56,11 +56,11 @@ from charlm.train import lr_at
 from sweeps.ablation import param_space, schedule_trials
 from sweeps.grid import PRESETS, TrialSpec, expand
 from sweeps.launch import prepare_datasets
-from sweeps.runner import Resources, connect, run_trials
+from sweeps.runner import Resources, RunSettings, connect, run_trials
 from sweeps.schema import read_table
 from sweeps.store import ResultStore
 
-SUBSET = ["n_layer", "block_size"]  # the longest and the shortest trials: the tail's case
+SUBSET = ["n_layer", "block_size"]  # the longest and the shortest trials
 SAMPLE_TOKENS = 300
 PAIRED_STEPS = 5  # training steps per model per round of the paired step timing
 LOOP_MODELS = {"notebook": False, "charlm": True}  # --loop-model -> GPT(fast_dropout=...)
@@ -94,12 +94,12 @@ def service(trials: list[TrialSpec], cores: int) -> Run:
         connected = time.time()
         try:
             resources = Resources(cpus_per_trial=1.0)
-            ordered, widened, line, _ = schedule_trials(trials, resources, vocab_sizes)
+            ordered, line, _ = schedule_trials(trials, resources, vocab_sizes)
             planned = time.time()
             print(f"  {line}", flush=True)
             run_trials(
-                connection, store, param_space(ordered, widened), name="grid_wall",
-                total=len(ordered), resources=resources, progress=False,
+                connection, store, param_space(ordered), RunSettings(
+                    name="grid_wall", total=len(ordered), resources=resources, progress=False),
             )  # fmt: skip
         finally:
             ray.shutdown()
@@ -260,14 +260,12 @@ def report(
     loop_model: str, ratios: dict | None,
 ) -> str:  # fmt: skip
     ratio = svc.wall_s / loop.wall_s
-    widened = sorted({t for t in svc.threads.values() if t != 1})
     model = ("the notebook's model: torch's dropout, SDPA dropout_p" if loop_model == "notebook"
              else "the service's model: charlm's CPU dropout path")  # fmt: skip
     lines = [
         f"notebook preset, {trials[0].train.max_iters} steps x "
         f"{len({t.seed for t in trials})} seeds: {len(trials)} trials on {cores} cores",
-        f"service (LPT order, tail on free CPUs, budgeted evaluation): {svc.wall_s:8.1f} s"
-        + (f"  (threads used: 1 and {widened})" if widened else ""),
+        f"service (LPT order, budgeted evaluation): {svc.wall_s:8.1f} s",
         f"notebook loop ({cores} threads, {eval_iters} batches per split per evaluation, "
         f"{model}): {loop.wall_s:8.1f} s",
         f"ratio service / loop: {ratio:.3f}  (target <= 0.50: "

@@ -36,7 +36,7 @@ import ray
 from charlm.train import train
 from sweeps.ablation import param_space
 from sweeps.grid import PRESETS, TrialSpec, expand
-from sweeps.runner import Resources, connect, run_trials
+from sweeps.runner import Resources, RunSettings, connect, run_trials
 from sweeps.schema import read_table
 from sweeps.store import ResultStore
 
@@ -88,8 +88,9 @@ def service(specs: list[TrialSpec], cpus_per_trial: float) -> Timing:
         fit_start = time.time()
         try:
             run_trials(
-                connection, store, param_space(specs), name="overhead", total=len(specs),
-                resources=Resources(cpus_per_trial=cpus_per_trial), progress=False,
+                connection, store, param_space(specs), RunSettings(
+                    name="overhead", total=len(specs),
+                    resources=Resources(cpus_per_trial=cpus_per_trial), progress=False),
             )  # fmt: skip
         finally:
             ray.shutdown()

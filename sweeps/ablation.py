@@ -30,7 +30,7 @@ from charlm.cli import OneLineParser, fail
 from charlm.config import ConfigError
 from charlm.text import text_table
 from sweeps import interrupt
-from sweeps.grid import PRESETS, GridSpec, TrialSpec, expand, load_grid, parse_overrides
+from sweeps.grid import PRESETS, GridSpec, TrialSpec, expand, load_grid
 from sweeps.launch import (
     MemoryRow,
     Placement,
@@ -201,11 +201,7 @@ def _add_store_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="shorten every trial to N steps (each still evaluates at its end)",
     )
-    add(
-        "--results", default="results", type=Path, help="result store directory (default: results/)"
-    )
     add("--name", help="sweep name in the store (default: the grid's name)")
-    add("--data-dir", help="dataset cache (default: $CHARLM_DATA_DIR, else the user cache)")
     add(
         "--max-failures",
         type=int,
@@ -226,9 +222,7 @@ def plan_trials(opts: AblationOptions) -> list[TrialSpec]:
         check_sweep_name(opts.name, "--name")
     else:
         check_sweep_name(spec.name, f"grid file {spec.source}: name" if spec.source else "name")
-    overrides = parse_overrides(opts.overrides)
-    if opts.data_dir:
-        overrides["data_dir"] = opts.data_dir
+    overrides = opts.overrides_dict()
     trials = expand(
         spec,
         factors=opts.factors,
@@ -256,18 +250,12 @@ def summary_table(store_rows: list[dict[str, Any]]) -> str:
     return "\n".join(text_table(header, rows, right={3, 4, 5}))
 
 
-def param_space(trials: list[TrialSpec], cpus: dict[str, float] | None = None) -> dict[str, Any]:
+def param_space(trials: list[TrialSpec]) -> dict[str, Any]:
     """Tune's param_space: one grid entry per trial (``TrialSpec.params()``), in the order
-    given (Tune starts them in that order); ``cpus`` gives a trial's CPUs where it differs
-    from the run's default."""
+    given (Tune starts them in that order)."""
     from ray import tune
 
-    cpus = cpus or {}
-    return {
-        "trial": tune.grid_search(
-            [{**trial.params(), "cpus": cpus.get(trial.trial_id)} for trial in trials]
-        )
-    }
+    return {"trial": tune.grid_search([trial.params() for trial in trials])}
 
 
 def _dry_run(opts: AblationOptions, plan: _Plan) -> None:
@@ -308,7 +296,7 @@ def _check(opts: AblationOptions) -> _Plan:
     design = design_of(opts, trials)
     vocab_sizes = prepare_datasets(trials)
     if placement.node is not None:  # this machine is the whole cluster
-        per_node = _per_node(placement.node, placement.resources, len(trials))
+        per_node = min(placement.resources.slots(placement.node), len(trials))
         check_local_memory(_memory_rows(trials, vocab_sizes), per_node)
     if design is not None and not opts.dry_run:
         ResultStore(opts.results)  # the design is recorded inside a store
@@ -338,14 +326,6 @@ def _memory_rows(trials: list[TrialSpec], vocab_sizes: dict[str, int]) -> list[M
     return [
         (config_label(t.factor, t.level), t.model, t.train, vocab_sizes[t.dataset]) for t in trials
     ]
-
-
-def _per_node(node: dict[str, float], resources: Resources, n_trials: int) -> int:
-    """How many trials Ray may run at once on ``node``."""
-    fit = math.floor(node.get("CPU", 0) / resources.cpus_per_trial + 1e-9)
-    if resources.gpus_per_trial > 0:
-        fit = min(fit, math.floor(node.get("GPU", 0) / resources.gpus_per_trial + 1e-9))
-    return max(1, min(fit, resources.max_concurrent or fit, n_trials))
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
@@ -420,30 +400,17 @@ def _todo(
 
 def schedule_trials(
     todo: list[TrialSpec], resources: Resources, vocab_sizes: dict[str, int]
-) -> tuple[list[TrialSpec], dict[str, float], str, dict[str, float]]:
-    """The trials in start order (longest first), the CPUs of the widened tail, a line
-    saying so (``sweeps.schedule``), and each trial's estimated seconds (for the progress
-    line's ETA); on the connected Ray."""
+) -> tuple[list[TrialSpec], str, dict[str, float]]:
+    """The trials in start order (longest first), a line saying so (``sweeps.schedule``),
+    and each trial's estimated seconds (for the progress line's ETA); on the connected Ray."""
     import ray
 
     from sweeps.schedule import plan_grid
 
-    cores = ray.cluster_resources().get("CPU", 1.0)
-    node_cpus = max(
-        (node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")),
-        default=cores,
-    )
-    schedule = plan_grid(
-        todo, cores, base_cpus=resources.cpus_per_trial, max_cpus=node_cpus,
-        max_concurrent=resources.max_concurrent, vocab_sizes=vocab_sizes,
-        widen=resources.gpus_per_trial == 0,
-    )  # fmt: skip
+    schedule = plan_grid(todo, resources.slots(ray.cluster_resources()),
+                         base_cpus=resources.cpus_per_trial, vocab_sizes=vocab_sizes)  # fmt: skip
     by_id = {trial.trial_id: trial for trial in todo}
-    widened = {
-        trial: cpus for trial, cpus in schedule.cpus.items() if cpus != resources.cpus_per_trial
-    }
-    order = [by_id[trial] for trial in schedule.order]
-    return order, widened, schedule.describe(), schedule.seconds
+    return [by_id[trial] for trial in schedule.order], schedule.describe(), schedule.seconds
 
 
 @dataclass
@@ -521,7 +488,7 @@ def _check_cluster(
         largest = max(fits, key=lambda n: n.get("memory", 0))
         check_memory(
             _memory_rows(todo or plan.trials, plan.vocab_sizes),
-            _per_node(largest, resources, len(todo)),
+            min(resources.slots(largest), max(1, len(todo))),
             largest.get("memory", math.inf),
             "the largest node (Ray's memory resource)",
         )
@@ -532,26 +499,20 @@ def _run_rounds(
     opts: AblationOptions, plan: _Plan, rounds: SeedRounds, launch: _Launch, store: ResultStore
 ) -> SweepOutcome:
     """Run the rounds: one for fixed seeds; --seeds auto adds rounds until resolved."""
-    from sweeps.runner import SweepOutcome, run_trials
+    from sweeps.runner import RunSettings, SweepOutcome, run_trials
 
     outcome = SweepOutcome()
     todo = launch.todo
     while todo:
-        todo, widened, line, seconds = schedule_trials(todo, launch.resources, plan.vocab_sizes)
+        todo, line, seconds = schedule_trials(todo, launch.resources, plan.vocab_sizes)
         print(line, flush=True)
-        result = run_trials(
-            launch.connection,
-            store,
-            param_space(todo, widened),
-            name=todo[0].sweep,
-            total=len(todo),
-            resources=launch.resources,
+        settings = RunSettings(
+            name=todo[0].sweep, total=len(todo), resources=launch.resources,
             max_iters={t.trial_id: t.train.max_iters for t in todo},
-            max_failures=opts.max_failures,
-            waiting=launch.waiting,
-            estimates=seconds,
+            max_failures=opts.max_failures, waiting=launch.waiting, estimates=seconds,
             state_every_s=opts.state_every,
-        )
+        )  # fmt: skip
+        result = run_trials(launch.connection, store, param_space(todo), settings)
         outcome.ok += result.ok
         outcome.failed.update(result.failed)
         outcome.wall_time_s += result.wall_time_s

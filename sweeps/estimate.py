@@ -392,7 +392,6 @@ def estimate(
     vocab_size_by_dataset: Mapping[str, int] | None = None,
     *,
     measure: bool = True,
-    device: str = "cpu",
     overhead_s: float = DEFAULT_OVERHEAD_S,
     budget_s: float = 0.5,
     total_budget_s: float = 5.0,
@@ -402,8 +401,8 @@ def estimate(
     ``cpus_per_trial`` sets the torch threads of the timing runs (at least 1);
     ``concurrent`` is how many trials run at once (cluster CPUs // CPUs per trial, or the
     GPU slots); ``vocab_size_by_dataset`` gives each dataset's vocabulary size (defaults:
-    KNOWN_VOCAB_SIZES, else 256). Each distinct model shape and batch size is timed once,
-    for about ``budget_s`` seconds (one step at least), on ``device``; once timing has taken
+    KNOWN_VOCAB_SIZES, else 256). Each distinct model shape and batch size is timed once
+    on the CPU, for about ``budget_s`` seconds (one step at least); once timing has taken
     ``total_budget_s``, the remaining configurations are priced by their FLOPs at the speed
     measured so far.
     """
@@ -413,74 +412,71 @@ def estimate(
     for trial in trials:
         config_id = trial_id(trial.model, dataclasses.replace(trial.train, seed=0))
         groups.setdefault(config_id, []).append(trial)
-
-    counted: dict[ModelConfig, tuple[int, int]] = {}
-    timed: dict[tuple[ModelConfig, int], StepTiming] = {}
+    models = {
+        key: with_vocab(ts[0].model, ts[0].dataset, vocab_sizes) for key, ts in groups.items()
+    }
     measuring_started = time.perf_counter()
     load = os.getloadavg()[0] if measure and hasattr(os, "getloadavg") else None
+    counted: dict[ModelConfig, tuple[int, int]] = {}
+    timed: dict[tuple[ModelConfig, int], StepTiming] | None = None
     if measure:
-        keys = {  # distinct (model, batch size), in grid order
-            (with_vocab(members[0].model, members[0].dataset, vocab_sizes),
-             members[0].train.batch_size): None
-            for members in groups.values()
-        }  # fmt: skip
-        timed, counted = _measure(list(keys), threads, device, budget_s, total_budget_s)
-    rows = []
-    for config_id, members in groups.items():
-        first = members[0]
-        model = with_vocab(first.model, first.dataset, vocab_sizes)
-        train = first.train
-        timing = None
-        key = (model, train.batch_size)
-        if model not in counted:
-            counted[model] = _count(model)
-        n_params, flops_per_token = counted[model]
-        if measure:
-            timing = timed.get(key)
-            if timing is None:  # out of time: price the FLOPs at the speed measured so far
-                seconds_per_flop = _seconds_per_flop(timed, counted)
-                timing = StepTiming(
-                    seconds_per_step=seconds_per_flop
-                    * flops_per_token
-                    * train.batch_size
-                    * model.block_size,
-                    timed_batch_size=0,
-                    timed_steps=0,
-                    threads=threads,
-                    device=device,
-                    method="flops",
-                )
-        train_tokens = train.max_iters * train.batch_size * model.block_size
-        passes = eval_passes(train)
-        eval_tokens = passes * eval_tokens_per_pass(model, train)
-        rows.append(
-            ConfigEstimate(
-                config_id=config_id,
-                dataset=first.dataset,
-                factor=first.factor,
-                level=first.level,
-                trial_ids=tuple(trial.trial_id for trial in members),
-                n_params=n_params,
-                flops_per_token=flops_per_token,
-                train_steps=train.max_iters,
-                train_tokens=train_tokens,
-                eval_passes=passes,
-                eval_tokens=eval_tokens,
-                flops=float(flops_per_token) * (train_tokens + eval_tokens / 3),
-                timing=timing,
-            )
-        )
-    measured_on = (
-        f"{device}, {threads} thread{'s' if threads != 1 else ''} per trial" if measure else ""
-    )
+        keys = {(models[key], ts[0].train.batch_size): None for key, ts in groups.items()}
+        timed, counted = _measure(list(keys), threads, "cpu", budget_s, total_budget_s)
+    rows = [_row(key, ts, models[key], counted, timed) for key, ts in groups.items()]
     return Estimate(
         rows=tuple(rows),
         cpus_per_trial=cpus_per_trial,
         concurrent=max(1, concurrent),
         overhead_s=overhead_s,
-        measured_on=measured_on,
+        measured_on=f"cpu, {threads} thread{'s' if threads != 1 else ''} per trial"
+        if measure
+        else "",
         measuring_s=time.perf_counter() - measuring_started,
         load_average=load,
+    )
+
+
+def _row(
+    config_id: str,
+    members: list[TrialSpec],
+    model: ModelConfig,
+    counted: dict[ModelConfig, tuple[int, int]],
+    timed: Mapping[tuple[ModelConfig, int], StepTiming] | None,
+) -> ConfigEstimate:
+    """The estimate of one configuration (``members`` its trials); ``timed`` None: not
+    measured; a configuration it lacks (out of time) is priced by its FLOPs at the speed
+    measured on the others."""
+    first, train = members[0], members[0].train
+    if model not in counted:
+        counted[model] = _count(model)
+    n_params, flops_per_token = counted[model]
+    timing = None
+    if timed is not None:
+        timing = timed.get((model, train.batch_size))
+    if timed is not None and timing is None:
+        step_flops = flops_per_token * train.batch_size * model.block_size
+        any_timing = next(iter(timed.values()))
+        timing = dataclasses.replace(
+            any_timing, seconds_per_step=_seconds_per_flop(timed, counted) * step_flops,
+            timed_batch_size=0, timed_steps=0, method="flops",
+        )  # fmt: skip
+    train_tokens = train.max_iters * train.batch_size * model.block_size
+    passes = eval_passes(train)
+    eval_tokens = passes * eval_tokens_per_pass(model, train)
+    return ConfigEstimate(
+        config_id=config_id,
+        dataset=first.dataset,
+        factor=first.factor,
+        level=first.level,
+        trial_ids=tuple(trial.trial_id for trial in members),
+        n_params=n_params,
+        flops_per_token=flops_per_token,
+        train_steps=train.max_iters,
+        train_tokens=train_tokens,
+        eval_passes=passes,
+        eval_tokens=eval_tokens,
+        flops=float(flops_per_token) * (train_tokens + eval_tokens / 3),
+        timing=timing,
     )
 
 

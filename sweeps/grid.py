@@ -97,32 +97,24 @@ def _normalize(name: str, value: Any) -> Any:
     '0.0' are one dropout), integral floats in int fields become ints, and numeric strings
     become numbers (YAML 1.1 reads ``3e-4`` as a string)."""
     kind = _TYPES.get(name)
-    if value is None or isinstance(value, bool):
+    if kind not in (int, float) or value is None or isinstance(value, bool):
         return value
-    if kind is float:
-        if isinstance(value, int):
-            try:
-                return float(value)
-            except OverflowError:  # beyond any float: the field's domain refuses it
-                return value
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                return value
-        if isinstance(value, float):
-            return value + 0.0  # -0.0 -> 0.0
-    if kind is int:
-        number = value
-        if isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                return value
-        if isinstance(number, float) and math.isfinite(number) and number.is_integer():
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+    if kind is float and isinstance(number, int):
+        try:
+            return float(number)
+        except OverflowError:  # beyond any float: the field's domain refuses it
+            return number
+    if isinstance(number, float):
+        if kind is int and math.isfinite(number) and number.is_integer():
             return int(number)
-        return number
-    return value
+        return number + 0.0  # -0.0 -> 0.0
+    return number
 
 
 def _level_label(factor: str, level: Mapping[str, Any]) -> str:
@@ -191,6 +183,41 @@ def _check_fields(names: Iterable[tuple[str, str]]) -> None:
             f"{name} ({where}{_suggest(name, _FIELDS, '; ')})" for name, where in unknown
         )
         raise GridError(f"unknown config field(s) {listed}: valid fields are {', '.join(_FIELDS)}.")
+
+
+def _level(factor: str, raw: Any) -> dict[str, Any]:
+    """One level of ``factor``, as a mapping of fields to normalised values."""
+    if isinstance(raw, Mapping):
+        if not raw:
+            raise GridError(
+                f"factor {factor} has an empty level {{}}: give each level at least one field."
+            )
+        level = dict(raw)
+    elif isinstance(raw, list | tuple | set):
+        raise GridError(
+            f"factor {factor} level {raw!r} is a list: a level is one value or a "
+            "mapping of fields to values."
+        )
+    elif factor in _FIELDS:
+        level = {factor: raw}
+    else:
+        raise GridError(
+            f"factor {factor} level {raw!r} is a bare value but {factor} is not a "
+            f"config field{_suggest(factor, _FIELDS)}: give a mapping such as "
+            "{n_embed: 32, n_head: 2}, or name the factor after the field it sets."
+        )
+    _check_fields((str(name), f"factor {factor}") for name in level)
+    for name in level:
+        if name in AXIS_FIELDS:
+            raise GridError(
+                f"factor {factor} sets {name}: vary it with the grid's {name}s, not with a factor."
+            )
+        if name in MACHINE_FIELDS:
+            raise GridError(
+                f"factor {factor} sets {name}, which says where a trial runs and is "
+                "not part of its identity: set it for every trial (e.g. --device)."
+            )
+    return {name: _normalize(name, value) for name, value in level.items()}
 
 
 @dataclass(frozen=True)
@@ -262,41 +289,7 @@ class GridSpec:
             )
         if not raw_levels:
             raise GridError(f"factor {factor} has no levels: list at least one, or remove it.")
-        levels = []
-        for raw in raw_levels:
-            if isinstance(raw, Mapping):
-                if not raw:
-                    raise GridError(
-                        f"factor {factor} has an empty level {{}}: give each level at least "
-                        "one field."
-                    )
-                level = dict(raw)
-            elif isinstance(raw, list | tuple | set):
-                raise GridError(
-                    f"factor {factor} level {raw!r} is a list: a level is one value or a "
-                    "mapping of fields to values."
-                )
-            elif factor in _FIELDS:
-                level = {factor: raw}
-            else:
-                raise GridError(
-                    f"factor {factor} level {raw!r} is a bare value but {factor} is not a "
-                    f"config field{_suggest(factor, _FIELDS)}: give a mapping such as "
-                    "{n_embed: 32, n_head: 2}, or name the factor after the field it sets."
-                )
-            _check_fields((str(name), f"factor {factor}") for name in level)
-            for name in level:
-                if name in AXIS_FIELDS:
-                    raise GridError(
-                        f"factor {factor} sets {name}: vary it with the grid's {name}s, "
-                        "not with a factor."
-                    )
-                if name in MACHINE_FIELDS:
-                    raise GridError(
-                        f"factor {factor} sets {name}, which says where a trial runs and is "
-                        "not part of its identity: set it for every trial (e.g. --device)."
-                    )
-            levels.append({name: _normalize(name, value) for name, value in level.items()})
+        levels = [_level(factor, raw) for raw in raw_levels]
         labels = [_level_label(factor, level) for level in levels]
         repeated = sorted({label for label in labels if labels.count(label) > 1})
         if repeated:
@@ -460,14 +453,45 @@ def load_grid(path: str | Path) -> GridSpec:
     """
     path = Path(path)
     where = str(path)
+    raw = _grid_mapping(path)
+    extends = raw.get("extends", DEFAULT_PRESET)
+    if not isinstance(extends, str) or extends not in PRESETS:
+        raise GridError(
+            f"grid file {where}: extends={extends!r} is not a preset; use one of "
+            f"{', '.join(PRESETS)}."
+        )
+    parent = PRESETS[extends]
+    baseline = raw.get("baseline") or {}
+    factors = raw["factors"] if raw["factors"] is not None else {}
+    for key, value, example in (
+        ("baseline", baseline, "baseline: {n_layer: 2, max_iters: 1000}"),
+        ("factors", factors, "factors: {n_head: [1, 8]}"),
+    ):
+        if not isinstance(value, dict):
+            raise GridError(
+                f"grid file {where}: {key} is a {type(value).__name__}, not a mapping; "
+                f"write e.g. '{example}'."
+            )
     try:
-        found = is_regular_file(path, f"grid file {where}", "a grid YAML file")
+        return GridSpec(
+            name=raw.get("name", path.stem),
+            baseline={**parent.baseline, **baseline},
+            factors=factors,
+            datasets=raw.get("datasets", parent.datasets),
+            seeds=raw.get("seeds", parent.seeds),
+            source=where,
+        )
     except ConfigError as error:
-        raise GridError(str(error)) from None
+        raise GridError(f"grid file {where}: {error}") from None
+
+
+def _grid_mapping(path: Path) -> dict[Any, Any]:
+    """The grid file's top-level mapping: readable, valid YAML, known keys, with factors."""
+    where = str(path)
     try:
-        if not found:
+        if not is_regular_file(path, f"grid file {where}", "a grid YAML file"):
             raise FileNotFoundError(where)
-        text = path.read_text(encoding="utf-8")
+        raw = safe_load_unique(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise GridError(
             f"grid file {where}: no such file; give the path of a grid YAML file or a preset "
@@ -477,12 +501,11 @@ def load_grid(path: str | Path) -> GridSpec:
         raise GridError(
             f"grid file {where}: cannot be read ({error}); give a readable UTF-8 YAML file."
         ) from None
-    try:
-        raw = safe_load_unique(text)
     except yaml.YAMLError as error:
         raise GridError(f"grid file {where}: not valid YAML: {_yaml_problem(error)}.") from None
-    if raw is None:
-        raw = {}
+    except ConfigError as error:
+        raise GridError(str(error)) from None
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise GridError(
             f"grid file {where}: the top level is a {type(raw).__name__}, not a mapping; "
@@ -499,36 +522,7 @@ def load_grid(path: str | Path) -> GridSpec:
             f"grid file {where}: no factors; add e.g. 'factors: {{n_head: [1, 8]}}' "
             "(or 'factors: {}' to run the baseline alone)."
         )
-    extends = raw.get("extends", DEFAULT_PRESET)
-    if not isinstance(extends, str) or extends not in PRESETS:
-        raise GridError(
-            f"grid file {where}: extends={extends!r} is not a preset; use one of "
-            f"{', '.join(PRESETS)}."
-        )
-    parent = PRESETS[extends]
-    baseline = raw.get("baseline") or {}
-    if not isinstance(baseline, dict):
-        raise GridError(
-            f"grid file {where}: baseline is a {type(baseline).__name__}, not a mapping; "
-            "write e.g. 'baseline: {n_layer: 2, max_iters: 1000}'."
-        )
-    factors = raw["factors"] if raw["factors"] is not None else {}
-    if not isinstance(factors, dict):
-        raise GridError(
-            f"grid file {where}: factors is a {type(factors).__name__}, not a mapping; "
-            "write e.g. 'factors: {n_head: [1, 8]}'."
-        )
-    try:
-        return GridSpec(
-            name=raw.get("name", path.stem),
-            baseline={**parent.baseline, **baseline},
-            factors=factors,
-            datasets=raw.get("datasets", parent.datasets),
-            seeds=raw.get("seeds", parent.seeds),
-            source=where,
-        )
-    except ConfigError as error:
-        raise GridError(f"grid file {where}: {error}") from None
+    return raw
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
@@ -710,38 +704,8 @@ def expand(
         except ConfigError as error:
             raise GridError(str(error)) from None
     fixed = _check_overrides(spec, selected, overrides)
-
-    dataset_errors: list[str] = []
-    valid_datasets = []
-    for dataset in dataset_values:
-        try:
-            TrainConfig(dataset=dataset)
-        except ConfigError as error:
-            dataset_errors.append(str(error).rstrip("."))
-        else:
-            valid_datasets.append(dataset)
-    placeholder = valid_datasets[0] if valid_datasets else TrainConfig().dataset
-
-    entries: list[tuple[str, str, str, dict[str, Any]]] = [(BASELINE, BASELINE, BASELINE, {})]
-    for factor in selected:
-        for level in spec.factors[factor]:
-            entries.append((factor, _level_label(factor, level), _describe(factor, level), level))
-
-    errors: list[str] = []
-    built: list[tuple[str, str, ModelConfig, TrainConfig]] = []
-    baseline_error = None
-    for factor, label, description, level in entries:
-        try:
-            model, train = _build({**spec.baseline, **level, **fixed}, placeholder, max_iters)
-        except ConfigError as error:
-            message = str(error).rstrip(".")
-            if factor == BASELINE:
-                baseline_error = message
-            elif message == baseline_error:
-                continue  # the baseline's own problem, reported once
-            errors.append(f"{description}: {message}")
-            continue
-        built.append((factor, label, model, train))
+    dataset_errors, valid = _check_datasets(dataset_values)
+    built, errors = _build_levels(spec, selected, fixed, valid[0] if valid else None, max_iters)
     if errors or dataset_errors:
         counts = [
             f"{n} invalid {what}{'s' if n != 1 else ''}"
@@ -749,7 +713,6 @@ def expand(
             if n
         ]
         raise GridError(f"{' and '.join(counts)}{where}: {'; '.join(dataset_errors + errors)}.")
-
     planned = len(dataset_values) * len(seed_values) * len(built)
     if planned > MAX_TRIALS:
         raise GridError(
@@ -758,29 +721,73 @@ def expand(
             f"{MAX_TRIALS:,}): give at most {MAX_TRIALS // (len(built) * len(dataset_values)):,} "
             "seeds."
         )
-    trials: list[TrialSpec] = []
-    seen: set[str] = set()
-    for dataset in dataset_values:
-        for seed in seed_values:
+    return _trials(spec.name, dataset_values, seed_values, built)
+
+
+def _check_datasets(datasets: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the problems of the datasets no trial can use, the others)."""
+    errors, valid = [], []
+    for dataset in datasets:
+        try:
+            TrainConfig(dataset=dataset)
+        except ConfigError as error:
+            errors.append(str(error).rstrip("."))
+        else:
+            valid.append(dataset)
+    return errors, valid
+
+
+def _trials(
+    sweep: str,
+    datasets: Sequence[str],
+    seeds: Sequence[int],
+    built: list[tuple[str, str, ModelConfig, TrainConfig]],
+) -> list[TrialSpec]:
+    """For each dataset, each seed, each built config: its trial; a repeated id (a level
+    equal to the baseline or an earlier level) keeps its first label."""
+    trials: dict[str, TrialSpec] = {}
+    for dataset in datasets:
+        for seed in seeds:
             for factor, label, model, train in built:
                 train_cfg = dataclasses.replace(train, dataset=dataset, seed=seed)
                 identity = trial_id(model, train_cfg)
-                if identity in seen:
-                    continue
-                seen.add(identity)
-                trials.append(
-                    TrialSpec(
-                        trial_id=identity,
-                        sweep=spec.name,
-                        dataset=dataset,
-                        factor=factor,
-                        level=label,
-                        seed=seed,
-                        model=model,
-                        train=train_cfg,
-                    )
+                trials.setdefault(
+                    identity,
+                    TrialSpec(identity, sweep, dataset, factor, label, seed, model, train_cfg),
                 )
-    return trials
+    return list(trials.values())
+
+
+def _build_levels(
+    spec: GridSpec,
+    selected: list[str],
+    fixed: dict[str, Any],
+    dataset: str | None,
+    max_iters: int | None,
+) -> tuple[list[tuple[str, str, ModelConfig, TrainConfig]], list[str]]:
+    """(factor, label, model, train) of the baseline and each selected level, and the
+    problems of those that cannot be built (a level failing as the baseline does is the
+    baseline's problem, reported once)."""
+    entries: list[tuple[str, str, str, dict[str, Any]]] = [(BASELINE, BASELINE, BASELINE, {})]
+    for factor in selected:
+        for level in spec.factors[factor]:
+            entries.append((factor, _level_label(factor, level), _describe(factor, level), level))
+    built, errors = [], []
+    baseline_error = None
+    for factor, label, description, level in entries:
+        try:
+            values = {**spec.baseline, **level, **fixed}
+            model, train = _build(values, dataset or TrainConfig().dataset, max_iters)
+        except ConfigError as error:
+            message = str(error).rstrip(".")
+            if factor == BASELINE:
+                baseline_error = message
+            elif message == baseline_error:
+                continue
+            errors.append(f"{description}: {message}")
+            continue
+        built.append((factor, label, model, train))
+    return built, errors
 
 
 def _build(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from charlm.config import ConfigError, ModelConfig, TrainConfig
 from charlm.data import check_block_size, load_dataset
 from charlm.text import format_clock
 from sweeps import interrupt
-from sweeps.grid import TrialSpec
+from sweeps.grid import TrialSpec, parse_overrides
 from sweeps.options import (
     Resources,
     available_memory_bytes,
@@ -83,6 +82,13 @@ class RunOptions:
         """The options of ``args`` (already checked by ``sweeps.options.check_options``)."""
         return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
 
+    def overrides_dict(self) -> dict[str, Any]:
+        """The --set overrides (``sweeps.grid.parse_overrides``), with --data-dir's."""
+        overrides = parse_overrides(self.overrides)
+        if self.data_dir:
+            overrides["data_dir"] = self.data_dir
+        return overrides
+
     @property
     def embedded(self) -> bool:
         """Does this run start its own Ray on this machine (no --cluster, no --address)?"""
@@ -127,9 +133,8 @@ def check_local_memory(rows: list[MemoryRow], per_node: int) -> None:
 def local_concurrency(opts: RunOptions) -> int:
     """How many trials run at once on this machine's CPUs (or --num-cpus): what a dry run
     prices."""
-    cpus = opts.num_cpus or os.cpu_count() or 1
-    concurrent = max(1, math.floor(cpus / opts.cpus_per_trial))
-    return min(concurrent, opts.max_concurrent) if opts.max_concurrent else concurrent
+    resources = Resources(opts.cpus_per_trial, max_concurrent=opts.max_concurrent)
+    return resources.slots({"CPU": opts.num_cpus or os.cpu_count() or 1})
 
 
 def lock_embedded(opts: RunOptions, stack: contextlib.ExitStack) -> None:

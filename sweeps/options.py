@@ -121,10 +121,13 @@ def check_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 
 def add_run_options(parser: argparse.ArgumentParser, *, gpus_help: str) -> None:
-    """The options every sweep CLI shares: where it runs (a cluster or an embedded Ray),
+    """The options every sweep CLI shares: the result store, the dataset cache, where it
+    runs (a cluster or an embedded Ray),
     what a trial gets, where checkpoints go, ``--set`` and ``--verbose``. ``gpus_help`` says
     what ``--gpus-per-trial`` defaults to (None: the CLI decides)."""
     add = parser.add_argument
+    add("--results", type=Path, default=Path("results"), help="result store directory")
+    add("--data-dir", help="dataset cache (default: $CHARLM_DATA_DIR, else the user cache)")
     add(
         "--cluster",
         metavar="YAML",
@@ -192,10 +195,7 @@ def check_sweep_name(name: str, option: str) -> None:
 def local_node(num_cpus: float | None, num_gpus: float | None) -> dict[str, float]:
     """The resources the embedded local Ray will have: the counts given, else this machine's
     CPUs (those this process may run on) and NVIDIA GPUs (CUDA_VISIBLE_DEVICES, else the
-    driver's list in /proc)."""
-    for option, value in (("--num-cpus", num_cpus), ("--num-gpus", num_gpus)):
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise ConfigError(f"{option} {value:g}: give a number >= 0 (default: all).")
+    driver's list in /proc). The counts given are checked already (``OPTION_DOMAINS``)."""
     if num_cpus is None:
         num_cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                          else os.cpu_count() or 1)  # fmt: skip
@@ -462,3 +462,11 @@ class Resources:
 
     def as_ray(self) -> dict[str, float]:
         return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
+
+    def slots(self, node: Mapping[str, float]) -> int:
+        """How many trials run at once on ``node`` (Ray resource names to amounts: a
+        machine, or the whole cluster), at least one."""
+        fit = math.floor(node.get("CPU", 0.0) / self.cpus_per_trial + _EPSILON)
+        if self.gpus_per_trial > 0:
+            fit = min(fit, math.floor(node.get("GPU", 0.0) / self.gpus_per_trial + _EPSILON))
+        return max(1, min(fit, self.max_concurrent or fit))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import functools
 import logging
 import math
 import os
@@ -34,7 +33,7 @@ from charlm.text import format_clock
 from charlm.train import MODEL_FILE
 from sweeps import interrupt
 from sweeps.options import DEFAULT_STATE_EVERY_S, ClusterError, Resources, load_cluster_config
-from sweeps.schema import config_label
+from sweeps.schema import config_label, pid_alive
 from sweeps.storage import (
     EXAMPLE,
     Storage,
@@ -50,13 +49,13 @@ from sweeps.store import ResultStore, TrialRecord
 from sweeps.trainable import PREVIOUS_FAILURE, error_line, member_dir, run_trial
 
 if TYPE_CHECKING:
-    from ray.tune.execution.placement_groups import PlacementGroupFactory
     from ray.tune.experiment import Trial
 
 __all__ = [
     "ClusterError",
     "Connection",
     "Resources",
+    "RunSettings",
     "SweepOutcome",
     "check_reachable",
     "connect",
@@ -277,16 +276,6 @@ def _node_label(node: dict[str, Any]) -> str:
 # ------------------------------------------------------------------ running
 
 
-def trial_resources(config: dict[str, Any], default: dict[str, float]) -> PlacementGroupFactory:
-    """Ray's resource request of one trial: ``default``, with the CPUs its config names
-    (``config["trial"]["cpus"]``, set by the schedule for the tail) when it names some."""
-    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
-
-    spec = config.get("trial")
-    cpus = spec.get("cpus") if isinstance(spec, dict) else None
-    return resource_dict_to_pg_factory({**default, "cpu": cpus} if cpus else default)
-
-
 @dataclass
 class SweepOutcome:
     """What happened to the trials this run launched."""
@@ -308,6 +297,36 @@ def describe_grid_trial(
 ) -> list[tuple[str, dict[str, Any]]]:
     """[(trial_id, store columns)] of a grid trial: both travel in its config."""
     return [(config["trial"]["trial_id"], config["trial"]["columns"])]
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What ``run_trials`` runs and how (beyond the connection, store and param_space).
+
+    ``total`` is the number of trials (for the progress view); ``max_iters`` maps trial
+    ids to their length, ``default_max_iters`` is the length of the others; ``estimates``
+    maps trial ids to their estimated seconds (``sweeps.estimate``), ``default_estimate_s``
+    is the others' (for the ETA; without either it extrapolates the steps done so far);
+    ``waiting`` (what only an autoscaler can provide) is shown while no trial runs. Tune's
+    experiment state (trial statuses, for ``Tuner.restore``, which no CLI uses) is uploaded
+    every ``state_every_s`` seconds.
+    """
+
+    name: str
+    total: int
+    resources: Resources = field(default_factory=Resources)
+    describe: Describe = describe_grid_trial
+    trainable: Callable[[dict[str, Any]], None] = run_trial
+    tune_config: tune.TuneConfig | None = None
+    max_iters: dict[str, int] = field(default_factory=dict)
+    default_max_iters: int | None = None
+    max_failures: int = DEFAULT_MAX_FAILURES
+    progress: bool = True
+    progress_period_s: float = 10.0
+    waiting: str | None = None
+    estimates: dict[str, float] = field(default_factory=dict)
+    default_estimate_s: float | None = None
+    state_every_s: float = DEFAULT_STATE_EVERY_S
 
 
 def _members(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -469,25 +488,8 @@ class _ProgressCallback(tune.Callback):
     val" waits for an evaluation after training started (step 0's loss ranks nothing).
     """
 
-    def __init__(
-        self,
-        total: int,
-        max_iters: dict[str, int],
-        default_max_iters: int | None,
-        period_s: float,
-        waiting: str | None = None,
-        describe: Describe = describe_grid_trial,
-        *,
-        estimates: dict[str, float] | None = None,
-        default_estimate_s: float | None = None,
-        slots: int = 1,
-    ):
-        self.total, self.max_iters, self.period_s = total, max_iters, period_s
-        self.waiting = waiting
-        self.describe = describe
-        self.default_max_iters = default_max_iters
-        self.estimates, self.default_estimate_s = estimates or {}, default_estimate_s
-        self.slots = max(1, slots)
+    def __init__(self, run: RunSettings, slots: int = 1):
+        self.run, self.slots = run, max(1, slots)
         self.start = time.monotonic()
         self.last_print = 0.0
         self.last_stamp: int | None = None
@@ -502,12 +504,12 @@ class _ProgressCallback(tune.Callback):
 
     def _estimate(self, trial: Trial) -> float | None:
         own_id = trial.config.get("trial", {}).get("trial_id")
-        return self.estimates.get(own_id, self.default_estimate_s)
+        return self.run.estimates.get(own_id, self.run.default_estimate_s)
 
     def eta_s(self, now: float) -> float | None:
         """Seconds left by the estimates, corrected by the trials seen so far; None
         without estimates."""
-        if not self.estimates and self.default_estimate_s is None:
+        if not self.run.estimates and self.run.default_estimate_s is None:
             return None
         evidence = [*self.observed.values(), *(v for k, v in self.partial.items()
                                                if k not in self.observed)]  # fmt: skip
@@ -529,31 +531,31 @@ class _ProgressCallback(tune.Callback):
             for tune_id, (first, estimate) in self.seen.items()
             if tune_id not in self.observed and estimate is not None
         ]
-        unseen_ids = [t for t in self.estimates if t not in self._seen_own_ids]
-        unseen = max(0, self.total - len(self.seen))
-        pending = sorted((self.estimates[t] for t in unseen_ids), reverse=True)[:unseen]
-        pending += [self.default_estimate_s or 0.0] * (unseen - len(pending))
+        unseen_ids = [t for t in self.run.estimates if t not in self._seen_own_ids]
+        unseen = max(0, self.run.total - len(self.seen))
+        pending = sorted((self.run.estimates[t] for t in unseen_ids), reverse=True)[:unseen]
+        pending += [self.run.default_estimate_s or 0.0] * (unseen - len(pending))
         left = running + [estimate * ratio for estimate in pending]
         return max(sum(left) / self.slots, max(left, default=0.0))
 
     def _line(self, trials: list[Trial]) -> str:
         finished = self.done + self.failed
-        running = min(sum(1 for t in trials if t.status == "RUNNING"), self.total - finished)
-        pending = self.total - finished - running
+        running = min(sum(1 for t in trials if t.status == "RUNNING"), self.run.total - finished)
+        pending = self.run.total - finished - running
         now = time.monotonic()
         eta = self.eta_s(now)
         if eta is None:  # no estimates: the share of steps done so far
-            fraction = min(1.0, sum(self.progress.values()) / max(1, self.total))
+            fraction = min(1.0, sum(self.progress.values()) / max(1, self.run.total))
             elapsed = now - self.start
             eta = max(0.0, elapsed * (1 - fraction) / fraction) if fraction > 0 else math.nan
         best = f"best val {self.best[0]:.4f} ({self.best[1]})" if self.best else "best val -"
         eta_text = format_clock(eta) if math.isfinite(eta) else "?"
         line = (
             f"[{format_clock(now - self.start)}] {self.done} done, {self.failed} failed, "
-            f"{running} running, {pending} pending of {self.total} | {best} | ETA {eta_text}"
+            f"{running} running, {pending} pending of {self.run.total} | {best} | ETA {eta_text}"
         )
-        if self.waiting and pending and not running:
-            line += f" | {self.waiting}"
+        if self.run.waiting and pending and not running:
+            line += f" | {self.run.waiting}"
         return line
 
     def _maybe_print(self, trials: list[Trial], force: bool = False) -> None:
@@ -561,7 +563,7 @@ class _ProgressCallback(tune.Callback):
         per second of the elapsed-time stamp: a line due in the same second as the last
         one waits for the next second (on_step_end), the newest state replacing it."""
         now = time.monotonic()
-        if not force and not self.pending and now - self.last_print < self.period_s:
+        if not force and not self.pending and now - self.last_print < self.run.progress_period_s:
             return
         stamp = int(now - self.start)
         if stamp == self.last_stamp:
@@ -580,7 +582,9 @@ class _ProgressCallback(tune.Callback):
                 self._seen_own_ids.add(own_id)
         if result.get("step") is not None:  # a failure before any evaluation has none
             own_id = trial.config.get("trial", {}).get("trial_id")
-            limit = self.max_iters.get(own_id) or self.default_max_iters or result["step"] or 1
+            limit = (
+                self.run.max_iters.get(own_id) or self.run.default_max_iters or result["step"] or 1
+            )
             self.progress[trial.trial_id] = min(1.0, result["step"] / limit)
             first, estimate = self.seen[trial.trial_id]
             if estimate and result["step"] > 0 and trial.trial_id not in self.observed:
@@ -601,7 +605,7 @@ class _ProgressCallback(tune.Callback):
 
     def _label(self, config: dict[str, Any], result: dict[str, Any]) -> str:
         """A grid trial's factor=level; a search trial's store trial id(s)."""
-        rows = self.describe(config, result)
+        rows = self.run.describe(config, result)
         columns = rows[0][1]
         if columns.get("kind") == "search":
             return "trial " + "+".join(trial_id for trial_id, _ in rows)
@@ -630,75 +634,40 @@ class _ProgressCallback(tune.Callback):
 
 
 def run_trials(
-    connection: Connection,
-    store: ResultStore,
-    param_space: dict[str, Any],
-    *,
-    name: str,
-    total: int,
-    resources: Resources,
-    describe: Describe = describe_grid_trial,
-    trainable: Callable[[dict[str, Any]], None] = run_trial,
-    tune_config: tune.TuneConfig | None = None,
-    max_iters: dict[str, int] | None = None,
-    default_max_iters: int | None = None,
-    max_failures: int = DEFAULT_MAX_FAILURES,
-    progress: bool = True,
-    progress_period_s: float = 10.0,
-    waiting: str | None = None,
-    estimates: dict[str, float] | None = None,
-    default_estimate_s: float | None = None,
-    state_every_s: float = DEFAULT_STATE_EVERY_S,
+    connection: Connection, store: ResultStore, param_space: dict[str, Any], run: RunSettings
 ) -> SweepOutcome:
     """Run the trials of ``param_space`` on ``connection``'s Ray and store every result.
 
-    ``total`` is the number of trials (for the progress view); ``max_iters`` maps trial
-    ids to their length, ``default_max_iters`` is the length of the others; ``estimates``
-    maps trial ids to their estimated seconds (``sweeps.estimate``), ``default_estimate_s``
-    is the others' (for the ETA; without either it extrapolates the steps done so far);
-    ``waiting`` (what only an autoscaler can provide) is shown while no trial runs.
     Checkpoints go to ``connection.storage``, one fresh experiment per run so a zombie
     trial of a killed driver never writes where this run reads; in the default storage
     (``RESULTS/_ray``) the runs of drivers that are gone are removed first, and this run's
     own when it ends (the store holds the results). After SIGINT/SIGTERM (see
     ``sweeps.interrupt``) every trial is stopped, finished ones are stored, and the others
-    are listed in ``outcome.interrupted``. Tune's experiment state (trial statuses, for
-    ``Tuner.restore``, which no CLI uses) is uploaded every ``state_every_s`` seconds.
+    are listed in ``outcome.interrupted``.
     """
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = f"{state_every_s:g}"
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = f"{run.state_every_s:g}"
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # A failed trial's last report has no val_loss; schedulers must not reject it.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # sweeps.interrupt handles it
     outcome = SweepOutcome()
-    callbacks: list[tune.Callback] = [_StoreCallback(store, describe, outcome),
+    callbacks: list[tune.Callback] = [_StoreCallback(store, run.describe, outcome),
                                       _KeepLatestCheckpoint()]  # fmt: skip
-    if progress:
-        view = _ProgressCallback(
-            total, max_iters or {}, default_max_iters, progress_period_s, waiting, describe,
-            estimates=estimates, default_estimate_s=default_estimate_s, slots=_slots(resources),
-        )  # fmt: skip
-        callbacks.append(view)
-    config = tune_config or tune.TuneConfig(reuse_actors=True)
-    if config.reuse_actors and not connection.reuse_actors:
-        config = replace(config, reuse_actors=False)  # see Connection
-    if resources.max_concurrent is not None:
-        config.max_concurrent_trials = resources.max_concurrent
+    if run.progress:
+        callbacks.append(_ProgressCallback(run, run.resources.slots(ray.cluster_resources())))
     storage_path = connection.storage.location
     if connection.storage.default:
         remove_leftover_runs(Path(storage_path))
-    run_name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    run_name = f"{run.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     tuner = tune.Tuner(
-        tune.with_resources(
-            trainable, functools.partial(trial_resources, default=resources.as_ray())
-        ),
+        tune.with_resources(run.trainable, run.resources.as_ray()),
         param_space=param_space,
-        tune_config=config,
+        tune_config=_tune_config(run, connection),
         run_config=tune.RunConfig(
             name=run_name,
             storage_path=storage_path,
-            failure_config=tune.FailureConfig(max_failures=max_failures),
+            failure_config=tune.FailureConfig(max_failures=run.max_failures),
             callbacks=callbacks,
             stop=_InterruptStopper(),
             verbose=0,
@@ -722,14 +691,15 @@ def run_trials(
     return outcome
 
 
-def _slots(resources: Resources) -> int:
-    """How many trials the connected Ray runs at once with ``resources`` per trial."""
-    cluster = ray.cluster_resources()
-    slots = math.floor(cluster.get("CPU", 1.0) / max(resources.cpus_per_trial, 1e-9) + 1e-9)
-    if resources.gpus_per_trial > 0:
-        gpu_slots = cluster.get("GPU", 0.0) / resources.gpus_per_trial + 1e-9
-        slots = min(slots, math.floor(gpu_slots))
-    return max(1, min(slots, resources.max_concurrent or slots))
+def _tune_config(run: RunSettings, connection: Connection) -> tune.TuneConfig:
+    """The caller's TuneConfig (default: reuse actors), without actor reuse where the
+    connection forbids it, and with the run's concurrency limit."""
+    config = run.tune_config or tune.TuneConfig(reuse_actors=True)
+    if config.reuse_actors and not connection.reuse_actors:
+        config = replace(config, reuse_actors=False)  # see Connection
+    if run.resources.max_concurrent is not None:
+        config.max_concurrent_trials = run.resources.max_concurrent
+    return config
 
 
 class _InterruptStopper(tune.Stopper):
@@ -827,19 +797,7 @@ def remove_leftover_runs(storage: Path) -> list[Path]:
         return removed
     for entry in storage.iterdir():
         match = _RUN_DIR.fullmatch(entry.name)
-        if match and entry.is_dir() and not _alive(int(match.group(1))):
+        if match and entry.is_dir() and not pid_alive(int(match.group(1))):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -66,6 +66,7 @@ __all__ = [
     "is_store",
     "lock_note",
     "mark_store",
+    "pid_alive",
     "planned_trials",
     "read_runs",
     "read_table",
@@ -239,18 +240,15 @@ def add_null_columns(table: str, part: pa.Table, names: Sequence[str]) -> pa.Tab
     return part
 
 
-def _upgrade_1_to_2(table: str, part: pa.Table) -> pa.Table:
-    """Version 1 -> 2: the columns version 2 added (``ADDED_COLUMNS[2]``), as nulls."""
-    return add_null_columns(table, part, ADDED_COLUMNS[2].get(table, ()))
-
-
-def _upgrade_2_to_3(table: str, part: pa.Table) -> pa.Table:
-    """Version 2 -> 3: the trials' ``dataset_sha256`` (``ADDED_COLUMNS[3]``), as nulls."""
-    return add_null_columns(table, part, ADDED_COLUMNS[3].get(table, ()))
+def _add_columns_of(version: int, table: str, part: pa.Table) -> pa.Table:
+    """Version ``version - 1`` -> ``version``: its added columns (``ADDED_COLUMNS``), as nulls."""
+    return add_null_columns(table, part, ADDED_COLUMNS[version].get(table, ()))
 
 
 # version v -> the function (table name, table as version v wrote it) -> table as v + 1 writes it
-UPGRADES: dict[int, Callable[[str, pa.Table], pa.Table]] = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3}
+UPGRADES: dict[int, Callable[[str, pa.Table], pa.Table]] = {
+    version - 1: functools.partial(_add_columns_of, version) for version in ADDED_COLUMNS
+}
 
 
 def conform(
@@ -261,24 +259,27 @@ def conform(
     are dropped."""
     schema = SCHEMAS[table].with_metadata({"schema_version": str(SCHEMA_VERSION)})
     if isinstance(rows, pa.Table):
-        length = rows.num_rows
-        columns = {
-            f.name: rows.column(f.name).cast(f.type)
-            if f.name in rows.column_names
-            else pa.nulls(length, f.type)
-            for f in schema
-        }
-    elif isinstance(rows, dict):
+        return _fit(rows, schema)
+    if isinstance(rows, dict):
         length = len(next(iter(rows.values()))) if rows else 0
         columns = {
             f.name: pa.array(rows[f.name], f.type) if f.name in rows else pa.nulls(length, f.type)
             for f in schema
         }
-    else:
-        return pa.Table.from_pylist(
-            [{name: row.get(name) for name in schema.names} for row in rows], schema=schema
-        )
-    return pa.table(columns, schema=schema)
+        return pa.table(columns, schema=schema)
+    return pa.Table.from_pylist(
+        [{name: row.get(name) for name in schema.names} for row in rows], schema=schema
+    )
+
+
+def _fit(part: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``part`` with ``schema``'s columns, cast, in its order; those it lacks as nulls."""
+    columns = [
+        part.column(f.name).cast(f.type) if f.name in part.column_names
+        else pa.nulls(part.num_rows, f.type)
+        for f in schema
+    ]  # fmt: skip
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def table_dir(root: str | Path, table: str) -> Path:
@@ -351,8 +352,13 @@ def holder_alive(root: str | Path) -> bool | None:
     match = re.match(r"pid (\d+) on host (\S+),", note)
     if match is None or match.group(2) != socket.gethostname():
         return None
+    return pid_alive(int(match.group(1)))
+
+
+def pid_alive(pid: int) -> bool:
+    """Does process ``pid`` exist on this host (one we may not signal counts)?"""
     try:
-        os.kill(int(match.group(1)), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
@@ -442,13 +448,7 @@ def _read_file(
             )  # fmt: skip
         if part.schema.equals(schema, check_metadata=False):
             return part
-        columns = []
-        for schema_field in schema:
-            if schema_field.name in part.column_names:
-                columns.append(part.column(schema_field.name).cast(schema_field.type))
-            else:
-                columns.append(pa.nulls(part.num_rows, schema_field.type))
-        return pa.Table.from_arrays(columns, schema=schema)
+        return _fit(part, schema)
     except FileNotFoundError:
         return None
     except (OSError, pa.ArrowException) as exc:

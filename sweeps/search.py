@@ -21,7 +21,6 @@ import dataclasses
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from charlm.cli import OneLineParser, deprecated_alias, fail
@@ -44,7 +43,6 @@ from sweeps.grid import (
     dataset_identity,
     dataset_sha256,
     expand,
-    parse_overrides,
     trial_columns,
     trial_id,
 )
@@ -179,9 +177,7 @@ def search_params(config: dict[str, Any]) -> list[SeedTrial]:
     base = config[BASE_KEY]
     label = ",".join(f"{name}={format_value(name, value)}" for name, value in sampled.items())
     trials = []
-    for offset in range(base.get("seeds_per_trial", 1)):
-        params = {**base["params"], **sampled}
-        params["seed"] = base["params"]["seed"] + offset
+    for params in _seed_params(base["params"], sampled, base.get("seeds_per_trial", 1)):
         model, train = split_config(params)
         columns = {
             "dataset": train.dataset,
@@ -195,6 +191,11 @@ def search_params(config: dict[str, Any]) -> list[SeedTrial]:
         }  # fmt: skip
         trials.append(SeedTrial(trial_id(model, train), params, columns))
     return trials
+
+
+def _seed_params(base: dict[str, Any], sampled: dict[str, Any], seeds: int) -> list[dict[str, Any]]:
+    """The flat params of a sampled config's seeds: consecutive seeds from the base's."""
+    return [{**base, **sampled, "seed": base["seed"] + offset} for offset in range(seeds)]
 
 
 def describe_search_trial(
@@ -314,9 +315,7 @@ def _add_trial_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_study_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--results", type=Path, default=Path("results"), help="result store (default results/)")
     add("--name", default="search", help="sweep name in the store and Optuna study name")
-    add("--data-dir", help="dataset cache (default: $CHARLM_DATA_DIR, else the user cache)")
     add(
         "--optuna-storage",
         help="Optuna storage URL (default sqlite:///RESULTS/optuna.db; "
@@ -352,9 +351,7 @@ def quiet_optuna() -> None:
 
 def _base_trial(args: SearchOptions) -> TrialSpec:
     """The preset's baseline on the chosen dataset, seed and length: what is not searched."""
-    overrides = parse_overrides(args.overrides)
-    if args.data_dir:
-        overrides["data_dir"] = args.data_dir
+    overrides = args.overrides_dict()
     searched = [name for name in overrides if name in SEARCH_SPACE]
     if searched:
         raise ConfigError(
@@ -403,9 +400,8 @@ def sampled_trials(base: TrialSpec, n_trials: int, seeds: int, seed: int) -> lis
     trials = []
     for _ in range(n_trials):
         values = {name: sample[kind](*args) for name, (kind, *args) in SEARCH_SPACE.items()}
-        for offset in range(seeds):
-            params = {**to_dict(base.model), **to_dict(base.train), **values}
-            params["seed"] = base.seed + offset
+        base_params = {**to_dict(base.model), **to_dict(base.train)}
+        for params in _seed_params(base_params, values, seeds):
             model, train = split_config(params)
             trials.append(
                 dataclasses.replace(
@@ -547,7 +543,7 @@ def _search(
     from ray.tune.schedulers import ASHAScheduler
 
     from sweeps.estimate import format_search_estimate
-    from sweeps.runner import run_trials
+    from sweeps.runner import RunSettings, run_trials
     from sweeps.search_study import StoreIdSearch
     from sweeps.study import optuna_storage
 
@@ -575,22 +571,15 @@ def _search(
         estimated, fraction = search_estimate(args, base, resources)
         per_trial_s = (estimated.trial_seconds or 0.0) * fraction / args.n_trials
         print(format_search_estimate(estimated, k, fraction).split("\n", 1)[1], flush=True)
-    return run_trials(
-        connection,
-        store,
-        {**_tune_space(), BASE_KEY: base_values},
-        name=args.name,
-        total=n_trials,
-        resources=resources,
-        describe=describe_search_trial,
-        default_max_iters=base.train.max_iters,
-        default_estimate_s=per_trial_s,
-        trainable=run_search_trial,
+    settings = RunSettings(
+        name=args.name, total=n_trials, resources=resources, describe=describe_search_trial,
+        trainable=run_search_trial, default_max_iters=base.train.max_iters,
+        default_estimate_s=per_trial_s, state_every_s=args.state_every,
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=n_trials, reuse_actors=True
         ),
-        state_every_s=args.state_every,
-    )
+    )  # fmt: skip
+    return run_trials(connection, store, {**_tune_space(), BASE_KEY: base_values}, settings)
 
 
 def _interrupted(

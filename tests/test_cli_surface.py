@@ -154,7 +154,7 @@ def test_progress_lines_never_share_a_timestamp(monkeypatch, capsys):
 
     clock = {"now": 100.0}
     monkeypatch.setattr(runner.time, "monotonic", lambda: clock["now"])
-    progress = runner._ProgressCallback(3, {}, 10, period_s=10.0)
+    progress = runner._ProgressCallback(runner.RunSettings("x", 3, default_max_iters=10))
     trials = [
         _Trial(status="RUNNING", trial_id=f"t{i}", config={"trial": {
             "trial_id": f"t{i}", "columns": {"factor": "n_layer", "level": str(i)}}})
@@ -181,7 +181,9 @@ def test_progress_lines_never_share_a_timestamp(monkeypatch, capsys):
 def test_best_config_reads_baseline_not_baseline_equals_baseline(monkeypatch, capsys):
     from sweeps import runner
 
-    progress = runner._ProgressCallback(1, {}, 10, period_s=0.0)
+    progress = runner._ProgressCallback(
+        runner.RunSettings("x", 1, default_max_iters=10, progress_period_s=0.0)
+    )
     columns = {"factor": "baseline", "level": "baseline"}
     config = {"trial": {"trial_id": "t0", "columns": columns}}
     trial = _Trial(status="RUNNING", trial_id="t0", config=config)

@@ -220,7 +220,7 @@ def test_a_dataset_edited_after_the_sweep_started_fails_its_trials_by_name(tmp_p
 
     from sweeps import ablation
     from sweeps.grid import GridSpec
-    from sweeps.runner import Resources, connect, run_trials
+    from sweeps.runner import Resources, RunSettings, connect, run_trials
     from sweeps.store import ResultStore
 
     kept, edited = tmp_path / "kept.txt", tmp_path / "edited.txt"
@@ -235,8 +235,14 @@ def test_a_dataset_edited_after_the_sweep_started_fails_its_trials_by_name(tmp_p
     store = ResultStore(tmp_path / "results")
     connection = connect(num_cpus=2, results=store.root)
     try:
-        outcome = run_trials(connection, store, space, name="edit", total=2,
-                             resources=Resources(), max_failures=3, progress=False)  # fmt: skip
+        outcome = run_trials(
+            connection,
+            store,
+            space,
+            RunSettings(
+                name="edit", total=2, resources=Resources(), max_failures=3, progress=False
+            ),
+        )
     finally:
         ray.shutdown()
     rows = read_table(store.root, "trials").table.to_pandas().set_index("dataset")

@@ -17,6 +17,7 @@ from sweeps.grid import GridSpec, expand
 from sweeps.runner import (
     ClusterError,
     Resources,
+    RunSettings,
     connect,
     head_address,
     load_cluster_config,
@@ -118,7 +119,7 @@ def test_progress_line_names_what_the_sweep_waits_for_while_nothing_runs():
         status = "PENDING"
 
     waiting = "waiting for the autoscaler to add a gpu_worker node (1 CPU and 1 GPU per trial)"
-    progress = _ProgressCallback(3, {}, None, period_s=0.0, waiting=waiting)
+    progress = _ProgressCallback(RunSettings("x", 3, progress_period_s=0.0, waiting=waiting))
     line = progress._line([Trial(), Trial(), Trial()])
     assert line.endswith(f"0 running, 3 pending of 3 | best val - | ETA ? | {waiting}")
     Trial.status = "RUNNING"
@@ -130,7 +131,7 @@ def test_progress_line_prints_at_every_period_while_nothing_happens(capsys, monk
 
     clock = {"now": 100.0}
     monkeypatch.setattr(runner.time, "monotonic", lambda: clock["now"])
-    progress = runner._ProgressCallback(2, {}, None, period_s=10.0)
+    progress = runner._ProgressCallback(runner.RunSettings("x", 2))
     for _ in range(3):
         clock["now"] += 11.0
         progress.on_step_end(iteration=0, trials=[])
@@ -153,8 +154,9 @@ def test_the_eta_starts_from_the_estimate_and_follows_the_observed_speed(monkeyp
     clock = {"now": 0.0}
     monkeypatch.setattr(runner.time, "monotonic", lambda: clock["now"])
     estimates = {"a": 100.0, "b": 100.0, "c": 50.0}
-    progress = runner._ProgressCallback(3, {"a": 100, "b": 100, "c": 100}, None, period_s=0.0,
-                                        estimates=estimates, slots=2)  # fmt: skip
+    progress = runner._ProgressCallback(runner.RunSettings(
+        "x", 3, max_iters={"a": 100, "b": 100, "c": 100}, progress_period_s=0.0,
+        estimates=estimates), slots=2)  # fmt: skip
     a, b, c = (_GridTrial(name) for name in "abc")
     # Before anything ran: the estimates over two slots, (100 + 100 + 50) / 2 s.
     assert progress._line([]).endswith("best val - | ETA 2m05s")
@@ -176,8 +178,12 @@ def test_a_search_eta_prices_every_trial_at_the_default_estimate(monkeypatch):
     from sweeps import runner
 
     monkeypatch.setattr(runner.time, "monotonic", lambda: 0.0)
-    progress = runner._ProgressCallback(10, {}, 100, period_s=0.0, default_estimate_s=30.0,
-                                        slots=2)  # fmt: skip
+    progress = runner._ProgressCallback(
+        runner.RunSettings(
+            "x", 10, default_max_iters=100, progress_period_s=0.0, default_estimate_s=30.0
+        ),
+        slots=2,
+    )
     assert progress._line([]).endswith("ETA 2m30s")  # 10 x 30 s over 2 slots
 
 
@@ -208,9 +214,9 @@ def test_run_trials_lets_tune_reuse_actors_only_where_the_connection_allows(
                                    storage=resolve_storage(None, store.root))  # fmt: skip
     for config in (None, tune.TuneConfig(reuse_actors=True)):
         seen.clear()
-        runner.run_trials(connection, store, {}, name="x", total=0,
-                          resources=runner.Resources(), tune_config=config,
-                          progress=False)  # fmt: skip
+        runner.run_trials(connection, store, {}, runner.RunSettings(
+            name="x", total=0, resources=runner.Resources(), tune_config=config,
+            progress=False))  # fmt: skip
         assert seen == {"reuse_actors": reused}
     assert not hasattr(runner, "_reuse_actors")  # no module global: the Connection says
 
@@ -231,8 +237,9 @@ def test_a_raising_trial_is_recorded_failed_and_the_others_finish(tmp_path: Path
     assert connection.reuse_actors  # the embedded local Ray (see Connection)
     try:
         outcome = run_trials(
-            connection, store, ablation.param_space(trials), name="tiny", total=len(trials),
-            resources=Resources(), trainable=flaky, max_failures=1, progress=False,
+            connection, store, ablation.param_space(trials), RunSettings(
+                name="tiny", total=len(trials), resources=Resources(), trainable=flaky,
+                max_failures=1, progress=False),
         )  # fmt: skip
     finally:
         ray.shutdown()
@@ -276,9 +283,9 @@ def test_a_deterministic_error_is_not_retried_again_a_changing_one_is(tmp_path: 
     connection = connect(num_cpus=2, results=store.root)
     try:
         outcome = run_trials(
-            connection, store, ablation.param_space(trials), name="det", total=len(trials),
-            resources=Resources(), trainable=raising_at_step_20, max_failures=3,
-            progress=False,
+            connection, store, ablation.param_space(trials), RunSettings(
+                name="det", total=len(trials), resources=Resources(),
+                trainable=raising_at_step_20, max_failures=3, progress=False),
         )  # fmt: skip
     finally:
         ray.shutdown()

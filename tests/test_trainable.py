@@ -15,7 +15,7 @@ import ray
 
 from charlm.config import ModelConfig
 from charlm.train import train, train_steps
-from sweeps.runner import Resources, connect, run_trials
+from sweeps.runner import Resources, RunSettings, connect, run_trials
 from sweeps.schema import read_table
 from sweeps.search import BASE_KEY, describe_search_trial, run_search_trial
 from sweeps.store import ResultStore
@@ -117,9 +117,9 @@ def test_a_killed_trial_resumes_all_its_seeds_from_the_checkpoint(tmp_path: Path
     connection = connect(num_cpus=1, results=store.root)
     try:
         outcome = run_trials(
-            connection, store, {**sampled, BASE_KEY: base}, name="kill", total=1,
-            resources=Resources(),
-            describe=describe_search_trial, trainable=dies_once, max_failures=2, progress=False,
+            connection, store, {**sampled, BASE_KEY: base},
+            RunSettings(name="kill", total=1, resources=Resources(), describe=describe_search_trial,
+                        trainable=dies_once, max_failures=2, progress=False),
         )  # fmt: skip
     finally:
         ray.shutdown()
