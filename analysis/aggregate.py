@@ -20,21 +20,6 @@ from scipy import stats
 
 from sweeps.schema import config_label
 
-__all__ = [
-    "CONFIG_KEYS",
-    "METRICS",
-    "attention_summary",
-    "baseline_configs",
-    "config_label",
-    "config_summary",
-    "curve_summary",
-    "failed_trials",
-    "holm",
-    "level_order",
-    "rank_factors",
-    "search_leaderboard",
-]
-
 CONFIG_KEYS = ["sweep", "dataset", "factor", "level"]
 METRICS = (
     "best_val_loss",

@@ -24,8 +24,6 @@ from charlm.config import ConfigError
 from charlm.text import short_repr
 from sweeps.schema import StoreError, check_store
 
-__all__ = ["FORMATS", "REPORT_MARKER", "check_out_dir", "main", "parser"]
-
 FORMATS = ("png", "svg", "pdf")
 REPORT_MARKER = ".charlm-report"  # in a directory python -m analysis wrote (replaceable)
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
@@ -204,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report(args: argparse.Namespace, formats: list[str], out: Path) -> int:
     from analysis.load import CorruptStoreError
-    from analysis.report import ReportOptions, build_report, print_summary
+    from analysis.render import print_summary
+    from analysis.report import ReportOptions, build_report
 
     options = ReportOptions(
         formats=formats,

@@ -24,17 +24,6 @@ from charlm.fsio import atomic_write_bytes
 from charlm.text import scaled
 from sweeps.schema import config_label
 
-__all__ = [
-    "final_info",
-    "format_params",
-    "paper_table",
-    "slug",
-    "to_latex",
-    "to_markdown",
-    "write_final_info",
-    "write_tables",
-]
-
 
 def _json_number(value: Any) -> Any:
     value = value.item() if hasattr(value, "item") else value

@@ -42,17 +42,6 @@ from analysis.heatmaps import Heatmaps
 if TYPE_CHECKING:
     from analysis.report import Analysis
 
-__all__ = [
-    "FigureJob",
-    "Rendering",
-    "attention_jobs",
-    "dataset_job",
-    "figure_entries",
-    "figure_jobs",
-    "heatmap_jobs",
-    "save_figure",
-]
-
 
 @dataclass
 class FigureJob:

@@ -21,8 +21,6 @@ from analysis.load import StoreError
 if TYPE_CHECKING:
     from analysis.report import Analysis
 
-__all__ = ["HEATMAP_CHARS", "Heatmaps", "capture_attention", "capture_heatmaps"]
-
 HEATMAP_CHARS = 32  # default heatmap text: 32 characters keep 8-pt labels on two panels a row
 
 

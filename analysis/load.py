@@ -27,8 +27,6 @@ from sweeps.schema import (
     read_table,
 )
 
-__all__ = ["CorruptStoreError", "Store", "StoreError", "check_store", "load_store"]
-
 # Attention columns the analysis uses (the rest are not read: the table is the largest).
 ATTENTION_COLUMNS = (
     "trial_id", "step", "layer", "head", "entropy", "effective_span", "head_diversity",

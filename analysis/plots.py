@@ -33,22 +33,6 @@ from matplotlib.transforms import offset_copy
 from analysis.aggregate import config_label, level_order
 from charlm.text import scaled
 
-__all__ = [
-    "as_figure",
-    "attention_over_training",
-    "color_mapping",
-    "delta_forest",
-    "delta_forest_panel",
-    "display_chars",
-    "factor_curves",
-    "head_heatmaps",
-    "layer_heatmaps",
-    "layer_similarity",
-    "params_vs_loss",
-    "params_vs_loss_panel",
-    "sweeps_compared",
-]
-
 _TAB20 = colormaps["tab20"](np.arange(20))
 # tab10, then its lighter shades: 20 distinct colours
 _PALETTE = tuple(to_hex(c) for c in (*_TAB20[0::2], *_TAB20[1::2]))

@@ -22,15 +22,6 @@ from matplotlib.lines import Line2D
 from analysis.aggregate import level_order
 from analysis.plots import _bands, _label, _level_colors, color_mapping
 
-__all__ = [
-    "cluster_quality",
-    "cluster_quality_panel",
-    "correlation_figure",
-    "correlation_heatmap",
-    "loss_by_config",
-    "training_dynamics",
-]
-
 _MAX_LEGEND = 12
 
 

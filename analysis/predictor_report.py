@@ -22,16 +22,6 @@ from analysis.export import slug
 from analysis.figures import FigureJob, dataset_job, figure_entries, save_figure
 from analysis.plots import as_figure
 
-__all__ = [
-    "Predictors",
-    "compute",
-    "figure_jobs",
-    "layer_trials",
-    "section",
-    "write_tables",
-    "write_template_figures",
-]
-
 SECTION_TITLE = "What predicts a good model"
 
 

@@ -30,17 +30,6 @@ from scipy import stats
 
 from analysis.aggregate import CONFIG_KEYS, attention_summary, config_labels, holm
 
-__all__ = [
-    "BOOTSTRAP_MAX_N",
-    "OUTCOMES",
-    "PREDICTORS",
-    "cluster_factors",
-    "correlations",
-    "final_attention",
-    "silhouette_summary",
-    "trial_metrics",
-]
-
 # column -> label; probe metrics at the last probed step, then the sample's own attention
 PREDICTORS: dict[str, str] = {
     "entropy": "attention entropy",

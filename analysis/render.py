@@ -25,15 +25,6 @@ from sweeps.schema import read_runs
 if TYPE_CHECKING:
     from analysis.report import Analysis, Report
 
-__all__ = [
-    "Section",
-    "build_sections",
-    "missing_notes",
-    "print_summary",
-    "render_html",
-    "render_markdown",
-]
-
 
 @dataclass
 class Section:

@@ -38,22 +38,11 @@ from analysis.render import (
     Section,
     build_sections,
     missing_notes,
-    print_summary,
     render_html,
     render_markdown,
 )
 from charlm.fsio import fsync_dir, fsync_tree
 from sweeps.schema import holder_alive
-
-__all__ = [
-    "Analysis",
-    "Report",
-    "ReportOptions",
-    "analyze",
-    "build_report",
-    "main",
-    "print_summary",
-]
 
 
 @dataclass

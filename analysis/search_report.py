@@ -29,17 +29,6 @@ from analysis.plots import _label, as_figure
 from charlm.config import ModelConfig, TrainConfig, config_fields
 from charlm.text import mean_stderr
 
-__all__ = [
-    "SEARCH_METRIC",
-    "best_so_far",
-    "format_param",
-    "loss_vs_params",
-    "param_importances",
-    "search_configs",
-    "search_section",
-    "searched_params",
-]
-
 SEARCH_METRIC = "final_val_loss"
 TOP_CONFIGS = 20
 # Config columns that never count as searched: identity, or where the trial ran.

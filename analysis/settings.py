@@ -29,8 +29,6 @@ import pandas as pd
 from analysis.aggregate import level_order
 from sweeps.grid import SEARCH_SPACE
 
-__all__ = ["level_states", "planned_grid_table", "setup_table", "trial_counts"]
-
 
 def _text(value: Any) -> str:
     if value is None or (isinstance(value, float) and pd.isna(value)):

@@ -28,16 +28,6 @@ from sweeps.sequential import (
     load_designs,
 )
 
-__all__ = [
-    "caption",
-    "interval_text",
-    "level_verdicts",
-    "p_text",
-    "report_tables",
-    "summary_lines",
-    "unresolved_sentence",
-]
-
 COLUMNS = [
     "sweep", "dataset", "factor", "level", "config", "metric", "method", "verdict", "delta",
     "ci_low", "ci_high", "p_adjusted", "df", "seeds", "n_pairs", "seeds_needed", "design",

@@ -70,16 +70,6 @@ from sweeps.store import ResultStore, set_aside_unreadable, trial_statuses
 if TYPE_CHECKING:
     from sweeps.runner import Connection, SweepOutcome
 
-__all__ = [
-    "AblationOptions",
-    "main",
-    "param_space",
-    "parse_args",
-    "plan_trials",
-    "planned_grid",
-    "summary_table",
-]
-
 
 @dataclass(frozen=True)
 class AblationOptions(RunOptions):

@@ -22,8 +22,6 @@ from charlm.fsio import atomic_write_bytes
 from charlm.text import mean_stderr
 from sweeps.schema import read_table
 
-__all__ = ["Winner", "best_grid", "find_winner", "neighbours", "write_best_grid"]
-
 # Not part of a grid's baseline: identity (the grid sets them) or where the trial runs.
 _NOT_BASELINE = ("seed", "dataset", "vocab_size", "data_dir", "device", "num_threads")
 

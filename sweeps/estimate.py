@@ -33,24 +33,6 @@ from charlm.config import ModelConfig, TrainConfig
 from charlm.text import format_duration, scaled, text_table
 from sweeps.grid import TrialSpec, trial_id
 
-__all__ = [
-    "DEFAULT_OVERHEAD_S",
-    "ConfigEstimate",
-    "Estimate",
-    "StepTiming",
-    "asha_fraction",
-    "estimate",
-    "eval_passes",
-    "eval_tokens_per_pass",
-    "format_duration",
-    "format_search_estimate",
-    "format_table",
-    "load_text",
-    "n_params",
-    "time_train_step",
-    "with_vocab",
-]
-
 DEFAULT_OVERHEAD_S = 1.3  # Ray actor start per trial, measured on 2 cores
 # Used when the caller gives no vocabulary size for a dataset (the cost barely depends on it).
 KNOWN_VOCAB_SIZES = {"shakespeare_char": 65, "text8": 27, "enwik8": 256}

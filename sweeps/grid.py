@@ -41,27 +41,6 @@ from charlm.config import (
 )
 from charlm.text import short_repr
 
-__all__ = [
-    "BASELINE",
-    "GRID_KEYS",
-    "IDENTITY_KEYS",
-    "MACHINE_FIELDS",
-    "MAX_TRIALS",
-    "PRESETS",
-    "SEARCH_SPACE",
-    "GridError",
-    "GridSpec",
-    "TrialSpec",
-    "config_id",
-    "dataset_identity",
-    "dataset_sha256",
-    "expand",
-    "load_grid",
-    "safe_load_unique",
-    "trial_columns",
-    "trial_id",
-]
-
 GRID_KEYS = ("name", "extends", "baseline", "factors", "datasets", "seeds")
 # Fields that say where a trial runs, not what it computes: left out of the trial id, and a
 # factor may not vary them (use ``overrides`` to set them for every trial).

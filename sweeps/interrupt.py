@@ -13,8 +13,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["exit_code", "graceful", "handling", "requested", "signal_name"]
-
 _received: int | None = None
 _graceful = False
 

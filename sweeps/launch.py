@@ -35,22 +35,6 @@ from sweeps.store import check_results_dir, locked
 if TYPE_CHECKING:
     from sweeps.runner import Connection
 
-__all__ = [
-    "MemoryRow",
-    "Placement",
-    "RunOptions",
-    "check_local_memory",
-    "check_placement",
-    "connect_driver",
-    "finished_line",
-    "local_concurrency",
-    "lock_cluster",
-    "lock_embedded",
-    "prepare_datasets",
-    "report_interrupt",
-    "run_info",
-]
-
 _Options = TypeVar("_Options", bound="RunOptions")
 # (label, model, train, vocab size) of each config whose memory ``check_memory`` prices
 MemoryRow = tuple[str, ModelConfig, TrainConfig, int]

@@ -35,8 +35,6 @@ import numpy as np
 
 from sweeps.sequential import Design, LevelResult, classify, evaluate, seeds_needed
 
-__all__ = ["METHODS", "format_verdicts", "judge", "many_to_one", "method_name", "one_line"]
-
 METHODS = {
     "dunnett": "Dunnett many-to-one, seed-blocked (Dunnett 1955)",
     "sequential": "repeated intervals over planned looks (--seeds auto; Jennison & Turnbull 2000)",

@@ -22,26 +22,6 @@ from charlm.config import ConfigError, Domain, ModelConfig, TrainConfig, domains
 from charlm.text import short_repr
 from sweeps.grid import MAX_TRIALS, safe_load_unique
 
-__all__ = [
-    "DEFAULT_STATE_EVERY_S",
-    "OPTION_DOMAINS",
-    "SAFE_NAME",
-    "ClusterError",
-    "Resources",
-    "add_run_options",
-    "available_memory_bytes",
-    "check_memory",
-    "check_options",
-    "check_search_options",
-    "check_sweep_name",
-    "check_trial_resources",
-    "load_cluster_config",
-    "local_node",
-    "node_types",
-    "option_flags",
-    "trial_memory_bytes",
-]
-
 # A sweep name becomes a directory name (Tune's run directory, the Optuna study): one path
 # component made of these characters, not starting with '.' (no '..', no hidden names).
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]{0,99}")

@@ -24,8 +24,6 @@ from sweeps.sequential import Design, LevelResult, Progress, advance, noise_mode
 if TYPE_CHECKING:
     from sweeps.estimate import Estimate
 
-__all__ = ["SeedRounds", "auto_compute"]
-
 Level = tuple[str, str]  # (factor, level)
 
 

@@ -51,19 +51,6 @@ from sweeps.trainable import PREVIOUS_FAILURE, error_line, member_dir, run_trial
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
-__all__ = [
-    "ClusterError",
-    "Connection",
-    "Resources",
-    "RunSettings",
-    "SweepOutcome",
-    "check_reachable",
-    "connect",
-    "head_address",
-    "load_cluster_config",
-    "run_trials",
-]
-
 DEFAULT_MAX_FAILURES = 3
 GCS_PORT = 6379
 PROBE_TIMEOUT_S = 60.0

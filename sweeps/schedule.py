@@ -23,8 +23,6 @@ from dataclasses import dataclass
 
 from sweeps.grid import TrialSpec
 
-__all__ = ["Schedule", "makespan", "plan_grid", "plan_schedule"]
-
 
 @dataclass(frozen=True)
 class Schedule:

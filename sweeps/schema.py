@@ -41,39 +41,6 @@ from charlm.fsio import atomic_write, atomic_write_bytes
 from charlm.results import curve_types, metrics
 from charlm.versions import FormatVersionError, check_version, upgrade
 
-__all__ = [
-    "ADDED_COLUMNS",
-    "COMPACTED_PREFIX",
-    "LOCK_FILE",
-    "MARKER",
-    "PLAN_KEY",
-    "RUNS_DIR",
-    "SCHEMAS",
-    "SCHEMA_VERSION",
-    "TABLES",
-    "UPGRADES",
-    "Compaction",
-    "StoreError",
-    "StoreVersionError",
-    "TableRead",
-    "add_null_columns",
-    "check_store",
-    "compact_store",
-    "compact_table",
-    "config_label",
-    "conform",
-    "holder_alive",
-    "is_store",
-    "lock_note",
-    "mark_store",
-    "pid_alive",
-    "planned_trials",
-    "read_runs",
-    "read_table",
-    "store_version",
-    "table_dir",
-]
-
 SCHEMA_VERSION = 3
 MARKER = "charlm-store.json"
 TABLES = ("trials", "curves", "attention", "samples")

@@ -76,22 +76,6 @@ if TYPE_CHECKING:
     from sweeps.estimate import Estimate
     from sweeps.runner import Connection, SweepOutcome
 
-__all__ = [
-    "SEARCH_SPACE",
-    "SearchOptions",
-    "SeedTrial",
-    "asha_settings",
-    "check_search_space",
-    "describe_search_trial",
-    "format_value",
-    "main",
-    "quiet_optuna",
-    "run_search_trial",
-    "search_eval_interval",
-    "search_params",
-    "study_settings",
-]
-
 BASE_KEY = "base"
 MIN_EVALUATIONS = 4
 BEST_GRID_FILE = "best_grid.yaml"

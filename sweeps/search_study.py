@@ -12,8 +12,6 @@ from ray.tune.search.optuna import OptunaSearch
 from sweeps import interrupt
 from sweeps.study import DRIVER_ATTR, driver_tag
 
-__all__ = ["StoreIdSearch"]
-
 
 class StoreIdSearch(OptunaSearch):
     """OptunaSearch whose Optuna trials carry, as user attributes (what optuna-dashboard

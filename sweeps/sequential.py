@@ -36,29 +36,6 @@ import numpy as np
 from charlm.config import ConfigError
 from charlm.fsio import atomic_write_bytes
 
-__all__ = [
-    "DEFAULT_CONFIDENCE",
-    "DEFAULT_MAX_SEEDS",
-    "DEFAULT_MIN_EFFECT",
-    "DESIGNS_FILE",
-    "VERDICTS",
-    "Design",
-    "DesignError",
-    "LevelResult",
-    "Progress",
-    "Simulation",
-    "advance",
-    "classify",
-    "evaluate",
-    "intervals",
-    "load_designs",
-    "noise_model",
-    "record_design",
-    "seeds_needed",
-    "simulate",
-    "wrong_verdicts",
-]
-
 DEFAULT_MIN_EFFECT = 0.02  # nats of best_val_loss
 DEFAULT_MAX_SEEDS = 10
 DEFAULT_CONFIDENCE = 0.95

@@ -22,21 +22,6 @@ from typing import Any
 from charlm.cli import check_writable_dir
 from charlm.config import ConfigError
 
-__all__ = [
-    "EXAMPLE",
-    "Storage",
-    "StorageError",
-    "check_storage",
-    "check_writable_here",
-    "declared_worker_types",
-    "probe_from_node",
-    "read_answers",
-    "redact",
-    "remove_probe",
-    "resolve_storage",
-    "write_probe",
-]
-
 EXAMPLE = (
     "e.g. --storage s3://your-bucket/charlm (S3 credentials on every node) or "
     "--storage /mnt/nfs/charlm (the same NFS mount on every node)"

@@ -45,17 +45,6 @@ from sweeps.schema import (
     table_dir,
 )
 
-__all__ = [
-    "ResultStore",
-    "ResultsDirError",
-    "StoreBusyError",
-    "TrialRecord",
-    "check_results_dir",
-    "locked",
-    "set_aside_unreadable",
-    "trial_statuses",
-]
-
 MODELS_DIR = "models"
 RAY_DIR = "_ray"  # default checkpoint storage of the runs of this store
 

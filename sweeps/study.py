@@ -25,18 +25,6 @@ from optuna.trial import TrialState
 
 from charlm.config import ConfigError
 
-__all__ = [
-    "DRIVER_ATTR",
-    "SETTINGS_ATTR",
-    "StudySettingsError",
-    "check_settings",
-    "driver_tag",
-    "fail_abandoned",
-    "finished_trials",
-    "open_study",
-    "optuna_storage",
-]
-
 SETTINGS_ATTR = "settings"
 DRIVER_ATTR = "driver"
 _DONE = (TrialState.COMPLETE, TrialState.PRUNED)

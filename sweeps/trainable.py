@@ -37,16 +37,6 @@ from sweeps.storage import redact  # noqa: E402
 _IMPORT_S = time.perf_counter() - _IMPORTS_START
 _trials_run = 0
 
-__all__ = [
-    "PREVIOUS_FAILURE",
-    "error_line",
-    "member_dir",
-    "run_members",
-    "run_trial",
-    "trial_device",
-    "trial_threads",
-]
-
 # Config key of the failure a retried trial had before: {"error": line, "step": int | None}.
 PREVIOUS_FAILURE = "previous_failure"
 
