@@ -70,40 +70,50 @@ for line in sys.stdin:
 
 def torn_files(root: Path) -> list[str]:
     """The files here that a reader must not accept: unreadable, zero-length or short."""
-    import torch
+    return [*_torn_curves(root), *_torn_checkpoint(root), *_torn_marker(root)]
 
+
+def _torn_curves(root: Path) -> list[str]:
     from sweeps.schema import read_table
 
-    bad = []
     curves = root / "store" / "curves" / "t.parquet"
-    if curves.exists():
-        try:
-            table = pq.read_table(curves)
-            if table.num_rows == 0 or table.num_rows != table.column("tokens_seen")[0].as_py():
-                bad.append(f"curves: {table.num_rows} rows")
-        except Exception as exc:
-            bad.append(f"curves: {type(exc).__name__}")
-        # The store's reader skips leftover temp files and sees the same one file.
-        result = read_table(root / "store", "curves", columns=["step"])
-        if not bad and (result.corrupt or result.table.num_rows != table.num_rows):
-            bad.append(f"store reader: {result.corrupt}")
+    if not curves.exists():
+        return []
+    try:
+        table = pq.read_table(curves)
+        if table.num_rows == 0 or table.num_rows != table.column("tokens_seen")[0].as_py():
+            return [f"curves: {table.num_rows} rows"]
+    except Exception as exc:
+        return [f"curves: {type(exc).__name__}"]
+    # The store's reader skips leftover temp files and sees the same one file.
+    result = read_table(root / "store", "curves", columns=["step"])
+    if result.corrupt or result.table.num_rows != table.num_rows:
+        return [f"store reader: {result.corrupt}"]
+    return []
+
+
+def _torn_checkpoint(root: Path) -> list[str]:
+    import torch
+
     checkpoint = root / "checkpoint.pt"
-    if checkpoint.exists():
-        try:
-            state = torch.load(checkpoint, weights_only=True)
-            if state["weights"].numel() != state["n"] * 8:
-                bad.append("checkpoint: short tensor")
-        except Exception as exc:
-            bad.append(f"checkpoint: {type(exc).__name__}")
+    if not checkpoint.exists():
+        return []
+    try:
+        state = torch.load(checkpoint, weights_only=True)
+        return [] if state["weights"].numel() == state["n"] * 8 else ["checkpoint: short tensor"]
+    except Exception as exc:
+        return [f"checkpoint: {type(exc).__name__}"]
+
+
+def _torn_marker(root: Path) -> list[str]:
     marker = root / "marker.json"
-    if marker.exists():
-        try:
-            content = json.loads(marker.read_bytes())
-            if len(content["items"]) != content["n"]:
-                bad.append("marker: short list")
-        except Exception as exc:
-            bad.append(f"marker: {type(exc).__name__}")
-    return bad
+    if not marker.exists():
+        return []
+    try:
+        content = json.loads(marker.read_bytes())
+        return [] if len(content["items"]) == content["n"] else ["marker: short list"]
+    except Exception as exc:
+        return [f"marker: {type(exc).__name__}"]
 
 
 def kill_writers_at_random(
