@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from charlm.config import ConfigError, Domain
-from charlm.model import GPT
+from charlm.model import GPT, eval_mode
 
 __all__ = [
     "COHERENCE_N",
@@ -181,24 +181,19 @@ def generate_text(
     device = torch.device(device)
     idx = torch.tensor([dataset.encode(prompt)], dtype=torch.long, device=device)  # (1, T0)
     generator = torch.Generator(device=device).manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            _synchronize(device)
-            start = time.perf_counter()
-            out = model.generate(
-                idx,
-                max_new_tokens,
-                temperature=temperature,
-                top_k=top_k,
-                use_cache=True,
-                generator=generator,
-            )  # (1, T0 + max_new_tokens)
-            _synchronize(device)
-            seconds = time.perf_counter() - start
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        _synchronize(device)
+        start = time.perf_counter()
+        out = model.generate(
+            idx,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            use_cache=True,
+            generator=generator,
+        )  # (1, T0 + max_new_tokens)
+        _synchronize(device)
+        seconds = time.perf_counter() - start
     text = dataset.decode(out[0, idx.shape[1] :].tolist())
     return text, max_new_tokens / seconds if seconds > 0 else float("nan")
 

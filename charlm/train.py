@@ -31,7 +31,7 @@ if __name__ == "__main__":
 
 import torch
 
-from charlm.config import ConfigError, ModelConfig, TrainConfig, config_fields, to_dict
+from charlm.config import ConfigError, ModelConfig, TrainConfig, to_dict
 from charlm.data import (
     BatchSampler,
     Dataset,
@@ -475,8 +475,7 @@ class _Run:
     def _save_checkpoint(self, path: Path, point: CurvePoint) -> None:
         _atomic_torch_save(
             {
-                "format": CHECKPOINT_FORMAT,
-                "model": self.model.state_dict(),
+                **_model_file(self.model, self.data.vocab, self.data.name),
                 "optimizer": self.optimizer.state_dict(),
                 "step": point["step"],
                 "rng_cpu": torch.get_rng_state(),
@@ -487,10 +486,7 @@ class _Run:
                 "best_val_loss": self.best_val,
                 "curve": self.result.curve,
                 "attention": self.result.attention,
-                "model_config": to_dict(self.result.model_config),
                 "train_config": to_dict(self.cfg),
-                "vocab": self.data.vocab,
-                "dataset": self.data.name,
                 "dataset_sha256": self.data.source_sha256,
             },
             path,
@@ -515,10 +511,8 @@ def probe_model(
     """The probe rows (``probe_metrics`` plus ``step``) of ``model`` on the batch probe_x (B, T),
     captured in eval mode under ``autocast`` (a context manager; None for none); the model is
     left in training mode, as the training loop needs it."""
-    autocast = nullcontext() if autocast is None else autocast
-    model.eval()
-    with torch.no_grad(), autocast:
-        capture = model.capture(probe_x)
+    with autocast or nullcontext():
+        capture = model.capture(probe_x)  # in eval mode
     model.train()
     attentions = [a.float() for a in capture.attentions]
     hidden = [h.float() for h in capture.hidden_states]
@@ -581,11 +575,11 @@ def check_resumable(
     # A field newer than the checkpoint had its default then.
     old_values = {**to_dict(ModelConfig()), **to_dict(TrainConfig()), **old_model, **old_train}
     # The schedule as it runs: an unset lr_decay_iters follows max_iters (resumable).
-    known = set(config_fields(TrainConfig))
-    old_cfg = TrainConfig(**{**{k: v for k, v in old_train.items() if k in known},
-                             "dataset": train_cfg.dataset, "data_dir": None})  # fmt: skip
+    old = dataclasses.replace(
+        train_cfg, **{k: old_values[k] for k in ("max_iters", "lr_decay_iters")}
+    )
     new_values["lr_decay_iters"] = train_cfg.resolved_lr_decay_iters
-    old_values["lr_decay_iters"] = old_cfg.resolved_lr_decay_iters
+    old_values["lr_decay_iters"] = old.resolved_lr_decay_iters
     same_data = (
         state.get("dataset_sha256") == data.source_sha256
         if state.get("dataset_sha256") and data.source_sha256
@@ -619,16 +613,18 @@ def check_resumable(
 def save_model(path: Path, model: GPT, vocab: list[str], dataset: str) -> None:
     """Write ``model`` as a model file (what ``load_model`` reads), atomically: its weights,
     config, and the vocabulary and dataset name it was trained with."""
-    _atomic_torch_save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "model": model.state_dict(),
-            "model_config": dataclasses.asdict(model.cfg),
-            "vocab": vocab,
-            "dataset": dataset,
-        },
-        path,
-    )
+    _atomic_torch_save(_model_file(model, vocab, dataset), path)
+
+
+def _model_file(model: GPT, vocab: list[str], dataset: str) -> dict[str, Any]:
+    """What a model file holds (a checkpoint holds it too)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": model.state_dict(),
+        "model_config": dataclasses.asdict(model.cfg),
+        "vocab": vocab,
+        "dataset": dataset,
+    }
 
 
 def _load_checkpoint(path: str | Path, device: str) -> dict[str, Any]:
