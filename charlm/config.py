@@ -130,9 +130,8 @@ class Domain:
         problem = self.problem(value)
         if problem is None:
             return
-        if not name.startswith("--"):
-            shown = f"{name}={short_repr(value)}"
-        else:  # an option's float as typed: --reduction-factor 1, not 1.0
+        shown = f"{name}={short_repr(value)}"
+        if name.startswith("--"):  # an option's float as typed: --reduction-factor 1, not 1.0
             shown = (
                 f"{name} {value:g}" if isinstance(value, float) else f"{name} {short_repr(value)}"
             )

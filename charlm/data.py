@@ -277,8 +277,9 @@ class BatchSampler:
 
         self.data, self.batch_size, self.block_size = data, batch_size, block_size
         self.device = torch.device(device)
-        if resident is None:
-            resident = self.device.type == "cuda" and _fits_on_device(data, self.device)
+        if resident is None:  # on CUDA: when the split fits in a quarter of the free memory
+            free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else 0
+            resident = len(data) * 4 <= free / 4
         self.resident = resident
         if resident:
             # int32 holds every vocabulary we encode; torch gathers uint16 poorly.
@@ -308,13 +309,6 @@ def _check_window(data: np.ndarray, block_size: int) -> None:
             f"block_size={block_size} needs {block_size + 1} tokens but the split has "
             f"{len(data)}: use a smaller block_size."
         )
-
-
-def _fits_on_device(data: np.ndarray, device: torch.device) -> bool:
-    import torch
-
-    free, _ = torch.cuda.mem_get_info(device)
-    return len(data) * 4 <= free / 4
 
 
 def n_windows(split_len: int, block_size: int) -> int:

@@ -418,34 +418,18 @@ def probe_metrics(attentions: list[Tensor], hidden_states: list[Tensor]) -> list
     # one device-to-host transfer for everything
     head_values = torch.stack(per_head).tolist()  # (n_layer, 3, nh)
     n_layer, device = len(attentions), attentions[0].device
-    layer_values = torch.stack(
-        [
-            torch.stack(per_layer),
-            _padded(next_js, n_layer, device),
-            _padded(next_cosine, n_layer, device),
-        ]
-    ).tolist()  # (3, n_layer)
+    next_values = [_padded(next_js, n_layer, device), _padded(next_cosine, n_layer, device)]
+    layer_values = torch.stack([torch.stack(per_layer), *next_values]).tolist()  # (3, n_layer)
 
     silhouettes = [hidden_silhouette(hidden) for hidden in hidden_states]
     results = []
-    last = len(attentions) - 1
-    for layer in range(len(attentions)):
-        entropy, normalized, span = head_values[layer]
+    for layer, (entropy, normalized, span) in enumerate(head_values):
         diversity, js_next, cosine_next = (values[layer] for values in layer_values)
+        nexts = (js_next, cosine_next) if layer < n_layer - 1 else (None, None)
+        shared = (diversity, *nexts, silhouettes[layer])  # the layer's values, on each head row
         for head in range(nh):
-            results.append(
-                {
-                    "layer": layer,
-                    "head": head,
-                    "entropy": entropy[head],
-                    "entropy_normalized": normalized[head],
-                    "effective_span": span[head],
-                    "head_diversity": diversity,
-                    "attention_js_next": None if layer == last else js_next,
-                    "hidden_cosine_next": None if layer == last else cosine_next,
-                    "silhouette": silhouettes[layer],
-                }
-            )
+            row = (layer, head, entropy[head], normalized[head], span[head], *shared)
+            results.append(dict(zip(PROBE_KEYS, row, strict=True)))  # PROBE_KEYS' order
     return results
 
 
