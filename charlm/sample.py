@@ -17,11 +17,11 @@ import math
 import re
 import time
 from collections import Counter
-from typing import Any, Protocol
 
 import torch
 
 from charlm.config import ConfigError, Domain
+from charlm.data import Dataset
 from charlm.model import GPT, eval_mode
 
 __all__ = [
@@ -53,17 +53,6 @@ COHERENCE_N = 3
 COHERENCE_SEGMENT = 64
 # sample_attention: at most this many attention weights per layer in one capture (64 MB)
 _CAPTURE_ELEMENTS = 1 << 24
-
-
-class _Vocabulary(Protocol):
-    """What generate_text needs of a charlm.data.Dataset."""
-
-    @property
-    def vocab(self) -> list[str]: ...
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def decode(self, ids: Any) -> str: ...
 
 
 def words(text: str) -> list[str]:
@@ -149,7 +138,7 @@ def quality_metrics(text: str, train_words: set[str] | str) -> dict[str, float]:
 
 def generate_text(
     model: GPT,
-    dataset: _Vocabulary,
+    dataset: Dataset,
     prompt: str = "\n",
     max_new_tokens: int = 300,
     temperature: float = 0.8,
@@ -204,17 +193,9 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class _Capturing(Protocol):
-    """What sample_attention needs of a charlm.model.GPT."""
-
-    cfg: Any
-
-    def capture(self, idx: torch.Tensor) -> Any: ...
-
-
 @torch.no_grad()
 def sample_attention(
-    model: _Capturing,
+    model: GPT,
     ids: list[int],
     n_prompt: int,
     device: str | torch.device = "cpu",
