@@ -3,7 +3,7 @@
 Every error is raised on construction, before any work, as a ``ConfigError`` whose message
 names the field, the value and the fix. Variants are made with ``dataclasses.replace``;
 at the boundaries (Ray's param_space, Parquet columns, checkpoint metadata) a config
-becomes a flat dict with ``to_dict`` and comes back with ``from_dict``.
+becomes a flat dict with ``to_dict`` and comes back with ``split_config``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import stat
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from charlm.text import short_repr
 
@@ -32,7 +32,6 @@ __all__ = [
     "config_fields",
     "domains",
     "field_types",
-    "from_dict",
     "is_regular_file",
     "shorten_schedule",
     "split_config",
@@ -131,9 +130,8 @@ class Domain:
         problem = self.problem(value)
         if problem is None:
             return
-        if not name.startswith("--"):
-            shown = f"{name}={short_repr(value)}"
-        else:  # an option's float as typed: --reduction-factor 1, not 1.0
+        shown = f"{name}={short_repr(value)}"
+        if name.startswith("--"):  # an option's float as typed: --reduction-factor 1, not 1.0
             shown = (
                 f"{name} {value:g}" if isinstance(value, float) else f"{name} {short_repr(value)}"
             )
@@ -332,9 +330,6 @@ def check_schedule(train: TrainConfig, flags: bool = False) -> None:
         )
 
 
-Config = TypeVar("Config", ModelConfig, TrainConfig)
-
-
 def config_fields(cls: type[ModelConfig] | type[TrainConfig]) -> tuple[str, ...]:
     """The field names of a config class, in declaration order."""
     return tuple(field.name for field in dataclasses.fields(cls))
@@ -352,7 +347,7 @@ def field_types(cls: type, names: Iterable[str] | None = None) -> dict[str, type
             [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else hints
         )
     types = {}
-    for name in hints if names is None else names:
+    for name in names:
         hint = hints[name]
         members = [arg for arg in typing.get_args(hint) if arg is not type(None)] or [hint]
         if len(members) != 1 or members[0] not in (int, float, bool, str):
@@ -364,17 +359,6 @@ def field_types(cls: type, names: Iterable[str] | None = None) -> dict[str, type
 def to_dict(config: ModelConfig | TrainConfig) -> dict[str, Any]:
     """A flat dict of the config's fields."""
     return dataclasses.asdict(config)
-
-
-def from_dict(cls: type[Config], values: dict[str, Any]) -> Config:
-    """Build ``cls`` from the keys of ``values`` that are its fields; reject unknown ones."""
-    unknown = sorted(set(values) - set(config_fields(cls)))
-    if unknown:
-        raise ConfigError(
-            f"unknown {cls.__name__} field(s) {', '.join(unknown)}: "
-            f"valid fields are {', '.join(config_fields(cls))}."
-        )
-    return cls(**values)
 
 
 def shorten_schedule(values: dict[str, Any], max_iters: int) -> dict[str, Any]:

@@ -96,7 +96,18 @@ class DatasetSpec:
             )
 
 
-_STANDARD_100M_SPLIT = (90_000_000, 5_000_000, 5_000_000)
+def _mahoney(name: str, sha256: str) -> DatasetSpec:
+    """A 100M-byte benchmark of mattmahoney.net (a zip holding ``name``), split 90M/5M/5M."""
+    return DatasetSpec(
+        url=f"http://mattmahoney.net/dc/{name}.zip",
+        file_name=f"{name}.zip",
+        sha256=sha256,
+        size=100_000_000,
+        member=name,
+        byte_level=True,
+        split_sizes=(90_000_000, 5_000_000, 5_000_000),
+    )
+
 
 DATASETS: dict[str, DatasetSpec] = {
     "shakespeare_char": DatasetSpec(
@@ -105,24 +116,10 @@ DATASETS: dict[str, DatasetSpec] = {
         sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
         size=1_115_394,
     ),
-    "enwik8": DatasetSpec(
-        url="http://mattmahoney.net/dc/enwik8.zip",
-        file_name="enwik8.zip",
-        sha256="2b49720ec4d78c3c9fabaee6e4179a5e997302b3a70029f30f2d582218c024a8",
-        size=100_000_000,
-        member="enwik8",
-        byte_level=True,
-        split_sizes=_STANDARD_100M_SPLIT,
+    "enwik8": _mahoney(
+        "enwik8", "2b49720ec4d78c3c9fabaee6e4179a5e997302b3a70029f30f2d582218c024a8"
     ),
-    "text8": DatasetSpec(
-        url="http://mattmahoney.net/dc/text8.zip",
-        file_name="text8.zip",
-        sha256="6e890197040d37d85beb962ae1f041ff1d9a9ca8d20c7d99c85027eebf51dca7",
-        size=100_000_000,
-        member="text8",
-        byte_level=True,
-        split_sizes=_STANDARD_100M_SPLIT,
-    ),
+    "text8": _mahoney("text8", "6e890197040d37d85beb962ae1f041ff1d9a9ca8d20c7d99c85027eebf51dca7"),
 }
 
 
@@ -248,11 +245,7 @@ def get_batch(
     (CPU) ``generator`` alone, so equal seeds give equal batches. ``y[:, t] == x[:, t + 1]``
     within the window, i.e. y is the next token of every position of x.
     """
-    if block_size + 1 > len(data):
-        raise ConfigError(
-            f"block_size={block_size} needs {block_size + 1} tokens but the split has "
-            f"{len(data)}: use a smaller block_size."
-        )
+    _check_window(data, block_size)
     import torch
 
     starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
@@ -279,17 +272,14 @@ class BatchSampler:
         device: str | torch.device = "cpu",
         resident: bool | None = None,
     ) -> None:
-        if block_size + 1 > len(data):
-            raise ConfigError(
-                f"block_size={block_size} needs {block_size + 1} tokens but the split has "
-                f"{len(data)}: use a smaller block_size."
-            )
+        _check_window(data, block_size)
         import torch
 
         self.data, self.batch_size, self.block_size = data, batch_size, block_size
         self.device = torch.device(device)
-        if resident is None:
-            resident = self.device.type == "cuda" and _fits_on_device(data, self.device)
+        if resident is None:  # on CUDA: when the split fits in a quarter of the free memory
+            free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else 0
+            resident = len(data) * 4 <= free / 4
         self.resident = resident
         if resident:
             # int32 holds every vocabulary we encode; torch gathers uint16 poorly.
@@ -313,11 +303,12 @@ class BatchSampler:
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
 
 
-def _fits_on_device(data: np.ndarray, device: torch.device) -> bool:
-    import torch
-
-    free, _ = torch.cuda.mem_get_info(device)
-    return len(data) * 4 <= free / 4
+def _check_window(data: np.ndarray, block_size: int) -> None:
+    if block_size + 1 > len(data):
+        raise ConfigError(
+            f"block_size={block_size} needs {block_size + 1} tokens but the split has "
+            f"{len(data)}: use a smaller block_size."
+        )
 
 
 def n_windows(split_len: int, block_size: int) -> int:

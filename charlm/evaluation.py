@@ -32,12 +32,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from charlm.config import TrainConfig
-from charlm.data import Dataset, iter_windows, n_windows
+from charlm.data import Dataset, _windows, iter_windows, n_windows
 
 __all__ = [
     "EVAL_SEED",
@@ -153,11 +152,9 @@ class Evaluator:
             yield from iter_windows(array, self.block_size, self.cfg.batch_size, self.device)
             return
         starts = self._starts[split].numpy()
-        offsets = np.arange(self.block_size + 1)
         for first in range(0, len(starts), self.cfg.batch_size):
-            rows = array[starts[first : first + self.cfg.batch_size, None] + offsets]
-            tokens = torch.from_numpy(rows.astype(np.int64)).to(self.device)
-            yield tokens[:, :-1], tokens[:, 1:]
+            batch = starts[first : first + self.cfg.batch_size]
+            yield _windows(array, batch, self.block_size, self.device)
 
     @torch.no_grad()
     def __call__(

@@ -19,7 +19,11 @@ __all__ = ["atomic_write", "atomic_write_bytes", "fsync_dir", "fsync_tree"]
 
 def fsync_dir(directory: str | Path) -> None:
     """Make the directory entries of ``directory`` (a rename, a new file) durable."""
-    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    _fsync(directory, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _fsync(path: str | Path, flags: int = os.O_RDONLY) -> None:
+    descriptor = os.open(path, flags)
     try:
         os.fsync(descriptor)
     finally:
@@ -63,11 +67,7 @@ def fsync_tree(root: str | Path) -> None:
     root = Path(root)
     for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         if path.is_file() and not path.is_symlink():
-            descriptor = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
+            _fsync(path)
         elif path.is_dir():
             fsync_dir(path)
     fsync_dir(root)

@@ -28,6 +28,8 @@ itself; ``charlm.kernels.attention_with_dropout`` (CPU training speed); ``_expli
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +39,7 @@ from torch.nn import functional as F
 from charlm.config import GREEDY_TEMPERATURE, ConfigError, ModelConfig
 from charlm.kernels import DecodeWeights, causal_attention, dropout
 
-__all__ = ["GPT", "Capture"]
+__all__ = ["GPT", "Capture", "eval_mode"]
 
 
 def _explicit_attention(
@@ -54,6 +56,17 @@ def _explicit_attention(
     future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu_(1)  # (T, T)
     att = att.masked_fill(future, float("-inf")).softmax(dim=-1)  # (B, nh, T, T)
     return att @ v, att  # (B, nh, T, hs), (B, nh, T, T)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) within the block; the model's training flag is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 @dataclass
@@ -111,10 +124,8 @@ class CausalSelfAttention(nn.Module):
         this layer's softmax weights (B, nh, T, T), through the explicit softmax path."""
         B, T, C = x.size()
         c_attn, c_proj = (self.c_attn, self.c_proj) if decode is None else decode.attention
-        q, k, v = c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        qkv = c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, nh, hs)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hs), views as split would give
         p = self.dropout if self.training else 0.0
         if cache is not None:
             prefill = cache.length == 0  # causal within the prompt; one new token sees all
@@ -266,9 +277,7 @@ class GPT(nn.Module):
         Uses the explicit softmax path (no SDPA) so the weights exist; dropout is off, and the
         module's training flag is restored afterwards. Logits equal ``forward``'s in eval mode.
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             x = self._embed(idx)  # (B, T, C)
             attentions: list[torch.Tensor] = []  # (B, nh, T, T) per layer
             hidden_states = []
@@ -276,8 +285,6 @@ class GPT(nn.Module):
                 x = block(x, attentions=attentions)  # (B, T, C)
                 hidden_states.append(x)
             logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
-        finally:
-            self.train(was_training)
         return Capture(logits=logits, attentions=attentions, hidden_states=hidden_states)
 
     def _new_cache(self, idx: torch.Tensor) -> list[_LayerCache]:
@@ -338,9 +345,7 @@ class GPT(nn.Module):
         if top_k is not None and top_k < 1:
             raise ConfigError(f"top_k={top_k!r} is invalid: use an integer >= 1 or None.")
         block_size = self.cfg.block_size
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             cache: list[_LayerCache] | None = None
             weights: list[DecodeWeights] | None = None
             for _ in range(max_new_tokens):
@@ -356,8 +361,6 @@ class GPT(nn.Module):
                     logits = self._cached_step(idx[:, -1:], cache, weights)  # (B, V)
                 idx_next = _sample(logits, temperature, top_k, generator)  # (B, 1)
                 idx = torch.cat((idx, idx_next), dim=1)  # (B, t + 1)
-        finally:
-            self.train(was_training)
         return idx
 
     def configure_optimizer(

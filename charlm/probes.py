@@ -173,6 +173,13 @@ def _pairwise_js_mean(entries: Tensor, sums: _HeadSums, rows: int) -> Tensor:
     return (total / (pairs * rows)).clamp_min(0.0)
 
 
+def _layer_sums(att: Tensor) -> tuple[Tensor, _HeadSums, int]:
+    """One layer's checked maps (B, nh, T, T): causal entries, head sums, rows (B * T)."""
+    _check_attention(att)
+    entries, layout = _causal_entries(att)
+    return entries, _head_sums(entries, layout), att.shape[0] * att.shape[-1]
+
+
 # --- public metrics --------------------------------------------------------------------------
 
 
@@ -183,10 +190,8 @@ def attention_entropy(att: Tensor) -> Tensor:
     Mean over batch and query positions of -sum_j p_tj log p_tj. Range [0, log T]: 0 for
     attention on a single key, log(t + 1) for row t when uniform over its causal context.
     """
-    _check_attention(att)
-    entries, layout = _causal_entries(att)
-    B, _, T, _ = att.shape
-    return _head_sums(entries, layout).entropy / (B * T)
+    _, sums, rows = _layer_sums(att)
+    return sums.entropy / rows
 
 
 @torch.no_grad()
@@ -197,10 +202,8 @@ def normalized_entropy(att: Tensor) -> Tensor:
     keys 0..t; query 0 (a single key, maximum 0) is left out of the mean over batch and
     queries. 1 means uniform attention, 0 attention on one key. NaN when T == 1.
     """
-    _check_attention(att)
-    entries, layout = _causal_entries(att)
-    B, _, T, _ = att.shape
-    return _normalized_mean(_head_sums(entries, layout), B, T)
+    _, sums, _ = _layer_sums(att)
+    return _normalized_mean(sums, att.shape[0], att.shape[-1])
 
 
 def _normalized_mean(sums: _HeadSums, B: int, T: int) -> Tensor:
@@ -217,10 +220,8 @@ def effective_span(att: Tensor) -> Tensor:
     Mean over batch and queries of sum_j att[t, j] * (t - j): 0 for attention on the token
     itself, 1 for the previous token, t / 2 for uniform attention over row t's context.
     """
-    _check_attention(att)
-    entries, layout = _causal_entries(att)
-    B, _, T, _ = att.shape
-    return _head_sums(entries, layout).span / (B * T)
+    _, sums, rows = _layer_sums(att)
+    return sums.span / rows
 
 
 @torch.no_grad()
@@ -246,10 +247,8 @@ def head_diversity(att: Tensor) -> float:
     averaged over batch and queries. 0 when all heads attend alike, and 0 by definition when
     the layer has a single head (no pairs).
     """
-    _check_attention(att)
-    entries, layout = _causal_entries(att)
-    B, _, T, _ = att.shape
-    return _pairwise_js_mean(entries, _head_sums(entries, layout), B * T).item()
+    entries, sums, rows = _layer_sums(att)
+    return _pairwise_js_mean(entries, sums, rows).item()
 
 
 @torch.no_grad()
@@ -266,11 +265,9 @@ def layer_attention_js(att_a: Tensor, att_b: Tensor) -> float:
             f"att_a {tuple(att_a.shape)} and att_b {tuple(att_b.shape)} differ in batch or "
             "length: compare maps captured from the same batch."
         )
-    entries_a, layout = _causal_entries(att_a.float().mean(1, keepdim=True))
-    entries_b, _ = _causal_entries(att_b.float().mean(1, keepdim=True))
-    B, _, T, _ = att_a.shape
-    sums_a, sums_b = _head_sums(entries_a, layout), _head_sums(entries_b, layout)
-    return _layer_js(entries_a, sums_a, entries_b, sums_b, B * T).item()
+    entries_a, sums_a, rows = _layer_sums(att_a.float().mean(1, keepdim=True))
+    entries_b, sums_b, _ = _layer_sums(att_b.float().mean(1, keepdim=True))
+    return _layer_js(entries_a, sums_a, entries_b, sums_b, rows).item()
 
 
 def _layer_js(
@@ -421,34 +418,18 @@ def probe_metrics(attentions: list[Tensor], hidden_states: list[Tensor]) -> list
     # one device-to-host transfer for everything
     head_values = torch.stack(per_head).tolist()  # (n_layer, 3, nh)
     n_layer, device = len(attentions), attentions[0].device
-    layer_values = torch.stack(
-        [
-            torch.stack(per_layer),
-            _padded(next_js, n_layer, device),
-            _padded(next_cosine, n_layer, device),
-        ]
-    ).tolist()  # (3, n_layer)
+    next_values = [_padded(next_js, n_layer, device), _padded(next_cosine, n_layer, device)]
+    layer_values = torch.stack([torch.stack(per_layer), *next_values]).tolist()  # (3, n_layer)
 
     silhouettes = [hidden_silhouette(hidden) for hidden in hidden_states]
     results = []
-    last = len(attentions) - 1
-    for layer in range(len(attentions)):
-        entropy, normalized, span = head_values[layer]
+    for layer, (entropy, normalized, span) in enumerate(head_values):
         diversity, js_next, cosine_next = (values[layer] for values in layer_values)
+        nexts = (js_next, cosine_next) if layer < n_layer - 1 else (None, None)
+        shared = (diversity, *nexts, silhouettes[layer])  # the layer's values, on each head row
         for head in range(nh):
-            results.append(
-                {
-                    "layer": layer,
-                    "head": head,
-                    "entropy": entropy[head],
-                    "entropy_normalized": normalized[head],
-                    "effective_span": span[head],
-                    "head_diversity": diversity,
-                    "attention_js_next": None if layer == last else js_next,
-                    "hidden_cosine_next": None if layer == last else cosine_next,
-                    "silhouette": silhouettes[layer],
-                }
-            )
+            row = (layer, head, entropy[head], normalized[head], span[head], *shared)
+            results.append(dict(zip(PROBE_KEYS, row, strict=True)))  # PROBE_KEYS' order
     return results
 
 

@@ -17,12 +17,12 @@ import math
 import re
 import time
 from collections import Counter
-from typing import Any, Protocol
 
 import torch
 
-from charlm.config import ConfigError
-from charlm.model import GPT
+from charlm.config import ConfigError, Domain
+from charlm.data import Dataset
+from charlm.model import GPT, eval_mode
 
 __all__ = [
     "COHERENCE_N",
@@ -53,17 +53,6 @@ COHERENCE_N = 3
 COHERENCE_SEGMENT = 64
 # sample_attention: at most this many attention weights per layer in one capture (64 MB)
 _CAPTURE_ELEMENTS = 1 << 24
-
-
-class _Vocabulary(Protocol):
-    """What generate_text needs of a charlm.data.Dataset."""
-
-    @property
-    def vocab(self) -> list[str]: ...
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def decode(self, ids: Any) -> str: ...
 
 
 def words(text: str) -> list[str]:
@@ -149,7 +138,7 @@ def quality_metrics(text: str, train_words: set[str] | str) -> dict[str, float]:
 
 def generate_text(
     model: GPT,
-    dataset: _Vocabulary,
+    dataset: Dataset,
     prompt: str = "\n",
     max_new_tokens: int = 300,
     temperature: float = 0.8,
@@ -166,14 +155,7 @@ def generate_text(
     max_new_tokens is 0). Characters of the prompt outside the dataset's vocabulary raise
     ConfigError naming them.
     """
-    if (
-        isinstance(max_new_tokens, bool)
-        or not isinstance(max_new_tokens, int)
-        or max_new_tokens < 0
-    ):
-        raise ConfigError(
-            f"max_new_tokens={max_new_tokens!r} is invalid: it must be an integer >= 0."
-        )
+    Domain(int, low=0).check("max_new_tokens", max_new_tokens)
     if not prompt:
         raise ConfigError("prompt='' is empty: give at least one character, e.g. '\\n'.")
     unknown = sorted(set(prompt) - set(dataset.vocab))
@@ -188,24 +170,19 @@ def generate_text(
     device = torch.device(device)
     idx = torch.tensor([dataset.encode(prompt)], dtype=torch.long, device=device)  # (1, T0)
     generator = torch.Generator(device=device).manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            _synchronize(device)
-            start = time.perf_counter()
-            out = model.generate(
-                idx,
-                max_new_tokens,
-                temperature=temperature,
-                top_k=top_k,
-                use_cache=True,
-                generator=generator,
-            )  # (1, T0 + max_new_tokens)
-            _synchronize(device)
-            seconds = time.perf_counter() - start
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        _synchronize(device)
+        start = time.perf_counter()
+        out = model.generate(
+            idx,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            use_cache=True,
+            generator=generator,
+        )  # (1, T0 + max_new_tokens)
+        _synchronize(device)
+        seconds = time.perf_counter() - start
     text = dataset.decode(out[0, idx.shape[1] :].tolist())
     return text, max_new_tokens / seconds if seconds > 0 else float("nan")
 
@@ -216,17 +193,9 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class _Capturing(Protocol):
-    """What sample_attention needs of a charlm.model.GPT."""
-
-    cfg: Any
-
-    def capture(self, idx: torch.Tensor) -> Any: ...
-
-
 @torch.no_grad()
 def sample_attention(
-    model: _Capturing,
+    model: GPT,
     ids: list[int],
     n_prompt: int,
     device: str | torch.device = "cpu",
@@ -245,49 +214,37 @@ def sample_attention(
     None for both when nothing was generated.
     """
     block = model.cfg.block_size
-    n_layer = model.cfg.n_layer
     length = len(ids)
     if length <= n_prompt or n_prompt < 1:
         return dict.fromkeys(SAMPLE_ATTENTION_KEYS)
     device = torch.device(device)
     sequence = torch.tensor(ids, dtype=torch.long, device=device)  # (L,)
-    entropy = torch.zeros(n_layer, dtype=torch.float64, device=device)
-    span = torch.zeros(n_layer, dtype=torch.float64, device=device)
-    rows = 0
+    totals = torch.zeros(2, model.cfg.n_layer, dtype=torch.float64, device=device)  # (2, n_layer)
     # tokens n_prompt .. min(L - 1, block): rows n_prompt - 1 .. of one capture of the start
     start = sequence[: min(length - 1, block)].unsqueeze(0)  # (1, T)
     queries = torch.arange(n_prompt - 1, start.shape[1], device=device)  # (n,)
-    capture = model.capture(start)
-    for layer, att in enumerate(capture.attentions):
-        e, s = _row_sums(att[0][:, queries].transpose(0, 1), queries)
-        entropy[layer] += e
-        span[layer] += s
-    rows += len(queries)
+    for layer, att in enumerate(model.capture(start).attentions):
+        totals[:, layer] += _row_sums(att[0][:, queries].transpose(0, 1), queries)
+    rows = len(queries)
     # later tokens j > block: the last row of each window ids[j - block : j]
     first = max(block + 1, n_prompt)  # none when the sample fits in the first capture
     later = torch.arange(first, length, device=device) if length > first else None  # (m,)
     per_capture = max(1, _CAPTURE_ELEMENTS // (model.cfg.n_head * block * block))
     for chunk in later.split(per_capture) if later is not None else ():
         windows = torch.stack([sequence[j - block : j] for j in chunk.tolist()])  # (w, block)
-        capture = model.capture(windows)
         last = torch.full((len(chunk),), block - 1, device=device)
-        for layer, att in enumerate(capture.attentions):
-            e, s = _row_sums(att[:, :, -1], last)
-            entropy[layer] += e
-            span[layer] += s
+        for layer, att in enumerate(model.capture(windows).attentions):
+            totals[:, layer] += _row_sums(att[:, :, -1], last)
         rows += len(chunk)
-    heads = model.cfg.n_head
-    return {
-        "attention_entropy": (entropy / (rows * heads)).tolist(),
-        "effective_span": (span / (rows * heads)).tolist(),
-    }
+    means = (totals / (rows * model.cfg.n_head)).tolist()
+    return dict(zip(SAMPLE_ATTENTION_KEYS, means, strict=True))
 
 
-def _row_sums(att_rows: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _row_sums(att_rows: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
     """Sums over rows and heads of the entropy and span of attention rows (n, nh, T) whose
-    queries sit at positions ``queries`` (n,): float64 scalars."""
+    queries sit at positions ``queries`` (n,): float64 (2,), entropy then span."""
     p = att_rows.double()  # (n, nh, T)
     entropy = -torch.special.xlogy(p, p).sum()
     distance = queries[:, None] - torch.arange(p.shape[-1], device=p.device)[None, :]  # (n, T)
     span = (p * distance.clamp_min(0)[:, None, :]).sum()
-    return entropy, span
+    return torch.stack([entropy, span])

@@ -17,8 +17,8 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Generator
-from contextlib import nullcontext
+from collections.abc import Callable, Generator, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ if __name__ == "__main__":
 
 import torch
 
-from charlm.config import ConfigError, ModelConfig, TrainConfig, config_fields, to_dict
+from charlm.config import ConfigError, ModelConfig, TrainConfig, to_dict
 from charlm.data import (
     BatchSampler,
     Dataset,
@@ -40,7 +40,7 @@ from charlm.data import (
     get_batch,
     load_dataset,
 )
-from charlm.evaluation import Evaluator
+from charlm.evaluation import Evaluator, SplitLoss
 from charlm.fsio import atomic_write, atomic_write_bytes
 from charlm.model import GPT
 from charlm.probes import probe_metrics
@@ -164,11 +164,6 @@ class _NonFiniteWatch:
         return first if first >= 0 else None
 
 
-def _log(report: Report | None, metrics: dict[str, Any]) -> None:
-    if report is not None:
-        report(metrics)
-
-
 def train(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -199,7 +194,8 @@ def train(
             metrics = next(steps)
         except StopIteration as stop:
             return stop.value
-        _log(report, metrics)
+        if report is not None:
+            report(metrics)
 
 
 def train_steps(
@@ -221,6 +217,65 @@ def train_steps(
     device = resolve_device(train_cfg.device)
     if train_cfg.num_threads is not None:
         torch.set_num_threads(train_cfg.num_threads)
+    data, model_cfg = _checked_data(model_cfg, train_cfg, dataset_sha256)
+    state = None
+    if resume_from is not None:
+        state = _load_checkpoint(resume_from, device)
+        check_resumable(state, model_cfg, train_cfg, data, resume_from)
+    run = _Run(model_cfg, train_cfg, data, device, checkpoint_dir, wall_start)
+    if state is not None:
+        run.resume(state)
+
+    # The steps run on locals: nothing but the step's own work between two steps.
+    model, optimizer, autocast = run.model, run.optimizer, run.autocast
+    batch_generator, nonfinite, step = run.batch_generator, run.nonfinite, run.step
+    # Training steps may run compiled; evaluation, probes and sampling use the eager model.
+    step_model = torch.compile(model) if train_cfg.compile else model
+    next_batch = BatchSampler(
+        data.splits["train"], train_cfg.batch_size, model_cfg.block_size, device
+    )
+    tokens_per_step = run.tokens_per_step
+    run.run_start = run.window_start = time.perf_counter()
+    run.result.setup_s = run.run_start - wall_start
+    window_tokens = 0
+    skip_eval_at = step if state is not None else None
+    model.train()
+    while True:
+        if (step % train_cfg.eval_interval == 0 or step == train_cfg.max_iters) and (
+            step != skip_eval_at
+        ):
+            if (yield from run.evaluation(step, window_tokens)):
+                return run.result
+            window_tokens = 0
+        if step == train_cfg.max_iters:  # resumed from the final checkpoint
+            break
+
+        lr = lr_at(step, train_cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = next_batch(batch_generator)
+        with autocast:
+            _, loss = step_model(x, y)
+        bad_step = nonfinite.observe(loss, step + 1)
+        if bad_step is not None:
+            yield _fail(run.result, bad_step, wall_start)
+            return run.result
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        window_tokens += tokens_per_step
+        step += 1
+    run.finish()
+    run.result.train_time_s = run.prior_elapsed
+    return run.result
+
+
+def _checked_data(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, dataset_sha256: str | None
+) -> tuple[Dataset, ModelConfig]:
+    """The run's dataset, checked against ``dataset_sha256`` and the model's vocabulary and
+    block size; ``model_cfg`` with the dataset's vocab_size when it had none."""
     data = load_dataset(train_cfg.dataset, train_cfg.data_dir)
     if dataset_sha256 is not None and data.source_sha256 != dataset_sha256:
         raise DatasetChangedError(
@@ -237,163 +292,205 @@ def train_steps(
             f"of {data.vocab_size}: leave vocab_size unset to take it from the dataset."
         )
     check_block_size(data, model_cfg.block_size)
-    prompt = sample_prompt(data)
-    state = _load_checkpoint(resume_from, device) if resume_from is not None else None
-    if state is not None and resume_from is not None:
-        check_resumable(state, model_cfg, train_cfg, data, resume_from)
+    return data, model_cfg
 
-    torch.manual_seed(train_cfg.seed)
-    model = GPT(model_cfg).to(device)
-    device_type = "cuda" if device.startswith("cuda") else "cpu"
-    if device_type == "cuda":  # TF32 matmuls: what users expect on Ampere and later
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    # Training steps may run compiled; evaluation, probes and sampling use the eager model.
-    step_model = torch.compile(model) if train_cfg.compile else model
-    optimizer = model.configure_optimizer(
-        train_cfg.weight_decay, train_cfg.learning_rate, (train_cfg.beta1, train_cfg.beta2),
-        device_type,
-    )  # fmt: skip
-    autocast = (
-        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        if device_type == "cuda"
-        else nullcontext()
-    )
-    batch_generator = torch.Generator().manual_seed(train_cfg.seed)
-    next_batch = BatchSampler(
-        data.splits["train"], train_cfg.batch_size, model_cfg.block_size, device
-    )
-    nonfinite = _NonFiniteWatch(device_type, device)
-    evaluate = Evaluator(data, model_cfg.block_size, train_cfg, device)
-    probe_x, _ = get_batch(
-        data.splits["val"], train_cfg.probe_batch_size, model_cfg.block_size,
-        torch.Generator().manual_seed(PROBE_SEED), device,
-    )  # fmt: skip
 
-    result = TrialResult(
-        model_config=model_cfg,
-        train_config=train_cfg,
-        device=device,
-        eval_mode=evaluate.modes["val"],
-        train_eval_mode=evaluate.modes["train"],
-        val_eval_windows=evaluate.plan.splits["val"].windows,
-        train_eval_windows=evaluate.plan.splits["train"].windows,
-        train_loss_target_stderr=evaluate.plan.splits["train"].target_stderr,
-        num_threads=torch.get_num_threads() if device_type == "cpu" else None,
-        n_params=model.num_params(),
-    )
-    step, train_seconds, prior_elapsed = 0, 0.0, 0.0
-    best_val = math.inf
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng_cpu"])
-        if device_type == "cuda" and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"])
-        batch_generator.set_state(state["rng_batches"])
-        step = state["step"]
-        train_seconds, prior_elapsed = state["train_seconds"], state["elapsed_s"]
-        best_val = state["best_val_loss"]
-        result.curve, result.attention = list(state["curve"]), list(state["attention"])
-    checkpoint_path = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if checkpoint_path is not None:
-        checkpoint_path.mkdir(parents=True, exist_ok=True)
+@contextmanager
+def _timed(result: TrialResult, field: str) -> Iterator[None]:
+    """Add the block's wall time to ``result``'s time field ``field`` (probe_s, ...)."""
+    start = time.perf_counter()
+    yield
+    setattr(result, field, getattr(result, field) + time.perf_counter() - start)
 
-    tokens_per_step = train_cfg.batch_size * model_cfg.block_size
-    run_start = time.perf_counter()
-    result.setup_s = run_start - wall_start
-    # Training time is measured per window of steps between evaluations (a synced
-    # boundary), so no step waits for the device.
-    window_start, window_tokens = run_start, 0
-    skip_eval_at = step if resume_from is not None else None
-    model.train()
-    while True:
-        if (step % train_cfg.eval_interval == 0 or step == train_cfg.max_iters) and (
-            step != skip_eval_at
-        ):
-            if device_type == "cuda":
-                torch.cuda.synchronize()
-            window_seconds = time.perf_counter() - window_start if window_tokens else 0.0
-            train_seconds += window_seconds
-            bad_step = nonfinite.pending()
-            if bad_step is not None:
-                yield _fail(result, bad_step, wall_start)
-                return result
-            evaluation = evaluate(model, autocast)
-            result.eval_s = evaluate.seconds
-            losses = {split: value.loss for split, value in evaluation.items()}
-            if not all(math.isfinite(v) for v in losses.values()):
-                yield _fail(result, step, wall_start)
-                return result
-            best_val = min(best_val, losses["val"])
-            point: CurvePoint = {
-                "step": step,
-                "tokens_seen": step * tokens_per_step,
-                "elapsed_s": prior_elapsed + time.perf_counter() - run_start,
-                "lr": lr_at(min(step, train_cfg.max_iters - 1), train_cfg),
-                "train_loss": losses["train"],
-                "val_loss": losses["val"],
-                "best_val_loss": best_val,
-                "tokens_per_s": window_tokens / window_seconds if window_seconds > 0 else None,
-                "train_loss_stderr": evaluation["train"].stderr,
-                "val_loss_stderr": evaluation["val"].stderr,
-                "train_eval_windows": evaluation["train"].windows,
-                "val_eval_windows": evaluation["val"].windows,
-            }
-            result.curve.append(point)
-            metrics: dict[str, Any] = dict(point)
-            last = step == train_cfg.max_iters
-            probe_due = train_cfg.probe_interval is None or step % train_cfg.probe_interval == 0
-            if probe_due or last:
-                probe_start = time.perf_counter()
-                rows = probe_model(model, probe_x, autocast, step)
-                result.probe_s += time.perf_counter() - probe_start
-                result.attention.extend(rows)
-                metrics["attention"] = rows
-            if checkpoint_path is not None:
-                checkpoint_start = time.perf_counter()
-                _save_checkpoint(
-                    checkpoint_path / CHECKPOINT_FILE, model, optimizer, step, batch_generator,
-                    train_seconds, point["elapsed_s"], best_val, result, data, device_type,
-                )  # fmt: skip
-                result.checkpoint_s += time.perf_counter() - checkpoint_start
-            if last:
-                _finish(result, model, data, train_cfg, best_val, train_seconds, device, prompt)
-                if checkpoint_path is not None:
-                    checkpoint_start = time.perf_counter()
-                    save_model(checkpoint_path / MODEL_FILE, model, data.vocab, data.name)
-                    result.checkpoint_s += time.perf_counter() - checkpoint_start
-                result.train_time_s = prior_elapsed + time.perf_counter() - run_start
-                metrics.update(result.summary(), sample=result.sample, final=True)
-                yield metrics
-                return result
-            metrics["final"] = False
-            rng = _rng_states(device_type)
-            yield metrics
-            _restore_rng_states(rng, device_type)  # others may have drawn from it meanwhile
-            window_start, window_tokens = time.perf_counter(), 0
-        if step == train_cfg.max_iters:  # resumed from the final checkpoint
-            break
 
-        lr = lr_at(step, train_cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x, y = next_batch(batch_generator)
-        with autocast:
-            _, loss = step_model(x, y)
-        bad_step = nonfinite.observe(loss, step + 1)
+class _Run:
+    """One run's state between its training steps: the model, optimizer and RNGs, the
+    history, the clocks; and the phases around the steps (evaluate, probe, checkpoint,
+    report, finish). The steps themselves are ``train_steps``'."""
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        cfg: TrainConfig,
+        data: Dataset,
+        device: str,
+        checkpoint_dir: str | Path | None,
+        wall_start: float,
+    ) -> None:
+        self.cfg, self.data, self.device, self.wall_start = cfg, data, device, wall_start
+        self.device_type = "cuda" if device.startswith("cuda") else "cpu"
+        torch.manual_seed(cfg.seed)
+        self.model = GPT(model_cfg).to(device)
+        if self.device_type == "cuda":  # TF32 matmuls: what users expect on Ampere and later
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.optimizer = self.model.configure_optimizer(
+            cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), self.device_type
+        )
+        self.autocast: AbstractContextManager[Any] = (
+            torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            if self.device_type == "cuda"
+            else nullcontext()
+        )
+        self.batch_generator = torch.Generator().manual_seed(cfg.seed)
+        self.nonfinite = _NonFiniteWatch(self.device_type, device)
+        self.evaluate = Evaluator(data, model_cfg.block_size, cfg, device)
+        self.probe_x, _ = get_batch(
+            data.splits["val"], cfg.probe_batch_size, model_cfg.block_size,
+            torch.Generator().manual_seed(PROBE_SEED), device,
+        )  # fmt: skip
+        plan = self.evaluate.plan.splits
+        self.result = TrialResult(
+            model_config=model_cfg,
+            train_config=cfg,
+            device=device,
+            eval_mode=plan["val"].mode,
+            train_eval_mode=plan["train"].mode,
+            val_eval_windows=plan["val"].windows,
+            train_eval_windows=plan["train"].windows,
+            train_loss_target_stderr=plan["train"].target_stderr,
+            num_threads=torch.get_num_threads() if self.device_type == "cpu" else None,
+            n_params=self.model.num_params(),
+        )
+        self.checkpoint_path = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        if self.checkpoint_path is not None:
+            self.checkpoint_path.mkdir(parents=True, exist_ok=True)
+        self.tokens_per_step = cfg.batch_size * model_cfg.block_size
+        self.step, self.train_seconds, self.prior_elapsed = 0, 0.0, 0.0
+        self.best_val = math.inf
+        # Training time is measured per window of steps between evaluations (a synced
+        # boundary), so no step waits for the device.
+        self.run_start = self.window_start = wall_start
+
+    def resume(self, state: dict[str, Any]) -> None:
+        """Continue from checkpoint ``state``: weights, optimizer, RNG states, step, history."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        _restore_rng_states((state["rng_cpu"], state.get("rng_cuda")), self.device_type)
+        self.batch_generator.set_state(state["rng_batches"])
+        self.step = state["step"]
+        self.train_seconds, self.prior_elapsed = state["train_seconds"], state["elapsed_s"]
+        self.best_val = state["best_val_loss"]
+        self.result.curve, self.result.attention = list(state["curve"]), list(state["attention"])
+
+    def evaluation(self, step: int, window_tokens: int) -> Generator[dict[str, Any], None, bool]:
+        """The evaluation at ``step``, ``window_tokens`` trained since the last one: it
+        yields its metrics (probes run, checkpoint written); True when the run is over."""
+        if self.device_type == "cuda":
+            torch.cuda.synchronize()
+        window_seconds = time.perf_counter() - self.window_start if window_tokens else 0.0
+        self.train_seconds += window_seconds
+        bad_step = self.nonfinite.pending()
+        losses = self.evaluate(self.model, self.autocast) if bad_step is None else {}
+        self.result.eval_s = self.evaluate.seconds
+        if bad_step is None and not all(math.isfinite(v.loss) for v in losses.values()):
+            bad_step = step
         if bad_step is not None:
-            yield _fail(result, bad_step, wall_start)
-            return result
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        window_tokens += tokens_per_step
-        step += 1
-    _finish(result, model, data, train_cfg, best_val, train_seconds, device, prompt)
-    result.train_time_s = prior_elapsed
-    return result
+            yield _fail(self.result, bad_step, self.wall_start)
+            return True
+        self.best_val = min(self.best_val, losses["val"].loss)
+        speed = window_tokens / window_seconds if window_seconds > 0 else None
+        point = self._point(step, losses, speed)
+        metrics: dict[str, Any] = dict(point)
+        last = step == self.cfg.max_iters
+        if last or self.cfg.probe_interval is None or step % self.cfg.probe_interval == 0:
+            with _timed(self.result, "probe_s"):
+                metrics["attention"] = probe_model(self.model, self.probe_x, self.autocast, step)
+            self.result.attention.extend(metrics["attention"])
+        if self.checkpoint_path is not None:
+            with _timed(self.result, "checkpoint_s"):
+                self._save_checkpoint(self.checkpoint_path / CHECKPOINT_FILE, point)
+        if last:
+            self._finish_last()
+            metrics.update(self.result.summary(), sample=self.result.sample, final=True)
+            yield metrics
+            return True
+        metrics["final"] = False
+        rng = _rng_states(self.device_type)
+        yield metrics
+        _restore_rng_states(rng, self.device_type)  # others may have drawn from it meanwhile
+        self.window_start = time.perf_counter()
+        return False
+
+    def _point(self, step: int, losses: dict[str, SplitLoss], speed: float | None) -> CurvePoint:
+        """The curve point of the evaluation at ``step`` (appended to the result's curve)."""
+        point: CurvePoint = {
+            "step": step,
+            "tokens_seen": step * self.tokens_per_step,
+            "elapsed_s": self.prior_elapsed + time.perf_counter() - self.run_start,
+            "lr": lr_at(min(step, self.cfg.max_iters - 1), self.cfg),
+            "train_loss": losses["train"].loss,
+            "val_loss": losses["val"].loss,
+            "best_val_loss": self.best_val,
+            "tokens_per_s": speed,
+            "train_loss_stderr": losses["train"].stderr,
+            "val_loss_stderr": losses["val"].stderr,
+            "train_eval_windows": losses["train"].windows,
+            "val_eval_windows": losses["val"].windows,
+        }
+        self.result.curve.append(point)
+        return point
+
+    def _finish_last(self) -> None:
+        """The last evaluation's end: final metrics, sample, model file, run time."""
+        self.finish()
+        if self.checkpoint_path is not None:
+            with _timed(self.result, "checkpoint_s"):
+                save_model(
+                    self.checkpoint_path / MODEL_FILE, self.model, self.data.vocab, self.data.name
+                )
+        self.result.train_time_s = self.prior_elapsed + time.perf_counter() - self.run_start
+
+    def finish(self) -> None:
+        """Fill the final metrics and the generated sample into the result."""
+        result, cfg, data = self.result, self.cfg, self.data
+        last = result.curve[-1]
+        result.last_step = last["step"]
+        result.tokens_seen = last["tokens_seen"]
+        result.best_val_loss = self.best_val
+        result.final_train_loss = last["train_loss"]
+        result.final_val_loss = last["val_loss"]
+        result.final_train_loss_stderr = last.get("train_loss_stderr")
+        result.final_val_loss_stderr = last.get("val_loss_stderr")
+        result.steps_s = seconds = self.train_seconds
+        result.train_tokens_per_s = last["tokens_seen"] / seconds if seconds > 0 else None
+        if cfg.sample_tokens <= 0:
+            return
+        with _timed(result, "sample_s"):
+            prompt = sample_prompt(data)
+            text, result.inference_tokens_per_s = generate_text(
+                self.model, data, prompt, cfg.sample_tokens, cfg.temperature, cfg.top_k,
+                cfg.seed, self.device,
+            )  # fmt: skip
+            result.sample = {
+                "prompt": prompt,
+                "text": text,
+                "n_chars": len(text),
+                **quality_metrics(text, _known_words(data)),
+                **sample_attention(
+                    self.model, data.encode(prompt + text), len(prompt), self.device
+                ),
+            }
+
+    def _save_checkpoint(self, path: Path, point: CurvePoint) -> None:
+        _atomic_torch_save(
+            {
+                **_model_file(self.model, self.data.vocab, self.data.name),
+                "optimizer": self.optimizer.state_dict(),
+                "step": point["step"],
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state() if self.device_type == "cuda" else None,
+                "rng_batches": self.batch_generator.get_state(),
+                "train_seconds": self.train_seconds,
+                "elapsed_s": point["elapsed_s"],
+                "best_val_loss": self.best_val,
+                "curve": self.result.curve,
+                "attention": self.result.attention,
+                "train_config": to_dict(self.cfg),
+                "dataset_sha256": self.data.source_sha256,
+            },
+            path,
+        )
 
 
 def _rng_states(device_type: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -414,52 +511,12 @@ def probe_model(
     """The probe rows (``probe_metrics`` plus ``step``) of ``model`` on the batch probe_x (B, T),
     captured in eval mode under ``autocast`` (a context manager; None for none); the model is
     left in training mode, as the training loop needs it."""
-    autocast = nullcontext() if autocast is None else autocast
-    model.eval()
-    with torch.no_grad(), autocast:
-        capture = model.capture(probe_x)
+    with autocast or nullcontext():
+        capture = model.capture(probe_x)  # in eval mode
     model.train()
     attentions = [a.float() for a in capture.attentions]
     hidden = [h.float() for h in capture.hidden_states]
     return [{"step": step, **row} for row in probe_metrics(attentions, hidden)]
-
-
-def _finish(
-    result: TrialResult,
-    model: GPT,
-    data: Dataset,
-    cfg: TrainConfig,
-    best_val: float,
-    train_seconds: float,
-    device: str,
-    prompt: str,
-) -> None:
-    """Fill the final metrics and the generated sample into ``result``."""
-    last = result.curve[-1]
-    result.last_step = last["step"]
-    result.tokens_seen = last["tokens_seen"]
-    result.best_val_loss = best_val
-    result.final_train_loss = last["train_loss"]
-    result.final_val_loss = last["val_loss"]
-    result.final_train_loss_stderr = last.get("train_loss_stderr")
-    result.final_val_loss_stderr = last.get("val_loss_stderr")
-    result.steps_s = train_seconds
-    result.train_tokens_per_s = last["tokens_seen"] / train_seconds if train_seconds > 0 else None
-    sample_start = time.perf_counter()
-    if cfg.sample_tokens > 0:
-        text, tokens_per_s = generate_text(
-            model, data, prompt, cfg.sample_tokens, cfg.temperature, cfg.top_k,
-            cfg.seed, device,
-        )  # fmt: skip
-        result.inference_tokens_per_s = tokens_per_s
-        result.sample = {
-            "prompt": prompt,
-            "text": text,
-            "n_chars": len(text),
-            **quality_metrics(text, _known_words(data)),
-            **sample_attention(model, data.encode(prompt + text), len(prompt), device),
-        }
-    result.sample_s = time.perf_counter() - sample_start
 
 
 def _known_words(data: Dataset) -> set[str]:
@@ -486,47 +543,9 @@ def _fail(result: TrialResult, step: int, wall_start: float) -> dict[str, Any]:
     return {"step": step, **result.summary(), "final": True}
 
 
-def _save_checkpoint(
-    path: Path,
-    model: GPT,
-    optimizer: torch.optim.Optimizer,
-    step: int,
-    batch_generator: torch.Generator,
-    train_seconds: float,
-    elapsed_s: float,
-    best_val: float,
-    result: TrialResult,
-    data: Dataset,
-    device_type: str,
-) -> None:
-    _atomic_torch_save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None,
-            "rng_batches": batch_generator.get_state(),
-            "train_seconds": train_seconds,
-            "elapsed_s": elapsed_s,
-            "best_val_loss": best_val,
-            "curve": result.curve,
-            "attention": result.attention,
-            "model_config": to_dict(result.model_config),
-            "train_config": to_dict(result.train_config),
-            "vocab": data.vocab,
-            "dataset": data.name,
-            "dataset_sha256": data.source_sha256,
-        },
-        path,
-    )
-
-
 def sample_prompt(data: Dataset) -> str:
     """The prompt of the final sample: a newline, or the training text's first character
-    when the text has none (chosen before training: a prompt outside the vocabulary would
-    only fail after the whole run)."""
+    when the text has none (so it is always in the vocabulary)."""
     return SAMPLE_PROMPT if SAMPLE_PROMPT in data.vocab else data.decode(data.splits["train"][:1])
 
 
@@ -556,11 +575,11 @@ def check_resumable(
     # A field newer than the checkpoint had its default then.
     old_values = {**to_dict(ModelConfig()), **to_dict(TrainConfig()), **old_model, **old_train}
     # The schedule as it runs: an unset lr_decay_iters follows max_iters (resumable).
-    known = set(config_fields(TrainConfig))
-    old_cfg = TrainConfig(**{**{k: v for k, v in old_train.items() if k in known},
-                             "dataset": train_cfg.dataset, "data_dir": None})  # fmt: skip
+    old = dataclasses.replace(
+        train_cfg, **{k: old_values[k] for k in ("max_iters", "lr_decay_iters")}
+    )
     new_values["lr_decay_iters"] = train_cfg.resolved_lr_decay_iters
-    old_values["lr_decay_iters"] = old_cfg.resolved_lr_decay_iters
+    old_values["lr_decay_iters"] = old.resolved_lr_decay_iters
     same_data = (
         state.get("dataset_sha256") == data.source_sha256
         if state.get("dataset_sha256") and data.source_sha256
@@ -594,16 +613,18 @@ def check_resumable(
 def save_model(path: Path, model: GPT, vocab: list[str], dataset: str) -> None:
     """Write ``model`` as a model file (what ``load_model`` reads), atomically: its weights,
     config, and the vocabulary and dataset name it was trained with."""
-    _atomic_torch_save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "model": model.state_dict(),
-            "model_config": dataclasses.asdict(model.cfg),
-            "vocab": vocab,
-            "dataset": dataset,
-        },
-        path,
-    )
+    _atomic_torch_save(_model_file(model, vocab, dataset), path)
+
+
+def _model_file(model: GPT, vocab: list[str], dataset: str) -> dict[str, Any]:
+    """What a model file holds (a checkpoint holds it too)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": model.state_dict(),
+        "model_config": dataclasses.asdict(model.cfg),
+        "vocab": vocab,
+        "dataset": dataset,
+    }
 
 
 def _load_checkpoint(path: str | Path, device: str) -> dict[str, Any]:

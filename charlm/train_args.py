@@ -6,7 +6,6 @@ that import when run as a script, so bad input answers at once: one line, exit 2
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,10 @@ from charlm.config import (
     TrainConfig,
     check_schedule,
     domains,
+    field_types,
     shorten_schedule,
+    split_config,
+    to_dict,
 )
 
 __all__ = ["TrainArgs", "parse", "parser"]
@@ -40,8 +42,7 @@ class TrainArgs:
 
 
 def parser() -> OneLineParser:
-    model_defaults, train_defaults = ModelConfig(), TrainConfig()
-    full = train_defaults.max_iters
+    full = TrainConfig().max_iters
     parser = OneLineParser(
         prog="python -m charlm.train",
         description="Train one character-level GPT, print progress, write DIR/result.json "
@@ -49,95 +50,59 @@ def parser() -> OneLineParser:
         f"--max-iters other than {full} scales the warm-up, the lr decay and the eval "
         "interval that are not given with it (as the sweeps' --max-iters does).",
     )
-    add = parser.add_argument
+    defaults = {**to_dict(ModelConfig()), **to_dict(TrainConfig())}
+    types = {**field_types(ModelConfig), **field_types(TrainConfig)}
+
+    def add(name: str, help: str, *flags: str, **kwargs: Any) -> None:
+        """The option of config field ``name`` (flag --name unless ``flags``), with the
+        field's type and default (a schedule field's is scaled: None); a bool is a flag."""
+        if types[name] is bool:
+            kwargs["action"] = "store_true"
+        else:
+            scaled = name in SCHEDULE_FIELDS or name == "max_iters"  # default in the help
+            kwargs = {"type": types[name], "default": None if scaled else defaults[name], **kwargs}
+        flags = flags or (f"--{name.replace('_', '-')}",)
+        parser.add_argument(*flags, dest=name, help=help, **kwargs)
+
+    add("dataset", "shakespeare_char, enwik8, text8, or the path of a UTF-8 text file")
     add(
-        "--dataset",
-        default=train_defaults.dataset,
-        help="shakespeare_char, enwik8, text8, or the path of a UTF-8 text file",
+        "data_dir", "where datasets are cached (default: $CHARLM_DATA_DIR, else the user cache dir)"
     )
+    add("n_layer", "transformer blocks")
+    add("n_head", "attention heads per block")
+    add("n_embed", "embedding width")
+    add("block_size", "context length")
+    add("dropout", "dropout probability")
+    add("bias", "biases in Linear and LayerNorm layers")
+    add("batch_size", "sequences per step")
+    add("max_iters", f"training steps (default: {full})")
     add(
-        "--data-dir",
-        default=None,
-        help="where datasets are cached (default: $CHARLM_DATA_DIR, else the user cache dir)",
+        "eval_interval",
+        f"steps between evaluations (default: {defaults['eval_interval']}, at most --max-iters)",
     )
-    add("--n-layer", type=int, default=model_defaults.n_layer, help="transformer blocks")
-    add("--n-head", type=int, default=model_defaults.n_head, help="attention heads per block")
-    add("--n-embed", type=int, default=model_defaults.n_embed, help="embedding width")
-    add("--block-size", type=int, default=model_defaults.block_size, help="context length")
-    add("--dropout", type=float, default=model_defaults.dropout, help="dropout probability")
-    add("--bias", action="store_true", help="biases in Linear and LayerNorm layers")
-    add("--batch-size", type=int, default=train_defaults.batch_size, help="sequences per step")
-    add("--max-iters", type=int, default=None, help=f"training steps (default: {full})")
-    add(
-        "--eval-interval",
-        type=int,
-        default=None,
-        help=f"steps between evaluations (default: {train_defaults.eval_interval}, at most "
-        "--max-iters)",
-    )
-    add(
-        "--eval-iters",
-        type=int,
-        default=train_defaults.eval_iters,
-        help="batches per evaluation when a split is too large to evaluate exactly",
-    )
-    add(
-        "--warmup-iters",
-        type=int,
-        default=None,
-        help=f"linear warm-up steps (default: {train_defaults.warmup_iters} x max-iters / "
-        f"{full}, below max-iters)",
-    )
-    add(
-        "--lr-decay-iters",
-        type=int,
-        default=None,
-        help="step where the cosine decay reaches min-lr (default: max-iters)",
-    )
-    add("--learning-rate", "--lr", type=float, default=train_defaults.learning_rate,
-        help="peak learning rate")  # fmt: skip
-    add("--min-lr", type=float, default=None, help="default: learning-rate / 10")
-    add("--weight-decay", type=float, default=train_defaults.weight_decay, help="AdamW")
-    add("--beta1", type=float, default=train_defaults.beta1, help="AdamW")
-    add("--beta2", type=float, default=train_defaults.beta2, help="AdamW")
-    add("--grad-clip", type=float, default=train_defaults.grad_clip, help="gradient norm clip")
-    add("--seed", type=int, default=train_defaults.seed, help="initialisation and data order")
-    add(
-        "--probe-interval",
-        type=int,
-        default=None,
-        help="steps between attention probes (default: at every evaluation)",
-    )
-    add(
-        "--probe-batch-size",
-        type=int,
-        default=train_defaults.probe_batch_size,
-        help="sequences the probes look at",
-    )
-    add(
-        "--sample-tokens",
-        type=int,
-        default=train_defaults.sample_tokens,
-        help="characters generated at the end",
-    )
-    add("--temperature", type=float, default=train_defaults.temperature, help="sampling")
-    add("--top-k", type=int, default=train_defaults.top_k, help="sampling")
-    add("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
-    add(
-        "--threads",
-        dest="num_threads",
-        type=int,
-        default=None,
-        help="torch threads (default: torch's own choice)",
-    )
-    add(
-        "--compile",
-        action="store_true",
-        help="run training steps through torch.compile (opt-in; pays off on CUDA)",
-    )
-    add("--out", required=True, help="output directory for result.json and the checkpoint")
-    add("--resume", action="store_true", help="continue from OUT/ckpt.pt if it exists")
-    add("--quiet", action="store_true", help="no progress lines")
+    add("eval_iters", "batches per evaluation when a split is too large to evaluate exactly")
+    warmup = f"{defaults['warmup_iters']} x max-iters / {full}, below max-iters"
+    add("warmup_iters", f"linear warm-up steps (default: {warmup})")
+    add("lr_decay_iters", "step where the cosine decay reaches min-lr (default: max-iters)")
+    add("learning_rate", "peak learning rate", "--learning-rate", "--lr")
+    add("min_lr", "default: learning-rate / 10")
+    add("weight_decay", "AdamW")
+    add("beta1", "AdamW")
+    add("beta2", "AdamW")
+    add("grad_clip", "gradient norm clip")
+    add("seed", "initialisation and data order")
+    add("probe_interval", "steps between attention probes (default: at every evaluation)")
+    add("probe_batch_size", "sequences the probes look at")
+    add("sample_tokens", "characters generated at the end")
+    add("temperature", "sampling")
+    add("top_k", "sampling")
+    add("device", "auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
+    add("num_threads", "torch threads (default: torch's own choice)", "--threads")
+    add("compile", "run training steps through torch.compile (opt-in; pays off on CUDA)")
+    option = parser.add_argument
+    option("--out", required=True, help="output directory for result.json and the checkpoint")
+    option("--resume", action="store_true", help="continue from OUT/ckpt.pt if it exists")
+    option("--quiet", action="store_true", help="no progress lines")
     return parser
 
 
@@ -164,12 +129,9 @@ def _configs(
     scaled: tuple[str, ...] = ()
     if max_iters is not None:
         domains(TrainConfig)["max_iters"].check("max_iters", max_iters)  # before scaling
-        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        defaults = to_dict(TrainConfig())
         unscaled = {name: defaults[name] for name in SCHEDULE_FIELDS if name not in schedule}
         schedule = {**shorten_schedule(dict(unscaled), max_iters), **schedule}
         scaled = tuple(name for name in SCHEDULE_FIELDS if name in unscaled and (
             schedule[name] != defaults[name]))  # fmt: skip
-    model_names = {f.name for f in dataclasses.fields(ModelConfig)}
-    model = ModelConfig(**{k: v for k, v in values.items() if k in model_names})
-    train = TrainConfig(**{k: v for k, v in values.items() if k not in model_names}, **schedule)
-    return model, train, scaled
+    return (*split_config({**values, **schedule}), scaled)

@@ -179,11 +179,10 @@ def test_download_404_gives_the_fix_and_leaves_nothing(
     with pytest.raises(DataError, match="HTTP 404") as raised:
         load_dataset("shakespeare_char", empty_dir)
 
-    assert str(raised.value) == (
-        f"download of {spec.url} failed (HTTP 404 File not found): check the network or place "
-        f"tiny_shakespeare.txt (sha256 {spec.sha256}) in {empty_dir}, or set CHARLM_DATA_DIR "
-        "to a directory holding it."
-    )
+    message = str(raised.value)
+    assert spec.url in message and "HTTP 404" in message  # what failed and why
+    for fix in ("place tiny_shakespeare.txt", spec.sha256, str(empty_dir), "CHARLM_DATA_DIR"):
+        assert fix in message
     assert files_in(empty_dir) == []
 
 
@@ -490,7 +489,6 @@ def test_check_block_size_names_the_smallest_split(shakespeare_data_dir: Path) -
     check_block_size(dataset, 111_539)
     with pytest.raises(ConfigError) as raised:
         check_block_size(dataset, 111_540)
-    assert str(raised.value) == (
-        "block_size=111540 is longer than the val split of shakespeare_char (111540 "
-        "characters): use a block_size below 111540."
-    )
+    message = str(raised.value)
+    assert "block_size=111540" in message and "val split" in message  # the field, the split
+    assert "(111540 characters)" in message and "block_size below 111540" in message  # the fix

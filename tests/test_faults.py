@@ -101,12 +101,11 @@ def test_memory_estimate_refuses_a_batch_that_cannot_fit():
     assert 1400 * 2**20 < need < 1800 * 2**20
     rows = [("baseline=baseline", model, train, 65)]
     check_memory(rows, 1, 2 * need, "this machine")
-    with pytest.raises(
-        ConfigError,
-        match=r"baseline=baseline: one trial needs about [\d,]+ MiB "
-        r"\(estimate\) but this machine has 1,000 MiB: use a smaller batch_size",
-    ):
+    with pytest.raises(ConfigError) as raised:
         check_memory(rows, 1, 1000 * 2**20, "this machine")
+    message = str(raised.value)
+    assert message.startswith("baseline=baseline: ") and "this machine has 1,000 MiB" in message
+    assert re.search(r"needs about [\d,]+ MiB", message) and "smaller batch_size" in message
     with pytest.raises(ConfigError, match=r"4 trials at a time need .* pass --max-concurrent 2\."):
         check_memory(rows, 4, 2.5 * need, "this machine")
 
@@ -165,24 +164,28 @@ def test_resume_only_what_can_be_resumed(tmp_path: Path):
         out, "--max-iters", "5", "--eval-interval", "5", "--lr-decay-iters", "20", "--resume"
     )
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr == (
-        f"error: --resume: the checkpoint {checkpoint} cannot be resumed by this run: "
-        "max_iters 5 is below its step 20: pass --max-iters 20 or more to resume it, or give "
-        "a new --out to start afresh.\n"
-    )
+    assert done.stderr.startswith("error: --resume: ") and done.stderr.count("\n") == 1
+    assert str(checkpoint) in done.stderr and "max_iters 5 is below its step 20" in done.stderr
+    assert "--max-iters 20 or more" in done.stderr and "new --out" in done.stderr  # both fixes
     changed = _train(out, "--max-iters", "30", "--lr-decay-iters", "20", "--resume", "--lr",
                      "0.001", "--seed", "3", "--dropout", "0.2", "--batch-size", "8",
                      "--n-embed", "32", "--weight-decay", "0")  # fmt: skip
     assert changed.returncode == 2
     (line,) = changed.stderr.splitlines()
-    assert line == (
-        f"error: --resume: the checkpoint {checkpoint} cannot be resumed by this run: "
-        "n_embed 16 (this run: 32); dropout 0.1 (this run: 0.2); seed 0 (this run: 3); "
-        "batch_size 4 (this run: 8); learning_rate 0.0003 (this run: 0.001); weight_decay 0.1 "
-        "(this run: 0): pass --n-embed 16 --dropout 0.1 --seed 0 --batch-size 4 "
-        "--learning-rate 0.0003 --weight-decay 0.1 to resume it, or give a new --out to start "
-        "afresh."
-    )
+    assert line.startswith("error: --resume: ") and str(checkpoint) in line
+    changed_fields = [
+        ("n_embed", "16", "32"),
+        ("dropout", "0.1", "0.2"),
+        ("seed", "0", "3"),
+        ("batch_size", "4", "8"),
+        ("learning_rate", "0.0003", "0.001"),
+        ("weight_decay", "0.1", "0"),
+    ]
+    for field, old, new in changed_fields:  # each field with both values, and nothing else
+        assert f"{field} {old} (this run: {new})" in line
+    assert line.count("(this run: ") == len(changed_fields)
+    fix = " ".join(f"--{field.replace('_', '-')} {old}" for field, old, _ in changed_fields)
+    assert f"pass {fix} to resume" in line and "new --out" in line
     schedule = _train(out, "--max-iters", "30", "--resume")  # lr_decay_iters follows max_iters
     assert schedule.returncode == 2
     assert "lr_decay_iters 20 (this run: 30)" in schedule.stderr
@@ -336,12 +339,9 @@ def test_second_driver_is_refused_while_the_first_holds_the_store(cli: str, tmp_
                 search.main([*argv, "--n-trials", "1", "--max-iters", "4"])
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
-        assert err == (
-            f"error: results directory {results} is in use by another sweep (pid {holder.pid} "
-            f"on host {socket.gethostname()}, since "
-            f"{err.split('since ')[1].split(' UTC')[0]} UTC): wait for it to finish, or use "
-            "another --results.\n"
-        )
+        assert err.startswith(f"error: results directory {results} ") and err.count("\n") == 1
+        assert f"pid {holder.pid}" in err and f"host {socket.gethostname()}" in err  # the holder
+        assert " UTC)" in err and "wait for it to finish" in err and "another --results" in err
         assert sorted(p.name for p in results.iterdir()) == [".lock"]  # nothing else written
     finally:
         holder.kill()  # SIGKILL: the kernel releases the lock
