@@ -12,14 +12,6 @@ from typing import Any, NoReturn
 
 from charlm.config import ConfigError
 
-__all__ = [
-    "DefaultsHelpFormatter",
-    "OneLineParser",
-    "check_writable_dir",
-    "deprecated_alias",
-    "fail",
-]
-
 
 def fail(message: str) -> NoReturn:
     """Print ``error: message`` on one line to stderr and exit with status 2 (bad input)."""

@@ -19,25 +19,6 @@ from typing import Any
 
 from charlm.text import short_repr
 
-__all__ = [
-    "GREEDY_TEMPERATURE",
-    "INT64_MAX",
-    "KNOWN_DATASETS",
-    "SEED_MAX",
-    "ConfigError",
-    "Domain",
-    "ModelConfig",
-    "TrainConfig",
-    "check_schedule",
-    "config_fields",
-    "domains",
-    "field_types",
-    "is_regular_file",
-    "shorten_schedule",
-    "split_config",
-    "to_dict",
-]
-
 KNOWN_DATASETS = ("shakespeare_char", "enwik8", "text8")
 
 

@@ -38,22 +38,6 @@ from charlm.fsio import atomic_write
 if TYPE_CHECKING:  # torch is imported where batches are made: the CLIs check input without it
     import torch
 
-__all__ = [
-    "DATASETS",
-    "DOWNLOAD_TIMEOUT_S",
-    "BatchSampler",
-    "DataError",
-    "Dataset",
-    "DatasetChangedError",
-    "DatasetSpec",
-    "check_block_size",
-    "get_batch",
-    "iter_windows",
-    "load_dataset",
-    "n_windows",
-    "resolve_data_dir",
-]
-
 DATA_DIR_ENV = "CHARLM_DATA_DIR"
 DOWNLOAD_TIMEOUT_S = 60.0  # per blocking socket operation, not for the whole download
 _CHUNK = 1 << 22  # elements per step when counting symbols, to bound temporary memory
@@ -249,7 +233,7 @@ def get_batch(
     import torch
 
     starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
-    return _windows(data, starts.numpy(), block_size, device)
+    return windows(data, starts.numpy(), block_size, device)
 
 
 class BatchSampler:
@@ -329,12 +313,13 @@ def iter_windows(
     count = n_windows(len(data), block_size)
     for first in range(0, count, batch_size):
         starts = np.arange(first, min(first + batch_size, count)) * block_size
-        yield _windows(data, starts, block_size, device)
+        yield windows(data, starts, block_size, device)
 
 
-def _windows(
+def windows(
     data: np.ndarray, starts: np.ndarray, block_size: int, device: str | torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and next-token targets ``(B, T)`` of the windows starting at ``starts``."""
     import torch
 
     rows = data[starts[:, None] + np.arange(block_size + 1)]  # (B, T + 1)

@@ -36,20 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from charlm.config import TrainConfig
-from charlm.data import Dataset, _windows, iter_windows, n_windows
-
-__all__ = [
-    "EVAL_SEED",
-    "EVAL_TOKEN_SHARE",
-    "TRAIN_LOSS_TARGET_STDERR",
-    "EvalPlan",
-    "Evaluator",
-    "SplitLoss",
-    "SplitPlan",
-    "n_evaluations",
-    "plan_evaluation",
-    "standard_error",
-]
+from charlm.data import Dataset, iter_windows, n_windows, windows
 
 # Fixed seed: every trial evaluates the same windows, whatever its own seed.
 EVAL_SEED = 1337
@@ -154,7 +141,7 @@ class Evaluator:
         starts = self._starts[split].numpy()
         for first in range(0, len(starts), self.cfg.batch_size):
             batch = starts[first : first + self.cfg.batch_size]
-            yield _windows(array, batch, self.block_size, self.device)
+            yield windows(array, batch, self.block_size, self.device)
 
     @torch.no_grad()
     def __call__(

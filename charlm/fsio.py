@@ -14,8 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_write", "atomic_write_bytes", "fsync_dir", "fsync_tree"]
-
 
 def fsync_dir(directory: str | Path) -> None:
     """Make the directory entries of ``directory`` (a rename, a new file) durable."""

@@ -33,16 +33,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = [
-    "DecodeWeights",
-    "TransposedLinear",
-    "attention_with_dropout",
-    "causal_attention",
-    "dropout",
-    "dropout_mask",
-    "fast_dropout",
-]
-
 # A uniform int16 r is kept when r >= threshold: P(keep) = 1 - round(p * 2**16) / 2**16.
 _INT16_LEVELS = 1 << 16
 

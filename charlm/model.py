@@ -39,8 +39,6 @@ from torch.nn import functional as F
 from charlm.config import GREEDY_TEMPERATURE, ConfigError, ModelConfig
 from charlm.kernels import DecodeWeights, causal_attention, dropout
 
-__all__ = ["GPT", "Capture", "eval_mode"]
-
 
 def _explicit_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor

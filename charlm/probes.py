@@ -33,19 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = [
-    "PROBE_KEYS",
-    "attention_entropy",
-    "effective_span",
-    "head_diversity",
-    "hidden_cosine",
-    "hidden_silhouette",
-    "js_divergence",
-    "layer_attention_js",
-    "normalized_entropy",
-    "probe_metrics",
-]
-
 PROBE_KEYS = (
     "layer",
     "head",

@@ -15,8 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["git_commit", "package_version", "provenance"]
-
 DISTRIBUTION = "charlm-sweeps"
 _SOURCE_ROOT = Path(__file__).resolve().parents[1]  # the directory holding charlm/
 

@@ -17,8 +17,6 @@ from typing import Any, TypedDict
 
 from charlm.config import ModelConfig, TrainConfig, field_types, to_dict
 
-__all__ = ["CurvePoint", "Metric", "TrialResult", "curve_types", "metric", "metrics"]
-
 
 class CurvePoint(TypedDict):
     """One evaluation's point of the curve (``TrialResult.curve``, each report, a row of the

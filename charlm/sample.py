@@ -24,20 +24,6 @@ from charlm.config import ConfigError, Domain
 from charlm.data import Dataset
 from charlm.model import GPT, eval_mode
 
-__all__ = [
-    "COHERENCE_N",
-    "COHERENCE_SEGMENT",
-    "QUALITY_KEYS",
-    "SAMPLE_ATTENTION_KEYS",
-    "WORD_PATTERN",
-    "coherence",
-    "generate_text",
-    "quality_metrics",
-    "sample_attention",
-    "word_set",
-    "words",
-]
-
 WORD_PATTERN = re.compile(r"[a-z]+(?:'[a-z]+)*|[0-9]+")
 QUALITY_KEYS = (
     "distinct_1",

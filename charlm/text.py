@@ -6,8 +6,6 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Sequence
 
-__all__ = ["format_clock", "format_duration", "mean_stderr", "scaled", "short_repr", "text_table"]
-
 _SI_PREFIXES = ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 _COUNT_PREFIXES = ((1e9, "B"), (1e6, "M"), (1e3, "k"))  # parameter counts: billions, not giga
 

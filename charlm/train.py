@@ -49,22 +49,6 @@ from charlm.sample import generate_text, quality_metrics, sample_attention, word
 from charlm.train_args import parse as parse_train_args
 from charlm.versions import upgrade
 
-__all__ = [
-    "CHECKPOINT_FILE",
-    "MODEL_FILE",
-    "RESUMABLE_FIELDS",
-    "TrialResult",
-    "load_model",
-    "lr_at",
-    "main",
-    "probe_model",
-    "read_checkpoint",
-    "resolve_device",
-    "save_model",
-    "train",
-    "train_steps",
-]
-
 CHECKPOINT_FILE = "ckpt.pt"
 MODEL_FILE = "model.pt"
 CHECKPOINT_FORMAT = 1  # checkpoints and model files; bump it with a CHECKPOINT_UPGRADES step

@@ -23,8 +23,6 @@ from charlm.config import (
     to_dict,
 )
 
-__all__ = ["TrainArgs", "parse", "parser"]
-
 # Scaled with --max-iters unless given (charlm.config.shorten_schedule: the sweeps' rule).
 SCHEDULE_FIELDS = ("warmup_iters", "lr_decay_iters", "eval_interval")
 

@@ -17,8 +17,6 @@ from typing import TypeVar
 
 from charlm.config import ConfigError
 
-__all__ = ["FormatVersionError", "check_version", "upgrade"]
-
 Data = TypeVar("Data")
 
 
