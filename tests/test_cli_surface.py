@@ -246,6 +246,21 @@ def test_the_architecture_lists_every_module():
                 assert f"  {module.name} " in layout, f"{package}/{module.name}"
 
 
+def test_no_function_in_the_packages_is_longer_than_80_lines():
+    """Issue 24's limit: ruff holds complexity and argument counts, but has no rule for length."""
+    import ast
+
+    long = []
+    for package in ("charlm", "sweeps", "analysis"):
+        for module in sorted((REPO / package).glob("*.py")):
+            for node in ast.walk(ast.parse(module.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > 80:
+                        long.append(f"{package}/{module.name}:{node.lineno} {node.name} ({lines})")
+    assert long == []
+
+
 def test_the_readme_points_at_what_ships():
     readme = (REPO / "README.md").read_text()
     assert "index.html" not in readme and "report/report.html" in readme
