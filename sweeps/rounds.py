@@ -34,6 +34,16 @@ class _Experiment:
     baseline: dict[int, TrialSpec]
     levels: dict[Level, dict[int, TrialSpec]]
 
+    def metrics(
+        self, values: dict[str, float]
+    ) -> tuple[dict[Level, dict[int, float]], dict[int, float]]:
+        """(each level's, the baseline's) seed -> metric, of the trials ``values`` holds."""
+
+        def metric(by_seed: dict[int, TrialSpec]) -> dict[int, float]:
+            return {s: values[t.trial_id] for s, t in by_seed.items() if t.trial_id in values}
+
+        return {key: metric(by_seed) for key, by_seed in self.levels.items()}, metric(self.baseline)
+
 
 class SeedRounds:
     """The trials of ``trials`` to run next, given the store at ``root``.
@@ -80,18 +90,14 @@ class SeedRounds:
                 or trial.trial_id in blocked
             )
 
-        def metric(by_seed: dict[int, TrialSpec]) -> dict[int, float]:
-            return {s: values[t.trial_id] for s, t in by_seed.items() if t.trial_id in values}
-
         result = {}
         for dataset, experiment in self.experiments.items():
-            levels = {key: metric(by_seed) for key, by_seed in experiment.levels.items()}
 
             def done_at(key: Level | None, seed: int, experiment: _Experiment = experiment) -> bool:
                 by_seed = experiment.baseline if key is None else experiment.levels[key]
                 return done(by_seed[seed])
 
-            result[dataset] = advance(self.design, levels, metric(experiment.baseline), done_at)
+            result[dataset] = advance(self.design, *experiment.metrics(values), done_at)
         return result
 
     def verdicts(self, fixed: Design) -> dict[str, dict[Level, LevelResult]]:
@@ -100,45 +106,29 @@ class SeedRounds:
         if self.design is not None and self.design.adaptive:
             return {dataset: p.results for dataset, p in self.progress().items()}
         _, values, _ = self._read()
-
-        def metric(by_seed: dict[int, TrialSpec]) -> dict[int, float]:
-            return {s: values[t.trial_id] for s, t in by_seed.items() if t.trial_id in values}
-
         return {
-            dataset: judge(
-                fixed,
-                {k: metric(v) for k, v in experiment.levels.items()},
-                metric(experiment.baseline),
-            )
+            dataset: judge(fixed, *experiment.metrics(values))
             for dataset, experiment in self.experiments.items()
         }
 
     def next_round(self) -> list[TrialSpec]:
         """The trials to run now (empty: the sweep is complete); marks them as tried."""
-        if self.design is None:
-            statuses, _, blocked = self._read()
-            todo = [
-                t
-                for t in self.trials
-                if statuses.get(t.trial_id) != "ok"
-                and t.trial_id not in blocked
-                and t.trial_id not in self.tried
-            ]
-        else:
-            todo = []
-            statuses, _, blocked = self._read()
+        statuses, _, blocked = self._read()
+        wanted = self.trials
+        if self.design is not None:
+            wanted = []
             for dataset, progress in self.progress().items():
                 experiment = self.experiments[dataset]
-                wanted = [experiment.baseline[s] for s in range(progress.baseline_target)]
+                wanted += [experiment.baseline[s] for s in range(progress.baseline_target)]
                 for key, target in progress.targets.items():
                     wanted += [experiment.levels[key][s] for s in range(target)]
-                todo += [
-                    t
-                    for t in wanted
-                    if statuses.get(t.trial_id) != "ok"
-                    and t.trial_id not in blocked
-                    and t.trial_id not in self.tried
-                ]
+        todo = [
+            t
+            for t in wanted
+            if statuses.get(t.trial_id) != "ok"
+            and t.trial_id not in blocked
+            and t.trial_id not in self.tried
+        ]
         self.tried.update(t.trial_id for t in todo)
         return todo
 
@@ -165,13 +155,7 @@ class SeedRounds:
 def _observed(rounds: SeedRounds, dataset: str) -> tuple[list[float], list[float]] | None:
     """noise_model of ``dataset``'s configs from the store (None: not enough seeds yet)."""
     _, values, _ = rounds._read()
-    experiment = rounds.experiments[dataset]
-
-    def metric(by_seed: dict[int, TrialSpec]) -> dict[int, float]:
-        return {s: values[t.trial_id] for s, t in by_seed.items() if t.trial_id in values}
-
-    levels = {key: metric(by_seed) for key, by_seed in experiment.levels.items()}
-    return noise_model(levels, metric(experiment.baseline))
+    return noise_model(*rounds.experiments[dataset].metrics(values))
 
 
 def auto_compute(
