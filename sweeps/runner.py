@@ -483,46 +483,32 @@ class _ProgressCallback(tune.Callback):
         self.pending = False  # a line is due but waits for the next second
         self.progress: dict[str, float] = {}
         self.seen: dict[str, tuple[float, float | None]] = {}  # Tune id -> (first report, est.)
-        self._seen_own_ids: set[str] = set()
+        self.seen_own_ids: set[str | None] = set()
         self.observed: dict[str, tuple[float, float]] = {}  # Tune id -> (seconds, estimated)
         self.partial: dict[str, tuple[float, float]] = {}  # the same, of a running trial so far
         self.best: tuple[float, str] | None = None
         self.done = self.failed = 0
 
-    def _estimate(self, trial: Trial) -> float | None:
-        own_id = trial.config.get("trial", {}).get("trial_id")
-        return self.run.estimates.get(own_id, self.run.default_estimate_s)
-
-    def eta_s(self, now: float) -> float | None:
-        """Seconds left by the estimates, corrected by the trials seen so far; None
-        without estimates."""
+    def _eta_s(self, now: float) -> float:
+        """Seconds left by the estimates, corrected by the trials seen so far; without
+        estimates, the elapsed time scaled by the share of steps done (NaN before any)."""
         if not self.run.estimates and self.run.default_estimate_s is None:
-            return None
-        evidence = [*self.observed.values(), *(v for k, v in self.partial.items()
-                                               if k not in self.observed)]  # fmt: skip
-        observed = sum(seconds for seconds, _ in evidence)
+            fraction = min(1.0, sum(self.progress.values()) / max(1, self.run.total))
+            return (now - self.start) * (1 - fraction) / fraction if fraction > 0 else math.nan
+        evidence = [*self.observed.values(), *self.partial.values()]
         estimated = sum(estimate for _, estimate in evidence)
-        ratio = observed / estimated if estimated > 0 else 1.0
+        ratio = sum(seconds for seconds, _ in evidence) / estimated if estimated > 0 else 1.0
+        running = [(now - first, estimate) for tune_id, (first, estimate) in self.seen.items()
+                   if estimate and tune_id not in self.observed]  # fmt: skip
         # A running trial that has taken longer than its corrected estimate is evidence too:
         # the trials are at least that much slower than estimated.
-        ratio = max(
-            [ratio]
-            + [
-                (now - first) / estimate
-                for tune_id, (first, estimate) in self.seen.items()
-                if estimate and tune_id not in self.observed
-            ]
-        )
-        running = [
-            max(0.0, estimate * ratio - (now - first))
-            for tune_id, (first, estimate) in self.seen.items()
-            if tune_id not in self.observed and estimate is not None
-        ]
-        unseen_ids = [t for t in self.run.estimates if t not in self._seen_own_ids]
+        ratio = max([ratio] + [elapsed / estimate for elapsed, estimate in running])
         unseen = max(0, self.run.total - len(self.seen))
-        pending = sorted((self.run.estimates[t] for t in unseen_ids), reverse=True)[:unseen]
+        pending = sorted((estimate for own_id, estimate in self.run.estimates.items()
+                          if own_id not in self.seen_own_ids), reverse=True)[:unseen]  # fmt: skip
         pending += [self.run.default_estimate_s or 0.0] * (unseen - len(pending))
-        left = running + [estimate * ratio for estimate in pending]
+        left = [max(0.0, estimate * ratio - elapsed) for elapsed, estimate in running]
+        left += [estimate * ratio for estimate in pending]
         return max(sum(left) / self.slots, max(left, default=0.0))
 
     def _line(self, trials: list[Trial]) -> str:
@@ -530,16 +516,12 @@ class _ProgressCallback(tune.Callback):
         running = min(sum(1 for t in trials if t.status == "RUNNING"), self.run.total - finished)
         pending = self.run.total - finished - running
         now = time.monotonic()
-        eta = self.eta_s(now)
-        if eta is None:  # no estimates: the share of steps done so far
-            fraction = min(1.0, sum(self.progress.values()) / max(1, self.run.total))
-            elapsed = now - self.start
-            eta = max(0.0, elapsed * (1 - fraction) / fraction) if fraction > 0 else math.nan
+        eta = self._eta_s(now)
         best = f"best val {self.best[0]:.4f} ({self.best[1]})" if self.best else "best val -"
-        eta_text = format_clock(eta) if math.isfinite(eta) else "?"
         line = (
             f"[{format_clock(now - self.start)}] {self.done} done, {self.failed} failed, "
-            f"{running} running, {pending} pending of {self.run.total} | {best} | ETA {eta_text}"
+            f"{running} running, {pending} pending of {self.run.total} | {best} | "
+            f"ETA {format_clock(eta) if math.isfinite(eta) else '?'}"
         )
         if self.run.waiting and pending and not running:
             line += f" | {self.run.waiting}"
@@ -562,13 +544,12 @@ class _ProgressCallback(tune.Callback):
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
     ) -> None:
+        own_id = trial.config.get("trial", {}).get("trial_id")  # a grid trial's store id
         if trial.trial_id not in self.seen:
-            self.seen[trial.trial_id] = (time.monotonic(), self._estimate(trial))
-            own_id = trial.config.get("trial", {}).get("trial_id")
-            if own_id is not None:
-                self._seen_own_ids.add(own_id)
+            estimate = self.run.estimates.get(own_id, self.run.default_estimate_s)
+            self.seen[trial.trial_id] = (time.monotonic(), estimate)
+            self.seen_own_ids.add(own_id)
         if result.get("step") is not None:  # a failure before any evaluation has none
-            own_id = trial.config.get("trial", {}).get("trial_id")
             limit = (
                 self.run.max_iters.get(own_id) or self.run.default_max_iters or result["step"] or 1
             )
@@ -583,12 +564,15 @@ class _ProgressCallback(tune.Callback):
             self.best = (val, self._label(trial.config, result))
         self._maybe_print(trials)
 
-    def _ended(self, trial: Trial) -> None:
-        """A trial ended: its observed time against its estimate corrects the ETA."""
+    def _ended(self, trials: list[Trial], trial: Trial) -> None:
+        """A trial ended: its observed time against its estimate corrects the ETA; a line
+        is printed at once."""
         first, estimate = self.seen.get(trial.trial_id, (None, None))
         if first is not None and estimate:
             self.observed[trial.trial_id] = (time.monotonic() - first, estimate)
+        self.partial.pop(trial.trial_id, None)
         self.progress[trial.trial_id] = 1.0
+        self._maybe_print(trials, force=True)
 
     def _label(self, config: dict[str, Any], result: dict[str, Any]) -> str:
         """A grid trial's factor=level; a search trial's store trial id(s)."""
@@ -609,15 +593,13 @@ class _ProgressCallback(tune.Callback):
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
         self.done += 1
-        self._ended(trial)
-        self._maybe_print(trials, force=True)
+        self._ended(trials, trial)
 
     def on_trial_error(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
         self.failed += 1
-        self._ended(trial)
-        self._maybe_print(trials, force=True)
+        self._ended(trials, trial)
 
 
 def run_trials(
