@@ -225,15 +225,11 @@ def conform(
     ``table``'s schema and this version's metadata; columns it lacks are null, extra keys
     are dropped."""
     schema = SCHEMAS[table].with_metadata({"schema_version": str(SCHEMA_VERSION)})
+    if isinstance(rows, dict):
+        rows = pa.table({name: pa.array(rows[name], schema.field(name).type)
+                         for name in schema.names if name in rows})  # fmt: skip
     if isinstance(rows, pa.Table):
         return _fit(rows, schema)
-    if isinstance(rows, dict):
-        length = len(next(iter(rows.values()))) if rows else 0
-        columns = {
-            f.name: pa.array(rows[f.name], f.type) if f.name in rows else pa.nulls(length, f.type)
-            for f in schema
-        }
-        return pa.table(columns, schema=schema)
     return pa.Table.from_pylist(
         [{name: row.get(name) for name in schema.names} for row in rows], schema=schema
     )

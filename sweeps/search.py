@@ -108,8 +108,7 @@ def check_search_space(space: dict[str, tuple[Any, ...]] = SEARCH_SPACE) -> None
     of a range), and every n_embed choice is a multiple of every n_head choice."""
     fields = {**domains(ModelConfig), **domains(TrainConfig)}
     for name, (kind, *spec) in space.items():
-        values = spec[0] if kind == "choice" else [spec[0], spec[1] - (kind == "randint")]
-        for value in values:
+        for value in _ends(kind, spec):
             fields[name].check(f"search space {name}", value)
     heads, embeds = space["n_head"][1], space["n_embed"][1]
     bad = [(e, h) for e in embeds for h in heads if e % h]
@@ -120,10 +119,16 @@ def check_search_space(space: dict[str, tuple[Any, ...]] = SEARCH_SPACE) -> None
         )
 
 
+def _ends(kind: str, spec: list[Any]) -> list[Any]:
+    """What a search-space entry can sample at its ends: each choice, or both ends of a
+    range (randint's upper end is exclusive)."""
+    return list(spec[0]) if kind == "choice" else [spec[0], spec[1] - (kind == "randint")]
+
+
 def _largest(base: TrialSpec) -> TrialSpec:
     """The base trial at the search space's largest model: what memory must hold."""
     largest = {
-        name: max(spec[0]) if kind == "choice" else spec[1] - (kind == "randint")
+        name: max(_ends(kind, spec))
         for name, (kind, *spec) in SEARCH_SPACE.items()
         if name != "learning_rate"
     }
