@@ -498,14 +498,14 @@ class _ProgressCallback(tune.Callback):
         evidence = [*self.observed.values(), *self.partial.values()]
         estimated = sum(estimate for _, estimate in evidence)
         ratio = sum(seconds for seconds, _ in evidence) / estimated if estimated > 0 else 1.0
-        running = [(now - first, estimate) for tune_id, (first, estimate) in self.seen.items()
-                   if estimate and tune_id not in self.observed]  # fmt: skip
+        seen = self.seen.items()
+        running = [(now - t0, est) for t, (t0, est) in seen if est and t not in self.observed]
         # A running trial that has taken longer than its corrected estimate is evidence too:
         # the trials are at least that much slower than estimated.
         ratio = max([ratio] + [elapsed / estimate for elapsed, estimate in running])
         unseen = max(0, self.run.total - len(self.seen))
-        pending = sorted((estimate for own_id, estimate in self.run.estimates.items()
-                          if own_id not in self.seen_own_ids), reverse=True)[:unseen]  # fmt: skip
+        unseen_ids = [t for t in self.run.estimates if t not in self.seen_own_ids]
+        pending = sorted((self.run.estimates[t] for t in unseen_ids), reverse=True)[:unseen]
         pending += [self.run.default_estimate_s or 0.0] * (unseen - len(pending))
         left = [max(0.0, estimate * ratio - elapsed) for elapsed, estimate in running]
         left += [estimate * ratio for estimate in pending]

@@ -226,8 +226,7 @@ def conform(
     are dropped."""
     schema = SCHEMAS[table].with_metadata({"schema_version": str(SCHEMA_VERSION)})
     if isinstance(rows, dict):
-        rows = pa.table({name: pa.array(rows[name], schema.field(name).type)
-                         for name in schema.names if name in rows})  # fmt: skip
+        rows = pa.table({f.name: pa.array(rows[f.name], f.type) for f in schema if f.name in rows})
     if isinstance(rows, pa.Table):
         return _fit(rows, schema)
     return pa.Table.from_pylist(
