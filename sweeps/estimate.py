@@ -59,8 +59,8 @@ class StepTiming:
     timed_batch_size: int
     timed_steps: int
     threads: int
-    device: str
     method: str = "timed"
+    device: str = "cpu"  # every estimate is timed on the CPU
 
 
 @dataclass(frozen=True)
@@ -217,23 +217,18 @@ class _StepTimer:
     configurations' steps can be interleaved: a machine whose load changes while the
     estimate runs then slows every configuration alike, not the ones timed last."""
 
-    def __init__(
-        self, model: ModelConfig, batch_size: int, device: str, budget_s: float, warmup_steps: int
-    ):
+    def __init__(self, model: ModelConfig, batch_size: int, budget_s: float, warmup_steps: int):
         from charlm.model import GPT
 
         if model.vocab_size is None:
             raise ValueError("time_train_step needs model.vocab_size: set it from the dataset.")
-        self.model, self.batch_size, self.device = model, batch_size, device
-        self.on_cuda = device.startswith("cuda")
+        self.model, self.batch_size = model, batch_size
         self.generator = torch.Generator().manual_seed(0)
         with torch.random.fork_rng(devices=[]):  # leave the caller's RNG alone
             torch.manual_seed(0)
-            self.gpt = GPT(model).to(device)
+            self.gpt = GPT(model)
         self.gpt.train()
-        self.optimizer = self.gpt.configure_optimizer(
-            0.1, 3e-4, (0.9, 0.99), "cuda" if self.on_cuda else "cpu"
-        )
+        self.optimizer = self.gpt.configure_optimizer(0.1, 3e-4, (0.9, 0.99), "cpu")
         self.flops_per_token = self.gpt.flops_per_token()
         self.n_params = self.gpt.num_params()
         self.batch = self._warm_up(budget_s, warmup_steps, torch.get_num_threads())
@@ -247,21 +242,19 @@ class _StepTimer:
         a low guess of the speed first, corrected after the warm-up (the first is slow)."""
         step_target = budget_s / (warmup_steps + 3 + 1)
         min_rows = min(self.batch_size, _MIN_TIMED_ROWS)
-        batch = self.batch_size
-        if not self.on_cuda:
-            guess = _GUESSED_FLOPS_PER_THREAD * max(1, threads) * step_target
-            fitting = int(guess / (self.flops_per_token * self.model.block_size))
-            batch = min(self.batch_size, max(min_rows, fitting))
+        guess = _GUESSED_FLOPS_PER_THREAD * max(1, threads) * step_target
+        fitting = int(guess / (self.flops_per_token * self.model.block_size))
+        batch = min(self.batch_size, max(min_rows, fitting))
         warm = [self._step(batch) for _ in range(max(1, warmup_steps))]
-        if not self.on_cuda and len(warm) > 1:
+        if len(warm) > 1:
             batch = min(self.batch_size, max(min_rows, int(batch * step_target / warm[-1])))
         return batch
 
     def _step(self, rows: int) -> float:
         vocab_size = self.model.vocab_size or 1
         shape = (rows, self.model.block_size)
-        x = torch.randint(vocab_size, shape, generator=self.generator).to(self.device)
-        y = torch.randint(vocab_size, shape, generator=self.generator).to(self.device)
+        x = torch.randint(vocab_size, shape, generator=self.generator)
+        y = torch.randint(vocab_size, shape, generator=self.generator)
         start = time.perf_counter()
         with torch.random.fork_rng(devices=[]):  # dropout draws stay out of the caller's RNG
             _, loss = self.gpt(x, y)
@@ -269,8 +262,6 @@ class _StepTimer:
         torch.nn.utils.clip_grad_norm_(self.gpt.parameters(), 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.on_cuda:
-            torch.cuda.synchronize()
         return time.perf_counter() - start
 
     def time_step(self, index: int) -> None:
@@ -295,7 +286,6 @@ class _StepTimer:
             timed_batch_size=self.batch,
             timed_steps=sum(len(values) for values in self.times.values()),
             threads=max(1, threads),
-            device=self.device,
         )
 
 
@@ -304,15 +294,15 @@ def time_train_step(
     batch_size: int,
     *,
     threads: int = 1,
-    device: str = "cpu",
     budget_s: float = 1.0,
     warmup_steps: int = 2,
     timed_steps: int = 3,
 ) -> tuple[StepTiming, int, int]:
-    """Time AdamW steps of the real GPT on random tokens; also return its params and FLOPs.
+    """Time AdamW steps of the real GPT on random tokens on the CPU; also return its params
+    and FLOPs.
 
     ``model.vocab_size`` must be set. Returns (timing, non-embedding params, FLOPs per
-    token). On CPU the batch is shrunk until ``warmup_steps + timed_steps`` steps fit in
+    token). The batch is shrunk until ``warmup_steps + timed_steps`` steps fit in
     about ``budget_s`` seconds and the time is scaled back to ``batch_size``; torch's thread
     count is ``threads`` while timing and restored afterwards.
     """
@@ -320,7 +310,7 @@ def time_train_step(
     torch.set_num_threads(max(1, threads))
     try:
         started = time.perf_counter()
-        timer = _StepTimer(model, batch_size, device, budget_s, warmup_steps)
+        timer = _StepTimer(model, batch_size, budget_s, warmup_steps)
         for index in range(timed_steps):
             if time.perf_counter() - started > budget_s and timer.times[timer.batch]:
                 break  # a big configuration: fewer steps
@@ -334,7 +324,6 @@ def _time_round_robin(
     keys: Sequence[tuple[ModelConfig, int]],
     *,
     threads: int,
-    device: str,
     budget_s: float,
     total_budget_s: float,
     min_rounds: int = 6,
@@ -351,7 +340,7 @@ def _time_round_robin(
     for key in keys:
         if timers and time.perf_counter() - started > total_budget_s:
             break
-        timers[key] = _StepTimer(key[0], key[1], device, budget_s, warmup_steps=2)
+        timers[key] = _StepTimer(key[0], key[1], budget_s, warmup_steps=2)
     groups: list[list[_StepTimer]] = [[]]
     for timer in timers.values():
         held = sum(t.n_params for t in groups[-1])
@@ -403,7 +392,7 @@ def estimate(
     timed: dict[tuple[ModelConfig, int], StepTiming] | None = None
     if measure:
         keys = {(models[key], ts[0].train.batch_size): None for key, ts in groups.items()}
-        timed, counted = _measure(list(keys), threads, "cpu", budget_s, total_budget_s)
+        timed, counted = _measure(list(keys), threads, budget_s, total_budget_s)
     rows = [_row(key, ts, models[key], counted, timed) for key, ts in groups.items()]
     return Estimate(
         rows=tuple(rows),
@@ -463,11 +452,7 @@ def _row(
 
 
 def _measure(
-    keys: Sequence[tuple[ModelConfig, int]],
-    threads: int,
-    device: str,
-    budget_s: float,
-    total_budget_s: float,
+    keys: Sequence[tuple[ModelConfig, int]], threads: int, budget_s: float, total_budget_s: float
 ) -> tuple[dict[tuple[ModelConfig, int], StepTiming], dict[ModelConfig, tuple[int, int]]]:
     """Step timings of ``keys`` (round-robin, see ``_time_round_robin``) on ``threads``
     torch threads, and the (params, FLOPs per token) of each model timed."""
@@ -475,8 +460,9 @@ def _measure(
     torch.set_num_threads(threads)
     try:
         _warm_up_torch()
-        timers = _time_round_robin(keys, threads=threads, device=device, budget_s=budget_s,
-                                   total_budget_s=total_budget_s)  # fmt: skip
+        timers = _time_round_robin(
+            keys, threads=threads, budget_s=budget_s, total_budget_s=total_budget_s
+        )
     finally:
         torch.set_num_threads(previous_threads)
     timed = {key: timer.timing(threads) for key, timer in timers.items()}
@@ -517,6 +503,14 @@ def load_text(load_average: float) -> str:
     return f"load average {load_average:.2f} on {os.cpu_count() or 1} CPUs"
 
 
+def _timed_on(estimate: Estimate) -> str:
+    """'timed on cpu, 1 thread per trial, load average ...', or 'not timed'."""
+    timed_on = f"timed on {estimate.measured_on}" if estimate.measured_on else "not timed"
+    if estimate.load_average is None:
+        return timed_on
+    return f"{timed_on}, {load_text(estimate.load_average)}"
+
+
 def _milliseconds(timing: StepTiming | None) -> str:
     if timing is None:
         return "-"
@@ -546,11 +540,8 @@ def format_table(trials: Sequence[TrialSpec], estimate: Estimate) -> str:
         f"dataset{'s' if n_datasets != 1 else ''} (repeats of the baseline dropped)"
     )
     lines.append("")
-    timed_on = f"timed on {estimate.measured_on}" if estimate.measured_on else "not timed"
-    if estimate.load_average is not None:
-        timed_on += f", {load_text(estimate.load_average)}"
     lines.append(
-        f"compute estimate ({timed_on}; "
+        f"compute estimate ({_timed_on(estimate)}; "
         f"{estimate.concurrent} concurrent trial{'s' if estimate.concurrent != 1 else ''}; "
         f"{estimate.overhead_s:g} s start-up per trial):"
     )
@@ -605,9 +596,6 @@ def asha_fraction(
 def format_search_estimate(estimate: Estimate, seeds: int, fraction: float) -> str:
     """The search's dry run: its sampled trials' compute when every trial trains to the
     end (an upper bound) and as ASHA is expected to stop them (``asha_fraction``)."""
-    timed_on = f"timed on {estimate.measured_on}" if estimate.measured_on else "not timed"
-    if estimate.load_average is not None:
-        timed_on += f", {load_text(estimate.load_average)}"
     trials = estimate.n_trials // max(1, seeds)
     times = sorted((row.seconds or 0.0) * seeds for row in estimate.rows)
     spread = (
@@ -629,7 +617,7 @@ def format_search_estimate(estimate: Estimate, seeds: int, fraction: float) -> s
 
     return "\n".join([
         f"{trials} trials x {seeds} seed{'s' * (seeds != 1)}, configs drawn at random from "
-        f"the search space as TPE's first trials are ({timed_on}; {spread}):",
+        f"the search space as TPE's first trials are ({_timed_on(estimate)}; {spread}):",
         line("every trial to its last step (upper bound)", 1.0),
         line(f"with ASHA stopping trials early (expected: {fraction:.0%} of the steps)", fraction),
     ])  # fmt: skip
