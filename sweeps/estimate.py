@@ -136,12 +136,9 @@ class Estimate:
         longest = max(row.seconds or 0.0 for row in self.rows) + self.overhead_s
         return max(total / max(1, self.concurrent), longest)
 
-    def row_of(self, trial_id: str) -> ConfigEstimate:
-        """The row a trial belongs to."""
-        for row in self.rows:
-            if trial_id in row.trial_ids:
-                return row
-        raise KeyError(trial_id)
+    def by_trial(self) -> dict[str, ConfigEstimate]:
+        """The row each trial belongs to, by trial id."""
+        return {trial_id: row for row in self.rows for trial_id in row.trial_ids}
 
 
 def eval_passes(train: TrainConfig) -> int:
@@ -519,16 +516,10 @@ def _milliseconds(timing: StepTiming | None) -> str:
 
 def format_table(trials: Sequence[TrialSpec], estimate: Estimate) -> str:
     """The trials (id, dataset, factor, level, seed, params), their count, then the estimate."""
+    rows = estimate.by_trial()
     trial_rows = [
-        (
-            trial.trial_id,
-            trial.dataset,
-            trial.factor,
-            trial.level,
-            str(trial.seed),
-            f"{estimate.row_of(trial.trial_id).n_params:,}",
-        )
-        for trial in trials
+        (t.trial_id, t.dataset, t.factor, t.level, str(t.seed), f"{rows[t.trial_id].n_params:,}")
+        for t in trials
     ]
     trial_header = ("trial_id", "dataset", "factor", "level", "seed", "params")
     lines = text_table(trial_header, trial_rows, {4, 5})

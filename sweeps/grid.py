@@ -580,16 +580,18 @@ def trial_id(model: ModelConfig, train: TrainConfig) -> str:
     never on the sweep's name or the factor that produced it. A dataset given as a file path
     counts by its content (``dataset_identity``), not by how the path is spelled.
     """
-    payload = {"model": _canonical(model), "train": _canonical(train)}
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:ID_LENGTH]
+    return _hash({"model": _canonical(model), "train": _canonical(train)})
 
 
 def config_id(model: ModelConfig, train: TrainConfig) -> str:
     """The id the seeds of one configuration share: ``trial_id``'s hash without the seed
     (and marked, so it never equals a trial id)."""
     train_values = {k: v for k, v in _canonical(train).items() if k != "seed"}
-    payload = {"config": True, "model": _canonical(model), "train": train_values}
+    return _hash({"config": True, "model": _canonical(model), "train": train_values})
+
+
+def _hash(payload: dict[str, Any]) -> str:
+    """``ID_LENGTH`` hex digits of the sha256 of ``payload`` as canonical JSON."""
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:ID_LENGTH]
 

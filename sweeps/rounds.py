@@ -169,9 +169,7 @@ def auto_compute(
 
     rounds = SeedRounds(trials, root, design)
     per_trial = {
-        trial_id: (row.seconds or 0.0) + estimate.overhead_s
-        for row in estimate.rows
-        for trial_id in row.trial_ids
+        t: (row.seconds or 0.0) + estimate.overhead_s for t, row in estimate.by_trial().items()
     }
     rng = np.random.default_rng(0)
     expected_n, expected_s, first_n, first_s, sources = 0.0, 0.0, 0, 0.0, []
