@@ -338,13 +338,8 @@ def _disk_error(exc: OSError, results: Path) -> int:
     return 1
 
 
-def _disk_full_error(failed: dict[str, str]) -> str | None:
-    """The error text when trials failed because the disk was full or read-only."""
-    for error in failed.values():
-        if any(text in error for text in ("No space left", "Read-only file system",
-                                          "Disk quota exceeded")):  # fmt: skip
-            return error
-    return None
+# How a trial's error says the disk was full or read-only.
+_DISK_FULL_TEXT = ("No space left", "Read-only file system", "Disk quota exceeded")
 
 
 def _run(opts: AblationOptions, plan: _Plan) -> int:
@@ -445,14 +440,12 @@ def _connect(
 
     connection = connect_driver(opts, "sweeps/ablation.py")
     resources = plan.placement.resources
-    if opts.embedded:
-        if opts.gpus_per_trial is None and ray.cluster_resources().get("GPU", 0) > 0:
-            resources = dataclasses.replace(resources, gpus_per_trial=1.0)
-        return _Launch(connection, resources, rounds.next_round())
-    todo = rounds.next_round()
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if opts.gpus_per_trial is None and any(n.get("GPU", 0) > 0 for n in nodes):
         resources = dataclasses.replace(resources, gpus_per_trial=1.0)
+    todo = rounds.next_round()
+    if opts.embedded:
+        return _Launch(connection, resources, todo)
     try:
         waiting = _check_cluster(plan, resources, nodes, todo)
     except ConfigError as exc:
@@ -526,7 +519,7 @@ def _finish(opts: AblationOptions, plan: _Plan, rounds: SeedRounds, outcome: Swe
           f"{opts.results / 'report' / 'report.html'})")  # fmt: skip
     for trial_id, error in outcome.failed.items():
         print(f"failed: {trial_id}: {error}", file=sys.stderr)
-    full = _disk_full_error(outcome.failed)
+    full = next((e for e in outcome.failed.values() if any(t in e for t in _DISK_FULL_TEXT)), "")
     if full:
         print(
             f"error: trials failed because the disk is full or read-only ({full}); free space "

@@ -19,6 +19,7 @@ from ``charlm.results``; a column added there still needs a version step here.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -320,11 +321,10 @@ def holder_alive(root: str | Path) -> bool | None:
 def pid_alive(pid: int) -> bool:
     """Does process ``pid`` exist on this host (one we may not signal counts)?"""
     try:
-        os.kill(pid, 0)
+        with contextlib.suppress(PermissionError):
+            os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
     return True
 
 
