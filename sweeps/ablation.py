@@ -347,8 +347,7 @@ def _run(opts: AblationOptions, plan: _Plan) -> int:
 
     adaptive = plan.design if plan.design is not None and plan.design.adaptive else None
     rounds = SeedRounds(plan.trials, opts.results, adaptive)
-    todo = _todo(SeedRounds(plan.trials, opts.results, adaptive), plan.trials, opts.results,
-                 announce=True)  # fmt: skip
+    todo = _announce(SeedRounds(plan.trials, opts.results, adaptive), plan.trials, opts.results)
     if not todo:
         _print_verdicts(rounds, plan.sweep, plan.design)
         return 0
@@ -362,24 +361,20 @@ def _run(opts: AblationOptions, plan: _Plan) -> int:
             ray.shutdown()
 
 
-def _todo(
-    rounds: SeedRounds, trials: list[TrialSpec], results: Path, announce: bool = False
-) -> list[TrialSpec]:
-    """The trials of ``rounds``' next round; with ``announce``, say what the store holds."""
-    if announce:
-        for path, target, reason in set_aside_unreadable(results):
-            print(f"warning: store file {path} is unreadable ({reason}): moved to "
-                  f"{target.name}, its trials run again", file=sys.stderr)  # fmt: skip
+def _announce(rounds: SeedRounds, trials: list[TrialSpec], results: Path) -> list[TrialSpec]:
+    """The trials of ``rounds``' next round, after saying what the store holds."""
+    for path, target, reason in set_aside_unreadable(results):
+        print(f"warning: store file {path} is unreadable ({reason}): moved to "
+              f"{target.name}, its trials run again", file=sys.stderr)  # fmt: skip
     todo = rounds.next_round()
-    if announce:
-        statuses, _ = trial_statuses(results)
-        already = sum(1 for t in trials if statuses.get(t.trial_id) == "ok")
-        if rounds.design:
-            print(f"--seeds auto: {rounds.design.describe()}; up to {len(trials)} trials, "
-                  f"{already} already in {results}, {len(todo)} to run now")  # fmt: skip
-        else:
-            print(f"{len(trials)} trials in the grid: {already} already in {results}, "
-                  f"{len(todo)} to run")  # fmt: skip
+    statuses, _ = trial_statuses(results)
+    already = sum(1 for t in trials if statuses.get(t.trial_id) == "ok")
+    if rounds.design:
+        print(f"--seeds auto: {rounds.design.describe()}; up to {len(trials)} trials, "
+              f"{already} already in {results}, {len(todo)} to run now")  # fmt: skip
+    else:
+        print(f"{len(trials)} trials in the grid: {already} already in {results}, "
+              f"{len(todo)} to run")  # fmt: skip
     return todo
 
 
@@ -550,14 +545,12 @@ def planned_grid(
     the seeds beyond the first round run only where the design needs them."""
     from sweeps.estimate import n_params
 
-    counts: dict[tuple[Any, str], int] = {}
-    plan = []
-    for trial in trials:
-        key = (trial.model, trial.dataset)
-        if key not in counts:
-            counts[key] = n_params(trial.model, trial.dataset, vocab_sizes)
-        plan.append({"trial_id": trial.trial_id, **trial.params()["columns"],
-                     "n_params": counts[key]})  # fmt: skip
+    configs = dict.fromkeys((trial.model, trial.dataset) for trial in trials)
+    counts = {(model, dataset): n_params(model, dataset, vocab_sizes) for model, dataset in configs}
+    plan = [
+        {"trial_id": t.trial_id, **t.params()["columns"], "n_params": counts[(t.model, t.dataset)]}
+        for t in trials
+    ]
     return {PLAN_KEY: plan, "adaptive_seeds": adaptive}
 
 

@@ -387,18 +387,18 @@ def estimate(
     load = os.getloadavg()[0] if measure and hasattr(os, "getloadavg") else None
     counted: dict[ModelConfig, tuple[int, int]] = {}
     timed: dict[tuple[ModelConfig, int], StepTiming] | None = None
+    measured_on = ""
     if measure:
         keys = {(models[key], ts[0].train.batch_size): None for key, ts in groups.items()}
         timed, counted = _measure(list(keys), threads, budget_s, total_budget_s)
+        measured_on = f"cpu, {threads} thread{'s' if threads != 1 else ''} per trial"
     rows = [_row(key, ts, models[key], counted, timed) for key, ts in groups.items()]
     return Estimate(
         rows=tuple(rows),
         cpus_per_trial=cpus_per_trial,
         concurrent=max(1, concurrent),
         overhead_s=overhead_s,
-        measured_on=f"cpu, {threads} thread{'s' if threads != 1 else ''} per trial"
-        if measure
-        else "",
+        measured_on=measured_on,
         measuring_s=time.perf_counter() - measuring_started,
         load_average=load,
     )
@@ -470,13 +470,8 @@ def _measure(
 def _warm_up_torch() -> None:
     """Pay torch's one-time costs (the optimizer's lazy imports, first kernels of attention
     and dropout) on a tiny GPT, so they are not charged to the first configuration."""
-    time_train_step(
-        ModelConfig(n_layer=1, n_head=2, n_embed=16, block_size=16, dropout=0.1, vocab_size=8),
-        2,
-        budget_s=0.0,
-        warmup_steps=1,
-        timed_steps=1,
-    )
+    tiny = ModelConfig(n_layer=1, n_head=2, n_embed=16, block_size=16, dropout=0.1, vocab_size=8)
+    time_train_step(tiny, 2, budget_s=0.0, warmup_steps=1, timed_steps=1)
 
 
 def _seconds_per_flop(

@@ -189,31 +189,25 @@ def prepare_datasets(trials: list[TrialSpec]) -> dict[str, int]:
     """
     vocab_sizes: dict[str, int] = {}
     problems: list[str] = []
-    checked: set[tuple[str, int]] = set()  # (dataset, block_size) seen
-    vocab_checked: set[tuple[str, int]] = set()
+    checked: set[tuple[str, str, int]] = set()  # ("vocab" | "block", dataset, size) seen
     for trial in trials:
         data = load_dataset(trial.dataset, trial.train.data_dir)
         vocab_sizes[trial.dataset] = data.vocab_size
-        vocab = trial.model.vocab_size
-        if (
-            vocab is not None
-            and vocab != data.vocab_size
-            and ((trial.dataset, vocab) not in vocab_checked)
-        ):
-            vocab_checked.add((trial.dataset, vocab))
+        label, vocab = config_label(trial.factor, trial.level), trial.model.vocab_size
+        if vocab not in (None, data.vocab_size) and ("vocab", trial.dataset, vocab) not in checked:
+            checked.add(("vocab", trial.dataset, vocab))
             problems.append(
-                f"{config_label(trial.factor, trial.level)}: vocab_size={vocab} does not match "
-                f"{Path(trial.dataset).name}'s vocabulary of {data.vocab_size}: leave "
-                "vocab_size unset to take it from the dataset."
+                f"{label}: vocab_size={vocab} does not match {Path(trial.dataset).name}'s "
+                f"vocabulary of {data.vocab_size}: leave vocab_size unset to take it from the "
+                "dataset."
             )
-        key = (trial.dataset, trial.model.block_size)
-        if key in checked:
-            continue
-        checked.add(key)
-        try:
-            check_block_size(data, trial.model.block_size)
-        except ConfigError as exc:
-            problems.append(f"{config_label(trial.factor, trial.level)}: {exc}")
+        block = ("block", trial.dataset, trial.model.block_size)
+        if block not in checked:
+            checked.add(block)
+            try:
+                check_block_size(data, trial.model.block_size)
+            except ConfigError as exc:
+                problems.append(f"{label}: {exc}")
     if problems:
         raise ConfigError("; ".join(problems))
     return vocab_sizes

@@ -172,7 +172,8 @@ def auto_compute(
         t: (row.seconds or 0.0) + estimate.overhead_s for t, row in estimate.by_trial().items()
     }
     rng = np.random.default_rng(0)
-    expected_n, expected_s, first_n, first_s, sources = 0.0, 0.0, 0, 0.0, []
+    configs: list[tuple[float, float]] = []  # (expected seeds, seconds per trial) per config
+    sources = []
     for dataset, experiment in rounds.experiments.items():
         observed = _observed(rounds, dataset) if root.is_dir() else None
         if observed is None:
@@ -186,15 +187,11 @@ def auto_compute(
         simulation = simulate(design, np.array(deltas), np.array(noise), sweeps, rng,
                               baseline_sd=base_sd)  # fmt: skip
         seeds = simulation.seeds.mean(axis=0)
-        configs = [(experiment.baseline, float(simulation.baseline_seeds.mean()))]
-        configs += list(zip(experiment.levels.values(), seeds, strict=True))
-        for by_seed, n in configs:
-            cost = per_trial[by_seed[0].trial_id] if 0 in by_seed else 0.0
-            expected_n += n
-            expected_s += n * cost
-            first = design.schedule[0]
-            first_n += first
-            first_s += first * cost
+        expected = [(experiment.baseline, float(simulation.baseline_seeds.mean()))]
+        expected += list(zip(experiment.levels.values(), seeds, strict=True))
+        for by_seed, n in expected:
+            configs.append((n, per_trial[by_seed[0].trial_id] if 0 in by_seed else 0.0))
+    first = design.schedule[0]
     worst_s = sum(per_trial[t.trial_id] for t in trials)
     slots = max(1, estimate.concurrent)
 
@@ -205,8 +202,8 @@ def auto_compute(
     return "\n".join(
         [
             f"--seeds auto ({design.describe()}):",
-            line("first round", first_n, first_s),
-            line("expected", expected_n, expected_s),
+            line("first round", first * len(configs), first * sum(s for _, s in configs)),
+            line("expected", sum(n for n, _ in configs), sum(n * s for n, s in configs)),
             line("worst case", len(trials), worst_s),
             *(f"  expected: {source}" for source in sources),
         ]
