@@ -152,7 +152,8 @@ def connect(
     embedded = cluster is None and address is None
     where = check_storage(storage, Path(results), cluster_config=config, cluster=cluster,
                           embedded=embedded)  # fmt: skip
-    env_vars = {"CHARLM_DATA_DIR": str(resolve_data_dir())}
+    # On a cluster each node uses its own data cache.
+    env_vars = {"CHARLM_DATA_DIR": str(resolve_data_dir())} if embedded else {}
     common: dict[str, Any] = {
         "logging_level": logging.INFO if verbose else logging.ERROR,
         "log_to_driver": verbose,
@@ -167,34 +168,27 @@ def connect(
             object_store_memory=512 * 1024**2,
             **common,
         )
-        resources = ray.cluster_resources()
-        return Connection(
-            f"embedded local Ray: {resources.get('CPU', 0):g} CPUs, "
-            f"{resources.get('GPU', 0):g} GPUs",
-            reuse_actors=True,
-            storage=where,
-        )
+        return Connection(f"embedded local Ray: {_counts()}", reuse_actors=True, storage=where)
     if address is None:
         assert cluster is not None  # the embedded case (neither given) returned above
         address = head_address(config, cluster)
     check_reachable(address, cluster or "cluster.yaml", script)
     _auth_for_existing_cluster()
-    env_vars.pop("CHARLM_DATA_DIR")  # each node uses its own data cache
     ray.init(address=address, **common)
     try:
         nodes = _probe_storage(where)
     except BaseException:
         ray.shutdown()
         raise
+    cluster_text = f"Ray cluster at {address}: {nodes} node{'s' * (nodes != 1)}, {_counts()}"
+    # reuse_actors=False: see Connection
+    return Connection(f"{cluster_text}; checkpoints in {where.shown}", False, where, nodes)
+
+
+def _counts() -> str:
+    """The connected Ray's CPUs and GPUs, as the run's first line names them."""
     resources = ray.cluster_resources()
-    return Connection(
-        f"Ray cluster at {address}: {nodes} node{'s' * (nodes != 1)}, "
-        f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; "
-        f"checkpoints in {where.shown}",
-        reuse_actors=False,
-        storage=where,
-        nodes=nodes,
-    )
+    return f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs"
 
 
 def _probe_storage(storage: Storage) -> int:
@@ -385,11 +379,10 @@ class _StoreCallback(tune.Callback):
             final = record.final or {}
             status, error = final.get("status", "ok"), final.get("error")
             error = redact(error) if error else error
-            checkpoint = trial.checkpoint
             copy_model = None
-            if checkpoint is not None and status == "ok" and final:
+            if trial.checkpoint is not None and status == "ok" and final:
                 subdir = member_dir(index) if len(records) > 1 else ""
-                copy_model = _model_copier(checkpoint, subdir)
+                copy_model = _model_copier(trial.checkpoint, subdir)
             self.store.write_trial(record, status, error, copy_model)
             self._count(record, status, error)
 
@@ -458,7 +451,7 @@ class _KeepLatestCheckpoint(tune.Callback):
         if (
             previous is not None
             and previous.filesystem is not None
-            and (previous.path != checkpoint.path)
+            and previous.path != checkpoint.path
         ):
             with contextlib.suppress(OSError):  # gone already: nothing to free
                 previous.filesystem.delete_dir(previous.path)
