@@ -40,8 +40,7 @@ from sweeps.launch import (
     connect_driver,
     finished_line,
     local_concurrency,
-    lock_cluster,
-    lock_embedded,
+    lock_store,
     prepare_datasets,
     report_interrupt,
     run_info,
@@ -352,7 +351,7 @@ def _run(opts: AblationOptions, plan: _Plan) -> int:
         _print_verdicts(rounds, plan.sweep, plan.design)
         return 0
     with contextlib.ExitStack() as stack:
-        lock_embedded(opts, stack)
+        lock_store(opts, stack, connected=False)
         try:
             return _run_locked(opts, plan, rounds, stack)
         except KeyboardInterrupt:  # a signal before Tune ran, or a second one
@@ -446,7 +445,7 @@ def _connect(
     except ConfigError as exc:
         ray.shutdown()
         fail(str(exc))
-    lock_cluster(opts, stack)
+    lock_store(opts, stack, connected=True)
     rounds.tried.clear()
     todo = rounds.next_round()  # what another driver finished before the lock
     return _Launch(connection, resources, todo, waiting)

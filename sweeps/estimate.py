@@ -193,12 +193,10 @@ def _count(model: ModelConfig) -> tuple[int, int]:
     from charlm.model import GPT
 
     rough_params = 12 * model.n_layer * model.n_embed**2 + (model.vocab_size or 0) * model.n_embed
-    with torch.random.fork_rng(devices=[]):  # initialisation draws stay out of the caller's RNG
-        if rough_params < _CPU_BUILD_PARAMS:
-            gpt = GPT(model)
-        else:
-            with torch.device("meta"):
-                gpt = GPT(model)
+    device = "cpu" if rough_params < _CPU_BUILD_PARAMS else "meta"
+    # Initialisation draws stay out of the caller's RNG.
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        gpt = GPT(model)
     return gpt.num_params(), gpt.flops_per_token()
 
 
@@ -418,9 +416,7 @@ def _row(
     if model not in counted:
         counted[model] = _count(model)
     n_params, flops_per_token = counted[model]
-    timing = None
-    if timed is not None:
-        timing = timed.get((model, train.batch_size))
+    timing = timed.get((model, train.batch_size)) if timed is not None else None
     if timed is not None and timing is None:
         step_flops = flops_per_token * train.batch_size * model.block_size
         any_timing = next(iter(timed.values()))

@@ -236,9 +236,10 @@ class GridSpec:
                 "lists of levels, e.g. {n_head: [1, 8]}."
             )
         object.__setattr__(self, "datasets", _dataset_values(self.datasets))
-        seeds = self.seeds
-        seed_values = _seed_values(seeds)
-        object.__setattr__(self, "seeds", seeds if isinstance(seeds, int) else seed_values)
+        seed_values = _seed_values(self.seeds)
+        object.__setattr__(
+            self, "seeds", self.seeds if isinstance(self.seeds, int) else seed_values
+        )
 
         _check_fields((str(name), "baseline") for name in self.baseline)
         for name in self.baseline:
@@ -250,9 +251,7 @@ class GridSpec:
         baseline = {name: _normalize(name, value) for name, value in self.baseline.items()}
         object.__setattr__(self, "baseline", baseline)
 
-        factors: dict[str, tuple[dict[str, Any], ...]] = {}
-        for factor, raw_levels in self.factors.items():
-            factors[factor] = self._levels(factor, raw_levels)
+        factors = {factor: self._levels(factor, raw) for factor, raw in self.factors.items()}
         object.__setattr__(self, "factors", factors)
 
     @staticmethod

@@ -121,14 +121,20 @@ def local_concurrency(opts: RunOptions) -> int:
     return resources.slots({"CPU": opts.num_cpus or os.cpu_count() or 1})
 
 
-def lock_embedded(opts: RunOptions, stack: contextlib.ExitStack) -> None:
-    """On the embedded Ray, take the store's lock (``sweeps.store.locked``) before Ray
-    starts; a store another driver holds is ``fail``'s one line, exit 2."""
-    if not opts.embedded:
+def lock_store(opts: RunOptions, stack: contextlib.ExitStack, *, connected: bool) -> None:
+    """Take the store's lock (``sweeps.store.locked``) into ``stack`` when this run's Ray
+    wants it: the embedded Ray's before it starts (``connected`` False), a cluster's once
+    connected (a cluster that refuses the run leaves no results directory); at the other
+    call, nothing. A store another driver holds: Ray shut down, ``fail``'s one line, exit 2."""
+    if opts.embedded == connected:
         return
     try:
         stack.enter_context(locked(opts.results))
     except ConfigError as exc:
+        if connected:
+            import ray
+
+            ray.shutdown()
         fail(str(exc))
 
 
@@ -147,20 +153,6 @@ def connect_driver(opts: RunOptions, script: str) -> Connection:
         fail(str(exc))
     interrupt.install()  # ray.init replaced the SIGTERM handler
     return connection
-
-
-def lock_cluster(opts: RunOptions, stack: contextlib.ExitStack) -> None:
-    """On a cluster, take the store's lock once connected (a cluster that refuses the run
-    leaves no results directory); a store another driver holds: Ray shut down, exit 2."""
-    if opts.embedded:
-        return
-    import ray
-
-    try:
-        stack.enter_context(locked(opts.results))
-    except ConfigError as exc:
-        ray.shutdown()
-        fail(str(exc))
 
 
 def report_interrupt(summary: str) -> int:

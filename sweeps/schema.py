@@ -465,10 +465,8 @@ def read_table(
         if None not in results:
             break  # else a file vanished (compacted while we read): list and read again
     parts = [result for result in results if _is_part(result)]
-    corrupt = [result for result in results if result is not None and not _is_part(result)]
-    if not parts:
-        return TableRead(schema.empty_table(), corrupt)
-    return TableRead(pa.concat_tables(parts), corrupt)
+    corrupt = [result for result in results if isinstance(result, tuple)]
+    return TableRead(pa.concat_tables(parts) if parts else schema.empty_table(), corrupt)
 
 
 def _read_files(

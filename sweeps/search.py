@@ -54,8 +54,7 @@ from sweeps.launch import (
     connect_driver,
     finished_line,
     local_concurrency,
-    lock_cluster,
-    lock_embedded,
+    lock_store,
     prepare_datasets,
     report_interrupt,
     run_info,
@@ -386,15 +385,15 @@ def sampled_trials(base: TrialSpec, n_trials: int, seeds: int, seed: int) -> lis
         "uniform": lambda low, high: draw.uniform(low, high),
         "loguniform": lambda low, high: math.exp(draw.uniform(math.log(low), math.log(high))),
     }
+    base_params = {**to_dict(base.model), **to_dict(base.train)}
     trials = []
     for _ in range(n_trials):
         values = {name: sample[kind](*args) for name, (kind, *args) in SEARCH_SPACE.items()}
-        base_params = {**to_dict(base.model), **to_dict(base.train)}
-        for params in _seed_params(base_params, values, seeds):
-            model, train = split_config(params)
+        for model, train in map(split_config, _seed_params(base_params, values, seeds)):
+            identity = trial_id(model, train)
             trials.append(
                 dataclasses.replace(
-                    base, trial_id=trial_id(model, train), seed=train.seed, model=model, train=train
+                    base, trial_id=identity, seed=train.seed, model=model, train=train
                 )
             )
     return trials
@@ -471,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     # One driver per store (sweeps.store.locked): on this machine before Ray starts, on a
     # cluster once connected (a cluster that refuses the run leaves no results directory).
     with contextlib.ExitStack() as held, interrupt.handling():
-        lock_embedded(args, held)
+        lock_store(args, held, connected=False)
         return _run(args, base, placement.resources, held, settings)
 
 
@@ -489,7 +488,7 @@ def _run(
     if not args.verbose:
         quiet_optuna()
     connection = connect_driver(args, "sweeps/search.py")
-    lock_cluster(args, held)
+    lock_store(args, held, connected=True)
     study = None
     outcome: SweepOutcome | None = None
     try:
