@@ -54,7 +54,6 @@ def round_robin() -> dict[str, float]:
     timers = _time_round_robin(
         [(model, BATCH) for model in CONFIGS.values()],
         threads=1,
-        device="cpu",
         budget_s=0.5,
         total_budget_s=2.0,
     )

@@ -40,8 +40,7 @@ from sweeps.launch import (
     connect_driver,
     finished_line,
     local_concurrency,
-    lock_cluster,
-    lock_embedded,
+    lock_store,
     prepare_datasets,
     report_interrupt,
     run_info,
@@ -338,13 +337,8 @@ def _disk_error(exc: OSError, results: Path) -> int:
     return 1
 
 
-def _disk_full_error(failed: dict[str, str]) -> str | None:
-    """The error text when trials failed because the disk was full or read-only."""
-    for error in failed.values():
-        if any(text in error for text in ("No space left", "Read-only file system",
-                                          "Disk quota exceeded")):  # fmt: skip
-            return error
-    return None
+# How a trial's error says the disk was full or read-only.
+_DISK_FULL_TEXT = ("No space left", "Read-only file system", "Disk quota exceeded")
 
 
 def _run(opts: AblationOptions, plan: _Plan) -> int:
@@ -352,13 +346,12 @@ def _run(opts: AblationOptions, plan: _Plan) -> int:
 
     adaptive = plan.design if plan.design is not None and plan.design.adaptive else None
     rounds = SeedRounds(plan.trials, opts.results, adaptive)
-    todo = _todo(SeedRounds(plan.trials, opts.results, adaptive), plan.trials, opts.results,
-                 announce=True)  # fmt: skip
+    todo = _announce(SeedRounds(plan.trials, opts.results, adaptive), plan.trials, opts.results)
     if not todo:
         _print_verdicts(rounds, plan.sweep, plan.design)
         return 0
     with contextlib.ExitStack() as stack:
-        lock_embedded(opts, stack)
+        lock_store(opts, stack, connected=False)
         try:
             return _run_locked(opts, plan, rounds, stack)
         except KeyboardInterrupt:  # a signal before Tune ran, or a second one
@@ -367,24 +360,20 @@ def _run(opts: AblationOptions, plan: _Plan) -> int:
             ray.shutdown()
 
 
-def _todo(
-    rounds: SeedRounds, trials: list[TrialSpec], results: Path, announce: bool = False
-) -> list[TrialSpec]:
-    """The trials of ``rounds``' next round; with ``announce``, say what the store holds."""
-    if announce:
-        for path, target, reason in set_aside_unreadable(results):
-            print(f"warning: store file {path} is unreadable ({reason}): moved to "
-                  f"{target.name}, its trials run again", file=sys.stderr)  # fmt: skip
+def _announce(rounds: SeedRounds, trials: list[TrialSpec], results: Path) -> list[TrialSpec]:
+    """The trials of ``rounds``' next round, after saying what the store holds."""
+    for path, target, reason in set_aside_unreadable(results):
+        print(f"warning: store file {path} is unreadable ({reason}): moved to "
+              f"{target.name}, its trials run again", file=sys.stderr)  # fmt: skip
     todo = rounds.next_round()
-    if announce:
-        statuses, _ = trial_statuses(results)
-        already = sum(1 for t in trials if statuses.get(t.trial_id) == "ok")
-        if rounds.design:
-            print(f"--seeds auto: {rounds.design.describe()}; up to {len(trials)} trials, "
-                  f"{already} already in {results}, {len(todo)} to run now")  # fmt: skip
-        else:
-            print(f"{len(trials)} trials in the grid: {already} already in {results}, "
-                  f"{len(todo)} to run")  # fmt: skip
+    statuses, _ = trial_statuses(results)
+    already = sum(1 for t in trials if statuses.get(t.trial_id) == "ok")
+    if rounds.design:
+        print(f"--seeds auto: {rounds.design.describe()}; up to {len(trials)} trials, "
+              f"{already} already in {results}, {len(todo)} to run now")  # fmt: skip
+    else:
+        print(f"{len(trials)} trials in the grid: {already} already in {results}, "
+              f"{len(todo)} to run")  # fmt: skip
     return todo
 
 
@@ -445,20 +434,18 @@ def _connect(
 
     connection = connect_driver(opts, "sweeps/ablation.py")
     resources = plan.placement.resources
-    if opts.embedded:
-        if opts.gpus_per_trial is None and ray.cluster_resources().get("GPU", 0) > 0:
-            resources = dataclasses.replace(resources, gpus_per_trial=1.0)
-        return _Launch(connection, resources, rounds.next_round())
-    todo = rounds.next_round()
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if opts.gpus_per_trial is None and any(n.get("GPU", 0) > 0 for n in nodes):
         resources = dataclasses.replace(resources, gpus_per_trial=1.0)
+    todo = rounds.next_round()
+    if opts.embedded:
+        return _Launch(connection, resources, todo)
     try:
         waiting = _check_cluster(plan, resources, nodes, todo)
     except ConfigError as exc:
         ray.shutdown()
         fail(str(exc))
-    lock_cluster(opts, stack)
+    lock_store(opts, stack, connected=True)
     rounds.tried.clear()
     todo = rounds.next_round()  # what another driver finished before the lock
     return _Launch(connection, resources, todo, waiting)
@@ -526,7 +513,7 @@ def _finish(opts: AblationOptions, plan: _Plan, rounds: SeedRounds, outcome: Swe
           f"{opts.results / 'report' / 'report.html'})")  # fmt: skip
     for trial_id, error in outcome.failed.items():
         print(f"failed: {trial_id}: {error}", file=sys.stderr)
-    full = _disk_full_error(outcome.failed)
+    full = next((e for e in outcome.failed.values() if any(t in e for t in _DISK_FULL_TEXT)), "")
     if full:
         print(
             f"error: trials failed because the disk is full or read-only ({full}); free space "
@@ -557,14 +544,12 @@ def planned_grid(
     the seeds beyond the first round run only where the design needs them."""
     from sweeps.estimate import n_params
 
-    counts: dict[tuple[Any, str], int] = {}
-    plan = []
-    for trial in trials:
-        key = (trial.model, trial.dataset)
-        if key not in counts:
-            counts[key] = n_params(trial.model, trial.dataset, vocab_sizes)
-        plan.append({"trial_id": trial.trial_id, **trial.params()["columns"],
-                     "n_params": counts[key]})  # fmt: skip
+    configs = dict.fromkeys((trial.model, trial.dataset) for trial in trials)
+    counts = {(model, dataset): n_params(model, dataset, vocab_sizes) for model, dataset in configs}
+    plan = [
+        {"trial_id": t.trial_id, **t.params()["columns"], "n_params": counts[(t.model, t.dataset)]}
+        for t in trials
+    ]
     return {PLAN_KEY: plan, "adaptive_seeds": adaptive}
 
 

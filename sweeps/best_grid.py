@@ -45,8 +45,7 @@ class Winner:
         loss = mean_stderr(self.mean_val_loss, self.stderr, len(self.seeds))
         return (
             f"best of {self.n_configs} configs: {self.config_id} ({config}): final val loss "
-            f"{loss}; "
-            f"store trials {', '.join(self.trial_ids)}"
+            f"{loss}; store trials {', '.join(self.trial_ids)}"
         )
 
 
@@ -102,6 +101,13 @@ def _valid(name: str, value: Any, values: dict[str, Any]) -> bool:
     return True
 
 
+# How a float level is written: uniform ranges to 4 decimals, log-uniform ones to 3 digits.
+_ROUNDED: dict[str, Callable[[float], float]] = {
+    "uniform": lambda number: round(number, 4),
+    "loguniform": lambda number: float(f"{number:.3g}"),
+}
+
+
 def neighbours(name: str, space: tuple, values: dict[str, Any]) -> list[Any]:
     """The levels a step either side of the winner's ``values[name]`` in its search range
     ``space`` (``SEARCH_SPACE[name]``): the adjacent valid choices; ±1 for integers; ±1/3 of
@@ -120,16 +126,11 @@ def neighbours(name: str, space: tuple, values: dict[str, Any]) -> list[Any]:
     if kind == "uniform":
         step = (high - low) / 3
         candidates = [max(low, value - step), min(high, value + step)]
-
-        def rounded(number: float) -> float:
-            return round(number, 4)
     elif kind == "loguniform":
         candidates = [max(low, value / 2), min(high, value * 2)]
-
-        def rounded(number: float) -> float:
-            return float(f"{number:.3g}")
     else:
         raise ValueError(f"search space kind {kind!r} of {name} has no neighbours rule")
+    rounded = _ROUNDED[kind]
     levels: list[Any] = []
     for level in map(rounded, candidates):
         if level != rounded(value) and level not in levels:
@@ -142,17 +143,13 @@ def best_grid(
 ) -> dict[str, Any]:
     """The grid YAML's content: ``extends`` the preset, the winner's full config as the
     baseline, one factor per searched field, ``n_seeds`` seeds after the winner's."""
-    factors = {}
-    for field, bounds in space.items():
-        levels = neighbours(field, bounds, winner.values)
-        if levels:
-            factors[field] = levels
+    factors = {field: neighbours(field, bounds, winner.values) for field, bounds in space.items()}
     first = max(winner.seeds) + 1
     return {
         "name": name,
         "extends": preset,
         "baseline": dict(winner.values),
-        "factors": factors,
+        "factors": {field: levels for field, levels in factors.items() if levels},
         "datasets": [winner.dataset],
         "seeds": list(range(first, first + n_seeds)),
     }

@@ -59,8 +59,8 @@ class StepTiming:
     timed_batch_size: int
     timed_steps: int
     threads: int
-    device: str
     method: str = "timed"
+    device: str = "cpu"  # every estimate is timed on the CPU
 
 
 @dataclass(frozen=True)
@@ -136,12 +136,9 @@ class Estimate:
         longest = max(row.seconds or 0.0 for row in self.rows) + self.overhead_s
         return max(total / max(1, self.concurrent), longest)
 
-    def row_of(self, trial_id: str) -> ConfigEstimate:
-        """The row a trial belongs to."""
-        for row in self.rows:
-            if trial_id in row.trial_ids:
-                return row
-        raise KeyError(trial_id)
+    def by_trial(self) -> dict[str, ConfigEstimate]:
+        """The row each trial belongs to, by trial id."""
+        return {trial_id: row for row in self.rows for trial_id in row.trial_ids}
 
 
 def eval_passes(train: TrainConfig) -> int:
@@ -196,12 +193,10 @@ def _count(model: ModelConfig) -> tuple[int, int]:
     from charlm.model import GPT
 
     rough_params = 12 * model.n_layer * model.n_embed**2 + (model.vocab_size or 0) * model.n_embed
-    with torch.random.fork_rng(devices=[]):  # initialisation draws stay out of the caller's RNG
-        if rough_params < _CPU_BUILD_PARAMS:
-            gpt = GPT(model)
-        else:
-            with torch.device("meta"):
-                gpt = GPT(model)
+    device = "cpu" if rough_params < _CPU_BUILD_PARAMS else "meta"
+    # Initialisation draws stay out of the caller's RNG.
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        gpt = GPT(model)
     return gpt.num_params(), gpt.flops_per_token()
 
 
@@ -217,23 +212,18 @@ class _StepTimer:
     configurations' steps can be interleaved: a machine whose load changes while the
     estimate runs then slows every configuration alike, not the ones timed last."""
 
-    def __init__(
-        self, model: ModelConfig, batch_size: int, device: str, budget_s: float, warmup_steps: int
-    ):
+    def __init__(self, model: ModelConfig, batch_size: int, budget_s: float, warmup_steps: int):
         from charlm.model import GPT
 
         if model.vocab_size is None:
             raise ValueError("time_train_step needs model.vocab_size: set it from the dataset.")
-        self.model, self.batch_size, self.device = model, batch_size, device
-        self.on_cuda = device.startswith("cuda")
+        self.model, self.batch_size = model, batch_size
         self.generator = torch.Generator().manual_seed(0)
         with torch.random.fork_rng(devices=[]):  # leave the caller's RNG alone
             torch.manual_seed(0)
-            self.gpt = GPT(model).to(device)
+            self.gpt = GPT(model)
         self.gpt.train()
-        self.optimizer = self.gpt.configure_optimizer(
-            0.1, 3e-4, (0.9, 0.99), "cuda" if self.on_cuda else "cpu"
-        )
+        self.optimizer = self.gpt.configure_optimizer(0.1, 3e-4, (0.9, 0.99), "cpu")
         self.flops_per_token = self.gpt.flops_per_token()
         self.n_params = self.gpt.num_params()
         self.batch = self._warm_up(budget_s, warmup_steps, torch.get_num_threads())
@@ -247,21 +237,19 @@ class _StepTimer:
         a low guess of the speed first, corrected after the warm-up (the first is slow)."""
         step_target = budget_s / (warmup_steps + 3 + 1)
         min_rows = min(self.batch_size, _MIN_TIMED_ROWS)
-        batch = self.batch_size
-        if not self.on_cuda:
-            guess = _GUESSED_FLOPS_PER_THREAD * max(1, threads) * step_target
-            fitting = int(guess / (self.flops_per_token * self.model.block_size))
-            batch = min(self.batch_size, max(min_rows, fitting))
+        guess = _GUESSED_FLOPS_PER_THREAD * max(1, threads) * step_target
+        fitting = int(guess / (self.flops_per_token * self.model.block_size))
+        batch = min(self.batch_size, max(min_rows, fitting))
         warm = [self._step(batch) for _ in range(max(1, warmup_steps))]
-        if not self.on_cuda and len(warm) > 1:
+        if len(warm) > 1:
             batch = min(self.batch_size, max(min_rows, int(batch * step_target / warm[-1])))
         return batch
 
     def _step(self, rows: int) -> float:
         vocab_size = self.model.vocab_size or 1
         shape = (rows, self.model.block_size)
-        x = torch.randint(vocab_size, shape, generator=self.generator).to(self.device)
-        y = torch.randint(vocab_size, shape, generator=self.generator).to(self.device)
+        x = torch.randint(vocab_size, shape, generator=self.generator)
+        y = torch.randint(vocab_size, shape, generator=self.generator)
         start = time.perf_counter()
         with torch.random.fork_rng(devices=[]):  # dropout draws stay out of the caller's RNG
             _, loss = self.gpt(x, y)
@@ -269,8 +257,6 @@ class _StepTimer:
         torch.nn.utils.clip_grad_norm_(self.gpt.parameters(), 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.on_cuda:
-            torch.cuda.synchronize()
         return time.perf_counter() - start
 
     def time_step(self, index: int) -> None:
@@ -295,7 +281,6 @@ class _StepTimer:
             timed_batch_size=self.batch,
             timed_steps=sum(len(values) for values in self.times.values()),
             threads=max(1, threads),
-            device=self.device,
         )
 
 
@@ -304,15 +289,15 @@ def time_train_step(
     batch_size: int,
     *,
     threads: int = 1,
-    device: str = "cpu",
     budget_s: float = 1.0,
     warmup_steps: int = 2,
     timed_steps: int = 3,
 ) -> tuple[StepTiming, int, int]:
-    """Time AdamW steps of the real GPT on random tokens; also return its params and FLOPs.
+    """Time AdamW steps of the real GPT on random tokens on the CPU; also return its params
+    and FLOPs.
 
     ``model.vocab_size`` must be set. Returns (timing, non-embedding params, FLOPs per
-    token). On CPU the batch is shrunk until ``warmup_steps + timed_steps`` steps fit in
+    token). The batch is shrunk until ``warmup_steps + timed_steps`` steps fit in
     about ``budget_s`` seconds and the time is scaled back to ``batch_size``; torch's thread
     count is ``threads`` while timing and restored afterwards.
     """
@@ -320,7 +305,7 @@ def time_train_step(
     torch.set_num_threads(max(1, threads))
     try:
         started = time.perf_counter()
-        timer = _StepTimer(model, batch_size, device, budget_s, warmup_steps)
+        timer = _StepTimer(model, batch_size, budget_s, warmup_steps)
         for index in range(timed_steps):
             if time.perf_counter() - started > budget_s and timer.times[timer.batch]:
                 break  # a big configuration: fewer steps
@@ -334,7 +319,6 @@ def _time_round_robin(
     keys: Sequence[tuple[ModelConfig, int]],
     *,
     threads: int,
-    device: str,
     budget_s: float,
     total_budget_s: float,
     min_rounds: int = 6,
@@ -351,7 +335,7 @@ def _time_round_robin(
     for key in keys:
         if timers and time.perf_counter() - started > total_budget_s:
             break
-        timers[key] = _StepTimer(key[0], key[1], device, budget_s, warmup_steps=2)
+        timers[key] = _StepTimer(key[0], key[1], budget_s, warmup_steps=2)
     groups: list[list[_StepTimer]] = [[]]
     for timer in timers.values():
         held = sum(t.n_params for t in groups[-1])
@@ -401,18 +385,18 @@ def estimate(
     load = os.getloadavg()[0] if measure and hasattr(os, "getloadavg") else None
     counted: dict[ModelConfig, tuple[int, int]] = {}
     timed: dict[tuple[ModelConfig, int], StepTiming] | None = None
+    measured_on = ""
     if measure:
         keys = {(models[key], ts[0].train.batch_size): None for key, ts in groups.items()}
-        timed, counted = _measure(list(keys), threads, "cpu", budget_s, total_budget_s)
+        timed, counted = _measure(list(keys), threads, budget_s, total_budget_s)
+        measured_on = f"cpu, {threads} thread{'s' if threads != 1 else ''} per trial"
     rows = [_row(key, ts, models[key], counted, timed) for key, ts in groups.items()]
     return Estimate(
         rows=tuple(rows),
         cpus_per_trial=cpus_per_trial,
         concurrent=max(1, concurrent),
         overhead_s=overhead_s,
-        measured_on=f"cpu, {threads} thread{'s' if threads != 1 else ''} per trial"
-        if measure
-        else "",
+        measured_on=measured_on,
         measuring_s=time.perf_counter() - measuring_started,
         load_average=load,
     )
@@ -432,9 +416,7 @@ def _row(
     if model not in counted:
         counted[model] = _count(model)
     n_params, flops_per_token = counted[model]
-    timing = None
-    if timed is not None:
-        timing = timed.get((model, train.batch_size))
+    timing = timed.get((model, train.batch_size)) if timed is not None else None
     if timed is not None and timing is None:
         step_flops = flops_per_token * train.batch_size * model.block_size
         any_timing = next(iter(timed.values()))
@@ -463,11 +445,7 @@ def _row(
 
 
 def _measure(
-    keys: Sequence[tuple[ModelConfig, int]],
-    threads: int,
-    device: str,
-    budget_s: float,
-    total_budget_s: float,
+    keys: Sequence[tuple[ModelConfig, int]], threads: int, budget_s: float, total_budget_s: float
 ) -> tuple[dict[tuple[ModelConfig, int], StepTiming], dict[ModelConfig, tuple[int, int]]]:
     """Step timings of ``keys`` (round-robin, see ``_time_round_robin``) on ``threads``
     torch threads, and the (params, FLOPs per token) of each model timed."""
@@ -475,8 +453,9 @@ def _measure(
     torch.set_num_threads(threads)
     try:
         _warm_up_torch()
-        timers = _time_round_robin(keys, threads=threads, device=device, budget_s=budget_s,
-                                   total_budget_s=total_budget_s)  # fmt: skip
+        timers = _time_round_robin(
+            keys, threads=threads, budget_s=budget_s, total_budget_s=total_budget_s
+        )
     finally:
         torch.set_num_threads(previous_threads)
     timed = {key: timer.timing(threads) for key, timer in timers.items()}
@@ -487,13 +466,8 @@ def _measure(
 def _warm_up_torch() -> None:
     """Pay torch's one-time costs (the optimizer's lazy imports, first kernels of attention
     and dropout) on a tiny GPT, so they are not charged to the first configuration."""
-    time_train_step(
-        ModelConfig(n_layer=1, n_head=2, n_embed=16, block_size=16, dropout=0.1, vocab_size=8),
-        2,
-        budget_s=0.0,
-        warmup_steps=1,
-        timed_steps=1,
-    )
+    tiny = ModelConfig(n_layer=1, n_head=2, n_embed=16, block_size=16, dropout=0.1, vocab_size=8)
+    time_train_step(tiny, 2, budget_s=0.0, warmup_steps=1, timed_steps=1)
 
 
 def _seconds_per_flop(
@@ -517,6 +491,14 @@ def load_text(load_average: float) -> str:
     return f"load average {load_average:.2f} on {os.cpu_count() or 1} CPUs"
 
 
+def _timed_on(estimate: Estimate) -> str:
+    """'timed on cpu, 1 thread per trial, load average ...', or 'not timed'."""
+    timed_on = f"timed on {estimate.measured_on}" if estimate.measured_on else "not timed"
+    if estimate.load_average is None:
+        return timed_on
+    return f"{timed_on}, {load_text(estimate.load_average)}"
+
+
 def _milliseconds(timing: StepTiming | None) -> str:
     if timing is None:
         return "-"
@@ -525,16 +507,10 @@ def _milliseconds(timing: StepTiming | None) -> str:
 
 def format_table(trials: Sequence[TrialSpec], estimate: Estimate) -> str:
     """The trials (id, dataset, factor, level, seed, params), their count, then the estimate."""
+    rows = estimate.by_trial()
     trial_rows = [
-        (
-            trial.trial_id,
-            trial.dataset,
-            trial.factor,
-            trial.level,
-            str(trial.seed),
-            f"{estimate.row_of(trial.trial_id).n_params:,}",
-        )
-        for trial in trials
+        (t.trial_id, t.dataset, t.factor, t.level, str(t.seed), f"{rows[t.trial_id].n_params:,}")
+        for t in trials
     ]
     trial_header = ("trial_id", "dataset", "factor", "level", "seed", "params")
     lines = text_table(trial_header, trial_rows, {4, 5})
@@ -546,11 +522,8 @@ def format_table(trials: Sequence[TrialSpec], estimate: Estimate) -> str:
         f"dataset{'s' if n_datasets != 1 else ''} (repeats of the baseline dropped)"
     )
     lines.append("")
-    timed_on = f"timed on {estimate.measured_on}" if estimate.measured_on else "not timed"
-    if estimate.load_average is not None:
-        timed_on += f", {load_text(estimate.load_average)}"
     lines.append(
-        f"compute estimate ({timed_on}; "
+        f"compute estimate ({_timed_on(estimate)}; "
         f"{estimate.concurrent} concurrent trial{'s' if estimate.concurrent != 1 else ''}; "
         f"{estimate.overhead_s:g} s start-up per trial):"
     )
@@ -605,9 +578,6 @@ def asha_fraction(
 def format_search_estimate(estimate: Estimate, seeds: int, fraction: float) -> str:
     """The search's dry run: its sampled trials' compute when every trial trains to the
     end (an upper bound) and as ASHA is expected to stop them (``asha_fraction``)."""
-    timed_on = f"timed on {estimate.measured_on}" if estimate.measured_on else "not timed"
-    if estimate.load_average is not None:
-        timed_on += f", {load_text(estimate.load_average)}"
     trials = estimate.n_trials // max(1, seeds)
     times = sorted((row.seconds or 0.0) * seeds for row in estimate.rows)
     spread = (
@@ -629,7 +599,7 @@ def format_search_estimate(estimate: Estimate, seeds: int, fraction: float) -> s
 
     return "\n".join([
         f"{trials} trials x {seeds} seed{'s' * (seeds != 1)}, configs drawn at random from "
-        f"the search space as TPE's first trials are ({timed_on}; {spread}):",
+        f"the search space as TPE's first trials are ({_timed_on(estimate)}; {spread}):",
         line("every trial to its last step (upper bound)", 1.0),
         line(f"with ASHA stopping trials early (expected: {fraction:.0%} of the steps)", fraction),
     ])  # fmt: skip

@@ -236,9 +236,10 @@ class GridSpec:
                 "lists of levels, e.g. {n_head: [1, 8]}."
             )
         object.__setattr__(self, "datasets", _dataset_values(self.datasets))
-        seeds = self.seeds
-        seed_values = _seed_values(seeds)
-        object.__setattr__(self, "seeds", seeds if isinstance(seeds, int) else seed_values)
+        seed_values = _seed_values(self.seeds)
+        object.__setattr__(
+            self, "seeds", self.seeds if isinstance(self.seeds, int) else seed_values
+        )
 
         _check_fields((str(name), "baseline") for name in self.baseline)
         for name in self.baseline:
@@ -250,9 +251,7 @@ class GridSpec:
         baseline = {name: _normalize(name, value) for name, value in self.baseline.items()}
         object.__setattr__(self, "baseline", baseline)
 
-        factors: dict[str, tuple[dict[str, Any], ...]] = {}
-        for factor, raw_levels in self.factors.items():
-            factors[factor] = self._levels(factor, raw_levels)
+        factors = {factor: self._levels(factor, raw) for factor, raw in self.factors.items()}
         object.__setattr__(self, "factors", factors)
 
     @staticmethod
@@ -580,16 +579,18 @@ def trial_id(model: ModelConfig, train: TrainConfig) -> str:
     never on the sweep's name or the factor that produced it. A dataset given as a file path
     counts by its content (``dataset_identity``), not by how the path is spelled.
     """
-    payload = {"model": _canonical(model), "train": _canonical(train)}
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:ID_LENGTH]
+    return _hash({"model": _canonical(model), "train": _canonical(train)})
 
 
 def config_id(model: ModelConfig, train: TrainConfig) -> str:
     """The id the seeds of one configuration share: ``trial_id``'s hash without the seed
     (and marked, so it never equals a trial id)."""
     train_values = {k: v for k, v in _canonical(train).items() if k != "seed"}
-    payload = {"config": True, "model": _canonical(model), "train": train_values}
+    return _hash({"config": True, "model": _canonical(model), "train": train_values})
+
+
+def _hash(payload: dict[str, Any]) -> str:
+    """``ID_LENGTH`` hex digits of the sha256 of ``payload`` as canonical JSON."""
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:ID_LENGTH]
 

@@ -121,14 +121,20 @@ def local_concurrency(opts: RunOptions) -> int:
     return resources.slots({"CPU": opts.num_cpus or os.cpu_count() or 1})
 
 
-def lock_embedded(opts: RunOptions, stack: contextlib.ExitStack) -> None:
-    """On the embedded Ray, take the store's lock (``sweeps.store.locked``) before Ray
-    starts; a store another driver holds is ``fail``'s one line, exit 2."""
-    if not opts.embedded:
+def lock_store(opts: RunOptions, stack: contextlib.ExitStack, *, connected: bool) -> None:
+    """Take the store's lock (``sweeps.store.locked``) into ``stack`` when this run's Ray
+    wants it: the embedded Ray's before it starts (``connected`` False), a cluster's once
+    connected (a cluster that refuses the run leaves no results directory); at the other
+    call, nothing. A store another driver holds: Ray shut down, ``fail``'s one line, exit 2."""
+    if opts.embedded == connected:
         return
     try:
         stack.enter_context(locked(opts.results))
     except ConfigError as exc:
+        if connected:
+            import ray
+
+            ray.shutdown()
         fail(str(exc))
 
 
@@ -147,20 +153,6 @@ def connect_driver(opts: RunOptions, script: str) -> Connection:
         fail(str(exc))
     interrupt.install()  # ray.init replaced the SIGTERM handler
     return connection
-
-
-def lock_cluster(opts: RunOptions, stack: contextlib.ExitStack) -> None:
-    """On a cluster, take the store's lock once connected (a cluster that refuses the run
-    leaves no results directory); a store another driver holds: Ray shut down, exit 2."""
-    if opts.embedded:
-        return
-    import ray
-
-    try:
-        stack.enter_context(locked(opts.results))
-    except ConfigError as exc:
-        ray.shutdown()
-        fail(str(exc))
 
 
 def report_interrupt(summary: str) -> int:
@@ -189,31 +181,25 @@ def prepare_datasets(trials: list[TrialSpec]) -> dict[str, int]:
     """
     vocab_sizes: dict[str, int] = {}
     problems: list[str] = []
-    checked: set[tuple[str, int]] = set()  # (dataset, block_size) seen
-    vocab_checked: set[tuple[str, int]] = set()
+    checked: set[tuple[str, str, int]] = set()  # ("vocab" | "block", dataset, size) seen
     for trial in trials:
         data = load_dataset(trial.dataset, trial.train.data_dir)
         vocab_sizes[trial.dataset] = data.vocab_size
-        vocab = trial.model.vocab_size
-        if (
-            vocab is not None
-            and vocab != data.vocab_size
-            and ((trial.dataset, vocab) not in vocab_checked)
-        ):
-            vocab_checked.add((trial.dataset, vocab))
+        label, vocab = config_label(trial.factor, trial.level), trial.model.vocab_size
+        if vocab not in (None, data.vocab_size) and ("vocab", trial.dataset, vocab) not in checked:
+            checked.add(("vocab", trial.dataset, vocab))
             problems.append(
-                f"{config_label(trial.factor, trial.level)}: vocab_size={vocab} does not match "
-                f"{Path(trial.dataset).name}'s vocabulary of {data.vocab_size}: leave "
-                "vocab_size unset to take it from the dataset."
+                f"{label}: vocab_size={vocab} does not match {Path(trial.dataset).name}'s "
+                f"vocabulary of {data.vocab_size}: leave vocab_size unset to take it from the "
+                "dataset."
             )
-        key = (trial.dataset, trial.model.block_size)
-        if key in checked:
-            continue
-        checked.add(key)
-        try:
-            check_block_size(data, trial.model.block_size)
-        except ConfigError as exc:
-            problems.append(f"{config_label(trial.factor, trial.level)}: {exc}")
+        block = ("block", trial.dataset, trial.model.block_size)
+        if block not in checked:
+            checked.add(block)
+            try:
+                check_block_size(data, trial.model.block_size)
+            except ConfigError as exc:
+                problems.append(f"{label}: {exc}")
     if problems:
         raise ConfigError("; ".join(problems))
     return vocab_sizes

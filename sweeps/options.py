@@ -424,20 +424,14 @@ class Resources:
     max_concurrent: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.cpus_per_trial > 0:
-            raise ConfigError(
-                f"cpus_per_trial={self.cpus_per_trial} is invalid: give a number > 0, e.g. 1."
-            )
+        for name in ("cpus_per_trial", "max_concurrent"):  # for library callers; the CLIs'
+            OPTION_DOMAINS[name].check(name, getattr(self, name))  # check_options ran already
         if self.gpus_per_trial < 0 or (
             self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial)
         ):
             raise ConfigError(
                 f"gpus_per_trial={self.gpus_per_trial} is invalid: give a fraction in [0, 1] "
                 "(e.g. 0.25 packs four trials on a GPU) or a whole number."
-            )
-        if self.max_concurrent is not None and self.max_concurrent < 1:
-            raise ConfigError(
-                f"max_concurrent={self.max_concurrent} is invalid: give an integer >= 1."
             )
 
     def as_ray(self) -> dict[str, float]:

@@ -34,6 +34,16 @@ class _Experiment:
     baseline: dict[int, TrialSpec]
     levels: dict[Level, dict[int, TrialSpec]]
 
+    def metrics(
+        self, values: dict[str, float]
+    ) -> tuple[dict[Level, dict[int, float]], dict[int, float]]:
+        """(each level's, the baseline's) seed -> metric, of the trials ``values`` holds."""
+
+        def metric(by_seed: dict[int, TrialSpec]) -> dict[int, float]:
+            return {s: values[t.trial_id] for s, t in by_seed.items() if t.trial_id in values}
+
+        return {key: metric(by_seed) for key, by_seed in self.levels.items()}, metric(self.baseline)
+
 
 class SeedRounds:
     """The trials of ``trials`` to run next, given the store at ``root``.
@@ -80,18 +90,14 @@ class SeedRounds:
                 or trial.trial_id in blocked
             )
 
-        def metric(by_seed: dict[int, TrialSpec]) -> dict[int, float]:
-            return {s: values[t.trial_id] for s, t in by_seed.items() if t.trial_id in values}
-
         result = {}
         for dataset, experiment in self.experiments.items():
-            levels = {key: metric(by_seed) for key, by_seed in experiment.levels.items()}
 
             def done_at(key: Level | None, seed: int, experiment: _Experiment = experiment) -> bool:
                 by_seed = experiment.baseline if key is None else experiment.levels[key]
                 return done(by_seed[seed])
 
-            result[dataset] = advance(self.design, levels, metric(experiment.baseline), done_at)
+            result[dataset] = advance(self.design, *experiment.metrics(values), done_at)
         return result
 
     def verdicts(self, fixed: Design) -> dict[str, dict[Level, LevelResult]]:
@@ -100,45 +106,29 @@ class SeedRounds:
         if self.design is not None and self.design.adaptive:
             return {dataset: p.results for dataset, p in self.progress().items()}
         _, values, _ = self._read()
-
-        def metric(by_seed: dict[int, TrialSpec]) -> dict[int, float]:
-            return {s: values[t.trial_id] for s, t in by_seed.items() if t.trial_id in values}
-
         return {
-            dataset: judge(
-                fixed,
-                {k: metric(v) for k, v in experiment.levels.items()},
-                metric(experiment.baseline),
-            )
+            dataset: judge(fixed, *experiment.metrics(values))
             for dataset, experiment in self.experiments.items()
         }
 
     def next_round(self) -> list[TrialSpec]:
         """The trials to run now (empty: the sweep is complete); marks them as tried."""
-        if self.design is None:
-            statuses, _, blocked = self._read()
-            todo = [
-                t
-                for t in self.trials
-                if statuses.get(t.trial_id) != "ok"
-                and t.trial_id not in blocked
-                and t.trial_id not in self.tried
-            ]
-        else:
-            todo = []
-            statuses, _, blocked = self._read()
+        statuses, _, blocked = self._read()
+        wanted = self.trials
+        if self.design is not None:
+            wanted = []
             for dataset, progress in self.progress().items():
                 experiment = self.experiments[dataset]
-                wanted = [experiment.baseline[s] for s in range(progress.baseline_target)]
+                wanted += [experiment.baseline[s] for s in range(progress.baseline_target)]
                 for key, target in progress.targets.items():
                     wanted += [experiment.levels[key][s] for s in range(target)]
-                todo += [
-                    t
-                    for t in wanted
-                    if statuses.get(t.trial_id) != "ok"
-                    and t.trial_id not in blocked
-                    and t.trial_id not in self.tried
-                ]
+        todo = [
+            t
+            for t in wanted
+            if statuses.get(t.trial_id) != "ok"
+            and t.trial_id not in blocked
+            and t.trial_id not in self.tried
+        ]
         self.tried.update(t.trial_id for t in todo)
         return todo
 
@@ -165,13 +155,7 @@ class SeedRounds:
 def _observed(rounds: SeedRounds, dataset: str) -> tuple[list[float], list[float]] | None:
     """noise_model of ``dataset``'s configs from the store (None: not enough seeds yet)."""
     _, values, _ = rounds._read()
-    experiment = rounds.experiments[dataset]
-
-    def metric(by_seed: dict[int, TrialSpec]) -> dict[int, float]:
-        return {s: values[t.trial_id] for s, t in by_seed.items() if t.trial_id in values}
-
-    levels = {key: metric(by_seed) for key, by_seed in experiment.levels.items()}
-    return noise_model(levels, metric(experiment.baseline))
+    return noise_model(*rounds.experiments[dataset].metrics(values))
 
 
 def auto_compute(
@@ -185,12 +169,11 @@ def auto_compute(
 
     rounds = SeedRounds(trials, root, design)
     per_trial = {
-        trial_id: (row.seconds or 0.0) + estimate.overhead_s
-        for row in estimate.rows
-        for trial_id in row.trial_ids
+        t: (row.seconds or 0.0) + estimate.overhead_s for t, row in estimate.by_trial().items()
     }
     rng = np.random.default_rng(0)
-    expected_n, expected_s, first_n, first_s, sources = 0.0, 0.0, 0, 0.0, []
+    configs: list[tuple[float, float]] = []  # (expected seeds, seconds per trial) per config
+    sources = []
     for dataset, experiment in rounds.experiments.items():
         observed = _observed(rounds, dataset) if root.is_dir() else None
         if observed is None:
@@ -204,15 +187,11 @@ def auto_compute(
         simulation = simulate(design, np.array(deltas), np.array(noise), sweeps, rng,
                               baseline_sd=base_sd)  # fmt: skip
         seeds = simulation.seeds.mean(axis=0)
-        configs = [(experiment.baseline, float(simulation.baseline_seeds.mean()))]
-        configs += list(zip(experiment.levels.values(), seeds, strict=True))
-        for by_seed, n in configs:
-            cost = per_trial[by_seed[0].trial_id] if 0 in by_seed else 0.0
-            expected_n += n
-            expected_s += n * cost
-            first = design.schedule[0]
-            first_n += first
-            first_s += first * cost
+        expected = [(experiment.baseline, float(simulation.baseline_seeds.mean()))]
+        expected += list(zip(experiment.levels.values(), seeds, strict=True))
+        for by_seed, n in expected:
+            configs.append((n, per_trial[by_seed[0].trial_id] if 0 in by_seed else 0.0))
+    first = design.schedule[0]
     worst_s = sum(per_trial[t.trial_id] for t in trials)
     slots = max(1, estimate.concurrent)
 
@@ -223,8 +202,8 @@ def auto_compute(
     return "\n".join(
         [
             f"--seeds auto ({design.describe()}):",
-            line("first round", first_n, first_s),
-            line("expected", expected_n, expected_s),
+            line("first round", first * len(configs), first * sum(s for _, s in configs)),
+            line("expected", sum(n for n, _ in configs), sum(n * s for n, s in configs)),
             line("worst case", len(trials), worst_s),
             *(f"  expected: {source}" for source in sources),
         ]

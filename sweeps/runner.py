@@ -152,7 +152,8 @@ def connect(
     embedded = cluster is None and address is None
     where = check_storage(storage, Path(results), cluster_config=config, cluster=cluster,
                           embedded=embedded)  # fmt: skip
-    env_vars = {"CHARLM_DATA_DIR": str(resolve_data_dir())}
+    # On a cluster each node uses its own data cache.
+    env_vars = {"CHARLM_DATA_DIR": str(resolve_data_dir())} if embedded else {}
     common: dict[str, Any] = {
         "logging_level": logging.INFO if verbose else logging.ERROR,
         "log_to_driver": verbose,
@@ -167,34 +168,27 @@ def connect(
             object_store_memory=512 * 1024**2,
             **common,
         )
-        resources = ray.cluster_resources()
-        return Connection(
-            f"embedded local Ray: {resources.get('CPU', 0):g} CPUs, "
-            f"{resources.get('GPU', 0):g} GPUs",
-            reuse_actors=True,
-            storage=where,
-        )
+        return Connection(f"embedded local Ray: {_counts()}", reuse_actors=True, storage=where)
     if address is None:
         assert cluster is not None  # the embedded case (neither given) returned above
         address = head_address(config, cluster)
     check_reachable(address, cluster or "cluster.yaml", script)
     _auth_for_existing_cluster()
-    env_vars.pop("CHARLM_DATA_DIR")  # each node uses its own data cache
     ray.init(address=address, **common)
     try:
         nodes = _probe_storage(where)
     except BaseException:
         ray.shutdown()
         raise
+    cluster_text = f"Ray cluster at {address}: {nodes} node{'s' * (nodes != 1)}, {_counts()}"
+    # reuse_actors=False: see Connection
+    return Connection(f"{cluster_text}; checkpoints in {where.shown}", False, where, nodes)
+
+
+def _counts() -> str:
+    """The connected Ray's CPUs and GPUs, as the run's first line names them."""
     resources = ray.cluster_resources()
-    return Connection(
-        f"Ray cluster at {address}: {nodes} node{'s' * (nodes != 1)}, "
-        f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; "
-        f"checkpoints in {where.shown}",
-        reuse_actors=False,
-        storage=where,
-        nodes=nodes,
-    )
+    return f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs"
 
 
 def _probe_storage(storage: Storage) -> int:
@@ -385,11 +379,10 @@ class _StoreCallback(tune.Callback):
             final = record.final or {}
             status, error = final.get("status", "ok"), final.get("error")
             error = redact(error) if error else error
-            checkpoint = trial.checkpoint
             copy_model = None
-            if checkpoint is not None and status == "ok" and final:
+            if trial.checkpoint is not None and status == "ok" and final:
                 subdir = member_dir(index) if len(records) > 1 else ""
-                copy_model = _model_copier(checkpoint, subdir)
+                copy_model = _model_copier(trial.checkpoint, subdir)
             self.store.write_trial(record, status, error, copy_model)
             self._count(record, status, error)
 
@@ -458,7 +451,7 @@ class _KeepLatestCheckpoint(tune.Callback):
         if (
             previous is not None
             and previous.filesystem is not None
-            and (previous.path != checkpoint.path)
+            and previous.path != checkpoint.path
         ):
             with contextlib.suppress(OSError):  # gone already: nothing to free
                 previous.filesystem.delete_dir(previous.path)
@@ -483,46 +476,32 @@ class _ProgressCallback(tune.Callback):
         self.pending = False  # a line is due but waits for the next second
         self.progress: dict[str, float] = {}
         self.seen: dict[str, tuple[float, float | None]] = {}  # Tune id -> (first report, est.)
-        self._seen_own_ids: set[str] = set()
+        self.seen_own_ids: set[str | None] = set()
         self.observed: dict[str, tuple[float, float]] = {}  # Tune id -> (seconds, estimated)
         self.partial: dict[str, tuple[float, float]] = {}  # the same, of a running trial so far
         self.best: tuple[float, str] | None = None
         self.done = self.failed = 0
 
-    def _estimate(self, trial: Trial) -> float | None:
-        own_id = trial.config.get("trial", {}).get("trial_id")
-        return self.run.estimates.get(own_id, self.run.default_estimate_s)
-
-    def eta_s(self, now: float) -> float | None:
-        """Seconds left by the estimates, corrected by the trials seen so far; None
-        without estimates."""
+    def _eta_s(self, now: float) -> float:
+        """Seconds left by the estimates, corrected by the trials seen so far; without
+        estimates, the elapsed time scaled by the share of steps done (NaN before any)."""
         if not self.run.estimates and self.run.default_estimate_s is None:
-            return None
-        evidence = [*self.observed.values(), *(v for k, v in self.partial.items()
-                                               if k not in self.observed)]  # fmt: skip
-        observed = sum(seconds for seconds, _ in evidence)
+            fraction = min(1.0, sum(self.progress.values()) / max(1, self.run.total))
+            return (now - self.start) * (1 - fraction) / fraction if fraction > 0 else math.nan
+        evidence = [*self.observed.values(), *self.partial.values()]
         estimated = sum(estimate for _, estimate in evidence)
-        ratio = observed / estimated if estimated > 0 else 1.0
+        ratio = sum(seconds for seconds, _ in evidence) / estimated if estimated > 0 else 1.0
+        seen = self.seen.items()
+        running = [(now - t0, est) for t, (t0, est) in seen if est and t not in self.observed]
         # A running trial that has taken longer than its corrected estimate is evidence too:
         # the trials are at least that much slower than estimated.
-        ratio = max(
-            [ratio]
-            + [
-                (now - first) / estimate
-                for tune_id, (first, estimate) in self.seen.items()
-                if estimate and tune_id not in self.observed
-            ]
-        )
-        running = [
-            max(0.0, estimate * ratio - (now - first))
-            for tune_id, (first, estimate) in self.seen.items()
-            if tune_id not in self.observed and estimate is not None
-        ]
-        unseen_ids = [t for t in self.run.estimates if t not in self._seen_own_ids]
+        ratio = max([ratio] + [elapsed / estimate for elapsed, estimate in running])
         unseen = max(0, self.run.total - len(self.seen))
+        unseen_ids = [t for t in self.run.estimates if t not in self.seen_own_ids]
         pending = sorted((self.run.estimates[t] for t in unseen_ids), reverse=True)[:unseen]
         pending += [self.run.default_estimate_s or 0.0] * (unseen - len(pending))
-        left = running + [estimate * ratio for estimate in pending]
+        left = [max(0.0, estimate * ratio - elapsed) for elapsed, estimate in running]
+        left += [estimate * ratio for estimate in pending]
         return max(sum(left) / self.slots, max(left, default=0.0))
 
     def _line(self, trials: list[Trial]) -> str:
@@ -530,16 +509,12 @@ class _ProgressCallback(tune.Callback):
         running = min(sum(1 for t in trials if t.status == "RUNNING"), self.run.total - finished)
         pending = self.run.total - finished - running
         now = time.monotonic()
-        eta = self.eta_s(now)
-        if eta is None:  # no estimates: the share of steps done so far
-            fraction = min(1.0, sum(self.progress.values()) / max(1, self.run.total))
-            elapsed = now - self.start
-            eta = max(0.0, elapsed * (1 - fraction) / fraction) if fraction > 0 else math.nan
+        eta = self._eta_s(now)
         best = f"best val {self.best[0]:.4f} ({self.best[1]})" if self.best else "best val -"
-        eta_text = format_clock(eta) if math.isfinite(eta) else "?"
         line = (
             f"[{format_clock(now - self.start)}] {self.done} done, {self.failed} failed, "
-            f"{running} running, {pending} pending of {self.run.total} | {best} | ETA {eta_text}"
+            f"{running} running, {pending} pending of {self.run.total} | {best} | "
+            f"ETA {format_clock(eta) if math.isfinite(eta) else '?'}"
         )
         if self.run.waiting and pending and not running:
             line += f" | {self.run.waiting}"
@@ -562,13 +537,12 @@ class _ProgressCallback(tune.Callback):
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
     ) -> None:
+        own_id = trial.config.get("trial", {}).get("trial_id")  # a grid trial's store id
         if trial.trial_id not in self.seen:
-            self.seen[trial.trial_id] = (time.monotonic(), self._estimate(trial))
-            own_id = trial.config.get("trial", {}).get("trial_id")
-            if own_id is not None:
-                self._seen_own_ids.add(own_id)
+            estimate = self.run.estimates.get(own_id, self.run.default_estimate_s)
+            self.seen[trial.trial_id] = (time.monotonic(), estimate)
+            self.seen_own_ids.add(own_id)
         if result.get("step") is not None:  # a failure before any evaluation has none
-            own_id = trial.config.get("trial", {}).get("trial_id")
             limit = (
                 self.run.max_iters.get(own_id) or self.run.default_max_iters or result["step"] or 1
             )
@@ -583,12 +557,15 @@ class _ProgressCallback(tune.Callback):
             self.best = (val, self._label(trial.config, result))
         self._maybe_print(trials)
 
-    def _ended(self, trial: Trial) -> None:
-        """A trial ended: its observed time against its estimate corrects the ETA."""
+    def _ended(self, trials: list[Trial], trial: Trial) -> None:
+        """A trial ended: its observed time against its estimate corrects the ETA; a line
+        is printed at once."""
         first, estimate = self.seen.get(trial.trial_id, (None, None))
         if first is not None and estimate:
             self.observed[trial.trial_id] = (time.monotonic() - first, estimate)
+        self.partial.pop(trial.trial_id, None)
         self.progress[trial.trial_id] = 1.0
+        self._maybe_print(trials, force=True)
 
     def _label(self, config: dict[str, Any], result: dict[str, Any]) -> str:
         """A grid trial's factor=level; a search trial's store trial id(s)."""
@@ -609,15 +586,13 @@ class _ProgressCallback(tune.Callback):
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
         self.done += 1
-        self._ended(trial)
-        self._maybe_print(trials, force=True)
+        self._ended(trials, trial)
 
     def on_trial_error(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
         self.failed += 1
-        self._ended(trial)
-        self._maybe_print(trials, force=True)
+        self._ended(trials, trial)
 
 
 def run_trials(

@@ -83,10 +83,8 @@ def plan_grid(
     from sweeps.estimate import estimate, load_text
 
     result = estimate(trials, base_cpus, slots, vocab_sizes, budget_s=0.3, total_budget_s=3.0)
-    seconds = {}
-    for trial in trials:
-        row = result.row_of(trial.trial_id)
-        seconds[trial.trial_id] = row.seconds if row.seconds is not None else float(row.flops)
+    rows = result.by_trial()
+    seconds = {t: row.seconds if row.seconds is not None else row.flops for t, row in rows.items()}
     schedule = plan_schedule([trial.trial_id for trial in trials], seconds, slots, base_cpus)
     if result.load_average is None:
         return schedule

@@ -19,6 +19,7 @@ from ``charlm.results``; a column added there still needs a version step here.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -225,15 +226,10 @@ def conform(
     ``table``'s schema and this version's metadata; columns it lacks are null, extra keys
     are dropped."""
     schema = SCHEMAS[table].with_metadata({"schema_version": str(SCHEMA_VERSION)})
+    if isinstance(rows, dict):
+        rows = pa.table({f.name: pa.array(rows[f.name], f.type) for f in schema if f.name in rows})
     if isinstance(rows, pa.Table):
         return _fit(rows, schema)
-    if isinstance(rows, dict):
-        length = len(next(iter(rows.values()))) if rows else 0
-        columns = {
-            f.name: pa.array(rows[f.name], f.type) if f.name in rows else pa.nulls(length, f.type)
-            for f in schema
-        }
-        return pa.table(columns, schema=schema)
     return pa.Table.from_pylist(
         [{name: row.get(name) for name in schema.names} for row in rows], schema=schema
     )
@@ -325,11 +321,10 @@ def holder_alive(root: str | Path) -> bool | None:
 def pid_alive(pid: int) -> bool:
     """Does process ``pid`` exist on this host (one we may not signal counts)?"""
     try:
-        os.kill(pid, 0)
+        with contextlib.suppress(PermissionError):
+            os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -470,10 +465,8 @@ def read_table(
         if None not in results:
             break  # else a file vanished (compacted while we read): list and read again
     parts = [result for result in results if _is_part(result)]
-    corrupt = [result for result in results if result is not None and not _is_part(result)]
-    if not parts:
-        return TableRead(schema.empty_table(), corrupt)
-    return TableRead(pa.concat_tables(parts), corrupt)
+    corrupt = [result for result in results if isinstance(result, tuple)]
+    return TableRead(pa.concat_tables(parts) if parts else schema.empty_table(), corrupt)
 
 
 def _read_files(

@@ -54,8 +54,7 @@ from sweeps.launch import (
     connect_driver,
     finished_line,
     local_concurrency,
-    lock_cluster,
-    lock_embedded,
+    lock_store,
     prepare_datasets,
     report_interrupt,
     run_info,
@@ -108,8 +107,7 @@ def check_search_space(space: dict[str, tuple[Any, ...]] = SEARCH_SPACE) -> None
     of a range), and every n_embed choice is a multiple of every n_head choice."""
     fields = {**domains(ModelConfig), **domains(TrainConfig)}
     for name, (kind, *spec) in space.items():
-        values = spec[0] if kind == "choice" else [spec[0], spec[1] - (kind == "randint")]
-        for value in values:
+        for value in _ends(kind, spec):
             fields[name].check(f"search space {name}", value)
     heads, embeds = space["n_head"][1], space["n_embed"][1]
     bad = [(e, h) for e in embeds for h in heads if e % h]
@@ -120,10 +118,16 @@ def check_search_space(space: dict[str, tuple[Any, ...]] = SEARCH_SPACE) -> None
         )
 
 
+def _ends(kind: str, spec: list[Any]) -> list[Any]:
+    """What a search-space entry can sample at its ends: each choice, or both ends of a
+    range (randint's upper end is exclusive)."""
+    return list(spec[0]) if kind == "choice" else [spec[0], spec[1] - (kind == "randint")]
+
+
 def _largest(base: TrialSpec) -> TrialSpec:
     """The base trial at the search space's largest model: what memory must hold."""
     largest = {
-        name: max(spec[0]) if kind == "choice" else spec[1] - (kind == "randint")
+        name: max(_ends(kind, spec))
         for name, (kind, *spec) in SEARCH_SPACE.items()
         if name != "learning_rate"
     }
@@ -381,15 +385,15 @@ def sampled_trials(base: TrialSpec, n_trials: int, seeds: int, seed: int) -> lis
         "uniform": lambda low, high: draw.uniform(low, high),
         "loguniform": lambda low, high: math.exp(draw.uniform(math.log(low), math.log(high))),
     }
+    base_params = {**to_dict(base.model), **to_dict(base.train)}
     trials = []
     for _ in range(n_trials):
         values = {name: sample[kind](*args) for name, (kind, *args) in SEARCH_SPACE.items()}
-        base_params = {**to_dict(base.model), **to_dict(base.train)}
-        for params in _seed_params(base_params, values, seeds):
-            model, train = split_config(params)
+        for model, train in map(split_config, _seed_params(base_params, values, seeds)):
+            identity = trial_id(model, train)
             trials.append(
                 dataclasses.replace(
-                    base, trial_id=trial_id(model, train), seed=train.seed, model=model, train=train
+                    base, trial_id=identity, seed=train.seed, model=model, train=train
                 )
             )
     return trials
@@ -466,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     # One driver per store (sweeps.store.locked): on this machine before Ray starts, on a
     # cluster once connected (a cluster that refuses the run leaves no results directory).
     with contextlib.ExitStack() as held, interrupt.handling():
-        lock_embedded(args, held)
+        lock_store(args, held, connected=False)
         return _run(args, base, placement.resources, held, settings)
 
 
@@ -484,7 +488,7 @@ def _run(
     if not args.verbose:
         quiet_optuna()
     connection = connect_driver(args, "sweeps/search.py")
-    lock_cluster(args, held)
+    lock_store(args, held, connected=True)
     study = None
     outcome: SweepOutcome | None = None
     try:

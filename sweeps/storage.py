@@ -73,17 +73,15 @@ def resolve_storage(value: str | None, results: Path) -> Storage:
         raise StorageError(f"--storage is empty: give a path or URI, {EXAMPLE}.")
     if "://" in value:
         scheme, _, rest = value.partition("://")
-        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme) or not rest.split("?")[0].strip(
-            "/"
-        ):
+        where = rest.split("?")[0]
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme) or not where.strip("/"):
             raise StorageError(
                 f"--storage {redact(value)}: not a URI pyarrow can open (scheme://bucket/path); "
                 f"{EXAMPLE}."
             )
-        if scheme.lower() == "file":
-            value = rest.split("?")[0]
-        else:
+        if scheme.lower() != "file":
             return Storage(value)
+        value = where
     path = Path(value).expanduser()
     check_writable_dir(path, "--storage")
     return Storage(str(path.resolve()))

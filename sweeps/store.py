@@ -58,12 +58,7 @@ def check_results_dir(root: Path) -> None:
 
     Nothing is written: this runs before a sweep starts.
     """
-    if (
-        root.exists()
-        and root.is_dir()
-        and not is_store(root)
-        and any(path.name != LOCK_FILE for path in root.iterdir())
-    ):
+    if root.is_dir() and not is_store(root) and any(p.name != LOCK_FILE for p in root.iterdir()):
         raise ResultsDirError(
             f"results directory {root} is not a result store (no {MARKER}) and is not empty: "
             "pick a new or empty directory with --results."
@@ -126,9 +121,8 @@ def trial_statuses(root: str | Path) -> tuple[dict[str, str], list[tuple[Path, s
     that file: callers skip it (its id is the file's stem).
     """
     read = read_table(root, "trials", columns=["trial_id", "status"])
-    ids = read.table.column("trial_id").to_pylist()
-    statuses = read.table.column("status").to_pylist()
-    return dict(zip(ids, statuses, strict=True)), read.corrupt
+    columns = read.table.to_pydict()
+    return dict(zip(columns["trial_id"], columns["status"], strict=True)), read.corrupt
 
 
 def set_aside_unreadable(root: str | Path) -> list[tuple[Path, Path, str]]:

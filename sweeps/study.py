@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from charlm.config import ConfigError
+from sweeps.schema import pid_alive
 
 SETTINGS_ATTR = "settings"
 DRIVER_ATTR = "driver"
@@ -110,15 +111,7 @@ def _dead(driver: Any, host: str) -> bool:
     if driver.get("host") != host:
         return False
     pid = driver.get("pid")
-    if not isinstance(pid, int) or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return isinstance(pid, int) and pid != os.getpid() and not pid_alive(pid)
 
 
 def fail_abandoned(study: optuna.Study, *, own: bool = False) -> int:

@@ -152,20 +152,16 @@ def _train_members(
         for index, member in enumerate(members):
             params = {**member, "num_threads": trial_threads(), "device": trial_device()}
             model_cfg, train_cfg = split_config(params)
-            where = Path(work) if single else Path(work) / member_dir(index)
-            resume_from = None
-            if resume_dir is not None:
-                resume_from = Path(resume_dir) / ("" if single else member_dir(index))
-                resume_from = resume_from / CHECKPOINT_FILE
-            loops.append(
-                train_steps(
-                    model_cfg,
-                    train_cfg,
-                    checkpoint_dir=where,
-                    resume_from=resume_from,
-                    dataset_sha256=dataset_sha256,
-                )
+            subdir = "" if single else member_dir(index)
+            resume = Path(resume_dir) / subdir / CHECKPOINT_FILE if resume_dir else None
+            loop = train_steps(
+                model_cfg,
+                train_cfg,
+                checkpoint_dir=Path(work) / subdir,
+                resume_from=resume,
+                dataset_sha256=dataset_sha256,
             )
+            loops.append(loop)
 
         def report(metrics: dict[str, Any]) -> None:
             metrics = {**metrics, **(extra or {}), "started_at": started_at,
