@@ -122,8 +122,10 @@ class CausalSelfAttention(nn.Module):
         this layer's softmax weights (B, nh, T, T), through the explicit softmax path."""
         B, T, C = x.size()
         c_attn, c_proj = (self.c_attn, self.c_proj) if decode is None else decode.attention
-        qkv = c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, nh, hs)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hs), views as split would give
+        q, k, v = c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         p = self.dropout if self.training else 0.0
         if cache is not None:
             prefill = cache.length == 0  # causal within the prompt; one new token sees all
