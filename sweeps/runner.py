@@ -33,16 +33,16 @@ from charlm.text import format_clock
 from charlm.train import MODEL_FILE
 from sweeps import interrupt
 from sweeps.options import DEFAULT_STATE_EVERY_S, ClusterError, Resources, load_cluster_config
-from sweeps.schema import config_label, pid_alive
+from sweeps.schema import config_label, remove_dead_dirs
 from sweeps.storage import (
     EXAMPLE,
     Storage,
     StorageError,
-    check_storage,
     probe_from_node,
     read_answers,
     redact,
     remove_probe,
+    resolve_storage,
     write_probe,
 )
 from sweeps.store import ResultStore, TrialRecord
@@ -143,15 +143,14 @@ def connect(
 
     No cluster: an embedded local Ray with this machine's CPUs and GPUs (or the counts
     given). With a cluster file (or address): that cluster's head; unreachable -> ClusterError,
-    whose advice names ``script`` (the command being run). On a cluster the checkpoint
-    storage (``storage``, default ``RESULTS/_ray``) is probed from every live node before
-    anything runs; storage some node cannot read and write -> StorageError (Ray is shut
-    down again, nothing is left behind).
+    whose advice names ``script`` (the command being run). The checks of ``storage``
+    (default ``RESULTS/_ray``) that need no Ray ran before (``sweeps.launch.check_placement``);
+    on a cluster it is probed from every live node before anything runs; storage some node
+    cannot read and write -> StorageError (Ray is shut down again, nothing is left behind).
     """
     config = load_cluster_config(cluster) if cluster is not None and address is None else {}
     embedded = cluster is None and address is None
-    where = check_storage(storage, Path(results), cluster_config=config, cluster=cluster,
-                          embedded=embedded)  # fmt: skip
+    where = resolve_storage(storage, Path(results))  # checked before Ray: check_placement
     # On a cluster each node uses its own data cache.
     env_vars = {"CHARLM_DATA_DIR": str(resolve_data_dir())} if embedded else {}
     common: dict[str, Any] = {
@@ -754,12 +753,4 @@ def remove_leftover_runs(storage: Path) -> list[Path]:
     unfinished trials, which the result store does not need: a rerun starts those trials
     afresh). Directories of live drivers (this host's pids) and other files are kept.
     """
-    removed: list[Path] = []
-    if not storage.is_dir():
-        return removed
-    for entry in storage.iterdir():
-        match = _RUN_DIR.fullmatch(entry.name)
-        if match and entry.is_dir() and not pid_alive(int(match.group(1))):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
-    return removed
+    return remove_dead_dirs(storage, _RUN_DIR)

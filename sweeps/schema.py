@@ -25,6 +25,7 @@ import functools
 import json
 import os
 import re
+import shutil
 import socket
 import time
 import uuid
@@ -326,6 +327,18 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def remove_dead_dirs(parent: Path, name: re.Pattern[str]) -> list[Path]:
+    """Remove the directories in ``parent`` whose name matches ``name`` and whose owner (the
+    pattern's first group: a pid on this host) is gone; return them."""
+    removed: list[Path] = []
+    for entry in parent.iterdir() if parent.is_dir() else ():
+        match = name.fullmatch(entry.name)
+        if match and entry.is_dir() and not pid_alive(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 def is_store(root: str | Path) -> bool:

@@ -17,6 +17,8 @@ import time
 _IMPORTS_START = time.perf_counter()
 
 import math  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
 import tempfile  # noqa: E402
 import traceback  # noqa: E402
 from contextlib import nullcontext  # noqa: E402
@@ -30,12 +32,17 @@ from ray import tune  # noqa: E402
 from charlm.config import split_config  # noqa: E402
 from charlm.data import DatasetChangedError  # noqa: E402
 from charlm.train import CHECKPOINT_FILE, train_steps  # noqa: E402
+from sweeps.schema import remove_dead_dirs  # noqa: E402
 from sweeps.storage import redact  # noqa: E402
 
 # What this process paid to import torch and charlm: charged to its first trial only (a
 # reused Ray actor runs later trials without importing anything again).
 _IMPORT_S = time.perf_counter() - _IMPORTS_START
 _trials_run = 0
+
+# A trial's working directory (its latest checkpoint before Tune takes it), named for its
+# process: a trial process killed outright leaves it, and the next trial on the host removes it.
+_TRIAL_DIR = re.compile(r"charlm-trial-(\d+)-.+")
 
 # Config key of the failure a retried trial had before: {"error": line, "step": int | None}.
 PREVIOUS_FAILURE = "previous_failure"
@@ -142,9 +149,10 @@ def _train_members(
     started_at = time.time()
     import_s = _IMPORT_S if _trials_run == 0 else 0.0
     _trials_run += 1
+    remove_dead_dirs(Path(tempfile.gettempdir()), _TRIAL_DIR)
     checkpoint = tune.get_checkpoint()
     with (
-        tempfile.TemporaryDirectory(prefix="charlm-trial-") as work,
+        tempfile.TemporaryDirectory(prefix=f"charlm-trial-{os.getpid()}-") as work,
         checkpoint.as_directory() if checkpoint is not None else nullcontext() as resume_dir,
     ):
         single = len(members) == 1

@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -84,7 +85,8 @@ def test_a_trial_process_imports_scikit_learn_at_its_first_silhouette_and_no_ana
 @pytest.mark.ray
 def test_a_killed_trial_resumes_all_its_seeds_from_the_checkpoint(tmp_path: Path):
     """The first attempt's process dies (os._exit) after its step-12 report; the retry
-    resumes both seeds from that checkpoint and ends with the losses of an unbroken run."""
+    resumes both seeds from that checkpoint and ends with the losses of an unbroken run, and
+    removes the working directory the dead process left in the temp dir."""
     log, marker = tmp_path / "reports.log", tmp_path / "killed-once"
 
     def dies_once(config):
@@ -95,7 +97,7 @@ def test_a_killed_trial_resumes_all_its_seeds_from_the_checkpoint(tmp_path: Path
 
         def report(metrics, checkpoint=None):
             if attempt == 1 and metrics["step"] == 18:  # the step-12 report surely landed
-                marker.touch()
+                marker.write_text(str(os.getpid()))
                 os._exit(1)
             real(metrics, checkpoint=checkpoint)
             with log.open("a") as file:
@@ -124,6 +126,7 @@ def test_a_killed_trial_resumes_all_its_seeds_from_the_checkpoint(tmp_path: Path
     finally:
         ray.shutdown()
     assert len(outcome.ok) == 2 and not outcome.failed
+    assert list(Path(tempfile.gettempdir()).glob(f"charlm-trial-{marker.read_text()}-*")) == []
     attempts = [line.split() for line in log.read_text().splitlines()]
     assert attempts == [["1", "0"], ["1", "6"], ["1", "12"], ["2", "18"], ["2", "24"]]
     trials = read_table(tmp_path / "results", "trials").table.to_pandas().sort_values("seed")
