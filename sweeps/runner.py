@@ -474,7 +474,8 @@ class _ProgressCallback(tune.Callback):
         self.last_stamp: int | None = None
         self.pending = False  # a line is due but waits for the next second
         self.progress: dict[str, float] = {}
-        self.seen: dict[str, tuple[float, float | None]] = {}  # Tune id -> (first report, est.)
+        # Tune id -> (first report, estimate of the steps left then, share of steps done then)
+        self.seen: dict[str, tuple[float, float | None, float]] = {}
         self.seen_own_ids: set[str | None] = set()
         self.observed: dict[str, tuple[float, float]] = {}  # Tune id -> (seconds, estimated)
         self.partial: dict[str, tuple[float, float]] = {}  # the same, of a running trial so far
@@ -491,7 +492,7 @@ class _ProgressCallback(tune.Callback):
         estimated = sum(estimate for _, estimate in evidence)
         ratio = sum(seconds for seconds, _ in evidence) / estimated if estimated > 0 else 1.0
         seen = self.seen.items()
-        running = [(now - t0, est) for t, (t0, est) in seen if est and t not in self.observed]
+        running = [(now - t0, est) for t, (t0, est, _) in seen if est and t not in self.observed]
         # A running trial that has taken longer than its corrected estimate is evidence too:
         # the trials are at least that much slower than estimated.
         ratio = max([ratio] + [elapsed / estimate for elapsed, estimate in running])
@@ -537,34 +538,47 @@ class _ProgressCallback(tune.Callback):
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
     ) -> None:
         own_id = trial.config.get("trial", {}).get("trial_id")  # a grid trial's store id
-        if trial.trial_id not in self.seen:
-            estimate = self.run.estimates.get(own_id, self.run.default_estimate_s)
-            self.seen[trial.trial_id] = (time.monotonic(), estimate)
-            self.seen_own_ids.add(own_id)
-        if result.get("step") is not None:  # a failure before any evaluation has none
-            limit = (
-                self.run.max_iters.get(own_id) or self.run.default_max_iters or result["step"] or 1
-            )
-            self.progress[trial.trial_id] = min(1.0, result["step"] / limit)
-            first, estimate = self.seen[trial.trial_id]
-            if estimate and result["step"] > 0 and trial.trial_id not in self.observed:
-                done = estimate * self.progress[trial.trial_id]
-                self.partial[trial.trial_id] = (time.monotonic() - first, done)
+        step = result.get("step")  # a failure before any evaluation has none
+        if step is not None:
+            limit = self.run.max_iters.get(own_id) or self.run.default_max_iters or step or 1
+            self.progress[trial.trial_id] = min(1.0, step / limit)
+        self._track(trial.trial_id, own_id)
         val = result.get("val_loss")
         trained = result.get("step", 1) > 0  # step 0's loss is every config's: it ranks nothing
         if val is not None and trained and (self.best is None or val < self.best[0]):
             self.best = (val, self._label(trial.config, result))
         self._maybe_print(trials)
 
+    def _track(self, trial_id: str, own_id: str | None) -> None:
+        """Time a trial from its first report (or its first since a retry resumed it, at the
+        share of steps it had done: ``start``) against its estimate for the steps left."""
+        now, done = time.monotonic(), self.progress.get(trial_id, 0.0)
+        if trial_id not in self.seen:
+            estimate = self.run.estimates.get(own_id or "", self.run.default_estimate_s)
+            self.seen[trial_id] = (now, estimate * (1 - done) if estimate else estimate, done)
+            self.seen_own_ids.add(own_id)
+        first, estimate, start = self.seen[trial_id]
+        if estimate and done > start and trial_id not in self.observed:
+            self.partial[trial_id] = (now - first, estimate * (done - start) / (1 - start))
+
     def _ended(self, trials: list[Trial], trial: Trial) -> None:
         """A trial ended: its observed time against its estimate corrects the ETA; a line
         is printed at once."""
-        first, estimate = self.seen.get(trial.trial_id, (None, None))
+        first, estimate, _ = self.seen.get(trial.trial_id, (None, None, 0.0))
         if first is not None and estimate:
             self.observed[trial.trial_id] = (time.monotonic() - first, estimate)
         self.partial.pop(trial.trial_id, None)
         self.progress[trial.trial_id] = 1.0
         self._maybe_print(trials, force=True)
+
+    def on_trial_recover(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        """A trial to be retried (its node died): it is pending again, and its clock starts
+        at its next report, so waiting for a node does not read as slow training."""
+        self.seen.pop(trial.trial_id, None)
+        self.partial.pop(trial.trial_id, None)
+        self.seen_own_ids.discard(trial.config.get("trial", {}).get("trial_id"))
 
     def _label(self, config: dict[str, Any], result: dict[str, Any]) -> str:
         """A grid trial's factor=level; a search trial's store trial id(s)."""

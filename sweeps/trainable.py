@@ -19,6 +19,7 @@ _IMPORTS_START = time.perf_counter()
 import math  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
+import socket  # noqa: E402
 import tempfile  # noqa: E402
 import traceback  # noqa: E402
 from contextlib import nullcontext  # noqa: E402
@@ -40,9 +41,22 @@ from sweeps.storage import redact  # noqa: E402
 _IMPORT_S = time.perf_counter() - _IMPORTS_START
 _trials_run = 0
 
+
+def _pid_space() -> str:
+    """This host and pid namespace: where a pid names one process (Ray nodes in containers
+    may share a temp dir, each with its own pids)."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # no /proc: one namespace per host
+        namespace = 0
+    return f"{socket.gethostname()}-{namespace}"
+
+
 # A trial's working directory (its latest checkpoint before Tune takes it), named for its
-# process: a trial process killed outright leaves it, and the next trial on the host removes it.
-_TRIAL_DIR = re.compile(r"charlm-trial-(\d+)-.+")
+# process: a trial process killed outright leaves it, and the next trial in the same pid
+# namespace removes it.
+_TRIAL_PREFIX = f"charlm-trial-{_pid_space()}-"
+_TRIAL_DIR = re.compile(re.escape(_TRIAL_PREFIX) + r"(\d+)-.+")
 
 # Config key of the failure a retried trial had before: {"error": line, "step": int | None}.
 PREVIOUS_FAILURE = "previous_failure"
@@ -152,7 +166,7 @@ def _train_members(
     remove_dead_dirs(Path(tempfile.gettempdir()), _TRIAL_DIR)
     checkpoint = tune.get_checkpoint()
     with (
-        tempfile.TemporaryDirectory(prefix=f"charlm-trial-{os.getpid()}-") as work,
+        tempfile.TemporaryDirectory(prefix=f"{_TRIAL_PREFIX}{os.getpid()}-") as work,
         checkpoint.as_directory() if checkpoint is not None else nullcontext() as resume_dir,
     ):
         single = len(members) == 1

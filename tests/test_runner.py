@@ -174,6 +174,26 @@ def test_the_eta_starts_from_the_estimate_and_follows_the_observed_speed(monkeyp
     assert progress._line([b, c]).endswith("ETA 1m40s")
 
 
+def test_a_retried_trial_waiting_for_a_node_does_not_stretch_the_eta(monkeypatch):
+    """The soak's ETA read 2 h with 10 min left: a trial whose node died kept the clock of its
+    first attempt while it waited, and read as 30x slower than its estimate."""
+    from sweeps import runner
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(runner.time, "monotonic", lambda: clock["now"])
+    progress = runner._ProgressCallback(runner.RunSettings(
+        "x", 2, max_iters={"a": 100, "b": 100}, progress_period_s=0.0,
+        estimates={"a": 10.0, "b": 10.0}), slots=1)  # fmt: skip
+    a = _GridTrial("a")
+    progress.on_trial_result(0, [a], a, {"step": 0, "val_loss": 4.17})
+    progress.on_trial_recover(0, [a], a)  # its node died
+    clock["now"] = 300.0  # five minutes until a node is back
+    assert progress._line([a]).endswith("ETA 20s")  # a and b at their estimates, one slot
+    progress.on_trial_result(0, [a], a, {"step": 50, "val_loss": 3.0})  # resumed
+    clock["now"] = 302.0  # a resumed at half its steps: 5 s of its estimate left then
+    assert progress._line([a]).endswith("ETA 13s")  # a has 3 s left, b 10 s
+
+
 def test_a_search_eta_prices_every_trial_at_the_default_estimate(monkeypatch):
     from sweeps import runner
 

@@ -17,9 +17,10 @@ import ray
 from charlm.config import ModelConfig
 from charlm.train import train, train_steps
 from sweeps.runner import Resources, RunSettings, connect, run_trials
-from sweeps.schema import read_table
+from sweeps.schema import read_table, remove_dead_dirs
 from sweeps.search import BASE_KEY, describe_search_trial, run_search_trial
 from sweeps.store import ResultStore
+from sweeps.trainable import _TRIAL_DIR, _TRIAL_PREFIX
 from testkit.tiny import TINY_PARAMS, tiny_model, tiny_train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,6 +83,21 @@ def test_a_trial_process_imports_scikit_learn_at_its_first_silhouette_and_no_ana
     assert process.stdout.split("\n")[-2] == "False [False] ['sklearn']"
 
 
+def test_only_dead_trials_of_this_pid_namespace_lose_their_working_directory(tmp_path: Path):
+    """The soak's worker nodes share /tmp, each with its own pids: a pid that is dead here
+    may be a live trial there, so only this namespace's dead pids are removed."""
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    dead = ended.stdout.strip()
+    ours = tmp_path / f"{_TRIAL_PREFIX}{dead}-abc"
+    live = tmp_path / f"{_TRIAL_PREFIX}{os.getpid()}-abc"
+    elsewhere = tmp_path / f"charlm-trial-otherhost-4026532999-{dead}-abc"
+    for path in (ours, live, elsewhere):
+        path.mkdir()
+    assert remove_dead_dirs(tmp_path, _TRIAL_DIR) == [ours]
+    assert live.is_dir() and elsewhere.is_dir()
+
+
 @pytest.mark.ray
 def test_a_killed_trial_resumes_all_its_seeds_from_the_checkpoint(tmp_path: Path):
     """The first attempt's process dies (os._exit) after its step-12 report; the retry
@@ -126,7 +142,8 @@ def test_a_killed_trial_resumes_all_its_seeds_from_the_checkpoint(tmp_path: Path
     finally:
         ray.shutdown()
     assert len(outcome.ok) == 2 and not outcome.failed
-    assert list(Path(tempfile.gettempdir()).glob(f"charlm-trial-{marker.read_text()}-*")) == []
+    left = Path(tempfile.gettempdir()).glob(f"{_TRIAL_PREFIX}{marker.read_text()}-*")
+    assert list(left) == []
     attempts = [line.split() for line in log.read_text().splitlines()]
     assert attempts == [["1", "0"], ["1", "6"], ["1", "12"], ["2", "18"], ["2", "24"]]
     trials = read_table(tmp_path / "results", "trials").table.to_pandas().sort_values("seed")
