@@ -105,7 +105,6 @@ class Estimate:
     concurrent: int
     overhead_s: float
     measured_on: str  # e.g. 'cpu, 1 thread per trial'; '' when not measured
-    measuring_s: float  # time spent timing steps
     load_average: float | None = None  # the machine's 1-minute load when timing began
 
     @property
@@ -381,7 +380,6 @@ def estimate(
     models = {
         key: with_vocab(ts[0].model, ts[0].dataset, vocab_sizes) for key, ts in groups.items()
     }
-    measuring_started = time.perf_counter()
     load = os.getloadavg()[0] if measure and hasattr(os, "getloadavg") else None
     counted: dict[ModelConfig, tuple[int, int]] = {}
     timed: dict[tuple[ModelConfig, int], StepTiming] | None = None
@@ -397,7 +395,6 @@ def estimate(
         concurrent=max(1, concurrent),
         overhead_s=overhead_s,
         measured_on=measured_on,
-        measuring_s=time.perf_counter() - measuring_started,
         load_average=load,
     )
 

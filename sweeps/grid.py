@@ -595,9 +595,6 @@ def _hash(payload: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:ID_LENGTH]
 
 
-IDENTITY_KEYS = ("trial_id", "sweep", "factor", "level")
-
-
 @dataclass(frozen=True)
 class TrialSpec:
     """One trial of a grid: its id, where it comes from (sweep, factor, level), and configs.

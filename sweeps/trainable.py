@@ -42,20 +42,13 @@ _IMPORT_S = time.perf_counter() - _IMPORTS_START
 _trials_run = 0
 
 
-def _pid_space() -> str:
-    """This host and pid namespace: where a pid names one process (Ray nodes in containers
-    may share a temp dir, each with its own pids)."""
-    try:
-        namespace = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:  # no /proc: one namespace per host
-        namespace = 0
-    return f"{socket.gethostname()}-{namespace}"
-
-
 # A trial's working directory (its latest checkpoint before Tune takes it), named for its
 # process: a trial process killed outright leaves it, and the next trial in the same pid
-# namespace removes it.
-_TRIAL_PREFIX = f"charlm-trial-{_pid_space()}-"
+# namespace removes it. A pid names one process only within its host and pid namespace (Ray
+# nodes in containers may share a temp dir, each with its own pids).
+_PID_NS = "/proc/self/ns/pid"  # no /proc: one namespace per host
+_PID_SPACE = f"{socket.gethostname()}-{os.stat(_PID_NS).st_ino if os.path.exists(_PID_NS) else 0}"
+_TRIAL_PREFIX = f"charlm-trial-{_PID_SPACE}-"
 _TRIAL_DIR = re.compile(re.escape(_TRIAL_PREFIX) + r"(\d+)-.+")
 
 # Config key of the failure a retried trial had before: {"error": line, "step": int | None}.
