@@ -163,7 +163,7 @@ def figure_entries(
 
 def _draw_and_save(job: FigureJob, directory: Path, formats: Sequence[str]) -> list[Path]:
     # A figure is thousands of small objects in reference cycles: the garbage collector
-    # ran over and over while one was built and drawn (5% of the figures' CPU time). It is
+    # ran over and over while one was built and drawn (benchmarks/analysis_speed.py). It is
     # off during the job and collects the job's cycles once it is back on.
     enabled = gc.isenabled()
     gc.disable()
