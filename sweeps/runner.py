@@ -54,7 +54,9 @@ if TYPE_CHECKING:
 DEFAULT_MAX_FAILURES = 3
 GCS_PORT = 6379
 PROBE_TIMEOUT_S = 60.0
-# A run's directory in the checkpoint storage: NAME-YYYYmmdd-HHMMSS-PID (see run_trials).
+# A run's directory in the checkpoint storage: NAME-YYYYmmdd-HHMMSS-PID (see run_trials). A
+# driver killed mid-run leaves it behind (checkpoints of unfinished trials, which a rerun
+# starts afresh): the next run removes those of drivers gone from this host.
 _RUN_DIR = re.compile(r".+-\d{8}-\d{6}-(\d+)")
 
 
@@ -633,7 +635,7 @@ def run_trials(
         callbacks.append(_ProgressCallback(run, run.resources.slots(ray.cluster_resources())))
     storage_path = connection.storage.location
     if connection.storage.default:
-        remove_leftover_runs(Path(storage_path))
+        remove_dead_dirs(Path(storage_path), _RUN_DIR)
     run_name = f"{run.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     tuner = tune.Tuner(
         tune.with_resources(run.trainable, run.resources.as_ray()),
@@ -758,13 +760,3 @@ def _pump(read_end: int, out: int) -> None:
             line = keep(raw.decode(errors="replace"))
             if line is not None:
                 os.write(out, line.encode())
-
-
-def remove_leftover_runs(storage: Path) -> list[Path]:
-    """Remove the run directories in ``storage`` whose driver process is gone; return them.
-
-    A driver killed mid-run leaves ``RESULTS/_ray/<run>`` behind (checkpoints of its
-    unfinished trials, which the result store does not need: a rerun starts those trials
-    afresh). Directories of live drivers (this host's pids) and other files are kept.
-    """
-    return remove_dead_dirs(storage, _RUN_DIR)

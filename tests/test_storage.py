@@ -114,7 +114,8 @@ def test_storage_forms(tmp_path: Path):
 
 
 def test_runs_of_drivers_that_are_gone_are_removed_live_ones_kept(tmp_path: Path):
-    from sweeps.runner import remove_leftover_runs
+    from sweeps.runner import _RUN_DIR
+    from sweeps.schema import remove_dead_dirs
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
@@ -124,7 +125,7 @@ def test_runs_of_drivers_that_are_gone_are_removed_live_ones_kept(tmp_path: Path
     other = storage / "notes-by-the-user"
     for directory in (dead / "trial", live, other):
         directory.mkdir(parents=True)
-    assert remove_leftover_runs(storage) == [dead]
+    assert remove_dead_dirs(storage, _RUN_DIR) == [dead]
     assert sorted(p.name for p in storage.iterdir()) == sorted([live.name, other.name])
 
 
